@@ -1,0 +1,8 @@
+//! lookalike: visual product recommendation.
+//!
+//! The pipeline: [`preprocess`] (image -> tensor) -> [`model`] (tensor -> embedding)
+//! -> [`store`] (catalogue + vectors in SQLite) -> [`search`] (exact top-k).
+//! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
+
+pub mod model;
+pub mod preprocess;

@@ -1,0 +1,400 @@
+//! EfficientNet-Lite as an ONNX graph, built from a PyTorch state dict.
+//!
+//! The layer layout (channels, kernel sizes, which blocks expand) is read from the
+//! weights themselves; only what weights cannot tell is fixed here: the stage
+//! strides of the EfficientNet family and the conventions of the TF-ported Lite
+//! weights — static TF "same" padding (asymmetric on stride 2), BatchNorm
+//! epsilon 1e-3 and ReLU6. BatchNorm is folded into the convolutions.
+
+use anyhow::{bail, ensure, Result};
+use prost::Message;
+
+use super::onnx_proto::*;
+use super::weights::Checkpoint;
+
+const BATCH_NORM_EPSILON: f32 = 1e-3;
+/// Stride of the first block of each of the seven EfficientNet stages.
+const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
+const ONNX_OPSET: i64 = 13;
+const ONNX_IR_VERSION: i64 = 8;
+pub const INPUT_NAME: &str = "input";
+pub const FEATURES_NAME: &str = "features";
+pub const LOGITS_NAME: &str = "logits";
+
+/// A convolution with BatchNorm folded in.
+struct Conv {
+    weight: Vec<f32>,
+    shape: [usize; 4],
+    bias: Vec<f32>,
+    stride: usize,
+    groups: usize,
+    /// ONNX order: top, left, bottom, right.
+    pads: [usize; 4],
+}
+
+struct Block {
+    expand: Option<Conv>,
+    depthwise: Conv,
+    project: Conv,
+    residual: bool,
+}
+
+/// The network as read from a checkpoint, ready to be written as ONNX.
+pub struct EfficientNetLite {
+    input_size: usize,
+    stem: Conv,
+    blocks: Vec<Block>,
+    head: Conv,
+    classifier: Option<(Vec<f32>, Vec<f32>)>,
+    pub feature_dim: usize,
+    pub num_classes: usize,
+}
+
+/// TF "same" padding for a fixed input size: returns (before, after, output size).
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (total / 2, total - total / 2, output)
+}
+
+fn folded_conv(
+    ckpt: &Checkpoint,
+    conv: &str,
+    bn: &str,
+    stride: usize,
+    depthwise: bool,
+    input_size: usize,
+) -> Result<(Conv, usize)> {
+    let w = ckpt.get(&format!("{conv}.weight"))?;
+    ensure!(
+        w.shape.len() == 4,
+        "{conv}.weight is not 4-d: {:?}",
+        w.shape
+    );
+    let shape = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
+    let gamma = &ckpt.get(&format!("{bn}.weight"))?.data;
+    let beta = &ckpt.get(&format!("{bn}.bias"))?.data;
+    let mean = &ckpt.get(&format!("{bn}.running_mean"))?.data;
+    let var = &ckpt.get(&format!("{bn}.running_var"))?.data;
+    let out_channels = shape[0];
+    ensure!(
+        gamma.len() == out_channels,
+        "{bn} has {} channels, {conv} has {out_channels}",
+        gamma.len()
+    );
+    let per_channel = w.data.len() / out_channels;
+    let mut weight = w.data.clone();
+    let mut bias = vec![0.0; out_channels];
+    for c in 0..out_channels {
+        let scale = gamma[c] / (var[c] + BATCH_NORM_EPSILON).sqrt();
+        weight[c * per_channel..(c + 1) * per_channel]
+            .iter_mut()
+            .for_each(|x| *x *= scale);
+        bias[c] = beta[c] - mean[c] * scale;
+    }
+    let (before, after, output) = same_padding(input_size, shape[2], stride);
+    let (left, right, _) = same_padding(input_size, shape[3], stride);
+    let groups = if depthwise { out_channels } else { 1 };
+    Ok((
+        Conv {
+            weight,
+            shape,
+            bias,
+            stride,
+            groups,
+            pads: [before, left, after, right],
+        },
+        output,
+    ))
+}
+
+impl EfficientNetLite {
+    /// Reads the lukemelas/`efficientnet_lite_pytorch` naming (`_conv_stem`, `_blocks.N`, `_conv_head`, `_fc`).
+    pub fn from_checkpoint(ckpt: &Checkpoint, input_size: usize) -> Result<Self> {
+        let (stem, mut size) = folded_conv(ckpt, "_conv_stem", "_bn0", 2, false, input_size)?;
+        let mut blocks = Vec::new();
+        let mut stage = 0usize;
+        let mut in_channels = stem.shape[0];
+        while ckpt.contains(&format!("_blocks.{}._depthwise_conv.weight", blocks.len())) {
+            let p = format!("_blocks.{}", blocks.len());
+            let out_channels = ckpt.get(&format!("{p}._project_conv.weight"))?.shape[0];
+            // Within a stage channels stay the same; every stage starts by changing them.
+            let stride = if in_channels != out_channels || blocks.is_empty() {
+                let Some(&s) = STAGE_STRIDES.get(stage) else {
+                    bail!("checkpoint has more than {} stages", STAGE_STRIDES.len());
+                };
+                stage += 1;
+                s
+            } else {
+                1
+            };
+            let expand = if ckpt.contains(&format!("{p}._expand_conv.weight")) {
+                Some(
+                    folded_conv(
+                        ckpt,
+                        &format!("{p}._expand_conv"),
+                        &format!("{p}._bn0"),
+                        1,
+                        false,
+                        size,
+                    )?
+                    .0,
+                )
+            } else {
+                None
+            };
+            let (depthwise, out_size) = folded_conv(
+                ckpt,
+                &format!("{p}._depthwise_conv"),
+                &format!("{p}._bn1"),
+                stride,
+                true,
+                size,
+            )?;
+            let (project, _) = folded_conv(
+                ckpt,
+                &format!("{p}._project_conv"),
+                &format!("{p}._bn2"),
+                1,
+                false,
+                out_size,
+            )?;
+            ensure!(
+                project.shape[1] == depthwise.shape[0],
+                "{p}: projection expects {} channels, depthwise gives {}",
+                project.shape[1],
+                depthwise.shape[0]
+            );
+            blocks.push(Block {
+                expand,
+                depthwise,
+                project,
+                residual: stride == 1 && in_channels == out_channels,
+            });
+            in_channels = out_channels;
+            size = out_size;
+        }
+        ensure!(
+            stage == STAGE_STRIDES.len(),
+            "checkpoint has {stage} stages, EfficientNet has {}",
+            STAGE_STRIDES.len()
+        );
+        let (head, _) = folded_conv(ckpt, "_conv_head", "_bn1", 1, false, size)?;
+        let feature_dim = head.shape[0];
+        let classifier = if ckpt.contains("_fc.weight") {
+            let w = ckpt.get("_fc.weight")?;
+            ensure!(
+                w.shape.len() == 2 && w.shape[1] == feature_dim,
+                "_fc.weight has shape {:?}",
+                w.shape
+            );
+            Some((w.data.clone(), ckpt.get("_fc.bias")?.data.clone()))
+        } else {
+            None
+        };
+        let num_classes = classifier.as_ref().map_or(0, |(_, b)| b.len());
+        Ok(Self {
+            input_size,
+            stem,
+            blocks,
+            head,
+            classifier,
+            feature_dim,
+            num_classes,
+        })
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Serialised ONNX model with a dynamic batch: `input` [N,3,S,S] -> `features` [N,D] (+ `logits` [N,C]).
+    pub fn to_onnx(&self) -> Vec<u8> {
+        let mut g = GraphBuilder::default();
+        g.scalar("relu6_min", 0.0);
+        g.scalar("relu6_max", 6.0);
+        let mut x = g.conv("stem", INPUT_NAME, &self.stem, true);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let input = x.clone();
+            if let Some(expand) = &block.expand {
+                x = g.conv(&format!("b{i}_expand"), &x, expand, true);
+            }
+            x = g.conv(&format!("b{i}_dw"), &x, &block.depthwise, true);
+            x = g.conv(&format!("b{i}_project"), &x, &block.project, false);
+            if block.residual {
+                x = g.node("Add", &format!("b{i}_add"), &[&input, &x], vec![]);
+            }
+        }
+        x = g.conv("head", &x, &self.head, true);
+        let pooled = g.node("GlobalAveragePool", "pool", &[&x], vec![]);
+        g.node_named(
+            "Flatten",
+            "flatten",
+            &[&pooled],
+            FEATURES_NAME,
+            vec![int_attr("axis", 1)],
+        );
+        let s = self.input_size as i64;
+        let mut outputs = vec![value_info(
+            FEATURES_NAME,
+            &[None, Some(self.feature_dim as i64)],
+        )];
+        if let Some((w, b)) = &self.classifier {
+            g.initializer("fc_w", &[self.num_classes, self.feature_dim], w);
+            g.initializer("fc_b", &[self.num_classes], b);
+            g.node_named(
+                "Gemm",
+                "fc",
+                &[FEATURES_NAME, "fc_w", "fc_b"],
+                LOGITS_NAME,
+                vec![int_attr("transB", 1)],
+            );
+            outputs.push(value_info(
+                LOGITS_NAME,
+                &[None, Some(self.num_classes as i64)],
+            ));
+        }
+        let model = ModelProto {
+            ir_version: ONNX_IR_VERSION,
+            producer_name: "lookalike".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: "EfficientNet-Lite, BatchNorm folded, TF same padding".into(),
+            graph: Some(GraphProto {
+                node: g.nodes,
+                name: "efficientnet_lite".into(),
+                initializer: g.initializers,
+                input: vec![value_info(INPUT_NAME, &[None, Some(3), Some(s), Some(s)])],
+                output: outputs,
+            }),
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET,
+            }],
+        };
+        model.encode_to_vec()
+    }
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    fn initializer(&mut self, name: &str, dims: &[usize], data: &[f32]) {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DATA_TYPE_FLOAT,
+            name: name.into(),
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+    }
+
+    fn scalar(&mut self, name: &str, value: f32) {
+        self.initializer(name, &[], &[value]);
+    }
+
+    fn node_named(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: name.into(),
+            op_type: op.into(),
+            attribute,
+        });
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+    ) -> String {
+        self.node_named(op, name, inputs, name, attribute);
+        name.to_string()
+    }
+
+    fn conv(&mut self, name: &str, input: &str, conv: &Conv, relu6: bool) -> String {
+        let (w, b) = (format!("{name}_w"), format!("{name}_b"));
+        self.initializer(&w, &conv.shape, &conv.weight);
+        self.initializer(&b, &[conv.shape[0]], &conv.bias);
+        let attrs = vec![
+            ints_attr("kernel_shape", &[conv.shape[2], conv.shape[3]]),
+            ints_attr("strides", &[conv.stride, conv.stride]),
+            ints_attr("pads", &conv.pads),
+            int_attr("group", conv.groups as i64),
+        ];
+        let out = self.node("Conv", name, &[input, &w, &b], attrs);
+        if relu6 {
+            self.node(
+                "Clip",
+                &format!("{name}_relu6"),
+                &[&out, "relu6_min", "relu6_max"],
+                vec![],
+            )
+        } else {
+            out
+        }
+    }
+}
+
+fn int_attr(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        i: value,
+        r#type: ATTRIBUTE_INT,
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, values: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        ints: values.iter().map(|&v| v as i64).collect(),
+        r#type: ATTRIBUTE_INTS,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(v) => DimensionValue::DimValue(*v),
+                None => DimensionValue::DimParam("batch".into()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: DATA_TYPE_FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_padding;
+
+    #[test]
+    fn tf_same_padding_is_asymmetric_on_stride_two() {
+        assert_eq!(same_padding(224, 3, 2), (0, 1, 112));
+        assert_eq!(same_padding(56, 5, 2), (1, 2, 28));
+        assert_eq!(same_padding(14, 5, 1), (2, 2, 14));
+        assert_eq!(same_padding(7, 1, 1), (0, 0, 7));
+    }
+}

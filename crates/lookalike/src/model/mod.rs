@@ -1,0 +1,98 @@
+//! The embedding model: where its files live, how it is built and run.
+
+pub mod efficientnet;
+mod engine;
+pub mod labels;
+mod onnx_proto;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+pub use engine::{Embedder, Embeddings};
+
+use crate::preprocess::Preprocessing;
+
+/// What produced a vector. Two vectors are comparable only if these agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub model: String,
+    pub weights_sha256: String,
+    pub preprocessing: String,
+    pub dimension: usize,
+    /// A trained head applied on top of the backbone, if any.
+    pub head: Option<String>,
+}
+
+/// A pretrained backbone that lookalike knows how to fetch, check and build.
+#[derive(Debug, Clone, Copy)]
+pub struct BackboneSpec {
+    pub name: &'static str,
+    pub weights_file: &'static str,
+    pub weights_sha256: &'static str,
+    pub input_size: usize,
+}
+
+pub const EFFICIENTNET_LITE0: BackboneSpec = BackboneSpec {
+    name: "efficientnet-lite0",
+    weights_file: "efficientnet-lite0-57934424.pth",
+    weights_sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    input_size: 224,
+};
+
+/// Name of the ONNX Runtime shared library that `scripts/setup.sh` unpacks next to the weights.
+pub const ONNXRUNTIME_LIBRARY: &str = "libonnxruntime.so";
+
+/// The folder holding weights and the ONNX Runtime library.
+#[derive(Debug, Clone)]
+pub struct ModelDir(pub PathBuf);
+
+impl ModelDir {
+    /// `$LOOKALIKE_MODELS`, else the checkout's `models/` (where `scripts/setup.sh` puts them).
+    pub fn locate(explicit: Option<&Path>) -> Self {
+        if let Some(dir) = explicit {
+            return Self(dir.to_path_buf());
+        }
+        if let Some(dir) = std::env::var_os("LOOKALIKE_MODELS") {
+            return Self(PathBuf::from(dir));
+        }
+        Self(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+    }
+
+    pub fn weights(&self, spec: &BackboneSpec) -> Result<PathBuf> {
+        self.existing(spec.weights_file)
+    }
+
+    /// `$ORT_DYLIB_PATH` wins, so a system-wide ONNX Runtime can be used instead.
+    pub fn onnxruntime(&self) -> Result<PathBuf> {
+        match std::env::var_os("ORT_DYLIB_PATH") {
+            Some(path) => Ok(PathBuf::from(path)),
+            None => self.existing(ONNXRUNTIME_LIBRARY),
+        }
+    }
+
+    fn existing(&self, file: &str) -> Result<PathBuf> {
+        let path = self.0.join(file);
+        if !path.is_file() {
+            bail!(
+                "{} not found; run scripts/setup.sh to fetch the model files, or point LOOKALIKE_MODELS at the folder holding them",
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+}
+
+impl BackboneSpec {
+    pub fn manifest(&self, preprocessing: &Preprocessing, dimension: usize) -> ModelManifest {
+        ModelManifest {
+            model: self.name.to_string(),
+            weights_sha256: self.weights_sha256.to_string(),
+            preprocessing: preprocessing.describe(),
+            dimension,
+            head: None,
+        }
+    }
+}

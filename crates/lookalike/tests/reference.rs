@@ -1,0 +1,97 @@
+//! The network and the whole pipeline against an independent PyTorch reference
+//! (tests/fixtures/reference, made with `efficientnet_lite_pytorch` — see its README).
+
+mod common;
+
+use common::*;
+use lookalike::model::labels::{imagenet_label, top_k};
+use lookalike::preprocess::load_image;
+
+const IMAGES: usize = 8;
+const FEATURE_DIM: usize = 1280;
+
+fn reference_images() -> Vec<(String, usize)> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/manifest.json")).unwrap())
+            .unwrap();
+    manifest["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["file"].as_str().unwrap().to_string(),
+                i["top5_imagenet"][0][0].as_u64().unwrap() as usize,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn network_matches_pytorch_reference_on_identical_inputs() {
+    let (shape, inputs) = read_npy("reference/inputs.npy");
+    assert_eq!(shape, vec![IMAGES as u64, 3, 224, 224]);
+    let (_, features) = read_npy("reference/features.npy");
+    let (_, logits) = read_npy("reference/logits.npy");
+    let out = embedder().run(&inputs, IMAGES).unwrap();
+    assert_eq!(out.dimension, FEATURE_DIM);
+    let diff = max_abs_diff(&out.features, &features);
+    eprintln!("max abs diff of pooled features vs PyTorch: {diff:e}");
+    assert!(diff <= 1e-3, "features differ from the reference by {diff}");
+    let logit_diff = max_abs_diff(&out.logits, &logits);
+    assert!(
+        logit_diff <= 1e-2,
+        "logits differ from the reference by {logit_diff}"
+    );
+}
+
+#[test]
+fn imagenet_top1_is_right_on_real_photos() {
+    let embedder = embedder();
+    let pre = embedder.preprocessing;
+    for (file, expected) in reference_images() {
+        let image = load_image(&fixture(&format!("reference/{file}"))).unwrap();
+        let out = embedder.run(&pre.tensor_of(&image), 1).unwrap();
+        let (top1, p) = top_k(out.logit_row(0), 1)[0];
+        assert_eq!(
+            top1,
+            expected,
+            "{file}: got {} ({p:.3}), expected {}",
+            imagenet_label(top1),
+            imagenet_label(expected)
+        );
+    }
+    // The hoodie photo the issue names.
+    assert_eq!(imagenet_label(reference_images()[0].1), "sweatshirt");
+}
+
+#[test]
+fn whole_pipeline_from_jpeg_matches_reference_features() {
+    let embedder = embedder();
+    let pre = embedder.preprocessing;
+    let (_, inputs) = read_npy("reference/inputs.npy");
+    let (_, features) = read_npy("reference/features.npy");
+    let plane = 3 * 224 * 224;
+    for (i, (file, _)) in reference_images().iter().enumerate() {
+        let image = load_image(&fixture(&format!("reference/{file}"))).unwrap();
+        let tensor = pre.tensor_of(&image);
+        let input_diff = max_abs_diff(&tensor, &inputs[i * plane..(i + 1) * plane]);
+        let out = embedder.run(&tensor, 1).unwrap();
+        let reference = &features[i * FEATURE_DIM..(i + 1) * FEATURE_DIM];
+        let cos = cosine(out.feature(0), reference);
+        eprintln!(
+            "{file}: input max diff {input_diff:.4} ({:.1} grey levels), feature cosine {cos:.5}",
+            input_diff * 128.0
+        );
+        // JPEG decoders and resamplers differ by a few grey levels, never by a pixel shift.
+        assert!(
+            input_diff * 128.0 <= 4.0,
+            "{file}: input differs by {} grey levels",
+            input_diff * 128.0
+        );
+        assert!(
+            cos > 0.999,
+            "{file}: cosine {cos} to the reference features"
+        );
+    }
+}
