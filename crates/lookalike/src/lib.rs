@@ -4,5 +4,8 @@
 //! -> [`store`] (catalogue + vectors in SQLite) -> [`search`] (exact top-k).
 //! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
 
+pub mod catalogue;
 pub mod model;
 pub mod preprocess;
+pub mod search;
+pub mod store;

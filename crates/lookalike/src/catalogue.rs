@@ -1,0 +1,313 @@
+//! Reading a shop's catalogue: an ImageFolder tree, a CSV or a JSONL file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Image file extensions picked up when walking a folder.
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Column (or JSON key) names accepted for each field, lower-case.
+const IMAGE_KEYS: &[&str] = &[
+    "image",
+    "image_path",
+    "path",
+    "file",
+    "filename",
+    "image_file",
+];
+const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
+const TITLE_KEYS: &[&str] = &["title", "name"];
+
+/// Descriptive fields of a product; everything but the image is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProductInfo {
+    pub title: Option<String>,
+    pub price: Option<f64>,
+    pub category: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogueEntry {
+    pub id: String,
+    pub info: ProductInfo,
+    pub image_path: PathBuf,
+}
+
+/// A folder (sub-folders are categories), `.csv`, or `.jsonl`/`.ndjson`.
+pub fn read_catalogue(path: &Path) -> Result<Vec<CatalogueEntry>> {
+    let entries = if path.is_dir() {
+        read_image_folder(path)?
+    } else {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read catalogue {}", path.display()))?;
+        match ext.as_str() {
+            "csv" => parse_csv(&text, base),
+            "jsonl" | "ndjson" => parse_jsonl(&text, base),
+            _ => bail!(
+                "{}: a catalogue is a folder, a .csv or a .jsonl file",
+                path.display()
+            ),
+        }
+        .with_context(|| format!("in {}", path.display()))?
+    };
+    if entries.is_empty() {
+        bail!("{}: the catalogue has no images", path.display());
+    }
+    Ok(entries)
+}
+
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// ImageFolder: `root/<category>/**/<image>`; images directly under `root` have no category.
+/// The id is the path relative to `root` without its extension, e.g. `shoes/red-sneaker`.
+pub fn read_image_folder(root: &Path) -> Result<Vec<CatalogueEntry>> {
+    let mut entries = Vec::new();
+    for item in walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .follow_links(true)
+    {
+        let item = item.with_context(|| format!("cannot walk {}", root.display()))?;
+        if !item.file_type().is_file() || !is_image_file(item.path()) {
+            continue;
+        }
+        let rel = item
+            .path()
+            .strip_prefix(root)
+            .expect("walkdir stays under its root");
+        let category = (rel.components().count() > 1).then(|| {
+            rel.components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned()
+        });
+        let id = rel.with_extension("").to_string_lossy().replace('\\', "/");
+        entries.push(CatalogueEntry {
+            id,
+            info: ProductInfo {
+                category,
+                ..Default::default()
+            },
+            image_path: item.path().to_path_buf(),
+        });
+    }
+    Ok(entries)
+}
+
+fn pick<'a>(row: &'a HashMap<String, String>, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .filter_map(|k| row.get(*k))
+        .map(|v| v.trim())
+        .find(|v| !v.is_empty())
+}
+
+/// One record (CSV row or JSON object, keys lower-cased) into an entry; `line` is for messages.
+fn entry_from_record(
+    row: &HashMap<String, String>,
+    base: &Path,
+    line: usize,
+) -> Result<CatalogueEntry> {
+    let Some(image) = pick(row, IMAGE_KEYS) else {
+        bail!(
+            "line {line}: no image path (expected one of the fields {})",
+            IMAGE_KEYS.join(", ")
+        );
+    };
+    let price = match pick(row, &["price"]) {
+        None => None,
+        Some(p) => match p.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => bail!("line {line}: price {p:?} is not a non-negative number"),
+        },
+    };
+    let image_path = base.join(image);
+    Ok(CatalogueEntry {
+        id: pick(row, ID_KEYS).unwrap_or(image).to_string(),
+        info: ProductInfo {
+            title: pick(row, TITLE_KEYS).map(str::to_string),
+            price,
+            category: pick(row, &["category"]).map(str::to_string),
+            description: pick(row, &["description"]).map(str::to_string),
+        },
+        image_path,
+    })
+}
+
+fn reject_duplicate_ids(entries: &[(usize, CatalogueEntry)]) -> Result<()> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (line, e) in entries {
+        if let Some(first) = seen.insert(&e.id, *line) {
+            bail!(
+                "line {line}: product id {:?} already used on line {first}",
+                e.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// CSV with a header row; relative image paths resolve against `base`.
+pub fn parse_csv(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::Headers)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    if !headers.iter().any(|h| IMAGE_KEYS.contains(&h.as_str())) {
+        bail!(
+            "the header has no image column (expected one of {}; found {})",
+            IMAGE_KEYS.join(", "),
+            headers.join(", ")
+        );
+    }
+    let mut entries = Vec::new();
+    for record in reader.records() {
+        let record = record.context("malformed CSV")?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let row: HashMap<String, String> = headers
+            .iter()
+            .cloned()
+            .zip(record.iter().map(str::to_string))
+            .collect();
+        entries.push((line, entry_from_record(&row, base, line)?));
+    }
+    reject_duplicate_ids(&entries)?;
+    Ok(entries.into_iter().map(|(_, e)| e).collect())
+}
+
+/// One JSON object per line; blank lines are ignored.
+pub fn parse_jsonl(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
+    let mut entries = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(raw).with_context(|| format!("line {line}: not valid JSON"))?;
+        let Some(object) = value.as_object() else {
+            bail!("line {line}: expected a JSON object");
+        };
+        let row = object
+            .iter()
+            .filter_map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Null => return None,
+                    other => other.to_string(),
+                };
+                Some((k.to_ascii_lowercase(), text))
+            })
+            .collect();
+        entries.push((line, entry_from_record(&row, base, line)?));
+    }
+    reject_duplicate_ids(&entries)?;
+    Ok(entries.into_iter().map(|(_, e)| e).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(result: Result<Vec<CatalogueEntry>>) -> String {
+        format!("{:#}", result.unwrap_err())
+    }
+
+    #[test]
+    fn csv_with_all_fields_resolves_relative_paths() {
+        let text = "SKU,Name,Price,Category,Description,Image\nMH01,Chaz Hoodie,52.00,Hoodies,\"Warm, soft\",img/mh01.jpg\n";
+        let e = &parse_csv(text, Path::new("/shop")).unwrap()[0];
+        assert_eq!(e.id, "MH01");
+        assert_eq!(e.info.title.as_deref(), Some("Chaz Hoodie"));
+        assert_eq!(e.info.price, Some(52.0));
+        assert_eq!(e.info.description.as_deref(), Some("Warm, soft"));
+        assert_eq!(e.image_path, Path::new("/shop/img/mh01.jpg"));
+    }
+
+    #[test]
+    fn csv_without_id_uses_the_image_path_and_absolute_paths_stay() {
+        let e = &parse_csv("image\n/abs/a.png\n", Path::new("/shop")).unwrap()[0];
+        assert_eq!(e.id, "/abs/a.png");
+        assert_eq!(e.image_path, Path::new("/abs/a.png"));
+    }
+
+    #[test]
+    fn csv_errors_name_the_problem_and_line() {
+        assert!(err(parse_csv("id,title\n1,x\n", Path::new("."))).contains("no image column"));
+        assert!(
+            err(parse_csv("id,image,price\n1,a.jpg,cheap\n", Path::new(".")))
+                .contains("line 2: price \"cheap\"")
+        );
+        assert!(err(parse_csv("id,image\n1,a.jpg\n2,\n", Path::new(".")))
+            .contains("line 3: no image path"));
+        assert!(
+            err(parse_csv("id,image\n1,a.jpg\n1,b.jpg\n", Path::new(".")))
+                .contains("line 3: product id \"1\" already used on line 2")
+        );
+        assert!(
+            err(parse_csv("id,image\n1,a.jpg,extra\n", Path::new("."))).contains("malformed CSV")
+        );
+    }
+
+    #[test]
+    fn jsonl_accepts_numbers_and_skips_blank_lines() {
+        let text = "{\"id\": 7, \"image\": \"a.jpg\", \"price\": 9.5, \"category\": null}\n\n{\"image\": \"b.jpg\"}\n";
+        let entries = parse_jsonl(text, Path::new("/c")).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "7");
+        assert_eq!(entries[0].info.price, Some(9.5));
+        assert_eq!(entries[0].info.category, None);
+        assert_eq!(entries[1].id, "b.jpg");
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        assert!(err(parse_jsonl(
+            "{\"image\": \"a.jpg\"}\n{oops\n",
+            Path::new(".")
+        ))
+        .contains("line 2: not valid JSON"));
+        assert!(
+            err(parse_jsonl("[1,2]\n", Path::new("."))).contains("line 1: expected a JSON object")
+        );
+        assert!(err(parse_jsonl(
+            "{\"image\": \"a.jpg\", \"price\": -3}\n",
+            Path::new(".")
+        ))
+        .contains("line 1: price"));
+    }
+
+    #[test]
+    fn image_folder_categories_come_from_sub_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("shoes")).unwrap();
+        std::fs::write(dir.path().join("shoes/red.JPG"), b"x").unwrap();
+        std::fs::write(dir.path().join("loose.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("shoes/notes.txt"), b"x").unwrap();
+        let entries = read_image_folder(dir.path()).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "loose");
+        assert_eq!(entries[0].info.category, None);
+        assert_eq!(entries[1].id, "shoes/red");
+        assert_eq!(entries[1].info.category.as_deref(), Some("shoes"));
+    }
+}
