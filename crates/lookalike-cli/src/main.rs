@@ -1,1 +1,317 @@
-fn main() {}
+//! `lookalike`: a thin command-line shell over the lookalike library.
+
+mod bench;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::catalogue::read_catalogue;
+use lookalike::export::{export_json, export_npy};
+use lookalike::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
+use lookalike::model::labels::{imagenet_label, top_k};
+use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::search::{Filter, Metric, VectorIndex};
+use lookalike::store::SqliteStore;
+
+/// Exit status of `index` when it finished but skipped some images.
+const EXIT_SKIPPED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "lookalike",
+    version,
+    about = "Visual product recommendations: which products look like this photo?"
+)]
+struct Cli {
+    /// Folder with the model files (default: $LOOKALIKE_MODELS, else the checkout's models/).
+    #[arg(long, global = true)]
+    models: Option<PathBuf>,
+    /// Inference threads.
+    #[arg(long, global = true, default_value_t = default_threads())]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed a catalogue (folder of category sub-folders, CSV or JSONL) into a database; only new or changed images are embedded.
+    Index {
+        catalogue: PathBuf,
+        #[arg(long)]
+        db: PathBuf,
+        /// Remove products that left the catalogue or whose image file is gone.
+        #[arg(long)]
+        prune: bool,
+        #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+    },
+    /// Products that look like a photo.
+    Search {
+        image: PathBuf,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Products that look like product ID.
+    Similar {
+        id: String,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// Raw pooled backbone features (1280-d) of images.
+    Embed {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// ImageNet top-5 labels of images (shows the real pretrained weights at work).
+    Classify {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Use the backbone's own 1000-class ImageNet head.
+        #[arg(long, required = true)]
+        imagenet: bool,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the catalogue's vectors as .npy (rows in id order) and a JSON list describing each row.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        npy: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Delete products by id.
+    Remove {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Measure embedding throughput against reference runtimes.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// cosine (score = similarity in [-1, 1], higher is closer) or euclidean (score = distance, lower is closer).
+    #[arg(long, default_value = "cosine")]
+    metric: Metric,
+    #[arg(long)]
+    category: Option<String>,
+    #[arg(long)]
+    min_price: Option<f64>,
+    #[arg(long)]
+    max_price: Option<f64>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl QueryArgs {
+    fn filter(&self) -> Result<Filter> {
+        if let (Some(lo), Some(hi)) = (self.min_price, self.max_price) {
+            if lo > hi {
+                bail!("--min-price {lo} is above --max-price {hi}");
+            }
+        }
+        if self.k == 0 {
+            bail!("-k must be at least 1");
+        }
+        Ok(Filter {
+            category: self.category.clone(),
+            min_price: self.min_price,
+            max_price: self.max_price,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_embedder(cli_models: &Option<PathBuf>, threads: usize) -> Result<Embedder> {
+    Embedder::load(
+        &ModelDir::locate(cli_models.as_deref()),
+        EFFICIENTNET_LITE0,
+        threads,
+    )
+}
+
+/// Opens an existing catalogue database; queries never create one.
+fn open_existing(db: &Path) -> Result<SqliteStore> {
+    if !db.is_file() {
+        bail!(
+            "no catalogue database at {} (create it with `lookalike index`)",
+            db.display()
+        );
+    }
+    SqliteStore::open(db)
+}
+
+fn load_index(store: &SqliteStore) -> Result<VectorIndex> {
+    let index = VectorIndex::new(store.products()?)?;
+    if index.is_empty() {
+        bail!("the catalogue is empty (run `lookalike index` first)");
+    }
+    Ok(index)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Index {
+            catalogue,
+            db,
+            prune,
+            batch_size,
+        } => {
+            let entries = read_catalogue(&catalogue)?;
+            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let mut store = SqliteStore::open(&db)?;
+            let bar = ProgressBar::new(entries.len() as u64).with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+                    .expect("valid progress template"),
+            );
+            let options = IndexOptions { batch_size, prune };
+            let report =
+                index_catalogue(&mut store, &embedder, &entries, &options, &mut |done, _| {
+                    bar.set_position(done as u64)
+                })?;
+            bar.finish_and_clear();
+            for s in &report.skipped {
+                eprintln!("skipped {}: {}", s.path.display(), s.reason);
+            }
+            println!(
+                "indexed {} products into {}: {} embedded, {} unchanged, {} metadata updated, {} skipped, {} pruned; \
+                 {:.1}s, {:.1} images/s",
+                report.total,
+                db.display(),
+                report.embedded,
+                report.unchanged,
+                report.metadata_updated,
+                report.skipped.len(),
+                report.pruned,
+                report.elapsed.as_secs_f64(),
+                report.images_per_second()
+            );
+            Ok(if report.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_SKIPPED)
+            })
+        }
+        Command::Search { image, query } => {
+            let filter = query.filter()?;
+            let store = open_existing(&query.db)?;
+            let embedder = load_embedder(&cli.models, cli.threads)?;
+            store
+                .ensure_manifest(&embedder.manifest())
+                .context("cannot search this catalogue")?;
+            let index = load_index(&store)?;
+            let embedding = embed_files(&embedder, std::slice::from_ref(&image))?
+                .remove(0)
+                .with_context(|| format!("cannot use query image {}", image.display()))?;
+            let hits = index.search(&embedding.features, query.k, query.metric, &filter, None)?;
+            output::print_hits(&hits, query.metric, query.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Similar { id, query } => {
+            let filter = query.filter()?;
+            let index = load_index(&open_existing(&query.db)?)?;
+            let hits = index.similar(&id, query.k, query.metric, &filter)?;
+            output::print_hits(&hits, query.metric, query.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed { images, json } => {
+            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let results = embed_files(&embedder, &images)?;
+            output::print_embeddings(&images, &results, json)
+        }
+        Command::Classify {
+            images,
+            imagenet: _,
+            top,
+            json,
+        } => {
+            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let results = embed_files(&embedder, &images)?;
+            let mut failed = false;
+            let mut rows = Vec::new();
+            for (path, result) in images.iter().zip(results) {
+                match result {
+                    Ok(e) => {
+                        let labels: Vec<(usize, &str, f32)> = top_k(&e.logits, top)
+                            .into_iter()
+                            .map(|(c, p)| (c, imagenet_label(c), p))
+                            .collect();
+                        rows.push((path, labels));
+                    }
+                    Err(err) => {
+                        failed = true;
+                        eprintln!("error: {}: {err}", path.display());
+                    }
+                }
+            }
+            output::print_labels(&rows, json)?;
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Export { db, npy, json } => {
+            if npy.is_none() && json.is_none() {
+                bail!("nothing to export: give --npy and/or --json");
+            }
+            let products = open_existing(&db)?.products()?;
+            if let Some(path) = &npy {
+                export_npy(&products, path)?;
+                println!("wrote {} vectors to {}", products.len(), path.display());
+            }
+            if let Some(path) = &json {
+                export_json(&products, path)?;
+                println!("wrote {} rows to {}", products.len(), path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remove { ids, db } => {
+            let removed = open_existing(&db)?.remove(&ids)?;
+            println!("removed {removed} of {} products", ids.len());
+            Ok(if removed == ids.len() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench { what } => {
+            bench::run(what, &ModelDir::locate(cli.models.as_deref()), cli.threads)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

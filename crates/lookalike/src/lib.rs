@@ -5,6 +5,8 @@
 //! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
 
 pub mod catalogue;
+pub mod export;
+pub mod indexer;
 pub mod model;
 pub mod preprocess;
 pub mod search;

@@ -1,0 +1,174 @@
+//! `lookalike bench embed`: lookalike's embedding throughput beside the reference
+//! runtimes (ONNX Runtime's Python API on the same graph, and PyTorch eager on an
+//! independent implementation of the network), measured in the same run.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use serde::Deserialize;
+
+const REFERENCE_SCRIPT: &str = include_str!("../../../bench/reference_runtimes.py");
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Images/s of the backbone at 224x224, per batch size.
+    Embed {
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        batches: Vec<usize>,
+        /// Seconds of timed runs per runtime and batch size.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Python interpreter with `onnxruntime` and/or `torch` installed (scripts/bench-env.sh makes one).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Measure lookalike alone.
+        #[arg(long)]
+        no_reference: bool,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct Measurement {
+    runtime: String,
+    batch: Option<usize>,
+    images_per_second: Option<f64>,
+    error: Option<String>,
+}
+
+/// Median images/s over timed runs of `seconds`, after one warm-up run.
+fn measure(embedder: &Embedder, batch: usize, seconds: f64) -> Result<f64> {
+    let len = batch * embedder.preprocessing.tensor_len();
+    // Deterministic inputs in the network's input range; throughput does not depend on the values.
+    let input: Vec<f32> = (0..len)
+        .map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0)
+        .collect();
+    embedder.run(&input, batch)?;
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut rates = Vec::new();
+    while started.elapsed() < budget || rates.len() < 3 {
+        let t = Instant::now();
+        embedder.run(&input, batch)?;
+        rates.push(batch as f64 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
+}
+
+fn reference_measurements(
+    embedder: &Embedder,
+    models: &ModelDir,
+    python: &str,
+    batches: &[usize],
+    seconds: f64,
+    threads: usize,
+) -> Result<Vec<Measurement>> {
+    let dir = tempfile::tempdir()?;
+    let onnx = dir.path().join("efficientnet-lite0.onnx");
+    std::fs::write(&onnx, embedder.onnx_model())?;
+    let script = dir.path().join("reference_runtimes.py");
+    std::fs::File::create(&script)?.write_all(REFERENCE_SCRIPT.as_bytes())?;
+    let batches: Vec<String> = batches.iter().map(usize::to_string).collect();
+    let output = Command::new(python)
+        .arg(&script)
+        .arg("--onnx")
+        .arg(&onnx)
+        .arg("--weights")
+        .arg(models.weights(&EFFICIENTNET_LITE0)?)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--batches",
+            &batches.join(","),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "reference script failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l)
+                .with_context(|| format!("bad line from the reference script: {l}"))
+        })
+        .collect()
+}
+
+pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<()> {
+    let BenchCommand::Embed {
+        batches,
+        seconds,
+        python,
+        no_reference,
+    } = command;
+    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
+    eprintln!("measuring lookalike ({threads} threads, {seconds}s per batch size)...");
+    let mut ours = Vec::new();
+    for &batch in &batches {
+        ours.push((batch, measure(&embedder, batch, seconds)?));
+    }
+    let references = if no_reference {
+        Vec::new()
+    } else {
+        eprintln!("measuring reference runtimes with {python}...");
+        reference_measurements(&embedder, models, &python, &batches, seconds, threads)?
+    };
+
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "runtime",
+        "batch",
+        "images/s",
+        "lookalike ÷ this",
+    ]);
+    for &(batch, rate) in &ours {
+        table.add_row([
+            "lookalike (ONNX Runtime via ort)".to_string(),
+            batch.to_string(),
+            format!("{rate:.1}"),
+            "1.00".into(),
+        ]);
+    }
+    for m in &references {
+        match (m.batch, m.images_per_second) {
+            (Some(batch), Some(rate)) => {
+                let ratio = ours
+                    .iter()
+                    .find(|(b, _)| *b == batch)
+                    .map_or(String::new(), |(_, r)| format!("{:.2}", r / rate));
+                table.add_row([
+                    m.runtime.clone(),
+                    batch.to_string(),
+                    format!("{rate:.1}"),
+                    ratio,
+                ]);
+            }
+            _ => {
+                table.add_row([
+                    m.runtime.clone(),
+                    "-".into(),
+                    "-".into(),
+                    m.error.clone().unwrap_or_default(),
+                ]);
+            }
+        }
+    }
+    println!(
+        "EfficientNet-Lite0, 224x224, {threads} threads, median of timed runs over {seconds}s"
+    );
+    println!("{table}");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Human tables and JSON for the CLI's answers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use lookalike::indexer::ImageEmbedding;
+use lookalike::preprocess::ImageError;
+use lookalike::search::{Hit, Metric};
+use serde_json::json;
+
+pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool) -> Result<()> {
+    if as_json {
+        let rows: Vec<_> = hits
+            .iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                let p = h.product;
+                json!({
+                    "rank": rank + 1,
+                    "id": p.id,
+                    "score": h.score,
+                    "metric": metric,
+                    "title": p.info.title,
+                    "price": p.info.price,
+                    "category": p.info.category,
+                    "description": p.info.description,
+                    "image": p.image_path,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    let score = match metric {
+        Metric::Cosine => "similarity",
+        Metric::Euclidean => "distance",
+    };
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["rank", "id", score, "category", "title", "price", "image"]);
+    for (rank, h) in hits.iter().enumerate() {
+        let p = h.product;
+        table.add_row([
+            (rank + 1).to_string(),
+            p.id.clone(),
+            format!("{:.4}", h.score),
+            p.info.category.clone().unwrap_or_default(),
+            p.info.title.clone().unwrap_or_default(),
+            p.info.price.map(|v| format!("{v:.2}")).unwrap_or_default(),
+            p.image_path.clone(),
+        ]);
+    }
+    println!("{table}");
+    if hits.is_empty() {
+        println!("no product matches the filters");
+    }
+    Ok(())
+}
+
+pub fn print_embeddings(
+    paths: &[PathBuf],
+    results: &[Result<ImageEmbedding, ImageError>],
+    as_json: bool,
+) -> Result<ExitCode> {
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for (path, result) in paths.iter().zip(results) {
+        match result {
+            Ok(e) if as_json => rows.push(
+                json!({ "path": path, "dimension": e.features.len(), "embedding": e.features }),
+            ),
+            Ok(e) => {
+                let norm = e.features.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let head: Vec<String> = e
+                    .features
+                    .iter()
+                    .take(6)
+                    .map(|x| format!("{x:.4}"))
+                    .collect();
+                println!(
+                    "{}\t{}-d\tL2 {norm:.3}\t[{}, ...]",
+                    path.display(),
+                    e.features.len(),
+                    head.join(", ")
+                );
+            }
+            Err(err) => {
+                failed = true;
+                eprintln!("error: {}: {err}", path.display());
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn print_labels(rows: &[(&PathBuf, Vec<(usize, &str, f32)>)], as_json: bool) -> Result<()> {
+    if as_json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(path, labels)| {
+                let top: Vec<_> = labels
+                    .iter()
+                    .map(|(class, label, p)| json!({ "class": class, "label": label, "probability": p }))
+                    .collect();
+                json!({ "path": path, "top": top })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (path, labels) in rows {
+        println!("{}", path.display());
+        for (class, label, p) in labels {
+            println!("  {:6.2}%  {label} ({class})", p * 100.0);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Driving a catalogue through the pipeline: read + hash + decode + resize in
+//! parallel on a producer thread while the network runs on the previous batch,
+//! then one store transaction per batch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::catalogue::CatalogueEntry;
+use crate::model::Embedder;
+use crate::preprocess::{decode_image, ImageError};
+use crate::store::{Fingerprint, ProductWrite, SqliteStore};
+
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    pub batch_size: usize,
+    /// Remove stored products that are no longer in the catalogue or whose image file is gone.
+    pub prune: bool,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: DEFAULT_BATCH_SIZE,
+            prune: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub id: String,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IndexReport {
+    pub total: usize,
+    pub embedded: usize,
+    pub unchanged: usize,
+    pub metadata_updated: usize,
+    pub pruned: usize,
+    pub skipped: Vec<Skipped>,
+    pub elapsed: Duration,
+}
+
+impl IndexReport {
+    pub fn images_per_second(&self) -> f64 {
+        self.embedded as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What the producer decided for one entry.
+enum Prepared {
+    Unchanged,
+    MetadataOnly { hash: String },
+    Embed { hash: String, tensor: Vec<f32> },
+    Skip(String),
+}
+
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Prepared {
+    let bytes = match std::fs::read(&entry.image_path) {
+        Ok(b) => b,
+        Err(e) => return Prepared::Skip(ImageError::Unreadable(e).to_string()),
+    };
+    let hash = content_hash(&bytes);
+    if let Some(known) = known.filter(|k| k.content_hash == hash) {
+        let same_info =
+            known.info == entry.info && known.image_path == entry.image_path.to_string_lossy();
+        return if same_info {
+            Prepared::Unchanged
+        } else {
+            Prepared::MetadataOnly { hash }
+        };
+    }
+    match decode_image(&bytes) {
+        Ok(image) => Prepared::Embed {
+            hash,
+            tensor: embedder.preprocessing.tensor_of(&image),
+        },
+        Err(e) => Prepared::Skip(e.to_string()),
+    }
+}
+
+/// Embeds new and changed images of `entries` into `store`; `on_batch(done, total)` after each batch.
+pub fn index_catalogue(
+    store: &mut SqliteStore,
+    embedder: &Embedder,
+    entries: &[CatalogueEntry],
+    options: &IndexOptions,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<IndexReport> {
+    let started = Instant::now();
+    store.ensure_manifest(&embedder.manifest())?;
+    let known = store.fingerprints()?;
+    let mut report = IndexReport {
+        total: entries.len(),
+        ..Default::default()
+    };
+    let batch_size = options.batch_size.max(1);
+
+    std::thread::scope(|scope| -> Result<()> {
+        // Two prepared batches in flight: enough to hide decoding behind inference, bounded memory.
+        let (sender, receiver) = sync_channel::<(usize, Vec<Prepared>)>(2);
+        let known = &known;
+        scope.spawn(move || {
+            for (n, chunk) in entries.chunks(batch_size).enumerate() {
+                let prepared = chunk
+                    .par_iter()
+                    .map(|e| prepare(e, known.get(&e.id), embedder))
+                    .collect();
+                if sender.send((n * batch_size, prepared)).is_err() {
+                    break; // the consumer failed and hung up
+                }
+            }
+        });
+        let mut done = 0;
+        for (start, prepared) in receiver {
+            let chunk = &entries[start..start + prepared.len()];
+            let mut input = Vec::new();
+            let mut to_embed = Vec::new();
+            for (i, p) in prepared.iter().enumerate() {
+                if let Prepared::Embed { tensor, .. } = p {
+                    input.extend_from_slice(tensor);
+                    to_embed.push(i);
+                }
+            }
+            let out = embedder.run(&input, to_embed.len())?;
+            let row_of: HashMap<usize, usize> = to_embed
+                .iter()
+                .enumerate()
+                .map(|(row, &i)| (i, row))
+                .collect();
+            let mut writes = Vec::new();
+            for (i, (entry, p)) in chunk.iter().zip(&prepared).enumerate() {
+                match p {
+                    Prepared::Unchanged => report.unchanged += 1,
+                    Prepared::MetadataOnly { hash } => {
+                        report.metadata_updated += 1;
+                        writes.push(ProductWrite {
+                            entry,
+                            content_hash: hash,
+                            vector: None,
+                        });
+                    }
+                    Prepared::Embed { hash, .. } => {
+                        report.embedded += 1;
+                        writes.push(ProductWrite {
+                            entry,
+                            content_hash: hash,
+                            vector: Some(out.feature(row_of[&i])),
+                        });
+                    }
+                    Prepared::Skip(reason) => report.skipped.push(Skipped {
+                        id: entry.id.clone(),
+                        path: entry.image_path.clone(),
+                        reason: reason.clone(),
+                    }),
+                }
+            }
+            store.write_batch(&writes)?;
+            done += chunk.len();
+            on_batch(done, entries.len());
+        }
+        Ok(())
+    })?;
+
+    if options.prune {
+        let present: HashSet<&str> = entries
+            .iter()
+            .filter(|e| e.image_path.is_file())
+            .map(|e| e.id.as_str())
+            .collect();
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|id| !present.contains(id.as_str()))
+            .cloned()
+            .collect();
+        report.pruned = store.remove(&gone)?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// A query image's pooled features and, when the backbone has its classifier, its ImageNet logits.
+#[derive(Debug, Clone)]
+pub struct ImageEmbedding {
+    pub features: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+/// Embeds image files for queries; each result is the embedding or why the image was refused.
+pub fn embed_files(
+    embedder: &Embedder,
+    paths: &[PathBuf],
+) -> Result<Vec<Result<ImageEmbedding, ImageError>>> {
+    let mut results = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(DEFAULT_BATCH_SIZE) {
+        let prepared: Vec<Result<Vec<f32>, ImageError>> = chunk
+            .par_iter()
+            .map(|p| {
+                crate::preprocess::load_image(p).map(|img| embedder.preprocessing.tensor_of(&img))
+            })
+            .collect();
+        let input: Vec<f32> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
+        let out = embedder.run(&input, prepared.iter().filter(|p| p.is_ok()).count())?;
+        let mut row = 0;
+        for p in prepared {
+            results.push(p.map(|_| {
+                row += 1;
+                ImageEmbedding {
+                    features: out.feature(row - 1).to_vec(),
+                    logits: if out.num_classes > 0 {
+                        out.logit_row(row - 1).to_vec()
+                    } else {
+                        vec![]
+                    },
+                }
+            }));
+        }
+    }
+    Ok(results)
+}
