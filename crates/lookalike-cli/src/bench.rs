@@ -45,9 +45,7 @@ struct Measurement {
 fn measure(embedder: &Embedder, batch: usize, seconds: f64) -> Result<f64> {
     let len = batch * embedder.preprocessing.tensor_len();
     // Deterministic inputs in the network's input range; throughput does not depend on the values.
-    let input: Vec<f32> = (0..len)
-        .map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0)
-        .collect();
+    let input: Vec<f32> = (0..len).map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0).collect();
     embedder.run(&input, batch)?;
     let budget = Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -92,18 +90,12 @@ fn reference_measurements(
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     if !output.status.success() {
-        anyhow::bail!(
-            "reference script failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        anyhow::bail!("reference script failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l)
-                .with_context(|| format!("bad line from the reference script: {l}"))
-        })
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from the reference script: {l}")))
         .collect()
 }
 
@@ -128,12 +120,9 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
     };
 
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "runtime",
-        "batch",
-        "images/s",
-        "lookalike ÷ this",
-    ]);
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["runtime", "batch", "images/s", "lookalike ÷ this"]);
     for &(batch, rate) in &ours {
         table.add_row([
             "lookalike (ONNX Runtime via ort)".to_string(),
@@ -149,12 +138,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
                     .iter()
                     .find(|(b, _)| *b == batch)
                     .map_or(String::new(), |(_, r)| format!("{:.2}", r / rate));
-                table.add_row([
-                    m.runtime.clone(),
-                    batch.to_string(),
-                    format!("{rate:.1}"),
-                    ratio,
-                ]);
+                table.add_row([m.runtime.clone(), batch.to_string(), format!("{rate:.1}"), ratio]);
             }
             _ => {
                 table.add_row([
@@ -166,9 +150,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
             }
         }
     }
-    println!(
-        "EfficientNet-Lite0, 224x224, {threads} threads, median of timed runs over {seconds}s"
-    );
+    println!("EfficientNet-Lite0, 224x224, {threads} threads, median of timed runs over {seconds}s");
     println!("{table}");
     Ok(())
 }

@@ -157,11 +157,7 @@ fn main() -> ExitCode {
 }
 
 fn load_embedder(cli_models: &Option<PathBuf>, threads: usize) -> Result<Embedder> {
-    Embedder::load(
-        &ModelDir::locate(cli_models.as_deref()),
-        EFFICIENTNET_LITE0,
-        threads,
-    )
+    Embedder::load(&ModelDir::locate(cli_models.as_deref()), EFFICIENTNET_LITE0, threads)
 }
 
 /// Opens an existing catalogue database; queries never create one.
@@ -199,10 +195,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .expect("valid progress template"),
             );
             let options = IndexOptions { batch_size, prune };
-            let report =
-                index_catalogue(&mut store, &embedder, &entries, &options, &mut |done, _| {
-                    bar.set_position(done as u64)
-                })?;
+            let report = index_catalogue(&mut store, &embedder, &entries, &options, &mut |done, _| {
+                bar.set_position(done as u64)
+            })?;
             bar.finish_and_clear();
             for s in &report.skipped {
                 eprintln!("skipped {}: {}", s.path.display(), s.reason);
@@ -279,11 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             output::print_labels(&rows, json)?;
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Export { db, npy, json } => {
             if npy.is_none() && json.is_none() {

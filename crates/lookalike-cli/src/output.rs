@@ -69,17 +69,12 @@ pub fn print_embeddings(
     let mut rows = Vec::new();
     for (path, result) in paths.iter().zip(results) {
         match result {
-            Ok(e) if as_json => rows.push(
-                json!({ "path": path, "dimension": e.features.len(), "embedding": e.features }),
-            ),
+            Ok(e) if as_json => {
+                rows.push(json!({ "path": path, "dimension": e.features.len(), "embedding": e.features }))
+            }
             Ok(e) => {
                 let norm = e.features.iter().map(|x| x * x).sum::<f32>().sqrt();
-                let head: Vec<String> = e
-                    .features
-                    .iter()
-                    .take(6)
-                    .map(|x| format!("{x:.4}"))
-                    .collect();
+                let head: Vec<String> = e.features.iter().take(6).map(|x| format!("{x:.4}")).collect();
                 println!(
                     "{}\t{}-d\tL2 {norm:.3}\t[{}, ...]",
                     path.display(),
@@ -96,11 +91,7 @@ pub fn print_embeddings(
     if as_json {
         println!("{}", serde_json::to_string(&rows)?);
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 pub fn print_labels(rows: &[(&PathBuf, Vec<(usize, &str, f32)>)], as_json: bool) -> Result<()> {

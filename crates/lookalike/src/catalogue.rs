@@ -10,14 +10,7 @@ use serde::{Deserialize, Serialize};
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// Column (or JSON key) names accepted for each field, lower-case.
-const IMAGE_KEYS: &[&str] = &[
-    "image",
-    "image_path",
-    "path",
-    "file",
-    "filename",
-    "image_file",
-];
+const IMAGE_KEYS: &[&str] = &["image", "image_path", "path", "file", "filename", "image_file"];
 const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
 const TITLE_KEYS: &[&str] = &["title", "name"];
 
@@ -48,15 +41,12 @@ pub fn read_catalogue(path: &Path) -> Result<Vec<CatalogueEntry>> {
             .unwrap_or("")
             .to_ascii_lowercase();
         let base = path.parent().unwrap_or(Path::new("."));
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read catalogue {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read catalogue {}", path.display()))?;
         match ext.as_str() {
             "csv" => parse_csv(&text, base),
             "jsonl" | "ndjson" => parse_jsonl(&text, base),
-            _ => bail!(
-                "{}: a catalogue is a folder, a .csv or a .jsonl file",
-                path.display()
-            ),
+            _ => bail!("{}: a catalogue is a folder, a .csv or a .jsonl file", path.display()),
         }
         .with_context(|| format!("in {}", path.display()))?
     };
@@ -72,30 +62,21 @@ pub fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// ImageFolder: `root/<category>/**/<image>`; images directly under `root` have no category.
+/// ImageFolder: `root/**/<category>/<image>`; the category is the image's own folder, so split
+/// layouts such as `train/shoes/` work too. Images directly under `root` have no category.
 /// The id is the path relative to `root` without its extension, e.g. `shoes/red-sneaker`.
 pub fn read_image_folder(root: &Path) -> Result<Vec<CatalogueEntry>> {
     let mut entries = Vec::new();
-    for item in walkdir::WalkDir::new(root)
-        .sort_by_file_name()
-        .follow_links(true)
-    {
+    for item in walkdir::WalkDir::new(root).sort_by_file_name().follow_links(true) {
         let item = item.with_context(|| format!("cannot walk {}", root.display()))?;
         if !item.file_type().is_file() || !is_image_file(item.path()) {
             continue;
         }
-        let rel = item
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir stays under its root");
-        let category = (rel.components().count() > 1).then(|| {
-            rel.components()
-                .next()
-                .unwrap()
-                .as_os_str()
-                .to_string_lossy()
-                .into_owned()
-        });
+        let rel = item.path().strip_prefix(root).expect("walkdir stays under its root");
+        let category = rel
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .map(|name| name.to_string_lossy().into_owned());
         let id = rel.with_extension("").to_string_lossy().replace('\\', "/");
         entries.push(CatalogueEntry {
             id,
@@ -117,11 +98,7 @@ fn pick<'a>(row: &'a HashMap<String, String>, keys: &[&str]) -> Option<&'a str> 
 }
 
 /// One record (CSV row or JSON object, keys lower-cased) into an entry; `line` is for messages.
-fn entry_from_record(
-    row: &HashMap<String, String>,
-    base: &Path,
-    line: usize,
-) -> Result<CatalogueEntry> {
+fn entry_from_record(row: &HashMap<String, String>, base: &Path, line: usize) -> Result<CatalogueEntry> {
     let Some(image) = pick(row, IMAGE_KEYS) else {
         bail!(
             "line {line}: no image path (expected one of the fields {})",
@@ -152,10 +129,7 @@ fn reject_duplicate_ids(entries: &[(usize, CatalogueEntry)]) -> Result<()> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (line, e) in entries {
         if let Some(first) = seen.insert(&e.id, *line) {
-            bail!(
-                "line {line}: product id {:?} already used on line {first}",
-                e.id
-            );
+            bail!("line {line}: product id {:?} already used on line {first}", e.id);
         }
     }
     Ok(())
@@ -166,11 +140,7 @@ pub fn parse_csv(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::Headers)
         .from_reader(text.as_bytes());
-    let headers: Vec<String> = reader
-        .headers()?
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
+    let headers: Vec<String> = reader.headers()?.iter().map(|h| h.to_ascii_lowercase()).collect();
     if !headers.iter().any(|h| IMAGE_KEYS.contains(&h.as_str())) {
         bail!(
             "the header has no image column (expected one of {}; found {})",
@@ -182,11 +152,7 @@ pub fn parse_csv(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
     for record in reader.records() {
         let record = record.context("malformed CSV")?;
         let line = record.position().map_or(0, |p| p.line() as usize);
-        let row: HashMap<String, String> = headers
-            .iter()
-            .cloned()
-            .zip(record.iter().map(str::to_string))
-            .collect();
+        let row: HashMap<String, String> = headers.iter().cloned().zip(record.iter().map(str::to_string)).collect();
         entries.push((line, entry_from_record(&row, base, line)?));
     }
     reject_duplicate_ids(&entries)?;
@@ -234,7 +200,8 @@ mod tests {
 
     #[test]
     fn csv_with_all_fields_resolves_relative_paths() {
-        let text = "SKU,Name,Price,Category,Description,Image\nMH01,Chaz Hoodie,52.00,Hoodies,\"Warm, soft\",img/mh01.jpg\n";
+        let text =
+            "SKU,Name,Price,Category,Description,Image\nMH01,Chaz Hoodie,52.00,Hoodies,\"Warm, soft\",img/mh01.jpg\n";
         let e = &parse_csv(text, Path::new("/shop")).unwrap()[0];
         assert_eq!(e.id, "MH01");
         assert_eq!(e.info.title.as_deref(), Some("Chaz Hoodie"));
@@ -253,19 +220,11 @@ mod tests {
     #[test]
     fn csv_errors_name_the_problem_and_line() {
         assert!(err(parse_csv("id,title\n1,x\n", Path::new("."))).contains("no image column"));
-        assert!(
-            err(parse_csv("id,image,price\n1,a.jpg,cheap\n", Path::new(".")))
-                .contains("line 2: price \"cheap\"")
-        );
-        assert!(err(parse_csv("id,image\n1,a.jpg\n2,\n", Path::new(".")))
-            .contains("line 3: no image path"));
-        assert!(
-            err(parse_csv("id,image\n1,a.jpg\n1,b.jpg\n", Path::new(".")))
-                .contains("line 3: product id \"1\" already used on line 2")
-        );
-        assert!(
-            err(parse_csv("id,image\n1,a.jpg,extra\n", Path::new("."))).contains("malformed CSV")
-        );
+        assert!(err(parse_csv("id,image,price\n1,a.jpg,cheap\n", Path::new("."))).contains("line 2: price \"cheap\""));
+        assert!(err(parse_csv("id,image\n1,a.jpg\n2,\n", Path::new("."))).contains("line 3: no image path"));
+        assert!(err(parse_csv("id,image\n1,a.jpg\n1,b.jpg\n", Path::new(".")))
+            .contains("line 3: product id \"1\" already used on line 2"));
+        assert!(err(parse_csv("id,image\n1,a.jpg,extra\n", Path::new("."))).contains("malformed CSV"));
     }
 
     #[test]
@@ -281,30 +240,24 @@ mod tests {
 
     #[test]
     fn jsonl_errors_name_the_line() {
-        assert!(err(parse_jsonl(
-            "{\"image\": \"a.jpg\"}\n{oops\n",
-            Path::new(".")
-        ))
-        .contains("line 2: not valid JSON"));
-        assert!(
-            err(parse_jsonl("[1,2]\n", Path::new("."))).contains("line 1: expected a JSON object")
-        );
-        assert!(err(parse_jsonl(
-            "{\"image\": \"a.jpg\", \"price\": -3}\n",
-            Path::new(".")
-        ))
-        .contains("line 1: price"));
+        assert!(err(parse_jsonl("{\"image\": \"a.jpg\"}\n{oops\n", Path::new("."))).contains("line 2: not valid JSON"));
+        assert!(err(parse_jsonl("[1,2]\n", Path::new("."))).contains("line 1: expected a JSON object"));
+        assert!(err(parse_jsonl("{\"image\": \"a.jpg\", \"price\": -3}\n", Path::new("."))).contains("line 1: price"));
     }
 
     #[test]
     fn image_folder_categories_come_from_sub_folders() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("shoes")).unwrap();
+        std::fs::create_dir_all(dir.path().join("test/bags")).unwrap();
         std::fs::write(dir.path().join("shoes/red.JPG"), b"x").unwrap();
+        std::fs::write(dir.path().join("test/bags/tote.webp"), b"x").unwrap();
         std::fs::write(dir.path().join("loose.png"), b"x").unwrap();
         std::fs::write(dir.path().join("shoes/notes.txt"), b"x").unwrap();
         let entries = read_image_folder(dir.path()).unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].id, "test/bags/tote");
+        assert_eq!(entries[2].info.category.as_deref(), Some("bags"));
         assert_eq!(entries[0].id, "loose");
         assert_eq!(entries[0].info.category, None);
         assert_eq!(entries[1].id, "shoes/red");

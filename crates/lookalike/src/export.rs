@@ -20,13 +20,9 @@ struct RowInfo<'a> {
 }
 
 /// Writes to `path.part` and renames, so a crash never leaves a half-written export.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
+fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
     let part = path.with_extension("part");
-    let file = std::fs::File::create(&part)
-        .with_context(|| format!("cannot create {}", part.display()))?;
+    let file = std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
     let mut out = BufWriter::new(file);
     write(&mut out)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -96,8 +92,7 @@ mod tests {
         assert_eq!(file.into_vec::<f32>().unwrap()[6..], [2.0, 0.5, -1.0]);
         let json = dir.path().join("p.json");
         export_json(&products, &json).unwrap();
-        let rows: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+        let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
         assert_eq!(rows[2]["image_path"], "2.jpg");
     }
 }

@@ -77,8 +77,7 @@ fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embed
     };
     let hash = content_hash(&bytes);
     if let Some(known) = known.filter(|k| k.content_hash == hash) {
-        let same_info =
-            known.info == entry.info && known.image_path == entry.image_path.to_string_lossy();
+        let same_info = known.info == entry.info && known.image_path == entry.image_path.to_string_lossy();
         return if same_info {
             Prepared::Unchanged
         } else {
@@ -138,11 +137,7 @@ pub fn index_catalogue(
                 }
             }
             let out = embedder.run(&input, to_embed.len())?;
-            let row_of: HashMap<usize, usize> = to_embed
-                .iter()
-                .enumerate()
-                .map(|(row, &i)| (i, row))
-                .collect();
+            let row_of: HashMap<usize, usize> = to_embed.iter().enumerate().map(|(row, &i)| (i, row)).collect();
             let mut writes = Vec::new();
             for (i, (entry, p)) in chunk.iter().zip(&prepared).enumerate() {
                 match p {
@@ -202,17 +197,12 @@ pub struct ImageEmbedding {
 }
 
 /// Embeds image files for queries; each result is the embedding or why the image was refused.
-pub fn embed_files(
-    embedder: &Embedder,
-    paths: &[PathBuf],
-) -> Result<Vec<Result<ImageEmbedding, ImageError>>> {
+pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<ImageEmbedding, ImageError>>> {
     let mut results = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(DEFAULT_BATCH_SIZE) {
         let prepared: Vec<Result<Vec<f32>, ImageError>> = chunk
             .par_iter()
-            .map(|p| {
-                crate::preprocess::load_image(p).map(|img| embedder.preprocessing.tensor_of(&img))
-            })
+            .map(|p| crate::preprocess::load_image(p).map(|img| embedder.preprocessing.tensor_of(&img)))
             .collect();
         let input: Vec<f32> = prepared
             .iter()

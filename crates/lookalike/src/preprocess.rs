@@ -25,8 +25,8 @@ pub enum ImageError {
     Empty,
     #[error("not an image (unrecognised format)")]
     NotAnImage,
-    #[error("image too large: {width}x{height} pixels (limit {MAX_IMAGE_SIDE} per side)")]
-    TooLarge { width: u32, height: u32 },
+    #[error("image too large: {0} (limits: {MAX_IMAGE_SIDE} pixels per side, {} MiB decoded)", MAX_DECODE_BYTES >> 20)]
+    TooLarge(String),
     #[error("cannot decode image: {0}")]
     Undecodable(String),
 }
@@ -49,6 +49,10 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(classify)?;
+    let (width, height) = decoder.dimensions();
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(ImageError::TooLarge(format!("{width}x{height} pixels")));
+    }
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     if let Some(orientation) = orientation {
@@ -63,10 +67,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
 
 fn classify(err: image::ImageError) -> ImageError {
     match err {
-        image::ImageError::Limits(_) => ImageError::TooLarge {
-            width: 0,
-            height: 0,
-        },
+        image::ImageError::Limits(_) => ImageError::TooLarge { width: 0, height: 0 },
         image::ImageError::Unsupported(_) => ImageError::NotAnImage,
         other => ImageError::Undecodable(other.to_string()),
     }
@@ -141,15 +142,9 @@ impl Preprocessing {
         let short = w.min(h) as f64;
         let scale = self.resize_shorter as f64 / short;
         let (rw, rh) = if w <= h {
-            (
-                self.resize_shorter,
-                ((h as f64 * scale).round() as u32).max(self.crop),
-            )
+            (self.resize_shorter, ((h as f64 * scale).round() as u32).max(self.crop))
         } else {
-            (
-                ((w as f64 * scale).round() as u32).max(self.crop),
-                self.resize_shorter,
-            )
+            (((w as f64 * scale).round() as u32).max(self.crop), self.resize_shorter)
         };
         let src = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
             .expect("RgbImage buffer matches its dimensions");
@@ -158,8 +153,7 @@ impl Preprocessing {
         Resizer::new()
             .resize(&src, &mut dst, &options)
             .expect("same pixel type on both sides");
-        let resized = RgbImage::from_raw(rw, rh, dst.into_vec())
-            .expect("resizer output matches its dimensions");
+        let resized = RgbImage::from_raw(rw, rh, dst.into_vec()).expect("resizer output matches its dimensions");
         let left = centre_offset(rw, self.crop);
         let top = centre_offset(rh, self.crop);
         image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image()

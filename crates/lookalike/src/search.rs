@@ -46,12 +46,7 @@ pub struct Filter {
 impl Filter {
     fn accepts(&self, p: &StoredProduct) -> bool {
         if let Some(c) = &self.category {
-            if !p
-                .info
-                .category
-                .as_deref()
-                .is_some_and(|pc| pc.eq_ignore_ascii_case(c))
-            {
+            if !p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)) {
                 return false;
             }
         }
@@ -84,12 +79,7 @@ pub struct VectorIndex {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -147,8 +137,7 @@ impl VectorIndex {
         let d = dot(query, v);
         match metric {
             Metric::Cosine => d / (query_norm * self.norms[i]).max(f32::MIN_POSITIVE),
-            Metric::Euclidean => (query_norm * query_norm + self.norms[i] * self.norms[i]
-                - 2.0 * d)
+            Metric::Euclidean => (query_norm * query_norm + self.norms[i] * self.norms[i] - 2.0 * d)
                 .max(0.0)
                 .sqrt(),
         }
@@ -173,14 +162,10 @@ impl VectorIndex {
         let query_norm = dot(query, query).sqrt();
         let candidate = |i: usize| {
             let p = &self.products[i];
-            (filter.accepts(p) && exclude != Some(p.id.as_str()))
-                .then(|| (i, self.score(i, query, query_norm, metric)))
+            (filter.accepts(p) && exclude != Some(p.id.as_str())).then(|| (i, self.score(i, query, query_norm, metric)))
         };
         let mut scored: Vec<(usize, f32)> = if self.len() >= PARALLEL_THRESHOLD {
-            (0..self.len())
-                .into_par_iter()
-                .filter_map(candidate)
-                .collect()
+            (0..self.len()).into_par_iter().filter_map(candidate).collect()
         } else {
             (0..self.len()).filter_map(candidate).collect()
         };
@@ -206,13 +191,7 @@ impl VectorIndex {
     }
 
     /// Products that look like product `id` (itself excluded).
-    pub fn similar(
-        &self,
-        id: &str,
-        k: usize,
-        metric: Metric,
-        filter: &Filter,
-    ) -> Result<Vec<Hit<'_>>> {
+    pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Vec<Hit<'_>>> {
         let Some(product) = self.find(id) else {
             bail!("no product with id {id:?} in the catalogue");
         };
@@ -288,9 +267,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ids(&idx
-                .search(&[1.0, 0.0], 10, Metric::Cosine, &cat, None)
-                .unwrap()),
+            ids(&idx.search(&[1.0, 0.0], 10, Metric::Cosine, &cat, None).unwrap()),
             ["c", "d"]
         );
         let price = Filter {
@@ -299,20 +276,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ids(&idx
-                .search(&[0.0, 1.0], 10, Metric::Cosine, &price, None)
-                .unwrap()),
+            ids(&idx.search(&[0.0, 1.0], 10, Metric::Cosine, &price, None).unwrap()),
             ["a"]
         );
         assert_eq!(
-            ids(&idx
-                .similar("a", 1, Metric::Cosine, &Filter::default())
-                .unwrap()),
+            ids(&idx.similar("a", 1, Metric::Cosine, &Filter::default()).unwrap()),
             ["b"]
         );
-        assert!(idx
-            .similar("zz", 1, Metric::Cosine, &Filter::default())
-            .is_err());
+        assert!(idx.similar("zz", 1, Metric::Cosine, &Filter::default()).is_err());
     }
 
     #[test]
@@ -330,9 +301,7 @@ mod tests {
             .collect();
         let idx = VectorIndex::new(products).unwrap();
         let q = [0.3, -0.8, 0.5];
-        let hits = idx
-            .search(&q, 5, Metric::Cosine, &Filter::default(), None)
-            .unwrap();
+        let hits = idx.search(&q, 5, Metric::Cosine, &Filter::default(), None).unwrap();
         let mut all: Vec<(f32, usize)> = (0..n)
             .map(|i| (idx.score(i, &q, dot(&q, &q).sqrt(), Metric::Cosine), i))
             .collect();

@@ -71,20 +71,18 @@ fn blob_to_vector(b: &[u8]) -> Vec<f32> {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("cannot open catalogue database {}", path.display()))?;
+        let conn =
+            Connection::open(path).with_context(|| format!("cannot open catalogue database {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| {
-                format!(
-                    "{} is not a lookalike catalogue (SQLite) database",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("{} is not a lookalike catalogue (SQLite) database", path.display()))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            bail!("{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})", path.display());
+            bail!(
+                "{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})",
+                path.display()
+            );
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -94,9 +92,7 @@ impl SqliteStore {
     pub fn manifest(&self) -> Result<Option<ModelManifest>> {
         let value: Option<String> = self
             .conn
-            .query_row("SELECT value FROM manifest WHERE key = 'model'", [], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT value FROM manifest WHERE key = 'model'", [], |r| r.get(0))
             .optional()?;
         value
             .map(|v| serde_json::from_str(&v).context("unreadable model manifest in the database"))
@@ -135,8 +131,7 @@ impl SqliteStore {
     pub fn count(&self) -> Result<usize> {
         Ok(self
             .conn
-            .query_row("SELECT COUNT(*) FROM products", [], |r| r.get::<_, i64>(0))?
-            as usize)
+            .query_row("SELECT COUNT(*) FROM products", [], |r| r.get::<_, i64>(0))? as usize)
     }
 
     pub fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
@@ -192,14 +187,7 @@ impl SqliteStore {
                         w.content_hash,
                         vector_to_blob(v)
                     ])?,
-                    None => update_info.execute(params![
-                        e.id,
-                        i.title,
-                        i.price,
-                        i.category,
-                        i.description,
-                        path
-                    ])?,
+                    None => update_info.execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
                 };
             }
         }
@@ -235,18 +223,11 @@ impl SqliteStore {
         })
     }
 
-    const PRODUCT_COLUMNS: &'static str =
-        "id, title, price, category, description, image_path, content_hash, vector";
+    const PRODUCT_COLUMNS: &'static str = "id, title, price, category, description, image_path, content_hash, vector";
 
     pub fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
-        let sql = format!(
-            "SELECT {} FROM products WHERE id = ?1",
-            Self::PRODUCT_COLUMNS
-        );
-        Ok(self
-            .conn
-            .query_row(&sql, [id], Self::row_to_product)
-            .optional()?)
+        let sql = format!("SELECT {} FROM products WHERE id = ?1", Self::PRODUCT_COLUMNS);
+        Ok(self.conn.query_row(&sql, [id], Self::row_to_product).optional()?)
     }
 
     /// Every product with its vector, in id order.
@@ -258,9 +239,7 @@ impl SqliteStore {
     }
 
     pub fn integrity_check(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 
@@ -337,10 +316,7 @@ mod tests {
             .unwrap();
         let store = SqliteStore::open(&path).unwrap();
         store.ensure_manifest(&manifest("m1")).unwrap();
-        let err = store
-            .ensure_manifest(&manifest("m2"))
-            .unwrap_err()
-            .to_string();
+        let err = store.ensure_manifest(&manifest("m2")).unwrap_err().to_string();
         assert!(err.contains("refusing to mix"), "{err}");
     }
 

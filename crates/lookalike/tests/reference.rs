@@ -12,8 +12,7 @@ const FEATURE_DIM: usize = 1280;
 
 fn reference_images() -> Vec<(String, usize)> {
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("reference/manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(fixture("reference/manifest.json")).unwrap()).unwrap();
     manifest["images"]
         .as_array()
         .unwrap()
@@ -39,10 +38,7 @@ fn network_matches_pytorch_reference_on_identical_inputs() {
     eprintln!("max abs diff of pooled features vs PyTorch: {diff:e}");
     assert!(diff <= 1e-3, "features differ from the reference by {diff}");
     let logit_diff = max_abs_diff(&out.logits, &logits);
-    assert!(
-        logit_diff <= 1e-2,
-        "logits differ from the reference by {logit_diff}"
-    );
+    assert!(logit_diff <= 1e-2, "logits differ from the reference by {logit_diff}");
 }
 
 #[test]
@@ -89,9 +85,6 @@ fn whole_pipeline_from_jpeg_matches_reference_features() {
             "{file}: input differs by {} grey levels",
             input_diff * 128.0
         );
-        assert!(
-            cos > 0.999,
-            "{file}: cosine {cos} to the reference features"
-        );
+        assert!(cos > 0.999, "{file}: cosine {cos} to the reference features");
     }
 }

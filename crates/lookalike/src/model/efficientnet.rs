@@ -66,11 +66,7 @@ fn folded_conv(
     input_size: usize,
 ) -> Result<(Conv, usize)> {
     let w = ckpt.get(&format!("{conv}.weight"))?;
-    ensure!(
-        w.shape.len() == 4,
-        "{conv}.weight is not 4-d: {:?}",
-        w.shape
-    );
+    ensure!(w.shape.len() == 4, "{conv}.weight is not 4-d: {:?}", w.shape);
     let shape = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
     let gamma = &ckpt.get(&format!("{bn}.weight"))?.data;
     let beta = &ckpt.get(&format!("{bn}.bias"))?.data;
@@ -129,17 +125,7 @@ impl EfficientNetLite {
                 1
             };
             let expand = if ckpt.contains(&format!("{p}._expand_conv.weight")) {
-                Some(
-                    folded_conv(
-                        ckpt,
-                        &format!("{p}._expand_conv"),
-                        &format!("{p}._bn0"),
-                        1,
-                        false,
-                        size,
-                    )?
-                    .0,
-                )
+                Some(folded_conv(ckpt, &format!("{p}._expand_conv"), &format!("{p}._bn0"), 1, false, size)?.0)
             } else {
                 None
             };
@@ -235,10 +221,7 @@ impl EfficientNetLite {
             vec![int_attr("axis", 1)],
         );
         let s = self.input_size as i64;
-        let mut outputs = vec![value_info(
-            FEATURES_NAME,
-            &[None, Some(self.feature_dim as i64)],
-        )];
+        let mut outputs = vec![value_info(FEATURES_NAME, &[None, Some(self.feature_dim as i64)])];
         if let Some((w, b)) = &self.classifier {
             g.initializer("fc_w", &[self.num_classes, self.feature_dim], w);
             g.initializer("fc_b", &[self.num_classes], b);
@@ -249,10 +232,7 @@ impl EfficientNetLite {
                 LOGITS_NAME,
                 vec![int_attr("transB", 1)],
             );
-            outputs.push(value_info(
-                LOGITS_NAME,
-                &[None, Some(self.num_classes as i64)],
-            ));
+            outputs.push(value_info(LOGITS_NAME, &[None, Some(self.num_classes as i64)]));
         }
         let model = ModelProto {
             ir_version: ONNX_IR_VERSION,
@@ -295,14 +275,7 @@ impl GraphBuilder {
         self.initializer(name, &[], &[value]);
     }
 
-    fn node_named(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[&str],
-        output: &str,
-        attribute: Vec<AttributeProto>,
-    ) {
+    fn node_named(&mut self, op: &str, name: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.into()],
@@ -312,13 +285,7 @@ impl GraphBuilder {
         });
     }
 
-    fn node(
-        &mut self,
-        op: &str,
-        name: &str,
-        inputs: &[&str],
-        attribute: Vec<AttributeProto>,
-    ) -> String {
+    fn node(&mut self, op: &str, name: &str, inputs: &[&str], attribute: Vec<AttributeProto>) -> String {
         self.node_named(op, name, inputs, name, attribute);
         name.to_string()
     }

@@ -11,8 +11,7 @@ use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::preprocess::Preprocessing;
 
 /// ONNX Runtime allows one environment per process; the library path is fixed by the first load.
-static ORT_ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> =
-    OnceLock::new();
+static ORT_ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
 fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environment> {
     let env = ORT_ENVIRONMENT.get_or_init(|| {
@@ -26,11 +25,7 @@ fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environme
     env.as_ref().map_err(|e| anyhow!("{e}"))
 }
 
-fn build_session(
-    env: &ort::environment::Environment,
-    onnx: &[u8],
-    threads: usize,
-) -> ort::Result<Session> {
+fn build_session(env: &ort::environment::Environment, onnx: &[u8], threads: usize) -> ort::Result<Session> {
     Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_intra_threads(threads.max(1))?
@@ -83,16 +78,11 @@ impl Embedder {
             );
         }
         let network = EfficientNetLite::from_checkpoint(&checkpoint, spec.input_size)
-            .with_context(|| {
-                format!(
-                    "{} is not an EfficientNet-Lite checkpoint",
-                    weights.display()
-                )
-            })?;
+            .with_context(|| format!("{} is not an EfficientNet-Lite checkpoint", weights.display()))?;
         let onnx = network.to_onnx();
         let env = environment(models)?;
-        let session = build_session(env, &onnx, threads)
-            .map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))?;
+        let session =
+            build_session(env, &onnx, threads).map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))?;
         Ok(Self {
             session: Mutex::new(session),
             onnx,

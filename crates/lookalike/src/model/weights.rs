@@ -24,8 +24,8 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let sha256 = sha256_file(path)?;
-        let reader = PytorchReader::new(path)
-            .with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
+        let reader =
+            PytorchReader::new(path).with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
         let mut tensors = HashMap::new();
         for (name, tensor) in reader.tensors() {
             // Integer bookkeeping such as BatchNorm's num_batches_tracked is not a weight.

@@ -29,10 +29,7 @@ pub fn read_npy(rel: &str) -> (Vec<u64>, Vec<f32>) {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
