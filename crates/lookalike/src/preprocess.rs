@@ -25,7 +25,7 @@ pub enum ImageError {
     Empty,
     #[error("not an image (unrecognised format)")]
     NotAnImage,
-    #[error("image too large: {0} (limits: {MAX_IMAGE_SIDE} pixels per side, {} MiB decoded)", MAX_DECODE_BYTES >> 20)]
+    #[error("image too large: {0} (limits: {MAX_IMAGE_SIDE} pixels per side, {mib} MiB decoded)", mib = MAX_DECODE_BYTES >> 20)]
     TooLarge(String),
     #[error("cannot decode image: {0}")]
     Undecodable(String),
@@ -67,7 +67,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
 
 fn classify(err: image::ImageError) -> ImageError {
     match err {
-        image::ImageError::Limits(_) => ImageError::TooLarge { width: 0, height: 0 },
+        image::ImageError::Limits(e) => ImageError::TooLarge(e.to_string()),
         image::ImageError::Unsupported(_) => ImageError::NotAnImage,
         other => ImageError::Undecodable(other.to_string()),
     }
