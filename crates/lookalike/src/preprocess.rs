@@ -40,8 +40,14 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(ImageError::Unreadable)?;
-    if reader.format().is_none() {
-        return Err(ImageError::NotAnImage);
+    match reader.format() {
+        None => return Err(ImageError::NotAnImage),
+        Some(image::ImageFormat::Jpeg) if !jpeg_has_end_of_image(bytes) => {
+            return Err(ImageError::Undecodable(
+                "truncated JPEG (no end-of-image marker)".into(),
+            ))
+        }
+        Some(_) => {}
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -59,6 +65,16 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
         image.apply_orientation(orientation);
     }
     Ok(flatten_on_white(image))
+}
+
+/// JPEG decoders fill a truncated scan with grey instead of failing; a complete file has an
+/// end-of-image marker after its first start-of-scan. (Entropy-coded data never holds a bare
+/// 0xFF 0xD9, and data appended after the image, as in motion photos, does not matter.)
+fn jpeg_has_end_of_image(bytes: &[u8]) -> bool {
+    let Some(scan) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {

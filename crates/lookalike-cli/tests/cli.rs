@@ -1,0 +1,353 @@
+//! The `lookalike` binary end to end on the committed demo catalogue (real photos, real weights).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lookalike::model::ModelManifest;
+use lookalike::store::SqliteStore;
+use serde_json::Value;
+
+const DEMO_PRODUCTS: usize = 60;
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
+}
+
+fn lookalike(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(args)
+        .output()
+        .expect("run lookalike")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The demo catalogue indexed once per test binary, shared read-only by the query tests.
+fn demo_db() -> &'static Path {
+    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("demo.db");
+        let out = lookalike(&["index", s(&demo().join("catalogue.csv")), "--db", s(&db)]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("{DEMO_PRODUCTS} embedded")),
+            "{}",
+            text(&out)
+        );
+        (dir, db)
+    })
+    .1
+}
+
+#[test]
+fn search_by_photo_finds_the_product_itself_first_with_its_metadata() {
+    let db = demo_db();
+    let hits = json(&lookalike(&[
+        "search",
+        s(&demo().join("images/mh01.jpg")),
+        "--db",
+        s(db),
+        "-k",
+        "5",
+        "--json",
+    ]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 5);
+    assert_eq!(hits[0]["id"], "MH01");
+    assert_eq!(hits[0]["title"], "Chaz Kangeroo Hoodie");
+    assert_eq!(hits[0]["price"], 52.0);
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.999);
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(scores.iter().all(|s| (-1.0..=1.0001).contains(s)));
+}
+
+#[test]
+fn similar_products_are_mostly_of_the_same_category() {
+    let db = demo_db();
+    // Watches look like watches: the 3 other watches should be the 3 nearest.
+    let hits = json(&lookalike(&["similar", "24-MG01", "--db", s(db), "-k", "3", "--json"]));
+    let hits = hits.as_array().unwrap();
+    assert!(hits.iter().all(|h| h["id"] != "24-MG01"));
+    assert!(hits.iter().all(|h| h["category"] == "Gear/Watches"), "{hits:#?}");
+}
+
+#[test]
+fn filters_restrict_results() {
+    let db = demo_db();
+    let q = demo().join("images/mh01.jpg");
+    let hits = json(&lookalike(&[
+        "search",
+        s(&q),
+        "--db",
+        s(db),
+        "-k",
+        "50",
+        "--json",
+        "--category",
+        "gear/bags",
+        "--max-price",
+        "40",
+    ]));
+    let hits = hits.as_array().unwrap();
+    assert!(!hits.is_empty());
+    for h in hits {
+        assert_eq!(h["category"], "Gear/Bags");
+        assert!(h["price"].as_f64().unwrap() <= 40.0);
+    }
+    let euclid = json(&lookalike(&[
+        "search",
+        s(&q),
+        "--db",
+        s(db),
+        "-k",
+        "3",
+        "--metric",
+        "euclidean",
+        "--json",
+    ]));
+    assert_eq!(euclid[0]["id"], "MH01");
+    assert!(euclid[0]["score"].as_f64().unwrap() < 1e-3, "distance to itself");
+    let table = lookalike(&["search", s(&q), "--db", s(db), "-k", "3"]);
+    assert!(text(&table).contains("Chaz Kangeroo Hoodie") && text(&table).contains("similarity"));
+}
+
+#[test]
+fn export_writes_npy_and_json_rows() {
+    let db = demo_db();
+    let dir = tempfile::tempdir().unwrap();
+    let (npy, rows) = (dir.path().join("e.npy"), dir.path().join("p.json"));
+    let out = lookalike(&["export", "--db", s(db), "--npy", s(&npy), "--json", s(&rows)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bytes = std::fs::read(&npy).unwrap();
+    let file = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(file.shape(), &[DEMO_PRODUCTS as u64, 1280]);
+    let rows: Value = serde_json::from_slice(&std::fs::read(&rows).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), DEMO_PRODUCTS);
+}
+
+#[test]
+fn embed_and_classify_report_per_image() {
+    let hoodie = demo().join("images/mh01.jpg");
+    let out = json(&lookalike(&["embed", s(&hoodie), "--json"]));
+    assert_eq!(out[0]["embedding"].as_array().unwrap().len(), 1280);
+    let labels = json(&lookalike(&["classify", "--imagenet", s(&hoodie), "--json"]));
+    assert_eq!(labels[0]["top"][0]["label"], "sweatshirt");
+    assert_eq!(labels[0]["top"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn bad_queries_fail_clearly() {
+    let db = demo_db();
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("q.jpg");
+    std::fs::write(&bogus, b"definitely not a jpeg").unwrap();
+    let out = lookalike(&["search", s(&bogus), "--db", s(db)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not an image"), "{}", text(&out));
+    let out = lookalike(&["search", s(&dir.path().join("missing.jpg")), "--db", s(db)]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot read file"),
+        "{}",
+        text(&out)
+    );
+    let out = lookalike(&["similar", "NOPE", "--db", s(db)]);
+    assert!(
+        !out.status.success() && text(&out).contains("no product with id \"NOPE\""),
+        "{}",
+        text(&out)
+    );
+    let out = lookalike(&["similar", "MH01", "--db", s(&dir.path().join("none.db"))]);
+    assert!(
+        !out.status.success() && text(&out).contains("no catalogue database"),
+        "{}",
+        text(&out)
+    );
+    let out = lookalike(&[
+        "similar",
+        "MH01",
+        "--db",
+        s(db),
+        "--min-price",
+        "10",
+        "--max-price",
+        "5",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("above --max-price"),
+        "{}",
+        text(&out)
+    );
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "id,title\n1,x\n").unwrap();
+    let out = lookalike(&["index", s(&csv), "--db", s(&dir.path().join("x.db"))]);
+    assert!(
+        !out.status.success() && text(&out).contains("no image column"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A PNG whose header claims 100000x100000 pixels: a decompression bomb.
+fn bomb_png() -> Vec<u8> {
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    // IHDR data starts at byte 16: width, height (big endian), then its CRC over type + data at 29.
+    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+#[test]
+fn bad_catalogue_images_are_skipped_with_reasons_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("cat");
+    std::fs::create_dir_all(cat.join("tops")).unwrap();
+    std::fs::copy(demo().join("images/mh01.jpg"), cat.join("tops/good.jpg")).unwrap();
+    std::fs::write(cat.join("tops/empty.jpg"), b"").unwrap();
+    std::fs::write(cat.join("tops/text.jpg"), b"just text").unwrap();
+    let jpeg = std::fs::read(demo().join("images/mh02.jpg")).unwrap();
+    std::fs::write(cat.join("tops/truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    std::fs::write(cat.join("tops/bomb.png"), bomb_png()).unwrap();
+    let db = dir.path().join("c.db");
+    let out = lookalike(&["index", s(&cat), "--db", s(&db)]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("empty.jpg: file is empty"), "{t}");
+    assert!(t.contains("text.jpg: not an image"), "{t}");
+    assert!(t.contains("truncated.jpg: cannot decode image"), "{t}");
+    assert!(t.contains("bomb.png: image too large"), "{t}");
+    assert!(t.contains("1 embedded") && t.contains("4 skipped"), "{t}");
+    assert_eq!(SqliteStore::open(&db).unwrap().count().unwrap(), 1);
+}
+
+fn copy_demo(to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to.join("images")).unwrap();
+    for f in std::fs::read_dir(demo().join("images")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join("images").join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(demo().join("catalogue.csv"), to.join("catalogue.csv")).unwrap();
+    to.join("catalogue.csv")
+}
+
+#[test]
+fn reindex_is_incremental_and_prune_and_remove_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = copy_demo(&dir.path().join("shop"));
+    let db = dir.path().join("s.db");
+    assert!(lookalike(&["index", s(&csv), "--db", s(&db)]).status.success());
+    // Change one image, rename one product, delete one image file.
+    let images = dir.path().join("shop/images");
+    std::fs::copy(images.join("mh02.jpg"), images.join("mh01.jpg")).unwrap();
+    std::fs::remove_file(images.join("mh03.jpg")).unwrap();
+    let text_csv = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replace("Teton Pullover Hoodie", "Teton Hoodie v2");
+    std::fs::write(&csv, text_csv).unwrap();
+    let out = lookalike(&["index", s(&csv), "--db", s(&db), "--prune"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "the missing image is reported: {t}");
+    assert!(
+        t.contains("1 embedded") && t.contains("57 unchanged") && t.contains("1 metadata updated"),
+        "{t}"
+    );
+    assert!(t.contains("1 skipped") && t.contains("1 pruned"), "{t}");
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.count().unwrap(), DEMO_PRODUCTS - 1);
+    assert_eq!(
+        store.product("MH02").unwrap().unwrap().info.title.as_deref(),
+        Some("Teton Hoodie v2")
+    );
+    assert_eq!(
+        store.product("MH01").unwrap().unwrap().vector,
+        store.product("MH02").unwrap().unwrap().vector
+    );
+    let out = lookalike(&["remove", "MH01", "--db", s(&db)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(store.product("MH01").unwrap().is_none());
+    assert!(!lookalike(&["remove", "MH01", "--db", s(&db)]).status.success());
+}
+
+#[test]
+fn a_database_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("other.db");
+    SqliteStore::open(&db)
+        .unwrap()
+        .ensure_manifest(&ModelManifest {
+            model: "resnet50".into(),
+            weights_sha256: "0123456789abcdef".into(),
+            preprocessing: "imagenet".into(),
+            dimension: 2048,
+            head: None,
+        })
+        .unwrap();
+    let out = lookalike(&["index", s(&demo().join("catalogue.csv")), "--db", s(&db)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("made by resnet50") && text(&out).contains("refusing to mix"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn sigkill_mid_index_leaves_a_consistent_database_that_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = copy_demo(&dir.path().join("shop"));
+    let db = dir.path().join("k.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["index", s(&csv), "--db", s(&db), "--batch-size", "2", "--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut stored_before_kill = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(store) = SqliteStore::open(&db) {
+            stored_before_kill = store.count().unwrap_or(0);
+            if stored_before_kill >= 6 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(stored_before_kill >= 6, "indexing did not get going");
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    let after_kill = store.count().unwrap();
+    assert!(after_kill < DEMO_PRODUCTS, "killed too late to prove anything");
+    assert_eq!(after_kill % 2, 0, "batches of 2 are written whole");
+    assert!(store.products().unwrap().iter().all(|p| p.vector.len() == 1280));
+    let out = lookalike(&["index", s(&csv), "--db", s(&db)]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("{} embedded", DEMO_PRODUCTS - after_kill)), "{t}");
+    assert_eq!(store.count().unwrap(), DEMO_PRODUCTS);
+}
