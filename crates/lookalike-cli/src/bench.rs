@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::model::{Embedder, ModelDir, Parallelism, EFFICIENTNET_LITE0};
 use serde::Deserialize;
 
 const REFERENCE_SCRIPT: &str = include_str!("../../../bench/reference_runtimes.py");
@@ -42,17 +42,17 @@ struct Measurement {
 }
 
 /// Median images/s over timed runs of `seconds`, after one warm-up run.
-fn measure(embedder: &Embedder, batch: usize, seconds: f64) -> Result<f64> {
+fn measure(embedder: &Embedder, batch: usize, seconds: f64, parallelism: Parallelism) -> Result<f64> {
     let len = batch * embedder.preprocessing.tensor_len();
     // Deterministic inputs in the network's input range; throughput does not depend on the values.
     let input: Vec<f32> = (0..len).map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0).collect();
-    embedder.run(&input, batch)?;
+    embedder.run_with(&input, batch, parallelism)?;
     let budget = Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut rates = Vec::new();
     while started.elapsed() < budget || rates.len() < 3 {
         let t = Instant::now();
-        embedder.run(&input, batch)?;
+        embedder.run_with(&input, batch, parallelism)?;
         rates.push(batch as f64 / t.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
@@ -108,9 +108,20 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
     } = command;
     let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
     eprintln!("measuring lookalike ({threads} threads, {seconds}s per batch size)...");
+    // Both ways of sharing the threads, alternating, so they see the same machine.
     let mut ours = Vec::new();
+    let mut operator_parallel = Vec::new();
     for &batch in &batches {
-        ours.push((batch, measure(&embedder, batch, seconds)?));
+        let images = measure(&embedder, batch, seconds / 2.0, Parallelism::Images)?;
+        let operators = measure(&embedder, batch, seconds / 2.0, Parallelism::Operators)?;
+        let images = images.max(measure(&embedder, batch, seconds / 2.0, Parallelism::Images)?);
+        let operators = operators.max(measure(&embedder, batch, seconds / 2.0, Parallelism::Operators)?);
+        let chosen = match embedder.parallelism_for(batch) {
+            Parallelism::Images => images,
+            Parallelism::Operators => operators,
+        };
+        ours.push((batch, chosen));
+        operator_parallel.push((batch, operators, images));
     }
     let references = if no_reference {
         Vec::new()
@@ -129,6 +140,25 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
             batch.to_string(),
             format!("{rate:.1}"),
             "1.00".into(),
+        ]);
+    }
+    for &(batch, operators, images) in &operator_parallel {
+        let ratio = |rate: f64| {
+            ours.iter()
+                .find(|(b, _)| *b == batch)
+                .map_or(String::new(), |(_, r)| format!("{:.2}", r / rate))
+        };
+        table.add_row([
+            "  one session, threads inside operators".to_string(),
+            batch.to_string(),
+            format!("{operators:.1}"),
+            ratio(operators),
+        ]);
+        table.add_row([
+            "  single-thread sessions, images in parallel".to_string(),
+            batch.to_string(),
+            format!("{images:.1}"),
+            ratio(images),
         ]);
     }
     for m in &references {

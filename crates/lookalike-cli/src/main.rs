@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::read_catalogue;
 use lookalike::export::{export_json, export_npy};
 use lookalike::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
-use lookalike::model::labels::{imagenet_label, top_k};
+use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
 use lookalike::search::{Filter, Metric, VectorIndex};
 use lookalike::store::SqliteStore;
@@ -260,13 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut rows = Vec::new();
             for (path, result) in images.iter().zip(results) {
                 match result {
-                    Ok(e) => {
-                        let labels: Vec<(usize, &str, f32)> = top_k(&e.logits, top)
-                            .into_iter()
-                            .map(|(c, p)| (c, imagenet_label(c), p))
-                            .collect();
-                        rows.push((path, labels));
-                    }
+                    Ok(e) => rows.push((path, imagenet_top_k(&e.logits, top))),
                     Err(err) => {
                         failed = true;
                         eprintln!("error: {}: {err}", path.display());

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::indexer::ImageEmbedding;
+use lookalike::model::labels::Prediction;
 use lookalike::preprocess::ImageError;
 use lookalike::search::{Hit, Metric};
 use serde_json::json;
@@ -94,25 +95,19 @@ pub fn print_embeddings(
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-pub fn print_labels(rows: &[(&PathBuf, Vec<(usize, &str, f32)>)], as_json: bool) -> Result<()> {
+pub fn print_labels(rows: &[(&PathBuf, Vec<Prediction>)], as_json: bool) -> Result<()> {
     if as_json {
         let out: Vec<_> = rows
             .iter()
-            .map(|(path, labels)| {
-                let top: Vec<_> = labels
-                    .iter()
-                    .map(|(class, label, p)| json!({ "class": class, "label": label, "probability": p }))
-                    .collect();
-                json!({ "path": path, "top": top })
-            })
+            .map(|(path, top)| json!({ "path": path, "top": top }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    for (path, labels) in rows {
+    for (path, top) in rows {
         println!("{}", path.display());
-        for (class, label, p) in labels {
-            println!("  {:6.2}%  {label} ({class})", p * 100.0);
+        for p in top {
+            println!("  {:6.2}%  {} ({})", p.probability * 100.0, p.label, p.class);
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use lookalike::model::labels::{imagenet_label, top_k};
+use lookalike::model::Parallelism;
 use lookalike::preprocess::load_image;
 
 const IMAGES: usize = 8;
@@ -39,6 +40,16 @@ fn network_matches_pytorch_reference_on_identical_inputs() {
     assert!(diff <= 1e-3, "features differ from the reference by {diff}");
     let logit_diff = max_abs_diff(&out.logits, &logits);
     assert!(logit_diff <= 1e-2, "logits differ from the reference by {logit_diff}");
+}
+
+#[test]
+fn images_in_parallel_give_the_same_embeddings_in_the_same_order() {
+    let (_, inputs) = read_npy("reference/inputs.npy");
+    let operators = embedder().run_with(&inputs, IMAGES, Parallelism::Operators).unwrap();
+    let images = embedder().run_with(&inputs, IMAGES, Parallelism::Images).unwrap();
+    assert_eq!(images.features.len(), IMAGES * FEATURE_DIM);
+    assert!(max_abs_diff(&images.features, &operators.features) < 1e-5);
+    assert!(max_abs_diff(&images.logits, &operators.logits) < 1e-4);
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -9,6 +10,9 @@ use super::efficientnet::{EfficientNetLite, FEATURES_NAME, INPUT_NAME, LOGITS_NA
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::preprocess::Preprocessing;
+
+/// Images per call of a single-threaded session when a batch is spread over them.
+const NARROW_SLICE: usize = 2;
 
 /// ONNX Runtime allows one environment per process; the library path is fixed by the first load.
 static ORT_ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -27,10 +31,19 @@ fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environme
 
 fn build_session(env: &ort::environment::Environment, onnx: &[u8], threads: usize) -> ort::Result<Session> {
     Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads.max(1))?
         .with_inter_threads(1)?
         .commit_from_memory(onnx)
+}
+
+/// How the threads share a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Every thread works inside each operator of one session.
+    Operators,
+    /// Single-threaded sessions run different images at once.
+    Images,
 }
 
 /// Pooled backbone features (and ImageNet logits) for a batch, row-major.
@@ -54,8 +67,15 @@ impl Embeddings {
 }
 
 /// The backbone, built from its PyTorch weights and run by ONNX Runtime.
+///
+/// Two kinds of session over the same graph: one using every thread inside each
+/// operator (best for a single image), and one single-threaded session per thread
+/// that each take a slice of a larger batch. On this network's small depthwise
+/// convolutions, images in parallel scale better than operators in parallel
+/// (see ARCHITECTURE.md for the measurements).
 pub struct Embedder {
-    session: Mutex<Session>,
+    wide: Mutex<Session>,
+    narrow: Vec<Mutex<Session>>,
     onnx: Vec<u8>,
     pub spec: BackboneSpec,
     pub preprocessing: Preprocessing,
@@ -81,10 +101,21 @@ impl Embedder {
             .with_context(|| format!("{} is not an EfficientNet-Lite checkpoint", weights.display()))?;
         let onnx = network.to_onnx();
         let env = environment(models)?;
-        let session =
-            build_session(env, &onnx, threads).map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))?;
+        let threads = threads.max(1);
+        let session = |threads| {
+            build_session(env, &onnx, threads)
+                .map(Mutex::new)
+                .map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))
+        };
+        let wide = session(threads)?;
+        let narrow = if threads > 1 {
+            (0..threads).map(|_| session(1)).collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
-            session: Mutex::new(session),
+            wide,
+            narrow,
             onnx,
             spec,
             preprocessing: Preprocessing::for_input(spec.input_size as u32),
@@ -104,6 +135,20 @@ impl Embedder {
 
     /// Runs the network on `count` preprocessed images laid out NCHW in `input`.
     pub fn run(&self, input: &[f32], count: usize) -> Result<Embeddings> {
+        self.run_with(input, count, self.parallelism_for(count))
+    }
+
+    /// Images in parallel once every session gets a few of them; one wide session below that.
+    pub fn parallelism_for(&self, count: usize) -> Parallelism {
+        if self.narrow.len() > 1 && count >= 4 * self.narrow.len() {
+            Parallelism::Images
+        } else {
+            Parallelism::Operators
+        }
+    }
+
+    /// [`Self::run`] with the parallelism chosen by the caller (benchmarks compare both).
+    pub fn run_with(&self, input: &[f32], count: usize, parallelism: Parallelism) -> Result<Embeddings> {
         let side = self.spec.input_size;
         ensure!(
             input.len() == count * 3 * side * side,
@@ -111,32 +156,69 @@ impl Embedder {
             input.len(),
             count * 3 * side * side
         );
-        if count == 0 {
-            return Ok(Embeddings {
-                count,
-                dimension: self.dimension,
-                features: vec![],
-                num_classes: self.num_classes,
-                logits: vec![],
-            });
+        if self.narrow.len() < 2 || parallelism == Parallelism::Operators || count == 0 {
+            return self.run_session(&self.wide, input, count);
         }
+        // Small slices, pulled by whichever session is free: activations of a few images stay in cache.
+        let per_image = input.len() / count;
+        let slices: Vec<&[f32]> = input.chunks(NARROW_SLICE * per_image).collect();
+        let next = AtomicUsize::new(0);
+        let mut parts: Vec<(usize, Result<Embeddings>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .narrow
+                .iter()
+                .map(|session| {
+                    let (slices, next) = (&slices, &next);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(slice) = slices.get(i) else { return done };
+                            done.push((i, self.run_session(session, slice, slice.len() / per_image)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("inference worker panicked"))
+                .collect()
+        });
+        parts.sort_by_key(|(i, _)| *i);
+        let mut out = self.no_outputs(count);
+        for (_, part) in parts {
+            let part = part?;
+            out.features.extend(part.features);
+            out.logits.extend(part.logits);
+        }
+        Ok(out)
+    }
+
+    fn no_outputs(&self, count: usize) -> Embeddings {
+        Embeddings {
+            count,
+            dimension: self.dimension,
+            features: Vec::new(),
+            num_classes: self.num_classes,
+            logits: Vec::new(),
+        }
+    }
+
+    fn run_session(&self, session: &Mutex<Session>, input: &[f32], count: usize) -> Result<Embeddings> {
+        let mut out = self.no_outputs(count);
+        if count == 0 {
+            return Ok(out);
+        }
+        let side = self.spec.input_size;
         let tensor = TensorRef::from_array_view(([count, 3, side, side], input))?;
-        let mut session = self
-            .session
+        let mut session = session
             .lock()
             .map_err(|_| anyhow!("inference session poisoned by an earlier panic"))?;
         let outputs = session.run(ort::inputs![INPUT_NAME => tensor])?;
-        let (_, features) = outputs[FEATURES_NAME].try_extract_tensor::<f32>()?;
-        let logits = match outputs.get(LOGITS_NAME) {
-            Some(v) => v.try_extract_tensor::<f32>()?.1.to_vec(),
-            None => Vec::new(),
-        };
-        Ok(Embeddings {
-            count,
-            dimension: self.dimension,
-            features: features.to_vec(),
-            num_classes: self.num_classes,
-            logits,
-        })
+        out.features = outputs[FEATURES_NAME].try_extract_tensor::<f32>()?.1.to_vec();
+        if let Some(v) = outputs.get(LOGITS_NAME) {
+            out.logits = v.try_extract_tensor::<f32>()?.1.to_vec();
+        }
+        Ok(out)
     }
 }

@@ -11,6 +11,25 @@ pub fn imagenet_class_count() -> usize {
     IMAGENET_LABELS.lines().count()
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    pub class: usize,
+    pub label: &'static str,
+    pub probability: f32,
+}
+
+/// The `k` most likely ImageNet classes for `logits`.
+pub fn imagenet_top_k(logits: &[f32], k: usize) -> Vec<Prediction> {
+    top_k(logits, k)
+        .into_iter()
+        .map(|(class, probability)| Prediction {
+            class,
+            label: imagenet_label(class),
+            probability,
+        })
+        .collect()
+}
+
 /// Softmax probabilities of `logits`, then the `k` most likely classes.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-pub use engine::{Embedder, Embeddings};
+pub use engine::{Embedder, Embeddings, Parallelism};
 
 use crate::preprocess::Preprocessing;
 
