@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::catalogue::CatalogueEntry;
+use crate::content_hash;
 use crate::model::Embedder;
 use crate::preprocess::{decode_image, ImageError};
 use crate::store::{Fingerprint, ProductWrite, SqliteStore};
@@ -64,10 +64,6 @@ enum Prepared {
     MetadataOnly { hash: String },
     Embed { hash: String, tensor: Vec<f32> },
     Skip(String),
-}
-
-pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Prepared {

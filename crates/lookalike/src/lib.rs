@@ -11,3 +11,9 @@ pub mod model;
 pub mod preprocess;
 pub mod search;
 pub mod store;
+
+/// SHA-256 of `bytes` as lower-case hex: how images and weights are identified.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}

@@ -137,19 +137,15 @@ impl SqliteStore {
     pub fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, content_hash, image_path, title, price, category, description FROM products")?;
+            .prepare("SELECT id, title, price, category, description, image_path, content_hash FROM products")?;
         let rows = stmt.query_map([], |r| {
+            let info = Self::info_at(r, 1)?;
             Ok((
                 r.get::<_, String>(0)?,
                 Fingerprint {
-                    content_hash: r.get(1)?,
-                    image_path: r.get(2)?,
-                    info: ProductInfo {
-                        title: r.get(3)?,
-                        price: r.get(4)?,
-                        category: r.get(5)?,
-                        description: r.get(6)?,
-                    },
+                    info,
+                    image_path: r.get(5)?,
+                    content_hash: r.get(6)?,
                 },
             ))
         })?;
@@ -208,15 +204,20 @@ impl SqliteStore {
         Ok(removed)
     }
 
+    /// title, price, category, description from consecutive columns starting at `first`.
+    fn info_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<ProductInfo> {
+        Ok(ProductInfo {
+            title: r.get(first)?,
+            price: r.get(first + 1)?,
+            category: r.get(first + 2)?,
+            description: r.get(first + 3)?,
+        })
+    }
+
     fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
         Ok(StoredProduct {
             id: r.get(0)?,
-            info: ProductInfo {
-                title: r.get(1)?,
-                price: r.get(2)?,
-                category: r.get(3)?,
-                description: r.get(4)?,
-            },
+            info: Self::info_at(r, 1)?,
             image_path: r.get(5)?,
             content_hash: r.get(6)?,
             vector: blob_to_vector(&r.get::<_, Vec<u8>>(7)?),

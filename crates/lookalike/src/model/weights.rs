@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use pytorch_reader::{DType, PytorchReader};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone)]
 pub struct WeightTensor {
@@ -72,5 +71,5 @@ pub fn bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    Ok(crate::content_hash(&bytes))
 }
