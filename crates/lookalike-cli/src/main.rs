@@ -2,6 +2,7 @@
 
 mod bench;
 mod output;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,6 +102,31 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Serve the REST API and the web page over a catalogue database.
+    Serve {
+        #[arg(long)]
+        db: PathBuf,
+        /// Index this catalogue (incrementally) before serving.
+        #[arg(long)]
+        catalogue: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Bearer token required for writes.
+        #[arg(long, env = "LOOKALIKE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Serve without write endpoints (no token needed).
+        #[arg(long)]
+        read_only: bool,
+        /// Largest accepted image upload, in MB.
+        #[arg(long, default_value_t = 10)]
+        max_upload_mb: usize,
+        /// Where uploaded product images are kept (default: `uploads/` beside the database).
+        #[arg(long)]
+        upload_dir: Option<PathBuf>,
+    },
     /// Measure embedding throughput against reference runtimes.
     Bench {
         #[command(subcommand)]
@@ -179,6 +205,37 @@ fn load_index(store: &SqliteStore) -> Result<VectorIndex> {
     Ok(index)
 }
 
+/// Indexes `catalogue` into `db` with a progress bar; true if some images were skipped.
+fn index_into(embedder: &Embedder, catalogue: &Path, db: &Path, options: IndexOptions) -> Result<bool> {
+    let entries = read_catalogue(catalogue)?;
+    let mut store = SqliteStore::open(db)?;
+    let bar = ProgressBar::new(entries.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+            .expect("valid progress template"),
+    );
+    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    println!(
+        "indexed {} products into {}: {} embedded, {} unchanged, {} metadata updated, {} skipped, {} pruned; \
+         {:.1}s, {:.1} images/s",
+        report.total,
+        db.display(),
+        report.embedded,
+        report.unchanged,
+        report.metadata_updated,
+        report.skipped.len(),
+        report.pruned,
+        report.elapsed.as_secs_f64(),
+        report.images_per_second()
+    );
+    Ok(!report.skipped.is_empty())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Index {
@@ -187,39 +244,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             prune,
             batch_size,
         } => {
-            let entries = read_catalogue(&catalogue)?;
             let embedder = load_embedder(&cli.models, cli.threads)?;
-            let mut store = SqliteStore::open(&db)?;
-            let bar = ProgressBar::new(entries.len() as u64).with_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-                    .expect("valid progress template"),
-            );
-            let options = IndexOptions { batch_size, prune };
-            let report = index_catalogue(&mut store, &embedder, &entries, &options, &mut |done, _| {
-                bar.set_position(done as u64)
-            })?;
-            bar.finish_and_clear();
-            for s in &report.skipped {
-                eprintln!("skipped {}: {}", s.path.display(), s.reason);
-            }
-            println!(
-                "indexed {} products into {}: {} embedded, {} unchanged, {} metadata updated, {} skipped, {} pruned; \
-                 {:.1}s, {:.1} images/s",
-                report.total,
-                db.display(),
-                report.embedded,
-                report.unchanged,
-                report.metadata_updated,
-                report.skipped.len(),
-                report.pruned,
-                report.elapsed.as_secs_f64(),
-                report.images_per_second()
-            );
-            Ok(if report.skipped.is_empty() {
-                ExitCode::SUCCESS
-            } else {
+            let skipped = index_into(&embedder, &catalogue, &db, IndexOptions { batch_size, prune })?;
+            Ok(if skipped {
                 ExitCode::from(EXIT_SKIPPED)
+            } else {
+                ExitCode::SUCCESS
             })
+        }
+        Command::Serve {
+            db,
+            catalogue,
+            host,
+            port,
+            token,
+            read_only,
+            max_upload_mb,
+            upload_dir,
+        } => {
+            let token = server::check_write_access(&token, read_only)?;
+            let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?);
+            if let Some(catalogue) = &catalogue {
+                index_into(&embedder, catalogue, &db, IndexOptions::default())?;
+            }
+            let config = server::ServerConfig {
+                addr: std::net::SocketAddr::new(host, port),
+                token,
+                max_upload_bytes: max_upload_mb * 1024 * 1024,
+                upload_dir: upload_dir.unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("uploads")),
+            };
+            let router = server::router(SqliteStore::open(&db)?, embedder, &config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::serve(router, config.addr))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Search { image, query } => {
             let filter = query.filter()?;

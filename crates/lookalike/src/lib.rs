@@ -17,3 +17,4 @@ pub fn content_hash(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
 }
+pub mod batcher;

@@ -5,6 +5,7 @@
 //! vectors costs about one multiply-add per dimension and product, which stays
 //! within milliseconds up to ~10^5 products on two cores.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
@@ -70,6 +71,7 @@ pub struct Hit<'a> {
 /// All products of a catalogue with their vectors laid out contiguously for scanning.
 pub struct VectorIndex {
     products: Vec<StoredProduct>,
+    positions: HashMap<String, usize>,
     vectors: Vec<f32>,
     norms: Vec<f32>,
     dimension: usize,
@@ -91,25 +93,64 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 impl VectorIndex {
     pub fn new(products: Vec<StoredProduct>) -> Result<Self> {
         let dimension = products.first().map_or(0, |p| p.vector.len());
-        let mut vectors = Vec::with_capacity(products.len() * dimension);
-        let mut norms = Vec::with_capacity(products.len());
-        for p in &products {
-            if p.vector.len() != dimension {
-                bail!(
-                    "product {:?} has a {}-d vector, others {dimension}-d",
-                    p.id,
-                    p.vector.len()
-                );
-            }
-            vectors.extend_from_slice(&p.vector);
-            norms.push(dot(&p.vector, &p.vector).sqrt());
-        }
-        Ok(Self {
-            products,
-            vectors,
-            norms,
+        let mut index = Self {
+            products: Vec::with_capacity(products.len()),
+            positions: HashMap::with_capacity(products.len()),
+            vectors: Vec::with_capacity(products.len() * dimension),
+            norms: Vec::with_capacity(products.len()),
             dimension,
-        })
+        };
+        for p in products {
+            index.upsert(p)?;
+        }
+        Ok(index)
+    }
+
+    /// Adds a product, or replaces the one with the same id.
+    pub fn upsert(&mut self, product: StoredProduct) -> Result<()> {
+        if self.products.is_empty() {
+            self.dimension = product.vector.len();
+        }
+        if product.vector.len() != self.dimension {
+            bail!(
+                "product {:?} has a {}-d vector, the catalogue's are {}-d",
+                product.id,
+                product.vector.len(),
+                self.dimension
+            );
+        }
+        let norm = dot(&product.vector, &product.vector).sqrt();
+        match self.positions.get(&product.id) {
+            Some(&i) => {
+                self.vectors[i * self.dimension..(i + 1) * self.dimension].copy_from_slice(&product.vector);
+                self.norms[i] = norm;
+                self.products[i] = product;
+            }
+            None => {
+                self.positions.insert(product.id.clone(), self.products.len());
+                self.vectors.extend_from_slice(&product.vector);
+                self.norms.push(norm);
+                self.products.push(product);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a product; the last one takes its place.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Some(i) = self.positions.remove(id) else {
+            return false;
+        };
+        let last = self.products.len() - 1;
+        if i != last {
+            let d = self.dimension;
+            self.vectors.copy_within(last * d..(last + 1) * d, i * d);
+            self.positions.insert(self.products[last].id.clone(), i);
+        }
+        self.products.swap_remove(i);
+        self.norms.swap_remove(i);
+        self.vectors.truncate(last * self.dimension);
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -129,7 +170,7 @@ impl VectorIndex {
     }
 
     pub fn find(&self, id: &str) -> Option<&StoredProduct> {
-        self.products.iter().find(|p| p.id == id)
+        self.positions.get(id).map(|&i| &self.products[i])
     }
 
     fn score(&self, i: usize, query: &[f32], query_norm: f32, metric: Metric) -> f32 {
@@ -284,6 +325,27 @@ mod tests {
             ["b"]
         );
         assert!(idx.similar("zz", 1, Metric::Cosine, &Filter::default()).is_err());
+    }
+
+    #[test]
+    fn upsert_and_remove_keep_search_consistent() {
+        let mut idx = index();
+        idx.upsert(product("a", vec![0.0, -1.0], "shoes", None)).unwrap();
+        assert_eq!(idx.len(), 4);
+        assert!(idx.remove("b"));
+        assert!(!idx.remove("b"));
+        assert_eq!(idx.find("d").unwrap().vector, vec![-1.0, 0.0]);
+        let hits = idx
+            .search(&[0.0, -1.0], 1, Metric::Cosine, &Filter::default(), None)
+            .unwrap();
+        assert_eq!(ids(&hits), ["a"]);
+        assert_eq!(
+            ids(&idx
+                .search(&[-1.0, 0.0], 1, Metric::Cosine, &Filter::default(), None)
+                .unwrap()),
+            ["d"]
+        );
+        assert!(idx.upsert(product("e", vec![1.0], "x", None)).is_err());
     }
 
     #[test]

@@ -1,0 +1,617 @@
+//! `lookalike serve`: the REST API and the web page, a thin async shell over the library.
+//! Decoding runs on tokio's blocking pool, inference on the batcher thread, so the
+//! executor only routes requests.
+
+mod error;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lookalike::batcher::{BatchPolicy, Batcher};
+use lookalike::catalogue::{CatalogueEntry, ProductInfo};
+use lookalike::model::{Embedder, ModelManifest};
+use lookalike::preprocess::{decode_image, Preprocessing};
+use lookalike::search::{Filter, Hit, Metric, VectorIndex};
+use lookalike::store::{ProductWrite, SqliteStore, StoredProduct};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use error::ApiError;
+
+const MAX_K: usize = 200;
+const MAX_PER_PAGE: usize = 200;
+
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    /// Bearer token for writes; `None` means read-only.
+    pub token: Option<String>,
+    pub max_upload_bytes: usize,
+    pub upload_dir: PathBuf,
+}
+
+struct AppState {
+    store: Mutex<SqliteStore>,
+    index: RwLock<VectorIndex>,
+    batcher: Batcher,
+    preprocessing: Preprocessing,
+    manifest: ModelManifest,
+    token: Option<String>,
+    upload_dir: PathBuf,
+    max_upload_bytes: usize,
+}
+
+type Shared = Arc<AppState>;
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+pub fn router(store: SqliteStore, embedder: Arc<Embedder>, config: &ServerConfig) -> Result<Router> {
+    let manifest = embedder.manifest();
+    store
+        .ensure_manifest(&manifest)
+        .context("cannot serve this catalogue")?;
+    let index = VectorIndex::new(store.products()?)?;
+    let state = Arc::new(AppState {
+        store: Mutex::new(store),
+        index: RwLock::new(index),
+        preprocessing: embedder.preprocessing,
+        batcher: Batcher::start(embedder, BatchPolicy::default()),
+        manifest,
+        token: config.token.clone(),
+        upload_dir: config.upload_dir.clone(),
+        max_upload_bytes: config.max_upload_bytes,
+    });
+    Ok(Router::new()
+        .route("/", get(|| async { Html(include_str!("web/index.html")) }))
+        .route(
+            "/app.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], include_str!("web/app.js")) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], include_str!("web/style.css")) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    include_str!("openapi.json"),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/v1/stats", get(stats))
+        .route("/v1/search", post(search))
+        .route("/v1/recommend", post(recommend))
+        .route("/v1/products", get(list_products).post(create_product))
+        .route(
+            "/v1/products/{id}",
+            get(get_product).put(update_product).delete(delete_product),
+        )
+        .route("/v1/products/{id}/similar", get(similar))
+        .route("/v1/products/{id}/image", get(product_image))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Room for the multipart framing around an upload of the configured size.
+        .layer(DefaultBodyLimit::max(config.max_upload_bytes + 64 * 1024))
+        .with_state(state))
+}
+
+pub async fn serve(router: Router, addr: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!("lookalike serving on http://{}", listener.local_addr()?);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn image_url(id: &str) -> String {
+    format!("/v1/products/{}/image", utf8_percent_encode(id, NON_ALPHANUMERIC))
+}
+
+fn product_json(p: &StoredProduct) -> Value {
+    json!({
+        "id": p.id,
+        "title": p.info.title,
+        "price": p.info.price,
+        "category": p.info.category,
+        "description": p.info.description,
+        "image_url": image_url(&p.id),
+    })
+}
+
+fn hits_json(hits: &[Hit], metric: Metric) -> Value {
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|h| {
+            let mut v = product_json(h.product);
+            v["score"] = json!(h.score);
+            v
+        })
+        .collect();
+    json!({ "metric": metric, "results": results })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct QueryParams {
+    k: Option<String>,
+    category: Option<String>,
+    min_price: Option<String>,
+    max_price: Option<String>,
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) -> ApiResult<Option<T>> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("{name} must be a number, got {v:?}"))),
+    }
+}
+
+impl QueryParams {
+    fn k(&self) -> ApiResult<usize> {
+        let k = parse_number::<usize>("k", &self.k)?.unwrap_or(10);
+        if k == 0 || k > MAX_K {
+            return Err(ApiError::bad_request(format!("k must be between 1 and {MAX_K}")));
+        }
+        Ok(k)
+    }
+
+    fn filter(&self) -> ApiResult<Filter> {
+        let min_price = parse_number::<f64>("min_price", &self.min_price)?;
+        let max_price = parse_number::<f64>("max_price", &self.max_price)?;
+        if let (Some(lo), Some(hi)) = (min_price, max_price) {
+            if lo > hi {
+                return Err(ApiError::bad_request("min_price is above max_price"));
+            }
+        }
+        let category = self.category.clone().filter(|c| !c.trim().is_empty());
+        Ok(Filter {
+            category,
+            min_price,
+            max_price,
+        })
+    }
+}
+
+async fn stats(State(state): State<Shared>) -> Json<Value> {
+    let index = state.index.read().expect("index lock");
+    Json(json!({
+        "products": index.len(),
+        "model": state.manifest.model,
+        "weights_sha256": state.manifest.weights_sha256,
+        "dimension": state.manifest.dimension,
+        "preprocessing": state.manifest.preprocessing,
+        "index_bytes": index.len() * index.dimension() * 4,
+    }))
+}
+
+/// Decodes and preprocesses off the executor, then waits for the batcher's forward pass.
+async fn embed_upload(state: &Shared, bytes: axum::body::Bytes) -> ApiResult<Vec<f32>> {
+    let pre = state.preprocessing;
+    let tensor = tokio::task::spawn_blocking(move || decode_image(&bytes).map(|img| pre.tensor_of(&img)))
+        .await
+        .map_err(ApiError::internal)??;
+    let reply = state.batcher.submit(tensor)?;
+    let embedding = reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    Ok(embedding.features)
+}
+
+/// A multipart form: the `image` part's bytes and the other fields as text.
+struct Form {
+    image: Option<axum::body::Bytes>,
+    fields: std::collections::HashMap<String, String>,
+}
+
+async fn read_form(state: &Shared, mut multipart: Multipart) -> ApiResult<Form> {
+    let mut form = Form {
+        image: None,
+        fields: Default::default(),
+    };
+    while let Some(field) = multipart.next_field().await? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" {
+            let bytes = field.bytes().await?;
+            if bytes.len() > state.max_upload_bytes {
+                return Err(upload_too_large(state));
+            }
+            form.image = Some(bytes);
+        } else {
+            form.fields.insert(name, field.text().await?);
+        }
+    }
+    Ok(form)
+}
+
+fn upload_too_large(state: &Shared) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "upload_too_large",
+        format!(
+            "the image is larger than the upload limit of {} bytes",
+            state.max_upload_bytes
+        ),
+    )
+}
+
+async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
+    let form = read_form(&state, multipart).await?;
+    let params = QueryParams {
+        k: form.fields.get("k").cloned(),
+        category: form.fields.get("category").cloned(),
+        min_price: form.fields.get("min_price").cloned(),
+        max_price: form.fields.get("max_price").cloned(),
+    };
+    let (k, filter) = (params.k()?, params.filter()?);
+    let image = form
+        .image
+        .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
+    let query = embed_upload(&state, image).await?;
+    let index = state.index.read().expect("index lock");
+    let hits = index
+        .search(&query, k, Metric::Cosine, &filter, None)
+        .map_err(ApiError::internal)?;
+    Ok(Json(hits_json(&hits, Metric::Cosine)))
+}
+
+async fn similar(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(params): Query<QueryParams>,
+) -> ApiResult<Json<Value>> {
+    let (k, filter) = (params.k()?, params.filter()?);
+    let index = state.index.read().expect("index lock");
+    let Some(product) = index.find(&id) else {
+        return Err(ApiError::not_found(format!("no product with id {id:?}")));
+    };
+    let hits = index
+        .search(&product.vector, k, Metric::Cosine, &filter, Some(&id))
+        .map_err(ApiError::internal)?;
+    Ok(Json(hits_json(&hits, Metric::Cosine)))
+}
+
+#[derive(Deserialize)]
+struct RecommendRequest {
+    #[serde(default)]
+    positive: Vec<String>,
+    #[serde(default)]
+    negative: Vec<String>,
+    k: Option<usize>,
+    category: Option<String>,
+    min_price: Option<f64>,
+    max_price: Option<f64>,
+}
+
+/// "More like these, less like those": the mean of the positives' unit vectors minus half
+/// the mean of the negatives', searched by cosine with all given products excluded.
+async fn recommend(
+    State(state): State<Shared>,
+    body: Result<Json<RecommendRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if req.positive.is_empty() {
+        return Err(ApiError::bad_request("`positive` must name at least one product id"));
+    }
+    let params = QueryParams {
+        k: req.k.map(|k| k.to_string()),
+        category: req.category.clone(),
+        min_price: req.min_price.map(|v| v.to_string()),
+        max_price: req.max_price.map(|v| v.to_string()),
+    };
+    let (k, filter) = (params.k()?, params.filter()?);
+    let index = state.index.read().expect("index lock");
+    let mut query = vec![0.0f32; index.dimension()];
+    for (ids, weight) in [(&req.positive, 1.0f32), (&req.negative, -0.5)] {
+        for id in ids {
+            let p = index
+                .find(id)
+                .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?;
+            let norm = lookalike::search::dot(&p.vector, &p.vector)
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            let scale = weight / (ids.len() as f32 * norm);
+            query.iter_mut().zip(&p.vector).for_each(|(q, v)| *q += v * scale);
+        }
+    }
+    let excluded: std::collections::HashSet<&str> =
+        req.positive.iter().chain(&req.negative).map(String::as_str).collect();
+    let hits = index
+        .search(&query, k + excluded.len(), Metric::Cosine, &filter, None)
+        .map_err(ApiError::internal)?;
+    let hits: Vec<Hit> = hits
+        .into_iter()
+        .filter(|h| !excluded.contains(h.product.id.as_str()))
+        .take(k)
+        .collect();
+    Ok(Json(hits_json(&hits, Metric::Cosine)))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    category: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+async fn list_products(State(state): State<Shared>, Query(params): Query<ListParams>) -> ApiResult<Json<Value>> {
+    let page = parse_number::<usize>("page", &params.page)?.unwrap_or(1);
+    let per_page = parse_number::<usize>("per_page", &params.per_page)?.unwrap_or(24);
+    if page == 0 || per_page == 0 || per_page > MAX_PER_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "page starts at 1; per_page is between 1 and {MAX_PER_PAGE}"
+        )));
+    }
+    let index = state.index.read().expect("index lock");
+    let category = params.category.filter(|c| !c.is_empty());
+    let mut matching: Vec<&StoredProduct> = index
+        .products()
+        .iter()
+        .filter(|p| {
+            category
+                .as_ref()
+                .is_none_or(|c| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)))
+        })
+        .collect();
+    matching.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut categories: Vec<&str> = index
+        .products()
+        .iter()
+        .filter_map(|p| p.info.category.as_deref())
+        .collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let items: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|p| product_json(p))
+        .collect();
+    Ok(Json(
+        json!({ "total": matching.len(), "page": page, "per_page": per_page, "categories": categories, "items": items }),
+    ))
+}
+
+async fn get_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let index = state.index.read().expect("index lock");
+    let p = index
+        .find(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?;
+    Ok(Json(product_json(p)))
+}
+
+fn content_type_of(path: &str) -> &'static str {
+    match path.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("tif" | "tiff") => "image/tiff",
+        _ => "image/jpeg",
+    }
+}
+
+/// Serves only the file recorded for the product; no path from the request reaches the disk.
+async fn product_image(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    let path = {
+        let index = state.index.read().expect("index lock");
+        index
+            .find(&id)
+            .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?
+            .image_path
+            .clone()
+    };
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::not_found(format!("the image of product {id:?} is no longer on disk")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type_of(&path)),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn authorize(state: &Shared, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &state.token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only",
+            "this server is read-only",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "writes need `Authorization: Bearer <token>`",
+        )),
+        Some(g) if !constant_time_eq(g.as_bytes(), token.as_bytes()) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "wrong token"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn info_from_fields(fields: &std::collections::HashMap<String, String>, base: ProductInfo) -> ApiResult<ProductInfo> {
+    let text = |k: &str, old: Option<String>| match fields.get(k) {
+        Some(v) if v.trim().is_empty() => None,
+        Some(v) => Some(v.trim().to_string()),
+        None => old,
+    };
+    let price = match fields.get("price") {
+        None => base.price,
+        Some(_) => parse_number::<f64>("price", &fields.get("price").cloned())?,
+    };
+    if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+        return Err(ApiError::bad_request("price must be a non-negative number"));
+    }
+    Ok(ProductInfo {
+        title: text("title", base.title),
+        price,
+        category: text("category", base.category),
+        description: text("description", base.description),
+    })
+}
+
+/// Stores the upload under the upload folder, named by its content hash.
+async fn save_upload(state: &Shared, bytes: &[u8]) -> ApiResult<(PathBuf, String)> {
+    let hash = lookalike::content_hash(bytes);
+    let ext = image::guess_format(bytes)
+        .ok()
+        .and_then(|f| f.extensions_str().first().copied())
+        .unwrap_or("img");
+    let path = state.upload_dir.join(format!("{hash}.{ext}"));
+    tokio::fs::create_dir_all(&state.upload_dir)
+        .await
+        .map_err(ApiError::internal)?;
+    let part = path.with_extension("part");
+    tokio::fs::write(&part, bytes).await.map_err(ApiError::internal)?;
+    tokio::fs::rename(&part, &path).await.map_err(ApiError::internal)?;
+    Ok((path, hash))
+}
+
+async fn write_product(
+    state: &Shared,
+    id: String,
+    info: ProductInfo,
+    image: Option<axum::body::Bytes>,
+    existing: Option<StoredProduct>,
+) -> ApiResult<StoredProduct> {
+    let (vector, image_path, hash) = match (image, existing) {
+        (Some(bytes), _) => {
+            let vector = embed_upload(state, bytes.clone()).await?;
+            let (path, hash) = save_upload(state, &bytes).await?;
+            (vector, path, hash)
+        }
+        (None, Some(old)) => (old.vector, PathBuf::from(old.image_path), old.content_hash),
+        (None, None) => return Err(ApiError::bad_request("the multipart field `image` is required")),
+    };
+    let entry = CatalogueEntry {
+        id: id.clone(),
+        info,
+        image_path,
+    };
+    let product = StoredProduct {
+        id,
+        info: entry.info.clone(),
+        image_path: entry.image_path.to_string_lossy().into_owned(),
+        content_hash: hash.clone(),
+        vector,
+    };
+    let state2 = state.clone();
+    let stored = product.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = state2.store.lock().expect("store lock");
+        store.write_batch(&[ProductWrite {
+            entry: &entry,
+            content_hash: &hash,
+            vector: Some(&stored.vector),
+        }])?;
+        state2.index.write().expect("index lock").upsert(stored)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(product)
+}
+
+async fn create_product(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    authorize(&state, &headers)?;
+    let form = read_form(&state, multipart).await?;
+    let image = form.image.clone();
+    let id = match form
+        .fields
+        .get("id")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    {
+        Some(id) => id,
+        None => lookalike::content_hash(image.as_deref().unwrap_or_default())[..16].to_string(),
+    };
+    if state.index.read().expect("index lock").find(&id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!("product {id:?} exists; use PUT to change it"),
+        ));
+    }
+    let info = info_from_fields(&form.fields, ProductInfo::default())?;
+    let product = write_product(&state, id, info, image, None).await?;
+    Ok((StatusCode::CREATED, Json(product_json(&product))))
+}
+
+async fn update_product(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers)?;
+    let existing = state.index.read().expect("index lock").find(&id).cloned();
+    let Some(existing) = existing else {
+        return Err(ApiError::not_found(format!("no product with id {id:?}")));
+    };
+    let form = read_form(&state, multipart).await?;
+    let info = info_from_fields(&form.fields, existing.info.clone())?;
+    let product = write_product(&state, id, info, form.image, Some(existing)).await?;
+    Ok(Json(product_json(&product)))
+}
+
+async fn delete_product(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    authorize(&state, &headers)?;
+    let state2 = state.clone();
+    let removed = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let mut store = state2.store.lock().expect("store lock");
+        let removed = store.remove(std::slice::from_ref(&id))? > 0;
+        state2.index.write().expect("index lock").remove(&id);
+        Ok(removed)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such product"))
+    }
+}
+
+/// Refuses to start writable without a token.
+pub fn check_write_access(token: &Option<String>, read_only: bool) -> Result<Option<String>> {
+    match (token, read_only) {
+        (_, true) => Ok(None),
+        (Some(t), false) if !t.trim().is_empty() => Ok(Some(t.clone())),
+        _ => bail!("a writable server needs a token (--token or LOOKALIKE_TOKEN); start with --read-only to serve without writes"),
+    }
+}

@@ -1,0 +1,147 @@
+// lookalike's web page: plain ES module, no build step, talks to the JSON API.
+const $ = (id) => document.getElementById(id);
+const results = $("results"), status = $("status"), errorBox = $("error");
+let lastProducts = new Map();
+
+function showError(message) {
+  errorBox.textContent = message;
+  errorBox.hidden = !message;
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error?.message || `request failed (${response.status})`);
+  return body;
+}
+
+function filterParams() {
+  const params = new URLSearchParams();
+  const category = $("category").value, min = $("min-price").value, max = $("max-price").value;
+  if (category) params.set("category", category);
+  if (min) params.set("min_price", min);
+  if (max) params.set("max_price", max);
+  return params;
+}
+
+function price(value) {
+  return value == null ? "" : `$${Number(value).toFixed(2)}`;
+}
+
+function render(items, withScores) {
+  lastProducts = new Map(items.map((p) => [p.id, p]));
+  results.replaceChildren(...items.map((p) => {
+    const card = document.createElement("article");
+    card.className = "card";
+    card.dataset.id = p.id;
+    card.dataset.category = p.category ?? "";
+    const img = document.createElement("img");
+    img.src = p.image_url; img.alt = p.title ?? p.id; img.loading = "lazy";
+    img.addEventListener("click", () => openDetails(p.id));
+    const body = document.createElement("div");
+    body.className = "body";
+    const title = document.createElement("div");
+    title.className = "title"; title.textContent = p.title ?? p.id;
+    const meta = document.createElement("div");
+    meta.className = "meta"; meta.textContent = p.category ?? "";
+    const row = document.createElement("div");
+    row.className = "row";
+    const priceEl = document.createElement("span");
+    priceEl.className = "price"; priceEl.textContent = price(p.price);
+    row.append(priceEl);
+    if (withScores) {
+      const score = document.createElement("span");
+      score.className = "score"; score.textContent = `${Math.round(p.score * 100)}% similar`;
+      row.append(score);
+    }
+    const more = document.createElement("button");
+    more.type = "button"; more.className = "more"; more.textContent = "More like this";
+    more.addEventListener("click", () => moreLike(p.id));
+    body.append(title, meta, row, more);
+    card.append(img, body);
+    return card;
+  }));
+}
+
+async function searchPhoto(file) {
+  showError("");
+  $("preview").src = URL.createObjectURL(file);
+  $("preview").hidden = false;
+  const form = new FormData();
+  form.set("image", file);
+  form.set("k", "24");
+  for (const [key, value] of filterParams()) form.set(key, value);
+  status.textContent = "Searching…";
+  const started = performance.now();
+  try {
+    const body = await api("/v1/search", { method: "POST", body: form });
+    render(body.results, true);
+    status.textContent = `${body.results.length} similar products in ${Math.round(performance.now() - started)} ms`;
+  } catch (e) {
+    results.replaceChildren();
+    status.textContent = "";
+    showError(e.message);
+  }
+}
+
+async function moreLike(id) {
+  showError("");
+  const params = filterParams();
+  params.set("k", "24");
+  try {
+    const body = await api(`/v1/products/${encodeURIComponent(id)}/similar?${params}`);
+    const source = lastProducts.get(id);
+    render(body.results, true);
+    status.textContent = `Products that look like ${source?.title ?? id}`;
+    $("details").open && $("details").close();
+    window.scrollTo({ top: 0, behavior: "smooth" });
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function browse() {
+  showError("");
+  const params = new URLSearchParams({ per_page: "48" });
+  if ($("category").value) params.set("category", $("category").value);
+  try {
+    const body = await api(`/v1/products?${params}`);
+    render(body.items, false);
+    status.textContent = `${body.total} products`;
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function openDetails(id) {
+  const p = lastProducts.get(id);
+  if (!p) return;
+  $("details-image").src = p.image_url;
+  $("details-title").textContent = p.title ?? p.id;
+  $("details-meta").textContent = [p.category, price(p.price), p.id].filter(Boolean).join(" · ");
+  $("details-description").textContent = p.description ?? "";
+  $("details-more").onclick = () => moreLike(p.id);
+  $("details").showModal();
+}
+
+async function loadCategories() {
+  try {
+    const body = await api("/v1/products?per_page=1");
+    for (const c of body.categories) $("category").append(new Option(c, c));
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+const drop = $("drop");
+$("file").addEventListener("change", (e) => e.target.files[0] && searchPhoto(e.target.files[0]));
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) searchPhoto(e.dataTransfer.files[0]);
+});
+drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+$("browse").addEventListener("click", browse);
+loadCategories().then(browse);

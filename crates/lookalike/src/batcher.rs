@@ -1,0 +1,104 @@
+//! Dynamic batching for online queries: requests that arrive within a short
+//! window share one forward pass, and a bounded queue turns overload into an
+//! immediate refusal instead of unbounded waiting.
+
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::indexer::ImageEmbedding;
+use crate::model::Embedder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the embedding queue is full; try again shortly")]
+    Overloaded,
+    #[error("the embedding worker has stopped")]
+    Stopped,
+}
+
+pub type Reply = oneshot::Receiver<Result<ImageEmbedding, String>>;
+
+struct Job {
+    tensor: Vec<f32>,
+    reply: oneshot::Sender<Result<ImageEmbedding, String>>,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    sender: SyncSender<Job>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company.
+    pub window: Duration,
+    /// Requests waiting beyond the one being computed; more are refused.
+    pub queue: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self {
+            max_batch: 16,
+            window: Duration::from_millis(2),
+            queue: 64,
+        }
+    }
+}
+
+impl Batcher {
+    pub fn start(embedder: Arc<Embedder>, policy: BatchPolicy) -> Self {
+        let (sender, receiver) = sync_channel::<Job>(policy.queue);
+        std::thread::Builder::new()
+            .name("lookalike-batcher".into())
+            .spawn(move || {
+                while let Ok(first) = receiver.recv() {
+                    let deadline = Instant::now() + policy.window;
+                    let mut jobs = vec![first];
+                    while jobs.len() < policy.max_batch {
+                        match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                            Ok(job) => jobs.push(job),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    let input: Vec<f32> = jobs.iter().flat_map(|j| j.tensor.iter().copied()).collect();
+                    match embedder.run(&input, jobs.len()) {
+                        Ok(out) => {
+                            for (i, job) in jobs.into_iter().enumerate() {
+                                let logits = if out.num_classes > 0 {
+                                    out.logit_row(i).to_vec()
+                                } else {
+                                    vec![]
+                                };
+                                let _ = job.reply.send(Ok(ImageEmbedding {
+                                    features: out.feature(i).to_vec(),
+                                    logits,
+                                }));
+                            }
+                        }
+                        Err(e) => {
+                            for job in jobs {
+                                let _ = job.reply.send(Err(format!("{e:#}")));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawn the batcher thread");
+        Self { sender }
+    }
+
+    /// Queues a preprocessed image; the reply arrives when its batch has run.
+    pub fn submit(&self, tensor: Vec<f32>) -> Result<Reply, SubmitError> {
+        let (reply, receiver) = oneshot::channel();
+        match self.sender.try_send(Job { tensor, reply }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+}
