@@ -13,3 +13,6 @@ $bin search demo/images/mh01.jpg --db "$db" -k 5
 echo
 echo "== products that look like product 24-MG01 (Endurance Watch)"
 $bin similar 24-MG01 --db "$db" -k 5
+echo
+echo "== serving the demo catalogue (web page and REST API); Ctrl-C stops"
+exec $bin serve --db "$db" --read-only --port "${PORT:-8080}"

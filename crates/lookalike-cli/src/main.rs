@@ -274,6 +274,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 upload_dir: upload_dir.unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("uploads")),
             };
             let router = server::router(SqliteStore::open(&db)?, embedder, &config)?;
+            if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
+                // For supervisors and tests: the server ends with the process that started it.
+                std::thread::spawn(|| {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                    std::process::exit(0);
+                });
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

@@ -1,0 +1,411 @@
+//! The real `lookalike serve` on a free loopback port, exercised endpoint by endpoint,
+//! every error status included. One server per test binary, indexed from the demo catalogue.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use reqwest::blocking::{multipart, Client};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "test-token";
+const UPLOAD_LIMIT_MB: usize = 1;
+
+struct Server {
+    base: String,
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// Statics are never dropped, so the server is told to exit when our end of its stdin closes,
+/// which the OS does when this test process exits.
+struct ChildGuard(#[allow(dead_code)] Child);
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--threads",
+                "2",
+                "--max-upload-mb",
+                &UPLOAD_LIMIT_MB.to_string(),
+            ])
+            .arg("--db")
+            .arg(dir.path().join("demo.db"))
+            .arg("--catalogue")
+            .arg(demo().join("catalogue.csv"))
+            .env("LOOKALIKE_TOKEN", TOKEN)
+            .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut base = None;
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.strip_prefix("lookalike serving on ") {
+                base = Some(url.trim().to_string());
+                break;
+            }
+        }
+        Server {
+            base: base.expect("server printed its address"),
+            _child: ChildGuard(child),
+            _dir: dir,
+        }
+    })
+}
+
+fn url(path: &str) -> String {
+    format!("{}{path}", server().base)
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn image_part(bytes: Vec<u8>, name: &str) -> multipart::Part {
+    multipart::Part::bytes(bytes)
+        .file_name(name.to_string())
+        .mime_str("image/jpeg")
+        .unwrap()
+}
+
+fn demo_image(name: &str) -> Vec<u8> {
+    std::fs::read(demo().join("images").join(name)).unwrap()
+}
+
+/// Status and JSON body; error bodies must have the documented shape.
+fn send(request: reqwest::blocking::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().unwrap();
+    let status = response.status();
+    let text = response.text().unwrap();
+    let body: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    if !status.is_success() {
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{status}: {body}"
+        );
+    }
+    (status, body)
+}
+
+fn search(form: multipart::Form) -> (StatusCode, Value) {
+    send(client().post(url("/v1/search")).multipart(form))
+}
+
+#[test]
+fn health_stats_openapi_and_page() {
+    assert_eq!(send(client().get(url("/healthz"))).1["status"], "ok");
+    let (_, stats) = send(client().get(url("/v1/stats")));
+    assert_eq!(stats["model"], "efficientnet-lite0");
+    assert_eq!(stats["dimension"], 1280);
+    assert!(stats["products"].as_u64().unwrap() >= 59);
+    let (_, openapi) = send(client().get(url("/openapi.json")));
+    assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(openapi["paths"]["/v1/search"]["post"].is_object());
+    let page = client().get(url("/")).send().unwrap().text().unwrap();
+    assert!(page.contains("<script type=\"module\" src=\"/app.js\">"));
+    assert_eq!(client().get(url("/app.js")).send().unwrap().status(), StatusCode::OK);
+    assert_eq!(send(client().get(url("/nope"))).0, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn search_by_upload_ranks_the_same_product_first() {
+    let form = multipart::Form::new()
+        .part("image", image_part(demo_image("mh01.jpg"), "q.jpg"))
+        .text("k", "5");
+    let (status, body) = search(form);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0]["id"], "MH01");
+    assert_eq!(results[0]["price"], 52.0);
+    assert_eq!(results[0]["image_url"], "/v1/products/MH01/image");
+    let form = multipart::Form::new()
+        .part("image", image_part(demo_image("mh01.jpg"), "q.jpg"))
+        .text("category", "Gear/Bags")
+        .text("max_price", "40");
+    let (_, body) = search(form);
+    for r in body["results"].as_array().unwrap() {
+        assert_eq!(r["category"], "Gear/Bags");
+        assert!(r["price"].as_f64().unwrap() <= 40.0);
+    }
+}
+
+#[test]
+fn search_errors_have_the_right_status() {
+    let jpeg = demo_image("mh02.jpg");
+    let cases: Vec<(multipart::Form, StatusCode, &str)> = vec![
+        (
+            multipart::Form::new().text("k", "3"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            multipart::Form::new()
+                .part("image", image_part(jpeg.clone(), "a.jpg"))
+                .text("k", "ten"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            multipart::Form::new()
+                .part("image", image_part(jpeg.clone(), "a.jpg"))
+                .text("k", "0"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            multipart::Form::new().part("image", image_part(b"hello".to_vec(), "a.jpg")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_an_image",
+        ),
+        (
+            multipart::Form::new().part("image", image_part(jpeg[..jpeg.len() / 2].to_vec(), "a.jpg")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "undecodable_image",
+        ),
+        (
+            multipart::Form::new().part(
+                "image",
+                image_part(vec![0xFF; UPLOAD_LIMIT_MB * 1024 * 1024 + 10_000], "big.jpg"),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload_too_large",
+        ),
+    ];
+    for (form, status, code) in cases {
+        let (got, body) = search(form);
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    let (_, body) = search(multipart::Form::new().part(
+        "image",
+        image_part(vec![0xFF; UPLOAD_LIMIT_MB * 1024 * 1024 + 1], "big.jpg"),
+    ));
+    assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+    assert_eq!(send(client().get(url("/healthz"))).0, StatusCode::OK, "still serving");
+}
+
+#[test]
+fn similar_and_recommend() {
+    let (status, body) = send(client().get(url("/v1/products/24-MG01/similar?k=3")));
+    assert_eq!(status, StatusCode::OK);
+    let results = body["results"].as_array().unwrap();
+    assert!(results.iter().all(|r| r["category"] == "Gear/Watches"), "{body}");
+    assert_eq!(
+        send(client().get(url("/v1/products/NOPE/similar"))).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(client().get(url("/v1/products/24-MG01/similar?min_price=9&max_price=1"))).0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send(client().get(url("/v1/products/24-MG01/similar?k=-1"))).0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let rec = |body: Value| send(client().post(url("/v1/recommend")).json(&body));
+    let (status, body) = rec(json!({ "positive": ["24-MG01", "24-MG02"], "negative": ["24-MB01"], "k": 4 }));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert!(!ids.contains(&"24-MG01") && !ids.contains(&"24-MB01"));
+    assert_eq!(body["results"][0]["category"], "Gear/Watches");
+    assert_eq!(rec(json!({ "positive": [] })).0, StatusCode::BAD_REQUEST);
+    assert_eq!(rec(json!({ "positive": ["NOPE"] })).0, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        client()
+            .post(url("/v1/recommend"))
+            .header("content-type", "application/json")
+            .body("{oops"),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn browsing_products_and_images() {
+    let (status, body) = send(client().get(url("/v1/products?category=gear/watches&per_page=2&page=2")));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 4);
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    assert_eq!(body["items"][0]["id"], "24-MG03");
+    assert!(body["categories"].as_array().unwrap().len() >= 15);
+    assert_eq!(
+        send(client().get(url("/v1/products?page=0"))).0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send(client().get(url("/v1/products?per_page=5000"))).0,
+        StatusCode::BAD_REQUEST
+    );
+    let (status, p) = send(client().get(url("/v1/products/24-MG02")));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(p["title"], "Dash Digital Watch");
+    let image = client().get(url("/v1/products/24-MG02/image")).send().unwrap();
+    assert_eq!(image.status(), StatusCode::OK);
+    assert_eq!(image.headers()["content-type"], "image/jpeg");
+    assert_eq!(image.bytes().unwrap().to_vec(), demo_image("24-mg02.jpg"));
+    assert_eq!(send(client().get(url("/v1/products/NOPE"))).0, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn hostile_ids_reach_neither_files_nor_sql() {
+    for id in [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%27%3B%20DROP%20TABLE%20products%3B--",
+        "MH01%27%20OR%20%271%27%3D%271",
+    ] {
+        assert_eq!(
+            send(client().get(url(&format!("/v1/products/{id}/image")))).0,
+            StatusCode::NOT_FOUND,
+            "{id}"
+        );
+        assert_eq!(
+            send(client().get(url(&format!("/v1/products/{id}")))).0,
+            StatusCode::NOT_FOUND,
+            "{id}"
+        );
+    }
+    assert_eq!(send(client().get(url("/v1/products/24-MG02"))).0, StatusCode::OK);
+}
+
+#[test]
+fn writes_need_the_token_and_take_effect_at_once() {
+    let form = || {
+        multipart::Form::new()
+            .part("image", image_part(demo_image("wb04.jpg"), "n.jpg"))
+            .text("id", "NEW-1")
+            .text("title", "New bra")
+            .text("price", "19.5")
+            .text("category", "Women/Tops/Bras & Tanks")
+    };
+    assert_eq!(
+        send(client().post(url("/v1/products")).multipart(form())).0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(
+            client()
+                .post(url("/v1/products"))
+                .bearer_auth("wrong")
+                .multipart(form())
+        )
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, created) = send(client().post(url("/v1/products")).bearer_auth(TOKEN).multipart(form()));
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        send(client().post(url("/v1/products")).bearer_auth(TOKEN).multipart(form())).0,
+        StatusCode::CONFLICT
+    );
+    // Searchable at once: its own photo finds it with similarity 1 (the demo's WB04 shares the photo).
+    let (_, body) = search(
+        multipart::Form::new()
+            .part("image", image_part(demo_image("wb04.jpg"), "q.jpg"))
+            .text("k", "2"),
+    );
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"NEW-1"), "{body}");
+    let bad_price = multipart::Form::new().text("price", "free");
+    assert_eq!(
+        send(
+            client()
+                .put(url("/v1/products/NEW-1"))
+                .bearer_auth(TOKEN)
+                .multipart(bad_price)
+        )
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    let rename = multipart::Form::new().text("title", "Renamed bra");
+    let (status, updated) = send(
+        client()
+            .put(url("/v1/products/NEW-1"))
+            .bearer_auth(TOKEN)
+            .multipart(rename),
+    );
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["title"], "Renamed bra");
+    assert_eq!(updated["price"], 19.5);
+    let not_image = multipart::Form::new().part("image", image_part(b"GIF89a but not really".to_vec(), "x.gif"));
+    assert_eq!(
+        send(
+            client()
+                .put(url("/v1/products/NEW-1"))
+                .bearer_auth(TOKEN)
+                .multipart(not_image)
+        )
+        .0
+        .as_u16()
+            / 100,
+        4
+    );
+    assert_eq!(
+        send(
+            client()
+                .put(url("/v1/products/NOPE"))
+                .bearer_auth(TOKEN)
+                .multipart(multipart::Form::new())
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(client().delete(url("/v1/products/NEW-1"))).0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(client().delete(url("/v1/products/NEW-1")).bearer_auth(TOKEN)).0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(send(client().get(url("/v1/products/NEW-1"))).0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(client().delete(url("/v1/products/NEW-1")).bearer_auth(TOKEN)).0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn a_writable_server_without_a_token_refuses_to_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--db", "/nonexistent/x.db", "--port", "0"])
+        .env_remove("LOOKALIKE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--read-only"));
+}
