@@ -110,6 +110,10 @@ fn send(request: reqwest::blocking::RequestBuilder) -> (StatusCode, Value) {
     (status, body)
 }
 
+fn get_status(path: &str) -> StatusCode {
+    send(client().get(url(path))).0
+}
+
 fn search(form: multipart::Form) -> (StatusCode, Value) {
     send(client().post(url("/v1/search")).multipart(form))
 }
@@ -127,7 +131,7 @@ fn health_stats_openapi_and_page() {
     let page = client().get(url("/")).send().unwrap().text().unwrap();
     assert!(page.contains("<script type=\"module\" src=\"/app.js\">"));
     assert_eq!(client().get(url("/app.js")).send().unwrap().status(), StatusCode::OK);
-    assert_eq!(send(client().get(url("/nope"))).0, StatusCode::NOT_FOUND);
+    assert_eq!(get_status("/nope"), StatusCode::NOT_FOUND);
 }
 
 #[test]
@@ -205,7 +209,7 @@ fn search_errors_have_the_right_status() {
         image_part(vec![0xFF; UPLOAD_LIMIT_MB * 1024 * 1024 + 1], "big.jpg"),
     ));
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
-    assert_eq!(send(client().get(url("/healthz"))).0, StatusCode::OK, "still serving");
+    assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
 }
 
 #[test]
@@ -214,18 +218,12 @@ fn similar_and_recommend() {
     assert_eq!(status, StatusCode::OK);
     let results = body["results"].as_array().unwrap();
     assert!(results.iter().all(|r| r["category"] == "Gear/Watches"), "{body}");
+    assert_eq!(get_status("/v1/products/NOPE/similar"), StatusCode::NOT_FOUND);
     assert_eq!(
-        send(client().get(url("/v1/products/NOPE/similar"))).0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        send(client().get(url("/v1/products/24-MG01/similar?min_price=9&max_price=1"))).0,
+        get_status("/v1/products/24-MG01/similar?min_price=9&max_price=1"),
         StatusCode::BAD_REQUEST
     );
-    assert_eq!(
-        send(client().get(url("/v1/products/24-MG01/similar?k=-1"))).0,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get_status("/v1/products/24-MG01/similar?k=-1"), StatusCode::BAD_REQUEST);
 
     let rec = |body: Value| send(client().post(url("/v1/recommend")).json(&body));
     let (status, body) = rec(json!({ "positive": ["24-MG01", "24-MG02"], "negative": ["24-MB01"], "k": 4 }));
@@ -258,14 +256,8 @@ fn browsing_products_and_images() {
     assert_eq!(body["items"].as_array().unwrap().len(), 2);
     assert_eq!(body["items"][0]["id"], "24-MG03");
     assert!(body["categories"].as_array().unwrap().len() >= 15);
-    assert_eq!(
-        send(client().get(url("/v1/products?page=0"))).0,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        send(client().get(url("/v1/products?per_page=5000"))).0,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get_status("/v1/products?page=0"), StatusCode::BAD_REQUEST);
+    assert_eq!(get_status("/v1/products?per_page=5000"), StatusCode::BAD_REQUEST);
     let (status, p) = send(client().get(url("/v1/products/24-MG02")));
     assert_eq!(status, StatusCode::OK);
     assert_eq!(p["title"], "Dash Digital Watch");
@@ -273,7 +265,7 @@ fn browsing_products_and_images() {
     assert_eq!(image.status(), StatusCode::OK);
     assert_eq!(image.headers()["content-type"], "image/jpeg");
     assert_eq!(image.bytes().unwrap().to_vec(), demo_image("24-mg02.jpg"));
-    assert_eq!(send(client().get(url("/v1/products/NOPE"))).0, StatusCode::NOT_FOUND);
+    assert_eq!(get_status("/v1/products/NOPE"), StatusCode::NOT_FOUND);
 }
 
 #[test]
@@ -284,17 +276,13 @@ fn hostile_ids_reach_neither_files_nor_sql() {
         "MH01%27%20OR%20%271%27%3D%271",
     ] {
         assert_eq!(
-            send(client().get(url(&format!("/v1/products/{id}/image")))).0,
+            get_status(&format!("/v1/products/{id}/image")),
             StatusCode::NOT_FOUND,
             "{id}"
         );
-        assert_eq!(
-            send(client().get(url(&format!("/v1/products/{id}")))).0,
-            StatusCode::NOT_FOUND,
-            "{id}"
-        );
+        assert_eq!(get_status(&format!("/v1/products/{id}")), StatusCode::NOT_FOUND, "{id}");
     }
-    assert_eq!(send(client().get(url("/v1/products/24-MG02"))).0, StatusCode::OK);
+    assert_eq!(get_status("/v1/products/24-MG02"), StatusCode::OK);
 }
 
 #[test]
@@ -392,7 +380,7 @@ fn writes_need_the_token_and_take_effect_at_once() {
         send(client().delete(url("/v1/products/NEW-1")).bearer_auth(TOKEN)).0,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(send(client().get(url("/v1/products/NEW-1"))).0, StatusCode::NOT_FOUND);
+    assert_eq!(get_status("/v1/products/NEW-1"), StatusCode::NOT_FOUND);
     assert_eq!(
         send(client().delete(url("/v1/products/NEW-1")).bearer_auth(TOKEN)).0,
         StatusCode::NOT_FOUND
