@@ -69,15 +69,7 @@ impl Batcher {
                     match embedder.run(&input, jobs.len()) {
                         Ok(out) => {
                             for (i, job) in jobs.into_iter().enumerate() {
-                                let logits = if out.num_classes > 0 {
-                                    out.logit_row(i).to_vec()
-                                } else {
-                                    vec![]
-                                };
-                                let _ = job.reply.send(Ok(ImageEmbedding {
-                                    features: out.feature(i).to_vec(),
-                                    logits,
-                                }));
+                                let _ = job.reply.send(Ok(out.image(i)));
                             }
                         }
                         Err(e) => {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::catalogue::CatalogueEntry;
 use crate::content_hash;
-use crate::model::Embedder;
+use crate::model::{Embedder, Embeddings};
 use crate::preprocess::{decode_image, ImageError};
 use crate::store::{Fingerprint, ProductWrite, SqliteStore};
 
@@ -192,6 +192,21 @@ pub struct ImageEmbedding {
     pub logits: Vec<f32>,
 }
 
+impl Embeddings {
+    /// Row `i` of a batch as one image's embedding.
+    pub fn image(&self, i: usize) -> ImageEmbedding {
+        let logits = if self.num_classes > 0 {
+            self.logit_row(i).to_vec()
+        } else {
+            Vec::new()
+        };
+        ImageEmbedding {
+            features: self.feature(i).to_vec(),
+            logits,
+        }
+    }
+}
+
 /// Embeds image files for queries; each result is the embedding or why the image was refused.
 pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<ImageEmbedding, ImageError>>> {
     let mut results = Vec::with_capacity(paths.len());
@@ -211,14 +226,7 @@ pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<
         for p in prepared {
             results.push(p.map(|_| {
                 row += 1;
-                ImageEmbedding {
-                    features: out.feature(row - 1).to_vec(),
-                    logits: if out.num_classes > 0 {
-                        out.logit_row(row - 1).to_vec()
-                    } else {
-                        vec![]
-                    },
-                }
+                out.image(row - 1)
             }));
         }
     }

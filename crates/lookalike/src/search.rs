@@ -45,7 +45,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn accepts(&self, p: &StoredProduct) -> bool {
+    pub fn accepts(&self, p: &StoredProduct) -> bool {
         if let Some(c) = &self.category {
             if !p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)) {
                 return false;

@@ -355,16 +355,11 @@ async fn list_products(State(state): State<Shared>, Query(params): Query<ListPar
         )));
     }
     let index = state.index.read().expect("index lock");
-    let category = params.category.filter(|c| !c.is_empty());
-    let mut matching: Vec<&StoredProduct> = index
-        .products()
-        .iter()
-        .filter(|p| {
-            category
-                .as_ref()
-                .is_none_or(|c| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)))
-        })
-        .collect();
+    let filter = Filter {
+        category: params.category.filter(|c| !c.is_empty()),
+        ..Default::default()
+    };
+    let mut matching: Vec<&StoredProduct> = index.products().iter().filter(|p| filter.accepts(p)).collect();
     matching.sort_by(|a, b| a.id.cmp(&b.id));
     let mut categories: Vec<&str> = index
         .products()
