@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the model files it needs, then format, lint and tests.
+# The whole test suite: fetches the model files it needs, then format, lint, Rust tests
+# and the web page in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOOKALIKE_SKIP_BUILD=1 ./scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --workspace
+./scripts/web-test.sh

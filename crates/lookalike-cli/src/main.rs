@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::batcher::BatchPolicy;
 use lookalike::catalogue::read_catalogue;
 use lookalike::export::{export_json, export_npy};
 use lookalike::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
@@ -126,6 +127,16 @@ enum Command {
         /// Where uploaded product images are kept (default: `uploads/` beside the database).
         #[arg(long)]
         upload_dir: Option<PathBuf>,
+        /// Most query images embedded in one forward pass.
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
+        /// Query images allowed to wait for the model; beyond that requests get 503.
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+        /// How long an arriving query waits for others to share its forward pass, in ms
+        /// (0: queries that queued during the previous pass share the next one).
+        #[arg(long, default_value_t = 0.0)]
+        batch_window_ms: f64,
     },
     /// Measure embedding throughput against reference runtimes.
     Bench {
@@ -261,7 +272,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             read_only,
             max_upload_mb,
             upload_dir,
+            max_batch,
+            queue,
+            batch_window_ms,
         } => {
+            if max_batch == 0 {
+                bail!("--max-batch must be at least 1");
+            }
             let token = server::check_write_access(&token, read_only)?;
             let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?);
             if let Some(catalogue) = &catalogue {
@@ -272,6 +289,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 token,
                 max_upload_bytes: max_upload_mb * 1024 * 1024,
                 upload_dir: upload_dir.unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("uploads")),
+                batch: BatchPolicy {
+                    max_batch,
+                    queue,
+                    window: std::time::Duration::from_secs_f64(batch_window_ms.max(0.0) / 1e3),
+                },
             };
             let router = server::router(SqliteStore::open(&db)?, embedder, &config)?;
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {

@@ -27,46 +27,42 @@ fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
 }
 
+/// The real binary over a fresh copy of the demo catalogue, with `extra` serve flags.
+fn start_server(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--port", "0", "--threads", "2"])
+        .args(extra)
+        .arg("--db")
+        .arg(dir.path().join("demo.db"))
+        .arg("--catalogue")
+        .arg(demo().join("catalogue.csv"))
+        .env("LOOKALIKE_TOKEN", TOKEN)
+        .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut base = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("lookalike serving on ") {
+            base = Some(url.trim().to_string());
+            break;
+        }
+    }
+    Server {
+        base: base.expect("server printed its address"),
+        _child: ChildGuard(child),
+        _dir: dir,
+    }
+}
+
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--threads",
-                "2",
-                "--max-upload-mb",
-                &UPLOAD_LIMIT_MB.to_string(),
-            ])
-            .arg("--db")
-            .arg(dir.path().join("demo.db"))
-            .arg("--catalogue")
-            .arg(demo().join("catalogue.csv"))
-            .env("LOOKALIKE_TOKEN", TOKEN)
-            .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut base = None;
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if let Some(url) = line.strip_prefix("lookalike serving on ") {
-                base = Some(url.trim().to_string());
-                break;
-            }
-        }
-        Server {
-            base: base.expect("server printed its address"),
-            _child: ChildGuard(child),
-            _dir: dir,
-        }
-    })
+    SERVER.get_or_init(|| start_server(&["--max-upload-mb", &UPLOAD_LIMIT_MB.to_string()]))
 }
 
 fn url(path: &str) -> String {
@@ -396,4 +392,45 @@ fn a_writable_server_without_a_token_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--read-only"));
+}
+
+#[test]
+fn overload_is_refused_with_503_and_the_server_recovers() {
+    // One image per forward pass and nobody allowed to wait: concurrent searches must overflow.
+    let server = start_server(&["--max-batch", "1", "--queue", "0"]);
+    let photo = demo_image("24-mb01.jpg");
+    let statuses: Vec<(StatusCode, Value)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..16)
+            .map(|_| {
+                let photo = photo.clone();
+                let search = format!("{}/v1/search", server.base);
+                scope.spawn(move || {
+                    let form = multipart::Form::new().part("image", image_part(photo, "bag.jpg"));
+                    send(client().post(search).multipart(form))
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let refused: Vec<&Value> = statuses
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "16 concurrent searches with no queue: none refused"
+    );
+    assert!(
+        refused.iter().all(|b| b["error"]["code"] == "overloaded"),
+        "{refused:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|(s, _)| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE));
+
+    let form = multipart::Form::new().part("image", image_part(photo, "bag.jpg"));
+    let (status, body) = send(client().post(format!("{}/v1/search", server.base)).multipart(form));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["id"], "24-MB01");
 }

@@ -1,6 +1,7 @@
-//! Dynamic batching for online queries: requests that arrive within a short
-//! window share one forward pass, and a bounded queue turns overload into an
-//! immediate refusal instead of unbounded waiting.
+//! Dynamic batching for online queries: requests that queue up while a forward
+//! pass runs share the next one (optionally waiting a short window for more), and
+//! a bounded queue turns overload into an immediate refusal instead of unbounded
+//! waiting.
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -34,7 +35,10 @@ pub struct Batcher {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     pub max_batch: usize,
-    /// How long the first request of a batch waits for company.
+    /// How long the first request of a batch waits for company. Zero (the default) is
+    /// greedy batching: an idle worker starts at once, and whatever queued meanwhile forms
+    /// the next batch. Measured with `lookalike bench http` on 2 cores, a 2 ms window
+    /// cost 7 ms of p50 at concurrency 1 and gained nothing at concurrency 8.
     pub window: Duration,
     /// Requests waiting beyond the one being computed; more are refused.
     pub queue: usize,
@@ -44,7 +48,7 @@ impl Default for BatchPolicy {
     fn default() -> Self {
         Self {
             max_batch: 16,
-            window: Duration::from_millis(2),
+            window: Duration::ZERO,
             queue: 64,
         }
     }

@@ -9,11 +9,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{bail, Context, Result};
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::LengthLimitError;
 use lookalike::batcher::{BatchPolicy, Batcher};
 use lookalike::catalogue::{CatalogueEntry, ProductInfo};
 use lookalike::model::{Embedder, ModelManifest};
@@ -35,6 +38,7 @@ pub struct ServerConfig {
     pub token: Option<String>,
     pub max_upload_bytes: usize,
     pub upload_dir: PathBuf,
+    pub batch: BatchPolicy,
 }
 
 struct AppState {
@@ -61,7 +65,7 @@ pub fn router(store: SqliteStore, embedder: Arc<Embedder>, config: &ServerConfig
         store: Mutex::new(store),
         index: RwLock::new(index),
         preprocessing: embedder.preprocessing,
-        batcher: Batcher::start(embedder, BatchPolicy::default()),
+        batcher: Batcher::start(embedder, config.batch),
         manifest,
         token: config.token.clone(),
         upload_dir: config.upload_dir.clone(),
@@ -98,8 +102,8 @@ pub fn router(store: SqliteStore, embedder: Arc<Embedder>, config: &ServerConfig
         .route("/v1/products/{id}/similar", get(similar))
         .route("/v1/products/{id}/image", get(product_image))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        // Room for the multipart framing around an upload of the configured size.
-        .layer(DefaultBodyLimit::max(config.max_upload_bytes + 64 * 1024))
+        .layer(middleware::from_fn_with_state(state.clone(), read_whole_body))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state))
 }
 
@@ -114,6 +118,22 @@ pub async fn serve(router: Router, addr: SocketAddr) -> Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// Reads each request body completely (up to the upload limit plus room for the multipart
+/// framing) before any handler runs. A handler that answers early — wrong token, unknown
+/// product — would otherwise leave the client's upload unread, and the connection would be
+/// cut under the client before it sees the answer.
+async fn read_whole_body(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let limit = state.max_upload_bytes + 64 * 1024;
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(err) if std::error::Error::source(&err).is_some_and(|e| e.is::<LengthLimitError>()) => {
+            upload_too_large(&state).into_response()
+        }
+        Err(err) => ApiError::bad_request(format!("could not read the request body: {err}")).into_response(),
+    }
 }
 
 fn image_url(id: &str) -> String {
@@ -241,7 +261,8 @@ fn upload_too_large(state: &Shared) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         "upload_too_large",
         format!(
-            "the image is larger than the upload limit of {} bytes",
+            "the upload is larger than this server's limit of {:.1} MB ({} bytes)",
+            state.max_upload_bytes as f64 / (1024.0 * 1024.0),
             state.max_upload_bytes
         ),
     )

@@ -34,6 +34,9 @@ fn build_session(env: &ort::environment::Environment, onnx: &[u8], threads: usiz
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads.max(1))?
         .with_inter_threads(1)?
+        // Idle ORT threads otherwise spin for a while after each run, taking the cores
+        // from the search scan that follows an online query.
+        .with_intra_op_spinning(false)?
         .commit_from_memory(onnx)
 }
 

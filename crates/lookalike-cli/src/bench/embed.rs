@@ -7,31 +7,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::model::{Embedder, ModelDir, Parallelism, EFFICIENTNET_LITE0};
 use serde::Deserialize;
 
-const REFERENCE_SCRIPT: &str = include_str!("../../../bench/reference_runtimes.py");
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Images/s of the backbone at 224x224, per batch size.
-    Embed {
-        /// Batch sizes to measure.
-        #[arg(long, value_delimiter = ',', default_value = "1,32")]
-        batches: Vec<usize>,
-        /// Seconds of timed runs per runtime and batch size.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Python interpreter with `onnxruntime` and/or `torch` installed (scripts/bench-env.sh makes one).
-        #[arg(long, default_value = "python3")]
-        python: String,
-        /// Measure lookalike alone.
-        #[arg(long)]
-        no_reference: bool,
-    },
-}
+const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_runtimes.py");
 
 #[derive(Debug, Deserialize)]
 struct Measurement {
@@ -99,19 +79,20 @@ fn reference_measurements(
         .collect()
 }
 
-pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<()> {
-    let BenchCommand::Embed {
-        batches,
-        seconds,
-        python,
-        no_reference,
-    } = command;
+pub fn run(
+    models: &ModelDir,
+    threads: usize,
+    batches: &[usize],
+    seconds: f64,
+    python: &str,
+    no_reference: bool,
+) -> Result<()> {
     let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
     eprintln!("measuring lookalike ({threads} threads, {seconds}s per batch size)...");
     // Both ways of sharing the threads, alternating, so they see the same machine.
     let mut ours = Vec::new();
     let mut operator_parallel = Vec::new();
-    for &batch in &batches {
+    for &batch in batches {
         let images = measure(&embedder, batch, seconds / 2.0, Parallelism::Images)?;
         let operators = measure(&embedder, batch, seconds / 2.0, Parallelism::Operators)?;
         let images = images.max(measure(&embedder, batch, seconds / 2.0, Parallelism::Images)?);
@@ -127,7 +108,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
         Vec::new()
     } else {
         eprintln!("measuring reference runtimes with {python}...");
-        reference_measurements(&embedder, models, &python, &batches, seconds, threads)?
+        reference_measurements(&embedder, models, python, batches, seconds, threads)?
     };
 
     let mut table = Table::new();

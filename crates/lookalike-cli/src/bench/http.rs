@@ -1,0 +1,407 @@
+//! `lookalike bench http`: a bounded loopback load generator for photo search, and
+//! `bench synth-catalogue`, which makes catalogues big enough to load.
+//!
+//! The reference row is the same query done in-process (decode, preprocess, embed at
+//! batch 1, exact search), measured in the same run, so the table shows what HTTP,
+//! multipart parsing and queueing add on top of the pipeline itself.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use lookalike::catalogue::CatalogueEntry;
+use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::preprocess::decode_image;
+use lookalike::search::{Filter, Metric, VectorIndex};
+use lookalike::store::{ProductWrite, SqliteStore};
+use reqwest::blocking::{multipart, Client};
+
+pub struct LoadPlan {
+    pub db: PathBuf,
+    pub image: PathBuf,
+    pub url: Option<String>,
+    pub concurrency: Vec<usize>,
+    pub requests: usize,
+    pub seconds: f64,
+    pub k: usize,
+    pub category: Option<String>,
+}
+
+/// A `lookalike serve` child that ends with this process.
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    fn start(db: &Path, threads: usize) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--read-only", "--port", "0", "--threads", &threads.to_string()])
+            .arg("--db")
+            .arg(db)
+            .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start `lookalike serve`")?;
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        for line in stdout.lines() {
+            if let Some(url) = line?.strip_prefix("lookalike serving on ") {
+                return Ok(Self {
+                    url: url.trim().to_string(),
+                    child,
+                });
+            }
+        }
+        bail!("`lookalike serve --db {}` exited before listening", db.display())
+    }
+
+    /// Resident memory of the server process, from /proc (Linux only).
+    fn resident_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Latencies {
+    label: String,
+    concurrency: usize,
+    millis: Vec<f64>,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+}
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.millis.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.millis.len() as f64).ceil() as usize;
+        self.millis[rank.clamp(1, self.millis.len()) - 1]
+    }
+
+    fn per_second(&self) -> f64 {
+        self.millis.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
+    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
+    let store = SqliteStore::open(&plan.db)?;
+    store.ensure_manifest(&embedder.manifest())?;
+    let index = VectorIndex::new(store.products()?)?;
+    let filter = Filter {
+        category: plan.category.clone(),
+        ..Filter::default()
+    };
+    let query = || -> Result<usize> {
+        let image = decode_image(photo)?;
+        let tensor = embedder.preprocessing.tensor_of(&image);
+        let features = embedder.run(&tensor, 1)?.image(0).features;
+        Ok(index.search(&features, plan.k, Metric::Cosine, &filter, None)?.len())
+    };
+    query()?;
+    let budget = Duration::from_secs_f64(plan.seconds);
+    let started = Instant::now();
+    let mut millis = Vec::new();
+    while millis.len() < plan.requests && started.elapsed() < budget {
+        let t = Instant::now();
+        query()?;
+        millis.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    millis.sort_by(f64::total_cmp);
+    Ok(Latencies {
+        label: "in-process (decode + embed + search)".into(),
+        concurrency: 1,
+        millis,
+        errors: 0,
+        first_error: None,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<Latencies> {
+    let search = format!("{url}/v1/search");
+    let form = || {
+        let mut form = multipart::Form::new()
+            .part(
+                "image",
+                multipart::Part::bytes(photo.to_vec())
+                    .file_name("query.jpg")
+                    .mime_str("image/jpeg")
+                    .expect("valid mime type"),
+            )
+            .text("k", plan.k.to_string());
+        if let Some(category) = &plan.category {
+            form = form.text("category", category.clone());
+        }
+        form
+    };
+    let client = Client::builder().timeout(Duration::from_secs(60)).build()?;
+    for _ in 0..concurrency.max(3) {
+        let status = client.post(&search).multipart(form()).send()?.status();
+        if !status.is_success() {
+            bail!("warm-up search failed with {status}");
+        }
+    }
+    let issued = AtomicUsize::new(0);
+    let errors = AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    let budget = Duration::from_secs_f64(plan.seconds);
+    let started = Instant::now();
+    let mut millis: Vec<f64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let client = client.clone();
+                let (search, issued, errors, first_error) = (&search, &issued, &errors, &first_error);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    while issued.fetch_add(1, Ordering::Relaxed) < plan.requests && started.elapsed() < budget {
+                        let t = Instant::now();
+                        let outcome = client
+                            .post(search)
+                            .multipart(form())
+                            .send()
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| match r.status() {
+                                s if s.is_success() => r.bytes().map(drop).map_err(|e| e.to_string()),
+                                s => Err(format!("{s}: {}", r.text().unwrap_or_default())),
+                            });
+                        match outcome {
+                            Ok(()) => mine.push(t.elapsed().as_secs_f64() * 1e3),
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                first_error.lock().expect("error slot").get_or_insert(e);
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("load worker panicked"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    millis.sort_by(f64::total_cmp);
+    Ok(Latencies {
+        label: "HTTP POST /v1/search".into(),
+        concurrency,
+        millis,
+        errors: errors.into_inner(),
+        first_error: first_error.into_inner().expect("error slot"),
+        elapsed,
+    })
+}
+
+pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
+    let photo = std::fs::read(&plan.image).with_context(|| format!("cannot read {}", plan.image.display()))?;
+    if plan.concurrency.contains(&0) {
+        bail!("concurrency must be at least 1");
+    }
+    eprintln!("measuring the in-process pipeline...");
+    let reference = in_process(models, threads, plan, &photo)?;
+    let catalogue_size = SqliteStore::open(&plan.db)?.count()?;
+
+    let server = match &plan.url {
+        Some(_) => None,
+        None => Some(ServerProcess::start(&plan.db, threads)?),
+    };
+    let url = plan
+        .url
+        .clone()
+        .or_else(|| server.as_ref().map(|s| s.url.clone()))
+        .expect("a url or a server");
+    let mut rows = vec![reference];
+    for &concurrency in &plan.concurrency {
+        eprintln!("loading {url} with {concurrency} concurrent clients...");
+        rows.push(load(&url, plan, &photo, concurrency)?);
+    }
+
+    let reference_p50 = rows[0].percentile(50.0);
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "path",
+        "concurrency",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "p50 ÷ in-process",
+    ]);
+    for row in &rows {
+        table.add_row([
+            row.label.clone(),
+            row.concurrency.to_string(),
+            row.millis.len().to_string(),
+            row.errors.to_string(),
+            format!("{:.1}", row.per_second()),
+            format!("{:.1}", row.percentile(50.0)),
+            format!("{:.1}", row.percentile(90.0)),
+            format!("{:.1}", row.percentile(99.0)),
+            format!("{:.1}", row.millis.last().copied().unwrap_or(f64::NAN)),
+            format!("{:.2}", row.percentile(50.0) / reference_p50),
+        ]);
+    }
+    println!(
+        "photo search, {} KB JPEG, k={}, {} products{}, {threads} threads; at most {} requests or {}s per row",
+        photo.len() / 1024,
+        plan.k,
+        catalogue_size,
+        plan.category
+            .as_ref()
+            .map_or(String::new(), |c| format!(", category {c:?}")),
+        plan.requests,
+        plan.seconds
+    );
+    println!("{table}");
+    if let Some(mib) = server.as_ref().and_then(ServerProcess::resident_mib) {
+        println!("server resident memory after the load: {mib:.0} MiB");
+    }
+    for row in &rows {
+        if let Some(e) = &row.first_error {
+            println!("first error at concurrency {}: {e}", row.concurrency);
+        }
+    }
+    Ok(())
+}
+
+pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>) -> Result<()> {
+    let index = VectorIndex::new(SqliteStore::open(db)?.products()?)?;
+    if index.is_empty() || queries == 0 {
+        bail!("need a catalogue with products and at least one query");
+    }
+    let filter = Filter {
+        category,
+        ..Filter::default()
+    };
+    let step = (index.len() / queries).max(1);
+    let queries: Vec<Vec<f32>> = (0..index.len())
+        .step_by(step)
+        .take(queries)
+        .map(|i| index.products()[i].vector.clone())
+        .collect();
+    let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| {
+        let mut millis = Vec::new();
+        let mut results = Vec::new();
+        for q in &queries {
+            let t = Instant::now();
+            results.push(search(q));
+            millis.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        millis.sort_by(f64::total_cmp);
+        (millis, results)
+    };
+    let ids = |hits: Vec<lookalike::search::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
+    let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
+    let (fast_ms, fast) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
+    let found: usize = exact
+        .iter()
+        .zip(&fast)
+        .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
+        .sum();
+    let wanted: usize = exact.iter().map(Vec::len).sum();
+    let median = |m: &[f64]| m[m.len() / 2];
+    let p99 = |m: &[f64]| m[((m.len() as f64 * 0.99).ceil() as usize).clamp(1, m.len()) - 1];
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["scan", "p50 ms", "p99 ms", "speed-up", "recall@k vs exact"]);
+    table.add_row([
+        "exact f32 (reference)".to_string(),
+        format!("{:.2}", median(&exact_ms)),
+        format!("{:.2}", p99(&exact_ms)),
+        "1.00".into(),
+        "1.000".into(),
+    ]);
+    table.add_row([
+        "int8 shortlist + exact re-score".to_string(),
+        format!("{:.2}", median(&fast_ms)),
+        format!("{:.2}", p99(&fast_ms)),
+        format!("{:.2}", median(&exact_ms) / median(&fast_ms)),
+        format!("{:.3}", found as f64 / wanted.max(1) as f64),
+    ]);
+    println!(
+        "{} products, {}-d, k={k}, {} queries, rayon threads {}",
+        index.len(),
+        index.dimension(),
+        queries.len(),
+        rayon::current_num_threads()
+    );
+    println!("{table}");
+    Ok(())
+}
+
+pub fn synth_catalogue(from: &Path, db: &Path, products: usize, seed: u64) -> Result<()> {
+    let source = SqliteStore::open(from)?;
+    let Some(manifest) = source.manifest()? else {
+        bail!("{} has no indexed products to copy", from.display());
+    };
+    let originals = source.products()?;
+    if originals.is_empty() {
+        bail!("{} has no indexed products to copy", from.display());
+    }
+    let mut target = SqliteStore::open(db)?;
+    target.ensure_manifest(&manifest)?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let started = Instant::now();
+    for chunk_start in (0..products).step_by(5000) {
+        let chunk: Vec<(CatalogueEntry, String, Vec<f32>)> = (chunk_start..(chunk_start + 5000).min(products))
+            .map(|n| {
+                let original = &originals[n % originals.len()];
+                let rms =
+                    (lookalike::search::dot(&original.vector, &original.vector) / original.vector.len() as f32).sqrt();
+                let vector = original.vector.iter().map(|v| v + (rng.f32() - 0.5) * rms).collect();
+                let mut info = original.info.clone();
+                info.title = info.title.map(|t| format!("{t} #{n}"));
+                let entry = CatalogueEntry {
+                    id: format!("{}~{n}", original.id),
+                    info,
+                    image_path: PathBuf::from(&original.image_path),
+                };
+                (entry, format!("{}~{n}", original.content_hash), vector)
+            })
+            .collect();
+        let writes: Vec<ProductWrite> = chunk
+            .iter()
+            .map(|(entry, hash, vector)| ProductWrite {
+                entry,
+                content_hash: hash,
+                vector: Some(vector),
+            })
+            .collect();
+        target.write_batch(&writes)?;
+    }
+    println!(
+        "wrote {products} synthetic products into {} in {:.1}s",
+        db.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

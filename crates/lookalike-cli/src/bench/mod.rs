@@ -1,0 +1,125 @@
+//! `lookalike bench …`: measurements that print a table with a reference measured in the same run.
+
+mod embed;
+mod http;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use lookalike::model::ModelDir;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Images/s of the backbone at 224x224, per batch size, beside ONNX Runtime (Python) and PyTorch.
+    Embed {
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        batches: Vec<usize>,
+        /// Seconds of timed runs per runtime and batch size.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Python interpreter with `onnxruntime` and/or `torch` installed (scripts/bench-env.sh makes one).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Measure lookalike alone.
+        #[arg(long)]
+        no_reference: bool,
+    },
+    /// Search latency through HTTP (photo upload, loopback), per concurrency, beside the same
+    /// search done in-process.
+    Http {
+        /// Catalogue database to serve (a `lookalike serve` is started on a free loopback port).
+        #[arg(long)]
+        db: PathBuf,
+        /// The query photo uploaded with every request.
+        #[arg(long)]
+        image: PathBuf,
+        /// Measure an already running server instead of starting one (it must serve `--db`).
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        concurrency: Vec<usize>,
+        /// Most requests per concurrency level.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Most seconds per concurrency level.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Restrict every query to this category (measures filtered search).
+        #[arg(long)]
+        category: Option<String>,
+    },
+    /// Vector search alone: the int8-shortlist scan beside the exact f32 scan, with recall.
+    Search {
+        #[arg(long)]
+        db: PathBuf,
+        /// Queries, taken from the catalogue's own vectors (spread evenly over it).
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        #[arg(long)]
+        category: Option<String>,
+    },
+    /// Writes a large synthetic catalogue for load tests: real vectors and metadata of `--from`,
+    /// repeated with seeded noise until there are `--products`.
+    SynthCatalogue {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        products: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<()> {
+    match command {
+        BenchCommand::Embed {
+            batches,
+            seconds,
+            python,
+            no_reference,
+        } => embed::run(models, threads, &batches, seconds, &python, no_reference),
+        BenchCommand::Http {
+            db,
+            image,
+            url,
+            concurrency,
+            requests,
+            seconds,
+            k,
+            category,
+        } => http::run(
+            models,
+            threads,
+            &http::LoadPlan {
+                db,
+                image,
+                url,
+                concurrency,
+                requests,
+                seconds,
+                k,
+                category,
+            },
+        ),
+        BenchCommand::Search {
+            db,
+            queries,
+            k,
+            category,
+        } => http::search(&db, queries, k, category),
+        BenchCommand::SynthCatalogue {
+            from,
+            db,
+            products,
+            seed,
+        } => http::synth_catalogue(&from, &db, products, seed),
+    }
+}

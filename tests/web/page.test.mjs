@@ -1,0 +1,118 @@
+// The web page, end to end: the real `lookalike serve` over the committed demo
+// catalogue, driven by Debian's Chromium through playwright-core.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = resolve(fileURLToPath(new URL(".", import.meta.url)), "../..");
+const binary = process.env.LOOKALIKE_BIN ?? join(root, "target/debug/lookalike");
+const artifacts = process.env.LOOKALIKE_ARTIFACTS ?? join(root, "artifacts/web");
+const demoPhoto = join(root, "demo/images/24-mb01.jpg"); // Joust Duffle Bag, Gear/Bags
+
+let workDir, server, baseUrl, browser;
+
+function startServer(db) {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(binary, ["serve", "--db", db, "--read-only", "--port", "0"], {
+      env: { ...process.env, LOOKALIKE_EXIT_ON_STDIN_EOF: "1" },
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    let seen = "";
+    child.stdout.on("data", (chunk) => {
+      seen += chunk;
+      const match = seen.match(/serving on (http:\/\/\S+)/);
+      if (match) resolvePromise({ child, url: match[1] });
+    });
+    child.on("exit", (code) => reject(new Error(`lookalike serve exited with ${code}: ${seen}`)));
+  });
+}
+
+before(async () => {
+  workDir = mkdtempSync(join(tmpdir(), "lookalike-web-"));
+  const db = join(workDir, "demo.db");
+  execFileSync(binary, ["index", join(root, "demo/catalogue.csv"), "--db", db], { stdio: "inherit" });
+  ({ child: server, url: baseUrl } = await startServer(db));
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+  if (workDir) rmSync(workDir, { recursive: true, force: true });
+});
+
+test("a dropped photo finds its category, 'more like this' follows, bad uploads explain themselves", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+  await page.goto(baseUrl);
+
+  // The catalogue is browsable before any search.
+  await page.locator("#results .card").first().waitFor();
+  await page.locator("#category option", { hasText: "Gear/Bags" }).waitFor({ state: "attached" });
+
+  await page.setInputFiles("#file", demoPhoto);
+  await page.locator("#status", { hasText: "similar products" }).waitFor();
+  const cards = page.locator("#results .card");
+  assert.equal(await cards.count(), 24);
+  assert.equal(await cards.first().getAttribute("data-category"), "Gear/Bags");
+  assert.match(await cards.first().locator(".score").innerText(), /^\d+% similar$/);
+  assert.equal(await page.locator("#preview").isVisible(), true);
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, "search-results.png"), fullPage: true });
+
+  // "More like this" on the second result: its neighbours replace the grid.
+  const second = cards.nth(1);
+  const secondId = await second.getAttribute("data-id");
+  const secondTitle = await second.locator(".title").innerText();
+  await second.locator("button.more").click();
+  await page.locator("#status", { hasText: `Products that look like ${secondTitle}` }).waitFor();
+  const neighbours = await page.locator("#results .card").evaluateAll((els) => els.map((e) => e.dataset.id));
+  assert.ok(neighbours.length > 0, "more like this shows results");
+  assert.ok(!neighbours.includes(secondId), "a product is not its own recommendation");
+
+  // Product details open from a result image.
+  await page.locator("#results .card img").first().click();
+  await page.locator("#details[open]").waitFor();
+  assert.notEqual(await page.locator("#details-title").innerText(), "");
+  await page.locator("#details button.close").click();
+
+  // A text file posing as a photo: a readable error, and the page keeps working.
+  const bogus = join(workDir, "not-a-photo.jpg");
+  writeFileSync(bogus, "these are shipping notes, not pixels\n");
+  await page.setInputFiles("#file", bogus);
+  const error = page.locator("#error");
+  await error.waitFor({ state: "visible" });
+  assert.match(await error.innerText(), /image/i);
+  await page.screenshot({ path: join(artifacts, "bad-upload.png") });
+
+  await page.setInputFiles("#file", demoPhoto);
+  await page.locator("#status", { hasText: "similar products" }).waitFor();
+  assert.equal(await error.isVisible(), false);
+
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test("the page fits a phone screen", async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true });
+  await page.goto(baseUrl);
+  await page.locator("#results .card").first().waitFor();
+  const sticking = await page.evaluate(() => {
+    const width = document.documentElement.clientWidth;
+    return [...document.querySelectorAll("#query *, #results .card")]
+      .filter((e) => e.getBoundingClientRect().right > width + 0.5)
+      .map((e) => e.id || e.className || e.tagName);
+  });
+  assert.deepEqual(sticking, [], "elements run off the right edge of a phone screen");
+  await page.screenshot({ path: join(artifacts, "phone.png") });
+  await page.close();
+});
