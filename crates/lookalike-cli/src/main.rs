@@ -166,19 +166,10 @@ struct QueryArgs {
 
 impl QueryArgs {
     fn filter(&self) -> Result<Filter> {
-        if let (Some(lo), Some(hi)) = (self.min_price, self.max_price) {
-            if lo > hi {
-                bail!("--min-price {lo} is above --max-price {hi}");
-            }
-        }
         if self.k == 0 {
             bail!("-k must be at least 1");
         }
-        Ok(Filter {
-            category: self.category.clone(),
-            min_price: self.min_price,
-            max_price: self.max_price,
-        })
+        Filter::new(self.category.clone(), self.min_price, self.max_price)
     }
 }
 

@@ -192,7 +192,7 @@ fn bad_queries_fail_clearly() {
         "5",
     ]);
     assert!(
-        !out.status.success() && text(&out).contains("above --max-price"),
+        !out.status.success() && text(&out).contains("above the maximum price"),
         "{}",
         text(&out)
     );

@@ -53,6 +53,20 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter from user input: a blank category means none; the price range must not be empty.
+    pub fn new(category: Option<String>, min_price: Option<f64>, max_price: Option<f64>) -> Result<Self> {
+        if let (Some(lo), Some(hi)) = (min_price, max_price) {
+            if lo > hi {
+                bail!("the minimum price {lo} is above the maximum price {hi}");
+            }
+        }
+        Ok(Self {
+            category: category.filter(|c| !c.trim().is_empty()),
+            min_price,
+            max_price,
+        })
+    }
+
     pub fn accepts(&self, p: &StoredProduct) -> bool {
         if let Some(c) = &self.category {
             if !p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)) {

@@ -193,17 +193,7 @@ impl QueryParams {
     fn filter(&self) -> ApiResult<Filter> {
         let min_price = parse_number::<f64>("min_price", &self.min_price)?;
         let max_price = parse_number::<f64>("max_price", &self.max_price)?;
-        if let (Some(lo), Some(hi)) = (min_price, max_price) {
-            if lo > hi {
-                return Err(ApiError::bad_request("min_price is above max_price"));
-            }
-        }
-        let category = self.category.clone().filter(|c| !c.trim().is_empty());
-        Ok(Filter {
-            category,
-            min_price,
-            max_price,
-        })
+        Filter::new(self.category.clone(), min_price, max_price).map_err(|e| ApiError::bad_request(e.to_string()))
     }
 }
 
