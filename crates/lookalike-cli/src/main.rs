@@ -1,6 +1,7 @@
 //! `lookalike`: a thin command-line shell over the lookalike library.
 
 mod bench;
+mod learn;
 mod output;
 mod server;
 
@@ -137,6 +138,16 @@ enum Command {
         /// (0: queries that queued during the previous pass share the next one).
         #[arg(long, default_value_t = 0.0)]
         batch_window_ms: f64,
+    },
+    /// Train a head on labelled image folders (classifier, or metric-learning projection).
+    Train {
+        #[command(subcommand)]
+        what: learn::TrainCommand,
+    },
+    /// Evaluate a classifier head or retrieval quality on labelled image folders.
+    Eval {
+        #[command(subcommand)]
+        what: learn::EvalCommand,
     },
     /// Measure embedding throughput against reference runtimes.
     Bench {
@@ -372,6 +383,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Train { what } => {
+            learn::train(what, &load_embedder(&cli.models, cli.threads)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { what } => {
+            learn::eval(what, &load_embedder(&cli.models, cli.threads)?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what } => {
             bench::run(what, &ModelDir::locate(cli.models.as_deref()), cli.threads)?;

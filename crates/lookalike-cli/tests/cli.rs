@@ -351,3 +351,160 @@ fn sigkill_mid_index_leaves_a_consistent_database_that_a_rerun_completes() {
     assert!(t.contains(&format!("{} embedded", DEMO_PRODUCTS - after_kill)), "{t}");
     assert_eq!(store.count().unwrap(), DEMO_PRODUCTS);
 }
+
+/// Demo photos as an ImageFolder split: bags, watches, fitness gear and women's pants
+/// (3 of each for training, the 4th for validation and test).
+fn demo_split(root: &Path) -> (PathBuf, PathBuf) {
+    let classes = [
+        ("bags", "24-mb"),
+        ("watches", "24-mg"),
+        ("fitness", "24-ug"),
+        ("pants", "wp"),
+    ];
+    for (split, numbers) in [("train", &["01", "02", "03"][..]), ("val", &["04"][..])] {
+        for (class, prefix) in classes {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for n in numbers {
+                let name = format!("{prefix}{n}.jpg");
+                std::fs::copy(demo().join("images").join(&name), dir.join(&name)).unwrap();
+            }
+        }
+    }
+    (root.join("train"), root.join("val"))
+}
+
+#[test]
+fn heads_train_on_real_photos_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = demo_split(dir.path());
+    let cache = dir.path().join("cache");
+    let classifier = dir.path().join("heads/classifier.safetensors");
+    std::fs::create_dir_all(classifier.parent().unwrap()).unwrap();
+    let out = lookalike(&[
+        "train",
+        "classifier",
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&classifier),
+        "--epochs",
+        "15",
+        "--batch-size",
+        "4",
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let history: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("heads/history.json")).unwrap()).unwrap();
+    let epochs = history["epochs"].as_array().unwrap();
+    let loss = |e: &Value| e["train_loss"].as_f64().unwrap();
+    assert!(loss(epochs.last().unwrap()) < loss(&epochs[0]) * 0.5, "{history}");
+
+    let report = json(&lookalike(&[
+        "eval",
+        "classify",
+        "--model",
+        s(&classifier),
+        "--test",
+        s(&val),
+        "--json",
+        "--cache",
+        s(&cache),
+    ]));
+    assert_eq!(report["accuracy"].as_f64(), Some(1.0), "{report}");
+    assert_eq!(report["confusion"].as_array().unwrap().len(), 4);
+
+    let projection = dir.path().join("heads/projection.safetensors");
+    let out = lookalike(&[
+        "train",
+        "metric",
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&projection),
+        "--epochs",
+        "10",
+        "--dim",
+        "32",
+        "--per-class",
+        "3",
+        "--batch-size",
+        "12",
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let retrieval = json(&lookalike(&[
+        "eval",
+        "retrieval",
+        "--gallery",
+        s(&train),
+        "--queries",
+        s(&val),
+        "-k",
+        "3",
+        "--head",
+        s(&projection),
+        "--json",
+        "--cache",
+        s(&cache),
+    ]));
+    let mut keys: Vec<&str> = retrieval.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "k",
+            "map_at_k",
+            "precision_at_1",
+            "precision_at_k",
+            "queries",
+            "recall_at_k"
+        ]
+    );
+    assert_eq!(retrieval["queries"], 4);
+    assert!(retrieval["precision_at_1"].as_f64().unwrap() >= 0.75, "{retrieval}");
+
+    // A projection head is not a classifier, and one class is not enough to train on.
+    let out = lookalike(&[
+        "eval",
+        "classify",
+        "--model",
+        s(&projection),
+        "--test",
+        s(&val),
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("needs a Classifier head"),
+        "{}",
+        text(&out)
+    );
+    let single = dir.path().join("single");
+    std::fs::create_dir_all(single.join("bags")).unwrap();
+    std::fs::copy(train.join("bags/24-mb01.jpg"), single.join("bags/24-mb01.jpg")).unwrap();
+    let out = lookalike(&[
+        "train",
+        "classifier",
+        "--train",
+        s(&single),
+        "--val",
+        s(&val),
+        "--out",
+        s(&classifier),
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("at least two classes"),
+        "{}",
+        text(&out)
+    );
+}

@@ -20,7 +20,7 @@ struct RowInfo<'a> {
 }
 
 /// Writes to `path.part` and renames, so a crash never leaves a half-written export.
-fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
+pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
     let part = path.with_extension("part");
     let file = std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
     let mut out = BufWriter::new(file);

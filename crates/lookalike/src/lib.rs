@@ -5,12 +5,15 @@
 //! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
 
 pub mod catalogue;
+pub mod eval;
 pub mod export;
+pub mod head;
 pub mod indexer;
 pub mod model;
 pub mod preprocess;
 pub mod search;
 pub mod store;
+pub mod train;
 
 /// SHA-256 of `bytes` as lower-case hex: how images and weights are identified.
 pub fn content_hash(bytes: &[u8]) -> String {

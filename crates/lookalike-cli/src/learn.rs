@@ -1,0 +1,499 @@
+//! `lookalike train …` and `lookalike eval …`: heads trained on the shop's own labelled
+//! folders, and honest numbers about them. Backbone features of each folder are cached in a
+//! catalogue database (incremental by image hash, refused and rebuilt when the model changes).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::catalogue::read_image_folder;
+use lookalike::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
+use lookalike::head::{Head, HeadKind};
+use lookalike::indexer::{index_catalogue, IndexOptions};
+use lookalike::model::Embedder;
+use lookalike::search::{Filter, Metric, VectorIndex};
+use lookalike::store::{SqliteStore, StoredProduct};
+use lookalike::train::{
+    train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
+};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    Triplet,
+    Contrastive,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MiningArg {
+    BatchHard,
+    SemiHard,
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// Training images, one sub-folder per class.
+    #[arg(long)]
+    train: PathBuf,
+    /// Validation images, same classes.
+    #[arg(long)]
+    val: PathBuf,
+    /// Where the head is written (safetensors); history.json goes beside it.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    /// Width of a hidden ReLU layer (none by default).
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f32,
+    /// Epochs without improvement on the validation set before stopping.
+    #[arg(long, default_value_t = 8)]
+    patience: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Cache of backbone features per image folder (default: ~/.cache/lookalike).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Softmax classifier on frozen EfficientNet-Lite0 features (early stopping on validation loss).
+    Classifier {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Projection head (L2-normalised) trained so that neighbours share a class.
+    Metric {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum, default_value = "triplet")]
+        loss: LossArg,
+        #[arg(long, value_enum, default_value = "semi-hard")]
+        mining: MiningArg,
+        #[arg(long, default_value_t = 256)]
+        dim: usize,
+        #[arg(long, default_value_t = 0.2)]
+        margin: f32,
+        /// Images per class in each batch.
+        #[arg(long, default_value_t = 8)]
+        per_class: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Accuracy, per-class precision/recall and confusion matrix of a classifier head.
+    Classify {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        test: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Retrieval quality: queries against a gallery, a hit is a gallery image of the query's class.
+    Retrieval {
+        #[arg(long)]
+        gallery: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Rank by this projection head's embeddings instead of raw backbone features.
+        #[arg(long)]
+        head: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+}
+
+fn cache_dir(cache: &Option<PathBuf>) -> PathBuf {
+    cache.clone().unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("lookalike")
+    })
+}
+
+/// Backbone features of every image under `dir`, embedded once and cached.
+fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> Result<Vec<StoredProduct>> {
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open image folder {}", dir.display()))?;
+    let entries = read_image_folder(&canonical)?;
+    if entries.is_empty() {
+        bail!("{} has no images", dir.display());
+    }
+    let cache = cache_dir(cache);
+    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
+    let db = cache.join(format!(
+        "{}.db",
+        &lookalike::content_hash(canonical.to_string_lossy().as_bytes())[..16]
+    ));
+    let mut store = SqliteStore::open(&db)?;
+    if store.ensure_manifest(&embedder.manifest()).is_err() {
+        // Features of another model: start the cache over.
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        store = SqliteStore::open(&db)?;
+    }
+    let bar = ProgressBar::new(entries.len() as u64).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
+    );
+    bar.set_message(format!("features of {}", dir.display()));
+    let options = IndexOptions {
+        prune: true,
+        ..IndexOptions::default()
+    };
+    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    if report.embedded > 0 {
+        eprintln!(
+            "{}: embedded {} images ({:.1}/s), {} from cache",
+            dir.display(),
+            report.embedded,
+            report.images_per_second(),
+            report.unchanged
+        );
+    }
+    store.products()
+}
+
+fn class_of(p: &StoredProduct) -> String {
+    p.info.category.clone().unwrap_or_default()
+}
+
+/// Features with labels in `classes` order; images of other classes are left out with a warning.
+fn labelled(products: &[StoredProduct], classes: &[String], what: &str) -> LabelledFeatures {
+    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let mut out = LabelledFeatures {
+        features: Vec::new(),
+        labels: Vec::new(),
+        dimension: products.first().map_or(0, |p| p.vector.len()),
+        classes: classes.to_vec(),
+    };
+    let mut unknown = BTreeSet::new();
+    for p in products {
+        match index.get(class_of(p).as_str()) {
+            Some(&label) => {
+                out.features.extend_from_slice(&p.vector);
+                out.labels.push(label);
+            }
+            None => {
+                unknown.insert(class_of(p));
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        eprintln!("warning: {what} images of classes the training set lacks were left out: {unknown:?}");
+    }
+    out
+}
+
+fn options_from(common: &Common) -> TrainOptions {
+    TrainOptions {
+        epochs: common.epochs,
+        batch_size: common.batch_size,
+        learning_rate: common.lr,
+        weight_decay: common.weight_decay,
+        hidden: common.hidden,
+        dropout: common.dropout,
+        patience: common.patience,
+        seed: common.seed,
+        ..TrainOptions::default()
+    }
+}
+
+fn print_epoch(record: &EpochRecord, accuracy_name: &str) {
+    eprintln!(
+        "epoch {:3}  train loss {:.4}  val loss {:.4}  val {accuracy_name} {:.4}  lr {:.1e}  {:.1}s",
+        record.epoch, record.train_loss, record.val_loss, record.val_accuracy, record.learning_rate, record.seconds
+    );
+}
+
+pub fn train(command: TrainCommand, embedder: &Embedder) -> Result<()> {
+    let (common, metric) = match &command {
+        TrainCommand::Classifier { common } => (common, None),
+        TrainCommand::Metric {
+            common,
+            loss,
+            mining,
+            dim,
+            margin,
+            per_class,
+        } => (common, Some((loss, mining, dim, margin, per_class))),
+    };
+    let started = std::time::Instant::now();
+    let train_products = folder_features(embedder, &common.train, &common.cache)?;
+    let val_products = folder_features(embedder, &common.val, &common.cache)?;
+    let classes: Vec<String> = train_products
+        .iter()
+        .map(class_of)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let train_set = labelled(&train_products, &classes, "training");
+    let val_set = labelled(&val_products, &classes, "validation");
+    let features_seconds = started.elapsed().as_secs_f64();
+    let sha = embedder.manifest().weights_sha256;
+    let mut options = options_from(common);
+    let trained_at = std::time::Instant::now();
+    let (trained, accuracy_name) = match metric {
+        None => (
+            train_classifier(&train_set, &val_set, &sha, &options, &mut |r| {
+                print_epoch(r, "accuracy")
+            })?,
+            "accuracy",
+        ),
+        Some((loss, mining, dim, margin, per_class)) => {
+            options.loss = match loss {
+                LossArg::Triplet => MetricLoss::Triplet,
+                LossArg::Contrastive => MetricLoss::Contrastive,
+            };
+            options.mining = match mining {
+                MiningArg::BatchHard => Mining::BatchHard,
+                MiningArg::SemiHard => Mining::SemiHard,
+            };
+            options.embedding_dimension = *dim;
+            options.margin = *margin;
+            options.per_class = *per_class;
+            (
+                train_projection(&train_set, &val_set, &sha, &options, &mut |r| {
+                    print_epoch(r, "k-NN precision@1")
+                })?,
+                "k-NN precision@1",
+            )
+        }
+    };
+    trained.head.save(&common.out)?;
+    let history_path = common.out.with_file_name("history.json");
+    let best = &trained.history[trained.best_epoch - 1];
+    let history = serde_json::json!({
+        "best_epoch": trained.best_epoch,
+        "stopped_early": trained.stopped_early,
+        "features_seconds": features_seconds,
+        "training_seconds": trained_at.elapsed().as_secs_f64(),
+        "epochs": trained.history,
+    });
+    lookalike::export::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &history)?))?;
+    println!(
+        "wrote {} ({}): best epoch {} of {}, val loss {:.4}, val {accuracy_name} {:.4}; history in {}; \
+         features {:.1}s, training {:.1}s",
+        common.out.display(),
+        trained.head.manifest_name()?,
+        trained.best_epoch,
+        trained.history.len(),
+        best.val_loss,
+        best.val_accuracy,
+        history_path.display(),
+        features_seconds,
+        trained_at.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
+    let head = Head::load(path)?;
+    head.check_backbone(&embedder.manifest().weights_sha256)?;
+    head.check_input(embedder.manifest().dimension)?;
+    if head.kind != kind {
+        bail!(
+            "{} is a {:?} head; this needs a {kind:?} head",
+            path.display(),
+            head.kind
+        );
+    }
+    Ok(head)
+}
+
+/// Query images whose exact bytes, or nearly identical features (cosine ≥ 0.98), are also in the gallery.
+fn leakage(queries: &[StoredProduct], gallery: &VectorIndex) -> (usize, usize) {
+    let hashes: BTreeSet<&str> = gallery.products().iter().map(|p| p.content_hash.as_str()).collect();
+    let exact = queries
+        .iter()
+        .filter(|q| hashes.contains(q.content_hash.as_str()))
+        .count();
+    let near = queries
+        .iter()
+        .filter(|q| !hashes.contains(q.content_hash.as_str()))
+        .filter(|q| {
+            gallery
+                .search(&q.vector, 1, Metric::Cosine, &Filter::default(), None)
+                .is_ok_and(|hits| hits.first().is_some_and(|h| h.score >= NEAR_DUPLICATE_COSINE))
+        })
+        .count();
+    (exact, near)
+}
+
+const NEAR_DUPLICATE_COSINE: f32 = 0.98;
+
+fn print_retrieval(report: &RetrievalReport) {
+    println!(
+        "{} queries, k={}: precision@1 {:.4}  precision@{k} {:.4}  recall@{k} {:.4}  mAP@{k} {:.4}",
+        report.queries,
+        report.k,
+        report.precision_at_1,
+        report.precision_at_k,
+        report.recall_at_k,
+        report.map_at_k,
+        k = report.k
+    );
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "class",
+        "queries",
+        "precision@1",
+        "precision@k",
+        "mAP@k",
+    ]);
+    for c in &report.per_class {
+        table.add_row([
+            c.class.clone(),
+            c.queries.to_string(),
+            format!("{:.3}", c.precision_at_1),
+            format!("{:.3}", c.precision_at_k),
+            format!("{:.3}", c.map_at_k),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
+    match command {
+        EvalCommand::Classify {
+            model,
+            test,
+            json,
+            cache,
+        } => {
+            let head = load_head(&model, embedder, HeadKind::Classifier)?;
+            let products = folder_features(embedder, &test, &cache)?;
+            let data = labelled(&products, &head.classes, "test");
+            if data.is_empty() {
+                bail!(
+                    "none of the test images belong to the classifier's classes {:?}",
+                    head.classes
+                );
+            }
+            let probs = head.apply(&data.features, data.len());
+            let classes = head.classes.len();
+            let predicted: Vec<usize> = probs
+                .chunks(classes)
+                .map(|row| (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0))
+                .collect();
+            let report = classification_metrics(&head.classes, &data.labels, &predicted);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("accuracy {:.4} on {} images", report.accuracy, report.samples);
+                let mut table = comfy_table::Table::new();
+                table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+                    "class",
+                    "support",
+                    "precision",
+                    "recall",
+                ]);
+                for c in &report.per_class {
+                    table.add_row([
+                        c.class.clone(),
+                        c.support.to_string(),
+                        format!("{:.3}", c.precision),
+                        format!("{:.3}", c.recall),
+                    ]);
+                }
+                println!("{table}");
+                println!("confusion matrix (rows: true class, columns: predicted), classes in the order above:");
+                for row in &report.confusion {
+                    println!("  {}", row.iter().map(|n| format!("{n:4}")).collect::<String>());
+                }
+            }
+            Ok(())
+        }
+        EvalCommand::Retrieval {
+            gallery,
+            queries,
+            k,
+            head,
+            json,
+            cache,
+        } => {
+            if k == 0 {
+                bail!("-k must be at least 1");
+            }
+            let head = head
+                .map(|h| load_head(&h, embedder, HeadKind::Projection))
+                .transpose()?;
+            let gallery_products = folder_features(embedder, &gallery, &cache)?;
+            let query_products = folder_features(embedder, &queries, &cache)?;
+            // Duplicates are judged on backbone features: a projection pulls a whole class together.
+            let (exact, near) = leakage(&query_products, &VectorIndex::new(gallery_products.clone())?);
+            if exact + near > 0 {
+                eprintln!(
+                    "warning: {exact} query images are byte-identical to gallery images and {near} more are \
+                     near-duplicates (cosine ≥ {NEAR_DUPLICATE_COSINE}); they inflate these numbers"
+                );
+            }
+            let project = |mut products: Vec<StoredProduct>| {
+                if let Some(head) = &head {
+                    for p in &mut products {
+                        p.vector = head.apply(&p.vector, 1);
+                    }
+                }
+                products
+            };
+            let (gallery_products, query_products) = (project(gallery_products), project(query_products));
+            let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+            for p in &gallery_products {
+                *sizes.entry(class_of(p)).or_default() += 1;
+            }
+            let index = VectorIndex::new(gallery_products)?;
+            let ranked: Vec<Vec<String>> = query_products
+                .iter()
+                .map(|q| {
+                    index
+                        .search(&q.vector, k, Metric::Cosine, &Filter::default(), None)
+                        .map(|hits| hits.iter().map(|h| class_of(h.product)).collect())
+                })
+                .collect::<Result<_>>()?;
+            let classes: Vec<String> = query_products.iter().map(class_of).collect();
+            let report = retrieval_metrics(&classes, &ranked, &sizes, k);
+            if json {
+                let summary = serde_json::json!({
+                    "precision_at_1": report.precision_at_1,
+                    "precision_at_k": report.precision_at_k,
+                    "recall_at_k": report.recall_at_k,
+                    "map_at_k": report.map_at_k,
+                    "k": report.k,
+                    "queries": report.queries,
+                });
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print_retrieval(&report);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Retrieval and classification metrics on labelled sets.
+//!
+//! Retrieval: each query's ranked gallery list is judged by class; a hit is a gallery item of the
+//! query's class. `recall_at_k` is the Recall@K of metric-learning papers (the share of queries
+//! with at least one hit in the top k), since with hundreds of items per class the IR recall
+//! (hits / class size) would say little. `map_at_k` averages AP@k = Σ_{i≤k} P(i)·rel(i) / min(k, R),
+//! R the number of gallery items of the query's class.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassRetrieval {
+    pub class: String,
+    pub queries: usize,
+    pub precision_at_1: f64,
+    pub precision_at_k: f64,
+    pub map_at_k: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetrievalReport {
+    pub k: usize,
+    pub queries: usize,
+    pub precision_at_1: f64,
+    pub precision_at_k: f64,
+    pub recall_at_k: f64,
+    pub map_at_k: f64,
+    pub per_class: Vec<ClassRetrieval>,
+}
+
+#[derive(Default)]
+struct Sums {
+    queries: usize,
+    p1: f64,
+    pk: f64,
+    any: f64,
+    ap: f64,
+}
+
+impl Sums {
+    fn add(&mut self, relevant: &[bool], class_size: usize, k: usize) {
+        let top = &relevant[..relevant.len().min(k)];
+        let hits = top.iter().filter(|&&r| r).count();
+        let mut found = 0;
+        let mut precision_sum = 0.0;
+        for (i, _) in top.iter().enumerate().filter(|(_, &r)| r) {
+            found += 1;
+            precision_sum += found as f64 / (i + 1) as f64;
+        }
+        self.queries += 1;
+        self.p1 += f64::from(u8::from(top.first() == Some(&true)));
+        self.pk += hits as f64 / k as f64;
+        self.any += f64::from(u8::from(hits > 0));
+        if class_size > 0 {
+            self.ap += precision_sum / class_size.min(k) as f64;
+        }
+    }
+
+    fn mean(&self, sum: f64) -> f64 {
+        if self.queries == 0 {
+            0.0
+        } else {
+            sum / self.queries as f64
+        }
+    }
+}
+
+/// `ranked[q]` holds the classes of query q's top results, best first (at least k of them
+/// when the gallery has k items); `gallery_classes` counts each class's gallery items.
+pub fn retrieval_metrics(
+    query_classes: &[String],
+    ranked: &[Vec<String>],
+    gallery_class_sizes: &BTreeMap<String, usize>,
+    k: usize,
+) -> RetrievalReport {
+    let mut total = Sums::default();
+    let mut per_class: BTreeMap<&str, Sums> = BTreeMap::new();
+    for (class, results) in query_classes.iter().zip(ranked) {
+        let relevant: Vec<bool> = results.iter().map(|c| c == class).collect();
+        let size = gallery_class_sizes.get(class).copied().unwrap_or(0);
+        total.add(&relevant, size, k);
+        per_class.entry(class).or_default().add(&relevant, size, k);
+    }
+    RetrievalReport {
+        k,
+        queries: total.queries,
+        precision_at_1: total.mean(total.p1),
+        precision_at_k: total.mean(total.pk),
+        recall_at_k: total.mean(total.any),
+        map_at_k: total.mean(total.ap),
+        per_class: per_class
+            .into_iter()
+            .map(|(class, s)| ClassRetrieval {
+                class: class.to_string(),
+                queries: s.queries,
+                precision_at_1: s.mean(s.p1),
+                precision_at_k: s.mean(s.pk),
+                map_at_k: s.mean(s.ap),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassScores {
+    pub class: String,
+    pub support: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassificationReport {
+    pub accuracy: f64,
+    pub samples: usize,
+    pub classes: Vec<String>,
+    /// `confusion[true][predicted]`, in the order of `classes`.
+    pub confusion: Vec<Vec<usize>>,
+    pub per_class: Vec<ClassScores>,
+}
+
+/// `truth` and `predicted` are indices into `classes`.
+pub fn classification_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -> ClassificationReport {
+    let n = classes.len();
+    let mut confusion = vec![vec![0usize; n]; n];
+    for (&t, &p) in truth.iter().zip(predicted) {
+        confusion[t][p] += 1;
+    }
+    let correct: usize = (0..n).map(|i| confusion[i][i]).sum();
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let per_class = (0..n)
+        .map(|c| {
+            let support: usize = confusion[c].iter().sum();
+            let predicted_as: usize = confusion.iter().map(|row| row[c]).sum();
+            ClassScores {
+                class: classes[c].clone(),
+                support,
+                precision: ratio(confusion[c][c], predicted_as),
+                recall: ratio(confusion[c][c], support),
+            }
+        })
+        .collect();
+    ClassificationReport {
+        accuracy: ratio(correct, truth.len()),
+        samples: truth.len(),
+        classes: classes.to_vec(),
+        confusion,
+        per_class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn retrieval_metrics_match_hand_computation() {
+        let sizes = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 3)]);
+        let queries = s(&["a", "b"]);
+        let ranked = vec![s(&["a", "b", "a"]), s(&["a", "b", "b"])];
+        let r = retrieval_metrics(&queries, &ranked, &sizes, 3);
+        // Query a: hits at ranks 1 and 3 -> P@1 1, P@3 2/3, AP (1 + 2/3) / min(3, 2) = 5/6.
+        // Query b: hits at ranks 2 and 3 -> P@1 0, P@3 2/3, AP (1/2 + 2/3) / 3 = 7/18.
+        assert_eq!(r.queries, 2);
+        assert!((r.precision_at_1 - 0.5).abs() < 1e-12);
+        assert!((r.precision_at_k - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.recall_at_k - 1.0).abs() < 1e-12);
+        assert!((r.map_at_k - (5.0 / 6.0 + 7.0 / 18.0) / 2.0).abs() < 1e-12);
+        assert_eq!(r.per_class[1].class, "b");
+        assert!((r.per_class[1].map_at_k - 7.0 / 18.0).abs() < 1e-12);
+
+        let miss = retrieval_metrics(&s(&["a"]), &[s(&["b", "b"])], &sizes, 2);
+        assert_eq!((miss.precision_at_1, miss.recall_at_k, miss.map_at_k), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn classification_metrics_match_hand_computation() {
+        let classes = s(&["x", "y"]);
+        let r = classification_metrics(&classes, &[0, 0, 1, 1, 1], &[0, 1, 1, 1, 0]);
+        assert!((r.accuracy - 0.6).abs() < 1e-12);
+        assert_eq!(r.confusion, vec![vec![1, 1], vec![1, 2]]);
+        assert!((r.per_class[1].precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.per_class[1].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.per_class[0].recall - 0.5).abs() < 1e-12);
+    }
+}

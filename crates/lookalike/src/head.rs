@@ -1,0 +1,373 @@
+//! Trained heads on top of the frozen backbone's pooled features, stored as safetensors.
+//!
+//! A head is a stack of dense layers (ReLU between them). A classifier head ends in class
+//! logits; a projection head ends in an embedding that is L2-normalised. The file's metadata
+//! names the kind, the classes and the backbone weights it was trained on, so a head is never
+//! applied to features of another model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    Classifier,
+    Projection,
+}
+
+/// `y = x · w + b`, with `w` stored input-major (`input × output`), so a batch is one matrix product.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    pub input: usize,
+    pub output: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Dense {
+    /// He-uniform initialisation, seeded.
+    pub fn new(input: usize, output: usize, rng: &mut fastrand::Rng) -> Self {
+        let bound = (6.0 / input as f32).sqrt();
+        Self {
+            input,
+            output,
+            weight: (0..input * output).map(|_| (rng.f32() * 2.0 - 1.0) * bound).collect(),
+            bias: vec![0.0; output],
+        }
+    }
+
+    /// `rows × input` → `rows × output`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y: Vec<f32> = self.bias.iter().copied().cycle().take(rows * self.output).collect();
+        gemm(
+            Strided::rows(x, self.input),
+            Strided::rows(&self.weight, self.output),
+            &mut y,
+            (rows, self.input, self.output),
+            1.0,
+            1.0,
+        );
+        y
+    }
+}
+
+/// A matrix operand for [`gemm`]: a slice with its row and column strides, so transposes are free.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c = alpha · a · b + beta · c`, `a` m×k, `b` k×n, `c` row-major m×n.
+pub fn gemm(a: Strided, b: Strided, c: &mut [f32], (m, k, n): (usize, usize, usize), alpha: f32, beta: f32) {
+    assert!(
+        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        "gemm operands too small"
+    );
+    // SAFETY: every element the strides address lies inside its slice (asserted above).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            a.row_stride as isize,
+            a.col_stride as isize,
+            b.data.as_ptr(),
+            b.row_stride as isize,
+            b.col_stride as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub kind: HeadKind,
+    pub layers: Vec<Dense>,
+    /// Class names for a classifier, in logit order; empty for a projection.
+    pub classes: Vec<String>,
+    /// sha256 of the backbone weights whose features this head takes.
+    pub backbone_sha256: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadMetadata {
+    kind: HeadKind,
+    classes: Vec<String>,
+    backbone_sha256: String,
+    layers: usize,
+}
+
+pub fn relu_in_place(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+pub fn l2_normalise_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_mut(width) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Softmax of each row, in place.
+pub fn softmax_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_mut(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+impl Head {
+    pub fn input_dimension(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.input)
+    }
+
+    pub fn output_dimension(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.output)
+    }
+
+    /// Logits (classifier) or unnormalised embeddings (projection) for `rows` feature vectors.
+    pub fn forward_raw(&self, features: &[f32], rows: usize) -> Vec<f32> {
+        let mut x = features.to_vec();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, rows);
+            if i + 1 < self.layers.len() {
+                relu_in_place(&mut x);
+            }
+        }
+        x
+    }
+
+    /// Class probabilities (classifier) or unit-length embeddings (projection).
+    pub fn apply(&self, features: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = self.forward_raw(features, rows);
+        match self.kind {
+            HeadKind::Classifier => softmax_rows(&mut y, self.output_dimension()),
+            HeadKind::Projection => l2_normalise_rows(&mut y, self.output_dimension()),
+        }
+        y
+    }
+
+    /// Classes sorted by probability, most likely first.
+    pub fn predict(&self, features: &[f32]) -> Result<Vec<(String, f32)>> {
+        if self.kind != HeadKind::Classifier {
+            bail!("this head is a projection head, not a classifier");
+        }
+        self.check_input(features.len())?;
+        let probs = self.apply(features, 1);
+        let mut ranked: Vec<(String, f32)> = self.classes.iter().cloned().zip(probs).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(ranked)
+    }
+
+    pub fn check_input(&self, dimension: usize) -> Result<()> {
+        if dimension != self.input_dimension() {
+            bail!(
+                "this head takes {}-d features, got {dimension}-d",
+                self.input_dimension()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a head trained on another backbone's features.
+    pub fn check_backbone(&self, weights_sha256: &str) -> Result<()> {
+        if self.backbone_sha256 != weights_sha256 {
+            bail!(
+                "this head was trained on features of backbone weights {}, not {}",
+                short(&self.backbone_sha256),
+                short(weights_sha256)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let shapes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                [
+                    (
+                        format!("layers.{i}.weight"),
+                        vec![l.input, l.output],
+                        f32_bytes(&l.weight),
+                    ),
+                    (format!("layers.{i}.bias"), vec![l.output], f32_bytes(&l.bias)),
+                ]
+            })
+            .collect();
+        let views = shapes
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .map(|view| (name.clone(), view))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = HeadMetadata {
+            kind: self.kind,
+            classes: self.classes.clone(),
+            backbone_sha256: self.backbone_sha256.clone(),
+            layers: self.layers.len(),
+        };
+        let info = HashMap::from([("lookalike_head".to_string(), serde_json::to_string(&metadata)?)]);
+        Ok(safetensors::serialize(views, Some(info))?)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).context("not a safetensors file")?;
+        let metadata: HeadMetadata = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("lookalike_head"))
+            .context("a safetensors file, but not a lookalike head (no `lookalike_head` metadata)")
+            .and_then(|json| serde_json::from_str(json).context("unreadable lookalike_head metadata"))?;
+        let tensors = safetensors::SafeTensors::deserialize(bytes)?;
+        let mut layers = Vec::new();
+        for i in 0..metadata.layers {
+            let weight = tensors.tensor(&format!("layers.{i}.weight"))?;
+            let bias = tensors.tensor(&format!("layers.{i}.bias"))?;
+            let &[input, output] = weight.shape() else {
+                bail!("layer {i}'s weight is not a matrix");
+            };
+            if bias.shape() != [output] || weight.dtype() != safetensors::Dtype::F32 {
+                bail!("layer {i}'s tensors have the wrong shape or type");
+            }
+            if layers.last().is_some_and(|prev: &Dense| prev.output != input) {
+                bail!("layer {i} does not fit the layer before it");
+            }
+            layers.push(Dense {
+                input,
+                output,
+                weight: crate::model::weights::bytes_to_f32(weight.data()),
+                bias: crate::model::weights::bytes_to_f32(bias.data()),
+            });
+        }
+        let head = Self {
+            kind: metadata.kind,
+            layers,
+            classes: metadata.classes,
+            backbone_sha256: metadata.backbone_sha256,
+        };
+        if head.layers.is_empty() {
+            bail!("the head has no layers");
+        }
+        if head.kind == HeadKind::Classifier && head.classes.len() != head.output_dimension() {
+            bail!(
+                "the classifier names {} classes but has {} outputs",
+                head.classes.len(),
+                head.output_dimension()
+            );
+        }
+        Ok(head)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes()?;
+        crate::export::write_atomically(path, |out| Ok(std::io::Write::write_all(out, &bytes)?))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read head {}", path.display()))?;
+        Self::from_bytes(&bytes).with_context(|| format!("cannot load head {}", path.display()))
+    }
+
+    /// How the manifest names this head: kind, shape and a checksum of the file's bytes.
+    pub fn manifest_name(&self) -> Result<String> {
+        let shape: Vec<String> = std::iter::once(self.input_dimension())
+            .chain(self.layers.iter().map(|l| l.output))
+            .map(|d| d.to_string())
+            .collect();
+        let kind = match self.kind {
+            HeadKind::Classifier => "classifier",
+            HeadKind::Projection => "projection",
+        };
+        Ok(format!(
+            "{kind} {} sha256:{}",
+            shape.join("-"),
+            short(&crate::content_hash(&self.to_bytes()?))
+        ))
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_round_trip_through_safetensors_and_refuse_other_files() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let head = Head {
+            kind: HeadKind::Classifier,
+            layers: vec![Dense::new(4, 3, &mut rng), Dense::new(3, 2, &mut rng)],
+            classes: vec!["a".into(), "b".into()],
+            backbone_sha256: "abc".into(),
+        };
+        let back = Head::from_bytes(&head.to_bytes().unwrap()).unwrap();
+        let x = [0.5, -1.0, 2.0, 0.25];
+        assert_eq!(head.apply(&x, 1), back.apply(&x, 1));
+        assert!((back.apply(&x, 1).iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(back.predict(&x).unwrap().len(), 2);
+        assert!(back.predict(&[1.0]).is_err());
+        assert!(back.check_backbone("abd").is_err());
+        assert!(Head::from_bytes(b"not a head").is_err());
+    }
+
+    #[test]
+    fn dense_forward_is_x_times_w_plus_b() {
+        let layer = Dense {
+            input: 2,
+            output: 2,
+            weight: vec![1.0, 2.0, 3.0, 4.0],
+            bias: vec![0.5, -0.5],
+        };
+        assert_eq!(layer.forward(&[1.0, 1.0, 0.0, 2.0], 2), vec![4.5, 5.5, 6.5, 7.5]);
+    }
+}
