@@ -114,6 +114,12 @@ pub enum EvalCommand {
         /// Rank by this projection head's embeddings instead of raw backbone features.
         #[arg(long)]
         head: Option<PathBuf>,
+        /// Hybrid: classify each query with this classifier head and rank only within its likely classes.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        /// Hybrid: take likely classes until their probabilities add up to this.
+        #[arg(long, default_value_t = 0.9)]
+        coverage: f32,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -315,7 +321,7 @@ pub fn train(command: TrainCommand, embedder: &Embedder) -> Result<()> {
     Ok(())
 }
 
-fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
+pub fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
     let head = Head::load(path)?;
     head.check_backbone(&embedder.manifest().weights_sha256)?;
     head.check_input(embedder.manifest().dimension)?;
@@ -437,12 +443,17 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             queries,
             k,
             head,
+            classifier,
+            coverage,
             json,
             cache,
         } => {
             if k == 0 {
                 bail!("-k must be at least 1");
             }
+            let classifier = classifier
+                .map(|h| load_head(&h, embedder, HeadKind::Classifier))
+                .transpose()?;
             let head = head
                 .map(|h| load_head(&h, embedder, HeadKind::Projection))
                 .transpose()?;
@@ -464,6 +475,21 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 }
                 products
             };
+            // The classifier reads backbone features, so hybrid filters are chosen before projecting.
+            let filters: Vec<Filter> = query_products
+                .iter()
+                .map(|q| -> Result<Filter> {
+                    let mut filter = Filter::default();
+                    if let Some(classifier) = &classifier {
+                        filter.any_category = classifier
+                            .likely_classes(&q.vector, coverage)?
+                            .into_iter()
+                            .map(|(c, _)| c)
+                            .collect();
+                    }
+                    Ok(filter)
+                })
+                .collect::<Result<_>>()?;
             let (gallery_products, query_products) = (project(gallery_products), project(query_products));
             let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
             for p in &gallery_products {
@@ -472,9 +498,10 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             let index = VectorIndex::new(gallery_products)?;
             let ranked: Vec<Vec<String>> = query_products
                 .iter()
-                .map(|q| {
+                .zip(&filters)
+                .map(|(q, filter)| {
                     index
-                        .search(&q.vector, k, Metric::Cosine, &Filter::default(), None)
+                        .search(&q.vector, k, Metric::Cosine, filter, None)
                         .map(|hits| hits.iter().map(|h| class_of(h.product)).collect())
                 })
                 .collect::<Result<_>>()?;

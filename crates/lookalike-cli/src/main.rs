@@ -62,6 +62,15 @@ enum Command {
         image: PathBuf,
         #[command(flatten)]
         query: QueryArgs,
+        /// Classify the query first (with --classifier) and rank only products of the likely categories.
+        #[arg(long, requires = "classifier")]
+        hybrid: bool,
+        /// Classifier head (from `train classifier`) for --hybrid.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        /// --hybrid ranks within the most likely categories until their probabilities add up to this.
+        #[arg(long, default_value_t = 0.9)]
+        coverage: f32,
     },
     /// Products that look like product ID.
     Similar {
@@ -134,6 +143,9 @@ enum Command {
         /// Query images allowed to wait for the model; beyond that requests get 503.
         #[arg(long, default_value_t = 64)]
         queue: usize,
+        /// Classifier head (from `train classifier`) that enables `hybrid` photo searches.
+        #[arg(long)]
+        classifier: Option<PathBuf>,
         /// How long an arriving query waits for others to share its forward pass, in ms
         /// (0: queries that queued during the previous pass share the next one).
         #[arg(long, default_value_t = 0.0)]
@@ -277,12 +289,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_batch,
             queue,
             batch_window_ms,
+            classifier,
         } => {
             if max_batch == 0 {
                 bail!("--max-batch must be at least 1");
             }
             let token = server::check_write_access(&token, read_only)?;
             let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?);
+            let classifier = classifier
+                .map(|path| learn::load_head(&path, &embedder, lookalike::head::HeadKind::Classifier))
+                .transpose()?;
             if let Some(catalogue) = &catalogue {
                 index_into(&embedder, catalogue, &db, IndexOptions::default())?;
             }
@@ -296,6 +312,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     queue,
                     window: std::time::Duration::from_secs_f64(batch_window_ms.max(0.0) / 1e3),
                 },
+                classifier,
             };
             let router = server::router(SqliteStore::open(&db)?, embedder, &config)?;
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
@@ -311,8 +328,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .block_on(server::serve(router, config.addr))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Search { image, query } => {
-            let filter = query.filter()?;
+        Command::Search {
+            image,
+            query,
+            hybrid,
+            classifier,
+            coverage,
+        } => {
+            let mut filter = query.filter()?;
             let store = open_existing(&query.db)?;
             let embedder = load_embedder(&cli.models, cli.threads)?;
             store
@@ -322,15 +345,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let embedding = embed_files(&embedder, std::slice::from_ref(&image))?
                 .remove(0)
                 .with_context(|| format!("cannot use query image {}", image.display()))?;
+            let predicted = match (hybrid, &classifier) {
+                (true, Some(path)) => {
+                    let head = learn::load_head(path, &embedder, lookalike::head::HeadKind::Classifier)?;
+                    let likely = head.likely_classes(&embedding.features, coverage)?;
+                    filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
+                    Some(likely)
+                }
+                _ => None,
+            };
             let hits = index.search(&embedding.features, query.k, query.metric, &filter, None)?;
-            output::print_hits(&hits, query.metric, query.json)?;
+            output::print_hits(&hits, query.metric, query.json, predicted.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Similar { id, query } => {
             let filter = query.filter()?;
             let index = load_index(&open_existing(&query.db)?)?;
             let hits = index.similar(&id, query.k, query.metric, &filter)?;
-            output::print_hits(&hits, query.metric, query.json)?;
+            output::print_hits(&hits, query.metric, query.json, None)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { images, json } => {

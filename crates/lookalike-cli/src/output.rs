@@ -11,7 +11,8 @@ use lookalike::preprocess::ImageError;
 use lookalike::search::{Hit, Metric};
 use serde_json::json;
 
-pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool) -> Result<()> {
+/// `predicted`: the categories a hybrid search ranked within, with their probabilities.
+pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool, predicted: Option<&[(String, f32)]>) -> Result<()> {
     if as_json {
         let rows: Vec<_> = hits
             .iter()
@@ -31,8 +32,25 @@ pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let body = match predicted {
+            Some(predicted) => json!({
+                "predicted": predicted
+                    .iter()
+                    .map(|(c, p)| json!({ "category": c, "probability": p }))
+                    .collect::<Vec<_>>(),
+                "results": rows,
+            }),
+            None => json!(rows),
+        };
+        println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
+    }
+    if let Some(predicted) = predicted {
+        let named: Vec<String> = predicted
+            .iter()
+            .map(|(c, p)| format!("{c} ({:.1} %)", p * 100.0))
+            .collect();
+        println!("predicted category: {}", named.join(", "));
     }
     let mut table = Table::new();
     let score = match metric {

@@ -11,9 +11,8 @@ use serde_json::Value;
 
 const DEMO_PRODUCTS: usize = 60;
 
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
-}
+mod common;
+use common::{demo, demo_classifier};
 
 fn lookalike(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lookalike"))
@@ -504,6 +503,48 @@ fn heads_train_on_real_photos_and_evaluate() {
     ]);
     assert!(
         !out.status.success() && text(&out).contains("at least two classes"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn hybrid_search_ranks_within_the_predicted_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("classifier.safetensors");
+    demo_classifier(demo_db(), &head);
+    let photo = demo().join("images/24-mg01.jpg");
+    let out = json(&lookalike(&[
+        "search",
+        s(&photo),
+        "--db",
+        s(demo_db()),
+        "--hybrid",
+        "--classifier",
+        s(&head),
+        "--coverage",
+        "0.5",
+        "--json",
+    ]));
+    let predicted: Vec<&str> = out["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["category"].as_str().unwrap())
+        .collect();
+    assert_eq!(predicted[0], "Gear/Watches", "{out}");
+    let results = out["results"].as_array().unwrap();
+    assert!(!results.is_empty());
+    assert!(
+        results
+            .iter()
+            .all(|r| predicted.contains(&r["category"].as_str().unwrap())),
+        "{out}"
+    );
+
+    let out = lookalike(&["search", s(&photo), "--db", s(demo_db()), "--hybrid"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--classifier"),
         "{}",
         text(&out)
     );

@@ -2,7 +2,6 @@
 //! every error status included. One server per test binary, indexed from the demo catalogue.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
@@ -23,9 +22,8 @@ struct Server {
 /// which the OS does when this test process exits.
 struct ChildGuard(#[allow(dead_code)] Child);
 
-fn demo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
-}
+mod common;
+use common::{demo, demo_classifier};
 
 /// The real binary over a fresh copy of the demo catalogue, with `extra` serve flags.
 fn start_server(extra: &[&str]) -> Server {
@@ -433,4 +431,48 @@ fn overload_is_refused_with_503_and_the_server_recovers() {
     let (status, body) = send(client().post(format!("{}/v1/search", server.base)).multipart(form));
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["results"][0]["id"], "24-MB01");
+}
+
+#[test]
+fn hybrid_search_needs_a_classifier_and_then_stays_in_the_predicted_category() {
+    let form = |hybrid: &str| {
+        multipart::Form::new()
+            .part("image", image_part(demo_image("24-mb01.jpg"), "bag.jpg"))
+            .text("hybrid", hybrid.to_string())
+    };
+    let (status, body) = search(form("true"));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--classifier"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let indexed = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .arg("index")
+        .arg(demo().join("catalogue.csv"))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(indexed.status.success());
+    let head = dir.path().join("classifier.safetensors");
+    demo_classifier(&db, &head);
+    let server = start_server(&["--classifier", head.to_str().unwrap()]);
+    let post = |form| send(client().post(format!("{}/v1/search", server.base)).multipart(form));
+    let (status, body) = post(form("yes"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["predicted"][0]["category"], "Gear/Bags", "{body}");
+    let predicted: Vec<&Value> = body["predicted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["category"])
+        .collect();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["id"], "24-MB01");
+    assert!(results.iter().all(|r| predicted.contains(&&r["category"])), "{body}");
+    let (status, body) = post(form("perhaps"));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = post(form("false"));
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.get("predicted").is_none());
 }

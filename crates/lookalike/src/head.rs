@@ -198,6 +198,21 @@ impl Head {
         Ok(ranked)
     }
 
+    /// The most likely classes, best first, until their probabilities add up to `coverage`
+    /// (always at least one): the categories a hybrid search ranks within.
+    pub fn likely_classes(&self, features: &[f32], coverage: f32) -> Result<Vec<(String, f32)>> {
+        let mut taken = Vec::new();
+        let mut total = 0.0;
+        for (class, p) in self.predict(features)? {
+            if !taken.is_empty() && total >= coverage {
+                break;
+            }
+            total += p;
+            taken.push((class, p));
+        }
+        Ok(taken)
+    }
+
     pub fn check_input(&self, dimension: usize) -> Result<()> {
         if dimension != self.input_dimension() {
             bail!(
@@ -355,6 +370,9 @@ mod tests {
         assert_eq!(head.apply(&x, 1), back.apply(&x, 1));
         assert!((back.apply(&x, 1).iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(back.predict(&x).unwrap().len(), 2);
+        let best = back.predict(&x).unwrap()[0].clone();
+        assert_eq!(back.likely_classes(&x, 0.0).unwrap(), vec![best]);
+        assert_eq!(back.likely_classes(&x, 1.0).unwrap().len(), 2);
         assert!(back.predict(&[1.0]).is_err());
         assert!(back.check_backbone("abd").is_err());
         assert!(Head::from_bytes(b"not a head").is_err());

@@ -48,6 +48,8 @@ impl FromStr for Metric {
 pub struct Filter {
     /// Case-insensitive exact category match.
     pub category: Option<String>,
+    /// When not empty, the product's category must be one of these (case-insensitive).
+    pub any_category: Vec<String>,
     pub min_price: Option<f64>,
     pub max_price: Option<f64>,
 }
@@ -62,16 +64,19 @@ impl Filter {
         }
         Ok(Self {
             category: category.filter(|c| !c.trim().is_empty()),
+            any_category: Vec::new(),
             min_price,
             max_price,
         })
     }
 
     pub fn accepts(&self, p: &StoredProduct) -> bool {
-        if let Some(c) = &self.category {
-            if !p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c)) {
-                return false;
-            }
+        let is = |c: &String| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c));
+        if self.category.as_ref().is_some_and(|c| !is(c)) {
+            return false;
+        }
+        if !self.any_category.is_empty() && !self.any_category.iter().any(is) {
+            return false;
         }
         if self.min_price.is_none() && self.max_price.is_none() {
             return true;
@@ -254,6 +259,11 @@ impl VectorIndex {
 
     pub fn is_empty(&self) -> bool {
         self.products.is_empty()
+    }
+
+    /// Bytes of vector data held: the f32 vectors, their int8 copy, scales and norms.
+    pub fn vector_bytes(&self) -> usize {
+        self.len() * (self.dimension * (4 + 1) + 8)
     }
 
     pub fn dimension(&self) -> usize {

@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use http_body_util::LengthLimitError;
 use lookalike::batcher::{BatchPolicy, Batcher};
 use lookalike::catalogue::{CatalogueEntry, ProductInfo};
+use lookalike::head::Head;
 use lookalike::model::{Embedder, ModelManifest};
 use lookalike::preprocess::{decode_image, Preprocessing};
 use lookalike::search::{Filter, Hit, Metric, VectorIndex};
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     pub upload_dir: PathBuf,
     pub batch: BatchPolicy,
+    /// Enables `hybrid` searches.
+    pub classifier: Option<Head>,
 }
 
 struct AppState {
@@ -50,6 +53,7 @@ struct AppState {
     token: Option<String>,
     upload_dir: PathBuf,
     max_upload_bytes: usize,
+    classifier: Option<Head>,
 }
 
 type Shared = Arc<AppState>;
@@ -70,6 +74,7 @@ pub fn router(store: SqliteStore, embedder: Arc<Embedder>, config: &ServerConfig
         token: config.token.clone(),
         upload_dir: config.upload_dir.clone(),
         max_upload_bytes: config.max_upload_bytes,
+        classifier: config.classifier.clone(),
     });
     Ok(Router::new()
         .route("/", get(|| async { Html(include_str!("web/index.html")) }))
@@ -205,7 +210,8 @@ async fn stats(State(state): State<Shared>) -> Json<Value> {
         "weights_sha256": state.manifest.weights_sha256,
         "dimension": state.manifest.dimension,
         "preprocessing": state.manifest.preprocessing,
-        "index_bytes": index.len() * index.dimension() * 4,
+        "index_bytes": index.vector_bytes(),
+        "classifier": state.classifier.as_ref().map(|h| json!({ "classes": h.classes })),
     }))
 }
 
@@ -260,22 +266,60 @@ fn upload_too_large(state: &Shared) -> ApiError {
 
 async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
     let form = read_form(&state, multipart).await?;
+    let field = |name: &str| form.fields.get(name).cloned();
     let params = QueryParams {
-        k: form.fields.get("k").cloned(),
-        category: form.fields.get("category").cloned(),
-        min_price: form.fields.get("min_price").cloned(),
-        max_price: form.fields.get("max_price").cloned(),
+        k: field("k"),
+        category: field("category"),
+        min_price: field("min_price"),
+        max_price: field("max_price"),
     };
-    let (k, filter) = (params.k()?, params.filter()?);
+    let (k, mut filter) = (params.k()?, params.filter()?);
+    let hybrid = match field("hybrid").as_deref().map(str::trim) {
+        None | Some("" | "false" | "0" | "no") => false,
+        Some("true" | "1" | "yes" | "on") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "hybrid must be true or false, got {other:?}"
+            )))
+        }
+    };
+    let coverage = parse_number::<f32>("coverage", &field("coverage"))?.unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&coverage) {
+        return Err(ApiError::bad_request("coverage must be between 0 and 1"));
+    }
+    let classifier = match (hybrid, &state.classifier) {
+        (true, None) => {
+            return Err(ApiError::bad_request(
+                "hybrid search needs a classifier head; start the server with --classifier",
+            ))
+        }
+        (true, Some(head)) => Some(head),
+        (false, _) => None,
+    };
     let image = form
         .image
         .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
     let query = embed_upload(&state, image).await?;
+    let predicted = match classifier {
+        Some(head) => {
+            let likely = head.likely_classes(&query, coverage).map_err(ApiError::internal)?;
+            filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
+            Some(likely)
+        }
+        None => None,
+    };
     let index = state.index.read().expect("index lock");
     let hits = index
         .search(&query, k, Metric::Cosine, &filter, None)
         .map_err(ApiError::internal)?;
-    Ok(Json(hits_json(&hits, Metric::Cosine)))
+    let mut body = hits_json(&hits, Metric::Cosine);
+    if let Some(predicted) = predicted {
+        body["predicted"] = predicted
+            .iter()
+            .map(|(category, probability)| json!({ "category": category, "probability": probability }))
+            .collect();
+    }
+    Ok(Json(body))
 }
 
 async fn similar(

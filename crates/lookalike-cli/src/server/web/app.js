@@ -71,12 +71,16 @@ async function searchPhoto(file) {
   form.set("image", file);
   form.set("k", "24");
   for (const [key, value] of filterParams()) form.set(key, value);
+  if ($("hybrid").checked) form.set("hybrid", "true");
   status.textContent = "Searching…";
   const started = performance.now();
   try {
     const body = await api("/v1/search", { method: "POST", body: form });
     render(body.results, true);
-    status.textContent = `${body.results.length} similar products in ${Math.round(performance.now() - started)} ms`;
+    const guessed = body.predicted
+      ? ` within ${body.predicted.map((p) => `${p.category} (${Math.round(p.probability * 100)}%)`).join(", ")}`
+      : "";
+    status.textContent = `${body.results.length} similar products${guessed} in ${Math.round(performance.now() - started)} ms`;
   } catch (e) {
     results.replaceChildren();
     status.textContent = "";
@@ -128,6 +132,8 @@ async function loadCategories() {
   try {
     const body = await api("/v1/products?per_page=1");
     for (const c of body.categories) $("category").append(new Option(c, c));
+    const stats = await api("/v1/stats");
+    $("hybrid-option").hidden = !stats.classifier;
   } catch (e) {
     showError(e.message);
   }
