@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use lookalike::augment::Augmentation;
 use lookalike::catalogue::read_image_folder;
 use lookalike::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::head::{Head, HeadKind};
-use lookalike::indexer::{index_catalogue, IndexOptions};
+use lookalike::indexer::{index_augmented_views, index_catalogue, IndexOptions};
 use lookalike::model::Embedder;
 use lookalike::search::{Filter, Metric, VectorIndex};
 use lookalike::store::{SqliteStore, StoredProduct};
@@ -60,6 +61,10 @@ pub struct Common {
     patience: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Seeded augmented views per training image (flip, rotation, brightness/contrast, random
+    /// crop), embedded once and cached; 0 trains on the images as they are.
+    #[arg(long, default_value_t = 0)]
+    augment: u32,
     /// Cache of backbone features per image folder (default: ~/.cache/lookalike).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -137,6 +142,65 @@ fn cache_dir(cache: &Option<PathBuf>) -> PathBuf {
     })
 }
 
+/// The cache database for `folder` (and `variant` of its features), emptied when it holds
+/// features of another model.
+fn open_cache(embedder: &Embedder, folder: &Path, variant: &str, cache: &Option<PathBuf>) -> Result<SqliteStore> {
+    let cache = cache_dir(cache);
+    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
+    let db = cache.join(format!(
+        "{}{variant}.db",
+        &lookalike::content_hash(folder.to_string_lossy().as_bytes())[..16]
+    ));
+    let store = SqliteStore::open(&db)?;
+    if store.ensure_manifest(&embedder.manifest()).is_ok() {
+        return Ok(store);
+    }
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    SqliteStore::open(&db)
+}
+
+/// Features of `views` seeded augmented views of each training image, embedded once and cached.
+fn augmented_features(
+    embedder: &Embedder,
+    folder: &Path,
+    originals: &[StoredProduct],
+    views: u32,
+    seed: u64,
+    cache: &Option<PathBuf>,
+) -> Result<Vec<StoredProduct>> {
+    let canonical = folder.canonicalize()?;
+    let mut store = open_cache(embedder, &canonical, "-augmented", cache)?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
+    );
+    bar.set_message(format!("augmented views of {}", folder.display()));
+    let started = std::time::Instant::now();
+    let embedded = index_augmented_views(
+        &mut store,
+        embedder,
+        originals,
+        &Augmentation::default(),
+        seed,
+        views,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64)
+        },
+    )?;
+    bar.finish_and_clear();
+    if embedded > 0 {
+        eprintln!(
+            "{}: embedded {embedded} augmented views in {:.1}s",
+            folder.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    store.products()
+}
+
 /// Backbone features of every image under `dir`, embedded once and cached.
 fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> Result<Vec<StoredProduct>> {
     let canonical = dir
@@ -146,21 +210,7 @@ fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> 
     if entries.is_empty() {
         bail!("{} has no images", dir.display());
     }
-    let cache = cache_dir(cache);
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
-    let db = cache.join(format!(
-        "{}.db",
-        &lookalike::content_hash(canonical.to_string_lossy().as_bytes())[..16]
-    ));
-    let mut store = SqliteStore::open(&db)?;
-    if store.ensure_manifest(&embedder.manifest()).is_err() {
-        // Features of another model: start the cache over.
-        drop(store);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        store = SqliteStore::open(&db)?;
-    }
+    let mut store = open_cache(embedder, &canonical, "", cache)?;
     let bar = ProgressBar::new(entries.len() as u64).with_style(
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
     );
@@ -253,7 +303,18 @@ pub fn train(command: TrainCommand, embedder: &Embedder) -> Result<()> {
         } => (common, Some((loss, mining, dim, margin, per_class))),
     };
     let started = std::time::Instant::now();
-    let train_products = folder_features(embedder, &common.train, &common.cache)?;
+    let mut train_products = folder_features(embedder, &common.train, &common.cache)?;
+    if common.augment > 0 {
+        let views = augmented_features(
+            embedder,
+            &common.train,
+            &train_products,
+            common.augment,
+            common.seed,
+            &common.cache,
+        )?;
+        train_products.extend(views);
+    }
     let val_products = folder_features(embedder, &common.val, &common.cache)?;
     let classes: Vec<String> = train_products
         .iter()

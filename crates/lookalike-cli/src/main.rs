@@ -151,6 +151,16 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         batch_window_ms: f64,
     },
+    /// Groups of duplicate products: identical image bytes (exact) or nearly identical features (near).
+    Dedup {
+        #[arg(long)]
+        db: PathBuf,
+        /// Cosine similarity at or above which two products are near-duplicates.
+        #[arg(long, default_value_t = 0.97)]
+        threshold: f32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Train a head on labelled image folders (classifier, or metric-learning projection).
     Train {
         #[command(subcommand)]
@@ -415,6 +425,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Dedup { db, threshold, json } => {
+            let index = load_index(&open_existing(&db)?)?;
+            let groups = lookalike::dedup::duplicate_groups(&index, threshold)?;
+            output::print_duplicates(&index, &groups, json)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Train { what } => {
             learn::train(what, &load_embedder(&cli.models, cli.threads)?)?;

@@ -130,3 +130,41 @@ pub fn print_labels(rows: &[(&PathBuf, Vec<Prediction>)], as_json: bool) -> Resu
     }
     Ok(())
 }
+
+pub fn print_duplicates(
+    index: &lookalike::search::VectorIndex,
+    groups: &[lookalike::dedup::DuplicateGroup],
+    as_json: bool,
+) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&groups)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["group", "kind", "lowest similarity", "id", "title", "image"]);
+    for (n, g) in groups.iter().enumerate() {
+        for id in &g.ids {
+            let p = index.find(id);
+            table.add_row([
+                (n + 1).to_string(),
+                g.kind.to_string(),
+                format!("{:.4}", g.min_similarity),
+                id.clone(),
+                p.and_then(|p| p.info.title.clone()).unwrap_or_default(),
+                p.map(|p| p.image_path.clone()).unwrap_or_default(),
+            ]);
+        }
+    }
+    println!("{table}");
+    let (exact, near) = groups.iter().fold(
+        (0, 0),
+        |(e, n), g| if g.kind == "exact" { (e + 1, n) } else { (e, n + 1) },
+    );
+    println!(
+        "{exact} exact and {near} near-duplicate groups among {} products",
+        index.len()
+    );
+    Ok(())
+}

@@ -549,3 +549,26 @@ fn hybrid_search_ranks_within_the_predicted_category() {
         text(&out)
     );
 }
+
+#[test]
+fn dedup_groups_identical_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("shop.csv");
+    let image = |name: &str| demo().join("images").join(name).display().to_string();
+    std::fs::write(
+        &csv,
+        format!(
+            "id,title,image\nbag,Bag,{}\nbag-again,Same bag,{}\nwatch,Watch,{}\n",
+            image("24-mb01.jpg"),
+            image("24-mb01.jpg"),
+            image("24-mg01.jpg")
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("shop.db");
+    assert!(lookalike(&["index", s(&csv), "--db", s(&db)]).status.success());
+    let groups = json(&lookalike(&["dedup", "--db", s(&db), "--json"]));
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["kind"], "exact");
+    assert_eq!(groups[0]["ids"], serde_json::json!(["bag", "bag-again"]));
+}

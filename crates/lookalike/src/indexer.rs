@@ -232,3 +232,70 @@ pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<
     }
     Ok(results)
 }
+
+/// Stores features of `views` augmented views of each product's image (ids `<id>#aug<n>`),
+/// embedding only the views whose image, augmentation settings or seed changed since the last
+/// run; views of products that are gone are removed. Returns how many views were embedded.
+pub fn index_augmented_views(
+    store: &mut SqliteStore,
+    embedder: &Embedder,
+    originals: &[crate::store::StoredProduct],
+    augmentation: &crate::augment::Augmentation,
+    seed: u64,
+    views: u32,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<usize> {
+    store.ensure_manifest(&embedder.manifest())?;
+    let known = store.fingerprints()?;
+    let wanted: Vec<(CatalogueEntry, String, &crate::store::StoredProduct, u32)> = originals
+        .iter()
+        .flat_map(|p| (0..views).map(move |v| (p, v)))
+        .map(|(p, v)| {
+            let entry = CatalogueEntry {
+                id: format!("{}#aug{v}", p.id),
+                info: p.info.clone(),
+                image_path: PathBuf::from(&p.image_path),
+            };
+            let key = format!("{}|{}|seed={seed}|view={v}", p.content_hash, augmentation.describe());
+            (entry, key, p, v)
+        })
+        .collect();
+    let wanted_ids: HashSet<&str> = wanted.iter().map(|(e, ..)| e.id.as_str()).collect();
+    let gone: Vec<String> = known
+        .keys()
+        .filter(|id| !wanted_ids.contains(id.as_str()))
+        .cloned()
+        .collect();
+    store.remove(&gone)?;
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|(e, key, ..)| known.get(&e.id).is_none_or(|f| &f.content_hash != key))
+        .collect();
+    let mut embedded = 0;
+    for chunk in missing.chunks(DEFAULT_BATCH_SIZE) {
+        let tensors: Vec<Option<Vec<f32>>> = chunk
+            .par_iter()
+            .map(|(_, _, p, v)| {
+                let image = crate::preprocess::load_image(std::path::Path::new(&p.image_path)).ok()?;
+                let view = augmentation.view(&image, seed, &p.content_hash, *v);
+                Some(embedder.preprocessing.tensor_of(&view))
+            })
+            .collect();
+        let ready: Vec<usize> = (0..chunk.len()).filter(|&i| tensors[i].is_some()).collect();
+        let input: Vec<f32> = tensors.iter().flatten().flatten().copied().collect();
+        let out = embedder.run(&input, ready.len())?;
+        let writes: Vec<ProductWrite> = ready
+            .iter()
+            .enumerate()
+            .map(|(row, &i)| ProductWrite {
+                entry: &chunk[i].0,
+                content_hash: &chunk[i].1,
+                vector: Some(out.feature(row)),
+            })
+            .collect();
+        store.write_batch(&writes)?;
+        embedded += ready.len();
+        on_batch(embedded, missing.len());
+    }
+    Ok(embedded)
+}

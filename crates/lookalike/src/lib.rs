@@ -4,7 +4,9 @@
 //! -> [`store`] (catalogue + vectors in SQLite) -> [`search`] (exact top-k).
 //! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
 
+pub mod augment;
 pub mod catalogue;
+pub mod dedup;
 pub mod eval;
 pub mod export;
 pub mod head;
