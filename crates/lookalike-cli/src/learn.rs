@@ -385,7 +385,7 @@ pub fn train(command: TrainCommand, embedder: &Embedder) -> Result<()> {
 pub fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
     let head = Head::load(path)?;
     head.check_backbone(&embedder.manifest().weights_sha256)?;
-    head.check_input(embedder.manifest().dimension)?;
+    head.check_input(embedder.backbone_dimension())?;
     if head.kind != kind {
         bail!(
             "{} is a {:?} head; this needs a {kind:?} head",

@@ -56,6 +56,10 @@ enum Command {
         prune: bool,
         #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
         batch_size: usize,
+        /// Projection head (from `train metric`) whose embeddings become the catalogue's vectors;
+        /// it is kept in the database and used for every later query and re-index.
+        #[arg(long)]
+        head: Option<PathBuf>,
     },
     /// Products that look like a photo.
     Search {
@@ -278,8 +282,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             db,
             prune,
             batch_size,
+            head,
         } => {
-            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let store = SqliteStore::open(&db)?;
+            let embedder = match head {
+                Some(path) => {
+                    load_embedder(&cli.models, cli.threads)?.with_head(lookalike::head::Head::load(&path)?)?
+                }
+                None => load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?,
+            };
+            store.ensure_manifest(&embedder.manifest())?;
+            if let Some(head) = &embedder.head {
+                store.set_head(head)?;
+            }
+            drop(store);
             let skipped = index_into(&embedder, &catalogue, &db, IndexOptions { batch_size, prune })?;
             Ok(if skipped {
                 ExitCode::from(EXIT_SKIPPED)
@@ -305,7 +321,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("--max-batch must be at least 1");
             }
             let token = server::check_write_access(&token, read_only)?;
-            let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?);
+            let store = SqliteStore::open(&db)?;
+            let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?);
             let classifier = classifier
                 .map(|path| learn::load_head(&path, &embedder, lookalike::head::HeadKind::Classifier))
                 .transpose()?;
@@ -324,7 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 classifier,
             };
-            let router = server::router(SqliteStore::open(&db)?, embedder, &config)?;
+            let router = server::router(store, embedder, &config)?;
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
                 // For supervisors and tests: the server ends with the process that started it.
                 std::thread::spawn(|| {
@@ -347,7 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut filter = query.filter()?;
             let store = open_existing(&query.db)?;
-            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
             store
                 .ensure_manifest(&embedder.manifest())
                 .context("cannot search this catalogue")?;
@@ -358,7 +375,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let predicted = match (hybrid, &classifier) {
                 (true, Some(path)) => {
                     let head = learn::load_head(path, &embedder, lookalike::head::HeadKind::Classifier)?;
-                    let likely = head.likely_classes(&embedding.features, coverage)?;
+                    let likely = head.likely_classes(&embedding.backbone, coverage)?;
                     filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
                     Some(likely)
                 }

@@ -470,6 +470,31 @@ fn heads_train_on_real_photos_and_evaluate() {
     assert_eq!(retrieval["queries"], 4);
     assert!(retrieval["precision_at_1"].as_f64().unwrap() >= 0.75, "{retrieval}");
 
+    // A catalogue indexed through the projection: its vectors are 32-d, queries are projected too,
+    // and a re-index without --head keeps using the stored head.
+    let projected = dir.path().join("projected.db");
+    let catalogue = demo().join("catalogue.csv");
+    let out = lookalike(&["index", s(&catalogue), "--db", s(&projected), "--head", s(&projection)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest = SqliteStore::open(&projected).unwrap().manifest().unwrap().unwrap();
+    assert_eq!(manifest.dimension, 32);
+    assert!(manifest.head.unwrap().starts_with("projection 1280-32 sha256:"));
+    let hits = json(&lookalike(&[
+        "search",
+        s(&demo().join("images/wp02.jpg")),
+        "--db",
+        s(&projected),
+        "--json",
+    ]));
+    assert_eq!(hits[0]["id"], "WP02", "{hits}");
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.999);
+    let again = lookalike(&["index", s(&catalogue), "--db", s(&projected)]);
+    assert!(
+        again.status.success() && text(&again).contains("0 embedded, 60 unchanged"),
+        "{}",
+        text(&again)
+    );
+
     // A projection head is not a classifier, and one class is not enough to train on.
     let out = lookalike(&[
         "eval",

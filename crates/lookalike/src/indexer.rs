@@ -188,8 +188,11 @@ pub fn index_catalogue(
 /// A query image's pooled features and, when the backbone has its classifier, its ImageNet logits.
 #[derive(Debug, Clone)]
 pub struct ImageEmbedding {
+    /// The catalogue's kind of vector: pooled features, or a projection head's embedding.
     pub features: Vec<f32>,
     pub logits: Vec<f32>,
+    /// Pooled backbone features, what classifier heads read.
+    pub backbone: Vec<f32>,
 }
 
 impl Embeddings {
@@ -203,6 +206,7 @@ impl Embeddings {
         ImageEmbedding {
             features: self.feature(i).to_vec(),
             logits,
+            backbone: self.backbone_feature(i).to_vec(),
         }
     }
 }

@@ -128,6 +128,29 @@ impl SqliteStore {
         }
     }
 
+    /// The projection head (safetensors bytes) that made this catalogue's vectors, if any.
+    pub fn head(&self) -> Result<Option<crate::head::Head>> {
+        let value: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM manifest WHERE key = 'head'", [], |r| r.get(0))
+            .optional()?;
+        value
+            .map(|hex_bytes| {
+                let bytes = hex::decode(hex_bytes).context("unreadable head in the database")?;
+                crate::head::Head::from_bytes(&bytes)
+            })
+            .transpose()
+    }
+
+    /// Keeps `head` with the catalogue, so queries get projected the same way without being told.
+    pub fn set_head(&self, head: &crate::head::Head) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO manifest (key, value) VALUES ('head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [hex::encode(head.to_bytes()?)],
+        )?;
+        Ok(())
+    }
+
     pub fn count(&self) -> Result<usize> {
         Ok(self
             .conn

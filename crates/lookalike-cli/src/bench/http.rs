@@ -107,8 +107,8 @@ impl Latencies {
 }
 
 fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
-    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
     let store = SqliteStore::open(&plan.db)?;
+    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?.for_catalogue(&store)?;
     store.ensure_manifest(&embedder.manifest())?;
     let index = VectorIndex::new(store.products()?)?;
     let filter = Filter {

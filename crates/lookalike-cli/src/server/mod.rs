@@ -20,6 +20,7 @@ use http_body_util::LengthLimitError;
 use lookalike::batcher::{BatchPolicy, Batcher};
 use lookalike::catalogue::{CatalogueEntry, ProductInfo};
 use lookalike::head::Head;
+use lookalike::indexer::ImageEmbedding;
 use lookalike::model::{Embedder, ModelManifest};
 use lookalike::preprocess::{decode_image, Preprocessing};
 use lookalike::search::{Filter, Hit, Metric, VectorIndex};
@@ -216,14 +217,13 @@ async fn stats(State(state): State<Shared>) -> Json<Value> {
 }
 
 /// Decodes and preprocesses off the executor, then waits for the batcher's forward pass.
-async fn embed_upload(state: &Shared, bytes: axum::body::Bytes) -> ApiResult<Vec<f32>> {
+async fn embed_upload(state: &Shared, bytes: axum::body::Bytes) -> ApiResult<ImageEmbedding> {
     let pre = state.preprocessing;
     let tensor = tokio::task::spawn_blocking(move || decode_image(&bytes).map(|img| pre.tensor_of(&img)))
         .await
         .map_err(ApiError::internal)??;
     let reply = state.batcher.submit(tensor)?;
-    let embedding = reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
-    Ok(embedding.features)
+    reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal)
 }
 
 /// A multipart form: the `image` part's bytes and the other fields as text.
@@ -299,10 +299,13 @@ async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<
     let image = form
         .image
         .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
-    let query = embed_upload(&state, image).await?;
+    let embedding = embed_upload(&state, image).await?;
+    let query = embedding.features;
     let predicted = match classifier {
         Some(head) => {
-            let likely = head.likely_classes(&query, coverage).map_err(ApiError::internal)?;
+            let likely = head
+                .likely_classes(&embedding.backbone, coverage)
+                .map_err(ApiError::internal)?;
             filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
             Some(likely)
         }
@@ -552,7 +555,7 @@ async fn write_product(
 ) -> ApiResult<StoredProduct> {
     let (vector, image_path, hash) = match (image, existing) {
         (Some(bytes), _) => {
-            let vector = embed_upload(state, bytes.clone()).await?;
+            let vector = embed_upload(state, bytes.clone()).await?.features;
             let (path, hash) = save_upload(state, &bytes).await?;
             (vector, path, hash)
         }

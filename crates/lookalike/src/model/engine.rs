@@ -9,6 +9,7 @@ use ort::value::TensorRef;
 use super::efficientnet::{EfficientNetLite, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
+use crate::head::{Head, HeadKind};
 use crate::preprocess::Preprocessing;
 
 /// Images per call of a single-threaded session when a batch is spread over them.
@@ -49,7 +50,8 @@ pub enum Parallelism {
     Images,
 }
 
-/// Pooled backbone features (and ImageNet logits) for a batch, row-major.
+/// The vectors (and ImageNet logits) for a batch, row-major: pooled backbone features, or
+/// a projection head's embeddings of them when the embedder has one.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
     pub count: usize,
@@ -57,11 +59,22 @@ pub struct Embeddings {
     pub features: Vec<f32>,
     pub num_classes: usize,
     pub logits: Vec<f32>,
+    /// The pooled backbone features when a head made `features`; empty otherwise.
+    pub backbone: Vec<f32>,
 }
 
 impl Embeddings {
     pub fn feature(&self, i: usize) -> &[f32] {
         &self.features[i * self.dimension..(i + 1) * self.dimension]
+    }
+
+    /// Row `i`'s pooled backbone features (what classifier heads take).
+    pub fn backbone_feature(&self, i: usize) -> &[f32] {
+        if self.backbone.is_empty() {
+            return self.feature(i);
+        }
+        let d = self.backbone.len() / self.count;
+        &self.backbone[i * d..(i + 1) * d]
     }
 
     pub fn logit_row(&self, i: usize) -> &[f32] {
@@ -84,6 +97,8 @@ pub struct Embedder {
     pub preprocessing: Preprocessing,
     pub dimension: usize,
     pub num_classes: usize,
+    /// A projection head applied to the pooled features (see [`Self::with_head`]).
+    pub head: Option<Head>,
 }
 
 impl Embedder {
@@ -124,11 +139,46 @@ impl Embedder {
             preprocessing: Preprocessing::for_input(spec.input_size as u32),
             dimension: network.feature_dim,
             num_classes: network.num_classes,
+            head: None,
         })
     }
 
+    /// Makes this embedder's vectors the projection head's embeddings of the pooled features.
+    pub fn with_head(mut self, head: Head) -> Result<Self> {
+        if head.kind != HeadKind::Projection {
+            bail!("only a projection head (from `train metric`) can make a catalogue's vectors");
+        }
+        head.check_backbone(self.spec.weights_sha256)?;
+        head.check_input(self.backbone_dimension())?;
+        self.head = Some(head);
+        Ok(self)
+    }
+
+    /// Takes on the projection head stored with a catalogue, if it has one, so that queries
+    /// are embedded the way its products were.
+    pub fn for_catalogue(self, store: &crate::store::SqliteStore) -> Result<Self> {
+        match store.head()? {
+            Some(head) => self.with_head(head),
+            None => Ok(self),
+        }
+    }
+
+    pub fn backbone_dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Dimension of the vectors this embedder produces.
+    pub fn output_dimension(&self) -> usize {
+        self.head.as_ref().map_or(self.dimension, Head::output_dimension)
+    }
+
     pub fn manifest(&self) -> ModelManifest {
-        self.spec.manifest(&self.preprocessing, self.dimension)
+        let mut manifest = self.spec.manifest(&self.preprocessing, self.output_dimension());
+        manifest.head = self
+            .head
+            .as_ref()
+            .map(|h| h.manifest_name().expect("a loaded head serialises"));
+        manifest
     }
 
     /// The ONNX graph this embedder runs (for benchmarks against other runtimes).
@@ -152,6 +202,16 @@ impl Embedder {
 
     /// [`Self::run`] with the parallelism chosen by the caller (benchmarks compare both).
     pub fn run_with(&self, input: &[f32], count: usize, parallelism: Parallelism) -> Result<Embeddings> {
+        let mut out = self.run_backbone(input, count, parallelism)?;
+        if let Some(head) = &self.head {
+            out.backbone = std::mem::take(&mut out.features);
+            out.features = head.apply(&out.backbone, count);
+            out.dimension = head.output_dimension();
+        }
+        Ok(out)
+    }
+
+    fn run_backbone(&self, input: &[f32], count: usize, parallelism: Parallelism) -> Result<Embeddings> {
         let side = self.spec.input_size;
         ensure!(
             input.len() == count * 3 * side * side,
@@ -204,6 +264,7 @@ impl Embedder {
             features: Vec::new(),
             num_classes: self.num_classes,
             logits: Vec::new(),
+            backbone: Vec::new(),
         }
     }
 
