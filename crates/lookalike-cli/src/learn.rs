@@ -105,6 +105,9 @@ pub enum EvalCommand {
         test: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also draw the confusion matrix as a PNG here.
+        #[arg(long)]
+        png: Option<PathBuf>,
         #[arg(long)]
         cache: Option<PathBuf>,
     },
@@ -366,8 +369,10 @@ pub fn train(command: TrainCommand, embedder: &Embedder) -> Result<()> {
         "epochs": trained.history,
     });
     lookalike::export::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &history)?))?;
+    let curves = common.out.with_file_name("history.png");
+    crate::charts::history_png(&trained.history, trained.best_epoch, accuracy_name, &curves)?;
     println!(
-        "wrote {} ({}): best epoch {} of {}, val loss {:.4}, val {accuracy_name} {:.4}; history in {}; \
+        "wrote {} ({}): best epoch {} of {}, val loss {:.4}, val {accuracy_name} {:.4}; history in {} and history.png; \
          features {:.1}s, training {:.1}s",
         common.out.display(),
         trained.head.manifest_name()?,
@@ -454,6 +459,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             model,
             test,
             json,
+            png,
             cache,
         } => {
             let head = load_head(&model, embedder, HeadKind::Classifier)?;
@@ -472,6 +478,9 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 .map(|row| (0..classes).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0))
                 .collect();
             let report = classification_metrics(&head.classes, &data.labels, &predicted);
+            if let Some(png) = &png {
+                crate::charts::confusion_png(&report, png)?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

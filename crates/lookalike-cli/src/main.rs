@@ -1,6 +1,7 @@
 //! `lookalike`: a thin command-line shell over the lookalike library.
 
 mod bench;
+mod charts;
 mod learn;
 mod output;
 mod server;
@@ -75,6 +76,9 @@ enum Command {
         /// --hybrid ranks within the most likely categories until their probabilities add up to this.
         #[arg(long, default_value_t = 0.9)]
         coverage: f32,
+        /// Also draw the query and its results (photos, scores, titles, prices) as a PNG here.
+        #[arg(long)]
+        grid: Option<PathBuf>,
     },
     /// Products that look like product ID.
     Similar {
@@ -361,6 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hybrid,
             classifier,
             coverage,
+            grid,
         } => {
             let mut filter = query.filter()?;
             let store = open_existing(&query.db)?;
@@ -383,6 +388,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let hits = index.search(&embedding.features, query.k, query.metric, &filter, None)?;
             output::print_hits(&hits, query.metric, query.json, predicted.as_deref())?;
+            if let Some(grid) = &grid {
+                let score_name = match query.metric {
+                    Metric::Cosine => "similarity",
+                    Metric::Euclidean => "distance",
+                };
+                let photo = lookalike::preprocess::load_image(&image)?;
+                charts::recommendation_grid(&photo, &hits, score_name, grid)?;
+                eprintln!("drew {}", grid.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Similar { id, query } => {
