@@ -464,7 +464,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Train { what } => {
-            learn::train(what, &load_embedder(&cli.models, cli.threads)?)?;
+            learn::train(what, &|| load_embedder(&cli.models, cli.threads))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { what } => {

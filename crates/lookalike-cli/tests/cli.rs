@@ -597,3 +597,40 @@ fn dedup_groups_identical_images() {
     assert_eq!(groups[0]["kind"], "exact");
     assert_eq!(groups[0]["ids"], serde_json::json!(["bag", "bag-again"]));
 }
+
+#[test]
+fn a_cnn_trains_from_scratch_on_fashion_mnist_idx_files() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion-mnist");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("fmnist.safetensors");
+    let out = lookalike(&[
+        "train",
+        "scratch",
+        "--fashion-mnist",
+        s(&fixture),
+        "--out",
+        s(&model),
+        "--epochs",
+        "3",
+        "--seed",
+        "7",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let history: Value = serde_json::from_slice(&std::fs::read(dir.path().join("history.json")).unwrap()).unwrap();
+    let epochs = history["epochs"].as_array().unwrap();
+    assert!(
+        epochs[2]["train_loss"].as_f64() < epochs[0]["train_loss"].as_f64(),
+        "{history}"
+    );
+    // 1,000 training images, 3 epochs: far above chance (0.1), far below the full run.
+    assert!(history["test_accuracy"].as_f64().unwrap() > 0.6, "{history}");
+    assert!(history["knn_at_1"].as_f64().unwrap() > 0.6, "{history}");
+    assert!(lookalike::scratch::FashionCnn::load(&model).is_ok());
+
+    let out = lookalike(&["train", "scratch", "--fashion-mnist", s(dir.path()), "--out", s(&model)]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot open"),
+        "{}",
+        text(&out)
+    );
+}

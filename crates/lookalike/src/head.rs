@@ -236,66 +236,21 @@ impl Head {
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let shapes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                [
-                    (
-                        format!("layers.{i}.weight"),
-                        vec![l.input, l.output],
-                        f32_bytes(&l.weight),
-                    ),
-                    (format!("layers.{i}.bias"), vec![l.output], f32_bytes(&l.bias)),
-                ]
-            })
-            .collect();
-        let views = shapes
-            .iter()
-            .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map(|view| (name.clone(), view))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let metadata = HeadMetadata {
             kind: self.kind,
             classes: self.classes.clone(),
             backbone_sha256: self.backbone_sha256.clone(),
             layers: self.layers.len(),
         };
-        let info = HashMap::from([("lookalike_head".to_string(), serde_json::to_string(&metadata)?)]);
-        Ok(safetensors::serialize(views, Some(info))?)
+        layers_to_safetensors(&self.layers, HEAD_METADATA_KEY, &serde_json::to_string(&metadata)?)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).context("not a safetensors file")?;
-        let metadata: HeadMetadata = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("lookalike_head"))
-            .context("a safetensors file, but not a lookalike head (no `lookalike_head` metadata)")
-            .and_then(|json| serde_json::from_str(json).context("unreadable lookalike_head metadata"))?;
-        let tensors = safetensors::SafeTensors::deserialize(bytes)?;
-        let mut layers = Vec::new();
-        for i in 0..metadata.layers {
-            let weight = tensors.tensor(&format!("layers.{i}.weight"))?;
-            let bias = tensors.tensor(&format!("layers.{i}.bias"))?;
-            let &[input, output] = weight.shape() else {
-                bail!("layer {i}'s weight is not a matrix");
-            };
-            if bias.shape() != [output] || weight.dtype() != safetensors::Dtype::F32 {
-                bail!("layer {i}'s tensors have the wrong shape or type");
-            }
-            if layers.last().is_some_and(|prev: &Dense| prev.output != input) {
-                bail!("layer {i} does not fit the layer before it");
-            }
-            layers.push(Dense {
-                input,
-                output,
-                weight: crate::model::weights::bytes_to_f32(weight.data()),
-                bias: crate::model::weights::bytes_to_f32(bias.data()),
-            });
+        let json = safetensors_metadata(bytes, HEAD_METADATA_KEY)?;
+        let metadata: HeadMetadata = serde_json::from_str(&json).context("unreadable lookalike_head metadata")?;
+        let layers = layers_from_safetensors(bytes, metadata.layers)?;
+        if layers.windows(2).any(|pair| pair[0].output != pair[1].input) {
+            bail!("the head's layers do not fit together");
         }
         let head = Self {
             kind: metadata.kind,
@@ -342,6 +297,72 @@ impl Head {
             short(&crate::content_hash(&self.to_bytes()?))
         ))
     }
+}
+
+const HEAD_METADATA_KEY: &str = "lookalike_head";
+
+/// Dense layers as `layers.{i}.weight` (input × output) and `layers.{i}.bias` f32 tensors, with one
+/// JSON metadata entry under `key` that says what the layers are.
+pub fn layers_to_safetensors(layers: &[Dense], key: &str, metadata_json: &str) -> Result<Vec<u8>> {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| {
+            [
+                (
+                    format!("layers.{i}.weight"),
+                    vec![l.input, l.output],
+                    f32_bytes(&l.weight),
+                ),
+                (format!("layers.{i}.bias"), vec![l.output], f32_bytes(&l.bias)),
+            ]
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let info = HashMap::from([(key.to_string(), metadata_json.to_string())]);
+    Ok(safetensors::serialize(views, Some(info))?)
+}
+
+/// The JSON metadata entry `key` of a safetensors file, refusing files without it.
+pub fn safetensors_metadata(bytes: &[u8], key: &str) -> Result<String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).context("not a safetensors file")?;
+    header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .cloned()
+        .with_context(|| format!("a safetensors file, but not one lookalike wrote for this (no `{key}` metadata)"))
+}
+
+pub fn layers_from_safetensors(bytes: &[u8], count: usize) -> Result<Vec<Dense>> {
+    let tensors = safetensors::SafeTensors::deserialize(bytes)?;
+    (0..count)
+        .map(|i| {
+            let weight = tensors.tensor(&format!("layers.{i}.weight"))?;
+            let bias = tensors.tensor(&format!("layers.{i}.bias"))?;
+            let &[input, output] = weight.shape() else {
+                bail!("layer {i}'s weight is not a matrix");
+            };
+            if bias.shape() != [output]
+                || weight.dtype() != safetensors::Dtype::F32
+                || bias.dtype() != safetensors::Dtype::F32
+            {
+                bail!("layer {i}'s tensors have the wrong shape or type");
+            }
+            Ok(Dense {
+                input,
+                output,
+                weight: crate::model::weights::bytes_to_f32(weight.data()),
+                bias: crate::model::weights::bytes_to_f32(bias.data()),
+            })
+        })
+        .collect()
 }
 
 fn short(sha: &str) -> &str {

@@ -13,6 +13,7 @@ pub mod head;
 pub mod indexer;
 pub mod model;
 pub mod preprocess;
+pub mod scratch;
 pub mod search;
 pub mod store;
 pub mod train;

@@ -133,19 +133,22 @@ pub struct Trained {
     pub stopped_early: bool,
 }
 
+/// Gradients of one layer's weight and bias.
+pub(crate) type LayerGrads = (Vec<f32>, Vec<f32>);
+
 /// First and second moments of one layer's weight and bias.
 struct LayerMoments {
     weight: (Vec<f32>, Vec<f32>),
     bias: (Vec<f32>, Vec<f32>),
 }
 
-struct Adam {
+pub(crate) struct Adam {
     moments: Vec<LayerMoments>,
     steps: i32,
 }
 
 impl Adam {
-    fn new(layers: &[Dense]) -> Self {
+    pub(crate) fn new(layers: &[Dense]) -> Self {
         Self {
             moments: layers
                 .iter()
@@ -161,7 +164,7 @@ impl Adam {
         }
     }
 
-    fn step(&mut self, layers: &mut [Dense], grads: &[(Vec<f32>, Vec<f32>)], lr: f32, weight_decay: f32) {
+    pub(crate) fn step(&mut self, layers: &mut [Dense], grads: &[LayerGrads], lr: f32, weight_decay: f32) {
         const B1: f32 = 0.9;
         const B2: f32 = 0.999;
         self.steps += 1;
@@ -215,33 +218,50 @@ fn forward(layers: &[Dense], x: Vec<f32>, rows: usize, dropout: f32, rng: Option
     Pass { inputs, masks }
 }
 
-/// Gradients of every layer's weight and bias given the gradient of the last output.
-fn backward(layers: &[Dense], pass: &Pass, mut grad: Vec<f32>, rows: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
-    let mut grads = vec![(Vec::new(), Vec::new()); layers.len()];
-    for (i, layer) in layers.iter().enumerate().rev() {
-        let input = &pass.inputs[i];
-        let mut gw = vec![0.0; layer.weight.len()];
+/// One dense layer's backward pass: the weight and bias gradients for `grad` (rows × output) at
+/// `input` (rows × input), and the gradient with respect to the input when asked for.
+pub(crate) fn dense_backward(
+    layer: &Dense,
+    input: &[f32],
+    grad: &[f32],
+    rows: usize,
+    input_grad: bool,
+) -> (LayerGrads, Option<Vec<f32>>) {
+    let mut gw = vec![0.0; layer.weight.len()];
+    gemm(
+        Strided::transposed(input, layer.input),
+        Strided::rows(grad, layer.output),
+        &mut gw,
+        (layer.input, rows, layer.output),
+        1.0,
+        0.0,
+    );
+    let mut gb = vec![0.0; layer.output];
+    grad.chunks(layer.output)
+        .for_each(|row| gb.iter_mut().zip(row).for_each(|(b, g)| *b += g));
+    let gx = input_grad.then(|| {
+        let mut gx = vec![0.0; rows * layer.input];
         gemm(
-            Strided::transposed(input, layer.input),
-            Strided::rows(&grad, layer.output),
-            &mut gw,
-            (layer.input, rows, layer.output),
+            Strided::rows(grad, layer.output),
+            Strided::transposed(&layer.weight, layer.output),
+            &mut gx,
+            (rows, layer.output, layer.input),
             1.0,
             0.0,
         );
-        let mut gb = vec![0.0; layer.output];
-        grad.chunks(layer.output)
-            .for_each(|row| gb.iter_mut().zip(row).for_each(|(b, g)| *b += g));
-        if i > 0 {
-            let mut gx = vec![0.0; rows * layer.input];
-            gemm(
-                Strided::rows(&grad, layer.output),
-                Strided::transposed(&layer.weight, layer.output),
-                &mut gx,
-                (rows, layer.output, layer.input),
-                1.0,
-                0.0,
-            );
+        gx
+    });
+    ((gw, gb), gx)
+}
+
+/// Gradients of every layer's weight and bias given the gradient of the last output.
+fn backward(layers: &[Dense], pass: &Pass, mut grad: Vec<f32>, rows: usize) -> Vec<LayerGrads> {
+    let mut grads = vec![(Vec::new(), Vec::new()); layers.len()];
+    for (i, layer) in layers.iter().enumerate().rev() {
+        let input = &pass.inputs[i];
+        let (layer_grads, gx) = dense_backward(layer, input, &grad, rows, i > 0);
+        grads[i] = layer_grads;
+        if let Some(mut gx) = gx {
             // Through dropout (the stored input is already masked) and the ReLU that made it.
             let mask = pass.masks.get(i);
             for (j, g) in gx.iter_mut().enumerate() {
@@ -253,13 +273,12 @@ fn backward(layers: &[Dense], pass: &Pass, mut grad: Vec<f32>, rows: usize) -> V
             }
             grad = gx;
         }
-        grads[i] = (gw, gb);
     }
     grads
 }
 
 /// Mean cross-entropy and its gradient with respect to the logits.
-fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> (f64, Vec<f32>) {
+pub(crate) fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> (f64, Vec<f32>) {
     let mut probs = logits.to_vec();
     softmax_rows(&mut probs, classes);
     let rows = labels.len();
@@ -640,6 +659,30 @@ pub fn train_projection(
     })
 }
 
+/// Central finite differences of `objective` at the given (layer, weight index) pairs agree with `grads`.
+#[cfg(test)]
+pub(crate) fn assert_gradients_match(
+    layers: &[Dense],
+    grads: &[LayerGrads],
+    at: &[(usize, usize)],
+    objective: impl Fn(&[Dense]) -> f64,
+) {
+    let h = 1e-3f32;
+    for &(layer, index) in at {
+        let nudged = |by: f32| {
+            let mut copy = layers.to_vec();
+            copy[layer].weight[index] += by;
+            objective(&copy)
+        };
+        let numeric = (nudged(h) - nudged(-h)) / (2.0 * f64::from(h));
+        let analytic = f64::from(grads[layer].0[index]);
+        assert!(
+            (numeric - analytic).abs() < 2e-3 + 0.05 * numeric.abs(),
+            "layer {layer} weight {index}: numeric {numeric} analytic {analytic}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,19 +750,7 @@ mod tests {
             };
             let (_, pass, z, e, grad_e) = objective(&layers);
             let grads = backward(&layers, &pass, through_normalisation(&z, &e, &grad_e, 4), 12);
-            for (l, idx) in [(0usize, 3usize), (0, 17), (1, 2), (1, 11)] {
-                let h = 1e-3;
-                let mut plus = layers.clone();
-                plus[l].weight[idx] += h;
-                let mut minus = layers.clone();
-                minus[l].weight[idx] -= h;
-                let numeric = (objective(&plus).0 - objective(&minus).0) / (2.0 * f64::from(h));
-                let analytic = f64::from(grads[l].0[idx]);
-                assert!(
-                    (numeric - analytic).abs() < 2e-3 + 0.05 * numeric.abs(),
-                    "{loss:?} layer {l} weight {idx}: numeric {numeric} analytic {analytic}"
-                );
-            }
+            assert_gradients_match(&layers, &grads, &[(0, 3), (0, 17), (1, 2), (1, 11)], |l| objective(l).0);
         }
     }
 
