@@ -8,6 +8,7 @@ use anyhow::{anyhow, Result};
 use lookalike::eval::ClassificationReport;
 use lookalike::search::Hit;
 use lookalike::train::EpochRecord;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -25,6 +26,31 @@ fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("cannot draw the picture: {e}")
 }
 
+type EpochChart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Axes for a per-epoch curve: epochs 1..`epochs` across, 0..`y_max` up, grid drawn.
+fn epoch_chart<'a, 'b>(
+    area: &DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    epochs: f64,
+    y_max: f64,
+) -> Result<EpochChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(1.0..epochs, 0.0..y_max)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(plot_error)?;
+    Ok(chart)
+}
+
 /// Loss (train and validation) and validation accuracy per epoch, side by side; the best epoch marked.
 pub fn history_png(history: &[EpochRecord], best_epoch: usize, accuracy_name: &str, path: &Path) -> Result<()> {
     register_font();
@@ -39,19 +65,7 @@ pub fn history_png(history: &[EpochRecord], best_epoch: usize, accuracy_name: &s
         * 1.05;
     let series = |r: &EpochRecord, pick: fn(&EpochRecord) -> f64| (r.epoch as f64, pick(r));
     {
-        let mut chart = ChartBuilder::on(&left)
-            .caption("loss", (FONT, 20))
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(1.0..epochs, 0.0..max_loss.max(1e-6))
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .label_style((FONT, 13))
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = epoch_chart(&left, "loss", epochs, max_loss.max(1e-6))?;
         for (name, colour, pick) in [
             (
                 "train",
@@ -85,19 +99,7 @@ pub fn history_png(history: &[EpochRecord], best_epoch: usize, accuracy_name: &s
             .draw()
             .map_err(plot_error)?;
     }
-    let mut chart = ChartBuilder::on(&right)
-        .caption(format!("validation {accuracy_name}"), (FONT, 20))
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(50)
-        .build_cartesian_2d(1.0..epochs, 0.0..1.0)
-        .map_err(plot_error)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(plot_error)?;
+    let mut chart = epoch_chart(&right, &format!("validation {accuracy_name}"), epochs, 1.0)?;
     chart
         .draw_series(LineSeries::new(
             history.iter().map(|r| series(r, |r| r.val_accuracy)),

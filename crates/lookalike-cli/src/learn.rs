@@ -12,7 +12,7 @@ use lookalike::augment::Augmentation;
 use lookalike::catalogue::read_image_folder;
 use lookalike::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::head::{Head, HeadKind};
-use lookalike::indexer::{index_augmented_views, index_catalogue, IndexOptions};
+use lookalike::indexer::{index_augmented_views, IndexOptions};
 use lookalike::model::Embedder;
 use lookalike::search::{Filter, Metric, VectorIndex};
 use lookalike::store::{SqliteStore, StoredProduct};
@@ -245,13 +245,7 @@ fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> 
         prune: true,
         ..IndexOptions::default()
     };
-    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    for s in &report.skipped {
-        eprintln!("skipped {}: {}", s.path.display(), s.reason);
-    }
+    let report = crate::index_with_progress(&mut store, embedder, &entries, &options, bar)?;
     if report.embedded > 0 {
         eprintln!(
             "{}: embedded {} images ({:.1}/s), {} from cache",
@@ -602,19 +596,23 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 .transpose()?;
             let gallery_products = folder_features(embedder, &gallery, &cache)?;
             let query_products = folder_features(embedder, &queries, &cache)?;
+            let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+            for p in &gallery_products {
+                *sizes.entry(class_of(p)).or_default() += 1;
+            }
+            let backbone_index = VectorIndex::new(gallery_products)?;
             // Duplicates are judged on backbone features: a projection pulls a whole class together.
-            let (exact, near) = leakage(&query_products, &VectorIndex::new(gallery_products.clone())?);
+            let (exact, near) = leakage(&query_products, &backbone_index);
             if exact + near > 0 {
                 eprintln!(
                     "warning: {exact} query images are byte-identical to gallery images and {near} more are \
                      near-duplicates (cosine ≥ {NEAR_DUPLICATE_COSINE}); they inflate these numbers"
                 );
             }
-            let project = |mut products: Vec<StoredProduct>| {
-                if let Some(head) = &head {
-                    for p in &mut products {
-                        p.vector = head.apply(&p.vector, 1);
-                    }
+            let project = |products: &[StoredProduct], head: &Head| {
+                let mut products = products.to_vec();
+                for p in &mut products {
+                    p.vector = head.apply(&p.vector, 1);
                 }
                 products
             };
@@ -633,12 +631,14 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                     Ok(filter)
                 })
                 .collect::<Result<_>>()?;
-            let (gallery_products, query_products) = (project(gallery_products), project(query_products));
-            let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
-            for p in &gallery_products {
-                *sizes.entry(class_of(p)).or_default() += 1;
-            }
-            let index = VectorIndex::new(gallery_products)?;
+            let (projected_index, query_products) = match &head {
+                Some(head) => (
+                    Some(VectorIndex::new(project(backbone_index.products(), head))?),
+                    project(&query_products, head),
+                ),
+                None => (None, query_products),
+            };
+            let index = projected_index.as_ref().unwrap_or(&backbone_index);
             let ranked: Vec<Vec<String>> = query_products
                 .iter()
                 .zip(&filters)

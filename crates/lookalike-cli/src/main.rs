@@ -249,6 +249,24 @@ fn load_index(store: &SqliteStore) -> Result<VectorIndex> {
 }
 
 /// Indexes `catalogue` into `db` with a progress bar; true if some images were skipped.
+/// Indexes `entries` with `bar` following the batches, then names each skipped image on stderr.
+fn index_with_progress(
+    store: &mut SqliteStore,
+    embedder: &Embedder,
+    entries: &[lookalike::catalogue::CatalogueEntry],
+    options: &IndexOptions,
+    bar: ProgressBar,
+) -> Result<lookalike::indexer::IndexReport> {
+    let report = index_catalogue(store, embedder, entries, options, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
+    Ok(report)
+}
+
 fn index_into(embedder: &Embedder, catalogue: &Path, db: &Path, options: IndexOptions) -> Result<bool> {
     let entries = read_catalogue(catalogue)?;
     let mut store = SqliteStore::open(db)?;
@@ -256,13 +274,7 @@ fn index_into(embedder: &Embedder, catalogue: &Path, db: &Path, options: IndexOp
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
             .expect("valid progress template"),
     );
-    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    for s in &report.skipped {
-        eprintln!("skipped {}: {}", s.path.display(), s.reason);
-    }
+    let report = index_with_progress(&mut store, embedder, &entries, &options, bar)?;
     println!(
         "indexed {} products into {}: {} embedded, {} unchanged, {} metadata updated, {} skipped, {} pruned; \
          {:.1}s, {:.1} images/s",

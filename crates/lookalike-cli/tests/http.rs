@@ -108,6 +108,15 @@ fn get_status(path: &str) -> StatusCode {
     send(client().get(url(path))).0
 }
 
+fn result_ids(body: &Value) -> Vec<&str> {
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect()
+}
+
 fn search(form: multipart::Form) -> (StatusCode, Value) {
     send(client().post(url("/v1/search")).multipart(form))
 }
@@ -222,12 +231,7 @@ fn similar_and_recommend() {
     let rec = |body: Value| send(client().post(url("/v1/recommend")).json(&body));
     let (status, body) = rec(json!({ "positive": ["24-MG01", "24-MG02"], "negative": ["24-MB01"], "k": 4 }));
     assert_eq!(status, StatusCode::OK, "{body}");
-    let ids: Vec<&str> = body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let ids = result_ids(&body);
     assert_eq!(ids.len(), 4);
     assert!(!ids.contains(&"24-MG01") && !ids.contains(&"24-MB01"));
     assert_eq!(body["results"][0]["category"], "Gear/Watches");
@@ -315,12 +319,7 @@ fn writes_need_the_token_and_take_effect_at_once() {
             .part("image", image_part(demo_image("wb04.jpg"), "q.jpg"))
             .text("k", "2"),
     );
-    let ids: Vec<&str> = body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let ids = result_ids(&body);
     assert!(ids.contains(&"NEW-1"), "{body}");
     let bad_price = multipart::Form::new().text("price", "free");
     assert_eq!(

@@ -498,6 +498,24 @@ fn fit(
     (best.1, history, best.2, false)
 }
 
+/// The seeded starting layers: `input → [hidden →] output`.
+fn initial_layers(input: usize, output: usize, options: &TrainOptions, rng: &mut fastrand::Rng) -> Vec<Dense> {
+    let mut layers = Vec::new();
+    let mut width = input;
+    if let Some(hidden) = options.hidden {
+        layers.push(Dense::new(width, hidden, rng));
+        width = hidden;
+    }
+    layers.push(Dense::new(width, output, rng));
+    layers
+}
+
+fn check_inputs(train: &LabelledFeatures, val: &LabelledFeatures, options: &TrainOptions) -> Result<()> {
+    check_options(options)?;
+    train.check_trainable("training")?;
+    val.check_trainable("validation")
+}
+
 fn check_options(options: &TrainOptions) -> Result<()> {
     if options.epochs == 0 || options.batch_size == 0 {
         bail!("epochs and batch size must be at least 1");
@@ -519,19 +537,10 @@ pub fn train_classifier(
     options: &TrainOptions,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Trained> {
-    check_options(options)?;
-    train.check_trainable("training")?;
-    val.check_trainable("validation")?;
+    check_inputs(train, val, options)?;
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let classes = train.classes.len();
-    let d = train.dimension;
-    let mut layers = Vec::new();
-    let mut width = d;
-    if let Some(hidden) = options.hidden {
-        layers.push(Dense::new(width, hidden, &mut rng));
-        width = hidden;
-    }
-    layers.push(Dense::new(width, classes, &mut rng));
+    let layers = initial_layers(train.dimension, classes, options, &mut rng);
     let val_rows: Vec<usize> = (0..val.len()).collect();
     let val_x = val.gather(&val_rows);
     let (layers, history, best_epoch, stopped_early) = fit(
@@ -586,21 +595,13 @@ pub fn train_projection(
     options: &TrainOptions,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Trained> {
-    check_options(options)?;
-    train.check_trainable("training")?;
-    val.check_trainable("validation")?;
+    check_inputs(train, val, options)?;
     if options.embedding_dimension == 0 {
         bail!("the embedding dimension must be at least 1");
     }
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let out = options.embedding_dimension;
-    let mut layers = Vec::new();
-    let mut width = train.dimension;
-    if let Some(hidden) = options.hidden {
-        layers.push(Dense::new(width, hidden, &mut rng));
-        width = hidden;
-    }
-    layers.push(Dense::new(width, out, &mut rng));
+    let layers = initial_layers(train.dimension, out, options, &mut rng);
     let embed = |layers: &[Dense], x: Vec<f32>, rows: usize| {
         let mut e = forward(layers, x, rows, 0.0, None).inputs.pop().expect("output");
         l2_normalise_rows(&mut e, out);

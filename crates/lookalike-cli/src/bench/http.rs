@@ -21,14 +21,29 @@ use lookalike::search::{Filter, Metric, VectorIndex};
 use lookalike::store::{ProductWrite, SqliteStore};
 use reqwest::blocking::{multipart, Client};
 
+#[derive(clap::Args)]
 pub struct LoadPlan {
+    /// Catalogue database to serve (a `lookalike serve` is started on a free loopback port).
+    #[arg(long)]
     pub db: PathBuf,
+    /// The query photo uploaded with every request.
+    #[arg(long)]
     pub image: PathBuf,
+    /// Measure an already running server instead of starting one (it must serve `--db`).
+    #[arg(long)]
     pub url: Option<String>,
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
+    /// Most requests per concurrency level.
+    #[arg(long, default_value_t = 500)]
     pub requests: usize,
+    /// Most seconds per concurrency level.
+    #[arg(long, default_value_t = 20.0)]
     pub seconds: f64,
+    #[arg(short, long, default_value_t = 10)]
     pub k: usize,
+    /// Restrict every query to this category (measures filtered search).
+    #[arg(long)]
     pub category: Option<String>,
 }
 

@@ -29,28 +29,8 @@ pub enum BenchCommand {
     /// Search latency through HTTP (photo upload, loopback), per concurrency, beside the same
     /// search done in-process.
     Http {
-        /// Catalogue database to serve (a `lookalike serve` is started on a free loopback port).
-        #[arg(long)]
-        db: PathBuf,
-        /// The query photo uploaded with every request.
-        #[arg(long)]
-        image: PathBuf,
-        /// Measure an already running server instead of starting one (it must serve `--db`).
-        #[arg(long)]
-        url: Option<String>,
-        #[arg(long, value_delimiter = ',', default_value = "1,8")]
-        concurrency: Vec<usize>,
-        /// Most requests per concurrency level.
-        #[arg(long, default_value_t = 500)]
-        requests: usize,
-        /// Most seconds per concurrency level.
-        #[arg(long, default_value_t = 20.0)]
-        seconds: f64,
-        #[arg(short, long, default_value_t = 10)]
-        k: usize,
-        /// Restrict every query to this category (measures filtered search).
-        #[arg(long)]
-        category: Option<String>,
+        #[command(flatten)]
+        plan: http::LoadPlan,
     },
     /// Vector search alone: the int8-shortlist scan beside the exact f32 scan, with recall.
     Search {
@@ -86,29 +66,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
             python,
             no_reference,
         } => embed::run(models, threads, &batches, seconds, &python, no_reference),
-        BenchCommand::Http {
-            db,
-            image,
-            url,
-            concurrency,
-            requests,
-            seconds,
-            k,
-            category,
-        } => http::run(
-            models,
-            threads,
-            &http::LoadPlan {
-                db,
-                image,
-                url,
-                concurrency,
-                requests,
-                seconds,
-                k,
-                category,
-            },
-        ),
+        BenchCommand::Http { plan } => http::run(models, threads, &plan),
         BenchCommand::Search {
             db,
             queries,
