@@ -76,6 +76,10 @@ pub enum TrainCommand {
     Classifier {
         #[command(flatten)]
         common: Common,
+        /// Also fine-tune the backbone's last N blocks (and its head convolution), at a tenth of
+        /// the learning rate. Slower: each image then costs a forward and backward pass through them.
+        #[arg(long, default_value_t = 0)]
+        fine_tune_blocks: usize,
     },
     /// Projection head (L2-normalised) trained so that neighbours share a class.
     Metric {
@@ -359,9 +363,12 @@ fn train_scratch(args: &ScratchArgs) -> Result<()> {
 
 /// `load_embedder` is only called by the commands that need the pretrained backbone.
 pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>) -> Result<()> {
-    let (common, metric) = match &command {
+    let (common, metric, fine_tune_blocks) = match &command {
         TrainCommand::Scratch { args } => return train_scratch(args),
-        TrainCommand::Classifier { common } => (common, None),
+        TrainCommand::Classifier {
+            common,
+            fine_tune_blocks,
+        } => (common, None, *fine_tune_blocks),
         TrainCommand::Metric {
             common,
             loss,
@@ -369,9 +376,17 @@ pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>
             dim,
             margin,
             per_class,
-        } => (common, Some((loss, mining, dim, margin, per_class))),
+        } => (common, Some((loss, mining, dim, margin, per_class)), 0),
     };
-    let embedder = &load_embedder()?;
+    let backbone = load_embedder()?;
+    let trunk = (fine_tune_blocks > 0)
+        .then(|| backbone.pretrained_trunk(fine_tune_blocks))
+        .transpose()?;
+    // Fine-tuning trains on what enters the first unfrozen block, so that is what gets cached.
+    let embedder = &match &trunk {
+        Some(trunk) => backbone.with_block_input(trunk, true)?,
+        None => backbone,
+    };
     let started = std::time::Instant::now();
     let mut train_products = folder_features(embedder, &common.train, &common.cache)?;
     if common.augment > 0 {
@@ -400,7 +415,7 @@ pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>
     let trained_at = std::time::Instant::now();
     let (trained, accuracy_name) = match metric {
         None => (
-            train_classifier(&train_set, &val_set, &sha, &options, &mut |r| {
+            train_classifier(&train_set, &val_set, &sha, &options, trunk, &mut |r| {
                 print_epoch(r, "accuracy")
             })?,
             "accuracy",
@@ -457,7 +472,10 @@ pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>
 pub fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
     let head = Head::load(path)?;
     head.check_backbone(&embedder.manifest().weights_sha256)?;
-    head.check_input(embedder.backbone_dimension())?;
+    // Fine-tuned blocks are checked against the backbone when the embedder taps their input.
+    if head.trunk.is_none() {
+        head.check_input(embedder.backbone_dimension())?;
+    }
     if head.kind != kind {
         bail!(
             "{} is a {:?} head; this needs a {kind:?} head",
@@ -530,7 +548,12 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             cache,
         } => {
             let head = load_head(&model, embedder, HeadKind::Classifier)?;
-            let products = folder_features(embedder, &test, &cache)?;
+            let tapped = head
+                .trunk
+                .as_ref()
+                .map(|trunk| embedder.with_block_input(trunk, true))
+                .transpose()?;
+            let products = folder_features(tapped.as_ref().unwrap_or(embedder), &test, &cache)?;
             let data = labelled(&products, &head.classes, "test");
             if data.is_empty() {
                 bail!(
@@ -616,14 +639,23 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 }
                 products
             };
+            // A classifier with fine-tuned blocks reads the input of the first of them instead.
+            let block_inputs: HashMap<String, Vec<f32>> = match classifier.as_ref().and_then(|c| c.trunk.as_ref()) {
+                Some(trunk) => folder_features(&embedder.with_block_input(trunk, true)?, &queries, &cache)?
+                    .into_iter()
+                    .map(|p| (p.content_hash, p.vector))
+                    .collect(),
+                None => HashMap::new(),
+            };
             // The classifier reads backbone features, so hybrid filters are chosen before projecting.
             let filters: Vec<Filter> = query_products
                 .iter()
                 .map(|q| -> Result<Filter> {
                     let mut filter = Filter::default();
                     if let Some(classifier) = &classifier {
+                        let input = block_inputs.get(&q.content_hash).unwrap_or(&q.vector);
                         filter.any_category = classifier
-                            .likely_classes(&q.vector, coverage)?
+                            .likely_classes(input, coverage)?
                             .into_iter()
                             .map(|(c, _)| c)
                             .collect();

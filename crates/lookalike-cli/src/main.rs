@@ -338,10 +338,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let token = server::check_write_access(&token, read_only)?;
             let store = SqliteStore::open(&db)?;
-            let embedder = std::sync::Arc::new(load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?);
+            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
             let classifier = classifier
                 .map(|path| learn::load_head(&path, &embedder, lookalike::head::HeadKind::Classifier))
                 .transpose()?;
+            if let Some(classifier) = &classifier {
+                embedder = embedder.for_classifier(classifier)?;
+            }
+            let embedder = std::sync::Arc::new(embedder);
             if let Some(catalogue) = &catalogue {
                 index_into(&embedder, catalogue, &db, IndexOptions::default())?;
             }
@@ -381,18 +385,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut filter = query.filter()?;
             let store = open_existing(&query.db)?;
-            let embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
+            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
             store
                 .ensure_manifest(&embedder.manifest())
                 .context("cannot search this catalogue")?;
+            let classifier = match (hybrid, &classifier) {
+                (true, Some(path)) => {
+                    let head = learn::load_head(path, &embedder, lookalike::head::HeadKind::Classifier)?;
+                    embedder = embedder.for_classifier(&head)?;
+                    Some(head)
+                }
+                _ => None,
+            };
             let index = load_index(&store)?;
             let embedding = embed_files(&embedder, std::slice::from_ref(&image))?
                 .remove(0)
                 .with_context(|| format!("cannot use query image {}", image.display()))?;
-            let predicted = match (hybrid, &classifier) {
-                (true, Some(path)) => {
-                    let head = learn::load_head(path, &embedder, lookalike::head::HeadKind::Classifier)?;
-                    let likely = head.likely_classes(&embedding.backbone, coverage)?;
+            let predicted = match &classifier {
+                Some(head) => {
+                    let likely = head.likely_classes(&embedding.classifier_input, coverage)?;
                     filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
                     Some(likely)
                 }

@@ -11,6 +11,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::trunk::Trunk;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
@@ -121,6 +123,9 @@ pub struct Head {
     pub classes: Vec<String>,
     /// sha256 of the backbone weights whose features this head takes.
     pub backbone_sha256: String,
+    /// Fine-tuned last blocks of the backbone: the head then takes the input of the first of
+    /// them instead of pooled features.
+    pub trunk: Option<Trunk>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,6 +134,8 @@ struct HeadMetadata {
     classes: Vec<String>,
     backbone_sha256: String,
     layers: usize,
+    #[serde(default)]
+    trunk: Option<Trunk>,
 }
 
 pub fn relu_in_place(x: &mut [f32]) {
@@ -157,7 +164,10 @@ pub fn softmax_rows(x: &mut [f32], width: usize) {
 
 impl Head {
     pub fn input_dimension(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.input)
+        match &self.trunk {
+            Some(trunk) => trunk.input_dimension(),
+            None => self.layers.first().map_or(0, |l| l.input),
+        }
     }
 
     pub fn output_dimension(&self) -> usize {
@@ -166,7 +176,10 @@ impl Head {
 
     /// Logits (classifier) or unnormalised embeddings (projection) for `rows` feature vectors.
     pub fn forward_raw(&self, features: &[f32], rows: usize) -> Vec<f32> {
-        let mut x = features.to_vec();
+        let mut x = match &self.trunk {
+            Some(trunk) => trunk.pooled(features, rows),
+            None => features.to_vec(),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, rows);
             if i + 1 < self.layers.len() {
@@ -241,14 +254,26 @@ impl Head {
             classes: self.classes.clone(),
             backbone_sha256: self.backbone_sha256.clone(),
             layers: self.layers.len(),
+            trunk: self.trunk.clone(),
         };
-        layers_to_safetensors(&self.layers, HEAD_METADATA_KEY, &serde_json::to_string(&metadata)?)
+        let trunk_layers = self.trunk.iter().flat_map(|t| t.layers.iter());
+        let all: Vec<Dense> = trunk_layers.chain(&self.layers).cloned().collect();
+        layers_to_safetensors(&all, HEAD_METADATA_KEY, &serde_json::to_string(&metadata)?)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let json = safetensors_metadata(bytes, HEAD_METADATA_KEY)?;
         let metadata: HeadMetadata = serde_json::from_str(&json).context("unreadable lookalike_head metadata")?;
-        let layers = layers_from_safetensors(bytes, metadata.layers)?;
+        let mut trunk = metadata.trunk;
+        let trunk_layers = trunk.as_ref().map_or(0, Trunk::layer_count);
+        let mut layers = layers_from_safetensors(bytes, trunk_layers + metadata.layers)?;
+        if let Some(trunk) = &mut trunk {
+            trunk.layers = layers.drain(..trunk_layers).collect();
+            trunk.check()?;
+            if layers.first().map(|l| l.input) != Some(trunk.output_dimension()) {
+                bail!("the head's first layer does not take the fine-tuned blocks' output");
+            }
+        }
         if layers.windows(2).any(|pair| pair[0].output != pair[1].input) {
             bail!("the head's layers do not fit together");
         }
@@ -257,6 +282,7 @@ impl Head {
             layers,
             classes: metadata.classes,
             backbone_sha256: metadata.backbone_sha256,
+            trunk,
         };
         if head.layers.is_empty() {
             bail!("the head has no layers");
@@ -291,8 +317,13 @@ impl Head {
             HeadKind::Classifier => "classifier",
             HeadKind::Projection => "projection",
         };
+        let fine_tuned = self
+            .trunk
+            .as_ref()
+            .map(|t| format!(" with blocks {}+ fine-tuned", t.first_block))
+            .unwrap_or_default();
         Ok(format!(
-            "{kind} {} sha256:{}",
+            "{kind}{fine_tuned} {} sha256:{}",
             shape.join("-"),
             short(&crate::content_hash(&self.to_bytes()?))
         ))
@@ -385,6 +416,7 @@ mod tests {
             layers: vec![Dense::new(4, 3, &mut rng), Dense::new(3, 2, &mut rng)],
             classes: vec!["a".into(), "b".into()],
             backbone_sha256: "abc".into(),
+            trunk: None,
         };
         let back = Head::from_bytes(&head.to_bytes().unwrap()).unwrap();
         let x = [0.5, -1.0, 2.0, 0.25];

@@ -191,8 +191,8 @@ pub struct ImageEmbedding {
     /// The catalogue's kind of vector: pooled features, or a projection head's embedding.
     pub features: Vec<f32>,
     pub logits: Vec<f32>,
-    /// Pooled backbone features, what classifier heads read.
-    pub backbone: Vec<f32>,
+    /// What classifier heads read (see [`Embeddings::classifier_input`]).
+    pub classifier_input: Vec<f32>,
 }
 
 impl Embeddings {
@@ -206,7 +206,7 @@ impl Embeddings {
         ImageEmbedding {
             features: self.feature(i).to_vec(),
             logits,
-            backbone: self.backbone_feature(i).to_vec(),
+            classifier_input: self.classifier_input(i).to_vec(),
         }
     }
 }

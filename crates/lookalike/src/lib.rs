@@ -17,6 +17,7 @@ pub mod scratch;
 pub mod search;
 pub mod store;
 pub mod train;
+pub mod trunk;
 
 /// SHA-256 of `bytes` as lower-case hex: how images and weights are identified.
 pub fn content_hash(bytes: &[u8]) -> String {

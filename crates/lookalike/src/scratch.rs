@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::head::{gemm, l2_normalise_rows, Dense, Strided};
-use crate::train::{cross_entropy, dense_backward, Adam, LayerGrads};
+use crate::train::{cross_entropy, dense_backward, parallel_gradients, Adam, LayerGrads};
 
 pub const SIDE: usize = 28;
 const C1: usize = 32;
@@ -356,36 +356,12 @@ impl FashionCnn {
             rng.shuffle(&mut order);
             let mut total = 0.0;
             for batch in order.chunks(batch_size) {
-                // Each slice gets its own dropout seed, so the result does not depend on scheduling.
-                let slices: Vec<(&[usize], u64)> = batch
-                    .chunks(batch.len().div_ceil(threads))
-                    .map(|s| (s, rng.u64(..)))
-                    .collect();
-                let parts: Vec<(f64, Vec<LayerGrads>)> = slices
-                    .par_iter()
-                    .map(|&(slice, slice_seed)| {
-                        let images: Vec<f32> = slice.iter().flat_map(|&i| train.image(i).iter().copied()).collect();
-                        let labels: Vec<usize> = slice.iter().map(|&i| train.labels[i]).collect();
-                        let mut slice_rng = fastrand::Rng::with_seed(slice_seed);
-                        let acts = self.forward(&images, slice.len(), Some((0.25, &mut slice_rng)));
-                        let (loss, mut grads) = self.gradients(&acts, &labels);
-                        // Per-slice means → batch mean.
-                        let weight = slice.len() as f32 / batch.len() as f32;
-                        for (gw, gb) in &mut grads {
-                            gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= weight);
-                        }
-                        (loss * f64::from(weight), grads)
-                    })
-                    .collect();
-                let mut parts = parts.into_iter();
-                let (mut loss, mut grads) = parts.next().expect("at least one slice");
-                for (l, g) in parts {
-                    loss += l;
-                    for ((aw, ab), (bw, bb)) in grads.iter_mut().zip(g) {
-                        aw.iter_mut().zip(bw).for_each(|(a, b)| *a += b);
-                        ab.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
-                    }
-                }
+                let (loss, grads) = parallel_gradients(batch, threads, &mut rng, |slice, slice_rng| {
+                    let images: Vec<f32> = slice.iter().flat_map(|&i| train.image(i).iter().copied()).collect();
+                    let labels: Vec<usize> = slice.iter().map(|&i| train.labels[i]).collect();
+                    let acts = self.forward(&images, slice.len(), Some((0.25, slice_rng)));
+                    self.gradients(&acts, &labels)
+                });
                 total += loss * batch.len() as f64;
                 adam.step(&mut self.layers, &grads, lr, 1e-4);
             }

@@ -12,7 +12,14 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use rayon::prelude::*;
+
 use crate::head::{gemm, l2_normalise_rows, softmax_rows, Dense, Head, HeadKind, Strided};
+use crate::trunk::Trunk;
+
+/// Learning rate of fine-tuned backbone blocks relative to the head's: pretrained weights
+/// need small steps, a freshly initialised head large ones.
+pub const BACKBONE_LR_FACTOR: f32 = 0.1;
 
 /// Feature vectors with class labels (indices into `classes`).
 #[derive(Debug, Clone)]
@@ -144,6 +151,8 @@ struct LayerMoments {
 
 pub(crate) struct Adam {
     moments: Vec<LayerMoments>,
+    /// Multiplies the learning rate per layer (fine-tuned backbone layers take smaller steps).
+    scales: Vec<f32>,
     steps: i32,
 }
 
@@ -160,8 +169,15 @@ impl Adam {
                     }
                 })
                 .collect(),
+            scales: vec![1.0; layers.len()],
             steps: 0,
         }
+    }
+
+    /// The first `count` layers learn at `factor` times the learning rate.
+    pub(crate) fn slower_first(mut self, count: usize, factor: f32) -> Self {
+        self.scales.iter_mut().take(count).for_each(|s| *s = factor);
+        self
     }
 
     pub(crate) fn step(&mut self, layers: &mut [Dense], grads: &[LayerGrads], lr: f32, weight_decay: f32) {
@@ -170,7 +186,7 @@ impl Adam {
         self.steps += 1;
         let c1 = 1.0 - B1.powi(self.steps);
         let c2 = 1.0 - B2.powi(self.steps);
-        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], decay: f32| {
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], decay: f32, lr: f32| {
             for i in 0..p.len() {
                 m[i] = B1 * m[i] + (1.0 - B1) * g[i];
                 v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
@@ -178,9 +194,17 @@ impl Adam {
                 p[i] -= lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8) + decay * p[i]);
             }
         };
-        for ((layer, (gw, gb)), m) in layers.iter_mut().zip(grads).zip(&mut self.moments) {
-            update(&mut layer.weight, gw, &mut m.weight.0, &mut m.weight.1, weight_decay);
-            update(&mut layer.bias, gb, &mut m.bias.0, &mut m.bias.1, 0.0);
+        for (((layer, (gw, gb)), m), scale) in layers.iter_mut().zip(grads).zip(&mut self.moments).zip(&self.scales) {
+            let lr = lr * scale;
+            update(
+                &mut layer.weight,
+                gw,
+                &mut m.weight.0,
+                &mut m.weight.1,
+                weight_decay,
+                lr,
+            );
+            update(&mut layer.bias, gb, &mut m.bias.0, &mut m.bias.1, 0.0, lr);
         }
     }
 }
@@ -254,27 +278,70 @@ pub(crate) fn dense_backward(
     ((gw, gb), gx)
 }
 
-/// Gradients of every layer's weight and bias given the gradient of the last output.
-fn backward(layers: &[Dense], pass: &Pass, mut grad: Vec<f32>, rows: usize) -> Vec<LayerGrads> {
+/// Gradients of every layer's weight and bias given the gradient of the last output, and
+/// the gradient with respect to the stack's input when `input_grad` (through its dropout).
+fn backward(
+    layers: &[Dense],
+    pass: &Pass,
+    mut grad: Vec<f32>,
+    rows: usize,
+    input_grad: bool,
+) -> (Vec<LayerGrads>, Option<Vec<f32>>) {
     let mut grads = vec![(Vec::new(), Vec::new()); layers.len()];
     for (i, layer) in layers.iter().enumerate().rev() {
         let input = &pass.inputs[i];
-        let (layer_grads, gx) = dense_backward(layer, input, &grad, rows, i > 0);
+        let (layer_grads, gx) = dense_backward(layer, input, &grad, rows, i > 0 || input_grad);
         grads[i] = layer_grads;
-        if let Some(mut gx) = gx {
-            // Through dropout (the stored input is already masked) and the ReLU that made it.
-            let mask = pass.masks.get(i);
-            for (j, g) in gx.iter_mut().enumerate() {
-                if input[j] <= 0.0 || mask.is_some_and(|m| m[j] == 0.0) {
-                    *g = 0.0;
-                } else if let Some(m) = mask {
-                    *g *= m[j];
-                }
+        let Some(mut gx) = gx else { break };
+        // Through dropout (the stored input is already masked) and the ReLU that made it, if any.
+        let mask = pass.masks.get(i);
+        for (j, g) in gx.iter_mut().enumerate() {
+            if (i > 0 && input[j] <= 0.0) || mask.is_some_and(|m| m[j] == 0.0) {
+                *g = 0.0;
+            } else if let Some(m) = mask {
+                *g *= m[j];
             }
-            grad = gx;
+        }
+        grad = gx;
+    }
+    let input_grad = input_grad.then_some(grad);
+    (grads, input_grad)
+}
+
+/// Gradients of one batch computed on slices of it across cores, each slice with its own
+/// seed drawn from `rng` (so the result does not depend on scheduling); `slice_gradients`
+/// returns a slice's mean loss and mean gradients, and the slices are weighted and summed in order.
+pub(crate) fn parallel_gradients(
+    batch: &[usize],
+    slices: usize,
+    rng: &mut fastrand::Rng,
+    slice_gradients: impl Fn(&[usize], &mut fastrand::Rng) -> (f64, Vec<LayerGrads>) + Sync,
+) -> (f64, Vec<LayerGrads>) {
+    let slices: Vec<(&[usize], u64)> = batch
+        .chunks(batch.len().div_ceil(slices.max(1)))
+        .map(|s| (s, rng.u64(..)))
+        .collect();
+    let parts: Vec<(f64, Vec<LayerGrads>)> = slices
+        .par_iter()
+        .map(|&(slice, seed)| {
+            let (loss, mut grads) = slice_gradients(slice, &mut fastrand::Rng::with_seed(seed));
+            let weight = slice.len() as f32 / batch.len() as f32;
+            for (gw, gb) in &mut grads {
+                gw.iter_mut().chain(gb.iter_mut()).for_each(|g| *g *= weight);
+            }
+            (loss * f64::from(weight), grads)
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let (mut loss, mut grads) = parts.next().expect("a batch has at least one slice");
+    for (l, g) in parts {
+        loss += l;
+        for ((aw, ab), (bw, bb)) in grads.iter_mut().zip(g) {
+            aw.iter_mut().zip(bw).for_each(|(a, b)| *a += b);
+            ab.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
         }
     }
-    grads
+    (loss, grads)
 }
 
 /// Mean cross-entropy and its gradient with respect to the logits.
@@ -454,13 +521,13 @@ fn nearest_neighbour_accuracy(
 /// `evaluate` returns (validation loss, validation accuracy, higher-is-better criterion).
 fn fit(
     mut layers: Vec<Dense>,
+    mut adam: Adam,
     options: &TrainOptions,
     rng: &mut fastrand::Rng,
     mut epoch: impl FnMut(&mut [Dense], &mut Adam, f32, &mut fastrand::Rng) -> f64,
     mut evaluate: impl FnMut(&[Dense]) -> (f64, f64, f64),
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> (Vec<Dense>, Vec<EpochRecord>, usize, bool) {
-    let mut adam = Adam::new(&layers);
     let mut lr = options.learning_rate;
     let mut best = (f64::NEG_INFINITY, layers.clone(), 0usize);
     let (mut since_best, mut since_lr_change) = (0, 0);
@@ -529,39 +596,86 @@ fn check_options(options: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
-/// Softmax classifier on frozen features; early stopping on validation loss.
+/// Softmax classifier; early stopping on validation loss. Without a trunk it trains on frozen
+/// pooled features; with one, `train`/`val` hold the input of the trunk's first block and the
+/// trunk's blocks are fine-tuned along with the head (at [`BACKBONE_LR_FACTOR`] of its learning rate).
 pub fn train_classifier(
     train: &LabelledFeatures,
     val: &LabelledFeatures,
     backbone_sha256: &str,
     options: &TrainOptions,
+    trunk: Option<Trunk>,
     on_epoch: &mut dyn FnMut(&EpochRecord),
 ) -> Result<Trained> {
     check_inputs(train, val, options)?;
+    if let Some(trunk) = &trunk {
+        if train.dimension != trunk.input_dimension() || val.dimension != trunk.input_dimension() {
+            bail!(
+                "the fine-tuned blocks take {}-d inputs, the data has {}-d",
+                trunk.input_dimension(),
+                train.dimension
+            );
+        }
+    }
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let classes = train.classes.len();
-    let layers = initial_layers(train.dimension, classes, options, &mut rng);
+    let split = trunk.as_ref().map_or(0, |t| t.layers.len());
+    let pooled_dimension = trunk.as_ref().map_or(train.dimension, Trunk::output_dimension);
+    let mut layers: Vec<Dense> = trunk.iter().flat_map(|t| t.layers.iter().cloned()).collect();
+    layers.extend(initial_layers(pooled_dimension, classes, options, &mut rng));
+    let adam = Adam::new(&layers).slower_first(split, BACKBONE_LR_FACTOR);
+    let with_layers = |layers: &[Dense]| {
+        trunk.as_ref().map(|t| Trunk {
+            layers: layers.to_vec(),
+            ..t.clone()
+        })
+    };
+    // Fine-tuning is heavy enough to spread each batch over the cores; a head alone is not.
+    let slices = if trunk.is_some() {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let val_rows: Vec<usize> = (0..val.len()).collect();
     let val_x = val.gather(&val_rows);
     let (layers, history, best_epoch, stopped_early) = fit(
         layers,
+        adam,
         options,
         &mut rng,
         |layers, adam, lr, rng| {
             let mut total = 0.0;
             let batches = shuffled_batches(train.len(), options.batch_size, rng);
             for batch in &batches {
-                let labels: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
-                let pass = forward(layers, train.gather(batch), batch.len(), options.dropout, Some(rng));
-                let (loss, grad) = cross_entropy(pass.inputs.last().expect("output"), &labels, classes);
+                let (trunk_layers, head_layers) = layers.split_at(split);
+                let trunk = with_layers(trunk_layers);
+                let (loss, grads) = parallel_gradients(batch, slices, rng, |slice, rng| {
+                    let labels: Vec<usize> = slice.iter().map(|&i| train.labels[i]).collect();
+                    let x = train.gather(slice);
+                    let trunk_pass = trunk.as_ref().map(|t| t.forward(&x, slice.len()));
+                    let pooled = trunk_pass.as_ref().map_or(x, |p| p.pooled.clone());
+                    let pass = forward(head_layers, pooled, slice.len(), options.dropout, Some(rng));
+                    let (loss, grad) = cross_entropy(pass.inputs.last().expect("output"), &labels, classes);
+                    let (head_grads, grad_pooled) = backward(head_layers, &pass, grad, slice.len(), split > 0);
+                    let mut grads = match (&trunk, &trunk_pass, grad_pooled) {
+                        (Some(t), Some(p), Some(g)) => t.backward(p, &g),
+                        _ => Vec::new(),
+                    };
+                    grads.extend(head_grads);
+                    (loss, grads)
+                });
                 total += loss * batch.len() as f64;
-                let grads = backward(layers, &pass, grad, batch.len());
                 adam.step(layers, &grads, lr, options.weight_decay);
             }
             total / train.len() as f64
         },
         |layers| {
-            let pass = forward(layers, val_x.clone(), val.len(), 0.0, None);
+            let (trunk_layers, head_layers) = layers.split_at(split);
+            let pooled = match with_layers(trunk_layers) {
+                Some(t) => t.pooled(&val_x, val.len()),
+                None => val_x.clone(),
+            };
+            let pass = forward(head_layers, pooled, val.len(), 0.0, None);
             let logits = pass.inputs.last().expect("output");
             let (loss, _) = cross_entropy(logits, &val.labels, classes);
             let correct = logits
@@ -573,12 +687,16 @@ pub fn train_classifier(
         },
         on_epoch,
     );
+    let mut layers = layers;
+    let trunk = with_layers(&layers[..split]);
+    layers.drain(..split);
     Ok(Trained {
         head: Head {
             kind: HeadKind::Classifier,
             layers,
             classes: train.classes.clone(),
             backbone_sha256: backbone_sha256.to_string(),
+            trunk,
         },
         history,
         best_epoch,
@@ -611,8 +729,10 @@ pub fn train_projection(
     let all_val: Vec<usize> = (0..val.len()).collect();
     let (train_x, val_x) = (train.gather(&all_train), val.gather(&all_val));
     let val_batches = class_balanced_batches(val, options, &mut fastrand::Rng::with_seed(options.seed ^ 0x5eed));
+    let adam = Adam::new(&layers);
     let (layers, history, best_epoch, stopped_early) = fit(
         layers,
+        adam,
         options,
         &mut rng,
         |layers, adam, lr, rng| {
@@ -626,7 +746,13 @@ pub fn train_projection(
                 l2_normalise_rows(&mut e, out);
                 let (loss, grad_e) = metric_loss(&e, &labels, out, options);
                 total += loss;
-                let grads = backward(layers, &pass, through_normalisation(z, &e, &grad_e, out), batch.len());
+                let (grads, _) = backward(
+                    layers,
+                    &pass,
+                    through_normalisation(z, &e, &grad_e, out),
+                    batch.len(),
+                    false,
+                );
                 adam.step(layers, &grads, lr, options.weight_decay);
             }
             total / batches.len() as f64
@@ -653,6 +779,7 @@ pub fn train_projection(
             layers,
             classes: Vec::new(),
             backbone_sha256: backbone_sha256.to_string(),
+            trunk: None,
         },
         history,
         best_epoch,
@@ -719,8 +846,8 @@ mod tests {
             hidden: Some(16),
             ..TrainOptions::default()
         };
-        let a = train_classifier(&train, &val, "sha", &options, &mut quiet).unwrap();
-        let b = train_classifier(&train, &val, "sha", &options, &mut quiet).unwrap();
+        let a = train_classifier(&train, &val, "sha", &options, None, &mut quiet).unwrap();
+        let b = train_classifier(&train, &val, "sha", &options, None, &mut quiet).unwrap();
         assert!(a.history.last().unwrap().train_loss < a.history[0].train_loss);
         let best = &a.history[a.best_epoch - 1];
         assert!(best.val_accuracy > 0.95, "{best:?}");
@@ -750,7 +877,7 @@ mod tests {
                 (loss, pass, z, e, grad_e)
             };
             let (_, pass, z, e, grad_e) = objective(&layers);
-            let grads = backward(&layers, &pass, through_normalisation(&z, &e, &grad_e, 4), 12);
+            let (grads, _) = backward(&layers, &pass, through_normalisation(&z, &e, &grad_e, 4), 12, false);
             assert_gradients_match(&layers, &grads, &[(0, 3), (0, 17), (1, 2), (1, 11)], |l| objective(l).0);
         }
     }
@@ -772,7 +899,8 @@ mod tests {
     fn a_single_class_is_refused() {
         let mut train = blobs(30, 5);
         train.labels.iter_mut().for_each(|l| *l = 0);
-        let err = train_classifier(&train, &blobs(9, 6), "sha", &TrainOptions::default(), &mut quiet).unwrap_err();
+        let err =
+            train_classifier(&train, &blobs(9, 6), "sha", &TrainOptions::default(), None, &mut quiet).unwrap_err();
         assert!(err.to_string().contains("at least two classes"), "{err}");
     }
 }

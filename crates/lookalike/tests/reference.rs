@@ -99,3 +99,22 @@ fn whole_pipeline_from_jpeg_matches_reference_features() {
         assert!(cos > 0.999, "{file}: cosine {cos} to the reference features");
     }
 }
+
+#[test]
+fn blocks_cut_out_for_fine_tuning_compute_what_the_graph_computes() {
+    let (_, inputs) = read_npy("reference/inputs.npy");
+    let base = embedder();
+    // 1 and 5 blocks end at 7×7 (5 starts with a stride-2 block at 14×14); 16 is every block.
+    for blocks in [1, 5, 16] {
+        let trunk = base.pretrained_trunk(blocks).unwrap();
+        let tapped = base.with_block_input(&trunk, false).unwrap();
+        let out = tapped.run(&inputs, IMAGES).unwrap();
+        assert_eq!(out.block_input.len(), IMAGES * trunk.input_dimension());
+        let pooled = trunk.pooled(&out.block_input, IMAGES);
+        let diff = max_abs_diff(&pooled, &out.features);
+        eprintln!("last {blocks} blocks in Rust vs ONNX Runtime: max abs diff {diff:e}");
+        assert!(diff < 1e-4, "{blocks} blocks differ by {diff}");
+    }
+    assert!(base.pretrained_trunk(17).is_err());
+    assert!(base.pretrained_trunk(0).is_err());
+}

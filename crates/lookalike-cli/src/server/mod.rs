@@ -304,7 +304,7 @@ async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<
     let predicted = match classifier {
         Some(head) => {
             let likely = head
-                .likely_classes(&embedding.backbone, coverage)
+                .likely_classes(&embedding.classifier_input, coverage)
                 .map_err(ApiError::internal)?;
             filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
             Some(likely)

@@ -11,6 +11,8 @@ use prost::Message;
 
 use super::onnx_proto::*;
 use super::weights::Checkpoint;
+use crate::head::Dense;
+use crate::trunk::{BlockShape, Trunk};
 
 const BATCH_NORM_EPSILON: f32 = 1e-3;
 /// Stride of the first block of each of the seven EfficientNet stages.
@@ -20,6 +22,8 @@ const ONNX_IR_VERSION: i64 = 8;
 pub const INPUT_NAME: &str = "input";
 pub const FEATURES_NAME: &str = "features";
 pub const LOGITS_NAME: &str = "logits";
+/// The activation entering a chosen block (NCHW), output when the graph is built with a tap.
+pub const BLOCK_INPUT_NAME: &str = "block_input";
 
 /// A convolution with BatchNorm folded in.
 struct Conv {
@@ -37,6 +41,8 @@ struct Block {
     depthwise: Conv,
     project: Conv,
     residual: bool,
+    input_side: usize,
+    output_side: usize,
 }
 
 /// The network as read from a checkpoint, ready to be written as ONNX.
@@ -104,6 +110,12 @@ fn folded_conv(
     ))
 }
 
+impl Block {
+    fn input_channels(&self) -> usize {
+        self.expand.as_ref().map_or(self.depthwise.shape[0], |e| e.shape[1])
+    }
+}
+
 impl EfficientNetLite {
     /// Reads the lukemelas/`efficientnet_lite_pytorch` naming (`_conv_stem`, `_blocks.N`, `_conv_head`, `_fc`).
     pub fn from_checkpoint(ckpt: &Checkpoint, input_size: usize) -> Result<Self> {
@@ -156,6 +168,8 @@ impl EfficientNetLite {
                 depthwise,
                 project,
                 residual: stride == 1 && in_channels == out_channels,
+                input_side: size,
+                output_side: out_size,
             });
             in_channels = out_channels;
             size = out_size;
@@ -194,14 +208,74 @@ impl EfficientNetLite {
         self.blocks.len()
     }
 
-    /// Serialised ONNX model with a dynamic batch: `input` [N,3,S,S] -> `features` [N,D] (+ `logits` [N,C]).
-    pub fn to_onnx(&self) -> Vec<u8> {
+    /// The last `blocks` blocks and the head convolution with their pretrained (folded) weights,
+    /// for fine-tuning in Rust; the graph built with `to_onnx(Some(trunk.first_block))` feeds it.
+    pub fn trunk(&self, blocks: usize) -> Result<Trunk> {
+        ensure!(
+            (1..=self.blocks.len()).contains(&blocks),
+            "the backbone has {} blocks; fine-tune between 1 and {} of them",
+            self.blocks.len(),
+            self.blocks.len()
+        );
+        let first_block = self.blocks.len() - blocks;
+        let tail = &self.blocks[first_block..];
+        let mut layers = Vec::new();
+        let mut shapes = Vec::new();
+        for block in tail {
+            if let Some(expand) = &block.expand {
+                layers.push(pointwise_as_dense(expand));
+            }
+            let dw = &block.depthwise;
+            let (channels, taps) = (dw.shape[0], dw.shape[2] * dw.shape[3]);
+            // [C,1,k,k] -> one row of C weights per tap.
+            let weight = (0..taps * channels)
+                .map(|i| dw.weight[(i % channels) * taps + i / channels])
+                .collect();
+            layers.push(Dense {
+                input: taps,
+                output: channels,
+                weight,
+                bias: dw.bias.clone(),
+            });
+            layers.push(pointwise_as_dense(&block.project));
+            shapes.push(BlockShape {
+                expand: block.expand.is_some(),
+                kernel: dw.shape[2],
+                stride: dw.stride,
+                pads: dw.pads,
+                residual: block.residual,
+                input_side: block.input_side,
+                output_side: block.output_side,
+            });
+        }
+        layers.push(pointwise_as_dense(&self.head));
+        let input_channels = tail[0].input_channels();
+        let trunk = Trunk {
+            first_block,
+            input_channels,
+            blocks: shapes,
+            layers,
+        };
+        trunk.check()?;
+        Ok(trunk)
+    }
+
+    /// Serialised ONNX model with a dynamic batch: `input` [N,3,S,S] -> `features` [N,D] (+ `logits` [N,C]),
+    /// and the input of block `tap` as `block_input` when asked for.
+    pub fn to_onnx(&self, tap: Option<usize>) -> Vec<u8> {
         let mut g = GraphBuilder::default();
         g.scalar("relu6_min", 0.0);
         g.scalar("relu6_max", 6.0);
         let mut x = g.conv("stem", INPUT_NAME, &self.stem, true);
+        let mut tap_output = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let input = x.clone();
+            if tap == Some(i) {
+                let c = block.input_channels() as i64;
+                let side = block.input_side as i64;
+                g.node_named("Identity", "tap", &[&x], BLOCK_INPUT_NAME, vec![]);
+                tap_output = Some(value_info(BLOCK_INPUT_NAME, &[None, Some(c), Some(side), Some(side)]));
+            }
             if let Some(expand) = &block.expand {
                 x = g.conv(&format!("b{i}_expand"), &x, expand, true);
             }
@@ -234,6 +308,7 @@ impl EfficientNetLite {
             );
             outputs.push(value_info(LOGITS_NAME, &[None, Some(self.num_classes as i64)]));
         }
+        outputs.extend(tap_output);
         let model = ModelProto {
             ir_version: ONNX_IR_VERSION,
             producer_name: "lookalike".into(),
@@ -252,6 +327,19 @@ impl EfficientNetLite {
             }],
         };
         model.encode_to_vec()
+    }
+}
+
+/// A 1×1 convolution [out,in,1,1] as a dense layer over NHWC rows (input-major weight).
+fn pointwise_as_dense(conv: &Conv) -> Dense {
+    let (out, input) = (conv.shape[0], conv.shape[1]);
+    Dense {
+        input,
+        output: out,
+        weight: (0..input * out)
+            .map(|i| conv.weight[(i % out) * input + i / out])
+            .collect(),
+        bias: conv.bias.clone(),
     }
 }
 

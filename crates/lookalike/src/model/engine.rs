@@ -1,16 +1,17 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::efficientnet::{EfficientNetLite, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
+use super::efficientnet::{EfficientNetLite, BLOCK_INPUT_NAME, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::head::{Head, HeadKind};
 use crate::preprocess::Preprocessing;
+use crate::trunk::Trunk;
 
 /// Images per call of a single-threaded session when a batch is spread over them.
 const NARROW_SLICE: usize = 2;
@@ -61,6 +62,8 @@ pub struct Embeddings {
     pub logits: Vec<f32>,
     /// The pooled backbone features when a head made `features`; empty otherwise.
     pub backbone: Vec<f32>,
+    /// The activation entering the tapped block (NCHW per image), when the embedder has a tap.
+    pub block_input: Vec<f32>,
 }
 
 impl Embeddings {
@@ -75,6 +78,16 @@ impl Embeddings {
         }
         let d = self.backbone.len() / self.count;
         &self.backbone[i * d..(i + 1) * d]
+    }
+
+    /// What a classifier head takes for row `i`: the tapped block's input when there is one
+    /// (a head with fine-tuned blocks), else the pooled backbone features.
+    pub fn classifier_input(&self, i: usize) -> &[f32] {
+        if self.block_input.is_empty() {
+            return self.backbone_feature(i);
+        }
+        let d = self.block_input.len() / self.count;
+        &self.block_input[i * d..(i + 1) * d]
     }
 
     pub fn logit_row(&self, i: usize) -> &[f32] {
@@ -93,12 +106,42 @@ pub struct Embedder {
     wide: Mutex<Session>,
     narrow: Vec<Mutex<Session>>,
     onnx: Vec<u8>,
+    network: Arc<EfficientNetLite>,
+    models: ModelDir,
+    threads: usize,
+    tap: Option<Tap>,
     pub spec: BackboneSpec,
     pub preprocessing: Preprocessing,
     pub dimension: usize,
     pub num_classes: usize,
     /// A projection head applied to the pooled features (see [`Self::with_head`]).
     pub head: Option<Head>,
+}
+
+/// Where the graph also outputs a block's input, and whether that replaces the features.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    block: usize,
+    dimension: usize,
+    as_features: bool,
+}
+
+type Sessions = (Mutex<Session>, Vec<Mutex<Session>>);
+
+fn sessions(models: &ModelDir, onnx: &[u8], threads: usize) -> Result<Sessions> {
+    let env = environment(models)?;
+    let session = |threads| {
+        build_session(env, onnx, threads)
+            .map(Mutex::new)
+            .map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))
+    };
+    let wide = session(threads)?;
+    let narrow = if threads > 1 {
+        (0..threads).map(|_| session(1)).collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    Ok((wide, narrow))
 }
 
 impl Embedder {
@@ -117,29 +160,60 @@ impl Embedder {
         }
         let network = EfficientNetLite::from_checkpoint(&checkpoint, spec.input_size)
             .with_context(|| format!("{} is not an EfficientNet-Lite checkpoint", weights.display()))?;
-        let onnx = network.to_onnx();
-        let env = environment(models)?;
+        let onnx = network.to_onnx(None);
         let threads = threads.max(1);
-        let session = |threads| {
-            build_session(env, &onnx, threads)
-                .map(Mutex::new)
-                .map_err(|e| anyhow!("cannot build the ONNX Runtime session: {e}"))
-        };
-        let wide = session(threads)?;
-        let narrow = if threads > 1 {
-            (0..threads).map(|_| session(1)).collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
+        let (wide, narrow) = sessions(models, &onnx, threads)?;
         Ok(Self {
             wide,
             narrow,
             onnx,
+            models: models.clone(),
+            threads,
+            tap: None,
             spec,
             preprocessing: Preprocessing::for_input(spec.input_size as u32),
             dimension: network.feature_dim,
             num_classes: network.num_classes,
+            network: Arc::new(network),
             head: None,
+        })
+    }
+
+    /// The last `blocks` backbone blocks with their pretrained weights, to fine-tune.
+    pub fn pretrained_trunk(&self, blocks: usize) -> Result<Trunk> {
+        self.network.trunk(blocks)
+    }
+
+    /// A copy of this embedder whose graph also outputs the input of `trunk`'s first block
+    /// ([`Embeddings::block_input`]); with `as_features` that input replaces the vectors (for
+    /// caching what a fine-tuned head takes).
+    pub fn with_block_input(&self, trunk: &Trunk, as_features: bool) -> Result<Self> {
+        let expected = self.network.trunk(self.network.block_count() - trunk.first_block)?;
+        if expected.blocks != trunk.blocks || expected.input_channels != trunk.input_channels {
+            bail!(
+                "the fine-tuned blocks do not fit this backbone (block {} onwards differs)",
+                trunk.first_block
+            );
+        }
+        let onnx = self.network.to_onnx(Some(trunk.first_block));
+        let (wide, narrow) = sessions(&self.models, &onnx, self.threads)?;
+        Ok(Self {
+            wide,
+            narrow,
+            onnx,
+            network: Arc::clone(&self.network),
+            models: self.models.clone(),
+            threads: self.threads,
+            tap: Some(Tap {
+                block: trunk.first_block,
+                dimension: trunk.input_dimension(),
+                as_features,
+            }),
+            spec: self.spec,
+            preprocessing: self.preprocessing,
+            dimension: self.dimension,
+            num_classes: self.num_classes,
+            head: self.head.clone(),
         })
     }
 
@@ -163,21 +237,36 @@ impl Embedder {
         }
     }
 
+    /// Makes queries carry what `classifier` reads: a head with fine-tuned blocks needs the input
+    /// of the first of them, which the graph then outputs too.
+    pub fn for_classifier(self, classifier: &Head) -> Result<Self> {
+        match &classifier.trunk {
+            Some(trunk) => self.with_block_input(trunk, false),
+            None => Ok(self),
+        }
+    }
+
     pub fn backbone_dimension(&self) -> usize {
         self.dimension
     }
 
     /// Dimension of the vectors this embedder produces.
     pub fn output_dimension(&self) -> usize {
-        self.head.as_ref().map_or(self.dimension, Head::output_dimension)
+        match self.tap {
+            Some(tap) if tap.as_features => tap.dimension,
+            _ => self.head.as_ref().map_or(self.dimension, Head::output_dimension),
+        }
     }
 
     pub fn manifest(&self) -> ModelManifest {
         let mut manifest = self.spec.manifest(&self.preprocessing, self.output_dimension());
-        manifest.head = self
-            .head
-            .as_ref()
-            .map(|h| h.manifest_name().expect("a loaded head serialises"));
+        manifest.head = match self.tap {
+            Some(tap) if tap.as_features => Some(format!("input of block {}", tap.block)),
+            _ => self
+                .head
+                .as_ref()
+                .map(|h| h.manifest_name().expect("a loaded head serialises")),
+        };
         manifest
     }
 
@@ -203,7 +292,10 @@ impl Embedder {
     /// [`Self::run`] with the parallelism chosen by the caller (benchmarks compare both).
     pub fn run_with(&self, input: &[f32], count: usize, parallelism: Parallelism) -> Result<Embeddings> {
         let mut out = self.run_backbone(input, count, parallelism)?;
-        if let Some(head) = &self.head {
+        if let Some(tap) = self.tap.filter(|t| t.as_features) {
+            out.features = std::mem::take(&mut out.block_input);
+            out.dimension = tap.dimension;
+        } else if let Some(head) = &self.head {
             out.backbone = std::mem::take(&mut out.features);
             out.features = head.apply(&out.backbone, count);
             out.dimension = head.output_dimension();
@@ -253,6 +345,7 @@ impl Embedder {
             let part = part?;
             out.features.extend(part.features);
             out.logits.extend(part.logits);
+            out.block_input.extend(part.block_input);
         }
         Ok(out)
     }
@@ -265,6 +358,7 @@ impl Embedder {
             num_classes: self.num_classes,
             logits: Vec::new(),
             backbone: Vec::new(),
+            block_input: Vec::new(),
         }
     }
 
@@ -282,6 +376,9 @@ impl Embedder {
         out.features = outputs[FEATURES_NAME].try_extract_tensor::<f32>()?.1.to_vec();
         if let Some(v) = outputs.get(LOGITS_NAME) {
             out.logits = v.try_extract_tensor::<f32>()?.1.to_vec();
+        }
+        if let Some(v) = outputs.get(BLOCK_INPUT_NAME) {
+            out.block_input = v.try_extract_tensor::<f32>()?.1.to_vec();
         }
         Ok(out)
     }
