@@ -177,8 +177,14 @@ fn cache_dir(cache: &Option<PathBuf>) -> PathBuf {
 fn open_cache(embedder: &Embedder, folder: &Path, variant: &str, cache: &Option<PathBuf>) -> Result<SqliteStore> {
     let cache = cache_dir(cache);
     std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
+    // Inputs of fine-tuned blocks are cached apart from pooled features, so neither evicts the other.
+    let kind = embedder
+        .manifest()
+        .head
+        .map(|h| format!("-{}", &lookalike::content_hash(h.as_bytes())[..8]))
+        .unwrap_or_default();
     let db = cache.join(format!(
-        "{}{variant}.db",
+        "{}{variant}{kind}.db",
         &lookalike::content_hash(folder.to_string_lossy().as_bytes())[..16]
     ));
     let store = SqliteStore::open(&db)?;

@@ -534,6 +534,115 @@ fn heads_train_on_real_photos_and_evaluate() {
 }
 
 #[test]
+fn a_classifier_fine_tunes_the_last_blocks_and_serves_hybrid_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = demo_split(dir.path());
+    let cache = dir.path().join("cache");
+    let head = dir.path().join("fine-tuned.safetensors");
+    let out = lookalike(&[
+        "train",
+        "classifier",
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&head),
+        "--fine-tune-blocks",
+        "2",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "4",
+        "--cache",
+        s(&cache),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("with blocks 14+ fine-tuned 9408-1280-4"),
+        "{}",
+        text(&out)
+    );
+    let history: Value = serde_json::from_slice(&std::fs::read(dir.path().join("history.json")).unwrap()).unwrap();
+    let epochs = history["epochs"].as_array().unwrap();
+    let loss = |e: &Value| e["train_loss"].as_f64().unwrap();
+    assert!(loss(epochs.last().unwrap()) < loss(&epochs[0]) * 0.5, "{history}");
+
+    let report = json(&lookalike(&[
+        "eval",
+        "classify",
+        "--model",
+        s(&head),
+        "--test",
+        s(&val),
+        "--json",
+        "--cache",
+        s(&cache),
+    ]));
+    assert!(report["accuracy"].as_f64().unwrap() >= 0.75, "{report}");
+
+    // Hybrid search with it, over a catalogue whose categories are the training classes.
+    let db = dir.path().join("train.db");
+    let out = lookalike(&["index", s(&train), "--db", s(&db)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let hits = json(&lookalike(&[
+        "search",
+        s(&val.join("watches/24-mg04.jpg")),
+        "--db",
+        s(&db),
+        "--hybrid",
+        "--classifier",
+        s(&head),
+        "--coverage",
+        "0.5",
+        "--json",
+    ]));
+    assert_eq!(hits["predicted"][0]["category"], "watches", "{hits}");
+    let results = hits["results"].as_array().unwrap();
+    assert!(
+        !results.is_empty() && results.iter().all(|r| r["category"] == "watches"),
+        "{hits}"
+    );
+
+    let retrieval = json(&lookalike(&[
+        "eval",
+        "retrieval",
+        "--gallery",
+        s(&train),
+        "--queries",
+        s(&val),
+        "-k",
+        "3",
+        "--classifier",
+        s(&head),
+        "--coverage",
+        "0.5",
+        "--json",
+        "--cache",
+        s(&cache),
+    ]));
+    assert!(retrieval["precision_at_1"].as_f64().unwrap() >= 0.75, "{retrieval}");
+
+    let out = lookalike(&[
+        "train",
+        "classifier",
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&head),
+        "--fine-tune-blocks",
+        "17",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("between 1 and 16"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn hybrid_search_ranks_within_the_predicted_category() {
     let dir = tempfile::tempdir().unwrap();
     let head = dir.path().join("classifier.safetensors");

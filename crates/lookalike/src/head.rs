@@ -310,6 +310,7 @@ impl Head {
     /// How the manifest names this head: kind, shape and a checksum of the file's bytes.
     pub fn manifest_name(&self) -> Result<String> {
         let shape: Vec<String> = std::iter::once(self.input_dimension())
+            .chain(self.trunk.as_ref().map(Trunk::output_dimension))
             .chain(self.layers.iter().map(|l| l.output))
             .map(|d| d.to_string())
             .collect();

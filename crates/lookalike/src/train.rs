@@ -896,6 +896,58 @@ mod tests {
     }
 
     #[test]
+    fn fine_tuned_blocks_learn_with_the_head_and_runs_repeat() {
+        let trunk = crate::trunk::tests::tiny_trunk(11);
+        let d = trunk.input_dimension();
+        // Class c brightens input channel c: a signal the blocks must carry to the head.
+        let images = |n: usize, seed: u64| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
+            let features = labels
+                .iter()
+                .flat_map(|&c| (0..d).map(move |t| (t / (d / 3) == c) as u8 as f32 * 0.8))
+                .map(|v| v + rng.f32() * 0.6)
+                .collect();
+            LabelledFeatures {
+                features,
+                labels,
+                dimension: d,
+                classes: vec!["a".into(), "b".into(), "c".into()],
+            }
+        };
+        let (train, val) = (images(60, 1), images(30, 2));
+        let options = TrainOptions {
+            epochs: 40,
+            batch_size: 8,
+            learning_rate: 1e-2,
+            ..TrainOptions::default()
+        };
+        let run = || train_classifier(&train, &val, "sha", &options, Some(trunk.clone()), &mut quiet).unwrap();
+        let (a, b) = (run(), run());
+        assert!(
+            a.history.last().unwrap().train_loss < a.history[0].train_loss * 0.5,
+            "{:?}",
+            a.history
+        );
+        let tuned = a.head.trunk.as_ref().unwrap();
+        assert_ne!(
+            tuned.layers[0].weight, trunk.layers[0].weight,
+            "the blocks did not train"
+        );
+        assert!(a.history[a.best_epoch - 1].val_accuracy > 0.9, "{:?}", a.history);
+        assert_eq!(
+            a.head.apply(&val.features, val.len()),
+            b.head.apply(&val.features, val.len())
+        );
+        let reloaded = Head::from_bytes(&a.head.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            reloaded.apply(&val.features, val.len()),
+            a.head.apply(&val.features, val.len())
+        );
+        assert!(train_classifier(&blobs(30, 3), &blobs(9, 4), "sha", &options, Some(trunk), &mut quiet).is_err());
+    }
+
+    #[test]
     fn a_single_class_is_refused() {
         let mut train = blobs(30, 5);
         train.labels.iter_mut().for_each(|l| *l = 0);

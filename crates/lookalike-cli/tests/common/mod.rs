@@ -41,6 +41,6 @@ pub fn demo_classifier(db: &Path, out: &Path) {
         batch_size: 16,
         ..TrainOptions::default()
     };
-    let trained = train_classifier(&data, &data, &sha, &options, &mut |_| {}).unwrap();
+    let trained = train_classifier(&data, &data, &sha, &options, None, &mut |_| {}).unwrap();
     trained.head.save(out).unwrap();
 }
