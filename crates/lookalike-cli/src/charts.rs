@@ -6,7 +6,7 @@ use std::sync::Once;
 
 use anyhow::{anyhow, Result};
 use lookalike::eval::ClassificationReport;
-use lookalike::search::Hit;
+use lookalike::recommend::Scored;
 use lookalike::train::EpochRecord;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -176,7 +176,7 @@ fn shorten(text: &str, chars: usize) -> String {
 }
 
 /// The query photo, then each hit's photo with its rank, score, title and price.
-pub fn recommendation_grid(query: &image::RgbImage, hits: &[Hit], score_name: &str, path: &Path) -> Result<()> {
+pub fn recommendation_grid(query: &image::RgbImage, hits: &[Scored], score_name: &str, path: &Path) -> Result<()> {
     register_font();
     let columns = 5u32;
     let tile_height = TILE + 70;
@@ -202,11 +202,10 @@ pub fn recommendation_grid(query: &image::RgbImage, hits: &[Hit], score_name: &s
         BLACK.mix(0.2),
     ))
     .map_err(plot_error)?;
-    for (i, hit) in hits.iter().enumerate() {
+    for (i, (p, score)) in hits.iter().enumerate() {
         let (col, row) = (i as u32 % columns, i as u32 / columns);
         let x = (20 + (col + 1) * (TILE + 20)) as i32;
         let y = (20 + row * (tile_height + 20)) as i32;
-        let p = hit.product;
         match lookalike::preprocess::load_image(Path::new(&p.image_path)) {
             Ok(image) => draw_image(x, y, &image)?,
             Err(_) => root
@@ -219,10 +218,7 @@ pub fn recommendation_grid(query: &image::RgbImage, hits: &[Hit], score_name: &s
         let title = shorten(p.info.title.as_deref().unwrap_or(&p.id), 26);
         let price = p.info.price.map(|v| format!("  ${v:.2}")).unwrap_or_default();
         let lines = [
-            (
-                format!("#{} {score_name} {:.3}{price}", i + 1, hit.score),
-                BLACK.to_rgba(),
-            ),
+            (format!("#{} {score_name} {:.3}{price}", i + 1, score), BLACK.to_rgba()),
             (title, BLACK.to_rgba()),
             (shorten(p.info.category.as_deref().unwrap_or(""), 30), BLACK.mix(0.6)),
         ];

@@ -15,7 +15,7 @@ use lookalike::head::{Head, HeadKind};
 use lookalike::indexer::{index_augmented_views, IndexOptions};
 use lookalike::model::Embedder;
 use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::{SqliteStore, StoredProduct};
+use lookalike::store::{SqliteStore, Store, StoredProduct};
 use lookalike::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };

@@ -18,8 +18,10 @@ use lookalike::export::{export_json, export_npy};
 use lookalike::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::pgstore::{is_postgres_url, redact};
+use lookalike::recommend::Recommender;
 use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::SqliteStore;
+use lookalike::store::{open_store, Store};
 
 /// Exit status of `index` when it finished but skipped some images.
 const EXIT_SKIPPED: u8 = 3;
@@ -50,8 +52,9 @@ enum Command {
     /// Embed a catalogue (folder of category sub-folders, CSV or JSONL) into a database; only new or changed images are embedded.
     Index {
         catalogue: PathBuf,
+        /// SQLite file, or postgres://user@host:port/dbname (PostgreSQL with pgvector).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// Remove products that left the catalogue or whose image file is gone.
         #[arg(long)]
         prune: bool,
@@ -61,6 +64,21 @@ enum Command {
         /// it is kept in the database and used for every later query and re-index.
         #[arg(long)]
         head: Option<PathBuf>,
+        /// Index only shard I of N (products split by a hash of their id), so N workers on
+        /// several machines can share one catalogue in one PostgreSQL database; --prune then
+        /// only removes products of this shard.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<Shard>,
+    },
+    /// Copy a catalogue with its vectors between databases (SQLite ↔ PostgreSQL), no re-embedding.
+    Migrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Products per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
     },
     /// Products that look like a photo.
     Search {
@@ -108,7 +126,7 @@ enum Command {
     /// Write the catalogue's vectors as .npy (rows in id order) and a JSON list describing each row.
     Export {
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         #[arg(long)]
         npy: Option<PathBuf>,
         #[arg(long)]
@@ -119,12 +137,13 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
         #[arg(long)]
-        db: PathBuf,
+        db: String,
     },
     /// Serve the REST API and the web page over a catalogue database.
     Serve {
+        /// SQLite file, or postgres://user@host:port/dbname (replicas may share one).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// Index this catalogue (incrementally) before serving.
         #[arg(long)]
         catalogue: Option<PathBuf>,
@@ -162,7 +181,7 @@ enum Command {
     /// Groups of duplicate products: identical image bytes (exact) or nearly identical features (near).
     Dedup {
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// Cosine similarity at or above which two products are near-duplicates.
         #[arg(long, default_value_t = 0.97)]
         threshold: f32,
@@ -188,8 +207,9 @@ enum Command {
 
 #[derive(Args)]
 struct QueryArgs {
+    /// SQLite file, or postgres://user@host:port/dbname.
     #[arg(long)]
-    db: PathBuf,
+    db: String,
     #[arg(short, long, default_value_t = 10)]
     k: usize,
     /// cosine (score = similarity in [-1, 1], higher is closer) or euclidean (score = distance, lower is closer).
@@ -230,17 +250,42 @@ fn load_embedder(cli_models: &Option<PathBuf>, threads: usize) -> Result<Embedde
 }
 
 /// Opens an existing catalogue database; queries never create one.
-fn open_existing(db: &Path) -> Result<SqliteStore> {
-    if !db.is_file() {
-        bail!(
-            "no catalogue database at {} (create it with `lookalike index`)",
-            db.display()
-        );
+fn open_existing(db: &str) -> Result<Box<dyn Store>> {
+    if !is_postgres_url(db) && !Path::new(db).is_file() {
+        bail!("no catalogue database at {db} (create it with `lookalike index`)");
     }
-    SqliteStore::open(db)
+    let store = open_store(db)?;
+    if store.manifest()?.is_none() {
+        bail!("the catalogue at {db} is empty (run `lookalike index` first)");
+    }
+    Ok(store)
 }
 
-fn load_index(store: &SqliteStore) -> Result<VectorIndex> {
+#[derive(Debug, Clone, Copy)]
+struct Shard {
+    index: usize,
+    count: usize,
+}
+
+fn parse_shard(s: &str) -> Result<Shard> {
+    let (i, n) = s.split_once('/').context("a shard is I/N, e.g. 0/4")?;
+    let (index, count): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    if count == 0 || index >= count {
+        bail!("shard {index}/{count}: I must be below N");
+    }
+    Ok(Shard { index, count })
+}
+
+/// `uploads/` beside a SQLite file, or in the working directory for PostgreSQL.
+fn default_upload_dir(db: &str) -> PathBuf {
+    let beside = (!is_postgres_url(db))
+        .then(|| Path::new(db).parent().map(Path::to_path_buf))
+        .flatten()
+        .unwrap_or_else(|| PathBuf::from("."));
+    beside.join("uploads")
+}
+
+fn load_index(store: &dyn Store) -> Result<VectorIndex> {
     let index = VectorIndex::new(store.products()?)?;
     if index.is_empty() {
         bail!("the catalogue is empty (run `lookalike index` first)");
@@ -251,7 +296,7 @@ fn load_index(store: &SqliteStore) -> Result<VectorIndex> {
 /// Indexes `catalogue` into `db` with a progress bar; true if some images were skipped.
 /// Indexes `entries` with `bar` following the batches, then names each skipped image on stderr.
 fn index_with_progress(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     embedder: &Embedder,
     entries: &[lookalike::catalogue::CatalogueEntry],
     options: &IndexOptions,
@@ -267,19 +312,31 @@ fn index_with_progress(
     Ok(report)
 }
 
-fn index_into(embedder: &Embedder, catalogue: &Path, db: &Path, options: IndexOptions) -> Result<bool> {
+fn index_into(
+    embedder: &Embedder,
+    catalogue: &Path,
+    store: &mut dyn Store,
+    db: &str,
+    options: IndexOptions,
+) -> Result<bool> {
     let entries = read_catalogue(catalogue)?;
-    let mut store = SqliteStore::open(db)?;
+    let entries: Vec<_> = match options.shard {
+        Some((i, n)) => entries
+            .into_iter()
+            .filter(|e| lookalike::indexer::in_shard(&e.id, i, n))
+            .collect(),
+        None => entries,
+    };
     let bar = ProgressBar::new(entries.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
             .expect("valid progress template"),
     );
-    let report = index_with_progress(&mut store, embedder, &entries, &options, bar)?;
+    let report = index_with_progress(store, embedder, &entries, &options, bar)?;
     println!(
         "indexed {} products into {}: {} embedded, {} unchanged, {} metadata updated, {} skipped, {} pruned; \
          {:.1}s, {:.1} images/s",
         report.total,
-        db.display(),
+        redact(db),
         report.embedded,
         report.unchanged,
         report.metadata_updated,
@@ -299,20 +356,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             prune,
             batch_size,
             head,
+            shard,
         } => {
-            let store = SqliteStore::open(&db)?;
+            let mut store = open_store(&db)?;
             let embedder = match head {
                 Some(path) => {
                     load_embedder(&cli.models, cli.threads)?.with_head(lookalike::head::Head::load(&path)?)?
                 }
-                None => load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?,
+                None => load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?,
             };
             store.ensure_manifest(&embedder.manifest())?;
             if let Some(head) = &embedder.head {
                 store.set_head(head)?;
             }
-            drop(store);
-            let skipped = index_into(&embedder, &catalogue, &db, IndexOptions { batch_size, prune })?;
+            let options = IndexOptions {
+                batch_size,
+                prune,
+                shard: shard.map(|s| (s.index, s.count)),
+            };
+            let skipped = index_into(&embedder, &catalogue, &mut *store, &db, options)?;
             Ok(if skipped {
                 ExitCode::from(EXIT_SKIPPED)
             } else {
@@ -337,8 +399,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("--max-batch must be at least 1");
             }
             let token = server::check_write_access(&token, read_only)?;
-            let store = SqliteStore::open(&db)?;
-            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
+            let mut store = open_store(&db)?;
+            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
             let classifier = classifier
                 .map(|path| learn::load_head(&path, &embedder, lookalike::head::HeadKind::Classifier))
                 .transpose()?;
@@ -347,13 +409,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let embedder = std::sync::Arc::new(embedder);
             if let Some(catalogue) = &catalogue {
-                index_into(&embedder, catalogue, &db, IndexOptions::default())?;
+                index_into(&embedder, catalogue, &mut *store, &db, IndexOptions::default())?;
             }
             let config = server::ServerConfig {
                 addr: std::net::SocketAddr::new(host, port),
                 token,
                 max_upload_bytes: max_upload_mb * 1024 * 1024,
-                upload_dir: upload_dir.unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("uploads")),
+                upload_dir: upload_dir.unwrap_or_else(|| default_upload_dir(&db)),
                 batch: BatchPolicy {
                     max_batch,
                     queue,
@@ -385,7 +447,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut filter = query.filter()?;
             let store = open_existing(&query.db)?;
-            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&store)?;
+            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
             store
                 .ensure_manifest(&embedder.manifest())
                 .context("cannot search this catalogue")?;
@@ -397,7 +459,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 _ => None,
             };
-            let index = load_index(&store)?;
             let embedding = embed_files(&embedder, std::slice::from_ref(&image))?
                 .remove(0)
                 .with_context(|| format!("cannot use query image {}", image.display()))?;
@@ -409,7 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 _ => None,
             };
-            let hits = index.search(&embedding.features, query.k, query.metric, &filter, None)?;
+            let hits = Recommender::new(store)?.search(&embedding.features, query.k, query.metric, &filter, None)?;
             output::print_hits(&hits, query.metric, query.json, predicted.as_deref())?;
             if let Some(grid) = &grid {
                 let score_name = match query.metric {
@@ -424,9 +485,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Similar { id, query } => {
             let filter = query.filter()?;
-            let index = load_index(&open_existing(&query.db)?)?;
-            let hits = index.similar(&id, query.k, query.metric, &filter)?;
+            let catalogue = Recommender::new(open_existing(&query.db)?)?;
+            let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter)? else {
+                bail!("no product with id {id:?} in the catalogue");
+            };
             output::print_hits(&hits, query.metric, query.json, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { from, to, batch_size } => {
+            let source = open_existing(&from)?;
+            let mut target = open_store(&to)?;
+            let started = std::time::Instant::now();
+            let copied = lookalike::store::copy_catalogue(&*source, &mut *target, batch_size.max(1))?;
+            println!(
+                "copied {copied} products from {} to {} in {:.1}s",
+                redact(&from),
+                redact(&to),
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { images, json } => {
@@ -481,7 +557,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Dedup { db, threshold, json } => {
-            let index = load_index(&open_existing(&db)?)?;
+            let index = load_index(&*open_existing(&db)?)?;
             let groups = lookalike::dedup::duplicate_groups(&index, threshold)?;
             output::print_duplicates(&index, &groups, json)?;
             Ok(ExitCode::SUCCESS)

@@ -8,21 +8,21 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::indexer::ImageEmbedding;
 use lookalike::model::labels::Prediction;
 use lookalike::preprocess::ImageError;
-use lookalike::search::{Hit, Metric};
+use lookalike::recommend::Scored;
+use lookalike::search::Metric;
 use serde_json::json;
 
 /// `predicted`: the categories a hybrid search ranked within, with their probabilities.
-pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool, predicted: Option<&[(String, f32)]>) -> Result<()> {
+pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Option<&[(String, f32)]>) -> Result<()> {
     if as_json {
         let rows: Vec<_> = hits
             .iter()
             .enumerate()
-            .map(|(rank, h)| {
-                let p = h.product;
+            .map(|(rank, (p, score))| {
                 json!({
                     "rank": rank + 1,
                     "id": p.id,
-                    "score": h.score,
+                    "score": score,
                     "metric": metric,
                     "title": p.info.title,
                     "price": p.info.price,
@@ -60,12 +60,11 @@ pub fn print_hits(hits: &[Hit], metric: Metric, as_json: bool, predicted: Option
     table
         .load_preset(UTF8_BORDERS_ONLY)
         .set_header(["rank", "id", score, "category", "title", "price", "image"]);
-    for (rank, h) in hits.iter().enumerate() {
-        let p = h.product;
+    for (rank, (p, score)) in hits.iter().enumerate() {
         table.add_row([
             (rank + 1).to_string(),
             p.id.clone(),
-            format!("{:.4}", h.score),
+            format!("{score:.4}"),
             p.info.category.clone().unwrap_or_default(),
             p.info.title.clone().unwrap_or_default(),
             p.info.price.map(|v| format!("{v:.2}")).unwrap_or_default(),

@@ -14,7 +14,7 @@ use crate::catalogue::CatalogueEntry;
 use crate::content_hash;
 use crate::model::{Embedder, Embeddings};
 use crate::preprocess::{decode_image, ImageError};
-use crate::store::{Fingerprint, ProductWrite, SqliteStore};
+use crate::store::{Fingerprint, ProductWrite, Store};
 
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 
@@ -23,6 +23,16 @@ pub struct IndexOptions {
     pub batch_size: usize,
     /// Remove stored products that are no longer in the catalogue or whose image file is gone.
     pub prune: bool,
+    /// (I, N): the entries are shard I of N (see [`in_shard`]); pruning leaves other shards alone.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Whether product `id` belongs to shard `index` of `count`: a stable hash of the id, so every
+/// worker given the same catalogue agrees without talking to the others.
+pub fn in_shard(id: &str, index: usize, count: usize) -> bool {
+    let hash = content_hash(id.as_bytes());
+    let head = u64::from_str_radix(&hash[..16], 16).expect("hex digest");
+    head % count as u64 == index as u64
 }
 
 impl Default for IndexOptions {
@@ -30,6 +40,7 @@ impl Default for IndexOptions {
         Self {
             batch_size: DEFAULT_BATCH_SIZE,
             prune: false,
+            shard: None,
         }
     }
 }
@@ -91,7 +102,7 @@ fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embed
 
 /// Embeds new and changed images of `entries` into `store`; `on_batch(done, total)` after each batch.
 pub fn index_catalogue(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     embedder: &Embedder,
     entries: &[CatalogueEntry],
     options: &IndexOptions,
@@ -177,6 +188,7 @@ pub fn index_catalogue(
         let gone: Vec<String> = known
             .keys()
             .filter(|id| !present.contains(id.as_str()))
+            .filter(|id| options.shard.is_none_or(|(i, n)| in_shard(id, i, n)))
             .cloned()
             .collect();
         report.pruned = store.remove(&gone)?;
@@ -241,7 +253,7 @@ pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<
 /// embedding only the views whose image, augmentation settings or seed changed since the last
 /// run; views of products that are gone are removed. Returns how many views were embedded.
 pub fn index_augmented_views(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     embedder: &Embedder,
     originals: &[crate::store::StoredProduct],
     augmentation: &crate::augment::Augmentation,

@@ -1,6 +1,8 @@
-//! The catalogue store: one SQLite file holding products, their vectors and the
-//! manifest of the model that made them. Every write is a transaction, so a
-//! process killed at any point leaves either the old or the new state of a batch.
+//! The catalogue store: products, their vectors and the manifest of the model that made them.
+//! [`Store`] is what the pipeline needs of one; [`SqliteStore`] (one file, the default) and
+//! [`crate::pgstore::PgStore`] (PostgreSQL + pgvector, for several servers on one catalogue)
+//! implement it. Every write is a transaction, so a process killed at any point leaves either
+//! the old or the new state of a batch.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +11,10 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::catalogue::{CatalogueEntry, ProductInfo};
+use crate::head::Head;
 use crate::model::ModelManifest;
+use crate::recommend::{Page, Scored};
+use crate::search::{Filter, Metric};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -57,6 +62,114 @@ pub struct ProductWrite<'a> {
     pub vector: Option<&'a [f32]>,
 }
 
+/// What the indexer, the CLI and the server need of a catalogue store.
+pub trait Store: Send {
+    fn manifest(&self) -> Result<Option<ModelManifest>>;
+    /// Records `model` as the one that makes this catalogue's vectors, or checks it is the recorded one.
+    fn ensure_manifest(&self, model: &ModelManifest) -> Result<()>;
+    /// The projection head that made this catalogue's vectors, if any.
+    fn head(&self) -> Result<Option<Head>>;
+    /// Keeps `head` with the catalogue, so queries get projected the same way without being told.
+    fn set_head(&self, head: &Head) -> Result<()>;
+    fn count(&self) -> Result<usize>;
+    fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>>;
+    /// Applies all writes in one transaction.
+    fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()>;
+    fn remove(&mut self, ids: &[String]) -> Result<usize>;
+    fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
+    /// Every product with its vector, in id order.
+    fn products(&self) -> Result<Vec<StoredProduct>>;
+    /// Whether the store searches by itself ([`Self::nearest`], [`Self::page`]); otherwise its
+    /// products are loaded into a [`crate::search::VectorIndex`] (see [`crate::recommend`]).
+    fn has_vector_index(&self) -> bool {
+        false
+    }
+    /// The `k` nearest products by the database's own vector index, best first, without their vectors.
+    fn nearest(
+        &self,
+        _query: &[f32],
+        _k: usize,
+        _metric: Metric,
+        _filter: &Filter,
+        _exclude: Option<&str>,
+    ) -> Result<Vec<Scored>> {
+        bail!("this store has no vector index of its own")
+    }
+    /// Products in id order from `offset`, optionally of one category, with the total and all categories.
+    fn page(&self, _category: Option<&str>, _offset: usize, _limit: usize) -> Result<Page> {
+        bail!("this store has no vector index of its own")
+    }
+    /// Size of the database's vector index.
+    fn vector_index_bytes(&self) -> Result<usize> {
+        Ok(0)
+    }
+}
+
+/// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path.
+pub fn open_store(location: &str) -> Result<Box<dyn Store>> {
+    if crate::pgstore::is_postgres_url(location) {
+        Ok(Box::new(crate::pgstore::PgStore::connect(location)?))
+    } else {
+        Ok(Box::new(SqliteStore::open(Path::new(location))?))
+    }
+}
+
+/// The manifest error both stores give when vectors of another model would be mixed in.
+pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) -> Result<()> {
+    if stored == model {
+        return Ok(());
+    }
+    bail!(
+        "this catalogue's vectors were made by {} (weights {}, head {}, {}-d, preprocessing {}); \
+         refusing to mix them with {} (weights {}, head {}, {}-d, preprocessing {}). \
+         Index into a new database, or re-index this one from scratch.",
+        stored.model,
+        &stored.weights_sha256[..12.min(stored.weights_sha256.len())],
+        stored.head.as_deref().unwrap_or("none"),
+        stored.dimension,
+        stored.preprocessing,
+        model.model,
+        &model.weights_sha256[..12.min(model.weights_sha256.len())],
+        model.head.as_deref().unwrap_or("none"),
+        model.dimension,
+        model.preprocessing
+    )
+}
+
+/// Copies every product (vectors included), the manifest and the head from `source` into
+/// `target`, `batch` products per transaction; returns how many were copied.
+pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) -> Result<usize> {
+    let Some(manifest) = source.manifest()? else {
+        bail!("the source catalogue has no products yet");
+    };
+    target.ensure_manifest(&manifest)?;
+    if let Some(head) = source.head()? {
+        target.set_head(&head)?;
+    }
+    let products = source.products()?;
+    for chunk in products.chunks(batch.max(1)) {
+        let entries: Vec<CatalogueEntry> = chunk
+            .iter()
+            .map(|p| CatalogueEntry {
+                id: p.id.clone(),
+                info: p.info.clone(),
+                image_path: p.image_path.clone().into(),
+            })
+            .collect();
+        let writes: Vec<ProductWrite> = entries
+            .iter()
+            .zip(chunk)
+            .map(|(entry, p)| ProductWrite {
+                entry,
+                content_hash: &p.content_hash,
+                vector: Some(&p.vector),
+            })
+            .collect();
+        target.write_batch(&writes)?;
+    }
+    Ok(products.len())
+}
+
 pub struct SqliteStore {
     conn: Connection,
 }
@@ -89,7 +202,35 @@ impl SqliteStore {
         Ok(Self { conn })
     }
 
-    pub fn manifest(&self) -> Result<Option<ModelManifest>> {
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+/// title, price, category, description from consecutive columns starting at `first`.
+fn info_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<ProductInfo> {
+    Ok(ProductInfo {
+        title: r.get(first)?,
+        price: r.get(first + 1)?,
+        category: r.get(first + 2)?,
+        description: r.get(first + 3)?,
+    })
+}
+
+fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
+    Ok(StoredProduct {
+        id: r.get(0)?,
+        info: info_at(r, 1)?,
+        image_path: r.get(5)?,
+        content_hash: r.get(6)?,
+        vector: blob_to_vector(&r.get::<_, Vec<u8>>(7)?),
+    })
+}
+
+const PRODUCT_COLUMNS: &str = "id, title, price, category, description, image_path, content_hash, vector";
+
+impl Store for SqliteStore {
+    fn manifest(&self) -> Result<Option<ModelManifest>> {
         let value: Option<String> = self
             .conn
             .query_row("SELECT value FROM manifest WHERE key = 'model'", [], |r| r.get(0))
@@ -99,25 +240,9 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Records `model` as the one that makes this catalogue's vectors, or checks it is the recorded one.
-    pub fn ensure_manifest(&self, model: &ModelManifest) -> Result<()> {
+    fn ensure_manifest(&self, model: &ModelManifest) -> Result<()> {
         match self.manifest()? {
-            Some(stored) if &stored == model => Ok(()),
-            Some(stored) => bail!(
-                "this catalogue's vectors were made by {} (weights {}, head {}, {}-d, preprocessing {}); \
-                 refusing to mix them with {} (weights {}, head {}, {}-d, preprocessing {}). \
-                 Index into a new database, or re-index this one from scratch.",
-                stored.model,
-                &stored.weights_sha256[..12.min(stored.weights_sha256.len())],
-                stored.head.as_deref().unwrap_or("none"),
-                stored.dimension,
-                stored.preprocessing,
-                model.model,
-                &model.weights_sha256[..12.min(model.weights_sha256.len())],
-                model.head.as_deref().unwrap_or("none"),
-                model.dimension,
-                model.preprocessing
-            ),
+            Some(stored) => check_same_model(&stored, model),
             None => {
                 self.conn.execute(
                     "INSERT INTO manifest (key, value) VALUES ('model', ?1)",
@@ -128,8 +253,7 @@ impl SqliteStore {
         }
     }
 
-    /// The projection head (safetensors bytes) that made this catalogue's vectors, if any.
-    pub fn head(&self) -> Result<Option<crate::head::Head>> {
+    fn head(&self) -> Result<Option<Head>> {
         let value: Option<String> = self
             .conn
             .query_row("SELECT value FROM manifest WHERE key = 'head'", [], |r| r.get(0))
@@ -137,13 +261,12 @@ impl SqliteStore {
         value
             .map(|hex_bytes| {
                 let bytes = hex::decode(hex_bytes).context("unreadable head in the database")?;
-                crate::head::Head::from_bytes(&bytes)
+                Head::from_bytes(&bytes)
             })
             .transpose()
     }
 
-    /// Keeps `head` with the catalogue, so queries get projected the same way without being told.
-    pub fn set_head(&self, head: &crate::head::Head) -> Result<()> {
+    fn set_head(&self, head: &Head) -> Result<()> {
         self.conn.execute(
             "INSERT INTO manifest (key, value) VALUES ('head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [hex::encode(head.to_bytes()?)],
@@ -151,18 +274,18 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn count(&self) -> Result<usize> {
+    fn count(&self) -> Result<usize> {
         Ok(self
             .conn
             .query_row("SELECT COUNT(*) FROM products", [], |r| r.get::<_, i64>(0))? as usize)
     }
 
-    pub fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
+    fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, title, price, category, description, image_path, content_hash FROM products")?;
         let rows = stmt.query_map([], |r| {
-            let info = Self::info_at(r, 1)?;
+            let info = info_at(r, 1)?;
             Ok((
                 r.get::<_, String>(0)?,
                 Fingerprint {
@@ -175,8 +298,7 @@ impl SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Applies all writes in one transaction.
-    pub fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
+    fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
@@ -214,7 +336,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn remove(&mut self, ids: &[String]) -> Result<usize> {
+    fn remove(&mut self, ids: &[String]) -> Result<usize> {
         let tx = self.conn.transaction()?;
         let mut removed = 0;
         {
@@ -227,43 +349,16 @@ impl SqliteStore {
         Ok(removed)
     }
 
-    /// title, price, category, description from consecutive columns starting at `first`.
-    fn info_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<ProductInfo> {
-        Ok(ProductInfo {
-            title: r.get(first)?,
-            price: r.get(first + 1)?,
-            category: r.get(first + 2)?,
-            description: r.get(first + 3)?,
-        })
+    fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
+        let sql = format!("SELECT {} FROM products WHERE id = ?1", PRODUCT_COLUMNS);
+        Ok(self.conn.query_row(&sql, [id], row_to_product).optional()?)
     }
 
-    fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
-        Ok(StoredProduct {
-            id: r.get(0)?,
-            info: Self::info_at(r, 1)?,
-            image_path: r.get(5)?,
-            content_hash: r.get(6)?,
-            vector: blob_to_vector(&r.get::<_, Vec<u8>>(7)?),
-        })
-    }
-
-    const PRODUCT_COLUMNS: &'static str = "id, title, price, category, description, image_path, content_hash, vector";
-
-    pub fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
-        let sql = format!("SELECT {} FROM products WHERE id = ?1", Self::PRODUCT_COLUMNS);
-        Ok(self.conn.query_row(&sql, [id], Self::row_to_product).optional()?)
-    }
-
-    /// Every product with its vector, in id order.
-    pub fn products(&self) -> Result<Vec<StoredProduct>> {
-        let sql = format!("SELECT {} FROM products ORDER BY id", Self::PRODUCT_COLUMNS);
+    fn products(&self) -> Result<Vec<StoredProduct>> {
+        let sql = format!("SELECT {} FROM products ORDER BY id", PRODUCT_COLUMNS);
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], Self::row_to_product)?;
+        let rows = stmt.query_map([], row_to_product)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    pub fn integrity_check(&self) -> Result<String> {
-        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
 

@@ -18,7 +18,7 @@ use lookalike::catalogue::CatalogueEntry;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
 use lookalike::preprocess::decode_image;
 use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::{ProductWrite, SqliteStore};
+use lookalike::store::{ProductWrite, SqliteStore, Store};
 use reqwest::blocking::{multipart, Client};
 
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@ mod error;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
@@ -18,13 +18,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::LengthLimitError;
 use lookalike::batcher::{BatchPolicy, Batcher};
-use lookalike::catalogue::{CatalogueEntry, ProductInfo};
+use lookalike::catalogue::ProductInfo;
 use lookalike::head::Head;
 use lookalike::indexer::ImageEmbedding;
 use lookalike::model::{Embedder, ModelManifest};
 use lookalike::preprocess::{decode_image, Preprocessing};
-use lookalike::search::{Filter, Hit, Metric, VectorIndex};
-use lookalike::store::{ProductWrite, SqliteStore, StoredProduct};
+use lookalike::recommend::{Recommender, Scored};
+use lookalike::search::{Filter, Metric};
+use lookalike::store::{Store, StoredProduct};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -46,8 +47,7 @@ pub struct ServerConfig {
 }
 
 struct AppState {
-    store: Mutex<SqliteStore>,
-    index: RwLock<VectorIndex>,
+    catalogue: Recommender,
     batcher: Batcher,
     preprocessing: Preprocessing,
     manifest: ModelManifest,
@@ -60,15 +60,13 @@ struct AppState {
 type Shared = Arc<AppState>;
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
-pub fn router(store: SqliteStore, embedder: Arc<Embedder>, config: &ServerConfig) -> Result<Router> {
+pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerConfig) -> Result<Router> {
     let manifest = embedder.manifest();
     store
         .ensure_manifest(&manifest)
         .context("cannot serve this catalogue")?;
-    let index = VectorIndex::new(store.products()?)?;
     let state = Arc::new(AppState {
-        store: Mutex::new(store),
-        index: RwLock::new(index),
+        catalogue: Recommender::new(store)?,
         preprocessing: embedder.preprocessing,
         batcher: Batcher::start(embedder, config.batch),
         manifest,
@@ -157,16 +155,33 @@ fn product_json(p: &StoredProduct) -> Value {
     })
 }
 
-fn hits_json(hits: &[Hit], metric: Metric) -> Value {
+fn hits_json(hits: &[Scored], metric: Metric) -> Value {
     let results: Vec<Value> = hits
         .iter()
-        .map(|h| {
-            let mut v = product_json(h.product);
-            v["score"] = json!(h.score);
+        .map(|(product, score)| {
+            let mut v = product_json(product);
+            v["score"] = json!(score);
             v
         })
         .collect();
     json!({ "metric": metric, "results": results })
+}
+
+/// Runs `work` on the catalogue off the executor: PostgreSQL queries block, and scanning a big
+/// in-memory index takes milliseconds.
+async fn on_catalogue<T: Send + 'static>(
+    state: &Shared,
+    work: impl FnOnce(&Recommender) -> Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state.catalogue))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+fn no_product(id: &str) -> ApiError {
+    ApiError::not_found(format!("no product with id {id:?}"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,17 +218,17 @@ impl QueryParams {
     }
 }
 
-async fn stats(State(state): State<Shared>) -> Json<Value> {
-    let index = state.index.read().expect("index lock");
-    Json(json!({
-        "products": index.len(),
+async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
+    let (products, index_bytes) = on_catalogue(&state, |c| Ok((c.len()?, c.index_bytes()?))).await?;
+    Ok(Json(json!({
+        "products": products,
         "model": state.manifest.model,
         "weights_sha256": state.manifest.weights_sha256,
         "dimension": state.manifest.dimension,
         "preprocessing": state.manifest.preprocessing,
-        "index_bytes": index.vector_bytes(),
+        "index_bytes": index_bytes,
         "classifier": state.classifier.as_ref().map(|h| json!({ "classes": h.classes })),
-    }))
+    })))
 }
 
 /// Decodes and preprocesses off the executor, then waits for the batcher's forward pass.
@@ -311,10 +326,7 @@ async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<
         }
         None => None,
     };
-    let index = state.index.read().expect("index lock");
-    let hits = index
-        .search(&query, k, Metric::Cosine, &filter, None)
-        .map_err(ApiError::internal)?;
+    let hits = on_catalogue(&state, move |c| c.search(&query, k, Metric::Cosine, &filter, None)).await?;
     let mut body = hits_json(&hits, Metric::Cosine);
     if let Some(predicted) = predicted {
         body["predicted"] = predicted
@@ -331,13 +343,11 @@ async fn similar(
     Query(params): Query<QueryParams>,
 ) -> ApiResult<Json<Value>> {
     let (k, filter) = (params.k()?, params.filter()?);
-    let index = state.index.read().expect("index lock");
-    let Some(product) = index.find(&id) else {
-        return Err(ApiError::not_found(format!("no product with id {id:?}")));
+    let found = {
+        let id = id.clone();
+        on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter)).await?
     };
-    let hits = index
-        .search(&product.vector, k, Metric::Cosine, &filter, Some(&id))
-        .map_err(ApiError::internal)?;
+    let hits = found.ok_or_else(|| no_product(&id))?;
     Ok(Json(hits_json(&hits, Metric::Cosine)))
 }
 
@@ -370,30 +380,31 @@ async fn recommend(
         max_price: req.max_price.map(|v| v.to_string()),
     };
     let (k, filter) = (params.k()?, params.filter()?);
-    let index = state.index.read().expect("index lock");
-    let mut query = vec![0.0f32; index.dimension()];
-    for (ids, weight) in [(&req.positive, 1.0f32), (&req.negative, -0.5)] {
-        for id in ids {
-            let p = index
-                .find(id)
-                .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?;
-            let norm = lookalike::search::dot(&p.vector, &p.vector)
-                .sqrt()
-                .max(f32::MIN_POSITIVE);
-            let scale = weight / (ids.len() as f32 * norm);
-            query.iter_mut().zip(&p.vector).for_each(|(q, v)| *q += v * scale);
+    let dimension = state.manifest.dimension;
+    let hits = on_catalogue(&state, move |c| {
+        let mut query = vec![0.0f32; dimension];
+        for (ids, weight) in [(&req.positive, 1.0f32), (&req.negative, -0.5)] {
+            for id in ids {
+                let Some(p) = c.find(id)? else {
+                    return Ok(Err(no_product(id)));
+                };
+                let norm = lookalike::search::dot(&p.vector, &p.vector)
+                    .sqrt()
+                    .max(f32::MIN_POSITIVE);
+                let scale = weight / (ids.len() as f32 * norm);
+                query.iter_mut().zip(&p.vector).for_each(|(q, v)| *q += v * scale);
+            }
         }
-    }
-    let excluded: std::collections::HashSet<&str> =
-        req.positive.iter().chain(&req.negative).map(String::as_str).collect();
-    let hits = index
-        .search(&query, k + excluded.len(), Metric::Cosine, &filter, None)
-        .map_err(ApiError::internal)?;
-    let hits: Vec<Hit> = hits
-        .into_iter()
-        .filter(|h| !excluded.contains(h.product.id.as_str()))
-        .take(k)
-        .collect();
+        let excluded: std::collections::HashSet<&str> =
+            req.positive.iter().chain(&req.negative).map(String::as_str).collect();
+        let hits = c.search(&query, k + excluded.len(), Metric::Cosine, &filter, None)?;
+        Ok(Ok(hits
+            .into_iter()
+            .filter(|(p, _)| !excluded.contains(p.id.as_str()))
+            .take(k)
+            .collect::<Vec<Scored>>()))
+    })
+    .await??;
     Ok(Json(hits_json(&hits, Metric::Cosine)))
 }
 
@@ -412,37 +423,26 @@ async fn list_products(State(state): State<Shared>, Query(params): Query<ListPar
             "page starts at 1; per_page is between 1 and {MAX_PER_PAGE}"
         )));
     }
-    let index = state.index.read().expect("index lock");
-    let filter = Filter {
-        category: params.category.filter(|c| !c.is_empty()),
-        ..Default::default()
-    };
-    let mut matching: Vec<&StoredProduct> = index.products().iter().filter(|p| filter.accepts(p)).collect();
-    matching.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut categories: Vec<&str> = index
-        .products()
-        .iter()
-        .filter_map(|p| p.info.category.as_deref())
-        .collect();
-    categories.sort_unstable();
-    categories.dedup();
-    let items: Vec<Value> = matching
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|p| product_json(p))
-        .collect();
-    Ok(Json(
-        json!({ "total": matching.len(), "page": page, "per_page": per_page, "categories": categories, "items": items }),
-    ))
+    let category = params.category.filter(|c| !c.is_empty());
+    let listed = on_catalogue(&state, move |c| c.page(category.as_deref(), page, per_page)).await?;
+    let items: Vec<Value> = listed.items.iter().map(product_json).collect();
+    Ok(Json(json!({
+        "total": listed.total,
+        "page": page,
+        "per_page": per_page,
+        "categories": listed.categories,
+        "items": items
+    })))
+}
+
+async fn find_product(state: &Shared, id: &str) -> ApiResult<Option<StoredProduct>> {
+    let id = id.to_string();
+    on_catalogue(state, move |c| c.find(&id)).await
 }
 
 async fn get_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let index = state.index.read().expect("index lock");
-    let p = index
-        .find(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?;
-    Ok(Json(product_json(p)))
+    let p = find_product(&state, &id).await?.ok_or_else(|| no_product(&id))?;
+    Ok(Json(product_json(&p)))
 }
 
 fn content_type_of(path: &str) -> &'static str {
@@ -458,14 +458,10 @@ fn content_type_of(path: &str) -> &'static str {
 
 /// Serves only the file recorded for the product; no path from the request reaches the disk.
 async fn product_image(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
-    let path = {
-        let index = state.index.read().expect("index lock");
-        index
-            .find(&id)
-            .ok_or_else(|| ApiError::not_found(format!("no product with id {id:?}")))?
-            .image_path
-            .clone()
-    };
+    let path = find_product(&state, &id)
+        .await?
+        .ok_or_else(|| no_product(&id))?
+        .image_path;
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::not_found(format!("the image of product {id:?} is no longer on disk")))?;
@@ -562,32 +558,15 @@ async fn write_product(
         (None, Some(old)) => (old.vector, PathBuf::from(old.image_path), old.content_hash),
         (None, None) => return Err(ApiError::bad_request("the multipart field `image` is required")),
     };
-    let entry = CatalogueEntry {
-        id: id.clone(),
-        info,
-        image_path,
-    };
     let product = StoredProduct {
         id,
-        info: entry.info.clone(),
-        image_path: entry.image_path.to_string_lossy().into_owned(),
-        content_hash: hash.clone(),
+        info,
+        image_path: image_path.to_string_lossy().into_owned(),
+        content_hash: hash,
         vector,
     };
-    let state2 = state.clone();
     let stored = product.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = state2.store.lock().expect("store lock");
-        store.write_batch(&[ProductWrite {
-            entry: &entry,
-            content_hash: &hash,
-            vector: Some(&stored.vector),
-        }])?;
-        state2.index.write().expect("index lock").upsert(stored)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    on_catalogue(state, move |c| c.upsert(stored)).await?;
     Ok(product)
 }
 
@@ -608,7 +587,7 @@ async fn create_product(
         Some(id) => id,
         None => lookalike::content_hash(image.as_deref().unwrap_or_default())[..16].to_string(),
     };
-    if state.index.read().expect("index lock").find(&id).is_some() {
+    if find_product(&state, &id).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "exists",
@@ -627,9 +606,8 @@ async fn update_product(
     multipart: Multipart,
 ) -> ApiResult<Json<Value>> {
     authorize(&state, &headers)?;
-    let existing = state.index.read().expect("index lock").find(&id).cloned();
-    let Some(existing) = existing else {
-        return Err(ApiError::not_found(format!("no product with id {id:?}")));
+    let Some(existing) = find_product(&state, &id).await? else {
+        return Err(no_product(&id));
     };
     let form = read_form(&state, multipart).await?;
     let info = info_from_fields(&form.fields, existing.info.clone())?;
@@ -643,16 +621,7 @@ async fn delete_product(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     authorize(&state, &headers)?;
-    let state2 = state.clone();
-    let removed = tokio::task::spawn_blocking(move || -> Result<bool> {
-        let mut store = state2.store.lock().expect("store lock");
-        let removed = store.remove(std::slice::from_ref(&id))? > 0;
-        state2.index.write().expect("index lock").remove(&id);
-        Ok(removed)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    let removed = on_catalogue(&state, move |c| c.remove(&id)).await?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {

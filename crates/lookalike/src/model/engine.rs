@@ -230,7 +230,7 @@ impl Embedder {
 
     /// Takes on the projection head stored with a catalogue, if it has one, so that queries
     /// are embedded the way its products were.
-    pub fn for_catalogue(self, store: &crate::store::SqliteStore) -> Result<Self> {
+    pub fn for_catalogue(self, store: &dyn crate::store::Store) -> Result<Self> {
         match store.head()? {
             Some(head) => self.with_head(head),
             None => Ok(self),

@@ -1,0 +1,505 @@
+//! The catalogue in PostgreSQL with pgvector: for shops that already run PostgreSQL and for
+//! several API replicas (or index workers) sharing one catalogue. Nearest-neighbour search runs
+//! in the database on an HNSW index (cosine), with category and price filters in the same query
+//! and pgvector's iterative index scans so that filtered queries still fill `k` rows.
+//!
+//! The schema is versioned: [`MIGRATIONS`] run on connect under an advisory lock, each in its
+//! own transaction, so replicas starting together apply them once. The vector column gets its
+//! dimension (and its HNSW index) when the first manifest is recorded, since only then is the
+//! model known. `?vector=halfvec` on the URL stores half-precision vectors (half the memory).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use pgvector::Vector;
+use postgres::{Client, NoTls, Row};
+
+use crate::catalogue::ProductInfo;
+use crate::head::Head;
+use crate::model::ModelManifest;
+use crate::recommend::{Page, Scored};
+use crate::search::{Filter, Metric};
+use crate::store::{check_same_model, Fingerprint, ProductWrite, Store, StoredProduct};
+
+/// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
+pub const MIGRATIONS: &[&str] = &["
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE lookalike_manifest (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE lookalike_products (
+    id           text PRIMARY KEY,
+    title        text,
+    price        double precision,
+    category     text,
+    description  text,
+    image_path   text NOT NULL,
+    content_hash text NOT NULL,
+    embedding    vector NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX lookalike_products_category ON lookalike_products (lower(category));
+CREATE INDEX lookalike_products_price ON lookalike_products (price);
+"];
+
+/// Advisory lock key for schema changes ("lookalik" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
+/// HNSW build parameters: pgvector's defaults, which reach recall@10 ≥ 0.95 here with a modest ef_search.
+const HNSW_M: u32 = 16;
+const HNSW_EF_CONSTRUCTION: u32 = 64;
+/// `hnsw.ef_search` per query: enough candidates for `k` results, within pgvector's limit.
+pub fn ef_search_for(k: usize) -> usize {
+    (k * 4).clamp(40, 1000)
+}
+
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorType {
+    Vector,
+    HalfVec,
+}
+
+impl VectorType {
+    fn sql(self) -> &'static str {
+        match self {
+            Self::Vector => "vector",
+            Self::HalfVec => "halfvec",
+        }
+    }
+}
+
+pub struct PgStore {
+    client: Mutex<Client>,
+    /// The column type once the manifest fixed it, e.g. `vector(1280)`.
+    column: Mutex<Option<String>>,
+    vector_type: VectorType,
+}
+
+/// Splits lookalike's own `vector=` option off the URL; the rest goes to the driver.
+fn parse_url(url: &str) -> Result<(String, VectorType)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), VectorType::Vector));
+    };
+    let mut vector_type = VectorType::Vector;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("vector", "vector")) => vector_type = VectorType::Vector,
+            Some(("vector", "halfvec")) => vector_type = VectorType::HalfVec,
+            Some(("vector", other)) => bail!("vector={other} in the database URL: use vector or halfvec"),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, vector_type))
+}
+
+fn product_info(row: &Row, first: usize) -> ProductInfo {
+    ProductInfo {
+        title: row.get(first),
+        price: row.get(first + 1),
+        category: row.get(first + 2),
+        description: row.get(first + 3),
+    }
+}
+
+const PRODUCT_COLUMNS: &str = "id, title, price, category, description, image_path, content_hash";
+
+fn product_from(row: &Row, with_vector: bool) -> StoredProduct {
+    StoredProduct {
+        id: row.get(0),
+        info: product_info(row, 1),
+        image_path: row.get(5),
+        content_hash: row.get(6),
+        vector: if with_vector {
+            row.get::<_, Vector>(7).to_vec()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+impl PgStore {
+    /// Connects and brings the schema up to date.
+    pub fn connect(url: &str) -> Result<Self> {
+        let (driver_url, vector_type) = parse_url(url)?;
+        let shown = redact(&driver_url);
+        let mut client =
+            Client::connect(&driver_url, NoTls).with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+        migrate(&mut client).with_context(|| format!("cannot prepare the lookalike schema in {shown}"))?;
+        let store = Self {
+            client: Mutex::new(client),
+            column: Mutex::new(None),
+            vector_type,
+        };
+        *store.column.lock().expect("column lock") = store.column_type()?;
+        Ok(store)
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The embedding column's declared type when it has a dimension (after the first manifest).
+    fn column_type(&self) -> Result<Option<String>> {
+        let row = self.client().query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'lookalike_products'::regclass AND attname = 'embedding'",
+            &[],
+        )?;
+        let column: String = row.get(0);
+        Ok(column.contains('(').then_some(column))
+    }
+
+    fn manifest_value(client: &mut impl postgres::GenericClient, key: &str) -> Result<Option<String>> {
+        Ok(client
+            .query_opt("SELECT value FROM lookalike_manifest WHERE key = $1", &[&key])?
+            .map(|r| r.get(0)))
+    }
+}
+
+/// A database location without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    // Session-level lock: a second replica waits here until the first has migrated.
+    client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
+    let result = (|| -> Result<()> {
+        client.batch_execute(
+            "CREATE TABLE IF NOT EXISTS lookalike_schema (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )?;
+        let current: i32 = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM lookalike_schema", &[])?
+            .get(0);
+        if current as usize > MIGRATIONS.len() {
+            bail!(
+                "the database has lookalike schema {current}; this lookalike knows up to {}",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as i32 + 1;
+            let mut tx = client.transaction()?;
+            tx.batch_execute(sql)
+                .with_context(|| format!("migration {version} failed"))?;
+            tx.execute("INSERT INTO lookalike_schema (version) VALUES ($1)", &[&version])?;
+            tx.commit()?;
+        }
+        Ok(())
+    })();
+    client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
+    result
+}
+
+impl Store for PgStore {
+    fn manifest(&self) -> Result<Option<ModelManifest>> {
+        Self::manifest_value(&mut *self.client(), "model")?
+            .map(|v| serde_json::from_str(&v).context("unreadable model manifest in the database"))
+            .transpose()
+    }
+
+    fn ensure_manifest(&self, model: &ModelManifest) -> Result<()> {
+        if let Some(stored) = self.manifest()? {
+            return check_same_model(&stored, model);
+        }
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        // Writers racing to record the first manifest queue here; the first one decides.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        if let Some(stored) = Self::manifest_value(&mut tx, "model")? {
+            tx.commit()?;
+            let stored: ModelManifest = serde_json::from_str(&stored)?;
+            return check_same_model(&stored, model);
+        }
+        let column = format!("{}({})", self.vector_type.sql(), model.dimension);
+        tx.execute(
+            "INSERT INTO lookalike_manifest (key, value) VALUES ('model', $1)",
+            &[&serde_json::to_string(model)?],
+        )?;
+        tx.batch_execute(&format!(
+            "ALTER TABLE lookalike_products ALTER COLUMN embedding TYPE {column};
+             CREATE INDEX lookalike_products_embedding ON lookalike_products
+               USING hnsw (embedding {}_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION});",
+            self.vector_type.sql()
+        ))?;
+        tx.commit()?;
+        *self.column.lock().expect("column lock") = Some(column);
+        Ok(())
+    }
+
+    fn head(&self) -> Result<Option<Head>> {
+        Self::manifest_value(&mut *self.client(), "head")?
+            .map(|hex_bytes| Head::from_bytes(&hex::decode(hex_bytes).context("unreadable head in the database")?))
+            .transpose()
+    }
+
+    fn set_head(&self, head: &Head) -> Result<()> {
+        self.client().execute(
+            "INSERT INTO lookalike_manifest (key, value) VALUES ('head', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&hex::encode(head.to_bytes()?)],
+        )?;
+        Ok(())
+    }
+
+    fn count(&self) -> Result<usize> {
+        let n: i64 = self
+            .client()
+            .query_one("SELECT count(*) FROM lookalike_products", &[])?
+            .get(0);
+        Ok(n as usize)
+    }
+
+    fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
+        let rows = self
+            .client()
+            .query(&format!("SELECT {PRODUCT_COLUMNS} FROM lookalike_products"), &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Fingerprint {
+                        info: product_info(r, 1),
+                        image_path: r.get(5),
+                        content_hash: r.get(6),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let upsert = tx.prepare(
+            "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, price = excluded.price,
+               category = excluded.category, description = excluded.description,
+               image_path = excluded.image_path, content_hash = excluded.content_hash,
+               embedding = excluded.embedding, updated_at = now()",
+        )?;
+        let update_info = tx.prepare(
+            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, image_path = $6,
+               updated_at = now() WHERE id = $1",
+        )?;
+        for w in writes {
+            let e = w.entry;
+            let path = e.image_path.to_string_lossy().into_owned();
+            let i = &e.info;
+            match w.vector {
+                Some(v) => tx.execute(
+                    &upsert,
+                    &[
+                        &e.id,
+                        &i.title,
+                        &i.price,
+                        &i.category,
+                        &i.description,
+                        &path,
+                        &w.content_hash,
+                        &Vector::from(v.to_vec()),
+                    ],
+                )?,
+                None => tx.execute(
+                    &update_info,
+                    &[&e.id, &i.title, &i.price, &i.category, &i.description, &path],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn remove(&mut self, ids: &[String]) -> Result<usize> {
+        let n = self
+            .client()
+            .execute("DELETE FROM lookalike_products WHERE id = ANY($1)", &[&ids])?;
+        Ok(n as usize)
+    }
+
+    fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
+        let row = self.client().query_opt(
+            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector FROM lookalike_products WHERE id = $1"),
+            &[&id],
+        )?;
+        Ok(row.map(|r| product_from(&r, true)))
+    }
+
+    fn products(&self) -> Result<Vec<StoredProduct>> {
+        let rows = self.client().query(
+            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector FROM lookalike_products ORDER BY id"),
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| product_from(r, true)).collect())
+    }
+
+    fn has_vector_index(&self) -> bool {
+        true
+    }
+
+    fn vector_index_bytes(&self) -> Result<usize> {
+        let row = self.client().query_one(
+            "SELECT COALESCE(pg_relation_size(to_regclass('lookalike_products_embedding')), 0)",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
+        let mut client = self.client();
+        let condition = "($1::text IS NULL OR lower(category) = lower($1))";
+        let total: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM lookalike_products WHERE {condition}"),
+                &[&category],
+            )?
+            .get(0);
+        let items = client
+            .query(
+                &format!(
+                    "SELECT {PRODUCT_COLUMNS} FROM lookalike_products WHERE {condition} ORDER BY id OFFSET $2 LIMIT $3"
+                ),
+                &[&category, &(offset as i64), &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| product_from(r, false))
+            .collect();
+        let categories = client
+            .query(
+                "SELECT DISTINCT category FROM lookalike_products WHERE category IS NOT NULL ORDER BY category",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(Page {
+            total: total as usize,
+            items,
+            categories,
+        })
+    }
+
+    fn nearest(
+        &self,
+        query: &[f32],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<Scored>> {
+        let Some(column) = self.column.lock().expect("column lock").clone() else {
+            return Ok(Vec::new()); // no manifest yet, so no products
+        };
+        let dimension: usize = column
+            .trim_end_matches(')')
+            .rsplit('(')
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        if query.len() != dimension {
+            bail!("query vector is {}-d, the catalogue's are {dimension}-d", query.len());
+        }
+        // Cosine uses the HNSW index; Euclidean has none, so it is an exact scan.
+        let operator = match metric {
+            Metric::Cosine => "<=>",
+            Metric::Euclidean => "<->",
+        };
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS}, embedding {operator} ($1::vector)::{column} AS distance
+             FROM lookalike_products
+             WHERE ($2::text IS NULL OR lower(category) = lower($2))
+               AND (cardinality($3::text[]) = 0 OR lower(category) = ANY($3))
+               AND ($4::float8 IS NULL OR price >= $4)
+               AND ($5::float8 IS NULL OR price <= $5)
+               AND ($6::text IS NULL OR id <> $6)
+             ORDER BY embedding {operator} ($1::vector)::{column}
+             LIMIT $7"
+        );
+        let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&format!(
+            "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order;",
+            ef_search_for(k)
+        ))?;
+        let rows = tx.query(
+            &sql,
+            &[
+                &Vector::from(query.to_vec()),
+                &filter.category,
+                &any_category,
+                &filter.min_price,
+                &filter.max_price,
+                &exclude,
+                &(k as i64),
+            ],
+        )?;
+        tx.commit()?;
+        // Relaxed order lets the iterative scan return rows slightly out of order.
+        let mut hits: Vec<Scored> = rows
+            .iter()
+            .map(|r| {
+                let distance: f64 = r.get(7);
+                let score = match metric {
+                    Metric::Cosine => 1.0 - distance,
+                    Metric::Euclidean => distance,
+                };
+                (product_from(r, false), score as f32)
+            })
+            .collect();
+        match metric {
+            Metric::Cosine => hits.sort_by(|a, b| b.1.total_cmp(&a.1)),
+            Metric::Euclidean => hits.sort_by(|a, b| a.1.total_cmp(&b.1)),
+        }
+        Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_driver_options_and_lose_lookalikes() {
+        assert!(is_postgres_url("postgres://u@h/db") && is_postgres_url("postgresql://h/db"));
+        assert!(!is_postgres_url("shop.db"));
+        assert_eq!(
+            parse_url("postgres://u@h:5/db?vector=halfvec&sslmode=disable").unwrap(),
+            ("postgres://u@h:5/db?sslmode=disable".to_string(), VectorType::HalfVec)
+        );
+        assert_eq!(
+            parse_url("postgres://u@h/db").unwrap(),
+            ("postgres://u@h/db".to_string(), VectorType::Vector)
+        );
+        assert!(parse_url("postgres://h/db?vector=float").is_err());
+        assert_eq!(redact("postgres://me:secret@h/db"), "postgres://me:***@h/db");
+        assert_eq!(ef_search_for(10), 40);
+        assert_eq!(ef_search_for(100), 400);
+        assert_eq!(ef_search_for(10_000), 1000);
+    }
+}
