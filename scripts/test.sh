@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 LOOKALIKE_SKIP_BUILD=1 ./scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --workspace
+# PostgreSQL tests need a server: pg.sh starts a throw-away one around the whole Rust suite.
+./scripts/pg.sh run cargo test --locked --workspace
 ./scripts/web-test.sh

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lookalike::model::ModelManifest;
-use lookalike::store::SqliteStore;
+use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
 const DEMO_PRODUCTS: usize = 60;

@@ -1,9 +1,12 @@
 //! Shared by the CLI and HTTP tests.
+#![allow(dead_code)] // each test binary uses its own part of this
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
-use lookalike::store::SqliteStore;
+use lookalike::store::{SqliteStore, Store};
 use lookalike::train::{train_classifier, LabelledFeatures, TrainOptions};
 
 pub fn demo() -> PathBuf {
@@ -43,4 +46,67 @@ pub fn demo_classifier(db: &Path, out: &Path) {
     };
     let trained = train_classifier(&data, &data, &sha, &options, None, &mut |_| {}).unwrap();
     trained.head.save(out).unwrap();
+}
+
+/// A running `lookalike serve`; it exits when this test process does (its stdin closes).
+pub struct Server {
+    pub base: String,
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// Statics are never dropped, so the server is told to exit when our end of its stdin closes,
+/// which the OS does when this test process exits.
+struct ChildGuard(#[allow(dead_code)] Child);
+
+/// Starts the real binary on a free port over `db` with `args`, keeping `dir` alive with it.
+pub fn serve(db: &str, args: &[String], token: &str, dir: tempfile::TempDir) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--port", "0", "--threads", "2", "--db", db])
+        .args(["--upload-dir", dir.path().join("uploads").to_str().unwrap()])
+        .args(args)
+        .env("LOOKALIKE_TOKEN", token)
+        .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut base = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("lookalike serving on ") {
+            base = Some(url.trim().to_string());
+            break;
+        }
+    }
+    Server {
+        base: base.expect("server printed its address"),
+        _child: ChildGuard(child),
+        _dir: dir,
+    }
+}
+
+/// A new, empty database on the PostgreSQL that `scripts/pg.sh run` started
+/// (`LOOKALIKE_TEST_POSTGRES`); the whole cluster is thrown away after the tests.
+pub fn postgres_db() -> String {
+    let base = std::env::var("LOOKALIKE_TEST_POSTGRES").expect(
+        "LOOKALIKE_TEST_POSTGRES is not set: run the tests through `scripts/pg.sh run cargo test`, \
+         or point it at a PostgreSQL with pgvector where databases may be created",
+    );
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!(
+        "test_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut client = postgres::Client::connect(&base, postgres::NoTls).expect("connect to the test PostgreSQL");
+    client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let (server, _) = base.rsplit_once('/').expect("a URL ending in /dbname");
+    format!("{server}/{name}")
 }

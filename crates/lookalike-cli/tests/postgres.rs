@@ -1,0 +1,303 @@
+//! The CLI and two servers on PostgreSQL + pgvector (`scripts/pg.sh run` provides one): the same
+//! answers as SQLite, migration both ways, concurrent schema setup, sharded and interrupted ingest,
+//! and replicas that see each other's writes.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lookalike::pgstore::PgStore;
+use lookalike::store::{SqliteStore, Store};
+use serde_json::Value;
+
+mod common;
+use common::{demo, postgres_db};
+
+fn lookalike(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(args)
+        .output()
+        .expect("run lookalike")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+fn json(o: Output) -> Value {
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ids_and_scores(hits: &Value) -> Vec<(String, f64)> {
+    hits.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["id"].as_str().unwrap().to_string(), h["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn postgres_answers_like_sqlite_and_migrates_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("demo.db");
+    let pg = postgres_db();
+    ok(lookalike(&[
+        "index",
+        s(&demo().join("catalogue.csv")),
+        "--db",
+        s(&sqlite),
+    ]));
+    let out = ok(lookalike(&["migrate", "--from", s(&sqlite), "--to", &pg]));
+    assert!(out.contains("copied 60 products"), "{out}");
+
+    for photo in ["24-mb01.jpg", "mh03.jpg", "wp03.jpg"] {
+        let photo = demo().join("images").join(photo);
+        let query = |db: &str, extra: &[&str]| {
+            let mut args = vec!["search", s(&photo), "--db", db, "-k", "10", "--json"];
+            args.extend(extra);
+            ids_and_scores(&json(lookalike(&args)))
+        };
+        for filters in [
+            &[][..],
+            &["--category", "gear/bags"],
+            &["--min-price", "30", "--max-price", "60"],
+        ] {
+            let (on_sqlite, on_pg) = (query(s(&sqlite), filters), query(&pg, filters));
+            assert_eq!(on_sqlite.len(), on_pg.len(), "{filters:?}");
+            for ((a, sa), (b, sb)) in on_sqlite.iter().zip(&on_pg) {
+                assert_eq!(a, b, "{photo:?} {filters:?}: {on_sqlite:?} vs {on_pg:?}");
+                assert!((sa - sb).abs() < 1e-4, "{a}: {sa} vs {sb}");
+            }
+        }
+    }
+    let similar = |db: &str| ids_and_scores(&json(lookalike(&["similar", "24-MB01", "--db", db, "--json"])));
+    assert_eq!(
+        similar(s(&sqlite)).iter().map(|h| &h.0).collect::<Vec<_>>(),
+        similar(&pg).iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+
+    // Back to SQLite: the same products with bit-identical vectors.
+    let back = dir.path().join("back.db");
+    ok(lookalike(&["migrate", "--from", &pg, "--to", s(&back)]));
+    let (a, b) = (
+        SqliteStore::open(&sqlite).unwrap().products().unwrap(),
+        SqliteStore::open(&back).unwrap().products().unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        PgStore::connect(&pg).unwrap().manifest().unwrap(),
+        SqliteStore::open(&sqlite).unwrap().manifest().unwrap()
+    );
+
+    ok(lookalike(&["remove", "24-MB01", "--db", &pg]));
+    let out = lookalike(&["similar", "24-MB01", "--db", &pg]);
+    assert!(
+        !out.status.success() && text(&out).contains("no product with id"),
+        "{}",
+        text(&out)
+    );
+    let hits = ids_and_scores(&json(lookalike(&[
+        "search",
+        s(&demo().join("images/24-mb01.jpg")),
+        "--db",
+        &pg,
+        "--json",
+    ])));
+    assert!(hits.iter().all(|(id, _)| id != "24-MB01"), "{hits:?}");
+
+    let out = lookalike(&[
+        "search",
+        s(&demo().join("images/24-mb01.jpg")),
+        "--db",
+        "postgres://nobody@127.0.0.1:1/none",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("cannot connect to PostgreSQL"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn migrations_run_once_when_replicas_start_together() {
+    let pg = postgres_db();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let pg = pg.clone();
+            std::thread::spawn(move || PgStore::connect(&pg).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM lookalike_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(applied as usize, lookalike::pgstore::MIGRATIONS.len());
+    // Connecting again changes nothing.
+    PgStore::connect(&pg).unwrap();
+    let again: i64 = client
+        .query_one("SELECT count(*) FROM lookalike_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, applied);
+}
+
+#[test]
+fn sharded_workers_share_a_database_and_a_killed_ingest_resumes() {
+    let catalogue = demo().join("catalogue.csv");
+    let pg = postgres_db();
+    let workers: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|shard| {
+            Command::new(env!("CARGO_BIN_EXE_lookalike"))
+                .args(["--threads", "1", "index", s(&catalogue), "--db", &pg, "--shard", shard])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let counts: Vec<usize> = workers
+        .into_iter()
+        .map(|w| {
+            let out = ok(w.wait_with_output().unwrap());
+            let total: usize = out
+                .split("indexed ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            total
+        })
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 60, "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 10),
+        "shards should split the catalogue: {counts:?}"
+    );
+    let store = PgStore::connect(&pg).unwrap();
+    assert_eq!(store.count().unwrap(), 60);
+    // A pruning worker leaves the other shard alone.
+    let out = ok(lookalike(&[
+        "index",
+        s(&catalogue),
+        "--db",
+        &pg,
+        "--shard",
+        "0/2",
+        "--prune",
+    ]));
+    assert!(out.contains("0 pruned"), "{out}");
+    assert_eq!(store.count().unwrap(), 60);
+
+    // SIGKILL mid-ingest, then a rerun finishes without re-embedding what was committed.
+    let pg = postgres_db();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args([
+            "--threads",
+            "1",
+            "index",
+            s(&catalogue),
+            "--db",
+            &pg,
+            "--batch-size",
+            "4",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut committed = 0;
+    while committed < 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        committed = PgStore::connect(&pg).map(|s| s.count().unwrap_or(0)).unwrap_or(0);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = PgStore::connect(&pg).unwrap();
+    let kept = store.count().unwrap();
+    assert!((8..60).contains(&kept), "killed after {kept} products");
+    assert!(store.products().unwrap().iter().all(|p| p.vector.len() == 1280));
+    let out = ok(lookalike(&["index", s(&catalogue), "--db", &pg]));
+    assert!(
+        out.contains(&format!("{} embedded, {kept} unchanged", 60 - kept)),
+        "{out}"
+    );
+    assert_eq!(store.count().unwrap(), 60);
+}
+
+#[test]
+fn two_servers_on_one_database_see_each_others_writes() {
+    let pg = postgres_db();
+    ok(lookalike(&["index", s(&demo().join("catalogue.csv")), "--db", &pg]));
+    let token = "replica-token";
+    let a = common::serve(&pg, &[], token, tempfile::tempdir().unwrap());
+    let b = common::serve(&pg, &[], token, tempfile::tempdir().unwrap());
+    let client = reqwest::blocking::Client::new();
+    let photo = std::fs::read(demo().join("images/24-mb01.jpg")).unwrap();
+    let form = reqwest::blocking::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(photo.clone()).file_name("new.jpg"),
+        )
+        .text("id", "NEW-1")
+        .text("title", "Duffle, again")
+        .text("category", "Gear/Bags")
+        .text("price", "12.5");
+    let created = client
+        .post(format!("{}/v1/products", a.base))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let on_b = client.get(format!("{}/v1/products/NEW-1", b.base)).send().unwrap();
+    assert_eq!(on_b.status(), 200);
+    assert_eq!(on_b.json::<Value>().unwrap()["title"], "Duffle, again");
+    let similar: Value = client
+        .get(format!("{}/v1/products/24-MB01/similar?k=3", b.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(similar["results"][0]["id"], "NEW-1", "{similar}");
+    let stats: Value = client
+        .get(format!("{}/v1/stats", b.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stats["products"], 61);
+    assert!(stats["index_bytes"].as_u64().unwrap() > 0);
+
+    let deleted = client
+        .delete(format!("{}/v1/products/NEW-1", b.base))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = client.get(format!("{}/v1/products/NEW-1", a.base)).send().unwrap();
+    assert_eq!(gone.status(), 404);
+}
