@@ -103,6 +103,37 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         SqliteStore::open(&sqlite).unwrap().manifest().unwrap()
     );
 
+    // Half-precision storage: half the memory, the same ranking at the top.
+    let half = format!("{}?vector=halfvec", postgres_db());
+    ok(lookalike(&["migrate", "--from", s(&sqlite), "--to", &half]));
+    let mut client = postgres::Client::connect(half.trim_end_matches("?vector=halfvec"), postgres::NoTls).unwrap();
+    let column: String = client
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'lookalike_products'::regclass AND attname = 'embedding'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(column, "halfvec(1280)");
+    let photo = demo().join("images/24-mb01.jpg");
+    let top = |db: &str| {
+        ids_and_scores(&json(lookalike(&[
+            "search",
+            s(&photo),
+            "--db",
+            db,
+            "-k",
+            "5",
+            "--json",
+        ])))
+    };
+    let (full, halved) = (top(s(&sqlite)), top(&half));
+    assert_eq!(full[0].0, halved[0].0);
+    for ((_, a), (_, b)) in full.iter().zip(&halved) {
+        assert!((a - b).abs() < 1e-2, "{full:?} vs {halved:?}");
+    }
+
     ok(lookalike(&["remove", "24-MB01", "--db", &pg]));
     let out = lookalike(&["similar", "24-MB01", "--db", &pg]);
     assert!(

@@ -297,7 +297,7 @@ impl Store for PgStore {
         let mut tx = client.transaction()?;
         let upsert = tx.prepare(
             "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector)
              ON CONFLICT (id) DO UPDATE SET title = excluded.title, price = excluded.price,
                category = excluded.category, description = excluded.description,
                image_path = excluded.image_path, content_hash = excluded.content_hash,

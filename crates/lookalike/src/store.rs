@@ -142,11 +142,24 @@ pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) 
     let Some(manifest) = source.manifest()? else {
         bail!("the source catalogue has no products yet");
     };
-    target.ensure_manifest(&manifest)?;
-    if let Some(head) = source.head()? {
-        target.set_head(&head)?;
-    }
     let products = source.products()?;
+    store_products(target, &manifest, source.head()?.as_ref(), &products, batch)?;
+    Ok(products.len())
+}
+
+/// Records `manifest` (and `head`) in `target`, then writes `products` with their vectors,
+/// `batch` per transaction.
+pub fn store_products(
+    target: &mut dyn Store,
+    manifest: &ModelManifest,
+    head: Option<&Head>,
+    products: &[StoredProduct],
+    batch: usize,
+) -> Result<()> {
+    target.ensure_manifest(manifest)?;
+    if let Some(head) = head {
+        target.set_head(head)?;
+    }
     for chunk in products.chunks(batch.max(1)) {
         let entries: Vec<CatalogueEntry> = chunk
             .iter()
@@ -167,7 +180,7 @@ pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) 
             .collect();
         target.write_batch(&writes)?;
     }
-    Ok(products.len())
+    Ok(())
 }
 
 pub struct SqliteStore {

@@ -16,16 +16,19 @@ use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::CatalogueEntry;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::pgstore::{ef_search_for, redact, PgStore};
 use lookalike::preprocess::decode_image;
+use lookalike::recommend::Recommender;
 use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::{ProductWrite, SqliteStore, Store};
+use lookalike::store::{open_store, store_products, ProductWrite, SqliteStore, Store, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 
 #[derive(clap::Args)]
 pub struct LoadPlan {
-    /// Catalogue database to serve (a `lookalike serve` is started on a free loopback port).
+    /// Catalogue to serve, SQLite file or postgres:// URL (a `lookalike serve` is started on a free
+    /// loopback port).
     #[arg(long)]
-    pub db: PathBuf,
+    pub db: String,
     /// The query photo uploaded with every request.
     #[arg(long)]
     pub image: PathBuf,
@@ -54,11 +57,10 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(db: &Path, threads: usize) -> Result<Self> {
+    fn start(db: &str, threads: usize) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", "--read-only", "--port", "0", "--threads", &threads.to_string()])
-            .arg("--db")
-            .arg(db)
+            .args(["--db", db])
             .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -73,7 +75,7 @@ impl ServerProcess {
                 });
             }
         }
-        bail!("`lookalike serve --db {}` exited before listening", db.display())
+        bail!("`lookalike serve --db {}` exited before listening", redact(db))
     }
 
     /// Resident memory of the server process, from /proc (Linux only).
@@ -122,10 +124,10 @@ impl Latencies {
 }
 
 fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
-    let store = SqliteStore::open(&plan.db)?;
-    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?.for_catalogue(&store)?;
+    let store = open_store(&plan.db)?;
+    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?.for_catalogue(&*store)?;
     store.ensure_manifest(&embedder.manifest())?;
-    let index = VectorIndex::new(store.products()?)?;
+    let catalogue = Recommender::new(store)?;
     let filter = Filter {
         category: plan.category.clone(),
         ..Filter::default()
@@ -134,7 +136,9 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
         let image = decode_image(photo)?;
         let tensor = embedder.preprocessing.tensor_of(&image);
         let features = embedder.run(&tensor, 1)?.image(0).features;
-        Ok(index.search(&features, plan.k, Metric::Cosine, &filter, None)?.len())
+        Ok(catalogue
+            .search(&features, plan.k, Metric::Cosine, &filter, None)?
+            .len())
     };
     query()?;
     let budget = Duration::from_secs_f64(plan.seconds);
@@ -239,7 +243,7 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
     }
     eprintln!("measuring the in-process pipeline...");
     let reference = in_process(models, threads, plan, &photo)?;
-    let catalogue_size = SqliteStore::open(&plan.db)?.count()?;
+    let catalogue_size = open_store(&plan.db)?.count()?;
 
     let server = match &plan.url {
         Some(_) => None,
@@ -307,8 +311,19 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
     Ok(())
 }
 
-pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>) -> Result<()> {
+pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, postgres: Option<&str>) -> Result<()> {
     let index = VectorIndex::new(SqliteStore::open(db)?.products()?)?;
+    let postgres = postgres.map(PgStore::connect).transpose()?;
+    if let Some(pg) = &postgres {
+        if pg.count()? != index.len() {
+            bail!(
+                "the PostgreSQL catalogue has {} products, {} has {}: copy it with `lookalike migrate` first",
+                pg.count()?,
+                db.display(),
+                index.len()
+            );
+        }
+    }
     if index.is_empty() || queries == 0 {
         bail!("need a catalogue with products and at least one query");
     }
@@ -336,12 +351,14 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>) -> 
     let ids = |hits: Vec<lookalike::search::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
     let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
     let (fast_ms, fast) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
-    let found: usize = exact
-        .iter()
-        .zip(&fast)
-        .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
-        .sum();
-    let wanted: usize = exact.iter().map(Vec::len).sum();
+    let recall = |found: &[Vec<String>]| {
+        let hits: usize = exact
+            .iter()
+            .zip(found)
+            .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
+            .sum();
+        hits as f64 / exact.iter().map(Vec::len).sum::<usize>().max(1) as f64
+    };
     let median = |m: &[f64]| m[m.len() / 2];
     let p99 = |m: &[f64]| m[((m.len() as f64 * 0.99).ceil() as usize).clamp(1, m.len()) - 1];
     let mut table = Table::new();
@@ -360,8 +377,24 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>) -> 
         format!("{:.2}", median(&fast_ms)),
         format!("{:.2}", p99(&fast_ms)),
         format!("{:.2}", median(&exact_ms) / median(&fast_ms)),
-        format!("{:.3}", found as f64 / wanted.max(1) as f64),
+        format!("{:.3}", recall(&fast)),
     ]);
+    if let Some(pg) = &postgres {
+        let (pg_ms, pg_found) = timed(&|q| {
+            pg.nearest(q, k, Metric::Cosine, &filter, None)
+                .expect("PostgreSQL search")
+                .into_iter()
+                .map(|(p, _)| p.id)
+                .collect()
+        });
+        table.add_row([
+            format!("PostgreSQL HNSW (ef_search {}, SQL round trip)", ef_search_for(k)),
+            format!("{:.2}", median(&pg_ms)),
+            format!("{:.2}", p99(&pg_ms)),
+            format!("{:.2}", median(&exact_ms) / median(&pg_ms)),
+            format!("{:.3}", recall(&pg_found)),
+        ]);
+    }
     println!(
         "{} products, {}-d, k={k}, {} queries, rayon threads {}",
         index.len(),
@@ -370,6 +403,71 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>) -> 
         rayon::current_num_threads()
     );
     println!("{table}");
+    if let Some(pg) = &postgres {
+        println!(
+            "PostgreSQL HNSW index: {:.1} MiB",
+            pg.vector_index_bytes()? as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
+}
+
+/// Products/s copying precomputed vectors into a new SQLite file (the reference) and into an
+/// empty PostgreSQL database, in transactions of `batch` products.
+pub fn ingest(from: &Path, postgres: &str, products: usize, batch: usize) -> Result<()> {
+    let source = SqliteStore::open(from)?;
+    let all = source.products()?;
+    let Some(manifest) = source.manifest()? else {
+        bail!("{} has no products", from.display());
+    };
+    let sample: Vec<StoredProduct> = all.into_iter().take(products).collect();
+    let scratch = std::env::temp_dir().join(format!("lookalike-ingest-{}.db", std::process::id()));
+    let remove_scratch = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
+        }
+    };
+    remove_scratch();
+    let into_sqlite = || -> Result<Box<dyn Store>> { Ok(Box::new(SqliteStore::open(&scratch)?)) };
+    let into_postgres = || -> Result<Box<dyn Store>> {
+        let pg = PgStore::connect(postgres)?;
+        if pg.count()? > 0 {
+            bail!("{} is not empty; ingest needs an empty database", redact(postgres));
+        }
+        Ok(Box::new(pg))
+    };
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["into", "products", "seconds", "products/s", "÷ SQLite"]);
+    let mut reference = None;
+    for (name, open) in [
+        (
+            "SQLite (WAL, reference)",
+            &into_sqlite as &dyn Fn() -> Result<Box<dyn Store>>,
+        ),
+        ("PostgreSQL + HNSW index", &into_postgres),
+    ] {
+        let mut target = open()?;
+        let started = Instant::now();
+        store_products(&mut *target, &manifest, None, &sample, batch)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let rate = sample.len() as f64 / seconds;
+        let base = *reference.get_or_insert(rate);
+        table.add_row([
+            name.to_string(),
+            sample.len().to_string(),
+            format!("{seconds:.1}"),
+            format!("{rate:.0}"),
+            format!("{:.2}", rate / base),
+        ]);
+    }
+    println!(
+        "ingest of precomputed {}-d vectors, {batch} products per transaction",
+        manifest.dimension
+    );
+    println!("{table}");
+    remove_scratch();
     Ok(())
 }
 

@@ -43,6 +43,23 @@ pub enum BenchCommand {
         k: usize,
         #[arg(long)]
         category: Option<String>,
+        /// Also measure PostgreSQL's HNSW search on this database holding the same catalogue
+        /// (copied with `lookalike migrate`).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+    /// Products/s of storing precomputed vectors: into SQLite (reference) and into PostgreSQL.
+    Ingest {
+        /// SQLite catalogue whose products are copied.
+        #[arg(long)]
+        from: PathBuf,
+        /// An empty PostgreSQL database.
+        #[arg(long)]
+        postgres: String,
+        #[arg(long, default_value_t = 20_000)]
+        products: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
     },
     /// Writes a large synthetic catalogue for load tests: real vectors and metadata of `--from`,
     /// repeated with seeded noise until there are `--products`.
@@ -72,7 +89,14 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
             queries,
             k,
             category,
-        } => http::search(&db, queries, k, category),
+            postgres,
+        } => http::search(&db, queries, k, category, postgres.as_deref()),
+        BenchCommand::Ingest {
+            from,
+            postgres,
+            products,
+            batch_size,
+        } => http::ingest(&from, &postgres, products, batch_size),
         BenchCommand::SynthCatalogue {
             from,
             db,
