@@ -109,13 +109,13 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
     let mut client = postgres::Client::connect(half.trim_end_matches("?vector=halfvec"), postgres::NoTls).unwrap();
     let column: String = client
         .query_one(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+            "SELECT format_type(atttypid, atttypmod) || ' ' || attstorage::text FROM pg_attribute
              WHERE attrelid = 'lookalike_products'::regclass AND attname = 'embedding'",
             &[],
         )
         .unwrap()
         .get(0);
-    assert_eq!(column, "halfvec(1280)");
+    assert_eq!(column, "halfvec(1280) p", "half-precision, stored inline (PLAIN)");
     let photo = demo().join("images/24-mb01.jpg");
     let top = |db: &str| {
         ids_and_scores(&json(lookalike(&[

@@ -6,7 +6,9 @@
 //! The schema is versioned: [`MIGRATIONS`] run on connect under an advisory lock, each in its
 //! own transaction, so replicas starting together apply them once. The vector column gets its
 //! dimension (and its HNSW index) when the first manifest is recorded, since only then is the
-//! model known. `?vector=halfvec` on the URL stores half-precision vectors (half the memory).
+//! model known. Two options ride on the URL and are not passed to the driver: `vector=halfvec`
+//! stores half-precision vectors (half the memory; only when the database is first set up), and
+//! `ef_search=N` sets HNSW's candidate list for every query (default [`ef_search_for`]`(k)`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -49,6 +51,11 @@ const SCHEMA_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
 /// HNSW build parameters: pgvector's defaults, which reach recall@10 ≥ 0.95 here with a modest ef_search.
 const HNSW_M: u32 = 16;
 const HNSW_EF_CONSTRUCTION: u32 = 64;
+/// Largest vector kept inline in its row (PLAIN storage); a page holds 8 kB.
+const INLINE_VECTOR_BYTES: usize = 6000;
+/// A category filter matching at most this many products is scored exactly (see [`PgStore::nearest`]);
+/// pgvector's iterative scan gives up after `hnsw.max_scan_tuples` (20,000 by default).
+const EXACT_CATEGORY_ROWS: usize = 20_000;
 /// `hnsw.ef_search` per query: enough candidates for `k` results, within pgvector's limit.
 pub fn ef_search_for(k: usize) -> usize {
     (k * 4).clamp(40, 1000)
@@ -77,21 +84,35 @@ pub struct PgStore {
     client: Mutex<Client>,
     /// The column type once the manifest fixed it, e.g. `vector(1280)`.
     column: Mutex<Option<String>>,
-    vector_type: VectorType,
+    options: UrlOptions,
 }
 
-/// Splits lookalike's own `vector=` option off the URL; the rest goes to the driver.
-fn parse_url(url: &str) -> Result<(String, VectorType)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), VectorType::Vector));
+/// lookalike's own options on a PostgreSQL URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UrlOptions {
+    vector_type: VectorType,
+    ef_search: Option<usize>,
+}
+
+/// Splits lookalike's own options off the URL; the rest goes to the driver.
+fn parse_url(url: &str) -> Result<(String, UrlOptions)> {
+    let mut options = UrlOptions {
+        vector_type: VectorType::Vector,
+        ef_search: None,
     };
-    let mut vector_type = VectorType::Vector;
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), options));
+    };
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("vector", "vector")) => vector_type = VectorType::Vector,
-            Some(("vector", "halfvec")) => vector_type = VectorType::HalfVec,
+            Some(("vector", "vector")) => options.vector_type = VectorType::Vector,
+            Some(("vector", "halfvec")) => options.vector_type = VectorType::HalfVec,
             Some(("vector", other)) => bail!("vector={other} in the database URL: use vector or halfvec"),
+            Some(("ef_search", n)) => match n.parse() {
+                Ok(n @ 1..=1000) => options.ef_search = Some(n),
+                _ => bail!("ef_search={n} in the database URL: use a number from 1 to 1000"),
+            },
             _ => rest.push(pair),
         }
     }
@@ -100,7 +121,7 @@ fn parse_url(url: &str) -> Result<(String, VectorType)> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((url, vector_type))
+    Ok((url, options))
 }
 
 fn product_info(row: &Row, first: usize) -> ProductInfo {
@@ -131,7 +152,7 @@ fn product_from(row: &Row, with_vector: bool) -> StoredProduct {
 impl PgStore {
     /// Connects and brings the schema up to date.
     pub fn connect(url: &str) -> Result<Self> {
-        let (driver_url, vector_type) = parse_url(url)?;
+        let (driver_url, options) = parse_url(url)?;
         let shown = redact(&driver_url);
         let mut client =
             Client::connect(&driver_url, NoTls).with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
@@ -139,10 +160,15 @@ impl PgStore {
         let store = Self {
             client: Mutex::new(client),
             column: Mutex::new(None),
-            vector_type,
+            options,
         };
         *store.column.lock().expect("column lock") = store.column_type()?;
         Ok(store)
+    }
+
+    /// `hnsw.ef_search` for a query of `k` results: the URL's `ef_search`, else [`ef_search_for`].
+    pub fn ef_search(&self, k: usize) -> usize {
+        self.options.ef_search.unwrap_or_else(|| ef_search_for(k))
     }
 
     fn client(&self) -> std::sync::MutexGuard<'_, Client> {
@@ -234,16 +260,27 @@ impl Store for PgStore {
             let stored: ModelManifest = serde_json::from_str(&stored)?;
             return check_same_model(&stored, model);
         }
-        let column = format!("{}({})", self.vector_type.sql(), model.dimension);
+        let column = format!("{}({})", self.options.vector_type.sql(), model.dimension);
         tx.execute(
             "INSERT INTO lookalike_manifest (key, value) VALUES ('model', $1)",
             &[&serde_json::to_string(model)?],
         )?;
         tx.batch_execute(&format!(
-            "ALTER TABLE lookalike_products ALTER COLUMN embedding TYPE {column};
-             CREATE INDEX lookalike_products_embedding ON lookalike_products
-               USING hnsw (embedding {}_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION});",
-            self.vector_type.sql()
+            "ALTER TABLE lookalike_products ALTER COLUMN embedding TYPE {column}"
+        ))?;
+        // Vectors that fit in a page stay inline: TOASTed ones cost a detour per row scored, which
+        // made exactly scored categories 3x slower (measured at 100k products).
+        let bytes_per_value = match self.options.vector_type {
+            VectorType::Vector => 4,
+            VectorType::HalfVec => 2,
+        };
+        if model.dimension * bytes_per_value <= INLINE_VECTOR_BYTES {
+            tx.batch_execute("ALTER TABLE lookalike_products ALTER COLUMN embedding SET STORAGE PLAIN")?;
+        }
+        tx.batch_execute(&format!(
+            "CREATE INDEX lookalike_products_embedding ON lookalike_products
+               USING hnsw (embedding {}_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
+            self.options.vector_type.sql()
         ))?;
         tx.commit()?;
         *self.column.lock().expect("column lock") = Some(column);
@@ -429,36 +466,72 @@ impl Store for PgStore {
             Metric::Cosine => "<=>",
             Metric::Euclidean => "<->",
         };
-        let sql = format!(
-            "SELECT {PRODUCT_COLUMNS}, embedding {operator} ($1::vector)::{column} AS distance
-             FROM lookalike_products
-             WHERE ($2::text IS NULL OR lower(category) = lower($2))
-               AND (cardinality($3::text[]) = 0 OR lower(category) = ANY($3))
-               AND ($4::float8 IS NULL OR price >= $4)
-               AND ($5::float8 IS NULL OR price <= $5)
-               AND ($6::text IS NULL OR id <> $6)
-             ORDER BY embedding {operator} ($1::vector)::{column}
-             LIMIT $7"
-        );
+        // Only the conditions in use, so the planner sees plain predicates beside the index scan.
         let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
+        let vector = Vector::from(query.to_vec());
+        let limit = k as i64;
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&vector, &limit];
+        let mut conditions = Vec::new();
+        let mut add = |template: &str, param| {
+            params.push(param);
+            conditions.push(template.replace('?', &format!("${}", params.len())));
+        };
+        if let Some(category) = &filter.category {
+            add("lower(category) = lower(?)", category);
+        }
+        if !any_category.is_empty() {
+            add("lower(category) = ANY(?)", &any_category);
+        }
+        if let Some(min) = &filter.min_price {
+            add("price >= ?", min);
+        }
+        if let Some(max) = &filter.max_price {
+            add("price <= ?", max);
+        }
+        if let Some(id) = &exclude {
+            add("id <> ?", id);
+        }
+        let condition = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
         let mut client = self.client();
         let mut tx = client.transaction()?;
+        // HNSW walks the graph from the query outwards, so a category far from the query makes its
+        // iterative scan visit (and filter out) up to hnsw.max_scan_tuples rows and still come back
+        // short. Categories of moderate size are scored exactly instead, found by their B-tree index.
+        let category_rows = match (&filter.category, any_category.is_empty()) {
+            (None, true) => None,
+            _ => {
+                let (category_sql, category_param): (&str, &(dyn postgres::types::ToSql + Sync)) =
+                    match &filter.category {
+                        Some(category) => ("lower(category) = lower($1)", category),
+                        None => ("lower(category) = ANY($1)", &any_category),
+                    };
+                let n: i64 = tx
+                    .query_one(
+                        &format!("SELECT count(*) FROM lookalike_products WHERE {category_sql}"),
+                        &[category_param],
+                    )?
+                    .get(0);
+                Some(n as usize)
+            }
+        };
+        // `+ 0` keeps the planner from ordering by the HNSW index: every matching row is scored.
+        let exact = category_rows.is_some_and(|n| n <= EXACT_CATEGORY_ROWS) || metric == Metric::Euclidean;
+        let order = if exact { "+ 0" } else { "" };
+        let sql = format!(
+            "SELECT {PRODUCT_COLUMNS}, embedding {operator} ($1::vector)::{column} AS distance
+             FROM lookalike_products {condition}
+             ORDER BY (embedding {operator} ($1::vector)::{column}) {order}
+             LIMIT $2"
+        );
         tx.batch_execute(&format!(
             "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order;",
-            ef_search_for(k)
+            self.ef_search(k)
         ))?;
-        let rows = tx.query(
-            &sql,
-            &[
-                &Vector::from(query.to_vec()),
-                &filter.category,
-                &any_category,
-                &filter.min_price,
-                &filter.max_price,
-                &exclude,
-                &(k as i64),
-            ],
-        )?;
+        let rows = tx.query(&sql, &params)?;
         tx.commit()?;
         // Relaxed order lets the iterative scan return rows slightly out of order.
         let mut hits: Vec<Scored> = rows
@@ -489,14 +562,27 @@ mod tests {
         assert!(is_postgres_url("postgres://u@h/db") && is_postgres_url("postgresql://h/db"));
         assert!(!is_postgres_url("shop.db"));
         assert_eq!(
-            parse_url("postgres://u@h:5/db?vector=halfvec&sslmode=disable").unwrap(),
-            ("postgres://u@h:5/db?sslmode=disable".to_string(), VectorType::HalfVec)
+            parse_url("postgres://u@h:5/db?vector=halfvec&sslmode=disable&ef_search=100").unwrap(),
+            (
+                "postgres://u@h:5/db?sslmode=disable".to_string(),
+                UrlOptions {
+                    vector_type: VectorType::HalfVec,
+                    ef_search: Some(100)
+                }
+            )
         );
         assert_eq!(
             parse_url("postgres://u@h/db").unwrap(),
-            ("postgres://u@h/db".to_string(), VectorType::Vector)
+            (
+                "postgres://u@h/db".to_string(),
+                UrlOptions {
+                    vector_type: VectorType::Vector,
+                    ef_search: None
+                }
+            )
         );
         assert!(parse_url("postgres://h/db?vector=float").is_err());
+        assert!(parse_url("postgres://h/db?ef_search=0").is_err());
         assert_eq!(redact("postgres://me:secret@h/db"), "postgres://me:***@h/db");
         assert_eq!(ef_search_for(10), 40);
         assert_eq!(ef_search_for(100), 400);

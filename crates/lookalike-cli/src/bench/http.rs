@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::CatalogueEntry;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
-use lookalike::pgstore::{ef_search_for, redact, PgStore};
+use lookalike::pgstore::{redact, PgStore};
 use lookalike::preprocess::decode_image;
 use lookalike::recommend::Recommender;
 use lookalike::search::{Filter, Metric, VectorIndex};
@@ -388,7 +388,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
                 .collect()
         });
         table.add_row([
-            format!("PostgreSQL HNSW (ef_search {}, SQL round trip)", ef_search_for(k)),
+            format!("PostgreSQL HNSW (ef_search {}, SQL round trip)", pg.ef_search(k)),
             format!("{:.2}", median(&pg_ms)),
             format!("{:.2}", p99(&pg_ms)),
             format!("{:.2}", median(&exact_ms) / median(&pg_ms)),
