@@ -388,7 +388,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
                 .collect()
         });
         table.add_row([
-            format!("PostgreSQL HNSW (ef_search {}, SQL round trip)", pg.ef_search(k)),
+            format!("PostgreSQL (SQL round trip, ef_search {})", pg.ef_search(k)),
             format!("{:.2}", median(&pg_ms)),
             format!("{:.2}", p99(&pg_ms)),
             format!("{:.2}", median(&exact_ms) / median(&pg_ms)),
