@@ -256,7 +256,7 @@ fn open_existing(db: &str) -> Result<Box<dyn Store>> {
     }
     let store = open_store(db)?;
     if store.manifest()?.is_none() {
-        bail!("the catalogue at {db} is empty (run `lookalike index` first)");
+        bail!("the catalogue at {} is empty (run `lookalike index` first)", redact(db));
     }
     Ok(store)
 }
@@ -269,7 +269,12 @@ struct Shard {
 
 fn parse_shard(s: &str) -> Result<Shard> {
     let (i, n) = s.split_once('/').context("a shard is I/N, e.g. 0/4")?;
-    let (index, count): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    let number = |x: &str| {
+        x.trim()
+            .parse::<usize>()
+            .with_context(|| format!("{x:?} in shard {s:?} is not a number"))
+    };
+    let (index, count) = (number(i)?, number(n)?);
     if count == 0 || index >= count {
         bail!("shard {index}/{count}: I must be below N");
     }
