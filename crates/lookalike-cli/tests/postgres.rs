@@ -63,6 +63,18 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
     ]));
     let out = ok(lookalike(&["migrate", "--from", s(&sqlite), "--to", &pg]));
     assert!(out.contains("copied 60 products"), "{out}");
+    // The bulk load rebuilt the HNSW index it set aside; a load killed before that is repaired on connect.
+    let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    let has_index = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one("SELECT to_regclass('lookalike_products_embedding') IS NOT NULL", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert!(has_index(&mut client));
+    client.batch_execute("DROP INDEX lookalike_products_embedding").unwrap();
+    PgStore::connect(&pg).unwrap();
+    assert!(has_index(&mut client));
 
     for photo in ["24-mb01.jpg", "mh03.jpg", "wp03.jpg"] {
         let photo = demo().join("images").join(photo);

@@ -51,6 +51,8 @@ const SCHEMA_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
 /// HNSW build parameters: pgvector's defaults, which reach recall@10 ≥ 0.95 here with a modest ef_search.
 const HNSW_M: u32 = 16;
 const HNSW_EF_CONSTRUCTION: u32 = 64;
+/// `maintenance_work_mem` while building the HNSW index after a bulk load: 100k 1280-d vectors need ~800 MB.
+const BULK_INDEX_MEMORY: &str = "1GB";
 /// Largest vector kept inline in its row (PLAIN storage); a page holds 8 kB.
 const INLINE_VECTOR_BYTES: usize = 6000;
 /// A category filter matching at most this many products is scored exactly (see [`PgStore::nearest`]);
@@ -85,6 +87,8 @@ pub struct PgStore {
     /// The column type once the manifest fixed it, e.g. `vector(1280)`.
     column: Mutex<Option<String>>,
     options: UrlOptions,
+    /// A bulk load dropped the vector index, to be rebuilt when it finishes.
+    index_dropped: bool,
 }
 
 /// lookalike's own options on a PostgreSQL URL.
@@ -161,8 +165,20 @@ impl PgStore {
             client: Mutex::new(client),
             column: Mutex::new(None),
             options,
+            index_dropped: false,
         };
-        *store.column.lock().expect("column lock") = store.column_type()?;
+        let column = store.column_type()?;
+        if let Some(column) = &column {
+            // A bulk load killed before it rebuilt the index left the catalogue without one.
+            let mut client = store.client();
+            let missing: bool = client
+                .query_one("SELECT to_regclass('lookalike_products_embedding') IS NULL", &[])?
+                .get(0);
+            if missing {
+                create_vector_index(&mut *client, column, true)?;
+            }
+        }
+        *store.column.lock().expect("column lock") = column;
         Ok(store)
     }
 
@@ -205,6 +221,21 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The HNSW index over `column` (`vector(d)` or `halfvec(d)`), cosine distance.
+fn create_vector_index(client: &mut impl postgres::GenericClient, column: &str, if_missing: bool) -> Result<()> {
+    let ops = if column.starts_with("halfvec") {
+        "halfvec_cosine_ops"
+    } else {
+        "vector_cosine_ops"
+    };
+    let if_missing = if if_missing { "IF NOT EXISTS" } else { "" };
+    client.batch_execute(&format!(
+        "CREATE INDEX {if_missing} lookalike_products_embedding ON lookalike_products
+           USING hnsw (embedding {ops}) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+    ))?;
+    Ok(())
 }
 
 fn migrate(client: &mut Client) -> Result<()> {
@@ -277,11 +308,7 @@ impl Store for PgStore {
         if model.dimension * bytes_per_value <= INLINE_VECTOR_BYTES {
             tx.batch_execute("ALTER TABLE lookalike_products ALTER COLUMN embedding SET STORAGE PLAIN")?;
         }
-        tx.batch_execute(&format!(
-            "CREATE INDEX lookalike_products_embedding ON lookalike_products
-               USING hnsw (embedding {}_cosine_ops) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
-            self.options.vector_type.sql()
-        ))?;
+        create_vector_index(&mut tx, &column, false)?;
         tx.commit()?;
         *self.column.lock().expect("column lock") = Some(column);
         Ok(())
@@ -397,6 +424,30 @@ impl Store for PgStore {
 
     fn has_vector_index(&self) -> bool {
         true
+    }
+
+    fn start_bulk_load(&mut self) -> Result<()> {
+        if self.count()? == 0 {
+            self.client()
+                .batch_execute("DROP INDEX IF EXISTS lookalike_products_embedding")?;
+            self.index_dropped = true;
+        }
+        Ok(())
+    }
+
+    fn finish_bulk_load(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.index_dropped) {
+            return Ok(());
+        }
+        let column = self.column.lock().expect("column lock").clone();
+        if let Some(column) = column {
+            let mut client = self.client();
+            // The graph builds in memory when it fits; this is per session, not the server's setting.
+            client.batch_execute(&format!("SET maintenance_work_mem = '{BULK_INDEX_MEMORY}'"))?;
+            create_vector_index(&mut *client, &column, true)?;
+            client.batch_execute("RESET maintenance_work_mem")?;
+        }
+        Ok(())
     }
 
     fn vector_index_bytes(&self) -> Result<usize> {

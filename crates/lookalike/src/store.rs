@@ -103,6 +103,14 @@ pub trait Store: Send {
     fn vector_index_bytes(&self) -> Result<usize> {
         Ok(0)
     }
+    /// Announces many writes into a catalogue that may be empty: PostgreSQL then leaves its vector
+    /// index aside and builds it once in [`Self::finish_bulk_load`], far faster than row by row.
+    fn start_bulk_load(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn finish_bulk_load(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path.
@@ -160,6 +168,7 @@ pub fn store_products(
     if let Some(head) = head {
         target.set_head(head)?;
     }
+    target.start_bulk_load()?;
     for chunk in products.chunks(batch.max(1)) {
         let entries: Vec<CatalogueEntry> = chunk
             .iter()
@@ -180,7 +189,7 @@ pub fn store_products(
             .collect();
         target.write_batch(&writes)?;
     }
-    Ok(())
+    target.finish_bulk_load()
 }
 
 pub struct SqliteStore {

@@ -446,7 +446,7 @@ pub fn ingest(from: &Path, postgres: &str, products: usize, batch: usize) -> Res
             "SQLite (WAL, reference)",
             &into_sqlite as &dyn Fn() -> Result<Box<dyn Store>>,
         ),
-        ("PostgreSQL + HNSW index", &into_postgres),
+        ("PostgreSQL (HNSW index built after the load)", &into_postgres),
     ] {
         let mut target = open()?;
         let started = Instant::now();
