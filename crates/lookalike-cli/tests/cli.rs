@@ -12,30 +12,30 @@ use serde_json::Value;
 const DEMO_PRODUCTS: usize = 60;
 
 mod common;
-use common::{demo, demo_classifier};
+use common::{demo, demo_classifier, json, lookalike, s, text};
 
-fn lookalike(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(args)
-        .output()
-        .expect("run lookalike")
+/// `train classifier` on ImageFolder `train`/`val` into `out`, with `extra` flags.
+fn train_classifier(train: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "classifier",
+        "--train",
+        s(train),
+        "--val",
+        s(val),
+        "--out",
+        s(out),
+    ];
+    args.extend(extra);
+    lookalike(&args)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> Value {
-    assert!(o.status.success(), "{}", text(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// The last epoch's training loss is under half the first's, in the history.json beside a head.
+fn assert_training_loss_halved(history_json: &Path) {
+    let history: Value = serde_json::from_slice(&std::fs::read(history_json).unwrap()).unwrap();
+    let epochs = history["epochs"].as_array().unwrap();
+    let loss = |e: &Value| e["train_loss"].as_f64().unwrap();
+    assert!(loss(epochs.last().unwrap()) < loss(&epochs[0]) * 0.5, "{history}");
 }
 
 /// The demo catalogue indexed once per test binary, shared read-only by the query tests.
@@ -380,28 +380,14 @@ fn heads_train_on_real_photos_and_evaluate() {
     let cache = dir.path().join("cache");
     let classifier = dir.path().join("heads/classifier.safetensors");
     std::fs::create_dir_all(classifier.parent().unwrap()).unwrap();
-    let out = lookalike(&[
-        "train",
-        "classifier",
-        "--train",
-        s(&train),
-        "--val",
-        s(&val),
-        "--out",
-        s(&classifier),
-        "--epochs",
-        "15",
-        "--batch-size",
-        "4",
-        "--cache",
-        s(&cache),
-    ]);
+    let out = train_classifier(
+        &train,
+        &val,
+        &classifier,
+        &["--epochs", "15", "--batch-size", "4", "--cache", s(&cache)],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let history: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("heads/history.json")).unwrap()).unwrap();
-    let epochs = history["epochs"].as_array().unwrap();
-    let loss = |e: &Value| e["train_loss"].as_f64().unwrap();
-    assert!(loss(epochs.last().unwrap()) < loss(&epochs[0]) * 0.5, "{history}");
+    assert_training_loss_halved(&dir.path().join("heads/history.json"));
 
     let report = json(&lookalike(&[
         "eval",
@@ -514,18 +500,7 @@ fn heads_train_on_real_photos_and_evaluate() {
     let single = dir.path().join("single");
     std::fs::create_dir_all(single.join("bags")).unwrap();
     std::fs::copy(train.join("bags/24-mb01.jpg"), single.join("bags/24-mb01.jpg")).unwrap();
-    let out = lookalike(&[
-        "train",
-        "classifier",
-        "--train",
-        s(&single),
-        "--val",
-        s(&val),
-        "--out",
-        s(&classifier),
-        "--cache",
-        s(&cache),
-    ]);
+    let out = train_classifier(&single, &val, &classifier, &["--cache", s(&cache)]);
     assert!(
         !out.status.success() && text(&out).contains("at least two classes"),
         "{}",
@@ -539,34 +514,28 @@ fn a_classifier_fine_tunes_the_last_blocks_and_serves_hybrid_search() {
     let (train, val) = demo_split(dir.path());
     let cache = dir.path().join("cache");
     let head = dir.path().join("fine-tuned.safetensors");
-    let out = lookalike(&[
-        "train",
-        "classifier",
-        "--train",
-        s(&train),
-        "--val",
-        s(&val),
-        "--out",
-        s(&head),
-        "--fine-tune-blocks",
-        "2",
-        "--epochs",
-        "12",
-        "--batch-size",
-        "4",
-        "--cache",
-        s(&cache),
-    ]);
+    let out = train_classifier(
+        &train,
+        &val,
+        &head,
+        &[
+            "--fine-tune-blocks",
+            "2",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "4",
+            "--cache",
+            s(&cache),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("with blocks 14+ fine-tuned 9408-1280-4"),
         "{}",
         text(&out)
     );
-    let history: Value = serde_json::from_slice(&std::fs::read(dir.path().join("history.json")).unwrap()).unwrap();
-    let epochs = history["epochs"].as_array().unwrap();
-    let loss = |e: &Value| e["train_loss"].as_f64().unwrap();
-    assert!(loss(epochs.last().unwrap()) < loss(&epochs[0]) * 0.5, "{history}");
+    assert_training_loss_halved(&dir.path().join("history.json"));
 
     let report = json(&lookalike(&[
         "eval",
@@ -623,18 +592,7 @@ fn a_classifier_fine_tunes_the_last_blocks_and_serves_hybrid_search() {
     ]));
     assert!(retrieval["precision_at_1"].as_f64().unwrap() >= 0.75, "{retrieval}");
 
-    let out = lookalike(&[
-        "train",
-        "classifier",
-        "--train",
-        s(&train),
-        "--val",
-        s(&val),
-        "--out",
-        s(&head),
-        "--fine-tune-blocks",
-        "17",
-    ]);
+    let out = train_classifier(&train, &val, &head, &["--fine-tune-blocks", "17"]);
     assert!(
         !out.status.success() && text(&out).contains("between 1 and 16"),
         "{}",

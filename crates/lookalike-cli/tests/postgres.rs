@@ -2,8 +2,7 @@
 //! answers as SQLite, migration both ways, concurrent schema setup, sharded and interrupted ingest,
 //! and replicas that see each other's writes.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lookalike::pgstore::PgStore;
@@ -11,36 +10,7 @@ use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
 mod common;
-use common::{demo, postgres_db};
-
-fn lookalike(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(args)
-        .output()
-        .expect("run lookalike")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    text(&o)
-}
-
-fn json(o: Output) -> Value {
-    assert!(o.status.success(), "{}", text(&o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{demo, json, lookalike, ok, postgres_db, s, text};
 
 fn ids_and_scores(hits: &Value) -> Vec<(String, f64)> {
     hits.as_array()
@@ -81,7 +51,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         let query = |db: &str, extra: &[&str]| {
             let mut args = vec!["search", s(&photo), "--db", db, "-k", "10", "--json"];
             args.extend(extra);
-            ids_and_scores(&json(lookalike(&args)))
+            ids_and_scores(&json(&lookalike(&args)))
         };
         for filters in [
             &[][..],
@@ -96,7 +66,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
             }
         }
     }
-    let similar = |db: &str| ids_and_scores(&json(lookalike(&["similar", "24-MB01", "--db", db, "--json"])));
+    let similar = |db: &str| ids_and_scores(&json(&lookalike(&["similar", "24-MB01", "--db", db, "--json"])));
     assert_eq!(
         similar(s(&sqlite)).iter().map(|h| &h.0).collect::<Vec<_>>(),
         similar(&pg).iter().map(|h| &h.0).collect::<Vec<_>>()
@@ -130,7 +100,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
     assert_eq!(column, "halfvec(1280) p", "half-precision, stored inline (PLAIN)");
     let photo = demo().join("images/24-mb01.jpg");
     let top = |db: &str| {
-        ids_and_scores(&json(lookalike(&[
+        ids_and_scores(&json(&lookalike(&[
             "search",
             s(&photo),
             "--db",
@@ -153,7 +123,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         "{}",
         text(&out)
     );
-    let hits = ids_and_scores(&json(lookalike(&[
+    let hits = ids_and_scores(&json(&lookalike(&[
         "search",
         s(&demo().join("images/24-mb01.jpg")),
         "--db",

@@ -596,10 +596,7 @@ impl Store for PgStore {
                 (product_from(r, false), score as f32)
             })
             .collect();
-        match metric {
-            Metric::Cosine => hits.sort_by(|a, b| b.1.total_cmp(&a.1)),
-            Metric::Euclidean => hits.sort_by(|a, b| a.1.total_cmp(&b.1)),
-        }
+        hits.sort_by(|a, b| metric.best_first(a.1, b.1));
         Ok(hits)
     }
 }

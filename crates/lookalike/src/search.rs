@@ -33,6 +33,16 @@ pub enum Metric {
     Euclidean,
 }
 
+impl Metric {
+    /// Orders scores best first: higher similarity (cosine), shorter distance (Euclidean).
+    pub fn best_first(self, a: f32, b: f32) -> std::cmp::Ordering {
+        match self {
+            Self::Cosine => b.total_cmp(&a),
+            Self::Euclidean => a.total_cmp(&b),
+        }
+    }
+}
+
 impl FromStr for Metric {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -146,13 +156,7 @@ fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
 
 /// Keeps the `k` best (index, score) pairs, best first; ties go to the lower index.
 fn keep_best(scored: &mut Vec<(usize, f32)>, k: usize, metric: Metric) {
-    let better = |a: &(usize, f32), b: &(usize, f32)| {
-        match metric {
-            Metric::Cosine => b.1.total_cmp(&a.1),
-            Metric::Euclidean => a.1.total_cmp(&b.1),
-        }
-        .then(a.0.cmp(&b.0))
-    };
+    let better = |a: &(usize, f32), b: &(usize, f32)| metric.best_first(a.1, b.1).then(a.0.cmp(&b.0));
     if k < scored.len() {
         scored.select_nth_unstable_by(k, better);
         scored.truncate(k);

@@ -4,10 +4,45 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
 
 use lookalike::store::{SqliteStore, Store};
 use lookalike::train::{train_classifier, LabelledFeatures, TrainOptions};
+
+/// Runs the real binary to completion.
+pub fn lookalike(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(args)
+        .output()
+        .expect("run lookalike")
+}
+
+/// stdout then stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The output of a run that must succeed.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    text(&o)
+}
+
+/// stdout of a run that must succeed, as JSON.
+pub fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 pub fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
