@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
-use lookalike::eval::ClassificationReport;
-use lookalike::recommend::Scored;
-use lookalike::train::EpochRecord;
+use lookalike::learn::eval::ClassificationReport;
+use lookalike::learn::train::EpochRecord;
+use lookalike::types::Scored;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -206,7 +206,7 @@ pub fn recommendation_grid(query: &image::RgbImage, hits: &[Scored], score_name:
         let (col, row) = (i as u32 % columns, i as u32 / columns);
         let x = (20 + (col + 1) * (TILE + 20)) as i32;
         let y = (20 + row * (tile_height + 20)) as i32;
-        match lookalike::preprocess::load_image(Path::new(&p.image_path)) {
+        match lookalike::image::load_image(Path::new(&p.image_path)) {
             Ok(image) => draw_image(x, y, &image)?,
             Err(_) => root
                 .draw(&Rectangle::new(

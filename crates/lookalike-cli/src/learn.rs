@@ -8,17 +8,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use lookalike::augment::Augmentation;
+use lookalike::catalogue::indexer::{index_augmented_views, IndexOptions};
 use lookalike::catalogue::read_image_folder;
-use lookalike::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
-use lookalike::head::{Head, HeadKind};
-use lookalike::indexer::{index_augmented_views, IndexOptions};
-use lookalike::model::Embedder;
-use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::{SqliteStore, Store, StoredProduct};
-use lookalike::train::{
+use lookalike::image::augment::Augmentation;
+use lookalike::index::VectorIndex;
+use lookalike::learn::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
+use lookalike::learn::head::{Head, HeadKind};
+use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
+use lookalike::model::Embedder;
+use lookalike::store::{SqliteStore, Store};
+use lookalike::types::{Filter, Metric, StoredProduct};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LossArg {
@@ -321,13 +322,13 @@ fn print_epoch(record: &EpochRecord, accuracy_name: &str) {
 }
 
 fn train_scratch(args: &ScratchArgs) -> Result<()> {
-    use lookalike::scratch::{knn_at_1, read_fashion_mnist, FashionCnn};
+    use lookalike::learn::scratch::{knn_at_1, read_fashion_mnist, FashionCnn};
     let (mut train, test) = read_fashion_mnist(&args.fashion_mnist)?;
     if let Some(limit) = args.limit {
         train.labels.truncate(limit);
         train
             .images
-            .truncate(limit * lookalike::scratch::SIDE * lookalike::scratch::SIDE);
+            .truncate(limit * lookalike::learn::scratch::SIDE * lookalike::learn::scratch::SIDE);
     }
     eprintln!("Fashion-MNIST: {} training and {} test images", train.len(), test.len());
     let started = std::time::Instant::now();
@@ -356,7 +357,7 @@ fn train_scratch(args: &ScratchArgs) -> Result<()> {
         "training_seconds": training_seconds,
         "epochs": history,
     });
-    lookalike::export::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &summary)?))?;
+    lookalike::files::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &summary)?))?;
     println!(
         "wrote {}: test accuracy {accuracy:.4}, k-NN@1 accuracy of its 128-d embeddings (test → train) {knn:.4}; \
          training {training_seconds:.0}s, k-NN {:.0}s; history in {}",
@@ -456,7 +457,7 @@ pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>
         "training_seconds": trained_at.elapsed().as_secs_f64(),
         "epochs": trained.history,
     });
-    lookalike::export::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &history)?))?;
+    lookalike::files::write_atomically(&history_path, |out| Ok(serde_json::to_writer_pretty(out, &history)?))?;
     let curves = common.out.with_file_name("history.png");
     crate::charts::history_png(&trained.history, trained.best_epoch, accuracy_name, &curves)?;
     println!(

@@ -12,16 +12,17 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use lookalike::batcher::BatchPolicy;
+use lookalike::catalogue::export::{export_json, export_npy};
+use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
 use lookalike::catalogue::read_catalogue;
-use lookalike::export::{export_json, export_npy};
-use lookalike::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
+use lookalike::index::VectorIndex;
+use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
-use lookalike::pgstore::{is_postgres_url, redact};
 use lookalike::recommend::Recommender;
-use lookalike::search::{Filter, Metric, VectorIndex};
+use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, Store};
+use lookalike::types::{Filter, Metric};
 
 /// Exit status of `index` when it finished but skipped some images.
 const EXIT_SKIPPED: u8 = 3;
@@ -303,10 +304,10 @@ fn load_index(store: &dyn Store) -> Result<VectorIndex> {
 fn index_with_progress(
     store: &mut dyn Store,
     embedder: &Embedder,
-    entries: &[lookalike::catalogue::CatalogueEntry],
+    entries: &[lookalike::types::CatalogueEntry],
     options: &IndexOptions,
     bar: ProgressBar,
-) -> Result<lookalike::indexer::IndexReport> {
+) -> Result<lookalike::catalogue::indexer::IndexReport> {
     let report = index_catalogue(store, embedder, entries, options, &mut |done, _| {
         bar.set_position(done as u64)
     })?;
@@ -328,7 +329,7 @@ fn index_into(
     let entries: Vec<_> = match options.shard {
         Some((i, n)) => entries
             .into_iter()
-            .filter(|e| lookalike::indexer::in_shard(&e.id, i, n))
+            .filter(|e| lookalike::catalogue::indexer::in_shard(&e.id, i, n))
             .collect(),
         None => entries,
     };
@@ -366,7 +367,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut store = open_store(&db)?;
             let embedder = match head {
                 Some(path) => {
-                    load_embedder(&cli.models, cli.threads)?.with_head(lookalike::head::Head::load(&path)?)?
+                    load_embedder(&cli.models, cli.threads)?.with_head(lookalike::learn::head::Head::load(&path)?)?
                 }
                 None => load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?,
             };
@@ -407,7 +408,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut store = open_store(&db)?;
             let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
             let classifier = classifier
-                .map(|path| learn::load_head(&path, &embedder, lookalike::head::HeadKind::Classifier))
+                .map(|path| learn::load_head(&path, &embedder, lookalike::learn::head::HeadKind::Classifier))
                 .transpose()?;
             if let Some(classifier) = &classifier {
                 embedder = embedder.for_classifier(classifier)?;
@@ -458,7 +459,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .context("cannot search this catalogue")?;
             let classifier = match (hybrid, &classifier) {
                 (true, Some(path)) => {
-                    let head = learn::load_head(path, &embedder, lookalike::head::HeadKind::Classifier)?;
+                    let head = learn::load_head(path, &embedder, lookalike::learn::head::HeadKind::Classifier)?;
                     embedder = embedder.for_classifier(&head)?;
                     Some(head)
                 }
@@ -482,7 +483,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Metric::Cosine => "similarity",
                     Metric::Euclidean => "distance",
                 };
-                let photo = lookalike::preprocess::load_image(&image)?;
+                let photo = lookalike::image::load_image(&image)?;
                 charts::recommendation_grid(&photo, &hits, score_name, grid)?;
                 eprintln!("drew {}", grid.display());
             }
@@ -563,7 +564,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Dedup { db, threshold, json } => {
             let index = load_index(&*open_existing(&db)?)?;
-            let groups = lookalike::dedup::duplicate_groups(&index, threshold)?;
+            let groups = lookalike::index::dedup::duplicate_groups(&index, threshold)?;
             output::print_duplicates(&index, &groups, json)?;
             Ok(ExitCode::SUCCESS)
         }

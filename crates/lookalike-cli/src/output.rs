@@ -5,11 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::indexer::ImageEmbedding;
+use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
-use lookalike::preprocess::ImageError;
-use lookalike::recommend::Scored;
-use lookalike::search::Metric;
+use lookalike::model::ImageEmbedding;
+use lookalike::types::{Metric, Scored};
 use serde_json::json;
 
 /// `predicted`: the categories a hybrid search ranked within, with their probabilities.
@@ -131,8 +130,8 @@ pub fn print_labels(rows: &[(&PathBuf, Vec<Prediction>)], as_json: bool) -> Resu
 }
 
 pub fn print_duplicates(
-    index: &lookalike::search::VectorIndex,
-    groups: &[lookalike::dedup::DuplicateGroup],
+    index: &lookalike::index::VectorIndex,
+    groups: &[lookalike::index::dedup::DuplicateGroup],
     as_json: bool,
 ) -> Result<()> {
     if as_json {

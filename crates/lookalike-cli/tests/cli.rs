@@ -692,7 +692,7 @@ fn a_cnn_trains_from_scratch_on_fashion_mnist_idx_files() {
     // 1,000 training images, 3 epochs: far above chance (0.1), far below the full run.
     assert!(history["test_accuracy"].as_f64().unwrap() > 0.6, "{history}");
     assert!(history["knn_at_1"].as_f64().unwrap() > 0.6, "{history}");
-    assert!(lookalike::scratch::FashionCnn::load(&model).is_ok());
+    assert!(lookalike::learn::scratch::FashionCnn::load(&model).is_ok());
 
     let out = lookalike(&["train", "scratch", "--fashion-mnist", s(dir.path()), "--out", s(&model)]);
     assert!(

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lookalike::pgstore::PgStore;
+use lookalike::store::postgres::PgStore;
 use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
@@ -162,7 +162,7 @@ fn migrations_run_once_when_replicas_start_together() {
         .query_one("SELECT count(*) FROM lookalike_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(applied as usize, lookalike::pgstore::MIGRATIONS.len());
+    assert_eq!(applied as usize, lookalike::store::postgres::MIGRATIONS.len());
     // Connecting again changes nothing.
     PgStore::connect(&pg).unwrap();
     let again: i64 = client

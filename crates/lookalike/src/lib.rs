@@ -1,30 +1,23 @@
 //! lookalike: visual product recommendation.
 //!
-//! The pipeline: [`preprocess`] (image -> tensor) -> [`model`] (tensor -> embedding)
-//! -> [`store`] (catalogue + vectors in SQLite, or [`pgstore`] in PostgreSQL) -> [`recommend`]
-//! (top-k: [`search`] in memory, or pgvector's index in the database).
-//! [`indexer`] drives a catalogue through it; the CLI and server are shells over these.
+//! The pipeline, one folder per stage: [`image`] (bytes -> bounded decode -> network input) ->
+//! [`model`] (input -> embedding) -> [`store`] (catalogue + vectors in SQLite or PostgreSQL) ->
+//! [`index`] (top-k in memory) -> [`recommend`] (what the CLI and server query, whatever the store).
+//! [`catalogue`] reads a shop's catalogue and drives it through the pipeline; [`learn`] trains
+//! heads on top of the backbone. [`types`] holds what every stage shares and imports none of them.
 
-pub mod augment;
 pub mod catalogue;
-pub mod dedup;
-pub mod eval;
-pub mod export;
-pub mod head;
-pub mod indexer;
+pub mod files;
+pub mod image;
+pub mod index;
+pub mod learn;
 pub mod model;
-pub mod pgstore;
-pub mod preprocess;
 pub mod recommend;
-pub mod scratch;
-pub mod search;
 pub mod store;
-pub mod train;
-pub mod trunk;
+pub mod types;
 
 /// SHA-256 of `bytes` as lower-case hex: how images and weights are identified.
 pub fn content_hash(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
 }
-pub mod batcher;

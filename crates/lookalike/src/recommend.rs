@@ -7,20 +7,9 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use anyhow::Result;
 
-use crate::catalogue::CatalogueEntry;
-use crate::search::{Filter, Metric, VectorIndex};
-use crate::store::{ProductWrite, Store, StoredProduct};
-
-/// A product with its score (cosine similarity, or Euclidean distance).
-pub type Scored = (StoredProduct, f32);
-
-/// One page of the product list.
-pub struct Page {
-    pub total: usize,
-    pub items: Vec<StoredProduct>,
-    /// Every category in the catalogue, sorted.
-    pub categories: Vec<String>,
-}
+use crate::index::VectorIndex;
+use crate::store::{ProductWrite, Store};
+use crate::types::{CatalogueEntry, Filter, Metric, Page, Scored, StoredProduct};
 
 pub struct Recommender {
     store: Mutex<Box<dyn Store>>,

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
+use lookalike::image::load_image;
 use lookalike::model::labels::{imagenet_label, top_k};
 use lookalike::model::Parallelism;
-use lookalike::preprocess::load_image;
 
 const IMAGES: usize = 8;
 const FEATURE_DIM: usize = 1280;

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::catalogue::CatalogueEntry;
+use lookalike::image::decode_image;
+use lookalike::index::VectorIndex;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
-use lookalike::pgstore::{redact, PgStore};
-use lookalike::preprocess::decode_image;
 use lookalike::recommend::Recommender;
-use lookalike::search::{Filter, Metric, VectorIndex};
-use lookalike::store::{open_store, store_products, ProductWrite, SqliteStore, Store, StoredProduct};
+use lookalike::store::postgres::{redact, PgStore};
+use lookalike::store::{open_store, store_products, ProductWrite, SqliteStore, Store};
+use lookalike::types::{CatalogueEntry, Filter, Metric, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 
 #[derive(clap::Args)]
@@ -348,7 +348,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
         millis.sort_by(f64::total_cmp);
         (millis, results)
     };
-    let ids = |hits: Vec<lookalike::search::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
+    let ids = |hits: Vec<lookalike::index::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
     let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
     let (fast_ms, fast) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
     let recall = |found: &[Vec<String>]| {
@@ -489,7 +489,7 @@ pub fn synth_catalogue(from: &Path, db: &Path, products: usize, seed: u64) -> Re
             .map(|n| {
                 let original = &originals[n % originals.len()];
                 let rms =
-                    (lookalike::search::dot(&original.vector, &original.vector) / original.vector.len() as f32).sqrt();
+                    (lookalike::index::dot(&original.vector, &original.vector) / original.vector.len() as f32).sqrt();
                 let vector = original.vector.iter().map(|v| v + (rng.f32() - 0.5) * rms).collect();
                 let mut info = original.info.clone();
                 info.title = info.title.map(|t| format!("{t} #{n}"));

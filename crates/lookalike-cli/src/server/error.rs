@@ -38,9 +38,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<lookalike::preprocess::ImageError> for ApiError {
-    fn from(err: lookalike::preprocess::ImageError) -> Self {
-        use lookalike::preprocess::ImageError::*;
+impl From<lookalike::image::ImageError> for ApiError {
+    fn from(err: lookalike::image::ImageError) -> Self {
+        use lookalike::image::ImageError::*;
         match err {
             NotAnImage | Empty => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image", err.to_string()),
             TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", err.to_string()),
@@ -51,8 +51,8 @@ impl From<lookalike::preprocess::ImageError> for ApiError {
     }
 }
 
-impl From<lookalike::batcher::SubmitError> for ApiError {
-    fn from(err: lookalike::batcher::SubmitError) -> Self {
+impl From<lookalike::model::batcher::SubmitError> for ApiError {
+    fn from(err: lookalike::model::batcher::SubmitError) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", err.to_string())
     }
 }

@@ -17,15 +17,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::LengthLimitError;
-use lookalike::batcher::{BatchPolicy, Batcher};
-use lookalike::catalogue::ProductInfo;
-use lookalike::head::Head;
-use lookalike::indexer::ImageEmbedding;
+use lookalike::image::{decode_image, Preprocessing};
+use lookalike::learn::head::Head;
+use lookalike::model::batcher::{BatchPolicy, Batcher};
+use lookalike::model::ImageEmbedding;
 use lookalike::model::{Embedder, ModelManifest};
-use lookalike::preprocess::{decode_image, Preprocessing};
-use lookalike::recommend::{Recommender, Scored};
-use lookalike::search::{Filter, Metric};
-use lookalike::store::{Store, StoredProduct};
+use lookalike::recommend::Recommender;
+use lookalike::store::Store;
+use lookalike::types::{Filter, Metric, ProductInfo, Scored, StoredProduct};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -388,7 +387,7 @@ async fn recommend(
                 let Some(p) = c.find(id)? else {
                     return Ok(Err(no_product(id)));
                 };
-                let norm = lookalike::search::dot(&p.vector, &p.vector)
+                let norm = lookalike::index::dot(&p.vector, &p.vector)
                     .sqrt()
                     .max(f32::MIN_POSITIVE);
                 let scale = weight / (ids.len() as f32 * norm);

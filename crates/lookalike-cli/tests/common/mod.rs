@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
+use lookalike::learn::train::{train_classifier, LabelledFeatures, TrainOptions};
 use lookalike::store::{SqliteStore, Store};
-use lookalike::train::{train_classifier, LabelledFeatures, TrainOptions};
 
 /// Runs the real binary to completion.
 pub fn lookalike(args: &[&str]) -> Output {

@@ -11,8 +11,8 @@ use prost::Message;
 
 use super::onnx_proto::*;
 use super::weights::Checkpoint;
-use crate::head::Dense;
-use crate::trunk::{BlockShape, Trunk};
+use crate::learn::head::Dense;
+use crate::learn::trunk::{BlockShape, Trunk};
 
 const BATCH_NORM_EPSILON: f32 = 1e-3;
 /// Stride of the first block of each of the seven EfficientNet stages.

@@ -9,9 +9,9 @@ use ort::value::TensorRef;
 use super::efficientnet::{EfficientNetLite, BLOCK_INPUT_NAME, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
-use crate::head::{Head, HeadKind};
-use crate::preprocess::Preprocessing;
-use crate::trunk::Trunk;
+use crate::image::Preprocessing;
+use crate::learn::head::{Head, HeadKind};
+use crate::learn::trunk::Trunk;
 
 /// Images per call of a single-threaded session when a batch is spread over them.
 const NARROW_SLICE: usize = 2;
@@ -381,5 +381,31 @@ impl Embedder {
             out.block_input = v.try_extract_tensor::<f32>()?.1.to_vec();
         }
         Ok(out)
+    }
+}
+
+/// A query image's pooled features and, when the backbone has its classifier, its ImageNet logits.
+#[derive(Debug, Clone)]
+pub struct ImageEmbedding {
+    /// The catalogue's kind of vector: pooled features, or a projection head's embedding.
+    pub features: Vec<f32>,
+    pub logits: Vec<f32>,
+    /// What classifier heads read (see [`Embeddings::classifier_input`]).
+    pub classifier_input: Vec<f32>,
+}
+
+impl Embeddings {
+    /// Row `i` of a batch as one image's embedding.
+    pub fn image(&self, i: usize) -> ImageEmbedding {
+        let logits = if self.num_classes > 0 {
+            self.logit_row(i).to_vec()
+        } else {
+            Vec::new()
+        };
+        ImageEmbedding {
+            features: self.feature(i).to_vec(),
+            logits,
+            classifier_input: self.classifier_input(i).to_vec(),
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The embedding model: where its files live, how it is built and run.
 
+pub mod batcher;
+
 pub mod efficientnet;
 mod engine;
 pub mod labels;
@@ -11,9 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-pub use engine::{Embedder, Embeddings, Parallelism};
+pub use engine::{Embedder, Embeddings, ImageEmbedding, Parallelism};
 
-use crate::preprocess::Preprocessing;
+use crate::image::Preprocessing;
 
 /// What produced a vector. Two vectors are comparable only if these agree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::trunk::Trunk;
+use crate::learn::trunk::Trunk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -299,7 +299,7 @@ impl Head {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = self.to_bytes()?;
-        crate::export::write_atomically(path, |out| Ok(std::io::Write::write_all(out, &bytes)?))
+        crate::files::write_atomically(path, |out| Ok(std::io::Write::write_all(out, &bytes)?))
     }
 
     pub fn load(path: &Path) -> Result<Self> {

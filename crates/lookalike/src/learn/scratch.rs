@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::head::{gemm, l2_normalise_rows, Dense, Strided};
-use crate::train::{cross_entropy, dense_backward, parallel_gradients, Adam, LayerGrads};
+use crate::learn::head::{gemm, l2_normalise_rows, Dense, Strided};
+use crate::learn::train::{cross_entropy, dense_backward, parallel_gradients, Adam, LayerGrads};
 
 pub const SIDE: usize = 28;
 const C1: usize = 32;
@@ -384,14 +384,14 @@ const METADATA_KEY: &str = "lookalike_fashion_cnn";
 impl FashionCnn {
     pub fn save(&self, path: &Path) -> Result<()> {
         let metadata = serde_json::json!({ "architecture": "conv32-pool-conv64-pool-dense128-dense10", "classes": FASHION_CLASSES });
-        let bytes = crate::head::layers_to_safetensors(&self.layers, METADATA_KEY, &metadata.to_string())?;
-        crate::export::write_atomically(path, |out| Ok(std::io::Write::write_all(out, &bytes)?))
+        let bytes = crate::learn::head::layers_to_safetensors(&self.layers, METADATA_KEY, &metadata.to_string())?;
+        crate::files::write_atomically(path, |out| Ok(std::io::Write::write_all(out, &bytes)?))
     }
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        crate::head::safetensors_metadata(&bytes, METADATA_KEY)?;
-        let layers = crate::head::layers_from_safetensors(&bytes, 4)?;
+        crate::learn::head::safetensors_metadata(&bytes, METADATA_KEY)?;
+        let layers = crate::learn::head::layers_from_safetensors(&bytes, 4)?;
         let expected = Self::new(0);
         if layers
             .iter()
@@ -459,11 +459,16 @@ mod tests {
             cross_entropy(&acts.logits, &labels, CLASSES).0
         };
         let (_, grads) = net.gradients(&net.forward(&images, 3, None), &labels);
-        crate::train::assert_gradients_match(&net.layers, &grads, &[(0, 5), (1, 100), (2, 777), (3, 33)], |layers| {
-            loss(&FashionCnn {
-                layers: layers.to_vec(),
-            })
-        });
+        crate::learn::train::assert_gradients_match(
+            &net.layers,
+            &grads,
+            &[(0, 5), (1, 100), (2, 777), (3, 33)],
+            |layers| {
+                loss(&FashionCnn {
+                    layers: layers.to_vec(),
+                })
+            },
+        );
     }
 
     #[test]

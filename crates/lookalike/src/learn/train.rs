@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use rayon::prelude::*;
 
-use crate::head::{gemm, l2_normalise_rows, softmax_rows, Dense, Head, HeadKind, Strided};
-use crate::trunk::Trunk;
+use crate::learn::head::{gemm, l2_normalise_rows, softmax_rows, Dense, Head, HeadKind, Strided};
+use crate::learn::trunk::Trunk;
 
 /// Learning rate of fine-tuned backbone blocks relative to the head's: pretrained weights
 /// need small steps, a freshly initialised head large ones.
@@ -897,7 +897,7 @@ mod tests {
 
     #[test]
     fn fine_tuned_blocks_learn_with_the_head_and_runs_repeat() {
-        let trunk = crate::trunk::tests::tiny_trunk(11);
+        let trunk = crate::learn::trunk::tests::tiny_trunk(11);
         let d = trunk.input_dimension();
         // Class c brightens input channel c: a signal the blocks must carry to the head.
         let images = |n: usize, seed: u64| {

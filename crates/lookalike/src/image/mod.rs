@@ -5,6 +5,8 @@
 //! Indexing and querying both go through [`Preprocessing::tensor`], so they can
 //! never disagree.
 
+pub mod augment;
+
 use std::io::Cursor;
 use std::path::Path;
 

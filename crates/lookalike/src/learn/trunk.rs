@@ -11,8 +11,8 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::head::Dense;
-use crate::train::{dense_backward, LayerGrads};
+use crate::learn::head::Dense;
+use crate::learn::train::{dense_backward, LayerGrads};
 
 /// The shape of one inverted-residual block (its weights are in [`Trunk::layers`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,7 +295,7 @@ impl Trunk {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::train::assert_gradients_match;
+    use crate::learn::train::assert_gradients_match;
 
     /// A tiny random trunk: a stride-2 block with expansion, then a residual one without.
     pub(crate) fn tiny_trunk(seed: u64) -> Trunk {

@@ -1,14 +1,14 @@
 //! Exporting a catalogue's vectors the way notebook users keep them: a NumPy
 //! `.npy` matrix (rows in id order) and a JSON list describing each row.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use npyz::WriterBuilder;
 use serde::Serialize;
 
-use crate::store::StoredProduct;
+use crate::types::StoredProduct;
 
 #[derive(Serialize)]
 struct RowInfo<'a> {
@@ -19,23 +19,12 @@ struct RowInfo<'a> {
     price: Option<f64>,
 }
 
-/// Writes to `path.part` and renames, so a crash never leaves a half-written export.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
-    let part = path.with_extension("part");
-    let file = std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
-    let mut out = BufWriter::new(file);
-    write(&mut out)?;
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&part, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 pub fn export_npy(products: &[StoredProduct], path: &Path) -> Result<()> {
     let dimension = products.first().map_or(0, |p| p.vector.len());
     if products.iter().any(|p| p.vector.len() != dimension) {
         bail!("vectors of different dimensions in one catalogue");
     }
-    write_atomically(path, |out| {
+    crate::files::write_atomically(path, |out| {
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
             .shape(&[products.len() as u64, dimension as u64])
@@ -60,7 +49,7 @@ pub fn export_json(products: &[StoredProduct], path: &Path) -> Result<()> {
             price: p.info.price,
         })
         .collect();
-    write_atomically(path, |out| {
+    crate::files::write_atomically(path, |out| {
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         out.write_all(b"\n")?;
         Ok(())
@@ -70,7 +59,7 @@ pub fn export_json(products: &[StoredProduct], path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::ProductInfo;
+    use crate::types::ProductInfo;
 
     #[test]
     fn npy_round_trips_with_shape() {

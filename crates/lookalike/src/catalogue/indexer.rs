@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rayon::prelude::*;
 
-use crate::catalogue::CatalogueEntry;
 use crate::content_hash;
-use crate::model::{Embedder, Embeddings};
-use crate::preprocess::{decode_image, ImageError};
+use crate::image::{decode_image, ImageError};
+use crate::model::{Embedder, ImageEmbedding};
 use crate::store::{Fingerprint, ProductWrite, Store};
+use crate::types::CatalogueEntry;
 
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 
@@ -197,39 +197,13 @@ pub fn index_catalogue(
     Ok(report)
 }
 
-/// A query image's pooled features and, when the backbone has its classifier, its ImageNet logits.
-#[derive(Debug, Clone)]
-pub struct ImageEmbedding {
-    /// The catalogue's kind of vector: pooled features, or a projection head's embedding.
-    pub features: Vec<f32>,
-    pub logits: Vec<f32>,
-    /// What classifier heads read (see [`Embeddings::classifier_input`]).
-    pub classifier_input: Vec<f32>,
-}
-
-impl Embeddings {
-    /// Row `i` of a batch as one image's embedding.
-    pub fn image(&self, i: usize) -> ImageEmbedding {
-        let logits = if self.num_classes > 0 {
-            self.logit_row(i).to_vec()
-        } else {
-            Vec::new()
-        };
-        ImageEmbedding {
-            features: self.feature(i).to_vec(),
-            logits,
-            classifier_input: self.classifier_input(i).to_vec(),
-        }
-    }
-}
-
 /// Embeds image files for queries; each result is the embedding or why the image was refused.
 pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<ImageEmbedding, ImageError>>> {
     let mut results = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(DEFAULT_BATCH_SIZE) {
         let prepared: Vec<Result<Vec<f32>, ImageError>> = chunk
             .par_iter()
-            .map(|p| crate::preprocess::load_image(p).map(|img| embedder.preprocessing.tensor_of(&img)))
+            .map(|p| crate::image::load_image(p).map(|img| embedder.preprocessing.tensor_of(&img)))
             .collect();
         let input: Vec<f32> = prepared
             .iter()
@@ -255,15 +229,15 @@ pub fn embed_files(embedder: &Embedder, paths: &[PathBuf]) -> Result<Vec<Result<
 pub fn index_augmented_views(
     store: &mut dyn Store,
     embedder: &Embedder,
-    originals: &[crate::store::StoredProduct],
-    augmentation: &crate::augment::Augmentation,
+    originals: &[crate::types::StoredProduct],
+    augmentation: &crate::image::augment::Augmentation,
     seed: u64,
     views: u32,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<usize> {
     store.ensure_manifest(&embedder.manifest())?;
     let known = store.fingerprints()?;
-    let wanted: Vec<(CatalogueEntry, String, &crate::store::StoredProduct, u32)> = originals
+    let wanted: Vec<(CatalogueEntry, String, &crate::types::StoredProduct, u32)> = originals
         .iter()
         .flat_map(|p| (0..views).map(move |v| (p, v)))
         .map(|(p, v)| {
@@ -292,7 +266,7 @@ pub fn index_augmented_views(
         let tensors: Vec<Option<Vec<f32>>> = chunk
             .par_iter()
             .map(|(_, _, p, v)| {
-                let image = crate::preprocess::load_image(std::path::Path::new(&p.image_path)).ok()?;
+                let image = crate::image::load_image(std::path::Path::new(&p.image_path)).ok()?;
                 let view = augmentation.view(&image, seed, &p.content_hash, *v);
                 Some(embedder.preprocessing.tensor_of(&view))
             })

@@ -17,12 +17,10 @@ use anyhow::{bail, Context, Result};
 use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
-use crate::catalogue::ProductInfo;
-use crate::head::Head;
+use super::{check_same_model, Fingerprint, ProductWrite, Store};
+use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::recommend::{Page, Scored};
-use crate::search::{Filter, Metric};
-use crate::store::{check_same_model, Fingerprint, ProductWrite, Store, StoredProduct};
+use crate::types::{Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &["

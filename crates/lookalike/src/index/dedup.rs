@@ -7,7 +7,8 @@ use anyhow::Result;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::search::{Filter, Metric, VectorIndex};
+use crate::index::VectorIndex;
+use crate::types::{Filter, Metric};
 
 /// Neighbours examined per product; a group larger than this is still found through its members.
 const NEIGHBOURS: usize = 16;
@@ -112,7 +113,7 @@ pub fn duplicate_groups(index: &VectorIndex, threshold: f32) -> Result<Vec<Dupli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoredProduct;
+    use crate::types::StoredProduct;
 
     fn product(id: &str, hash: &str, v: Vec<f32>) -> StoredProduct {
         StoredProduct {

@@ -1,10 +1,13 @@
 //! Reading a shop's catalogue: an ImageFolder tree, a CSV or a JSONL file.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+pub mod export;
+pub mod indexer;
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::types::{CatalogueEntry, ProductInfo};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 /// Image file extensions picked up when walking a folder.
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
@@ -13,22 +16,6 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", 
 const IMAGE_KEYS: &[&str] = &["image", "image_path", "path", "file", "filename", "image_file"];
 const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
 const TITLE_KEYS: &[&str] = &["title", "name"];
-
-/// Descriptive fields of a product; everything but the image is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProductInfo {
-    pub title: Option<String>,
-    pub price: Option<f64>,
-    pub category: Option<String>,
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CatalogueEntry {
-    pub id: String,
-    pub info: ProductInfo,
-    pub image_path: PathBuf,
-}
 
 /// A folder (sub-folders are categories), `.csv`, or `.jsonl`/`.ndjson`.
 pub fn read_catalogue(path: &Path) -> Result<Vec<CatalogueEntry>> {

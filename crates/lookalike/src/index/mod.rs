@@ -10,94 +10,20 @@
 //! 1 % of a score) does not change the top k in practice; `lookalike bench search`
 //! measures both the speed and the recall against the exact scan.
 
+pub mod dedup;
+
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
-use serde::Serialize;
 
-use crate::store::StoredProduct;
+use crate::types::{Filter, Metric, StoredProduct};
 
 /// Below this many products a single thread is faster than splitting the scan.
 const PARALLEL_THRESHOLD: usize = 8192;
 /// Candidates scored exactly per result asked for, and at least this many in all.
 const SHORTLIST_PER_RESULT: usize = 8;
 const MIN_SHORTLIST: usize = 256;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    #[default]
-    Cosine,
-    Euclidean,
-}
-
-impl Metric {
-    /// Orders scores best first: higher similarity (cosine), shorter distance (Euclidean).
-    pub fn best_first(self, a: f32, b: f32) -> std::cmp::Ordering {
-        match self {
-            Self::Cosine => b.total_cmp(&a),
-            Self::Euclidean => a.total_cmp(&b),
-        }
-    }
-}
-
-impl FromStr for Metric {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cosine" => Ok(Self::Cosine),
-            "euclidean" | "l2" => Ok(Self::Euclidean),
-            _ => bail!("unknown metric {s:?} (cosine or euclidean)"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Case-insensitive exact category match.
-    pub category: Option<String>,
-    /// When not empty, the product's category must be one of these (case-insensitive).
-    pub any_category: Vec<String>,
-    pub min_price: Option<f64>,
-    pub max_price: Option<f64>,
-}
-
-impl Filter {
-    /// A filter from user input: a blank category means none; the price range must not be empty.
-    pub fn new(category: Option<String>, min_price: Option<f64>, max_price: Option<f64>) -> Result<Self> {
-        if let (Some(lo), Some(hi)) = (min_price, max_price) {
-            if lo > hi {
-                bail!("the minimum price {lo} is above the maximum price {hi}");
-            }
-        }
-        Ok(Self {
-            category: category.filter(|c| !c.trim().is_empty()),
-            any_category: Vec::new(),
-            min_price,
-            max_price,
-        })
-    }
-
-    pub fn accepts(&self, p: &StoredProduct) -> bool {
-        let is = |c: &String| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c));
-        if self.category.as_ref().is_some_and(|c| !is(c)) {
-            return false;
-        }
-        if !self.any_category.is_empty() && !self.any_category.iter().any(is) {
-            return false;
-        }
-        if self.min_price.is_none() && self.max_price.is_none() {
-            return true;
-        }
-        // A price filter excludes products without a price.
-        let Some(price) = p.info.price else {
-            return false;
-        };
-        self.min_price.is_none_or(|m| price >= m) && self.max_price.is_none_or(|m| price <= m)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Hit<'a> {
@@ -384,7 +310,7 @@ impl VectorIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::ProductInfo;
+    use crate::types::ProductInfo;
 
     fn product(id: &str, v: Vec<f32>, category: &str, price: Option<f64>) -> StoredProduct {
         StoredProduct {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::indexer::ImageEmbedding;
 use crate::model::Embedder;
+use crate::model::ImageEmbedding;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

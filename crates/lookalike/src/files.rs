@@ -1,0 +1,118 @@
+//! Files the way a service must treat them: reads that only take regular files and stop at a size
+//! cap (a catalogue may name `/dev/zero` or a FIFO), and writes that are whole or absent.
+
+use std::fs::File;
+use std::io::{BufWriter, Read};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Why a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("file is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+/// Reads `path` whole if it is a regular file of at most `limit` bytes. Opening never blocks (a
+/// FIFO with no writer would), and the type is checked on the opened handle, so a file swapped
+/// for something else between a check and the open is still refused.
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    if metadata.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    // The file may grow after the check: read one byte past the limit to notice.
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(bytes)
+}
+
+/// Writes into a new temporary file beside `path` and renames it over `path` once complete and
+/// synced, so a crash never leaves a half-written file and concurrent writers never share one.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".lookalike-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let (file, temp_path) = temp.into_parts();
+    let mut out = BufWriter::new(file);
+    write(&mut out)?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    temp_path
+        .persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_under_the_cap_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.bin");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_regular_file(&file, 5).unwrap(), b"12345");
+        assert!(matches!(
+            read_regular_file(&file, 4),
+            Err(ReadError::TooLarge { limit: 4 })
+        ));
+        assert!(matches!(read_regular_file(dir.path(), 10), Err(ReadError::NotRegular)));
+        #[cfg(target_os = "linux")]
+        assert!(matches!(
+            read_regular_file(Path::new("/dev/zero"), 10),
+            Err(ReadError::NotRegular)
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jpg");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        assert!(matches!(read_regular_file(&fifo, 10), Err(ReadError::NotRegular)));
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        write_atomically(&path, |out| Ok(std::io::Write::write_all(out, b"one")?)).unwrap();
+        write_atomically(&path, |out| Ok(std::io::Write::write_all(out, b"two")?)).unwrap();
+        let failed = write_atomically(&path, |_| anyhow::bail!("no"));
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Learning on top of the pretrained backbone: heads on frozen features ([`head`], [`train`]),
+//! fine-tuning its last blocks ([`trunk`]), a CNN from scratch ([`scratch`]) and the metrics that
+//! judge them ([`eval`]).
+
+pub mod eval;
+pub mod head;
+pub mod scratch;
+pub mod train;
+pub mod trunk;

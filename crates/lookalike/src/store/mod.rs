@@ -1,0 +1,163 @@
+//! The catalogue store: products, their vectors and the manifest of the model that made them.
+//! [`Store`] is what the pipeline needs of one; [`SqliteStore`] (one file, the default) and
+//! [`crate::store::postgres::PgStore`] (PostgreSQL + pgvector, for several servers on one catalogue)
+//! implement it. Every write is a transaction, so a process killed at any point leaves either
+//! the old or the new state of a batch.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+pub use self::sqlite::SqliteStore;
+use crate::learn::head::Head;
+use crate::model::ModelManifest;
+use crate::types::{CatalogueEntry, Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
+
+/// What the store knows of a product without its vector: enough to tell whether it changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub content_hash: String,
+    pub image_path: String,
+    pub info: ProductInfo,
+}
+
+/// One product write; `vector: None` updates the metadata and keeps the stored vector.
+pub struct ProductWrite<'a> {
+    pub entry: &'a CatalogueEntry,
+    pub content_hash: &'a str,
+    pub vector: Option<&'a [f32]>,
+}
+
+/// What the indexer, the CLI and the server need of a catalogue store.
+pub trait Store: Send {
+    fn manifest(&self) -> Result<Option<ModelManifest>>;
+    /// Records `model` as the one that makes this catalogue's vectors, or checks it is the recorded one.
+    fn ensure_manifest(&self, model: &ModelManifest) -> Result<()>;
+    /// The projection head that made this catalogue's vectors, if any.
+    fn head(&self) -> Result<Option<Head>>;
+    /// Keeps `head` with the catalogue, so queries get projected the same way without being told.
+    fn set_head(&self, head: &Head) -> Result<()>;
+    fn count(&self) -> Result<usize>;
+    fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>>;
+    /// Applies all writes in one transaction.
+    fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()>;
+    fn remove(&mut self, ids: &[String]) -> Result<usize>;
+    fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
+    /// Every product with its vector, in id order.
+    fn products(&self) -> Result<Vec<StoredProduct>>;
+    /// Whether the store searches by itself ([`Self::nearest`], [`Self::page`]); otherwise its
+    /// products are loaded into a [`crate::index::VectorIndex`] (see [`crate::recommend`]).
+    fn has_vector_index(&self) -> bool {
+        false
+    }
+    /// The `k` nearest products by the database's own vector index, best first, without their vectors.
+    fn nearest(
+        &self,
+        _query: &[f32],
+        _k: usize,
+        _metric: Metric,
+        _filter: &Filter,
+        _exclude: Option<&str>,
+    ) -> Result<Vec<Scored>> {
+        bail!("this store has no vector index of its own")
+    }
+    /// Products in id order from `offset`, optionally of one category, with the total and all categories.
+    fn page(&self, _category: Option<&str>, _offset: usize, _limit: usize) -> Result<Page> {
+        bail!("this store has no vector index of its own")
+    }
+    /// Size of the database's vector index.
+    fn vector_index_bytes(&self) -> Result<usize> {
+        Ok(0)
+    }
+    /// Announces many writes into a catalogue that may be empty: PostgreSQL then leaves its vector
+    /// index aside and builds it once in [`Self::finish_bulk_load`], far faster than row by row.
+    fn start_bulk_load(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn finish_bulk_load(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path.
+pub fn open_store(location: &str) -> Result<Box<dyn Store>> {
+    if crate::store::postgres::is_postgres_url(location) {
+        Ok(Box::new(crate::store::postgres::PgStore::connect(location)?))
+    } else {
+        Ok(Box::new(SqliteStore::open(Path::new(location))?))
+    }
+}
+
+/// The manifest error both stores give when vectors of another model would be mixed in.
+pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) -> Result<()> {
+    if stored == model {
+        return Ok(());
+    }
+    bail!(
+        "this catalogue's vectors were made by {} (weights {}, head {}, {}-d, preprocessing {}); \
+         refusing to mix them with {} (weights {}, head {}, {}-d, preprocessing {}). \
+         Index into a new database, or re-index this one from scratch.",
+        stored.model,
+        &stored.weights_sha256[..12.min(stored.weights_sha256.len())],
+        stored.head.as_deref().unwrap_or("none"),
+        stored.dimension,
+        stored.preprocessing,
+        model.model,
+        &model.weights_sha256[..12.min(model.weights_sha256.len())],
+        model.head.as_deref().unwrap_or("none"),
+        model.dimension,
+        model.preprocessing
+    )
+}
+
+/// Copies every product (vectors included), the manifest and the head from `source` into
+/// `target`, `batch` products per transaction; returns how many were copied.
+pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) -> Result<usize> {
+    let Some(manifest) = source.manifest()? else {
+        bail!("the source catalogue has no products yet");
+    };
+    let products = source.products()?;
+    store_products(target, &manifest, source.head()?.as_ref(), &products, batch)?;
+    Ok(products.len())
+}
+
+/// Records `manifest` (and `head`) in `target`, then writes `products` with their vectors,
+/// `batch` per transaction.
+pub fn store_products(
+    target: &mut dyn Store,
+    manifest: &ModelManifest,
+    head: Option<&Head>,
+    products: &[StoredProduct],
+    batch: usize,
+) -> Result<()> {
+    target.ensure_manifest(manifest)?;
+    if let Some(head) = head {
+        target.set_head(head)?;
+    }
+    target.start_bulk_load()?;
+    for chunk in products.chunks(batch.max(1)) {
+        let entries: Vec<CatalogueEntry> = chunk
+            .iter()
+            .map(|p| CatalogueEntry {
+                id: p.id.clone(),
+                info: p.info.clone(),
+                image_path: p.image_path.clone().into(),
+            })
+            .collect();
+        let writes: Vec<ProductWrite> = entries
+            .iter()
+            .zip(chunk)
+            .map(|(entry, p)| ProductWrite {
+                entry,
+                content_hash: &p.content_hash,
+                vector: Some(&p.vector),
+            })
+            .collect();
+        target.write_batch(&writes)?;
+    }
+    target.finish_bulk_load()
+}
