@@ -118,3 +118,35 @@ fn blocks_cut_out_for_fine_tuning_compute_what_the_graph_computes() {
     assert!(base.pretrained_trunk(17).is_err());
     assert!(base.pretrained_trunk(0).is_err());
 }
+
+#[test]
+fn big_jpegs_decoded_reduced_embed_like_the_full_decode() {
+    let embedder = embedder();
+    let pre = embedder.preprocessing;
+    for (file, _) in reference_images().iter().take(3) {
+        let photo = image::open(fixture(&format!("reference/{file}"))).unwrap();
+        // A camera-sized photo: its shorter side is over twice the working side, so it is
+        // decoded at half size or less in the DCT domain.
+        let (w, h) = (photo.width() * 5, photo.height() * 5);
+        let big = photo
+            .resize_exact(w, h, image::imageops::FilterType::Triangle)
+            .to_rgb8();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92)
+            .encode_image(&big)
+            .unwrap();
+        let reduced = lookalike::image::decode_image(&jpeg).unwrap();
+        assert!(reduced.width() < w, "{file}: {w}x{h} was not reduced");
+        let full = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+        let out = embedder
+            .run(&[pre.tensor_of(&reduced), pre.tensor_of(&full)].concat(), 2)
+            .unwrap();
+        let cos = cosine(out.feature(0), out.feature(1));
+        eprintln!(
+            "{file} at {w}x{h}: decoded at {}x{}, cosine to the full decode {cos:.5}",
+            reduced.width(),
+            reduced.height()
+        );
+        assert!(cos > 0.995, "{file}: cosine {cos}");
+    }
+}

@@ -44,7 +44,7 @@ impl From<lookalike::image::ImageError> for ApiError {
         match err {
             NotAnImage | Empty => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image", err.to_string()),
             TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", err.to_string()),
-            Undecodable(_) | Unreadable(_) => {
+            Undecodable(_) | Unreadable(_) | NotAFile => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image", err.to_string())
             }
         }

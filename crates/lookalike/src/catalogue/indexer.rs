@@ -11,7 +11,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use crate::content_hash;
-use crate::image::{decode_image, ImageError};
+use crate::image::{decode_image, read_image_file, ImageError};
 use crate::model::{Embedder, ImageEmbedding};
 use crate::store::{Fingerprint, ProductWrite, Store};
 use crate::types::CatalogueEntry;
@@ -78,9 +78,9 @@ enum Prepared {
 }
 
 fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Prepared {
-    let bytes = match std::fs::read(&entry.image_path) {
+    let bytes = match read_image_file(&entry.image_path) {
         Ok(b) => b,
-        Err(e) => return Prepared::Skip(ImageError::Unreadable(e).to_string()),
+        Err(e) => return Prepared::Skip(e.to_string()),
     };
     let hash = content_hash(&bytes);
     if let Some(known) = known.filter(|k| k.content_hash == hash) {

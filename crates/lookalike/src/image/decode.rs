@@ -1,0 +1,226 @@
+//! Bytes -> RGB pixels, with the cost known and bounded before any pixel is decoded.
+//!
+//! Every format's header tells its size, so what a decode will allocate is checked against
+//! [`MAX_DECODED_BYTES`] first: a 100-byte PNG that declares 12,000 × 12,000 RGBA16 is refused
+//! in microseconds instead of taking a gigabyte. Big JPEGs, the usual big photos, are decoded
+//! at 1/2, 1/4 or 1/8 of their size in the DCT domain, keeping at least [`WORKING_SIDE`] pixels
+//! on the shorter side: far more than the network's input needs, at a fraction of the work.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+use super::jpeg::{self, JpegShape};
+
+/// Largest accepted image side, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 12_000;
+/// Largest decode, in bytes of decoded pixels (or of DCT coefficients for a progressive JPEG):
+/// 22 megapixels of RGB, 16 of RGBA, 8 of 16-bit RGBA. Two decodes per core stay far below a
+/// gigabyte, and one takes well under a second here.
+pub const MAX_DECODED_BYTES: u64 = 64 * 1024 * 1024;
+/// Most scans a progressive JPEG may have; each walks all of its coefficients again.
+pub const MAX_JPEG_SCANS: u32 = 64;
+/// Big JPEGs are decoded reduced, keeping at least this many pixels on the shorter side.
+pub const WORKING_SIDE: u32 = 1024;
+/// Largest image file read from disk (uploads have the server's own, smaller limit).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why an image could not be used. Displayed as the one-line reason in skip reports and HTTP errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read file: {0}")]
+    Unreadable(#[from] std::io::Error),
+    #[error("cannot read file: not a regular file")]
+    NotAFile,
+    #[error("file is empty")]
+    Empty,
+    #[error("not an image (unrecognised format)")]
+    NotAnImage,
+    #[error("image too large: {0}")]
+    TooLarge(String),
+    #[error("cannot decode image: {0}")]
+    Undecodable(String),
+}
+
+impl From<crate::files::ReadError> for ImageError {
+    fn from(err: crate::files::ReadError) -> Self {
+        match err {
+            crate::files::ReadError::Io(e) => Self::Unreadable(e),
+            crate::files::ReadError::NotRegular => Self::NotAFile,
+            crate::files::ReadError::TooLarge { limit } => {
+                Self::TooLarge(format!("the file is over {} MiB", limit >> 20))
+            }
+        }
+    }
+}
+
+/// Reads an image file (regular files only, at most [`MAX_IMAGE_FILE_BYTES`]) and decodes it.
+pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
+    decode_image(&read_image_file(path)?)
+}
+
+/// The bytes of an image file: regular files only, at most [`MAX_IMAGE_FILE_BYTES`].
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    Ok(crate::files::read_regular_file(path, MAX_IMAGE_FILE_BYTES)?)
+}
+
+/// Decodes an encoded image (any supported format) into RGB with its EXIF orientation applied
+/// and transparency composited on white, refusing before allocation what would cost more than
+/// [`MAX_DECODED_BYTES`]. JPEGs with a shorter side of at least twice [`WORKING_SIDE`] come back
+/// reduced (by 2, 4 or 8) in the DCT domain.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    // A decoder bug on one hostile file must not take an index run or a server thread with it.
+    std::panic::catch_unwind(|| decode_unguarded(bytes))
+        .unwrap_or_else(|_| Err(ImageError::Undecodable("the decoder failed on this file".into())))
+}
+
+fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageError::NotAnImage)?;
+    let jpeg = match format {
+        ImageFormat::Jpeg => Some(jpeg::shape(bytes)?),
+        _ => None,
+    };
+    if let Some(shape) = jpeg.filter(|s| s.scans > MAX_JPEG_SCANS) {
+        return Err(ImageError::TooLarge(format!(
+            "a JPEG of {} scans (limit: {MAX_JPEG_SCANS})",
+            shape.scans
+        )));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(classify)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(ImageError::Undecodable(format!("the image is {width}x{height} pixels")));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(ImageError::TooLarge(format!(
+            "{width}x{height} pixels (limit: {MAX_IMAGE_SIDE} per side)"
+        )));
+    }
+    let orientation = decoder.orientation().ok();
+    // A progressive JPEG holds all its DCT coefficients, at full size, whatever the output size.
+    let coefficient_bytes = jpeg.filter(|s| s.progressive).map_or(0, |s| s.coefficient_bytes());
+    let rgb = match jpeg.filter(|shape| jpeg_reduction(shape) > 1) {
+        Some(shape) => {
+            check_cost("DCT coefficients", coefficient_bytes)?;
+            jpeg::decode_reduced(bytes, &shape, jpeg_reduction(&shape))?
+        }
+        None => {
+            check_cost(
+                &format!("{width}x{height} {:?} pixels", decoder.color_type()),
+                decoder.total_bytes().max(coefficient_bytes),
+            )?;
+            flatten_on_white(DynamicImage::from_decoder(decoder).map_err(classify)?)
+        }
+    };
+    let mut image = DynamicImage::ImageRgb8(rgb);
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(image.into_rgb8())
+}
+
+fn check_cost(what: &str, bytes: u64) -> Result<(), ImageError> {
+    if bytes > MAX_DECODED_BYTES {
+        return Err(ImageError::TooLarge(format!(
+            "decoding needs {} MiB for {what} (limit: {} MiB)",
+            bytes.div_ceil(1 << 20),
+            MAX_DECODED_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// How much to reduce a JPEG in the DCT domain: the most (of 2, 4, 8) that keeps the shorter side
+/// at least [`WORKING_SIDE`], and 1 for what the reduced decoder cannot do (CMYK, 12-bit).
+fn jpeg_reduction(shape: &JpegShape) -> u32 {
+    if shape.precision != 8 || !matches!(shape.components, 1 | 3) {
+        return 1;
+    }
+    let shorter = shape.width.min(shape.height);
+    [8, 4, 2].into_iter().find(|r| shorter / r >= WORKING_SIDE).unwrap_or(1)
+}
+
+fn classify(err: image::ImageError) -> ImageError {
+    match err {
+        image::ImageError::Limits(e) => ImageError::TooLarge(e.to_string()),
+        image::ImageError::Unsupported(_) => ImageError::NotAnImage,
+        other => ImageError::Undecodable(other.to_string()),
+    }
+}
+
+/// Transparent product cut-outs are shown on white in shops; composite them the same way.
+fn flatten_on_white(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = p[3] as f32 / 255.0;
+        image::Rgb([0, 1, 2].map(|c| (p[c] as f32 * a + 255.0 * (1.0 - a)).round() as u8))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(image: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        out
+    }
+
+    #[test]
+    fn bad_bytes_are_classified() {
+        assert!(matches!(decode_image(b""), Err(ImageError::Empty)));
+        assert!(matches!(
+            decode_image(b"hello, not an image"),
+            Err(ImageError::NotAnImage)
+        ));
+        let bytes = png(&DynamicImage::new_rgb8(8, 8));
+        assert!(matches!(
+            decode_image(&bytes[..bytes.len() / 2]),
+            Err(ImageError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn alpha_is_composited_on_white() {
+        let mut rgba = image::RgbaImage::from_pixel(4, 4, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 255]));
+        let rgb = decode_image(&png(&DynamicImage::ImageRgba8(rgba))).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(1, 1).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn the_cost_is_checked_before_decoding() {
+        // 5000 x 5000 RGBA16 is 200 MB decoded: refused from its header.
+        let bytes = super::super::hostile::png_header_only(5000, 5000, 16, 6);
+        let err = decode_image(&bytes).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge(_)), "{err}");
+        assert!(err.to_string().contains("MiB"), "{err}");
+    }
+
+    #[test]
+    fn big_jpegs_decode_reduced() {
+        let image = RgbImage::from_fn(2100, 2400, |x, y| image::Rgb([(x / 9) as u8, (y / 10) as u8, 128]));
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
+            .encode_image(&image)
+            .unwrap();
+        assert_eq!(decode_image(&bytes).unwrap().dimensions(), (1050, 1200));
+    }
+}

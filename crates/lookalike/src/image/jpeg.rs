@@ -1,0 +1,202 @@
+//! What a JPEG costs to decode, read from its markers before any pixel is decoded, and the
+//! DCT-domain downscaled decode that makes big photos cheap.
+//!
+//! A baseline JPEG decodes row by row at the scale asked for, so its memory follows the output.
+//! A progressive one keeps every DCT coefficient of the full image (two bytes per sample) until
+//! its last scan, and every scan walks them again: its cost is set by size × scans, which the
+//! markers tell.
+
+use std::io::Cursor;
+
+use image::RgbImage;
+
+use super::ImageError;
+
+/// The frame and scans of a JPEG, from its markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegShape {
+    pub width: u32,
+    pub height: u32,
+    pub components: u32,
+    /// Bits per sample (8 for nearly every photo; 12 and 16 exist).
+    pub precision: u8,
+    pub progressive: bool,
+    /// Start-of-scan markers: 1 for a baseline image, about 10 for a usual progressive one.
+    pub scans: u32,
+}
+
+impl JpegShape {
+    /// Bytes of DCT coefficients a progressive decode holds at once (an upper bound: chroma
+    /// subsampling makes it less).
+    pub fn coefficient_bytes(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height) * u64::from(self.components) * 2
+    }
+}
+
+/// Reads the frame header and counts the scans. Entropy-coded data never holds a bare 0xFF
+/// followed by a marker byte (0xFF is stuffed as 0xFF 0x00), so walking segment lengths and
+/// skipping stuffed bytes finds every marker without decoding.
+pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
+    let undecodable = |why: &str| ImageError::Undecodable(format!("JPEG: {why}"));
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err(undecodable("no start-of-image marker"));
+    }
+    let mut frame: Option<JpegShape> = None;
+    let mut scans = 0u32;
+    let mut ended = false;
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1; // entropy-coded data
+            continue;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0x00 | 0xFF => {
+                i += 1; // stuffed byte, or fill bytes before a marker
+                continue;
+            }
+            0xD9 => {
+                ended = true;
+                break;
+            }
+            0x01 | 0xD0..=0xD7 => {
+                i += 2; // markers without a length: TEM, restart markers
+                continue;
+            }
+            _ => {}
+        }
+        let Some(length) = bytes
+            .get(i + 2..i + 4)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+        else {
+            break;
+        };
+        if length < 2 {
+            return Err(undecodable("segment length below 2"));
+        }
+        let segment = bytes.get(i + 4..(i + 2 + length).min(bytes.len())).unwrap_or_default();
+        match marker {
+            // Start of frame: every SOFn but DHT (C4), JPG (C8) and DAC (CC).
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                if frame.is_some() {
+                    return Err(undecodable("more than one frame"));
+                }
+                if segment.len() < 6 {
+                    return Err(undecodable("short frame header"));
+                }
+                frame = Some(JpegShape {
+                    precision: segment[0],
+                    height: u32::from(u16::from_be_bytes([segment[1], segment[2]])),
+                    width: u32::from(u16::from_be_bytes([segment[3], segment[4]])),
+                    components: u32::from(segment[5]),
+                    progressive: matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE),
+                    scans: 0,
+                });
+            }
+            0xDA => scans += 1,
+            _ => {}
+        }
+        i += 2 + length;
+    }
+    let Some(mut frame) = frame else {
+        return Err(undecodable("no frame header"));
+    };
+    if scans == 0 {
+        return Err(undecodable("no image data"));
+    }
+    // Decoders fill a truncated scan with grey instead of failing; data appended after the
+    // end-of-image marker (motion photos) does not matter.
+    if !ended {
+        return Err(ImageError::Undecodable(
+            "truncated JPEG (no end-of-image marker)".into(),
+        ));
+    }
+    frame.scans = scans;
+    Ok(frame)
+}
+
+/// Decodes at 1/`reduction` of the full size (2, 4 or 8) in the DCT domain, for 8-bit grey or
+/// colour JPEGs; the output is the size asked for, rounded up.
+pub fn decode_reduced(bytes: &[u8], shape: &JpegShape, reduction: u32) -> Result<RgbImage, ImageError> {
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    let want = |side: u32| side.div_ceil(reduction).clamp(1, u32::from(u16::MAX)) as u16;
+    let (width, height) = decoder
+        .scale(want(shape.width), want(shape.height))
+        .map_err(|e| ImageError::Undecodable(e.to_string()))?;
+    let pixels = decoder.decode().map_err(|e| ImageError::Undecodable(e.to_string()))?;
+    let (width, height) = (u32::from(width), u32::from(height));
+    let format = decoder.info().map(|info| info.pixel_format);
+    let rgb = match format {
+        Some(jpeg_decoder::PixelFormat::RGB24) => pixels,
+        Some(jpeg_decoder::PixelFormat::L8) => pixels.iter().flat_map(|&l| [l, l, l]).collect(),
+        other => {
+            return Err(ImageError::Undecodable(format!(
+                "unexpected JPEG pixel format {other:?}"
+            )))
+        }
+    };
+    RgbImage::from_raw(width, height, rgb).ok_or_else(|| ImageError::Undecodable("JPEG decoder output is short".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let image = RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 90])
+        });
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&image)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn shape_reads_the_frame_and_counts_scans() {
+        let bytes = jpeg(40, 24);
+        let shape = shape(&bytes).unwrap();
+        assert_eq!((shape.width, shape.height, shape.components), (40, 24, 3));
+        assert_eq!((shape.precision, shape.progressive, shape.scans), (8, false, 1));
+        assert_eq!(shape.coefficient_bytes(), 40 * 24 * 3 * 2);
+    }
+
+    #[test]
+    fn broken_markers_are_refused() {
+        let bytes = jpeg(16, 16);
+        assert!(shape(&bytes[..bytes.len() - 2]).is_err(), "no end of image");
+        assert!(shape(&bytes[2..]).is_err(), "no start of image");
+        assert!(shape(&[0xFF, 0xD8, 0xFF, 0xD9]).is_err(), "no frame");
+        assert!(shape(&[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x01]).is_err(), "length below 2");
+    }
+
+    #[test]
+    fn reduced_decodes_are_the_size_asked_for_and_look_alike() {
+        let bytes = jpeg(160, 96);
+        let shape = shape(&bytes).unwrap();
+        let full = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        for reduction in [2, 4, 8] {
+            let small = decode_reduced(&bytes, &shape, reduction).unwrap();
+            assert_eq!(small.dimensions(), (160 / reduction, 96 / reduction));
+            // The reduced pixel at the centre of a block matches the full decode's mean there.
+            let (x, y) = (small.width() / 2, small.height() / 2);
+            let mut mean = [0u32; 3];
+            for dy in 0..reduction {
+                for dx in 0..reduction {
+                    let p = full.get_pixel(x * reduction + dx, y * reduction + dy);
+                    (0..3).for_each(|c| mean[c] += u32::from(p[c]));
+                }
+            }
+            let got = small.get_pixel(x, y);
+            for c in 0..3 {
+                let expected = mean[c] as f32 / (reduction * reduction) as f32;
+                assert!(
+                    (f32::from(got[c]) - expected).abs() < 4.0,
+                    "{reduction}: {got:?} vs {mean:?}"
+                );
+            }
+        }
+    }
+}
