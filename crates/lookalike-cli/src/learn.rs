@@ -44,27 +44,27 @@ pub struct Common {
     /// Where the head is written (safetensors); history.json goes beside it.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 100)]
     epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(value_parser = crate::args::count::<1, 65_536>, long, default_value_t = 64)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(value_parser = crate::args::positive, long, default_value_t = 1e-3)]
     lr: f32,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(value_parser = crate::args::non_negative, long, default_value_t = 1e-4)]
     weight_decay: f32,
     /// Width of a hidden ReLU layer (none by default).
-    #[arg(long)]
+    #[arg(value_parser = crate::args::count::<1, 65_536>, long)]
     hidden: Option<usize>,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(value_parser = crate::args::dropout, long, default_value_t = 0.2)]
     dropout: f32,
     /// Epochs without improvement on the validation set before stopping.
-    #[arg(long, default_value_t = 8)]
+    #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 8)]
     patience: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Seeded augmented views per training image (flip, rotation, brightness/contrast, random
     /// crop), embedded once and cached; 0 trains on the images as they are.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     augment: u32,
     /// Cache of backbone features per image folder (default: ~/.cache/lookalike).
     #[arg(long)]
@@ -79,7 +79,7 @@ pub enum TrainCommand {
         common: Common,
         /// Also fine-tune the backbone's last N blocks (and its head convolution), at a tenth of
         /// the learning rate. Slower: each image then costs a forward and backward pass through them.
-        #[arg(long, default_value_t = 0)]
+        #[arg(value_parser = crate::args::count::<0, 16>, long, default_value_t = 0)]
         fine_tune_blocks: usize,
     },
     /// Projection head (L2-normalised) trained so that neighbours share a class.
@@ -90,12 +90,12 @@ pub enum TrainCommand {
         loss: LossArg,
         #[arg(long, value_enum, default_value = "semi-hard")]
         mining: MiningArg,
-        #[arg(long, default_value_t = 256)]
+        #[arg(value_parser = crate::args::count::<1, 65_536>, long, default_value_t = 256)]
         dim: usize,
-        #[arg(long, default_value_t = 0.2)]
+        #[arg(value_parser = crate::args::positive, long, default_value_t = 0.2)]
         margin: f32,
         /// Images per class in each batch.
-        #[arg(long, default_value_t = 8)]
+        #[arg(value_parser = crate::args::count::<2, 65_536>, long, default_value_t = 8)]
         per_class: usize,
     },
     /// A small CNN trained from scratch on Fashion-MNIST; its penultimate layer is an embedding.
@@ -112,14 +112,14 @@ pub struct ScratchArgs {
     fashion_mnist: PathBuf,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, default_value_t = 12)]
+    #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 12)]
     epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(value_parser = crate::args::count::<1, 65_536>, long, default_value_t = 64)]
     batch_size: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Train on the first N training images only (quick runs).
-    #[arg(long)]
+    #[arg(value_parser = crate::args::count::<1, 100_000_000>, long)]
     limit: Option<usize>,
 }
 
@@ -145,7 +145,7 @@ pub enum EvalCommand {
         gallery: PathBuf,
         #[arg(long)]
         queries: PathBuf,
-        #[arg(short, long, default_value_t = 10)]
+        #[arg(value_parser = crate::args::count::<1, 10_000>, short, long, default_value_t = 10)]
         k: usize,
         /// Rank by this projection head's embeddings instead of raw backbone features.
         #[arg(long)]
@@ -154,7 +154,7 @@ pub enum EvalCommand {
         #[arg(long)]
         classifier: Option<PathBuf>,
         /// Hybrid: take likely classes until their probabilities add up to this.
-        #[arg(long, default_value_t = 0.9)]
+        #[arg(value_parser = crate::args::fraction, long, default_value_t = 0.9)]
         coverage: f32,
         #[arg(long)]
         json: bool,

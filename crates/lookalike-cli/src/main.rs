@@ -1,5 +1,6 @@
 //! `lookalike`: a thin command-line shell over the lookalike library.
 
+mod args;
 mod bench;
 mod charts;
 mod learn;
@@ -21,7 +22,7 @@ use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
 use lookalike::recommend::Recommender;
 use lookalike::store::postgres::{is_postgres_url, redact};
-use lookalike::store::{open_store, Store};
+use lookalike::store::{open_store, open_store_read_only, Store};
 use lookalike::types::{Filter, Metric};
 
 /// Exit status of `index` when it finished but skipped some images.
@@ -38,7 +39,7 @@ struct Cli {
     #[arg(long, global = true)]
     models: Option<PathBuf>,
     /// Inference threads.
-    #[arg(long, global = true, default_value_t = default_threads())]
+    #[arg(value_parser = args::count::<1, 1024>, long, global = true, default_value_t = default_threads())]
     threads: usize,
     #[command(subcommand)]
     command: Command,
@@ -59,7 +60,7 @@ enum Command {
         /// Remove products that left the catalogue or whose image file is gone.
         #[arg(long)]
         prune: bool,
-        #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+        #[arg(value_parser = args::count::<1, 4096>, long, default_value_t = DEFAULT_BATCH_SIZE)]
         batch_size: usize,
         /// Projection head (from `train metric`) whose embeddings become the catalogue's vectors;
         /// it is kept in the database and used for every later query and re-index.
@@ -78,7 +79,7 @@ enum Command {
         #[arg(long)]
         to: String,
         /// Products per transaction.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(value_parser = args::count::<1, 100_000>, long, default_value_t = 1000)]
         batch_size: usize,
     },
     /// Products that look like a photo.
@@ -93,7 +94,7 @@ enum Command {
         #[arg(long)]
         classifier: Option<PathBuf>,
         /// --hybrid ranks within the most likely categories until their probabilities add up to this.
-        #[arg(long, default_value_t = 0.9)]
+        #[arg(value_parser = args::fraction, long, default_value_t = 0.9)]
         coverage: f32,
         /// Also draw the query and its results (photos, scores, titles, prices) as a PNG here.
         #[arg(long)]
@@ -119,7 +120,7 @@ enum Command {
         /// Use the backbone's own 1000-class ImageNet head.
         #[arg(long, required = true)]
         imagenet: bool,
-        #[arg(long, default_value_t = 5)]
+        #[arg(value_parser = args::count::<1, 1000>, long, default_value_t = 5)]
         top: usize,
         #[arg(long)]
         json: bool,
@@ -160,31 +161,36 @@ enum Command {
         #[arg(long)]
         read_only: bool,
         /// Largest accepted image upload, in MB.
-        #[arg(long, default_value_t = 10)]
+        #[arg(value_parser = args::count::<1, 1024>, long, default_value_t = 10)]
         max_upload_mb: usize,
         /// Where uploaded product images are kept (default: `uploads/` beside the database).
         #[arg(long)]
         upload_dir: Option<PathBuf>,
         /// Most query images embedded in one forward pass.
-        #[arg(long, default_value_t = 16)]
+        #[arg(value_parser = args::count::<1, 256>, long, default_value_t = 16)]
         max_batch: usize,
-        /// Query images allowed to wait for the model; beyond that requests get 503.
-        #[arg(long, default_value_t = 64)]
+        /// Query images allowed to wait (for a decoder or the model) beyond those being worked on;
+        /// more are refused at once with 503.
+        #[arg(value_parser = args::count::<0, 100_000>, long, default_value_t = 64)]
         queue: usize,
         /// Classifier head (from `train classifier`) that enables `hybrid` photo searches.
         #[arg(long)]
         classifier: Option<PathBuf>,
         /// How long an arriving query waits for others to share its forward pass, in ms
         /// (0: queries that queued during the previous pass share the next one).
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(value_parser = args::window_ms, long, default_value_t = 0.0)]
         batch_window_ms: f64,
+        /// Seconds a client may take to send its request headers, or pause while sending a body;
+        /// slower connections are closed (a body must also arrive within 120 s in all).
+        #[arg(value_parser = args::seconds, long, default_value_t = 10.0)]
+        client_timeout_s: f64,
     },
     /// Groups of duplicate products: identical image bytes (exact) or nearly identical features (near).
     Dedup {
         #[arg(long)]
         db: String,
         /// Cosine similarity at or above which two products are near-duplicates.
-        #[arg(long, default_value_t = 0.97)]
+        #[arg(value_parser = args::similarity, long, default_value_t = 0.97)]
         threshold: f32,
         #[arg(long)]
         json: bool,
@@ -211,16 +217,16 @@ struct QueryArgs {
     /// SQLite file, or postgres://user@host:port/dbname.
     #[arg(long)]
     db: String,
-    #[arg(short, long, default_value_t = 10)]
+    #[arg(value_parser = args::count::<1, 10_000>, short, long, default_value_t = 10)]
     k: usize,
     /// cosine (score = similarity in [-1, 1], higher is closer) or euclidean (score = distance, lower is closer).
     #[arg(long, default_value = "cosine")]
     metric: Metric,
     #[arg(long)]
     category: Option<String>,
-    #[arg(long)]
+    #[arg(value_parser = args::price, long)]
     min_price: Option<f64>,
-    #[arg(long)]
+    #[arg(value_parser = args::price, long)]
     max_price: Option<f64>,
     #[arg(long)]
     json: bool,
@@ -250,12 +256,21 @@ fn load_embedder(cli_models: &Option<PathBuf>, threads: usize) -> Result<Embedde
     Embedder::load(&ModelDir::locate(cli_models.as_deref()), EFFICIENTNET_LITE0, threads)
 }
 
-/// Opens an existing catalogue database; queries never create one.
+/// Opens an existing catalogue database to read it; queries never create or change one, so a
+/// read-only file or folder works.
 fn open_existing(db: &str) -> Result<Box<dyn Store>> {
+    checked_not_empty(open_store_read_only(db)?, db)
+}
+
+/// Opens an existing catalogue database to change it.
+fn open_existing_writable(db: &str) -> Result<Box<dyn Store>> {
     if !is_postgres_url(db) && !Path::new(db).is_file() {
         bail!("no catalogue database at {db} (create it with `lookalike index`)");
     }
-    let store = open_store(db)?;
+    checked_not_empty(open_store(db)?, db)
+}
+
+fn checked_not_empty(store: Box<dyn Store>, db: &str) -> Result<Box<dyn Store>> {
     if store.manifest()?.is_none() {
         bail!("the catalogue at {} is empty (run `lookalike index` first)", redact(db));
     }
@@ -399,13 +414,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_batch,
             queue,
             batch_window_ms,
+            client_timeout_s,
             classifier,
         } => {
-            if max_batch == 0 {
-                bail!("--max-batch must be at least 1");
-            }
             let token = server::check_write_access(&token, read_only)?;
-            let mut store = open_store(&db)?;
+            // A read-only server over a catalogue it does not index never writes to the file.
+            let mut store = if read_only && catalogue.is_none() {
+                open_existing(&db)?
+            } else {
+                open_store(&db)?
+            };
             let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
             let classifier = classifier
                 .map(|path| learn::load_head(&path, &embedder, lookalike::learn::head::HeadKind::Classifier))
@@ -420,16 +438,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = server::ServerConfig {
                 addr: std::net::SocketAddr::new(host, port),
                 token,
-                max_upload_bytes: max_upload_mb * 1024 * 1024,
+                max_upload_bytes: max_upload_mb << 20,
                 upload_dir: upload_dir.unwrap_or_else(|| default_upload_dir(&db)),
                 batch: BatchPolicy {
                     max_batch,
                     queue,
-                    window: std::time::Duration::from_secs_f64(batch_window_ms.max(0.0) / 1e3),
+                    window: std::time::Duration::from_secs_f64(batch_window_ms / 1e3),
                 },
                 classifier,
+                decoders: cli.threads,
+                client_timeout: std::time::Duration::from_secs_f64(client_timeout_s),
             };
-            let router = server::router(store, embedder, &config)?;
+            server::init_logging();
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
                 // For supervisors and tests: the server ends with the process that started it.
                 std::thread::spawn(|| {
@@ -440,7 +460,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(server::serve(router, config.addr))?;
+                .block_on(async {
+                    let router = server::router(store, embedder, &config)?;
+                    server::serve(router, config.addr, config.client_timeout).await
+                })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Search {
@@ -554,7 +577,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { ids, db } => {
-            let removed = open_existing(&db)?.remove(&ids)?;
+            let removed = open_existing_writable(&db)?.remove(&ids)?;
             println!("removed {removed} of {} products", ids.len());
             Ok(if removed == ids.len() {
                 ExitCode::SUCCESS

@@ -594,7 +594,7 @@ fn a_classifier_fine_tunes_the_last_blocks_and_serves_hybrid_search() {
 
     let out = train_classifier(&train, &val, &head, &["--fine-tune-blocks", "17"]);
     assert!(
-        !out.status.success() && text(&out).contains("between 1 and 16"),
+        !out.status.success() && text(&out).contains("between 0 and 16"),
         "{}",
         text(&out)
     );

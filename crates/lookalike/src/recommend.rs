@@ -1,49 +1,92 @@
 //! A stored catalogue ready to answer "what looks like this?": the one interface the CLI and
 //! the server use, whatever the store. Over SQLite the products are loaded into a
-//! [`VectorIndex`] and searched in memory (writes go to both); over PostgreSQL every read is a
-//! query, so several servers on one database see each other's writes at once.
+//! [`VectorIndex`] and searched in memory; over PostgreSQL every read is a query, so several
+//! servers on one database see each other's writes at once.
+//!
+//! Writes go to the store and then to memory while the store is held, so two writes to one
+//! product reach both in the same order. Writes by other processes (a `lookalike index` run
+//! beside a server, on the same SQLite file) are read from the store's change log before each
+//! read, so memory never answers from a catalogue that has moved on.
 
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use anyhow::Result;
 
 use crate::index::VectorIndex;
-use crate::store::{ProductWrite, Store};
+use crate::store::{Changes, ProductWrite, Store, WriteMode};
 use crate::types::{CatalogueEntry, Filter, Metric, Page, Scored, StoredProduct};
 
 pub struct Recommender {
-    store: Mutex<Box<dyn Store>>,
+    store: Mutex<Guarded>,
     /// The products in memory, when the store cannot search itself.
     memory: Option<RwLock<VectorIndex>>,
 }
 
+/// The store and how far into its change log memory is.
+struct Guarded {
+    store: Box<dyn Store>,
+    position: u64,
+}
+
 impl Recommender {
     pub fn new(store: Box<dyn Store>) -> Result<Self> {
+        // The position first: a write landing between it and the load is read again, never lost.
+        let position = store.change_position()?;
         let memory = if store.has_vector_index() {
             None
         } else {
             Some(RwLock::new(VectorIndex::new(store.products()?)?))
         };
         Ok(Self {
-            store: Mutex::new(store),
+            store: Mutex::new(Guarded { store, position }),
             memory,
         })
     }
 
-    pub fn store(&self) -> MutexGuard<'_, Box<dyn Store>> {
+    fn guarded(&self) -> MutexGuard<'_, Guarded> {
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn memory(&self) -> Option<std::sync::RwLockReadGuard<'_, VectorIndex>> {
-        self.memory
-            .as_ref()
-            .map(|m| m.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    /// The store, for what this type does not wrap. Writes through it bypass memory.
+    pub fn with_store<T>(&self, work: impl FnOnce(&mut dyn Store) -> Result<T>) -> Result<T> {
+        work(&mut *self.guarded().store)
+    }
+
+    /// Memory, brought up to date with what other processes wrote.
+    fn memory(&self) -> Result<Option<RwLockReadGuard<'_, VectorIndex>>> {
+        let Some(memory) = &self.memory else {
+            return Ok(None);
+        };
+        let mut guarded = self.guarded();
+        let changes = guarded.store.changes_since(guarded.position)?;
+        match changes {
+            Changes::Nothing => {}
+            Changes::Products { ids, position } => {
+                let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
+                for id in ids {
+                    match guarded.store.product(&id)? {
+                        Some(product) => index.upsert(product)?,
+                        None => {
+                            index.remove(&id);
+                        }
+                    }
+                }
+                guarded.position = position;
+            }
+            Changes::Everything { position } => {
+                let reloaded = VectorIndex::new(guarded.store.products()?)?;
+                *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
+                guarded.position = position;
+            }
+        }
+        drop(guarded);
+        Ok(Some(memory.read().unwrap_or_else(|p| p.into_inner())))
     }
 
     pub fn len(&self) -> Result<usize> {
-        match self.memory() {
+        match self.memory()? {
             Some(index) => Ok(index.len()),
-            None => self.store().count(),
+            None => self.guarded().store.count(),
         }
     }
 
@@ -53,16 +96,16 @@ impl Recommender {
 
     /// Bytes the vector index takes: in this process (memory) or in the database (HNSW).
     pub fn index_bytes(&self) -> Result<usize> {
-        match self.memory() {
+        match self.memory()? {
             Some(index) => Ok(index.vector_bytes()),
-            None => self.store().vector_index_bytes(),
+            None => self.guarded().store.vector_index_bytes(),
         }
     }
 
     pub fn find(&self, id: &str) -> Result<Option<StoredProduct>> {
-        match self.memory() {
+        match self.memory()? {
             Some(index) => Ok(index.find(id).cloned()),
-            None => self.store().product(id),
+            None => self.guarded().store.product(id),
         }
     }
 
@@ -76,13 +119,13 @@ impl Recommender {
         filter: &Filter,
         exclude: Option<&str>,
     ) -> Result<Vec<Scored>> {
-        match self.memory() {
+        match self.memory()? {
             Some(index) => Ok(index
                 .search(query, k, metric, filter, exclude)?
                 .into_iter()
                 .map(|hit| (hit.product.clone(), hit.score))
                 .collect()),
-            None => self.store().nearest(query, k, metric, filter, exclude),
+            None => self.guarded().store.nearest(query, k, metric, filter, exclude),
         }
     }
 
@@ -94,11 +137,10 @@ impl Recommender {
         self.search(&product.vector, k, metric, filter, Some(id)).map(Some)
     }
 
-    /// Products in id order, optionally of one category (case-insensitive); `page` starts at 1.
-    pub fn page(&self, category: Option<&str>, page: usize, per_page: usize) -> Result<Page> {
-        let offset = page.saturating_sub(1) * per_page;
-        let Some(index) = self.memory() else {
-            return self.store().page(category, offset, per_page);
+    /// Products in id order, optionally of one category (case-insensitive), skipping `offset`.
+    pub fn page(&self, category: Option<&str>, offset: usize, per_page: usize) -> Result<Page> {
+        let Some(index) = self.memory()? else {
+            return self.guarded().store.page(category, offset, per_page);
         };
         let filter = Filter {
             category: category.map(str::to_string),
@@ -120,30 +162,41 @@ impl Recommender {
         })
     }
 
-    /// Stores `product` (insert or replace), then makes it searchable.
-    pub fn upsert(&self, product: StoredProduct) -> Result<()> {
+    /// Stores `product` as `mode` allows and makes it searchable; false if `mode`'s condition
+    /// (no such product yet, or the product still there) did not hold and nothing was written.
+    pub fn write(&self, product: StoredProduct, mode: WriteMode) -> Result<bool> {
         let entry = CatalogueEntry {
             id: product.id.clone(),
             info: product.info.clone(),
             image_path: product.image_path.clone().into(),
         };
-        self.store().write_batch(&[ProductWrite {
+        let mut guarded = self.guarded();
+        let write = ProductWrite {
             entry: &entry,
             content_hash: &product.content_hash,
             vector: Some(&product.vector),
-        }])?;
+        };
+        if !guarded.store.write_one(&write, mode)? {
+            return Ok(false);
+        }
         if let Some(memory) = &self.memory {
             memory.write().unwrap_or_else(|p| p.into_inner()).upsert(product)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes product `id`; false if there was none.
     pub fn remove(&self, id: &str) -> Result<bool> {
-        let removed = self.store().remove(&[id.to_string()])? > 0;
+        let mut guarded = self.guarded();
+        let removed = guarded.store.remove(&[id.to_string()])? > 0;
         if let Some(memory) = &self.memory {
             memory.write().unwrap_or_else(|p| p.into_inner()).remove(id);
         }
         Ok(removed)
+    }
+
+    /// Whether any product's image is the file at `image_path`.
+    pub fn image_in_use(&self, image_path: &str) -> Result<bool> {
+        self.guarded().store.image_in_use(image_path)
     }
 }

@@ -32,6 +32,59 @@ pub struct StoredProduct {
     pub vector: Vec<f32>,
 }
 
+/// Longest product id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest title or category, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+
+/// Text that every store can keep: PostgreSQL's text cannot hold NUL, and lengths are bounded.
+pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<()> {
+    if value.contains('\0') {
+        bail!("the {field} contains a NUL character");
+    }
+    if value.len() > max_bytes {
+        bail!("the {field} is {} bytes long (at most {max_bytes})", value.len());
+    }
+    Ok(())
+}
+
+/// A product id: not empty, no NUL, at most [`MAX_ID_BYTES`].
+pub fn check_id(id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        bail!("the product id is empty");
+    }
+    check_text("product id", id, MAX_ID_BYTES)
+}
+
+/// A price: a finite number, not negative.
+pub fn check_price(field: &str, price: f64) -> Result<()> {
+    if !(price.is_finite() && price >= 0.0) {
+        bail!("the {field} must be a non-negative finite number, got {price}");
+    }
+    Ok(())
+}
+
+impl ProductInfo {
+    /// Checks every field with [`check_text`] and [`check_price`].
+    pub fn check(&self) -> Result<()> {
+        for (field, value, max) in [
+            ("title", &self.title, MAX_TEXT_BYTES),
+            ("category", &self.category, MAX_TEXT_BYTES),
+            ("description", &self.description, MAX_DESCRIPTION_BYTES),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value, max)?;
+            }
+        }
+        if let Some(price) = self.price {
+            check_price("price", price)?;
+        }
+        Ok(())
+    }
+}
+
 /// A product with its score (cosine similarity, or Euclidean distance).
 pub type Scored = (StoredProduct, f32);
 
@@ -85,10 +138,18 @@ pub struct Filter {
 impl Filter {
     /// A filter from user input: a blank category means none; the price range must not be empty.
     pub fn new(category: Option<String>, min_price: Option<f64>, max_price: Option<f64>) -> Result<Self> {
+        for (name, price) in [("minimum price", min_price), ("maximum price", max_price)] {
+            if let Some(price) = price {
+                check_price(name, price)?;
+            }
+        }
         if let (Some(lo), Some(hi)) = (min_price, max_price) {
             if lo > hi {
                 bail!("the minimum price {lo} is above the maximum price {hi}");
             }
+        }
+        if let Some(category) = &category {
+            check_text("category", category, MAX_TEXT_BYTES)?;
         }
         Ok(Self {
             category: category.filter(|c| !c.trim().is_empty()),
@@ -114,5 +175,35 @@ impl Filter {
             return false;
         };
         self.min_price.is_none_or(|m| price >= m) && self.max_price.is_none_or(|m| price <= m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_refuse_what_no_product_can_match() {
+        assert!(Filter::new(None, Some(f64::NAN), None).is_err());
+        assert!(Filter::new(None, None, Some(f64::INFINITY)).is_err());
+        assert!(Filter::new(None, Some(-1.0), None).is_err());
+        assert!(Filter::new(None, Some(5.0), Some(1.0)).is_err());
+        assert!(Filter::new(Some("a\0b".into()), None, None).is_err());
+        let f = Filter::new(Some("  ".into()), Some(1.0), Some(5.0)).unwrap();
+        assert_eq!(f.category, None);
+    }
+
+    #[test]
+    fn text_fields_are_checked() {
+        assert!(check_id("").is_err());
+        assert!(check_id(&"x".repeat(MAX_ID_BYTES + 1)).is_err());
+        assert!(check_id("MH01\0").is_err());
+        assert!(check_id("MH01").is_ok());
+        let info = ProductInfo {
+            title: Some("ok".into()),
+            description: Some("bad\0".into()),
+            ..Default::default()
+        };
+        assert!(info.check().unwrap_err().to_string().contains("description"));
     }
 }

@@ -35,15 +35,15 @@ pub struct LoadPlan {
     /// Measure an already running server instead of starting one (it must serve `--db`).
     #[arg(long)]
     pub url: Option<String>,
-    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    #[arg(value_parser = crate::args::count::<1, 4096>, long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
     /// Most requests per concurrency level.
-    #[arg(long, default_value_t = 500)]
+    #[arg(value_parser = crate::args::count::<1, 100_000_000>, long, default_value_t = 500)]
     pub requests: usize,
     /// Most seconds per concurrency level.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(value_parser = crate::args::seconds, long, default_value_t = 20.0)]
     pub seconds: f64,
-    #[arg(short, long, default_value_t = 10)]
+    #[arg(value_parser = crate::args::count::<1, 10_000>, short, long, default_value_t = 10)]
     pub k: usize,
     /// Restrict every query to this category (measures filtered search).
     #[arg(long)]

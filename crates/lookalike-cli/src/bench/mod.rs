@@ -14,10 +14,10 @@ pub enum BenchCommand {
     /// Images/s of the backbone at 224x224, per batch size, beside ONNX Runtime (Python) and PyTorch.
     Embed {
         /// Batch sizes to measure.
-        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        #[arg(value_parser = crate::args::count::<1, 4096>, long, value_delimiter = ',', default_value = "1,32")]
         batches: Vec<usize>,
         /// Seconds of timed runs per runtime and batch size.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(value_parser = crate::args::seconds, long, default_value_t = 10.0)]
         seconds: f64,
         /// Python interpreter with `onnxruntime` and/or `torch` installed (scripts/bench-env.sh makes one).
         #[arg(long, default_value = "python3")]
@@ -37,9 +37,9 @@ pub enum BenchCommand {
         #[arg(long)]
         db: PathBuf,
         /// Queries, taken from the catalogue's own vectors (spread evenly over it).
-        #[arg(long, default_value_t = 200)]
+        #[arg(value_parser = crate::args::count::<1, 1_000_000>, long, default_value_t = 200)]
         queries: usize,
-        #[arg(short, long, default_value_t = 10)]
+        #[arg(value_parser = crate::args::count::<1, 10_000>, short, long, default_value_t = 10)]
         k: usize,
         #[arg(long)]
         category: Option<String>,
@@ -56,9 +56,9 @@ pub enum BenchCommand {
         /// An empty PostgreSQL database.
         #[arg(long)]
         postgres: String,
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(value_parser = crate::args::count::<1, 100_000_000>, long, default_value_t = 20_000)]
         products: usize,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 1000)]
         batch_size: usize,
     },
     /// Writes a large synthetic catalogue for load tests: real vectors and metadata of `--from`,
@@ -68,7 +68,7 @@ pub enum BenchCommand {
         from: PathBuf,
         #[arg(long)]
         db: PathBuf,
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(value_parser = crate::args::count::<1, 100_000_000>, long, default_value_t = 100_000)]
         products: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,

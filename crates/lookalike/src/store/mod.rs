@@ -32,6 +32,32 @@ pub struct ProductWrite<'a> {
     pub vector: Option<&'a [f32]>,
 }
 
+/// What a single-product write requires of the product already stored under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Insert or replace.
+    Upsert,
+    /// Only if no product has the id: creating twice is a conflict, not an overwrite.
+    CreateOnly,
+    /// Only if the product exists: a write racing a delete must not bring the product back.
+    UpdateOnly,
+}
+
+/// What other processes wrote to a store since a position in its change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    Nothing,
+    /// These products were written or deleted; `position` is where the log now ends.
+    Products {
+        ids: Vec<String>,
+        position: u64,
+    },
+    /// More changed than the log remembers: reload everything.
+    Everything {
+        position: u64,
+    },
+}
+
 /// What the indexer, the CLI and the server need of a catalogue store.
 pub trait Store: Send {
     fn manifest(&self) -> Result<Option<ModelManifest>>;
@@ -45,7 +71,20 @@ pub trait Store: Send {
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>>;
     /// Applies all writes in one transaction.
     fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()>;
+    /// One product in its own transaction; false when `mode`'s condition did not hold (nothing written).
+    fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool>;
     fn remove(&mut self, ids: &[String]) -> Result<usize>;
+    /// Whether any product's image is the file at `image_path`.
+    fn image_in_use(&self, image_path: &str) -> Result<bool>;
+    /// Where the change log ends now; see [`Self::changes_since`].
+    fn change_position(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Products written by other processes since `position`, for a process that keeps the
+    /// catalogue in memory. Stores that are queried directly (PostgreSQL) have none to report.
+    fn changes_since(&self, _position: u64) -> Result<Changes> {
+        Ok(Changes::Nothing)
+    }
     fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
     /// Every product with its vector, in id order.
     fn products(&self) -> Result<Vec<StoredProduct>>;
@@ -83,12 +122,23 @@ pub trait Store: Send {
     }
 }
 
-/// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path.
+/// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path
+/// (created if missing).
 pub fn open_store(location: &str) -> Result<Box<dyn Store>> {
-    if crate::store::postgres::is_postgres_url(location) {
-        Ok(Box::new(crate::store::postgres::PgStore::connect(location)?))
+    if postgres::is_postgres_url(location) {
+        Ok(Box::new(postgres::PgStore::connect(location)?))
     } else {
         Ok(Box::new(SqliteStore::open(Path::new(location))?))
+    }
+}
+
+/// Opens a store only to read it: a SQLite file is never created, changed or upgraded, so a
+/// read-only file or folder serves. (PostgreSQL access rights are the database's business.)
+pub fn open_store_read_only(location: &str) -> Result<Box<dyn Store>> {
+    if postgres::is_postgres_url(location) {
+        open_store(location)
+    } else {
+        Ok(Box::new(SqliteStore::open_read_only(Path::new(location))?))
     }
 }
 

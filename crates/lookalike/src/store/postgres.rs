@@ -17,13 +17,14 @@ use anyhow::{bail, Context, Result};
 use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
-use super::{check_same_model, Fingerprint, ProductWrite, Store};
+use super::{check_same_model, Fingerprint, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE TABLE lookalike_manifest (
     key   text PRIMARY KEY,
@@ -42,7 +43,11 @@ CREATE TABLE lookalike_products (
 );
 CREATE INDEX lookalike_products_category ON lookalike_products (lower(category));
 CREATE INDEX lookalike_products_price ON lookalike_products (price);
-"];
+",
+    "
+CREATE INDEX lookalike_products_image_path ON lookalike_products (image_path);
+",
+];
 
 /// Advisory lock key for schema changes ("lookalik" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
@@ -173,7 +178,7 @@ impl PgStore {
                 .query_one("SELECT to_regclass('lookalike_products_embedding') IS NULL", &[])?
                 .get(0);
             if missing {
-                create_vector_index(&mut *client, column, true)?;
+                rebuild_vector_index(&mut client, column, None)?;
             }
         }
         *store.column.lock().expect("column lock") = column;
@@ -236,6 +241,21 @@ fn create_vector_index(client: &mut impl postgres::GenericClient, column: &str, 
     Ok(())
 }
 
+/// Creates the HNSW index if it is missing, one process at a time: the backend of a process killed
+/// while building it keeps building, and a second `CREATE INDEX IF NOT EXISTS` racing it fails on
+/// the catalogue's unique name. `memory` sets `maintenance_work_mem` for this build only (the
+/// graph builds in memory when it fits).
+fn rebuild_vector_index(client: &mut Client, column: &str, memory: Option<&str>) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    if let Some(memory) = memory {
+        tx.batch_execute(&format!("SET LOCAL maintenance_work_mem = '{memory}'"))?;
+    }
+    create_vector_index(&mut tx, column, true)?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn migrate(client: &mut Client) -> Result<()> {
     // Session-level lock: a second replica waits here until the first has migrated.
     client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])?;
@@ -267,6 +287,67 @@ fn migrate(client: &mut Client) -> Result<()> {
     })();
     client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])?;
     result
+}
+
+/// The statement for one product write in `mode`; `None` vector keeps the stored one.
+fn write_in(tx: &mut postgres::Transaction, w: &ProductWrite, mode: WriteMode) -> Result<bool> {
+    let e = w.entry;
+    let path = e.image_path.to_string_lossy().into_owned();
+    let i = &e.info;
+    let changed = match (w.vector, mode) {
+        (Some(v), WriteMode::Upsert | WriteMode::CreateOnly) => {
+            let on_conflict = if mode == WriteMode::Upsert {
+                "DO UPDATE SET title = excluded.title, price = excluded.price,
+                   category = excluded.category, description = excluded.description,
+                   image_path = excluded.image_path, content_hash = excluded.content_hash,
+                   embedding = excluded.embedding, updated_at = now()"
+            } else {
+                "DO NOTHING"
+            };
+            let sql = format!(
+                "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector) ON CONFLICT (id) {on_conflict}"
+            );
+            let vector = Vector::from(v.to_vec());
+            tx.execute(
+                &sql,
+                &[
+                    &e.id,
+                    &i.title,
+                    &i.price,
+                    &i.category,
+                    &i.description,
+                    &path,
+                    &w.content_hash,
+                    &vector,
+                ],
+            )?
+        }
+        (Some(v), WriteMode::UpdateOnly) => {
+            let vector = Vector::from(v.to_vec());
+            tx.execute(
+                "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5,
+                   image_path = $6, content_hash = $7, embedding = $8::vector, updated_at = now() WHERE id = $1",
+                &[
+                    &e.id,
+                    &i.title,
+                    &i.price,
+                    &i.category,
+                    &i.description,
+                    &path,
+                    &w.content_hash,
+                    &vector,
+                ],
+            )?
+        }
+        (None, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
+        (None, _) => tx.execute(
+            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, image_path = $6,
+               updated_at = now() WHERE id = $1",
+            &[&e.id, &i.title, &i.price, &i.category, &i.description, &path],
+        )?,
+    };
+    Ok(changed > 0)
 }
 
 impl Store for PgStore {
@@ -357,54 +438,44 @@ impl Store for PgStore {
     fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
         let mut client = self.client();
         let mut tx = client.transaction()?;
-        let upsert = tx.prepare(
-            "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector)
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, price = excluded.price,
-               category = excluded.category, description = excluded.description,
-               image_path = excluded.image_path, content_hash = excluded.content_hash,
-               embedding = excluded.embedding, updated_at = now()",
-        )?;
-        let update_info = tx.prepare(
-            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, image_path = $6,
-               updated_at = now() WHERE id = $1",
-        )?;
         for w in writes {
-            let e = w.entry;
-            let path = e.image_path.to_string_lossy().into_owned();
-            let i = &e.info;
-            match w.vector {
-                Some(v) => tx.execute(
-                    &upsert,
-                    &[
-                        &e.id,
-                        &i.title,
-                        &i.price,
-                        &i.category,
-                        &i.description,
-                        &path,
-                        &w.content_hash,
-                        &Vector::from(v.to_vec()),
-                    ],
-                )?,
-                None => tx.execute(
-                    &update_info,
-                    &[&e.id, &i.title, &i.price, &i.category, &i.description, &path],
-                )?,
-            };
+            write_in(&mut tx, w, WriteMode::Upsert)?;
         }
         tx.commit()?;
         Ok(())
     }
 
+    fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let written = write_in(&mut tx, write, mode)?;
+        tx.commit()?;
+        Ok(written)
+    }
+
     fn remove(&mut self, ids: &[String]) -> Result<usize> {
+        let ids: Vec<&String> = ids.iter().filter(|id| !id.contains('\0')).collect();
         let n = self
             .client()
             .execute("DELETE FROM lookalike_products WHERE id = ANY($1)", &[&ids])?;
         Ok(n as usize)
     }
 
+    fn image_in_use(&self, image_path: &str) -> Result<bool> {
+        Ok(self
+            .client()
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM lookalike_products WHERE image_path = $1)",
+                &[&image_path],
+            )?
+            .get(0))
+    }
+
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
+        // PostgreSQL text cannot hold NUL, so no stored id has one.
+        if id.contains('\0') {
+            return Ok(None);
+        }
         let row = self.client().query_opt(
             &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector FROM lookalike_products WHERE id = $1"),
             &[&id],
@@ -439,11 +510,7 @@ impl Store for PgStore {
         }
         let column = self.column.lock().expect("column lock").clone();
         if let Some(column) = column {
-            let mut client = self.client();
-            // The graph builds in memory when it fits; this is per session, not the server's setting.
-            client.batch_execute(&format!("SET maintenance_work_mem = '{BULK_INDEX_MEMORY}'"))?;
-            create_vector_index(&mut *client, &column, true)?;
-            client.batch_execute("RESET maintenance_work_mem")?;
+            rebuild_vector_index(&mut self.client(), &column, Some(BULK_INDEX_MEMORY))?;
         }
         Ok(())
     }

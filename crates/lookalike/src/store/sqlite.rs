@@ -1,17 +1,20 @@
 //! [`SqliteStore`]: the catalogue in one SQLite file (the default store).
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::{check_same_model, Fingerprint, ProductWrite, Store};
+use super::{check_same_model, Changes, Fingerprint, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{ProductInfo, StoredProduct};
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the change log and the image-path index.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS manifest (
@@ -31,10 +34,32 @@ CREATE TABLE IF NOT EXISTS products (
 );
 CREATE INDEX IF NOT EXISTS products_category ON products(category);
 CREATE INDEX IF NOT EXISTS products_content_hash ON products(content_hash);
+CREATE INDEX IF NOT EXISTS products_image_path ON products(image_path);
+-- Every write to products, by whichever process: a server keeping the catalogue in memory reads
+-- what others changed from here (see Store::changes_since).
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id  TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS products_inserted AFTER INSERT ON products
+    BEGIN INSERT INTO changes (id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS products_updated AFTER UPDATE ON products
+    BEGIN INSERT INTO changes (id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS products_deleted AFTER DELETE ON products
+    BEGIN INSERT INTO changes (id) VALUES (OLD.id); END;
 ";
+
+/// Changes remembered; a reader further behind reloads everything.
+const CHANGES_KEPT: i64 = 100_000;
+/// How long opening waits for another process (creating or migrating the same file).
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 pub struct SqliteStore {
     conn: Connection,
+    path: PathBuf,
+    /// `PRAGMA data_version` when the change log was last read: it moves only when another
+    /// connection commits, so an unchanged value answers [`Store::changes_since`] without a query.
+    seen_data_version: Cell<Option<i64>>,
 }
 
 fn vector_to_blob(v: &[f32]) -> Vec<u8> {
@@ -45,29 +70,225 @@ fn blob_to_vector(b: &[u8]) -> Vec<f32> {
     crate::model::weights::bytes_to_f32(b)
 }
 
+/// What went wrong opening `path`, in the words of someone who has to fix it.
+fn open_error(path: &Path, err: rusqlite::Error) -> anyhow::Error {
+    let shown = path.display();
+    let code = err.sqlite_error_code();
+    let why = match code {
+        Some(ErrorCode::NotADatabase) => format!("{shown} is not a lookalike catalogue (SQLite) database"),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
+            "{shown} stayed locked by another process for {} s",
+            BUSY_WAIT.as_secs()
+        ),
+        Some(ErrorCode::ReadOnly) => format!(
+            "{shown} is read-only (the file or its folder): it can be searched and served with              --read-only, not written"
+        ),
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => format!(
+            "cannot open {shown}: check that its folder exists and that this user may read (and,              to write, change) the file and its folder"
+        ),
+        _ => format!("cannot use catalogue database {shown}"),
+    };
+    anyhow::Error::new(err).context(why)
+}
+
+/// Runs `step` until it is not refused for a lock held by another connection, for up to
+/// [`BUSY_WAIT`]. SQLite's busy handler does not cover every case: switching to WAL, or a
+/// transaction upgrading to a writer, can be refused at once.
+fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + BUSY_WAIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match step() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause + Duration::from_micros(fastrand::u64(0..2000)));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SqliteStore {
+    /// Opens (or creates) a catalogue to read and write, bringing its schema up to date. Several
+    /// processes may do this at once on a new file.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn =
-            Connection::open(path).with_context(|| format!("cannot open catalogue database {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("{} is not a lookalike catalogue (SQLite) database", path.display()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        conn.busy_timeout(BUSY_WAIT)?;
+        retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)))
+            .map_err(|e| open_error(path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| open_error(path, e))?;
+        retry_busy(|| Self::migrate(&conn)).map_err(|e| open_error(path, e))?;
+        let store = Self::with_connection(conn, path);
+        store.check_version()?;
+        Ok(store)
+    }
+
+    /// Opens an existing catalogue without ever writing to it: a read-only file or folder works.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.is_file() {
             bail!(
-                "{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})",
+                "no catalogue database at {} (create it with `lookalike index`)",
                 path.display()
             );
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Self { conn })
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match Connection::open_with_flags(path, flags).and_then(|c| Self::probe(&c).map(|_| c)) {
+            Ok(conn) => conn,
+            // A WAL database whose folder is read-only has no shared-memory file to map; nobody
+            // can be writing it then, so it can be opened as immutable.
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
+                let uri = format!(
+                    "file:{}?immutable=1",
+                    percent_encoding::utf8_percent_encode(&path.to_string_lossy(), URI_PATH)
+                );
+                let conn = Connection::open_with_flags(&uri, flags).map_err(|e| open_error(path, e))?;
+                Self::probe(&conn).map_err(|e| open_error(path, e))?;
+                conn
+            }
+            Err(e) => return Err(open_error(path, e)),
+        };
+        conn.busy_timeout(BUSY_WAIT)?;
+        let store = Self::with_connection(conn, path);
+        store.check_version()?;
+        let tables: i64 = store.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('manifest', 'products')",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables != 2 {
+            bail!("{} is not a lookalike catalogue (no products table)", path.display());
+        }
+        Ok(store)
+    }
+
+    fn with_connection(conn: Connection, path: &Path) -> Self {
+        Self {
+            conn,
+            path: path.to_path_buf(),
+            seen_data_version: Cell::new(None),
+        }
+    }
+
+    /// Reads the schema version: the first read of a file, where a non-database shows.
+    fn probe(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+    }
+
+    fn check_version(&self) -> Result<()> {
+        let version = Self::probe(&self.conn).map_err(|e| open_error(&self.path, e))?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates or upgrades the schema in one immediate transaction, so processes opening a new
+    /// file together queue instead of racing.
+    fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+        if Self::probe(conn)? >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            if Self::probe(conn)? < SCHEMA_VERSION {
+                conn.execute_batch(SCHEMA)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
     }
 
     pub fn integrity_check(&self) -> Result<String> {
         Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
+
+    /// Whether this file has a change log (schema 2; a read-only open of an older file has none).
+    fn has_change_log(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'changes'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    }
+}
+
+/// Characters escaped in a file path inside a SQLite URI.
+const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'?').add(b'#').add(b'%');
+
+/// The statement for one product write in `mode`; `None` vector keeps the stored one.
+fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Result<bool> {
+    let e = w.entry;
+    let path = e.image_path.to_string_lossy();
+    let i = &e.info;
+    let changed = match (w.vector, mode) {
+        (Some(v), WriteMode::Upsert | WriteMode::CreateOnly) => {
+            let on_conflict = if mode == WriteMode::Upsert {
+                "DO UPDATE SET title = excluded.title, price = excluded.price,
+                   category = excluded.category, description = excluded.description,
+                   image_path = excluded.image_path, content_hash = excluded.content_hash,
+                   vector = excluded.vector, updated_at = CURRENT_TIMESTAMP"
+            } else {
+                "DO NOTHING"
+            };
+            tx.prepare_cached(&format!(
+                "INSERT INTO products (id, title, price, category, description, image_path, content_hash, vector)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) {on_conflict}"
+            ))?
+            .execute(params![
+                e.id,
+                i.title,
+                i.price,
+                i.category,
+                i.description,
+                path,
+                w.content_hash,
+                vector_to_blob(v)
+            ])?
+        }
+        (Some(v), WriteMode::UpdateOnly) => tx
+            .prepare_cached(
+                "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
+                   content_hash = ?7, vector = ?8, updated_at = CURRENT_TIMESTAMP WHERE id = ?1",
+            )?
+            .execute(params![
+                e.id,
+                i.title,
+                i.price,
+                i.category,
+                i.description,
+                path,
+                w.content_hash,
+                vector_to_blob(v)
+            ])?,
+        (None, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
+        (None, _) => tx
+            .prepare_cached(
+                "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
+                   updated_at = CURRENT_TIMESTAMP WHERE id = ?1",
+            )?
+            .execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
+    };
+    Ok(changed > 0)
+}
+
+/// Keeps the change log to its last [`CHANGES_KEPT`] entries.
+fn trim_change_log(tx: &rusqlite::Transaction) -> Result<()> {
+    tx.prepare_cached("DELETE FROM changes WHERE seq <= (SELECT MAX(seq) FROM changes) - ?1")?
+        .execute([CHANGES_KEPT])?;
+    Ok(())
 }
 
 /// title, price, category, description from consecutive columns starting at `first`.
@@ -107,11 +328,13 @@ impl Store for SqliteStore {
         match self.manifest()? {
             Some(stored) => check_same_model(&stored, model),
             None => {
+                // Writers racing to record the first manifest: the first one decides.
                 self.conn.execute(
-                    "INSERT INTO manifest (key, value) VALUES ('model', ?1)",
+                    "INSERT INTO manifest (key, value) VALUES ('model', ?1) ON CONFLICT(key) DO NOTHING",
                     [serde_json::to_string(model)?],
                 )?;
-                Ok(())
+                let stored = self.manifest()?.context("the model manifest vanished")?;
+                check_same_model(&stored, model)
             }
         }
     }
@@ -163,40 +386,20 @@ impl Store for SqliteStore {
 
     fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO products (id, title, price, category, description, image_path, content_hash, vector)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET title = excluded.title, price = excluded.price,
-                   category = excluded.category, description = excluded.description,
-                   image_path = excluded.image_path, content_hash = excluded.content_hash,
-                   vector = excluded.vector, updated_at = CURRENT_TIMESTAMP",
-            )?;
-            let mut update_info = tx.prepare_cached(
-                "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
-                   updated_at = CURRENT_TIMESTAMP WHERE id = ?1",
-            )?;
-            for w in writes {
-                let e = w.entry;
-                let path = e.image_path.to_string_lossy();
-                let i = &e.info;
-                match w.vector {
-                    Some(v) => upsert.execute(params![
-                        e.id,
-                        i.title,
-                        i.price,
-                        i.category,
-                        i.description,
-                        path,
-                        w.content_hash,
-                        vector_to_blob(v)
-                    ])?,
-                    None => update_info.execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
-                };
-            }
+        for w in writes {
+            write_in(&tx, w, WriteMode::Upsert)?;
         }
+        trim_change_log(&tx)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let written = write_in(&tx, write, mode)?;
+        trim_change_log(&tx)?;
+        tx.commit()?;
+        Ok(written)
     }
 
     fn remove(&mut self, ids: &[String]) -> Result<usize> {
@@ -208,8 +411,58 @@ impl Store for SqliteStore {
                 removed += delete.execute([id])?;
             }
         }
+        trim_change_log(&tx)?;
         tx.commit()?;
         Ok(removed)
+    }
+
+    fn image_in_use(&self, image_path: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM products WHERE image_path = ?1)")?
+            .query_row([image_path], |r| r.get(0))?)
+    }
+
+    fn change_position(&self) -> Result<u64> {
+        self.seen_data_version
+            .set(Some(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?));
+        if !self.has_change_log()? {
+            return Ok(0);
+        }
+        let position: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(position.unwrap_or(0) as u64)
+    }
+
+    fn changes_since(&self, position: u64) -> Result<Changes> {
+        let data_version: i64 = self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if self.seen_data_version.replace(Some(data_version)) == Some(data_version) {
+            return Ok(Changes::Nothing);
+        }
+        if !self.has_change_log()? {
+            return Ok(Changes::Everything { position: 0 });
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            tx.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let newest = newest.unwrap_or(position as i64) as u64;
+        if newest <= position {
+            return Ok(Changes::Nothing);
+        }
+        if oldest.is_none_or(|oldest| oldest as u64 > position + 1) {
+            return Ok(Changes::Everything { position: newest });
+        }
+        let mut stmt = tx.prepare_cached("SELECT DISTINCT id FROM changes WHERE seq > ?1 AND seq <= ?2")?;
+        let ids = stmt
+            .query_map([position as i64, newest as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(Changes::Products { ids, position: newest })
     }
 
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {

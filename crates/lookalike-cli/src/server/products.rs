@@ -1,0 +1,260 @@
+//! The write endpoints and the uploaded images they keep.
+//!
+//! Writes to one product are ordered (a lock per product id), and the store's own conditions
+//! decide the outcome even across servers sharing PostgreSQL: a create inserts only if the id is
+//! free (else 409), an update changes only a product that still exists (a PUT racing a DELETE
+//! cannot bring it back). Uploaded images are named by their content hash; saving, referencing
+//! and deleting them happens under one lock, and an image no product references any more is
+//! deleted.
+
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use lookalike::store::WriteMode;
+use lookalike::types::{check_id, ProductInfo, StoredProduct};
+use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::error::ApiError;
+use super::queries::{find_product, no_product, parse_number, product_json};
+use super::{on_catalogue, read_form, ApiResult, Shared};
+
+/// Uploads older than this that no product references are deleted when the server starts (a
+/// younger one may belong to a write in progress on another server sharing the folder).
+const ORPHAN_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// Locks that order writes per product id (striped: ids sharing a stripe share a lock).
+pub struct ProductLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Default for ProductLocks {
+    fn default() -> Self {
+        Self {
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl ProductLocks {
+    pub async fn lock(&self, id: &str) -> MutexGuard<'_, ()> {
+        let hash = lookalike::content_hash(id.as_bytes());
+        let stripe = usize::from_str_radix(&hash[..8], 16).expect("hex digest") % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+}
+
+fn bad_request(err: anyhow::Error) -> ApiError {
+    ApiError::bad_request(err.to_string())
+}
+
+fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiResult<ProductInfo> {
+    let text = |k: &str, old: Option<String>| match fields.get(k) {
+        Some(v) if v.trim().is_empty() => None,
+        Some(v) => Some(v.trim().to_string()),
+        None => old,
+    };
+    let price = match fields.get("price") {
+        None => base.price,
+        Some(_) => parse_number::<f64>("price", &fields.get("price").cloned())?,
+    };
+    let info = ProductInfo {
+        title: text("title", base.title),
+        price,
+        category: text("category", base.category),
+        description: text("description", base.description),
+    };
+    info.check().map_err(bad_request)?;
+    Ok(info)
+}
+
+/// Whether `path` is an upload of this server (the only files it may delete).
+fn is_upload(state: &Shared, path: &FsPath) -> bool {
+    path.parent() == Some(state.upload_dir.as_path())
+}
+
+/// Writes the upload into the upload folder under its content hash (through a temporary file of
+/// its own, so identical uploads at once do not collide) and returns its path and hash.
+async fn save_upload(state: &Shared, bytes: Bytes) -> ApiResult<(PathBuf, String)> {
+    let dir = state.upload_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let hash = lookalike::content_hash(&bytes);
+        let ext = image::guess_format(&bytes)
+            .ok()
+            .and_then(|f| f.extensions_str().first().copied())
+            .unwrap_or("img");
+        let path = dir.join(format!("{hash}.{ext}"));
+        if !path.is_file() {
+            lookalike::files::write_atomically(&path, |out| Ok(std::io::Write::write_all(out, &bytes)?))?;
+        }
+        Ok::<_, anyhow::Error>((path, hash))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
+}
+
+/// Deletes `path` if it is one of our uploads and no product references it. Call with the
+/// uploads lock held.
+async fn release_image(state: &Shared, path: &str) -> ApiResult<()> {
+    let file = PathBuf::from(path);
+    if !is_upload(state, &file) {
+        return Ok(());
+    }
+    let owned = path.to_string();
+    if !on_catalogue(state, move |c| c.image_in_use(&owned)).await? {
+        if let Err(err) = tokio::fs::remove_file(&file).await {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path, %err, "cannot delete an unused upload");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores `product` with the new image `bytes` as `mode` allows; false if the condition failed
+/// (and the image was not kept).
+async fn store_with_upload(
+    state: &Shared,
+    mut product: StoredProduct,
+    bytes: Bytes,
+    mode: WriteMode,
+) -> ApiResult<(bool, StoredProduct)> {
+    let _files = state.uploads.lock().await;
+    let (path, hash) = save_upload(state, bytes).await?;
+    product.image_path = path.to_string_lossy().into_owned();
+    product.content_hash = hash;
+    let stored = product.clone();
+    let written = on_catalogue(state, move |c| c.write(stored, mode)).await?;
+    if !written {
+        release_image(state, &product.image_path).await?;
+    }
+    Ok((written, product))
+}
+
+pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
+    let ticket = state.admit_image()?;
+    let form = read_form(&state, multipart).await?;
+    let image = form
+        .image
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
+    let id = match form.fields.get("id").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        Some(id) => id.to_string(),
+        None => lookalike::content_hash(&image)[..16].to_string(),
+    };
+    check_id(&id).map_err(bad_request)?;
+    let info = info_from_fields(&form.fields, ProductInfo::default())?;
+    let exists = || ApiError::conflict(format!("product {id:?} exists; use PUT to change it"));
+    let _product = state.product_locks.lock(&id).await;
+    if find_product(&state, &id).await?.is_some() {
+        return Err(exists());
+    }
+    let vector = state.embed(image.clone(), ticket).await?.features;
+    let product = StoredProduct {
+        id: id.clone(),
+        info,
+        image_path: String::new(),
+        content_hash: String::new(),
+        vector,
+    };
+    match store_with_upload(&state, product, image, WriteMode::CreateOnly).await? {
+        (true, product) => Ok((StatusCode::CREATED, Json(product_json(&product)))),
+        // Another server sharing the database created it meanwhile.
+        (false, _) => Err(exists()),
+    }
+}
+
+pub async fn update_product(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    multipart: Multipart,
+) -> ApiResult<Json<Value>> {
+    if find_product(&state, &id).await?.is_none() {
+        return Err(no_product(&id));
+    }
+    let form = read_form(&state, multipart).await?;
+    let ticket = match form.image {
+        Some(_) => Some(state.admit_image()?),
+        None => None,
+    };
+    let _product = state.product_locks.lock(&id).await;
+    let Some(existing) = find_product(&state, &id).await? else {
+        return Err(no_product(&id));
+    };
+    let info = info_from_fields(&form.fields, existing.info.clone())?;
+    let old_image = existing.image_path.clone();
+    let mut product = StoredProduct { info, ..existing };
+    let (written, product) = match (form.image, ticket) {
+        (Some(bytes), Some(ticket)) => {
+            product.vector = state.embed(bytes.clone(), ticket).await?.features;
+            let (written, product) = store_with_upload(&state, product, bytes, WriteMode::UpdateOnly).await?;
+            if written && product.image_path != old_image {
+                let _files = state.uploads.lock().await;
+                release_image(&state, &old_image).await?;
+            }
+            (written, product)
+        }
+        _ => {
+            let stored = product.clone();
+            (
+                on_catalogue(&state, move |c| c.write(stored, WriteMode::UpdateOnly)).await?,
+                product,
+            )
+        }
+    };
+    if !written {
+        // Deleted (by another server sharing the database) while this update was being prepared.
+        return Err(no_product(&id));
+    }
+    Ok(Json(product_json(&product)))
+}
+
+pub async fn delete_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let _product = state.product_locks.lock(&id).await;
+    let Some(existing) = find_product(&state, &id).await? else {
+        return Err(ApiError::not_found("no such product"));
+    };
+    let _files = state.uploads.lock().await;
+    let removed = on_catalogue(&state, move |c| c.remove(&id)).await?;
+    if !removed {
+        return Err(ApiError::not_found("no such product"));
+    }
+    release_image(&state, &existing.image_path).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes uploads that no product references and temporary files left by a crash, if older
+/// than [`ORPHAN_AGE`]; returns how many were deleted.
+pub async fn sweep_uploads(state: Shared) -> anyhow::Result<usize> {
+    let _files = state.uploads.lock().await;
+    let mut deleted = 0;
+    let Ok(mut entries) = tokio::fs::read_dir(&state.upload_dir).await else {
+        return Ok(0);
+    };
+    while let Some(entry) = entries.next_entry().await? {
+        let metadata = entry.metadata().await?;
+        let old = metadata
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > ORPHAN_AGE);
+        if !metadata.is_file() || !old {
+            continue;
+        }
+        let path = entry.path().to_string_lossy().into_owned();
+        let owned = path.clone();
+        let in_use = on_catalogue(&state, move |c| c.image_in_use(&owned))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        if !in_use && tokio::fs::remove_file(&path).await.is_ok() {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,330 @@
+//! The read endpoints: search by photo, similar, recommend, browse, stats, product images.
+
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lookalike::model::ImageEmbedding;
+use lookalike::types::{Filter, Metric, Scored, StoredProduct};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{on_catalogue, read_form, ApiResult, Shared};
+
+const MAX_K: usize = 200;
+const MAX_PER_PAGE: usize = 200;
+
+fn image_url(id: &str) -> String {
+    format!("/v1/products/{}/image", utf8_percent_encode(id, NON_ALPHANUMERIC))
+}
+
+pub fn product_json(p: &StoredProduct) -> Value {
+    json!({
+        "id": p.id,
+        "title": p.info.title,
+        "price": p.info.price,
+        "category": p.info.category,
+        "description": p.info.description,
+        "image_url": image_url(&p.id),
+    })
+}
+
+fn hits_json(hits: &[Scored], metric: Metric) -> Value {
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|(product, score)| {
+            let mut v = product_json(product);
+            v["score"] = json!(score);
+            v
+        })
+        .collect();
+    json!({ "metric": metric, "results": results })
+}
+
+pub fn no_product(id: &str) -> ApiError {
+    ApiError::not_found(format!("no product with id {id:?}"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct QueryParams {
+    k: Option<String>,
+    category: Option<String>,
+    min_price: Option<String>,
+    max_price: Option<String>,
+}
+
+pub fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) -> ApiResult<Option<T>> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("{name} must be a number, got {v:?}"))),
+    }
+}
+
+impl QueryParams {
+    fn k(&self) -> ApiResult<usize> {
+        let k = parse_number::<usize>("k", &self.k)?.unwrap_or(10);
+        if k == 0 || k > MAX_K {
+            return Err(ApiError::bad_request(format!("k must be between 1 and {MAX_K}")));
+        }
+        Ok(k)
+    }
+
+    fn filter(&self) -> ApiResult<Filter> {
+        let min_price = parse_number::<f64>("min_price", &self.min_price)?;
+        let max_price = parse_number::<f64>("max_price", &self.max_price)?;
+        Filter::new(self.category.clone(), min_price, max_price).map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
+    let (products, index_bytes) = on_catalogue(&state, |c| Ok((c.len()?, c.index_bytes()?))).await?;
+    Ok(Json(json!({
+        "products": products,
+        "model": state.manifest.model,
+        "weights_sha256": state.manifest.weights_sha256,
+        "dimension": state.manifest.dimension,
+        "preprocessing": state.manifest.preprocessing,
+        "index_bytes": index_bytes,
+        "classifier": state.classifier.as_ref().map(|h| json!({ "classes": h.classes })),
+    })))
+}
+
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let products = on_catalogue(&state, |c| c.len()).await.ok();
+    let text = state.metrics.render(state.admission.images_in_flight(), products);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
+    // Refused before the form is even parsed when the pipeline is full.
+    let ticket = state.admit_image()?;
+    let form = read_form(&state, multipart).await?;
+    let field = |name: &str| form.fields.get(name).cloned();
+    let params = QueryParams {
+        k: field("k"),
+        category: field("category"),
+        min_price: field("min_price"),
+        max_price: field("max_price"),
+    };
+    let (k, mut filter) = (params.k()?, params.filter()?);
+    let hybrid = match field("hybrid").as_deref().map(str::trim) {
+        None | Some("" | "false" | "0" | "no") => false,
+        Some("true" | "1" | "yes" | "on") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "hybrid must be true or false, got {other:?}"
+            )))
+        }
+    };
+    let coverage = parse_number::<f32>("coverage", &field("coverage"))?.unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&coverage) {
+        return Err(ApiError::bad_request("coverage must be between 0 and 1"));
+    }
+    let classifier = match (hybrid, &state.classifier) {
+        (true, None) => {
+            return Err(ApiError::bad_request(
+                "hybrid search needs a classifier head; start the server with --classifier",
+            ))
+        }
+        (true, Some(head)) => Some(head),
+        (false, _) => None,
+    };
+    let image = form
+        .image
+        .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
+    let ImageEmbedding {
+        features: query,
+        classifier_input,
+        ..
+    } = state.embed(image, ticket).await?;
+    let predicted = match classifier {
+        Some(head) => {
+            let likely = head
+                .likely_classes(&classifier_input, coverage)
+                .map_err(ApiError::internal)?;
+            filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
+            Some(likely)
+        }
+        None => None,
+    };
+    let hits = on_catalogue(&state, move |c| c.search(&query, k, Metric::Cosine, &filter, None)).await?;
+    let mut body = hits_json(&hits, Metric::Cosine);
+    if let Some(predicted) = predicted {
+        body["predicted"] = predicted
+            .iter()
+            .map(|(category, probability)| json!({ "category": category, "probability": probability }))
+            .collect();
+    }
+    Ok(Json(body))
+}
+
+pub async fn similar(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(params): Query<QueryParams>,
+) -> ApiResult<Json<Value>> {
+    let (k, filter) = (params.k()?, params.filter()?);
+    let found = {
+        let id = id.clone();
+        on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter)).await?
+    };
+    let hits = found.ok_or_else(|| no_product(&id))?;
+    Ok(Json(hits_json(&hits, Metric::Cosine)))
+}
+
+#[derive(Deserialize)]
+pub struct RecommendRequest {
+    #[serde(default)]
+    positive: Vec<String>,
+    #[serde(default)]
+    negative: Vec<String>,
+    k: Option<usize>,
+    category: Option<String>,
+    min_price: Option<f64>,
+    max_price: Option<f64>,
+}
+
+/// Most products one recommendation may name.
+const MAX_RECOMMEND_IDS: usize = 100;
+
+/// "More like these, less like those": the mean of the positives' unit vectors minus half
+/// the mean of the negatives', searched by cosine with all given products excluded.
+pub async fn recommend(
+    State(state): State<Shared>,
+    body: Result<Json<RecommendRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if req.positive.is_empty() {
+        return Err(ApiError::bad_request("`positive` must name at least one product id"));
+    }
+    if req.positive.len() + req.negative.len() > MAX_RECOMMEND_IDS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_RECOMMEND_IDS} product ids in `positive` and `negative` together"
+        )));
+    }
+    let params = QueryParams {
+        k: req.k.map(|k| k.to_string()),
+        category: req.category.clone(),
+        min_price: req.min_price.map(|v| v.to_string()),
+        max_price: req.max_price.map(|v| v.to_string()),
+    };
+    let (k, filter) = (params.k()?, params.filter()?);
+    let dimension = state.manifest.dimension;
+    let hits = on_catalogue(&state, move |c| {
+        let mut query = vec![0.0f32; dimension];
+        for (ids, weight) in [(&req.positive, 1.0f32), (&req.negative, -0.5)] {
+            for id in ids {
+                let Some(p) = c.find(id)? else {
+                    return Ok(Err(no_product(id)));
+                };
+                let norm = lookalike::index::dot(&p.vector, &p.vector)
+                    .sqrt()
+                    .max(f32::MIN_POSITIVE);
+                let scale = weight / (ids.len() as f32 * norm);
+                query.iter_mut().zip(&p.vector).for_each(|(q, v)| *q += v * scale);
+            }
+        }
+        let excluded: std::collections::HashSet<&str> =
+            req.positive.iter().chain(&req.negative).map(String::as_str).collect();
+        let hits = c.search(&query, k + excluded.len(), Metric::Cosine, &filter, None)?;
+        Ok(Ok(hits
+            .into_iter()
+            .filter(|(p, _)| !excluded.contains(p.id.as_str()))
+            .take(k)
+            .collect::<Vec<Scored>>()))
+    })
+    .await??;
+    Ok(Json(hits_json(&hits, Metric::Cosine)))
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    category: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+pub async fn list_products(State(state): State<Shared>, Query(params): Query<ListParams>) -> ApiResult<Json<Value>> {
+    let page = parse_number::<usize>("page", &params.page)?.unwrap_or(1);
+    let per_page = parse_number::<usize>("per_page", &params.per_page)?.unwrap_or(24);
+    if page == 0 || per_page == 0 || per_page > MAX_PER_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "page starts at 1; per_page is between 1 and {MAX_PER_PAGE}"
+        )));
+    }
+    // Every store counts offsets in a signed 64-bit integer.
+    let offset = (page - 1)
+        .checked_mul(per_page)
+        .filter(|&offset| offset <= i64::MAX as usize)
+        .ok_or_else(|| ApiError::bad_request(format!("page {page} is beyond any catalogue")))?;
+    let category = params.category.filter(|c| !c.is_empty());
+    if let Some(category) = &category {
+        lookalike::types::check_text("category", category, lookalike::types::MAX_TEXT_BYTES)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let listed = on_catalogue(&state, move |c| c.page(category.as_deref(), offset, per_page)).await?;
+    let items: Vec<Value> = listed.items.iter().map(product_json).collect();
+    Ok(Json(json!({
+        "total": listed.total,
+        "page": page,
+        "per_page": per_page,
+        "categories": listed.categories,
+        "items": items
+    })))
+}
+
+pub async fn find_product(state: &Shared, id: &str) -> ApiResult<Option<StoredProduct>> {
+    let id = id.to_string();
+    on_catalogue(state, move |c| c.find(&id)).await
+}
+
+pub async fn get_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = find_product(&state, &id).await?.ok_or_else(|| no_product(&id))?;
+    Ok(Json(product_json(&p)))
+}
+
+fn content_type_of(path: &str) -> &'static str {
+    match path.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("tif" | "tiff") => "image/tiff",
+        _ => "image/jpeg",
+    }
+}
+
+/// Serves only the file recorded for the product; no path from the request reaches the disk.
+pub async fn product_image(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    let path = find_product(&state, &id)
+        .await?
+        .ok_or_else(|| no_product(&id))?
+        .image_path;
+    let gone = || ApiError::not_found(format!("the image of product {id:?} is no longer on disk"));
+    let bytes = tokio::task::spawn_blocking(move || {
+        lookalike::image::read_image_file(std::path::Path::new(&path)).map(|b| (b, path))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (bytes, path) = bytes.map_err(|_| gone())?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type_of(&path)),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
