@@ -86,8 +86,28 @@ pub fn demo_classifier(db: &Path, out: &Path) {
 /// A running `lookalike serve`; it exits when this test process does (its stdin closes).
 pub struct Server {
     pub base: String,
+    /// The catalogue it serves (SQLite path or PostgreSQL URL).
+    pub db: String,
     _child: ChildGuard,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The folder the server keeps uploaded images in.
+    pub fn upload_dir(&self) -> PathBuf {
+        self._dir.path().join("uploads")
+    }
+
+    /// Peak resident memory of the server process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self._child.0.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
+    }
 }
 
 /// Statics are never dropped, so the server is told to exit when our end of its stdin closes,
@@ -118,6 +138,7 @@ pub fn serve(db: &str, args: &[String], token: &str, dir: tempfile::TempDir) -> 
     }
     Server {
         base: base.expect("server printed its address"),
+        db: db.to_string(),
         _child: ChildGuard(child),
         _dir: dir,
     }

@@ -448,3 +448,375 @@ fn hybrid_search_needs_a_classifier_and_then_stays_in_the_predicted_category() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.get("predicted").is_none());
 }
+
+fn form_with_image(id: &str, title: &str, photo: &[u8]) -> multipart::Form {
+    multipart::Form::new()
+        .part("image", image_part(photo.to_vec(), "p.jpg"))
+        .text("id", id.to_string())
+        .text("title", title.to_string())
+}
+
+#[test]
+fn every_error_is_json_with_a_reason_and_writes_check_the_token_first() {
+    let photo = demo_image("mh02.jpg");
+    let garbage = || "not a form at all".to_string();
+    let nul_id = form_with_image("A\0B", "nul id", &photo);
+    let inf_price = form_with_image("INF-1", "inf price", &photo).text("price", "inf");
+    let cases: Vec<(reqwest::blocking::RequestBuilder, StatusCode)> = vec![
+        (client().get(url("/nope")), StatusCode::NOT_FOUND),
+        (client().delete(url("/v1/search")), StatusCode::METHOD_NOT_ALLOWED),
+        (client().get(url("/v1/search")), StatusCode::METHOD_NOT_ALLOWED),
+        (
+            client()
+                .post(url("/v1/search"))
+                .header("content-type", "text/plain")
+                .body(garbage()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().get(url("/v1/products/24-MG01/similar?k=1&k=2")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (client().get(url("/v1/products/%FF%FE/similar")), StatusCode::BAD_REQUEST),
+        (
+            client().get(url("/v1/products/24-MG01/similar?min_price=NaN")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().get(url("/v1/products/24-MG01/similar?max_price=inf")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().get(url("/v1/products/24-MG01/similar?min_price=1e400")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().get(url("/v1/products?page=18446744073709551615")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (client().get(url("/v1/products/A%00B")), StatusCode::NOT_FOUND),
+        (client().get(url("/v1/products/A%00B/image")), StatusCode::NOT_FOUND),
+        (client().get(url("/v1/products?category=a%00b")), StatusCode::BAD_REQUEST),
+        (
+            client().get(url("/v1/products/24-MG01/similar?category=a%00b")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().post(url("/v1/recommend")).json(&json!({ "positive": ["A\u{0}B"] })),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client()
+                .post(url("/v1/products"))
+                .header("content-type", "text/plain")
+                .body(garbage()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            client().put(url("/v1/products/24-MG01")).body(garbage()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            client().delete(url("/v1/products/A%00B")).bearer_auth(TOKEN),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client().post(url("/v1/products")).bearer_auth(TOKEN).multipart(nul_id),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client().post(url("/v1/products")).bearer_auth(TOKEN).multipart(inf_price),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (request, expected) in cases {
+        let response = request.send().unwrap();
+        let described = format!("{} {}", response.status(), response.url());
+        assert_eq!(
+            response.headers()["content-type"], "application/json",
+            "{described}"
+        );
+        let status = response.status();
+        let body: Value = response.json().unwrap();
+        assert_eq!(status, expected, "{described}: {body}");
+        assert!(
+            body["error"]["code"].is_string() && !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{described}: {body}"
+        );
+    }
+    // Far beyond the last page is an empty page, not an error.
+    let (status, body) = send(client().get(url("/v1/products?page=99999999999")));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["items"], json!([]));
+    // Every answer carries a request id, and a caller's own id is echoed.
+    let response = client().get(url("/healthz")).send().unwrap();
+    assert!(!response.headers()["x-request-id"].is_empty());
+    let response = client().get(url("/healthz")).header("x-request-id", "abc-123").send().unwrap();
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
+}
+
+#[test]
+fn creating_one_id_at_once_gives_one_201_and_store_and_memory_agree() {
+    let photo = demo_image("mt01.jpg");
+    let statuses: Vec<(StatusCode, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let photo = photo.clone();
+                scope.spawn(move || {
+                    let title = format!("racer {i}");
+                    let form = form_with_image("RACE-1", &title, &photo);
+                    let status = send(client().post(url("/v1/products")).bearer_auth(TOKEN).multipart(form)).0;
+                    (status, title)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let winners: Vec<&String> = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).count(),
+        7,
+        "{statuses:?}"
+    );
+    let (_, served) = send(client().get(url("/v1/products/RACE-1")));
+    assert_eq!(&served["title"], winners[0]);
+    let stored = lookalike::store::open_store(&server().db)
+        .unwrap()
+        .product("RACE-1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.info.title.as_ref(), Some(winners[0]));
+    let deleted = send(client().delete(url("/v1/products/RACE-1")).bearer_auth(TOKEN)).0;
+    assert_eq!(deleted, StatusCode::NO_CONTENT);
+}
+
+#[test]
+fn an_acknowledged_delete_is_never_undone_by_a_racing_update() {
+    let (first, second) = (demo_image("mt02.jpg"), demo_image("mt03.jpg"));
+    for round in 0..6 {
+        let id = format!("RACE-D{round}");
+        let created = send(
+            client()
+                .post(url("/v1/products"))
+                .bearer_auth(TOKEN)
+                .multipart(form_with_image(&id, "before", &first)),
+        );
+        assert_eq!(created.0, StatusCode::CREATED, "{}", created.1);
+        let (put, delete) = std::thread::scope(|scope| {
+            let put = scope.spawn(|| {
+                let form = multipart::Form::new()
+                    .part("image", image_part(second.clone(), "new.jpg"))
+                    .text("title", "after");
+                send(client().put(url(&format!("/v1/products/{id}"))).bearer_auth(TOKEN).multipart(form)).0
+            });
+            let delete = scope.spawn(|| send(client().delete(url(&format!("/v1/products/{id}"))).bearer_auth(TOKEN)).0);
+            (put.join().unwrap(), delete.join().unwrap())
+        });
+        assert_eq!(delete, StatusCode::NO_CONTENT, "round {round}");
+        assert!(put == StatusCode::OK || put == StatusCode::NOT_FOUND, "round {round}: {put}");
+        assert_eq!(get_status(&format!("/v1/products/{id}")), StatusCode::NOT_FOUND, "round {round}");
+        let stored = lookalike::store::open_store(&server().db).unwrap().product(&id).unwrap();
+        assert!(stored.is_none(), "round {round}: the database still has {id}");
+    }
+}
+
+#[test]
+fn identical_uploads_at_once_share_one_file_that_goes_with_its_last_product() {
+    let server = start_server(&[]);
+    let post = |form| send(client().post(format!("{}/v1/products", server.base)).bearer_auth(TOKEN).multipart(form));
+    let delete = |id: &str| send(client().delete(format!("{}/v1/products/{id}", server.base)).bearer_auth(TOKEN)).0;
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(server.upload_dir())
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let photo = demo_image("wj01.jpg");
+    let statuses: Vec<StatusCode> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let photo = photo.clone();
+                scope.spawn(move || post(form_with_image(&format!("DUP-{i}"), "same photo", &photo)).0)
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+    assert_eq!(files().len(), 1, "{:?}", files());
+    for i in 0..7 {
+        assert_eq!(delete(&format!("DUP-{i}")), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(files().len(), 1, "still used by DUP-7");
+    // Replacing the image lets the old file go.
+    let form = multipart::Form::new().part("image", image_part(demo_image("wj02.jpg"), "new.jpg"));
+    let (status, _) = send(
+        client()
+            .put(format!("{}/v1/products/DUP-7", server.base))
+            .bearer_auth(TOKEN)
+            .multipart(form),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let after = files();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(after[0].starts_with(&lookalike::content_hash(&demo_image("wj02.jpg"))));
+    assert_eq!(delete("DUP-7"), StatusCode::NO_CONTENT);
+    assert!(files().is_empty(), "{:?}", files());
+}
+
+#[test]
+fn sixteen_bombs_at_once_keep_the_server_small_and_answering() {
+    let server = start_server(&["--max-upload-mb", "16"]);
+    let search = format!("{}/v1/search", server.base);
+    let mut slowest = (0.0, "");
+    for (name, bytes) in lookalike::image::hostile::bombs() {
+        let answers: Vec<(StatusCode, Value, f64)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..16)
+                .map(|_| {
+                    let (bytes, search) = (bytes.clone(), search.clone());
+                    scope.spawn(move || {
+                        let started = std::time::Instant::now();
+                        let form = multipart::Form::new().part("image", image_part(bytes, "bomb"));
+                        let (status, body) = send(client().post(search).multipart(form));
+                        (status, body, started.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (status, body, seconds) in &answers {
+            assert!(
+                [200, 413, 415, 422].contains(&status.as_u16()),
+                "{name}: {status} {body}"
+            );
+            if *seconds > slowest.0 {
+                slowest = (*seconds, name);
+            }
+        }
+    }
+    let peak = server.peak_rss();
+    eprintln!(
+        "bombs: server peak RSS {} MiB, slowest answer {:.2} s ({})",
+        peak >> 20,
+        slowest.0,
+        slowest.1
+    );
+    assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
+    assert_eq!(
+        send(client().get(format!("{}/healthz", server.base))).0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_the_rest_are_served() {
+    use std::io::{Read, Write};
+    let server = start_server(&["--client-timeout-s", "1"]);
+    let address = server.base.trim_start_matches("http://").to_string();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream
+    };
+    let answer = |mut stream: std::net::TcpStream| {
+        let started = std::time::Instant::now();
+        let mut text = Vec::new();
+        let _ = stream.read_to_end(&mut text);
+        (String::from_utf8_lossy(&text).into_owned(), started.elapsed())
+    };
+    // Headers that never finish, and a connection that never sends anything: closed.
+    let mut partial = connect();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let idle = connect();
+    for (stream, what) in [(partial, "partial headers"), (idle, "idle connection")] {
+        let (text, waited) = answer(stream);
+        assert!(waited.as_secs_f64() < 8.0, "{what}: held {waited:?}");
+        assert!(!text.contains("200 OK"), "{what}: {text}");
+    }
+    // A body that stops arriving: 408 with the JSON error.
+    let mut stalled = connect();
+    stalled
+        .write_all(
+            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+              Content-Length: 100000\r\n\r\n--X\r\n",
+        )
+        .unwrap();
+    let (text, _) = answer(stalled);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+    assert_eq!(
+        send(client().get(format!("{}/healthz", server.base))).0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let _ = get_status("/healthz");
+    let _ = get_status("/no/such/route");
+    let (status, _) = search(multipart::Form::new().part("image", image_part(b"definitely text".to_vec(), "x.jpg")));
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let response = client().get(url("/metrics")).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = response.text().unwrap();
+    for expected in [
+        "lookalike_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"}",
+        "lookalike_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
+        "lookalike_http_requests_total{route=\"/v1/search\",method=\"POST\",status=\"415\"}",
+        "lookalike_http_request_duration_seconds_bucket{le=",
+        "lookalike_image_decode_failures_total{reason=\"not_an_image\"}",
+        "lookalike_images_in_flight 0",
+        "lookalike_products ",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in\n{text}");
+    }
+}
+
+#[test]
+fn a_server_sees_what_another_process_indexes_and_removes() {
+    if POSTGRES {
+        return; // every read is a query there; two_servers_on_one_database covers replicas
+    }
+    let server = start_server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("extra.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "id,title,category,image\nEXT-1,Indexed beside the server,Gear/Bags,{}\n",
+            demo().join("images/24-mb04.jpg").display()
+        ),
+    )
+    .unwrap();
+    let lookalike = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lookalike")).args(args).output().unwrap();
+    let indexed = lookalike(&["index", csv.to_str().unwrap(), "--db", &server.db]);
+    assert!(indexed.status.success(), "{}", String::from_utf8_lossy(&indexed.stderr));
+    let (status, body) = send(client().get(format!("{}/v1/products/EXT-1", server.base)));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["title"], "Indexed beside the server");
+    let (_, similar) = send(client().get(format!("{}/v1/products/24-MB04/similar?k=1", server.base)));
+    assert_eq!(similar["results"][0]["id"], "EXT-1", "{similar}");
+    let clash = send(
+        client()
+            .post(format!("{}/v1/products", server.base))
+            .bearer_auth(TOKEN)
+            .multipart(form_with_image("EXT-1", "overwrite?", &demo_image("mh03.jpg"))),
+    );
+    assert_eq!(clash.0, StatusCode::CONFLICT, "{}", clash.1);
+    let removed = lookalike(&["remove", "EXT-1", "--db", &server.db]);
+    assert!(removed.status.success());
+    let (status, _) = send(client().get(format!("{}/v1/products/EXT-1", server.base)));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -23,6 +23,10 @@ pub struct JpegShape {
     pub progressive: bool,
     /// Start-of-scan markers: 1 for a baseline image, about 10 for a usual progressive one.
     pub scans: u32,
+    /// 8 × 8 blocks over all components (chroma subsampling counted).
+    pub blocks: u64,
+    /// Bytes of entropy-coded data over all scans.
+    pub entropy_bytes: u64,
 }
 
 impl JpegShape {
@@ -43,17 +47,24 @@ pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
     }
     let mut frame: Option<JpegShape> = None;
     let mut scans = 0u32;
+    let mut entropy_bytes = 0u64;
     let mut ended = false;
     let mut i = 2;
     while i + 1 < bytes.len() {
         if bytes[i] != 0xFF {
             i += 1; // entropy-coded data
+            entropy_bytes += 1;
             continue;
         }
         let marker = bytes[i + 1];
         match marker {
-            0x00 | 0xFF => {
-                i += 1; // stuffed byte, or fill bytes before a marker
+            0x00 => {
+                i += 1; // a stuffed 0xFF data byte
+                entropy_bytes += 1;
+                continue;
+            }
+            0xFF => {
+                i += 1; // fill bytes before a marker
                 continue;
             }
             0xD9 => {
@@ -85,7 +96,21 @@ pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
                 if segment.len() < 6 {
                     return Err(undecodable("short frame header"));
                 }
+                let sampling: Vec<(u64, u64)> = segment[6..]
+                    .chunks_exact(3)
+                    .take(usize::from(segment[5]))
+                    .map(|c| (u64::from(c[1] >> 4).max(1), u64::from(c[1] & 0x0F).max(1)))
+                    .collect();
+                let h_max = sampling.iter().map(|s| s.0).max().unwrap_or(1);
+                let v_max = sampling.iter().map(|s| s.1).max().unwrap_or(1);
+                let (height, width) = (
+                    u64::from(u16::from_be_bytes([segment[1], segment[2]])),
+                    u64::from(u16::from_be_bytes([segment[3], segment[4]])),
+                );
+                let mcus = width.div_ceil(8 * h_max) * height.div_ceil(8 * v_max);
                 frame = Some(JpegShape {
+                    blocks: mcus * sampling.iter().map(|(h, v)| h * v).sum::<u64>(),
+                    entropy_bytes: 0,
                     precision: segment[0],
                     height: u32::from(u16::from_be_bytes([segment[1], segment[2]])),
                     width: u32::from(u16::from_be_bytes([segment[3], segment[4]])),
@@ -113,6 +138,16 @@ pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
         ));
     }
     frame.scans = scans;
+    frame.entropy_bytes = entropy_bytes;
+    // Every block codes its DC coefficient in at least one bit (the shortest Huffman code), in
+    // baseline and progressive JPEGs alike. Less data than that is a header claiming a size the
+    // file does not have, and decoders would spend seconds filling the rest with nothing.
+    if frame.entropy_bytes * 8 < frame.blocks {
+        return Err(undecodable(&format!(
+            "{} bytes of image data cannot hold {}x{} pixels",
+            frame.entropy_bytes, frame.width, frame.height
+        )));
+    }
     Ok(frame)
 }
 
@@ -161,6 +196,16 @@ mod tests {
         assert_eq!((shape.width, shape.height, shape.components), (40, 24, 3));
         assert_eq!((shape.precision, shape.progressive, shape.scans), (8, false, 1));
         assert_eq!(shape.coefficient_bytes(), 40 * 24 * 3 * 2);
+        // The image crate writes 4:4:4: one block per 8 x 8 pixels and component.
+        assert_eq!(shape.blocks, (40 / 8) * (24 / 8) * 3);
+        assert!(shape.entropy_bytes > 0 && shape.entropy_bytes < bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_header_claiming_more_pixels_than_the_data_holds_is_refused() {
+        let bytes = crate::image::hostile::with_dimensions(&jpeg(16, 16), image::ImageFormat::Jpeg, 12_000, 12_000).unwrap();
+        let err = shape(&bytes).unwrap_err().to_string();
+        assert!(err.contains("cannot hold 12000x12000"), "{err}");
     }
 
     #[test]
