@@ -340,7 +340,15 @@ fn index_into(
     db: &str,
     options: IndexOptions,
 ) -> Result<bool> {
-    let entries = read_catalogue(catalogue)?;
+    let lookalike::catalogue::Catalogue { entries, unreadable } = read_catalogue(catalogue)?;
+    for (path, why) in &unreadable {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    // What could not be walked is not gone: pruning leaves its products alone.
+    let options = IndexOptions {
+        keep_under: unreadable.iter().map(|(path, _)| path.clone()).collect(),
+        ..options
+    };
     let entries: Vec<_> = match options.shard {
         Some((i, n)) => entries
             .into_iter()
@@ -366,7 +374,7 @@ fn index_into(
         report.elapsed.as_secs_f64(),
         report.images_per_second()
     );
-    Ok(!report.skipped.is_empty())
+    Ok(!report.skipped.is_empty() || !unreadable.is_empty())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -394,6 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 batch_size,
                 prune,
                 shard: shard.map(|s| (s.index, s.count)),
+                ..IndexOptions::default()
             };
             let skipped = index_into(&embedder, &catalogue, &mut *store, &db, options)?;
             Ok(if skipped {

@@ -701,3 +701,210 @@ fn a_cnn_trains_from_scratch_on_fashion_mnist_idx_files() {
         text(&out)
     );
 }
+
+/// Runs the binary with `args` in `cwd`, killed if it takes longer than `limit` (a hang fails
+/// the test instead of stalling the suite).
+fn lookalike_within(args: &[&str], cwd: &Path, limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("lookalike {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn hostile_catalogue_entries_are_skipped_or_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let minute = Duration::from_secs(60);
+    // Two files that would share the id "tops/red": an error naming both.
+    let clash = dir.path().join("clash");
+    std::fs::create_dir_all(clash.join("tops")).unwrap();
+    std::fs::copy(demo().join("images/mh01.jpg"), clash.join("tops/red.jpg")).unwrap();
+    std::fs::copy(demo().join("images/mh02.jpg"), clash.join("tops/red.png")).unwrap();
+    let out = lookalike_within(&["index", s(&clash), "--db", "c.db"], dir.path(), minute);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("\"tops/red\" is used twice") && t.contains("red.jpg") && t.contains("red.png"),
+        "{t}"
+    );
+
+    // /dev/zero, a FIFO and a link loop beside a good photo: skipped with reasons, no hang.
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("bags")).unwrap();
+    std::fs::copy(demo().join("images/24-mb01.jpg"), shop.join("bags/good.jpg")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(shop.join("bags/pipe.jpg"))
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink(&shop, shop.join("bags/loop")).unwrap();
+    let csv = dir.path().join("devices.csv");
+    std::fs::write(
+        &csv,
+        "id,image\nZERO,/dev/zero\nPIPE,shop/bags/pipe.jpg\nGOOD,shop/bags/good.jpg\n",
+    )
+    .unwrap();
+    for catalogue in [s(&csv), s(&shop)] {
+        let db = dir.path().join("devices.db");
+        let out = lookalike_within(&["index", catalogue, "--db", s(&db)], dir.path(), minute);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{t}");
+        assert!(t.contains("pipe.jpg: ") && t.contains("not a regular file"), "{t}");
+        assert!(t.contains("1 embedded"), "{t}");
+        if catalogue == s(&csv) {
+            assert!(t.contains("/dev/zero: cannot read file: not a regular file"), "{t}");
+        } else {
+            assert!(t.contains("link loop"), "{t}");
+        }
+        std::fs::remove_file(&db).unwrap();
+    }
+
+    // A file name that is not UTF-8 cannot be stored as text: skipped, not stored mangled.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::copy(
+        demo().join("images/mh03.jpg"),
+        odd.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg")),
+    )
+    .unwrap();
+    let out = lookalike_within(&["index", s(&odd), "--db", "odd.db"], dir.path(), minute);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("not valid UTF-8"), "{t}");
+}
+
+#[test]
+fn a_catalogue_indexed_through_a_relative_path_stores_absolute_image_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_demo(&dir.path().join("shop"));
+    let out = lookalike_within(
+        &["index", "shop/catalogue.csv", "--db", "rel.db"],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let products = SqliteStore::open(&dir.path().join("rel.db"))
+        .unwrap()
+        .products()
+        .unwrap();
+    assert_eq!(products.len(), DEMO_PRODUCTS);
+    for p in products {
+        assert!(Path::new(&p.image_path).is_absolute(), "{}", p.image_path);
+        assert!(Path::new(&p.image_path).is_file(), "{}", p.image_path);
+    }
+}
+
+#[test]
+fn index_runs_started_together_on_a_new_database_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    let runs: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_lookalike"))
+                .args([
+                    "index",
+                    s(&demo().join("catalogue.csv")),
+                    "--db",
+                    s(&db),
+                    "--threads",
+                    "1",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let store = SqliteStore::open(&db).unwrap();
+    assert_eq!(store.count().unwrap(), DEMO_PRODUCTS);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn queries_never_write_to_the_catalogue_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("copy.db");
+    // A checkpointed copy: one file, no journal beside it.
+    let source = SqliteStore::open(demo_db()).unwrap();
+    drop(source);
+    std::fs::copy(demo_db(), &db).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let photo = demo().join("images/mh01.jpg");
+    let out = lookalike(&["search", s(&photo), "--db", s(&db), "-k", "2", "--json"]);
+    assert_eq!(json(&out)[0]["id"], "MH01");
+    ok_status(lookalike(&["similar", "MH01", "--db", s(&db)]));
+    ok_status(lookalike(&[
+        "export",
+        "--db",
+        s(&db),
+        "--json",
+        s(&dir.path().join("rows.json")),
+    ]));
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "a query changed the database file"
+    );
+    // Writing where the folder does not exist says so.
+    let out = lookalike(&[
+        "index",
+        s(&demo().join("catalogue.csv")),
+        "--db",
+        "/nonexistent-dir/x.db",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("check that its folder exists"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn ok_status(out: Output) {
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn numbers_outside_their_meaning_are_usage_errors() {
+    let db = demo_db();
+    let photo = demo().join("images/mh01.jpg");
+    for args in [
+        vec!["similar", "MH01", "--db", s(db), "--min-price", "NaN"],
+        vec!["similar", "MH01", "--db", s(db), "--max-price", "inf"],
+        vec!["similar", "MH01", "--db", s(db), "--max-price", "1e400"],
+        vec!["similar", "MH01", "--db", s(db), "-k", "0"],
+        vec!["search", s(&photo), "--db", s(db), "--min-price=-1"],
+        vec!["dedup", "--db", s(db), "--threshold", "2"],
+        vec!["serve", "--db", s(db), "--read-only", "--batch-window-ms", "inf"],
+        vec![
+            "serve",
+            "--db",
+            s(db),
+            "--read-only",
+            "--max-upload-mb",
+            "99999999999999999999",
+        ],
+        vec!["serve", "--db", s(db), "--read-only", "--max-upload-mb", "0"],
+        vec!["serve", "--db", s(db), "--read-only", "--max-batch", "0"],
+        vec!["--threads", "0", "similar", "MH01", "--db", s(db)],
+    ] {
+        let out = lookalike(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("invalid value"), "{args:?}: {}", text(&out));
+    }
+}

@@ -3,7 +3,7 @@
 //! then one store transaction per batch.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub struct IndexOptions {
     pub prune: bool,
     /// (I, N): the entries are shard I of N (see [`in_shard`]); pruning leaves other shards alone.
     pub shard: Option<(usize, usize)>,
+    /// Folders the catalogue could not be read from: pruning leaves products under them alone.
+    pub keep_under: Vec<PathBuf>,
 }
 
 /// Whether product `id` belongs to shard `index` of `count`: a stable hash of the id, so every
@@ -41,6 +43,7 @@ impl Default for IndexOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             prune: false,
             shard: None,
+            keep_under: Vec::new(),
         }
     }
 }
@@ -78,6 +81,10 @@ enum Prepared {
 }
 
 fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Prepared {
+    // Stores keep paths as text; a lossy copy would point at no file.
+    if entry.image_path.to_str().is_none() {
+        return Prepared::Skip("the path is not valid UTF-8 (rename the file or its folders)".into());
+    }
     let bytes = match read_image_file(&entry.image_path) {
         Ok(b) => b,
         Err(e) => return Prepared::Skip(e.to_string()),
@@ -186,10 +193,16 @@ pub fn index_catalogue(
             .map(|e| e.id.as_str())
             .collect();
         let gone: Vec<String> = known
-            .keys()
-            .filter(|id| !present.contains(id.as_str()))
-            .filter(|id| options.shard.is_none_or(|(i, n)| in_shard(id, i, n)))
-            .cloned()
+            .iter()
+            .filter(|(id, _)| !present.contains(id.as_str()))
+            .filter(|(id, _)| options.shard.is_none_or(|(i, n)| in_shard(id, i, n)))
+            .filter(|(_, f)| {
+                !options
+                    .keep_under
+                    .iter()
+                    .any(|dir| Path::new(&f.image_path).starts_with(dir))
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         report.pruned = store.remove(&gone)?;
     }

@@ -4,10 +4,11 @@ pub mod export;
 pub mod indexer;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::types::{CatalogueEntry, ProductInfo};
 use anyhow::{bail, Context, Result};
+
+use crate::types::{check_id, CatalogueEntry, ProductInfo};
 
 /// Image file extensions picked up when walking a folder.
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
@@ -17,9 +18,23 @@ const IMAGE_KEYS: &[&str] = &["image", "image_path", "path", "file", "filename",
 const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
 const TITLE_KEYS: &[&str] = &["title", "name"];
 
-/// A folder (sub-folders are categories), `.csv`, or `.jsonl`/`.ndjson`.
-pub fn read_catalogue(path: &Path) -> Result<Vec<CatalogueEntry>> {
-    let entries = if path.is_dir() {
+/// Largest catalogue file read (CSV or JSONL); a million products take a few hundred MB.
+pub const MAX_CATALOGUE_BYTES: u64 = 2 << 30;
+
+/// A catalogue as read: its products, and what could not be read at all (each with why).
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    pub entries: Vec<CatalogueEntry>,
+    /// Paths the folder walk had to leave out: symlink loops, unreadable folders.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// A folder (sub-folders are categories), `.csv`, or `.jsonl`/`.ndjson`. Image paths come out
+/// absolute (relative ones resolve against the catalogue file's folder), so a catalogue indexed
+/// from one working directory is served from any other.
+pub fn read_catalogue(path: &Path) -> Result<Catalogue> {
+    let path = &std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let catalogue = if path.is_dir() {
         read_image_folder(path)?
     } else {
         let ext = path
@@ -27,20 +42,25 @@ pub fn read_catalogue(path: &Path) -> Result<Vec<CatalogueEntry>> {
             .and_then(|e| e.to_str())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let base = path.parent().unwrap_or(Path::new("."));
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read catalogue {}", path.display()))?;
-        match ext.as_str() {
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let bytes = crate::files::read_regular_file(path, MAX_CATALOGUE_BYTES)
+            .with_context(|| format!("cannot read catalogue {}", path.display()))?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+        let entries = match ext.as_str() {
             "csv" => parse_csv(&text, base),
             "jsonl" | "ndjson" => parse_jsonl(&text, base),
             _ => bail!("{}: a catalogue is a folder, a .csv or a .jsonl file", path.display()),
         }
-        .with_context(|| format!("in {}", path.display()))?
+        .with_context(|| format!("in {}", path.display()))?;
+        Catalogue {
+            entries,
+            unreadable: Vec::new(),
+        }
     };
-    if entries.is_empty() {
+    if catalogue.entries.is_empty() {
         bail!("{}: the catalogue has no images", path.display());
     }
-    Ok(entries)
+    Ok(catalogue)
 }
 
 pub fn is_image_file(path: &Path) -> bool {
@@ -51,12 +71,32 @@ pub fn is_image_file(path: &Path) -> bool {
 
 /// ImageFolder: `root/**/<category>/<image>`; the category is the image's own folder, so split
 /// layouts such as `train/shoes/` work too. Images directly under `root` have no category.
-/// The id is the path relative to `root` without its extension, e.g. `shoes/red-sneaker`.
-pub fn read_image_folder(root: &Path) -> Result<Vec<CatalogueEntry>> {
-    let mut entries = Vec::new();
+/// The id is the path relative to `root` without its extension, e.g. `shoes/red-sneaker`; two
+/// files that would share an id (`red.jpg` and `red.png`) are an error naming both. Links are
+/// followed; a loop or an unreadable folder is left out and reported, not fatal.
+pub fn read_image_folder(root: &Path) -> Result<Catalogue> {
+    let mut catalogue = Catalogue::default();
+    let mut origins = Vec::new();
     for item in walkdir::WalkDir::new(root).sort_by_file_name().follow_links(true) {
-        let item = item.with_context(|| format!("cannot walk {}", root.display()))?;
-        if !item.file_type().is_file() || !is_image_file(item.path()) {
+        let item = match item {
+            Ok(item) => item,
+            Err(err) => {
+                let path = err.path().unwrap_or(root).to_path_buf();
+                let why = match err.loop_ancestor() {
+                    Some(ancestor) => format!("a link loop back to {}", ancestor.display()),
+                    None => err.io_error().map_or_else(|| err.to_string(), |e| e.to_string()),
+                };
+                catalogue.unreadable.push((path, why));
+                continue;
+            }
+        };
+        if !is_image_file(item.path()) || item.file_type().is_dir() {
+            continue;
+        }
+        if !item.file_type().is_file() {
+            catalogue
+                .unreadable
+                .push((item.path().to_path_buf(), "not a regular file".into()));
             continue;
         }
         let rel = item.path().strip_prefix(root).expect("walkdir stays under its root");
@@ -65,7 +105,8 @@ pub fn read_image_folder(root: &Path) -> Result<Vec<CatalogueEntry>> {
             .and_then(|dir| dir.file_name())
             .map(|name| name.to_string_lossy().into_owned());
         let id = rel.with_extension("").to_string_lossy().replace('\\', "/");
-        entries.push(CatalogueEntry {
+        origins.push(rel.display().to_string());
+        catalogue.entries.push(CatalogueEntry {
             id,
             info: ProductInfo {
                 category,
@@ -74,7 +115,8 @@ pub fn read_image_folder(root: &Path) -> Result<Vec<CatalogueEntry>> {
             image_path: item.path().to_path_buf(),
         });
     }
-    Ok(entries)
+    reject_duplicate_ids(&origins, &catalogue.entries)?;
+    Ok(catalogue)
 }
 
 fn pick<'a>(row: &'a HashMap<String, String>, keys: &[&str]) -> Option<&'a str> {
@@ -100,7 +142,7 @@ fn entry_from_record(row: &HashMap<String, String>, base: &Path, line: usize) ->
         },
     };
     let image_path = base.join(image);
-    Ok(CatalogueEntry {
+    let entry = CatalogueEntry {
         id: pick(row, ID_KEYS).unwrap_or(image).to_string(),
         info: ProductInfo {
             title: pick(row, TITLE_KEYS).map(str::to_string),
@@ -109,14 +151,26 @@ fn entry_from_record(row: &HashMap<String, String>, base: &Path, line: usize) ->
             description: pick(row, &["description"]).map(str::to_string),
         },
         image_path,
-    })
+    };
+    check_id(&entry.id)
+        .and_then(|()| entry.info.check())
+        .with_context(|| format!("line {line}"))?;
+    Ok(entry)
 }
 
-fn reject_duplicate_ids(entries: &[(usize, CatalogueEntry)]) -> Result<()> {
+/// Every id once; a repeat names both places it comes from (`origins[i]` is where entry i is).
+fn reject_duplicate_ids(origins: &[String], entries: &[CatalogueEntry]) -> Result<()> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (line, e) in entries {
-        if let Some(first) = seen.insert(&e.id, *line) {
-            bail!("line {line}: product id {:?} already used on line {first}", e.id);
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(first) = seen.insert(&e.id, i) {
+            bail!(
+                "product id {:?} is used twice: {} ({}) and {} ({})",
+                e.id,
+                origins[first],
+                entries[first].image_path.display(),
+                origins[i],
+                e.image_path.display()
+            );
         }
     }
     Ok(())
@@ -135,20 +189,21 @@ pub fn parse_csv(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
             headers.join(", ")
         );
     }
-    let mut entries = Vec::new();
+    let (mut origins, mut entries) = (Vec::new(), Vec::new());
     for record in reader.records() {
         let record = record.context("malformed CSV")?;
         let line = record.position().map_or(0, |p| p.line() as usize);
         let row: HashMap<String, String> = headers.iter().cloned().zip(record.iter().map(str::to_string)).collect();
-        entries.push((line, entry_from_record(&row, base, line)?));
+        entries.push(entry_from_record(&row, base, line)?);
+        origins.push(format!("line {line}"));
     }
-    reject_duplicate_ids(&entries)?;
-    Ok(entries.into_iter().map(|(_, e)| e).collect())
+    reject_duplicate_ids(&origins, &entries)?;
+    Ok(entries)
 }
 
 /// One JSON object per line; blank lines are ignored.
 pub fn parse_jsonl(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
-    let mut entries = Vec::new();
+    let (mut origins, mut entries) = (Vec::new(), Vec::new());
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
@@ -171,10 +226,11 @@ pub fn parse_jsonl(text: &str, base: &Path) -> Result<Vec<CatalogueEntry>> {
                 Some((k.to_ascii_lowercase(), text))
             })
             .collect();
-        entries.push((line, entry_from_record(&row, base, line)?));
+        entries.push(entry_from_record(&row, base, line)?);
+        origins.push(format!("line {line}"));
     }
-    reject_duplicate_ids(&entries)?;
-    Ok(entries.into_iter().map(|(_, e)| e).collect())
+    reject_duplicate_ids(&origins, &entries)?;
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -210,7 +266,7 @@ mod tests {
         assert!(err(parse_csv("id,image,price\n1,a.jpg,cheap\n", Path::new("."))).contains("line 2: price \"cheap\""));
         assert!(err(parse_csv("id,image\n1,a.jpg\n2,\n", Path::new("."))).contains("line 3: no image path"));
         assert!(err(parse_csv("id,image\n1,a.jpg\n1,b.jpg\n", Path::new(".")))
-            .contains("line 3: product id \"1\" already used on line 2"));
+            .contains("product id \"1\" is used twice: line 2 (./a.jpg) and line 3 (./b.jpg)"));
         assert!(err(parse_csv("id,image\n1,a.jpg,extra\n", Path::new("."))).contains("malformed CSV"));
     }
 
@@ -241,7 +297,7 @@ mod tests {
         std::fs::write(dir.path().join("test/bags/tote.webp"), b"x").unwrap();
         std::fs::write(dir.path().join("loose.png"), b"x").unwrap();
         std::fs::write(dir.path().join("shoes/notes.txt"), b"x").unwrap();
-        let entries = read_image_folder(dir.path()).unwrap();
+        let entries = read_image_folder(dir.path()).unwrap().entries;
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].id, "test/bags/tote");
         assert_eq!(entries[2].info.category.as_deref(), Some("bags"));
@@ -249,5 +305,74 @@ mod tests {
         assert_eq!(entries[0].info.category, None);
         assert_eq!(entries[1].id, "shoes/red");
         assert_eq!(entries[1].info.category.as_deref(), Some("shoes"));
+    }
+
+    #[test]
+    fn files_sharing_an_id_are_an_error_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("shoes")).unwrap();
+        std::fs::write(dir.path().join("shoes/red.jpg"), b"x").unwrap();
+        std::fs::write(dir.path().join("shoes/red.png"), b"x").unwrap();
+        let err = format!("{:#}", read_image_folder(dir.path()).unwrap_err());
+        assert!(err.contains("\"shoes/red\" is used twice"), "{err}");
+        assert!(err.contains("red.jpg") && err.contains("red.png"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_loop_is_left_out_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bags")).unwrap();
+        std::fs::write(dir.path().join("bags/tote.jpg"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("bags/again")).unwrap();
+        let catalogue = read_image_folder(dir.path()).unwrap();
+        assert_eq!(catalogue.entries.len(), 1);
+        assert_eq!(catalogue.unreadable.len(), 1, "{:?}", catalogue.unreadable);
+        assert!(catalogue.unreadable[0].1.contains("loop"), "{:?}", catalogue.unreadable);
+    }
+
+    #[test]
+    fn relative_catalogues_give_absolute_image_paths_and_bad_text_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.csv"),
+            "id,image,title\nA,img/a.jpg,x\nB,b.jpg,\"bad\0title\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_catalogue(&dir.path().join("c.csv")).unwrap_err());
+        assert!(err.contains("line 3") && err.contains("NUL"), "{err}");
+        std::fs::write(dir.path().join("c.csv"), "id,image\nA,img/a.jpg\n").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(dir.path(), &cwd).join("c.csv");
+        let catalogue = read_catalogue(&relative).unwrap();
+        assert!(
+            catalogue.entries[0].image_path.is_absolute(),
+            "{:?}",
+            catalogue.entries[0].image_path
+        );
+        assert!(catalogue.entries[0].image_path.ends_with("img/a.jpg"));
+    }
+
+    /// `path` relative to `from` (both absolute), through `..` as needed.
+    fn pathdiff(path: &Path, from: &Path) -> PathBuf {
+        let common = path
+            .components()
+            .zip(from.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let ups = from.components().count() - common;
+        let mut out: PathBuf = std::iter::repeat_n("..", ups).collect();
+        out.extend(path.components().skip(common));
+        out
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_catalogue_that_is_not_a_regular_file_is_refused() {
+        let err = format!("{:#}", read_catalogue(Path::new("/dev/zero")).unwrap_err());
+        assert!(
+            err.contains("not a regular file") || err.contains("a catalogue is"),
+            "{err}"
+        );
     }
 }

@@ -203,7 +203,8 @@ mod tests {
 
     #[test]
     fn a_header_claiming_more_pixels_than_the_data_holds_is_refused() {
-        let bytes = crate::image::hostile::with_dimensions(&jpeg(16, 16), image::ImageFormat::Jpeg, 12_000, 12_000).unwrap();
+        let bytes =
+            crate::image::hostile::with_dimensions(&jpeg(16, 16), image::ImageFormat::Jpeg, 12_000, 12_000).unwrap();
         let err = shape(&bytes).unwrap_err().to_string();
         assert!(err.contains("cannot hold 12000x12000"), "{err}");
     }

@@ -568,4 +568,91 @@ mod tests {
         let err = SqliteStore::open(&path).err().unwrap().to_string();
         assert!(err.contains("not a lookalike catalogue"), "{err}");
     }
+
+    #[test]
+    fn another_connections_writes_show_in_the_change_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut writer = SqliteStore::open(&path).unwrap();
+        let reader = SqliteStore::open_read_only(&path).unwrap();
+        let start = reader.change_position().unwrap();
+        assert_eq!(reader.changes_since(start).unwrap(), Changes::Nothing);
+        let a = entry("a", "A");
+        let write = ProductWrite {
+            entry: &a,
+            content_hash: "h",
+            vector: Some(&[1.0, 0.0]),
+        };
+        assert!(writer.write_one(&write, WriteMode::CreateOnly).unwrap());
+        assert!(
+            !writer.write_one(&write, WriteMode::CreateOnly).unwrap(),
+            "created twice"
+        );
+        let Changes::Products { ids, position } = reader.changes_since(start).unwrap() else {
+            panic!("the write was not seen");
+        };
+        assert_eq!(ids, ["a"]);
+        assert_eq!(reader.changes_since(position).unwrap(), Changes::Nothing);
+        writer.remove(&["a".into()]).unwrap();
+        assert!(
+            !writer.write_one(&write, WriteMode::UpdateOnly).unwrap(),
+            "updated after delete"
+        );
+        assert!(matches!(
+            reader.changes_since(position).unwrap(),
+            Changes::Products { ids, .. } if ids == ["a"]
+        ));
+        // A reader further behind than the log remembers reloads everything.
+        writer
+            .conn
+            .execute("DELETE FROM changes WHERE seq <= ?1", [position as i64 + 1])
+            .unwrap();
+        writer.write_one(&write, WriteMode::Upsert).unwrap();
+        assert!(matches!(
+            reader.changes_since(position).unwrap(),
+            Changes::Everything { .. }
+        ));
+    }
+
+    #[test]
+    fn read_only_opens_refuse_what_is_not_a_catalogue() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = SqliteStore::open_read_only(&dir.path().join("none.db")).err().unwrap();
+        assert!(missing.to_string().contains("no catalogue database"), "{missing}");
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = SqliteStore::open_read_only(&other).err().unwrap();
+        assert!(err.to_string().contains("not a lookalike catalogue"), "{err}");
+        let text = dir.path().join("text.db");
+        std::fs::write(&text, vec![b'x'; 4096]).unwrap();
+        let err = format!("{:#}", SqliteStore::open_read_only(&text).err().unwrap());
+        assert!(err.contains("not a lookalike catalogue"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_1_catalogue_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, price REAL, category TEXT,
+               description TEXT, image_path TEXT NOT NULL, content_hash TEXT NOT NULL,
+               vector BLOB NOT NULL, updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+             INSERT INTO products (id, image_path, content_hash, vector) VALUES ('x', '/x.jpg', 'h', x'0000803f');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(old);
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(SqliteStore::probe(&store.conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.product("x").unwrap().unwrap().vector, vec![1.0]);
+        let position = store.change_position().unwrap();
+        store.remove(&["x".into()]).unwrap();
+        assert!(store.change_position().unwrap() > position);
+        assert!(!store.image_in_use("/x.jpg").unwrap());
+    }
 }
