@@ -466,13 +466,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     std::process::exit(0);
                 });
             }
+            // Built outside the runtime: opening PostgreSQL blocks.
+            let router = server::router(store, embedder, &config)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(async {
-                    let router = server::router(store, embedder, &config)?;
-                    server::serve(router, config.addr, config.client_timeout).await
-                })?;
+                .block_on(server::serve(router, config.addr, config.client_timeout))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Search {

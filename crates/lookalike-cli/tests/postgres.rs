@@ -314,3 +314,79 @@ fn two_servers_on_one_database_see_each_others_writes() {
     let gone = client.get(format!("{}/v1/products/NEW-1", a.base)).send().unwrap();
     assert_eq!(gone.status(), 404);
 }
+
+#[test]
+fn a_migrate_killed_at_any_point_leaves_a_catalogue_that_queries_and_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("demo.db");
+    let big = dir.path().join("big.db");
+    ok(lookalike(&[
+        "index",
+        s(&demo().join("catalogue.csv")),
+        "--db",
+        s(&small),
+    ]));
+    let products = 5_000;
+    ok(lookalike(&[
+        "bench",
+        "synth-catalogue",
+        "--from",
+        s(&small),
+        "--db",
+        s(&big),
+        "--products",
+        &products.to_string(),
+    ]));
+    // Killed while copying rows, then while building the vector index after the last row.
+    for kill_at in [products / 4, products] {
+        let pg = postgres_db();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+            .args(["migrate", "--from", s(&big), "--to", &pg, "--batch-size", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut copied = 0;
+        while copied < kill_at && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+            copied = PgStore::connect(&pg).map(|s| s.count().unwrap_or(0)).unwrap_or(0);
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        // Two queries at once, each finding the index missing: both answer.
+        let queries: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_lookalike"))
+                    .args(["similar", "24-MB01~0", "--db", &pg, "-k", "3", "--json"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for query in queries {
+            let out = query.wait_with_output().unwrap();
+            // 24-MB01~0 may not have been copied before the kill; either way, no database error.
+            assert!(
+                out.status.success() || text(&out).contains("no product with id"),
+                "killed at {copied}: {}",
+                text(&out)
+            );
+        }
+        let rerun = ok(lookalike(&[
+            "migrate",
+            "--from",
+            s(&big),
+            "--to",
+            &pg,
+            "--batch-size",
+            "500",
+        ]));
+        assert!(rerun.contains(&format!("copied {products} products")), "{rerun}");
+        let store = PgStore::connect(&pg).unwrap();
+        assert_eq!(store.count().unwrap(), products);
+        let similar = json(&lookalike(&["similar", "24-MB01~0", "--db", &pg, "-k", "3", "--json"]));
+        assert_eq!(similar.as_array().unwrap().len(), 3);
+    }
+}

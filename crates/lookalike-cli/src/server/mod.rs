@@ -107,12 +107,10 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
     });
     if config.token.is_some() {
         let state = state.clone();
-        tokio::spawn(async move {
-            match products::sweep_uploads(state).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "deleted uploads no product references"),
-                Err(err) => tracing::warn!(%err, "cannot sweep the upload folder"),
-            }
+        std::thread::spawn(move || match products::sweep_uploads(&state) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted uploads no product references"),
+            Err(err) => tracing::warn!(%err, "cannot sweep the upload folder"),
         });
     }
     let products = Router::new()

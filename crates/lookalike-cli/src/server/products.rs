@@ -230,15 +230,16 @@ pub async fn delete_product(State(state): State<Shared>, Path(id): Path<String>)
 }
 
 /// Deletes uploads that no product references and temporary files left by a crash, if older
-/// than [`ORPHAN_AGE`]; returns how many were deleted.
-pub async fn sweep_uploads(state: Shared) -> anyhow::Result<usize> {
-    let _files = state.uploads.lock().await;
+/// than [`ORPHAN_AGE`]; returns how many were deleted. Blocking: run it on a thread of its own.
+pub fn sweep_uploads(state: &Shared) -> anyhow::Result<usize> {
+    let _files = state.uploads.blocking_lock();
     let mut deleted = 0;
-    let Ok(mut entries) = tokio::fs::read_dir(&state.upload_dir).await else {
+    let Ok(entries) = std::fs::read_dir(&state.upload_dir) else {
         return Ok(0);
     };
-    while let Some(entry) = entries.next_entry().await? {
-        let metadata = entry.metadata().await?;
+    for entry in entries {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
         let old = metadata
             .modified()
             .ok()
@@ -247,12 +248,8 @@ pub async fn sweep_uploads(state: Shared) -> anyhow::Result<usize> {
         if !metadata.is_file() || !old {
             continue;
         }
-        let path = entry.path().to_string_lossy().into_owned();
-        let owned = path.clone();
-        let in_use = on_catalogue(&state, move |c| c.image_in_use(&owned))
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        if !in_use && tokio::fs::remove_file(&path).await.is_ok() {
+        let path = entry.path();
+        if !state.catalogue.image_in_use(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
             deleted += 1;
         }
     }
