@@ -170,7 +170,7 @@ enum Command {
         #[arg(value_parser = args::count::<1, 256>, long, default_value_t = 16)]
         max_batch: usize,
         /// Query images allowed to wait (for a decoder or the model) beyond those being worked on;
-        /// more are refused at once with 503.
+        /// further ones wait up to --queue-wait-ms for a place, then get 503.
         #[arg(value_parser = args::count::<0, 100_000>, long, default_value_t = 64)]
         queue: usize,
         /// Classifier head (from `train classifier`) that enables `hybrid` photo searches.
@@ -184,6 +184,9 @@ enum Command {
         /// slower connections are closed (a body must also arrive within 120 s in all).
         #[arg(value_parser = args::seconds, long, default_value_t = 10.0)]
         client_timeout_s: f64,
+        /// How long an image request beyond the queue waits for a place before 503, in ms.
+        #[arg(value_parser = args::count::<0, 60_000>, long, default_value_t = 1000)]
+        queue_wait_ms: usize,
     },
     /// Groups of duplicate products: identical image bytes (exact) or nearly identical features (near).
     Dedup {
@@ -424,6 +427,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             queue,
             batch_window_ms,
             client_timeout_s,
+            queue_wait_ms,
             classifier,
         } => {
             let token = server::check_write_access(&token, read_only)?;
@@ -457,6 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 classifier,
                 decoders: cli.threads,
                 client_timeout: std::time::Duration::from_secs_f64(client_timeout_s),
+                admission_wait: std::time::Duration::from_millis(queue_wait_ms as u64),
             };
             server::init_logging();
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {

@@ -51,17 +51,23 @@ pub struct LoadPlan {
 }
 
 /// A `lookalike serve` child that ends with this process.
-struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
-    url: String,
+    pub url: String,
 }
 
 impl ServerProcess {
-    fn start(db: &str, threads: usize) -> Result<Self> {
+    pub fn start(db: &str, threads: usize, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", "--read-only", "--port", "0", "--threads", &threads.to_string()])
             .args(["--db", db])
+            .args(extra)
             .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+            // Request logs would interleave with the tables; errors still show.
+            .env(
+                "LOOKALIKE_LOG",
+                std::env::var("LOOKALIKE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -78,12 +84,21 @@ impl ServerProcess {
         bail!("`lookalike serve --db {}` exited before listening", redact(db))
     }
 
-    /// Resident memory of the server process, from /proc (Linux only).
-    fn resident_mib(&self) -> Option<f64> {
+    /// Resident memory of the server process now, from /proc (Linux only).
+    pub fn resident_mib(&self) -> Option<f64> {
+        self.memory_mib("VmRSS")
+    }
+
+    /// Its peak resident memory so far.
+    pub fn peak_resident_mib(&self) -> Option<f64> {
+        self.memory_mib("VmHWM")
+    }
+
+    fn memory_mib(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
             .trim()
             .trim_end_matches("kB")
             .trim()
@@ -160,60 +175,61 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
     })
 }
 
-fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<Latencies> {
-    let search = format!("{url}/v1/search");
-    let form = || {
-        let mut form = multipart::Form::new()
-            .part(
-                "image",
-                multipart::Part::bytes(photo.to_vec())
-                    .file_name("query.jpg")
-                    .mime_str("image/jpeg")
-                    .expect("valid mime type"),
-            )
-            .text("k", plan.k.to_string());
-        if let Some(category) = &plan.category {
-            form = form.text("category", category.clone());
-        }
-        form
-    };
-    let client = Client::builder().timeout(Duration::from_secs(60)).build()?;
-    for _ in 0..concurrency.max(3) {
-        let status = client.post(&search).multipart(form()).send()?.status();
-        if !status.is_success() {
-            bail!("warm-up search failed with {status}");
-        }
+/// What closed-loop clients got: milliseconds per answer, by HTTP status (0: no answer).
+pub struct Answers {
+    pub by_status: std::collections::BTreeMap<u16, Vec<f64>>,
+    pub first_failure: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Answers {
+    pub fn count(&self, status: impl Fn(u16) -> bool) -> usize {
+        self.by_status
+            .iter()
+            .filter(|(s, _)| status(**s))
+            .map(|(_, m)| m.len())
+            .sum()
     }
+}
+
+/// `concurrency` clients each sending `request()` and waiting for the answer before the next,
+/// until `requests` were sent or `budget` is over.
+pub fn closed_loop(
+    concurrency: usize,
+    requests: usize,
+    budget: Duration,
+    request: &(dyn Fn(&Client) -> reqwest::blocking::RequestBuilder + Sync),
+) -> Result<Answers> {
+    let client = Client::builder().timeout(Duration::from_secs(60)).build()?;
     let issued = AtomicUsize::new(0);
-    let errors = AtomicUsize::new(0);
-    let first_error = Mutex::new(None);
-    let budget = Duration::from_secs_f64(plan.seconds);
+    let first_failure = Mutex::new(None);
     let started = Instant::now();
-    let mut millis: Vec<f64> = std::thread::scope(|scope| {
+    let answers: Vec<(u16, f64)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..concurrency)
             .map(|_| {
-                let client = client.clone();
-                let (search, issued, errors, first_error) = (&search, &issued, &errors, &first_error);
+                let (client, issued, first_failure) = (client.clone(), &issued, &first_failure);
                 scope.spawn(move || {
                     let mut mine = Vec::new();
-                    while issued.fetch_add(1, Ordering::Relaxed) < plan.requests && started.elapsed() < budget {
+                    while issued.fetch_add(1, Ordering::Relaxed) < requests && started.elapsed() < budget {
                         let t = Instant::now();
-                        let outcome = client
-                            .post(search)
-                            .multipart(form())
-                            .send()
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| match r.status() {
-                                s if s.is_success() => r.bytes().map(drop).map_err(|e| e.to_string()),
-                                s => Err(format!("{s}: {}", r.text().unwrap_or_default())),
-                            });
-                        match outcome {
-                            Ok(()) => mine.push(t.elapsed().as_secs_f64() * 1e3),
-                            Err(e) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                first_error.lock().expect("error slot").get_or_insert(e);
+                        let status = match request(&client).send() {
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().unwrap_or_default();
+                                if !status.is_success() && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                                    first_failure
+                                        .lock()
+                                        .expect("slot")
+                                        .get_or_insert(format!("{status}: {body}"));
+                                }
+                                status.as_u16()
                             }
-                        }
+                            Err(e) => {
+                                first_failure.lock().expect("slot").get_or_insert(e.to_string());
+                                0
+                            }
+                        };
+                        mine.push((status, t.elapsed().as_secs_f64() * 1e3));
                     }
                     mine
                 })
@@ -224,15 +240,59 @@ fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<
             .flat_map(|w| w.join().expect("load worker panicked"))
             .collect()
     });
-    let elapsed = started.elapsed();
-    millis.sort_by(f64::total_cmp);
+    let mut by_status = std::collections::BTreeMap::<u16, Vec<f64>>::new();
+    for (status, millis) in answers {
+        by_status.entry(status).or_default().push(millis);
+    }
+    by_status.values_mut().for_each(|m| m.sort_by(f64::total_cmp));
+    Ok(Answers {
+        by_status,
+        first_failure: first_failure.into_inner().expect("slot"),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A multipart search form uploading `photo`.
+pub fn photo_form(photo: &[u8], k: usize, category: Option<&str>) -> multipart::Form {
+    let mut form = multipart::Form::new()
+        .part(
+            "image",
+            multipart::Part::bytes(photo.to_vec())
+                .file_name("query.jpg")
+                .mime_str("image/jpeg")
+                .expect("valid mime type"),
+        )
+        .text("k", k.to_string());
+    if let Some(category) = category {
+        form = form.text("category", category.to_string());
+    }
+    form
+}
+
+fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<Latencies> {
+    let search = format!("{url}/v1/search");
+    let request = |client: &Client| {
+        client
+            .post(&search)
+            .multipart(photo_form(photo, plan.k, plan.category.as_deref()))
+    };
+    let warm_up = closed_loop(concurrency, concurrency.max(3), Duration::from_secs(60), &request)?;
+    if warm_up.count(|s| s != 200) > 0 {
+        bail!("warm-up search failed: {}", warm_up.first_failure.unwrap_or_default());
+    }
+    let answers = closed_loop(
+        concurrency,
+        plan.requests,
+        Duration::from_secs_f64(plan.seconds),
+        &request,
+    )?;
     Ok(Latencies {
         label: "HTTP POST /v1/search".into(),
         concurrency,
-        millis,
-        errors: errors.into_inner(),
-        first_error: first_error.into_inner().expect("error slot"),
-        elapsed,
+        errors: answers.count(|s| s != 200),
+        millis: answers.by_status.get(&200).cloned().unwrap_or_default(),
+        first_error: answers.first_failure,
+        elapsed: answers.elapsed,
     })
 }
 
@@ -247,7 +307,7 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
 
     let server = match &plan.url {
         Some(_) => None,
-        None => Some(ServerProcess::start(&plan.db, threads)?),
+        None => Some(ServerProcess::start(&plan.db, threads, &[])?),
     };
     let url = plan
         .url

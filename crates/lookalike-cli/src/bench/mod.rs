@@ -1,5 +1,6 @@
 //! `lookalike bench …`: measurements that print a table with a reference measured in the same run.
 
+mod abuse;
 mod embed;
 mod http;
 
@@ -31,6 +32,12 @@ pub enum BenchCommand {
     Http {
         #[command(flatten)]
         plan: http::LoadPlan,
+    },
+    /// A server under hostile uploads (peak memory, slowest answer) and overload (goodput at
+    /// 32 and 128 clients, 503s, 5xx).
+    Abuse {
+        #[command(flatten)]
+        plan: abuse::AbusePlan,
     },
     /// Vector search alone: the int8-shortlist scan beside the exact f32 scan, with recall.
     Search {
@@ -84,6 +91,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<(
             no_reference,
         } => embed::run(models, threads, &batches, seconds, &python, no_reference),
         BenchCommand::Http { plan } => http::run(models, threads, &plan),
+        BenchCommand::Abuse { plan } => abuse::run(threads, &plan),
         BenchCommand::Search {
             db,
             queries,

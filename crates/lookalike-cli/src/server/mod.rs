@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub decoders: usize,
     /// How long a client may take to send its headers, or pause while sending a body.
     pub client_timeout: std::time::Duration,
+    /// How long an image request waits for a place in the pipeline before 503.
+    pub admission_wait: std::time::Duration,
 }
 
 pub struct AppState {
@@ -65,6 +67,7 @@ pub struct AppState {
     /// Held while uploads are saved, referenced or deleted.
     uploads: tokio::sync::Mutex<()>,
     client_timeout: std::time::Duration,
+    admission_wait: std::time::Duration,
 }
 
 type Shared = Arc<AppState>;
@@ -104,6 +107,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         product_locks: Default::default(),
         uploads: Default::default(),
         client_timeout: config.client_timeout,
+        admission_wait: config.admission_wait,
     });
     if config.token.is_some() {
         let state = state.clone();
@@ -190,10 +194,11 @@ async fn on_catalogue<T: Send + 'static>(
 }
 
 impl AppState {
-    /// A place for one more image in the pipeline, or 503 at once when it is full.
-    fn admit_image(&self) -> ApiResult<ImageTicket> {
+    /// A place for one more image in the pipeline, or 503 when none frees up in time.
+    async fn admit_image(&self) -> ApiResult<ImageTicket> {
         self.admission
-            .admit_image()
+            .admit_image(self.admission_wait)
+            .await
             .inspect_err(|_| self.metrics.refused("images"))
     }
 

@@ -138,7 +138,7 @@ async fn store_with_upload(
 }
 
 pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
-    let ticket = state.admit_image()?;
+    let ticket = state.admit_image().await?;
     let form = read_form(&state, multipart).await?;
     let image = form
         .image
@@ -180,7 +180,7 @@ pub async fn update_product(
     }
     let form = read_form(&state, multipart).await?;
     let ticket = match form.image {
-        Some(_) => Some(state.admit_image()?),
+        Some(_) => Some(state.admit_image().await?),
         None => None,
     };
     let _product = state.product_locks.lock(&id).await;

@@ -109,7 +109,7 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
 
 pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
     // Refused before the form is even parsed when the pipeline is full.
-    let ticket = state.admit_image()?;
+    let ticket = state.admit_image().await?;
     let form = read_form(&state, multipart).await?;
     let field = |name: &str| form.fields.get(name).cloned();
     let params = QueryParams {

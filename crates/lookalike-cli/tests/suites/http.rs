@@ -367,7 +367,7 @@ fn a_writable_server_without_a_token_refuses_to_start() {
 #[test]
 fn overload_is_refused_with_503_and_the_server_recovers() {
     // One image per forward pass and nobody allowed to wait: concurrent searches must overflow.
-    let server = start_server(&["--max-batch", "1", "--queue", "0"]);
+    let server = start_server(&["--max-batch", "1", "--queue", "0", "--queue-wait-ms", "0"]);
     let photo = demo_image("24-mb01.jpg");
     let statuses: Vec<(StatusCode, Value)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..16)
