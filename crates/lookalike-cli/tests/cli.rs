@@ -908,3 +908,58 @@ fn numbers_outside_their_meaning_are_usage_errors() {
         assert!(text(&out).contains("invalid value"), "{args:?}: {}", text(&out));
     }
 }
+
+/// Runs the binary as a user for whom file permissions apply: this user unless it is root, else
+/// `nobody` through `runuser` (from a world-readable copy of the binary when the checkout is not).
+fn lookalike_unprivileged(args: &[&str], scratch: &Path) -> Output {
+    let binary = Path::new(env!("CARGO_BIN_EXE_lookalike"));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Command::new(binary).args(args).output().unwrap();
+    }
+    let reachable = Command::new("runuser")
+        .args(["-u", "nobody", "--", "test", "-x", s(binary)])
+        .status()
+        .is_ok_and(|s| s.success());
+    let binary = if reachable {
+        binary.to_path_buf()
+    } else {
+        let copy = scratch.join("bin/lookalike");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(binary, &copy).unwrap();
+        copy
+    };
+    Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(binary)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_read_only_catalogue_file_in_a_read_only_folder_answers_queries() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let folder = scratch.path().join("ro");
+    std::fs::create_dir(&folder).unwrap();
+    let db = folder.join("demo.db");
+    drop(SqliteStore::open(demo_db()).unwrap()); // checkpointed: one file, no journal beside it
+    std::fs::copy(demo_db(), &db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let out = lookalike_unprivileged(
+        &["similar", "MH01", "--db", s(&db), "-k", "2", "--json"],
+        scratch.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(json(&out).as_array().unwrap().len(), 2);
+    let out = lookalike_unprivileged(&["remove", "MH01", "--db", s(&db)], scratch.path());
+    assert!(
+        !out.status.success() && text(&out).contains("is read-only"),
+        "{}",
+        text(&out)
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -115,6 +115,12 @@ pub async fn remember_route(request: Request, next: Next) -> Response {
 pub async fn observe(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let response = next.run(request).await;
     let route = response
         .extensions()
@@ -129,6 +135,7 @@ pub async fn observe(State(state): State<Shared>, request: Request, next: Next) 
         started.elapsed().as_secs_f64(),
     );
     tracing::info!(
+        request_id,
         method = %method,
         route,
         status = status.as_u16(),

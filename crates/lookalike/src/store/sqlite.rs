@@ -81,10 +81,10 @@ fn open_error(path: &Path, err: rusqlite::Error) -> anyhow::Error {
             BUSY_WAIT.as_secs()
         ),
         Some(ErrorCode::ReadOnly) => format!(
-            "{shown} is read-only (the file or its folder): it can be searched and served with              --read-only, not written"
+            "{shown} is read-only (the file or its folder): it can be searched and served with --read-only, not written"
         ),
         Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => format!(
-            "cannot open {shown}: check that its folder exists and that this user may read (and,              to write, change) the file and its folder"
+            "cannot open {shown}: check that its folder exists and that this user may read (and, to write, change) the file and its folder"
         ),
         _ => format!("cannot use catalogue database {shown}"),
     };
@@ -142,7 +142,7 @@ impl SqliteStore {
             Ok(conn) => conn,
             // A WAL database whose folder is read-only has no shared-memory file to map; nobody
             // can be writing it then, so it can be opened as immutable.
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::CannotOpen) => {
+            Err(e) if matches!(e.sqlite_error_code(), Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)) => {
                 let uri = format!(
                     "file:{}?immutable=1",
                     percent_encoding::utf8_percent_encode(&path.to_string_lossy(), URI_PATH)
