@@ -205,20 +205,6 @@ fn bad_queries_fail_clearly() {
     );
 }
 
-/// A PNG whose header claims 100000x100000 pixels: a decompression bomb.
-fn bomb_png() -> Vec<u8> {
-    let mut png = Vec::new();
-    image::RgbImage::new(1, 1)
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    // IHDR data starts at byte 16: width, height (big endian), then its CRC over type + data at 29.
-    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-    let crc = crc32fast::hash(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
-    png
-}
-
 #[test]
 fn bad_catalogue_images_are_skipped_with_reasons_and_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,7 +215,8 @@ fn bad_catalogue_images_are_skipped_with_reasons_and_counted() {
     std::fs::write(cat.join("tops/text.jpg"), b"just text").unwrap();
     let jpeg = std::fs::read(demo().join("images/mh02.jpg")).unwrap();
     std::fs::write(cat.join("tops/truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
-    std::fs::write(cat.join("tops/bomb.png"), bomb_png()).unwrap();
+    let bomb = lookalike::image::hostile::png_header_only(100_000, 100_000, 8, 2);
+    std::fs::write(cat.join("tops/bomb.png"), bomb).unwrap();
     let db = dir.path().join("c.db");
     let out = lookalike(&["index", s(&cat), "--db", s(&db)]);
     let t = text(&out);

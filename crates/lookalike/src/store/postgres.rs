@@ -289,65 +289,59 @@ fn migrate(client: &mut Client) -> Result<()> {
     result
 }
 
+/// Inserts a product with its vector; completed by what to do when the id exists.
+macro_rules! insert_product {
+    ($on_conflict:literal) => {
+        concat!(
+            "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector) ON CONFLICT (id) ",
+            $on_conflict
+        )
+    };
+}
+
+/// Statements prepared in one transaction, by their SQL: a batch prepares each once.
+type Prepared = HashMap<&'static str, postgres::Statement>;
+
 /// The statement for one product write in `mode`; `None` vector keeps the stored one.
-fn write_in(tx: &mut postgres::Transaction, w: &ProductWrite, mode: WriteMode) -> Result<bool> {
+fn write_in(
+    tx: &mut postgres::Transaction,
+    prepared: &mut Prepared,
+    w: &ProductWrite,
+    mode: WriteMode,
+) -> Result<bool> {
     let e = w.entry;
     let path = e.image_path.to_string_lossy().into_owned();
     let i = &e.info;
-    let changed = match (w.vector, mode) {
-        (Some(v), WriteMode::Upsert | WriteMode::CreateOnly) => {
-            let on_conflict = if mode == WriteMode::Upsert {
-                "DO UPDATE SET title = excluded.title, price = excluded.price,
-                   category = excluded.category, description = excluded.description,
-                   image_path = excluded.image_path, content_hash = excluded.content_hash,
-                   embedding = excluded.embedding, updated_at = now()"
-            } else {
-                "DO NOTHING"
-            };
-            let sql = format!(
-                "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector) ON CONFLICT (id) {on_conflict}"
-            );
-            let vector = Vector::from(v.to_vec());
-            tx.execute(
-                &sql,
-                &[
-                    &e.id,
-                    &i.title,
-                    &i.price,
-                    &i.category,
-                    &i.description,
-                    &path,
-                    &w.content_hash,
-                    &vector,
-                ],
-            )?
+    let sql = match (w.vector.is_some(), mode) {
+        (true, WriteMode::Upsert) => insert_product!(
+            "DO UPDATE SET title = excluded.title, price = excluded.price,
+               category = excluded.category, description = excluded.description,
+               image_path = excluded.image_path, content_hash = excluded.content_hash,
+               embedding = excluded.embedding, updated_at = now()"
+        ),
+        (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
+        (true, WriteMode::UpdateOnly) => {
+            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5,
+               image_path = $6, content_hash = $7, embedding = $8::vector, updated_at = now() WHERE id = $1"
         }
-        (Some(v), WriteMode::UpdateOnly) => {
-            let vector = Vector::from(v.to_vec());
-            tx.execute(
-                "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5,
-                   image_path = $6, content_hash = $7, embedding = $8::vector, updated_at = now() WHERE id = $1",
-                &[
-                    &e.id,
-                    &i.title,
-                    &i.price,
-                    &i.category,
-                    &i.description,
-                    &path,
-                    &w.content_hash,
-                    &vector,
-                ],
-            )?
-        }
-        (None, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
-        (None, _) => tx.execute(
+        (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
+        (false, _) => {
             "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, image_path = $6,
-               updated_at = now() WHERE id = $1",
-            &[&e.id, &i.title, &i.price, &i.category, &i.description, &path],
-        )?,
+               updated_at = now() WHERE id = $1"
+        }
     };
-    Ok(changed > 0)
+    let vector = w.vector.map(|v| Vector::from(v.to_vec()));
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        vec![&e.id, &i.title, &i.price, &i.category, &i.description, &path];
+    if let Some(vector) = &vector {
+        params.extend([&w.content_hash as &(dyn postgres::types::ToSql + Sync), vector]);
+    }
+    let statement = match prepared.get(sql) {
+        Some(statement) => statement.clone(),
+        None => prepared.entry(sql).or_insert(tx.prepare(sql)?).clone(),
+    };
+    Ok(tx.execute(&statement, &params)? > 0)
 }
 
 impl Store for PgStore {
@@ -438,8 +432,9 @@ impl Store for PgStore {
     fn write_batch(&mut self, writes: &[ProductWrite]) -> Result<()> {
         let mut client = self.client();
         let mut tx = client.transaction()?;
+        let mut prepared = Prepared::new();
         for w in writes {
-            write_in(&mut tx, w, WriteMode::Upsert)?;
+            write_in(&mut tx, &mut prepared, w, WriteMode::Upsert)?;
         }
         tx.commit()?;
         Ok(())
@@ -448,7 +443,7 @@ impl Store for PgStore {
     fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool> {
         let mut client = self.client();
         let mut tx = client.transaction()?;
-        let written = write_in(&mut tx, write, mode)?;
+        let written = write_in(&mut tx, &mut Prepared::new(), write, mode)?;
         tx.commit()?;
         Ok(written)
     }

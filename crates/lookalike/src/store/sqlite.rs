@@ -228,58 +228,53 @@ impl SqliteStore {
 /// Characters escaped in a file path inside a SQLite URI.
 const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'?').add(b'#').add(b'%');
 
+/// Inserts a product with its vector; completed by what to do when the id exists.
+macro_rules! insert_product {
+    ($on_conflict:literal) => {
+        concat!(
+            "INSERT INTO products (id, title, price, category, description, image_path, content_hash, vector)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) ",
+            $on_conflict
+        )
+    };
+}
+
 /// The statement for one product write in `mode`; `None` vector keeps the stored one.
 fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Result<bool> {
     let e = w.entry;
     let path = e.image_path.to_string_lossy();
     let i = &e.info;
-    let changed = match (w.vector, mode) {
-        (Some(v), WriteMode::Upsert | WriteMode::CreateOnly) => {
-            let on_conflict = if mode == WriteMode::Upsert {
-                "DO UPDATE SET title = excluded.title, price = excluded.price,
-                   category = excluded.category, description = excluded.description,
-                   image_path = excluded.image_path, content_hash = excluded.content_hash,
-                   vector = excluded.vector, updated_at = CURRENT_TIMESTAMP"
-            } else {
-                "DO NOTHING"
-            };
-            tx.prepare_cached(&format!(
-                "INSERT INTO products (id, title, price, category, description, image_path, content_hash, vector)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) {on_conflict}"
-            ))?
-            .execute(params![
-                e.id,
-                i.title,
-                i.price,
-                i.category,
-                i.description,
-                path,
-                w.content_hash,
-                vector_to_blob(v)
-            ])?
+    let sql = match (w.vector.is_some(), mode) {
+        (true, WriteMode::Upsert) => insert_product!(
+            "DO UPDATE SET title = excluded.title, price = excluded.price,
+               category = excluded.category, description = excluded.description,
+               image_path = excluded.image_path, content_hash = excluded.content_hash,
+               vector = excluded.vector, updated_at = CURRENT_TIMESTAMP"
+        ),
+        (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
+        (true, WriteMode::UpdateOnly) => {
+            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
+               content_hash = ?7, vector = ?8, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
         }
-        (Some(v), WriteMode::UpdateOnly) => tx
-            .prepare_cached(
-                "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
-                   content_hash = ?7, vector = ?8, updated_at = CURRENT_TIMESTAMP WHERE id = ?1",
-            )?
-            .execute(params![
-                e.id,
-                i.title,
-                i.price,
-                i.category,
-                i.description,
-                path,
-                w.content_hash,
-                vector_to_blob(v)
-            ])?,
-        (None, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
-        (None, _) => tx
-            .prepare_cached(
-                "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
-                   updated_at = CURRENT_TIMESTAMP WHERE id = ?1",
-            )?
-            .execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
+        (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
+        (false, _) => {
+            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
+               updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
+        }
+    };
+    let mut statement = tx.prepare_cached(sql)?;
+    let changed = match w.vector {
+        Some(v) => statement.execute(params![
+            e.id,
+            i.title,
+            i.price,
+            i.category,
+            i.description,
+            path,
+            w.content_hash,
+            vector_to_blob(v)
+        ])?,
+        None => statement.execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
     };
     Ok(changed > 0)
 }
