@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
+import { createServer } from "node:http";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -14,11 +15,11 @@ const binary = process.env.LOOKALIKE_BIN ?? join(root, "target/debug/lookalike")
 const artifacts = process.env.LOOKALIKE_ARTIFACTS ?? join(root, "artifacts/web");
 const demoPhoto = join(root, "demo/images/24-mb01.jpg"); // Joust Duffle Bag, Gear/Bags
 
-let workDir, server, baseUrl, browser;
+let workDir, db, server, baseUrl, browser;
 
-function startServer(db) {
+function startServer(db, extra = []) {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(binary, ["serve", "--db", db, "--read-only", "--port", "0"], {
+    const child = spawn(binary, ["serve", "--db", db, "--read-only", "--port", "0", ...extra], {
       env: { ...process.env, LOOKALIKE_EXIT_ON_STDIN_EOF: "1" },
       stdio: ["pipe", "pipe", "inherit"],
     });
@@ -34,7 +35,7 @@ function startServer(db) {
 
 before(async () => {
   workDir = mkdtempSync(join(tmpdir(), "lookalike-web-"));
-  const db = join(workDir, "demo.db");
+  db = join(workDir, "demo.db");
   execFileSync(binary, ["index", join(root, "demo/catalogue.csv"), "--db", db], { stdio: "inherit" });
   ({ child: server, url: baseUrl } = await startServer(db));
   browser = await chromium.launch({
@@ -115,4 +116,54 @@ test("the page fits a phone screen", async () => {
   assert.deepEqual(sticking, [], "elements run off the right edge of a phone screen");
   await page.screenshot({ path: join(artifacts, "phone.png") });
   await page.close();
+});
+
+test("the widget renders similar products on a shop page of another origin", async () => {
+  // The shop: a static page on its own port, embedding the widget from lookalike's origin.
+  let lookalikeUrl;
+  const shop = createServer((request, response) => {
+    response.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    response.end(`<!doctype html><html><head><title>Joust Duffle Bag</title></head><body>
+      <h1>Joust Duffle Bag</h1><p>$34.00</p>
+      <div id="related" data-lookalike-product="24-MB01" data-lookalike-count="4"></div>
+      <script src="${lookalikeUrl}/widget.js" async></script></body></html>`);
+  });
+  await new Promise((done) => shop.listen(0, "127.0.0.1", done));
+  const shopOrigin = `http://127.0.0.1:${shop.address().port}`;
+  const { child, url } = await startServer(db, ["--cors-origin", shopOrigin]);
+  lookalikeUrl = url;
+  try {
+    const page = await browser.newPage({ viewport: { width: 1000, height: 600 } });
+    const problems = [];
+    page.on("pageerror", (e) => problems.push(e.message));
+    page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+    await page.goto(`${shopOrigin}/`);
+    const items = page.locator("#related li");
+    await items.first().waitFor();
+    assert.equal(await items.count(), 4);
+    const shown = await items.evaluateAll((lis) =>
+      lis.map((li) => ({
+        id: li.dataset.id,
+        href: li.querySelector("a")?.getAttribute("href"),
+        title: li.querySelector(".title").textContent,
+        price: li.querySelector(".price")?.textContent,
+      })),
+    );
+    assert.ok(!shown.some((i) => i.id === "24-MB01"), "the product is not its own recommendation");
+    for (const item of shown) {
+      assert.match(item.href, /^https:\/\/luma\.example\/.+\.html$/);
+      assert.notEqual(item.title, "");
+      assert.match(item.price, /^\$\d+\.\d\d$/);
+    }
+    await page.waitForFunction(() =>
+      [...document.querySelector("#related").shadowRoot.querySelectorAll("img")].every((i) => i.complete && i.naturalWidth > 0),
+    );
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: join(artifacts, "widget.png") });
+    assert.deepEqual(problems, []);
+    await page.close();
+  } finally {
+    child.kill();
+    shop.close();
+  }
 });

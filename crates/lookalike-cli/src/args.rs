@@ -75,6 +75,21 @@ pub fn non_negative(s: &str) -> Result<f32, String> {
     within(s, 0.0, 100.0).map(|x| x as f32)
 }
 
+/// A web origin: `scheme://host[:port]` with no path (as browsers send it in `Origin`), or `*`.
+pub fn origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let s = s.trim().trim_end_matches('/');
+    let shaped = s == "*"
+        || s.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@'])
+        });
+    if !shaped {
+        return Err(format!(
+            "{s:?} is not an origin like https://shop.example or http://127.0.0.1:8080"
+        ));
+    }
+    axum::http::HeaderValue::from_str(s).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +111,8 @@ mod tests {
         assert!(similarity("-1.5").is_err());
         assert!(seconds("0").is_err());
         assert!(positive("0").is_err());
+        assert_eq!(origin("https://shop.example/").unwrap(), "https://shop.example");
+        assert!(origin("http://127.0.0.1:8080").is_ok() && origin("*").is_ok());
+        assert!(origin("shop.example").is_err() && origin("https://shop.example/page").is_err());
     }
 }

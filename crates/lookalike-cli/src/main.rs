@@ -184,6 +184,10 @@ enum Command {
         /// slower connections are closed (a body must also arrive within 120 s in all).
         #[arg(value_parser = args::seconds, long, default_value_t = 10.0)]
         client_timeout_s: f64,
+        /// An origin (e.g. https://shop.example) whose pages may call the API, as the widget
+        /// does; repeat for several, `*` for any. Without it no CORS headers are sent.
+        #[arg(long = "cors-origin", value_parser = args::origin)]
+        cors_origins: Vec<axum::http::HeaderValue>,
         /// How long an image request beyond the queue waits for a place before 503, in ms.
         #[arg(value_parser = args::count::<0, 60_000>, long, default_value_t = 1000)]
         queue_wait_ms: usize,
@@ -428,6 +432,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_window_ms,
             client_timeout_s,
             queue_wait_ms,
+            cors_origins,
             classifier,
         } => {
             let token = server::check_write_access(&token, read_only)?;
@@ -462,6 +467,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 decoders: cli.threads,
                 client_timeout: std::time::Duration::from_secs_f64(client_timeout_s),
                 admission_wait: std::time::Duration::from_millis(queue_wait_ms as u64),
+                cors_origins,
             };
             server::init_logging();
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {

@@ -27,6 +27,7 @@ pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Opt
                     "price": p.info.price,
                     "category": p.info.category,
                     "description": p.info.description,
+                    "url": p.info.url,
                     "image": p.image_path,
                 })
             })

@@ -73,6 +73,7 @@ fn search_by_photo_finds_the_product_itself_first_with_its_metadata() {
     assert_eq!(hits[0]["id"], "MH01");
     assert_eq!(hits[0]["title"], "Chaz Kangeroo Hoodie");
     assert_eq!(hits[0]["price"], 52.0);
+    assert_eq!(hits[0]["url"], "https://luma.example/chaz-kangeroo-hoodie.html");
     assert!(hits[0]["score"].as_f64().unwrap() > 0.999);
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
@@ -192,6 +193,14 @@ fn bad_queries_fail_clearly() {
     ]);
     assert!(
         !out.status.success() && text(&out).contains("above the maximum price"),
+        "{}",
+        text(&out)
+    );
+    let csv = dir.path().join("script.csv");
+    std::fs::write(&csv, "id,image,url\n1,a.jpg,javascript:alert(1)\n").unwrap();
+    let out = lookalike(&["index", s(&csv), "--db", s(&dir.path().join("x.db"))]);
+    assert!(
+        !out.status.success() && text(&out).contains("line 2") && text(&out).contains("not an http(s) address"),
         "{}",
         text(&out)
     );

@@ -14,6 +14,8 @@ pub struct ProductInfo {
     pub price: Option<f64>,
     pub category: Option<String>,
     pub description: Option<String>,
+    /// The product's page in the shop, for links from results and the widget.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +60,24 @@ pub fn check_id(id: &str) -> Result<()> {
     check_text("product id", id, MAX_ID_BYTES)
 }
 
+/// A product link: an absolute http(s) URL (or a path on the shop's own site, starting with
+/// `/`), at most [`MAX_TEXT_BYTES`], without spaces, quotes or control characters. Anything else,
+/// such as `javascript:`, would be a script the page and the widget run on a click.
+pub fn check_url(url: &str) -> Result<()> {
+    check_text("url", url, MAX_TEXT_BYTES)?;
+    let lower = url.to_ascii_lowercase();
+    let shaped = lower.starts_with("https://")
+        || lower.starts_with("http://")
+        || (url.starts_with('/') && !url.starts_with("//"));
+    let clean = !url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '\\'));
+    if !(shaped && clean) {
+        bail!("the url {url:?} is not an http(s) address or a path starting with /");
+    }
+    Ok(())
+}
+
 /// A price: a finite number, not negative.
 pub fn check_price(field: &str, price: f64) -> Result<()> {
     if !(price.is_finite() && price >= 0.0) {
@@ -80,6 +100,9 @@ impl ProductInfo {
         }
         if let Some(price) = self.price {
             check_price("price", price)?;
+        }
+        if let Some(url) = &self.url {
+            check_url(url)?;
         }
         Ok(())
     }
@@ -205,5 +228,17 @@ mod tests {
             ..Default::default()
         };
         assert!(info.check().unwrap_err().to_string().contains("description"));
+        for good in ["https://shop.example/p/mh01", "http://x.y/a?b=c", "/products/mh01"] {
+            assert!(check_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "//evil.example/x",
+            "ftp://x",
+            "https://a b",
+            "data:text/html,x",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 }

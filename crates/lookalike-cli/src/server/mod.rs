@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
@@ -29,6 +29,7 @@ use lookalike::recommend::Recommender;
 use lookalike::store::Store;
 use serde_json::json;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use admission::{Admission, ImageTicket};
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub client_timeout: std::time::Duration,
     /// How long an image request waits for a place in the pipeline before 503.
     pub admission_wait: std::time::Duration,
+    /// Origins whose pages may call the API (the widget on a shop's site); none: no CORS headers.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 pub struct AppState {
@@ -140,6 +143,18 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], include_str!("web/style.css")) }),
         )
         .route(
+            "/widget.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript"),
+                        (header::CACHE_CONTROL, "public, max-age=300"),
+                    ],
+                    include_str!("web/widget.js"),
+                )
+            }),
+        )
+        .route(
             "/openapi.json",
             get(|| async {
                 (
@@ -170,7 +185,8 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
     Ok(api.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(PropagateRequestIdLayer::new(request_id.clone()))
+            .option_layer(cors(&config.cors_origins, request_id))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
                 ApiError::internal("the request handler failed").into_response()
             }))
@@ -178,6 +194,26 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
             .layer(middleware::from_fn_with_state(state, layers::read_whole_body))
             .layer(DefaultBodyLimit::disable()),
     ))
+}
+
+/// The CORS layer for `origins` (`*` for any); `None` (no CORS headers at all) without any.
+fn cors(origins: &[HeaderValue], request_id: axum::http::HeaderName) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, request_id.clone()])
+            .expose_headers([request_id])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// Runs `work` on the catalogue off the executor: PostgreSQL queries block, and scanning a big

@@ -68,6 +68,7 @@ fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiR
         price,
         category: text("category", base.category),
         description: text("description", base.description),
+        url: text("url", base.url),
     };
     info.check().map_err(bad_request)?;
     Ok(info)

@@ -27,6 +27,7 @@ pub fn product_json(p: &StoredProduct) -> Value {
         "price": p.info.price,
         "category": p.info.category,
         "description": p.info.description,
+        "url": p.info.url,
         "image_url": image_url(&p.id),
     })
 }

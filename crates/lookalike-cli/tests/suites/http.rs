@@ -820,3 +820,48 @@ fn a_server_sees_what_another_process_indexes_and_removes() {
     let (status, _) = send(client().get(format!("{}/v1/products/EXT-1", server.base)));
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn cors_headers_only_for_configured_origins_and_the_widget_script_is_served() {
+    let origin_of = |response: &reqwest::blocking::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let shop = "http://shop.example:8000";
+    let plain = client().get(url("/v1/products/MH01/similar?k=2")).header("origin", shop).send().unwrap();
+    assert_eq!(origin_of(&plain), None, "no CORS headers unless configured");
+    let widget = client().get(url("/widget.js")).send().unwrap();
+    assert_eq!(widget.status(), StatusCode::OK);
+    assert_eq!(widget.headers()["content-type"], "text/javascript");
+    assert!(widget.text().unwrap().contains("data-lookalike-product"));
+    let (_, product) = send(client().get(url("/v1/products/MH01")));
+    assert_eq!(product["url"], "https://luma.example/chaz-kangeroo-hoodie.html");
+
+    let server = start_server(&["--cors-origin", shop, "--cors-origin", "https://other.example"]);
+    let get = |origin: &str| {
+        client()
+            .get(format!("{}/v1/products/MH01/similar?k=2", server.base))
+            .header("origin", origin)
+            .send()
+            .unwrap()
+    };
+    let allowed = get(shop);
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert_eq!(origin_of(&allowed).as_deref(), Some(shop));
+    assert_eq!(origin_of(&get("https://evil.example")), None);
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/search", server.base))
+        .header("origin", "https://other.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(origin_of(&preflight).as_deref(), Some("https://other.example"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(["serve", "--read-only", "--db", &server.db, "--cors-origin", "shop.example/page"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}

@@ -17,6 +17,7 @@ struct RowInfo<'a> {
     title: Option<&'a str>,
     category: Option<&'a str>,
     price: Option<f64>,
+    url: Option<&'a str>,
 }
 
 pub fn export_npy(products: &[StoredProduct], path: &Path) -> Result<()> {
@@ -47,6 +48,7 @@ pub fn export_json(products: &[StoredProduct], path: &Path) -> Result<()> {
             title: p.info.title.as_deref(),
             category: p.info.category.as_deref(),
             price: p.info.price,
+            url: p.info.url.as_deref(),
         })
         .collect();
     crate::files::write_atomically(path, |out| {

@@ -17,6 +17,7 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", 
 const IMAGE_KEYS: &[&str] = &["image", "image_path", "path", "file", "filename", "image_file"];
 const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
 const TITLE_KEYS: &[&str] = &["title", "name"];
+const URL_KEYS: &[&str] = &["url", "link", "product_url"];
 
 /// Largest catalogue file read (CSV or JSONL); a million products take a few hundred MB.
 pub const MAX_CATALOGUE_BYTES: u64 = 2 << 30;
@@ -149,6 +150,7 @@ fn entry_from_record(row: &HashMap<String, String>, base: &Path, line: usize) ->
             price,
             category: pick(row, &["category"]).map(str::to_string),
             description: pick(row, &["description"]).map(str::to_string),
+            url: pick(row, URL_KEYS).map(str::to_string),
         },
         image_path,
     };

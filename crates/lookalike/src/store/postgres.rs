@@ -47,6 +47,9 @@ CREATE INDEX lookalike_products_price ON lookalike_products (price);
     "
 CREATE INDEX lookalike_products_image_path ON lookalike_products (image_path);
 ",
+    "
+ALTER TABLE lookalike_products ADD COLUMN url text;
+",
 ];
 
 /// Advisory lock key for schema changes ("lookalik" in ASCII).
@@ -131,25 +134,27 @@ fn parse_url(url: &str) -> Result<(String, UrlOptions)> {
     Ok((url, options))
 }
 
-fn product_info(row: &Row, first: usize) -> ProductInfo {
+fn product_info(row: &Row) -> ProductInfo {
     ProductInfo {
-        title: row.get(first),
-        price: row.get(first + 1),
-        category: row.get(first + 2),
-        description: row.get(first + 3),
+        title: row.get("title"),
+        price: row.get("price"),
+        category: row.get("category"),
+        description: row.get("description"),
+        url: row.get("url"),
     }
 }
 
-const PRODUCT_COLUMNS: &str = "id, title, price, category, description, image_path, content_hash";
+/// Everything but the vector.
+const PRODUCT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash";
 
 fn product_from(row: &Row, with_vector: bool) -> StoredProduct {
     StoredProduct {
-        id: row.get(0),
-        info: product_info(row, 1),
-        image_path: row.get(5),
-        content_hash: row.get(6),
+        id: row.get("id"),
+        info: product_info(row),
+        image_path: row.get("image_path"),
+        content_hash: row.get("content_hash"),
         vector: if with_vector {
-            row.get::<_, Vector>(7).to_vec()
+            row.get::<_, Vector>("embedding").to_vec()
         } else {
             Vec::new()
         },
@@ -293,8 +298,8 @@ fn migrate(client: &mut Client) -> Result<()> {
 macro_rules! insert_product {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO lookalike_products (id, title, price, category, description, image_path, content_hash, embedding)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector) ON CONFLICT (id) ",
+            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector) ON CONFLICT (id) ",
             $on_conflict
         )
     };
@@ -316,24 +321,24 @@ fn write_in(
     let sql = match (w.vector.is_some(), mode) {
         (true, WriteMode::Upsert) => insert_product!(
             "DO UPDATE SET title = excluded.title, price = excluded.price,
-               category = excluded.category, description = excluded.description,
+               category = excluded.category, description = excluded.description, url = excluded.url,
                image_path = excluded.image_path, content_hash = excluded.content_hash,
                embedding = excluded.embedding, updated_at = now()"
         ),
         (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
         (true, WriteMode::UpdateOnly) => {
-            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5,
-               image_path = $6, content_hash = $7, embedding = $8::vector, updated_at = now() WHERE id = $1"
+            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
+               image_path = $7, content_hash = $8, embedding = $9::vector, updated_at = now() WHERE id = $1"
         }
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
         (false, _) => {
-            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, image_path = $6,
-               updated_at = now() WHERE id = $1"
+            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
+               image_path = $7, updated_at = now() WHERE id = $1"
         }
     };
     let vector = w.vector.map(|v| Vector::from(v.to_vec()));
     let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
-        vec![&e.id, &i.title, &i.price, &i.category, &i.description, &path];
+        vec![&e.id, &i.title, &i.price, &i.category, &i.description, &i.url, &path];
     if let Some(vector) = &vector {
         params.extend([&w.content_hash as &(dyn postgres::types::ToSql + Sync), vector]);
     }
@@ -418,11 +423,11 @@ impl Store for PgStore {
             .iter()
             .map(|r| {
                 (
-                    r.get(0),
+                    r.get("id"),
                     Fingerprint {
-                        info: product_info(r, 1),
-                        image_path: r.get(5),
-                        content_hash: r.get(6),
+                        info: product_info(r),
+                        image_path: r.get("image_path"),
+                        content_hash: r.get("content_hash"),
                     },
                 )
             })
@@ -472,7 +477,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         let row = self.client().query_opt(
-            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector FROM lookalike_products WHERE id = $1"),
+            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector AS embedding FROM lookalike_products WHERE id = $1"),
             &[&id],
         )?;
         Ok(row.map(|r| product_from(&r, true)))
@@ -480,7 +485,7 @@ impl Store for PgStore {
 
     fn products(&self) -> Result<Vec<StoredProduct>> {
         let rows = self.client().query(
-            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector FROM lookalike_products ORDER BY id"),
+            &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector AS embedding FROM lookalike_products ORDER BY id"),
             &[],
         )?;
         Ok(rows.iter().map(|r| product_from(r, true)).collect())
@@ -648,7 +653,7 @@ impl Store for PgStore {
         let mut hits: Vec<Scored> = rows
             .iter()
             .map(|r| {
-                let distance: f64 = r.get(7);
+                let distance: f64 = r.get("distance");
                 let score = match metric {
                     Metric::Cosine => 1.0 - distance,
                     Metric::Euclidean => distance,

@@ -13,8 +13,8 @@ use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{ProductInfo, StoredProduct};
 
-/// Version 2 added the change log and the image-path index.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added the change log and the image-path index, 3 the product `url`.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS manifest (
@@ -199,8 +199,12 @@ impl SqliteStore {
         }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
-            if Self::probe(conn)? < SCHEMA_VERSION {
+            let version = Self::probe(conn)?;
+            if version < SCHEMA_VERSION {
                 conn.execute_batch(SCHEMA)?;
+                if version < 3 {
+                    conn.execute_batch("ALTER TABLE products ADD COLUMN url TEXT")?;
+                }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             conn.execute_batch("COMMIT")
@@ -232,8 +236,8 @@ const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'
 macro_rules! insert_product {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO products (id, title, price, category, description, image_path, content_hash, vector)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) ",
+            "INSERT INTO products (id, title, price, category, description, url, image_path, content_hash, vector)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) ",
             $on_conflict
         )
     };
@@ -247,19 +251,19 @@ fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Re
     let sql = match (w.vector.is_some(), mode) {
         (true, WriteMode::Upsert) => insert_product!(
             "DO UPDATE SET title = excluded.title, price = excluded.price,
-               category = excluded.category, description = excluded.description,
+               category = excluded.category, description = excluded.description, url = excluded.url,
                image_path = excluded.image_path, content_hash = excluded.content_hash,
                vector = excluded.vector, updated_at = CURRENT_TIMESTAMP"
         ),
         (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
         (true, WriteMode::UpdateOnly) => {
-            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
-               content_hash = ?7, vector = ?8, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
+            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, url = ?6,
+               image_path = ?7, content_hash = ?8, vector = ?9, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
         }
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
         (false, _) => {
-            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, image_path = ?6,
-               updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
+            "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, url = ?6,
+               image_path = ?7, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
         }
     };
     let mut statement = tx.prepare_cached(sql)?;
@@ -270,11 +274,12 @@ fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Re
             i.price,
             i.category,
             i.description,
+            i.url,
             path,
             w.content_hash,
             vector_to_blob(v)
         ])?,
-        None => statement.execute(params![e.id, i.title, i.price, i.category, i.description, path])?,
+        None => statement.execute(params![e.id, i.title, i.price, i.category, i.description, i.url, path])?,
     };
     Ok(changed > 0)
 }
@@ -286,27 +291,29 @@ fn trim_change_log(tx: &rusqlite::Transaction) -> Result<()> {
     Ok(())
 }
 
-/// title, price, category, description from consecutive columns starting at `first`.
-fn info_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<ProductInfo> {
+fn info_of(r: &rusqlite::Row) -> rusqlite::Result<ProductInfo> {
     Ok(ProductInfo {
-        title: r.get(first)?,
-        price: r.get(first + 1)?,
-        category: r.get(first + 2)?,
-        description: r.get(first + 3)?,
+        title: r.get("title")?,
+        price: r.get("price")?,
+        category: r.get("category")?,
+        description: r.get("description")?,
+        url: r.get("url")?,
     })
 }
 
 fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
     Ok(StoredProduct {
-        id: r.get(0)?,
-        info: info_at(r, 1)?,
-        image_path: r.get(5)?,
-        content_hash: r.get(6)?,
-        vector: blob_to_vector(&r.get::<_, Vec<u8>>(7)?),
+        id: r.get("id")?,
+        info: info_of(r)?,
+        image_path: r.get("image_path")?,
+        content_hash: r.get("content_hash")?,
+        vector: blob_to_vector(&r.get::<_, Vec<u8>>("vector")?),
     })
 }
 
-const PRODUCT_COLUMNS: &str = "id, title, price, category, description, image_path, content_hash, vector";
+/// Everything but the vector.
+const FINGERPRINT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash";
+const PRODUCT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash, vector";
 
 impl Store for SqliteStore {
     fn manifest(&self) -> Result<Option<ModelManifest>> {
@@ -364,15 +371,14 @@ impl Store for SqliteStore {
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, title, price, category, description, image_path, content_hash FROM products")?;
+            .prepare(&format!("SELECT {FINGERPRINT_COLUMNS} FROM products"))?;
         let rows = stmt.query_map([], |r| {
-            let info = info_at(r, 1)?;
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, String>("id")?,
                 Fingerprint {
-                    info,
-                    image_path: r.get(5)?,
-                    content_hash: r.get(6)?,
+                    info: info_of(r)?,
+                    image_path: r.get("image_path")?,
+                    content_hash: r.get("content_hash")?,
                 },
             ))
         })?;

@@ -125,6 +125,9 @@ function openDetails(id) {
   $("details-meta").textContent = [p.category, price(p.price), p.id].filter(Boolean).join(" · ");
   $("details-description").textContent = p.description ?? "";
   $("details-more").onclick = () => moreLike(p.id);
+  // Only http(s) addresses and site paths are accepted into the catalogue.
+  $("details-link").hidden = !p.url;
+  if (p.url) $("details-link").href = p.url;
   $("details").showModal();
 }
 
