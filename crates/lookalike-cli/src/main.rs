@@ -192,6 +192,21 @@ enum Command {
         #[arg(value_parser = args::count::<0, 60_000>, long, default_value_t = 1000)]
         queue_wait_ms: usize,
     },
+    /// "Similar products" for every product in one batch run, written as a shop imports them:
+    /// `.csv` (`sku,related_skus`, Magento's related-products import) or `.jsonl` (with scores).
+    /// A re-run computes again only what added, changed or removed products touch.
+    RecommendAll {
+        #[arg(long)]
+        db: String,
+        #[arg(value_parser = args::count::<1, 1000>, short, long, default_value_t = 12)]
+        k: usize,
+        /// Where to write: a .csv or a .jsonl file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The previous run's state, read and rewritten (default: the output path + `.state.json`).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
     /// Groups of duplicate products: identical image bytes (exact) or nearly identical features (near).
     Dedup {
         #[arg(long)]
@@ -603,6 +618,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::RecommendAll { db, k, out, state } => {
+            let write = match out
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("csv") => lookalike::catalogue::export::export_related_csv,
+                Some("jsonl" | "ndjson") => lookalike::catalogue::export::export_related_jsonl,
+                _ => bail!("--out {}: write a .csv or a .jsonl file", out.display()),
+            };
+            let state_path = state.unwrap_or_else(|| {
+                let mut name = out.clone().into_os_string();
+                name.push(".state.json");
+                PathBuf::from(name)
+            });
+            let previous: Option<lookalike::index::related::Previous> = match std::fs::read(&state_path) {
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(previous) => Some(previous),
+                    Err(err) => {
+                        eprintln!("ignoring {} ({err}): computing everything", state_path.display());
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let started = std::time::Instant::now();
+            let products = open_existing(&db)?.products()?;
+            let loaded = started.elapsed();
+            let (related, next, work) = lookalike::recommend::related_for_all(&products, k, previous.as_ref());
+            let computed = started.elapsed() - loaded;
+            write(&related, &out)?;
+            lookalike::files::write_atomically(&state_path, |w| Ok(serde_json::to_writer(w, &next)?))?;
+            println!(
+                "related products for {} products (k={k}) in {}: {} computed against the whole catalogue, \
+                 {} only against the {} new or changed; {:.1}s to load, {:.1}s to compute ({:.0} products/s)",
+                products.len(),
+                out.display(),
+                work.full,
+                work.merged,
+                work.fresh,
+                loaded.as_secs_f64(),
+                computed.as_secs_f64(),
+                products.len() as f64 / computed.as_secs_f64().max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dedup { db, threshold, json } => {
             let index = load_index(&*open_existing(&db)?)?;

@@ -959,3 +959,116 @@ fn a_read_only_catalogue_file_in_a_read_only_folder_answers_queries() {
     );
     std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// `sku -> related skus` from a `recommend-all` CSV.
+fn related_csv(path: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(reader.headers().unwrap(), vec!["sku", "related_skus"]);
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[1].split(',').map(str::to_string).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn recommend_all_agrees_with_similar_and_reruns_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = copy_demo(&dir.path().join("shop"));
+    let db = dir.path().join("shop.db");
+    ok_status(lookalike(&["index", s(&csv_path), "--db", s(&db)]));
+    let out = dir.path().join("related.csv");
+    let first = lookalike(&["recommend-all", "--db", s(&db), "-k", "5", "--out", s(&out)]);
+    assert!(
+        text(&first).contains("60 computed against the whole catalogue"),
+        "{}",
+        text(&first)
+    );
+    let related = related_csv(&out);
+    assert_eq!(related.len(), DEMO_PRODUCTS);
+    for (sku, skus) in &related {
+        assert_eq!(skus.len(), 5, "{sku}");
+        assert!(!skus.contains(sku), "{sku} is not its own related product");
+    }
+    let similar = json(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "5", "--json"]));
+    let similar: Vec<&str> = similar
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    let mh01 = &related.iter().find(|(sku, _)| sku == "MH01").unwrap().1;
+    assert_eq!(mh01, &similar);
+
+    // Two products added (one with MH01's very photo), one removed: a rerun touches little and
+    // gives what a run from scratch gives.
+    let mut catalogue = std::fs::read_to_string(&csv_path).unwrap();
+    catalogue.push_str("NEW-1,Twin hoodie,52,Men/Tops/Hoodies & Sweatshirts,,,images/mh01.jpg\n");
+    catalogue.push_str("NEW-2,Twin bag,34,Gear/Bags,,,images/24-mb01.jpg\n");
+    std::fs::write(&csv_path, catalogue).unwrap();
+    ok_status(lookalike(&["index", s(&csv_path), "--db", s(&db)]));
+    ok_status(lookalike(&["remove", "WJ03", "--db", s(&db)]));
+    let rerun = lookalike(&["recommend-all", "--db", s(&db), "-k", "5", "--out", s(&out)]);
+    let t = text(&rerun);
+    assert!(t.contains("only against the 2 new or changed"), "{t}");
+    let full: usize = t
+        .split(" computed against")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(full < 30, "{t}");
+    let fresh = dir.path().join("fresh.jsonl");
+    ok_status(lookalike(&[
+        "recommend-all",
+        "--db",
+        s(&db),
+        "-k",
+        "5",
+        "--out",
+        s(&fresh),
+    ]));
+    let from_scratch: Vec<(String, Vec<String>)> = std::fs::read_to_string(&fresh)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let scores: Vec<f64> = row["related"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["score"].as_f64().unwrap())
+                .collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{row}");
+            let ids = row["related"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string());
+            (row["id"].as_str().unwrap().to_string(), ids.collect())
+        })
+        .collect();
+    let incremental = related_csv(&out);
+    assert_eq!(incremental, from_scratch);
+    assert_eq!(incremental.len(), DEMO_PRODUCTS + 1);
+    assert!(incremental.iter().all(|(_, skus)| !skus.iter().any(|s| s == "WJ03")));
+    assert_eq!(incremental.iter().find(|(sku, _)| sku == "MH01").unwrap().1[0], "NEW-1");
+    let out = lookalike(&[
+        "recommend-all",
+        "--db",
+        s(&db),
+        "--out",
+        s(&dir.path().join("related.txt")),
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains(".csv or a .jsonl"),
+        "{}",
+        text(&out)
+    );
+}

@@ -11,6 +11,7 @@ pub mod files;
 pub mod image;
 pub mod index;
 pub mod learn;
+pub mod linalg;
 pub mod model;
 pub mod recommend;
 pub mod store;

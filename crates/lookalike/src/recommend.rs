@@ -12,9 +12,10 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use anyhow::Result;
 
+use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::VectorIndex;
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
-use crate::types::{CatalogueEntry, Filter, Metric, Page, Scored, StoredProduct};
+use crate::types::{CatalogueEntry, Filter, Metric, Page, RelatedIds, Scored, StoredProduct};
 
 pub struct Recommender {
     store: Mutex<Guarded>,
@@ -199,4 +200,49 @@ impl Recommender {
     pub fn image_in_use(&self, image_path: &str) -> Result<bool> {
         self.guarded().store.image_in_use(image_path)
     }
+}
+
+/// Related products for every product of `products` (the `k` most similar by cosine, best
+/// first), reusing `previous` (an earlier run's state) for what did not change; returns the lists
+/// by id, the state for the next run, and how much was computed again.
+pub fn related_for_all(
+    products: &[StoredProduct],
+    k: usize,
+    previous: Option<&Previous>,
+) -> (Vec<(String, RelatedIds)>, Previous, Work) {
+    // Keyed by the vector itself: a new image, a re-index with another head, anything that moves it.
+    let fingerprints: Vec<String> = products.iter().map(|p| vector_fingerprint(&p.vector)).collect();
+    let catalogue = Catalogue {
+        ids: products.iter().map(|p| p.id.as_str()).collect(),
+        hashes: fingerprints.iter().map(String::as_str).collect(),
+        vectors: UnitVectors::new(&products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>()),
+    };
+    let (neighbours, work) = related_products(&catalogue, k, previous);
+    let related: Vec<(String, RelatedIds)> = products
+        .iter()
+        .zip(neighbours)
+        .map(|(p, n)| {
+            let named = n
+                .into_iter()
+                .map(|(j, score)| (products[j].id.clone(), score))
+                .collect();
+            (p.id.clone(), named)
+        })
+        .collect();
+    let state = Previous {
+        k,
+        hashes: products.iter().map(|p| p.id.clone()).zip(fingerprints).collect(),
+        related: related.iter().cloned().collect(),
+    };
+    (related, state, work)
+}
+
+/// A 64-bit digest of a vector's exact bits (a multiply-xorshift mix; not cryptographic).
+fn vector_fingerprint(vector: &[f32]) -> String {
+    let mut h: u64 = 0x9E37_79B9_7F4A_7C15 ^ vector.len() as u64;
+    for x in vector {
+        h = (h ^ u64::from(x.to_bits())).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 32;
+    }
+    format!("{h:016x}")
 }

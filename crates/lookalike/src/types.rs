@@ -111,6 +111,9 @@ impl ProductInfo {
 /// A product with its score (cosine similarity, or Euclidean distance).
 pub type Scored = (StoredProduct, f32);
 
+/// The products related to one product, by id, best first, with their cosine similarities.
+pub type RelatedIds = Vec<(String, f32)>;
+
 /// One page of the product list.
 pub struct Page {
     pub total: usize,

@@ -1,5 +1,6 @@
-//! Exporting a catalogue's vectors the way notebook users keep them: a NumPy
-//! `.npy` matrix (rows in id order) and a JSON list describing each row.
+//! Exporting a catalogue's vectors the way notebook users keep them (a NumPy `.npy` matrix, rows
+//! in id order, and a JSON list describing each row), and related-product lists the way shops
+//! import them (CSV `sku,related_skus` as Magento's import takes it, JSON lines with scores).
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,7 @@ use anyhow::{bail, Result};
 use npyz::WriterBuilder;
 use serde::Serialize;
 
-use crate::types::StoredProduct;
+use crate::types::{RelatedIds, StoredProduct};
 
 #[derive(Serialize)]
 struct RowInfo<'a> {
@@ -58,10 +59,63 @@ pub fn export_json(products: &[StoredProduct], path: &Path) -> Result<()> {
     })
 }
 
+/// `sku,related_skus` with the related SKUs comma-separated in one field, best first.
+pub fn export_related_csv(related: &[(String, RelatedIds)], path: &Path) -> Result<()> {
+    crate::files::write_atomically(path, |out| {
+        let mut writer = csv::Writer::from_writer(out);
+        writer.write_record(["sku", "related_skus"])?;
+        for (id, neighbours) in related {
+            let skus: Vec<&str> = neighbours.iter().map(|(n, _)| n.as_str()).collect();
+            writer.write_record([id.as_str(), &skus.join(",")])?;
+        }
+        writer.flush()?;
+        Ok(())
+    })
+}
+
+/// One JSON object per product: `{"id", "related": [{"id", "score"}, ...]}`.
+pub fn export_related_jsonl(related: &[(String, RelatedIds)], path: &Path) -> Result<()> {
+    crate::files::write_atomically(path, |out| {
+        for (id, neighbours) in related {
+            let related: Vec<serde_json::Value> = neighbours
+                .iter()
+                .map(|(n, score)| serde_json::json!({ "id": n, "score": score }))
+                .collect();
+            serde_json::to_writer(&mut *out, &serde_json::json!({ "id": id, "related": related }))?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::ProductInfo;
+
+    #[test]
+    fn related_lists_are_written_as_shops_import_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let related = vec![
+            (
+                "A".to_string(),
+                vec![("B".to_string(), 0.9), ("C, with comma".to_string(), 0.5)],
+            ),
+            ("B".to_string(), vec![]),
+        ];
+        let csv_path = dir.path().join("related.csv");
+        export_related_csv(&related, &csv_path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&csv_path).unwrap(),
+            "sku,related_skus\nA,\"B,C, with comma\"\nB,\n"
+        );
+        let jsonl = dir.path().join("related.jsonl");
+        export_related_jsonl(&related, &jsonl).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&jsonl).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["related"][0]["id"], "B");
+        assert!((first["related"][0]["score"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+    }
 
     #[test]
     fn npy_round_trips_with_shape() {

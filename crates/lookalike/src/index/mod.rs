@@ -11,6 +11,7 @@
 //! measures both the speed and the recall against the exact scan.
 
 pub mod dedup;
+pub mod related;
 
 use std::collections::HashMap;
 

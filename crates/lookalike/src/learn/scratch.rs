@@ -14,8 +14,9 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::learn::head::{gemm, l2_normalise_rows, Dense, Strided};
+use crate::learn::head::Dense;
 use crate::learn::train::{cross_entropy, dense_backward, parallel_gradients, Adam, LayerGrads};
+use crate::linalg::{gemm, l2_normalise_rows, Strided};
 
 pub const SIDE: usize = 28;
 const C1: usize = 32;

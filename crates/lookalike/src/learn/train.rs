@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use rayon::prelude::*;
 
-use crate::learn::head::{gemm, l2_normalise_rows, softmax_rows, Dense, Head, HeadKind, Strided};
+use crate::learn::head::{Dense, Head, HeadKind};
 use crate::learn::trunk::Trunk;
+use crate::linalg::{gemm, l2_normalise_rows, softmax_rows, Strided};
 
 /// Learning rate of fine-tuned backbone blocks relative to the head's: pretrained weights
 /// need small steps, a freshly initialised head large ones.

@@ -57,6 +57,8 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// The schema version of the file (below [`SCHEMA_VERSION`] only when opened read-only).
+    schema: i64,
     /// `PRAGMA data_version` when the change log was last read: it moves only when another
     /// connection commits, so an unchanged value answers [`Store::changes_since`] without a query.
     seen_data_version: Cell<Option<i64>>,
@@ -124,7 +126,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_error(path, e))?;
         retry_busy(|| Self::migrate(&conn)).map_err(|e| open_error(path, e))?;
-        let store = Self::with_connection(conn, path);
+        let mut store = Self::with_connection(conn, path);
         store.check_version()?;
         Ok(store)
     }
@@ -154,7 +156,7 @@ impl SqliteStore {
             Err(e) => return Err(open_error(path, e)),
         };
         conn.busy_timeout(BUSY_WAIT)?;
-        let store = Self::with_connection(conn, path);
+        let mut store = Self::with_connection(conn, path);
         store.check_version()?;
         let tables: i64 = store.conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('manifest', 'products')",
@@ -171,6 +173,7 @@ impl SqliteStore {
         Self {
             conn,
             path: path.to_path_buf(),
+            schema: 0,
             seen_data_version: Cell::new(None),
         }
     }
@@ -180,8 +183,10 @@ impl SqliteStore {
         conn.pragma_query_value(None, "user_version", |r| r.get(0))
     }
 
-    fn check_version(&self) -> Result<()> {
+    /// Reads the file's schema version, refusing one newer than this lookalike knows.
+    fn check_version(&mut self) -> Result<()> {
         let version = Self::probe(&self.conn).map_err(|e| open_error(&self.path, e))?;
+        self.schema = version;
         if version > SCHEMA_VERSION {
             bail!(
                 "{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})",
@@ -311,9 +316,19 @@ fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
     })
 }
 
-/// Everything but the vector.
-const FINGERPRINT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash";
-const PRODUCT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash, vector";
+/// Everything but the vector. A file of schema 1 or 2, opened read-only and so not upgraded,
+/// has no `url` column: it reads as NULL.
+fn fingerprint_columns(schema: i64) -> &'static str {
+    if schema >= 3 {
+        "id, title, price, category, description, url, image_path, content_hash"
+    } else {
+        "id, title, price, category, description, NULL AS url, image_path, content_hash"
+    }
+}
+
+fn product_columns(schema: i64) -> String {
+    format!("{}, vector", fingerprint_columns(schema))
+}
 
 impl Store for SqliteStore {
     fn manifest(&self) -> Result<Option<ModelManifest>> {
@@ -371,7 +386,7 @@ impl Store for SqliteStore {
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {FINGERPRINT_COLUMNS} FROM products"))?;
+            .prepare(&format!("SELECT {} FROM products", fingerprint_columns(self.schema)))?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>("id")?,
@@ -467,12 +482,12 @@ impl Store for SqliteStore {
     }
 
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
-        let sql = format!("SELECT {} FROM products WHERE id = ?1", PRODUCT_COLUMNS);
+        let sql = format!("SELECT {} FROM products WHERE id = ?1", product_columns(self.schema));
         Ok(self.conn.query_row(&sql, [id], row_to_product).optional()?)
     }
 
     fn products(&self) -> Result<Vec<StoredProduct>> {
-        let sql = format!("SELECT {} FROM products ORDER BY id", PRODUCT_COLUMNS);
+        let sql = format!("SELECT {} FROM products ORDER BY id", product_columns(self.schema));
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], row_to_product)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -1,0 +1,81 @@
+//! Dense linear algebra the pipeline shares: a strided view of a matrix, `gemm` on
+//! `matrixmultiply`, and row-wise normalisations. Imports nothing from the crate.
+
+/// A matrix operand for [`gemm`]: a slice with its row and column strides, so transposes are free.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c = alpha · a · b + beta · c`, `a` m×k, `b` k×n, `c` row-major m×n.
+pub fn gemm(a: Strided, b: Strided, c: &mut [f32], (m, k, n): (usize, usize, usize), alpha: f32, beta: f32) {
+    assert!(
+        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        "gemm operands too small"
+    );
+    // SAFETY: every element the strides address lies inside its slice (asserted above).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.data.as_ptr(),
+            a.row_stride as isize,
+            a.col_stride as isize,
+            b.data.as_ptr(),
+            b.row_stride as isize,
+            b.col_stride as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+pub fn l2_normalise_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_mut(width) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// Softmax of each row, in place.
+pub fn softmax_rows(x: &mut [f32], width: usize) {
+    for row in x.chunks_mut(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
