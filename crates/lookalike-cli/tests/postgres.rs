@@ -46,6 +46,19 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
     PgStore::connect(&pg).unwrap();
     assert!(has_index(&mut client));
 
+    // The batch of related products is the same from either store, and links come back.
+    let related = |db: &str, name: &str| {
+        let out = dir.path().join(name);
+        ok(lookalike(&["recommend-all", "--db", db, "-k", "4", "--out", s(&out)]));
+        std::fs::read_to_string(out).unwrap()
+    };
+    assert_eq!(related(s(&sqlite), "sqlite.csv"), related(&pg, "pg.csv"));
+    let similar = json(&lookalike(&["similar", "MH01", "--db", &pg, "-k", "1", "--json"]));
+    assert!(
+        similar[0]["url"].as_str().unwrap().starts_with("https://luma.example/"),
+        "{similar}"
+    );
+
     for photo in ["24-mb01.jpg", "mh03.jpg", "wp03.jpg"] {
         let photo = demo().join("images").join(photo);
         let query = |db: &str, extra: &[&str]| {
