@@ -202,11 +202,14 @@ pub fn recommendation_grid(query: &image::RgbImage, hits: &[Scored], score_name:
         BLACK.mix(0.2),
     ))
     .map_err(plot_error)?;
-    for (i, (p, score)) in hits.iter().enumerate() {
+    for (i, hit) in hits.iter().enumerate() {
+        let (p, score) = (&hit.product, hit.score);
         let (col, row) = (i as u32 % columns, i as u32 / columns);
         let x = (20 + (col + 1) * (TILE + 20)) as i32;
         let y = (20 + row * (tile_height + 20)) as i32;
-        match lookalike::image::load_image(Path::new(&p.image_path)) {
+        // The view that matched, not always the main photo.
+        let shown = p.image_paths().nth(hit.image).unwrap_or(&p.image_path);
+        match lookalike::image::load_image(Path::new(shown)) {
             Ok(image) => draw_image(x, y, &image)?,
             Err(_) => root
                 .draw(&Rectangle::new(

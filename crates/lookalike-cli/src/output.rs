@@ -17,18 +17,22 @@ pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Opt
         let rows: Vec<_> = hits
             .iter()
             .enumerate()
-            .map(|(rank, (p, score))| {
+            .map(|(rank, hit)| {
+                let p = &hit.product;
                 json!({
                     "rank": rank + 1,
                     "id": p.id,
-                    "score": score,
+                    "score": hit.score,
                     "metric": metric,
                     "title": p.info.title,
                     "price": p.info.price,
                     "category": p.info.category,
                     "description": p.info.description,
                     "url": p.info.url,
+                    "group": p.info.group,
                     "image": p.image_path,
+                    "images": p.image_paths().collect::<Vec<_>>(),
+                    "matched_image": p.image_paths().nth(hit.image),
                 })
             })
             .collect();
@@ -57,18 +61,25 @@ pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Opt
         Metric::Cosine => "similarity",
         Metric::Euclidean => "distance",
     };
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["rank", "id", score, "category", "title", "price", "image"]);
-    for (rank, (p, score)) in hits.iter().enumerate() {
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "rank",
+        "id",
+        score,
+        "category",
+        "title",
+        "price",
+        "matched image",
+    ]);
+    for (rank, hit) in hits.iter().enumerate() {
+        let p = &hit.product;
         table.add_row([
             (rank + 1).to_string(),
             p.id.clone(),
-            format!("{score:.4}"),
+            format!("{:.4}", hit.score),
             p.info.category.clone().unwrap_or_default(),
             p.info.title.clone().unwrap_or_default(),
             p.info.price.map(|v| format!("{v:.2}")).unwrap_or_default(),
-            p.image_path.clone(),
+            p.image_paths().nth(hit.image).unwrap_or_default().to_string(),
         ]);
     }
     println!("{table}");

@@ -8,6 +8,7 @@
 //! beside a server, on the same SQLite file) are read from the store's change log before each
 //! read, so memory never answers from a catalogue that has moved on.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use anyhow::Result;
@@ -15,7 +16,7 @@ use anyhow::Result;
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::VectorIndex;
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
-use crate::types::{CatalogueEntry, Filter, Metric, Page, RelatedIds, Scored, StoredProduct};
+use crate::types::{Filter, Metric, Page, RelatedIds, Scored, StoredProduct};
 
 pub struct Recommender {
     store: Mutex<Guarded>,
@@ -121,21 +122,50 @@ impl Recommender {
         exclude: Option<&str>,
     ) -> Result<Vec<Scored>> {
         match self.memory()? {
-            Some(index) => Ok(index
-                .search(query, k, metric, filter, exclude)?
-                .into_iter()
-                .map(|hit| (hit.product.clone(), hit.score))
-                .collect()),
+            Some(index) => Ok(scored(index.search(query, k, metric, filter, exclude)?)),
             None => self.guarded().store.nearest(query, k, metric, filter, exclude),
         }
     }
 
-    /// Products that look like product `id` (itself excluded); `None` if there is no such product.
+    /// Products that look like product `id`, every image of it a query; neither the product nor
+    /// other products of its group. `None` if there is no such product.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Option<Vec<Scored>>> {
         let Some(product) = self.find(id)? else {
             return Ok(None);
         };
-        self.search(&product.vector, k, metric, filter, Some(id)).map(Some)
+        let filter = Filter {
+            exclude_group: product.info.group.clone(),
+            ..filter.clone()
+        };
+        if let Some(index) = self.memory()? {
+            let views: Vec<&[f32]> = product.vectors().collect();
+            return Ok(Some(scored(index.search_views(
+                &views,
+                k,
+                metric,
+                &filter,
+                Some(id),
+            )?)));
+        }
+        // The database searches one vector at a time: each view's neighbours, each product by its best.
+        let mut best: HashMap<String, Scored> = HashMap::new();
+        for view in product.vectors() {
+            for hit in self.guarded().store.nearest(view, k, metric, &filter, Some(id))? {
+                let better = best
+                    .get(&hit.product.id)
+                    .is_none_or(|known| metric.best_first(hit.score, known.score).is_lt());
+                if better {
+                    best.insert(hit.product.id.clone(), hit);
+                }
+            }
+        }
+        let mut hits: Vec<Scored> = best.into_values().collect();
+        hits.sort_by(|a, b| {
+            metric
+                .best_first(a.score, b.score)
+                .then_with(|| a.product.id.cmp(&b.product.id))
+        });
+        Ok(Some(crate::types::keep_per_group(hits, k, filter.one_per_group)))
     }
 
     /// Products in id order, optionally of one category (case-insensitive), skipping `offset`.
@@ -166,16 +196,14 @@ impl Recommender {
     /// Stores `product` as `mode` allows and makes it searchable; false if `mode`'s condition
     /// (no such product yet, or the product still there) did not hold and nothing was written.
     pub fn write(&self, product: StoredProduct, mode: WriteMode) -> Result<bool> {
-        let entry = CatalogueEntry {
-            id: product.id.clone(),
-            info: product.info.clone(),
-            image_path: product.image_path.clone().into(),
-        };
+        let entry = product.entry();
+        let images = product.image_writes();
         let mut guarded = self.guarded();
         let write = ProductWrite {
             entry: &entry,
             content_hash: &product.content_hash,
             vector: Some(&product.vector),
+            more_images: Some(&images),
         };
         if !guarded.store.write_one(&write, mode)? {
             return Ok(false);
@@ -245,4 +273,14 @@ fn vector_fingerprint(vector: &[f32]) -> String {
         h ^= h >> 32;
     }
     format!("{h:016x}")
+}
+
+fn scored(hits: Vec<crate::index::Hit>) -> Vec<Scored> {
+    hits.into_iter()
+        .map(|hit| Scored {
+            product: hit.product.clone(),
+            score: hit.score,
+            image: hit.image,
+        })
+        .collect()
 }

@@ -16,22 +16,67 @@ pub struct ProductInfo {
     pub description: Option<String>,
     /// The product's page in the shop, for links from results and the widget.
     pub url: Option<String>,
+    /// The family a product belongs to (its parent product, when variants are products of their
+    /// own): results show one product per group unless asked for all.
+    pub group: Option<String>,
 }
 
+/// A product as a catalogue lists it: its main image, then further views in catalogue order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogueEntry {
     pub id: String,
     pub info: ProductInfo,
     pub image_path: PathBuf,
+    pub more_images: Vec<PathBuf>,
+}
+
+impl CatalogueEntry {
+    /// The main image, then the further views.
+    pub fn images(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.image_path).chain(&self.more_images)
+    }
+}
+
+/// A stored view of a product beyond its main image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductImage {
+    pub path: String,
+    pub content_hash: String,
+    pub vector: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredProduct {
     pub id: String,
     pub info: ProductInfo,
+    /// The main image.
     pub image_path: String,
     pub content_hash: String,
     pub vector: Vec<f32>,
+    /// Further views (back, detail, other colours), in catalogue order.
+    pub more_images: Vec<ProductImage>,
+}
+
+impl StoredProduct {
+    /// Paths of all images, the main one first: a product's image `n` is `image_paths()[n]`.
+    pub fn image_paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.image_path.as_str()).chain(self.more_images.iter().map(|i| i.path.as_str()))
+    }
+
+    /// Vectors of all images, the main one first.
+    pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
+        std::iter::once(self.vector.as_slice()).chain(self.more_images.iter().map(|i| i.vector.as_slice()))
+    }
+}
+
+/// The first `k` of `hits` (best first), only the first of each group when `one_per_group`.
+pub fn keep_per_group(mut hits: Vec<Scored>, k: usize, one_per_group: bool) -> Vec<Scored> {
+    if one_per_group {
+        let mut seen = std::collections::HashSet::new();
+        hits.retain(|h| h.product.info.group.as_ref().is_none_or(|g| seen.insert(g.clone())));
+    }
+    hits.truncate(k);
+    hits
 }
 
 /// Longest product id, in bytes.
@@ -92,6 +137,7 @@ impl ProductInfo {
         for (field, value, max) in [
             ("title", &self.title, MAX_TEXT_BYTES),
             ("category", &self.category, MAX_TEXT_BYTES),
+            ("group", &self.group, MAX_ID_BYTES),
             ("description", &self.description, MAX_DESCRIPTION_BYTES),
         ] {
             if let Some(value) = value {
@@ -108,8 +154,14 @@ impl ProductInfo {
     }
 }
 
-/// A product with its score (cosine similarity, or Euclidean distance).
-pub type Scored = (StoredProduct, f32);
+/// A product with its score (cosine similarity, or Euclidean distance) and the image of it that
+/// matched best (0: the main image).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub product: StoredProduct,
+    pub score: f32,
+    pub image: usize,
+}
 
 /// The products related to one product, by id, best first, with their cosine similarities.
 pub type RelatedIds = Vec<(String, f32)>;
@@ -159,10 +211,15 @@ pub struct Filter {
     pub any_category: Vec<String>,
     pub min_price: Option<f64>,
     pub max_price: Option<f64>,
+    /// Only the best product of each group (see [`ProductInfo::group`]).
+    pub one_per_group: bool,
+    /// No product of this group (a product's own variants are not "similar products").
+    pub exclude_group: Option<String>,
 }
 
 impl Filter {
-    /// A filter from user input: a blank category means none; the price range must not be empty.
+    /// A filter from user input: a blank category means none; the price range must not be empty;
+    /// one product per group.
     pub fn new(category: Option<String>, min_price: Option<f64>, max_price: Option<f64>) -> Result<Self> {
         for (name, price) in [("minimum price", min_price), ("maximum price", max_price)] {
             if let Some(price) = price {
@@ -182,10 +239,15 @@ impl Filter {
             any_category: Vec::new(),
             min_price,
             max_price,
+            one_per_group: true,
+            exclude_group: None,
         })
     }
 
     pub fn accepts(&self, p: &StoredProduct) -> bool {
+        if self.exclude_group.is_some() && p.info.group == self.exclude_group {
+            return false;
+        }
         let is = |c: &String| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c));
         if self.category.as_ref().is_some_and(|c| !is(c)) {
             return false;

@@ -444,7 +444,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
             pg.nearest(q, k, Metric::Cosine, &filter, None)
                 .expect("PostgreSQL search")
                 .into_iter()
-                .map(|(p, _)| p.id)
+                .map(|hit| hit.product.id)
                 .collect()
         });
         table.add_row([
@@ -557,6 +557,7 @@ pub fn synth_catalogue(from: &Path, db: &Path, products: usize, seed: u64) -> Re
                     id: format!("{}~{n}", original.id),
                     info,
                     image_path: PathBuf::from(&original.image_path),
+                    more_images: Vec::new(),
                 };
                 (entry, format!("{}~{n}", original.content_hash), vector)
             })
@@ -567,6 +568,7 @@ pub fn synth_catalogue(from: &Path, db: &Path, products: usize, seed: u64) -> Re
                 entry,
                 content_hash: hash,
                 vector: Some(vector),
+                more_images: None,
             })
             .collect();
         target.write_batch(&writes)?;

@@ -69,6 +69,7 @@ fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiR
         category: text("category", base.category),
         description: text("description", base.description),
         url: text("url", base.url),
+        group: text("group", base.group),
     };
     info.check().map_err(bad_request)?;
     Ok(info)
@@ -163,6 +164,7 @@ pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -
         image_path: String::new(),
         content_hash: String::new(),
         vector,
+        more_images: Vec::new(),
     };
     match store_with_upload(&state, product, image, WriteMode::CreateOnly).await? {
         (true, product) => Ok((StatusCode::CREATED, Json(product_json(&product)))),

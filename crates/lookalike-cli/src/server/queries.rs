@@ -16,8 +16,13 @@ use super::{on_catalogue, read_form, ApiResult, Shared};
 const MAX_K: usize = 200;
 const MAX_PER_PAGE: usize = 200;
 
-fn image_url(id: &str) -> String {
-    format!("/v1/products/{}/image", utf8_percent_encode(id, NON_ALPHANUMERIC))
+/// Where image `n` of product `id` is served (0: the main image).
+fn image_url(id: &str, n: usize) -> String {
+    let id = utf8_percent_encode(id, NON_ALPHANUMERIC);
+    match n {
+        0 => format!("/v1/products/{id}/image"),
+        n => format!("/v1/products/{id}/images/{n}"),
+    }
 }
 
 pub fn product_json(p: &StoredProduct) -> Value {
@@ -28,16 +33,19 @@ pub fn product_json(p: &StoredProduct) -> Value {
         "category": p.info.category,
         "description": p.info.description,
         "url": p.info.url,
-        "image_url": image_url(&p.id),
+        "group": p.info.group,
+        "image_url": image_url(&p.id, 0),
+        "images": (0..=p.more_images.len()).map(|n| image_url(&p.id, n)).collect::<Vec<_>>(),
     })
 }
 
 fn hits_json(hits: &[Scored], metric: Metric) -> Value {
     let results: Vec<Value> = hits
         .iter()
-        .map(|(product, score)| {
-            let mut v = product_json(product);
-            v["score"] = json!(score);
+        .map(|hit| {
+            let mut v = product_json(&hit.product);
+            v["score"] = json!(hit.score);
+            v["matched_image"] = json!(image_url(&hit.product.id, hit.image));
             v
         })
         .collect();
@@ -242,7 +250,7 @@ pub async fn recommend(
         let hits = c.search(&query, k + excluded.len(), Metric::Cosine, &filter, None)?;
         Ok(Ok(hits
             .into_iter()
-            .filter(|(p, _)| !excluded.contains(p.id.as_str()))
+            .filter(|hit| !excluded.contains(hit.product.id.as_str()))
             .take(k)
             .collect::<Vec<Scored>>()))
     })

@@ -127,6 +127,7 @@ mod tests {
                 image_path: format!("{i}.jpg"),
                 content_hash: String::new(),
                 vector: vec![i as f32, 0.5, -1.0],
+                more_images: Vec::new(),
             })
             .collect();
         let npy = dir.path().join("e.npy");

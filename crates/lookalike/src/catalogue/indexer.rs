@@ -2,7 +2,7 @@
 //! parallel on a producer thread while the network runs on the previous batch,
 //! then one store transaction per batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::content_hash;
 use crate::image::{decode_image, read_image_file, ImageError};
 use crate::model::{Embedder, ImageEmbedding};
-use crate::store::{Fingerprint, ProductWrite, Store};
+use crate::store::{Fingerprint, ImageWrite, ProductWrite, Store};
 use crate::types::CatalogueEntry;
 
 pub const DEFAULT_BATCH_SIZE: usize = 32;
@@ -72,42 +72,71 @@ impl IndexReport {
     }
 }
 
-/// What the producer decided for one entry.
-enum Prepared {
-    Unchanged,
-    MetadataOnly { hash: String },
-    Embed { hash: String, tensor: Vec<f32> },
-    Skip(String),
+/// What the producer found for one image of an entry.
+enum View {
+    /// Stored already with this content hash: its vector is kept.
+    Known {
+        hash: String,
+    },
+    Embed {
+        hash: String,
+        tensor: Vec<f32>,
+    },
+    Failed(String),
 }
 
-fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Prepared {
-    // Stores keep paths as text; a lossy copy would point at no file.
-    if entry.image_path.to_str().is_none() {
-        return Prepared::Skip("the path is not valid UTF-8 (rename the file or its folders)".into());
+impl View {
+    fn hash(&self) -> Option<&str> {
+        match self {
+            Self::Known { hash } | Self::Embed { hash, .. } => Some(hash),
+            Self::Failed(_) => None,
+        }
     }
-    let bytes = match read_image_file(&entry.image_path) {
+}
+
+/// Reads `path` and decides whether it needs embedding: not if `known_hashes` (what the store
+/// has for this slot of the product) holds its content hash.
+fn prepare_view(path: &Path, known_hashes: &[&str], embedder: &Embedder) -> View {
+    // Stores keep paths as text; a lossy copy would point at no file.
+    if path.to_str().is_none() {
+        return View::Failed("the path is not valid UTF-8 (rename the file or its folders)".into());
+    }
+    let bytes = match read_image_file(path) {
         Ok(b) => b,
-        Err(e) => return Prepared::Skip(e.to_string()),
+        Err(e) => return View::Failed(e.to_string()),
     };
     let hash = content_hash(&bytes);
-    if let Some(known) = known.filter(|k| k.content_hash == hash) {
-        let same_info = known.info == entry.info && known.image_path == entry.image_path.to_string_lossy();
-        return if same_info {
-            Prepared::Unchanged
-        } else {
-            Prepared::MetadataOnly { hash }
-        };
+    if known_hashes.contains(&hash.as_str()) {
+        return View::Known { hash };
     }
     match decode_image(&bytes) {
-        Ok(image) => Prepared::Embed {
+        Ok(image) => View::Embed {
             hash,
             tensor: embedder.preprocessing.tensor_of(&image),
         },
-        Err(e) => Prepared::Skip(e.to_string()),
+        Err(e) => View::Failed(e.to_string()),
     }
 }
 
-/// Embeds new and changed images of `entries` into `store`; `on_batch(done, total)` after each batch.
+/// The entry's images as views, the main one first.
+fn prepare(entry: &CatalogueEntry, known: Option<&Fingerprint>, embedder: &Embedder) -> Vec<View> {
+    let main_known: Vec<&str> = known.map(|k| k.content_hash.as_str()).into_iter().collect();
+    let more_known: Vec<&str> = known
+        .map(|k| k.more_images.iter().map(|(_, hash)| hash.as_str()).collect())
+        .unwrap_or_default();
+    std::iter::once(prepare_view(&entry.image_path, &main_known, embedder))
+        .chain(
+            entry
+                .more_images
+                .iter()
+                .map(|path| prepare_view(path, &more_known, embedder)),
+        )
+        .collect()
+}
+
+/// Embeds the new and changed images of `entries` into `store`; `on_batch(done, total)` after
+/// each batch of entries. A product whose main image cannot be used is skipped; a further view
+/// that cannot be used is left out of the product. Both are reported in [`IndexReport::skipped`].
 pub fn index_catalogue(
     store: &mut dyn Store,
     embedder: &Embedder,
@@ -126,7 +155,7 @@ pub fn index_catalogue(
 
     std::thread::scope(|scope| -> Result<()> {
         // Two prepared batches in flight: enough to hide decoding behind inference, bounded memory.
-        let (sender, receiver) = sync_channel::<(usize, Vec<Prepared>)>(2);
+        let (sender, receiver) = sync_channel::<(usize, Vec<Vec<View>>)>(2);
         let known = &known;
         scope.spawn(move || {
             for (n, chunk) in entries.chunks(batch_size).enumerate() {
@@ -142,43 +171,83 @@ pub fn index_catalogue(
         let mut done = 0;
         for (start, prepared) in receiver {
             let chunk = &entries[start..start + prepared.len()];
-            let mut input = Vec::new();
-            let mut to_embed = Vec::new();
-            for (i, p) in prepared.iter().enumerate() {
-                if let Prepared::Embed { tensor, .. } = p {
-                    input.extend_from_slice(tensor);
-                    to_embed.push(i);
-                }
-            }
-            let out = embedder.run(&input, to_embed.len())?;
-            let row_of: HashMap<usize, usize> = to_embed.iter().enumerate().map(|(row, &i)| (i, row)).collect();
-            let mut writes = Vec::new();
-            for (i, (entry, p)) in chunk.iter().zip(&prepared).enumerate() {
-                match p {
-                    Prepared::Unchanged => report.unchanged += 1,
-                    Prepared::MetadataOnly { hash } => {
-                        report.metadata_updated += 1;
-                        writes.push(ProductWrite {
-                            entry,
-                            content_hash: hash,
-                            vector: None,
-                        });
+            let tensors: Vec<&[f32]> = prepared
+                .iter()
+                .flatten()
+                .filter_map(|view| match view {
+                    View::Embed { tensor, .. } => Some(tensor.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            let features = embed_tensors(embedder, &tensors)?;
+            let mut next_feature = features.iter();
+            // Per entry: its views with their new vectors (None: keep the stored one).
+            let mut plans = Vec::new();
+            for (entry, views) in chunk.iter().zip(&prepared) {
+                let mut usable = Vec::new();
+                for (path, view) in entry.images().zip(views) {
+                    let vector = match view {
+                        View::Embed { .. } => Some(next_feature.next().expect("one feature per tensor").as_slice()),
+                        _ => None,
+                    };
+                    match (view, view.hash()) {
+                        (View::Failed(reason), _) => report.skipped.push(Skipped {
+                            id: entry.id.clone(),
+                            path: path.clone(),
+                            reason: reason.clone(),
+                        }),
+                        (_, Some(hash)) => usable.push((path, hash, vector)),
+                        (_, None) => unreachable!("only failed views lack a hash"),
                     }
-                    Prepared::Embed { hash, .. } => {
-                        report.embedded += 1;
-                        writes.push(ProductWrite {
-                            entry,
-                            content_hash: hash,
-                            vector: Some(out.feature(row_of[&i])),
-                        });
-                    }
-                    Prepared::Skip(reason) => report.skipped.push(Skipped {
-                        id: entry.id.clone(),
-                        path: entry.image_path.clone(),
-                        reason: reason.clone(),
-                    }),
                 }
+                plans.push((entry, views.first().and_then(View::hash).is_some(), usable));
             }
+            let mut image_writes = Vec::new();
+            let mut product_writes = Vec::new();
+            for (entry, main_usable, usable) in &plans {
+                if !main_usable {
+                    continue; // the main image failed: reported, product not written
+                }
+                let stored = known.get(&entry.id);
+                let (main, more) = usable.split_first().expect("the main image is usable");
+                let more_now: Vec<(String, String)> = more
+                    .iter()
+                    .map(|(path, hash, _)| (path.to_string_lossy().into_owned(), hash.to_string()))
+                    .collect();
+                let same_more = stored.is_some_and(|k| k.more_images == more_now);
+                let embedded = usable.iter().filter(|(_, _, v)| v.is_some()).count();
+                let same_info =
+                    stored.is_some_and(|k| k.info == entry.info && k.image_path == entry.image_path.to_string_lossy());
+                if embedded == 0 && same_more && same_info {
+                    report.unchanged += 1;
+                    continue;
+                }
+                if embedded == 0 {
+                    report.metadata_updated += 1;
+                }
+                report.embedded += embedded;
+                let more_images = (!same_more).then(|| {
+                    more.iter()
+                        .map(|(path, hash, vector)| ImageWrite {
+                            path: path.to_str().expect("checked to be UTF-8"),
+                            content_hash: hash,
+                            vector: *vector,
+                        })
+                        .collect::<Vec<_>>()
+                });
+                image_writes.push(more_images);
+                product_writes.push((entry, main.1, main.2));
+            }
+            let writes: Vec<ProductWrite> = product_writes
+                .iter()
+                .zip(&image_writes)
+                .map(|((entry, hash, vector), images)| ProductWrite {
+                    entry,
+                    content_hash: hash,
+                    vector: *vector,
+                    more_images: images.as_deref(),
+                })
+                .collect();
             store.write_batch(&writes)?;
             done += chunk.len();
             on_batch(done, entries.len());
@@ -208,6 +277,17 @@ pub fn index_catalogue(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Features of `tensors`, run through the network in batches of at most [`DEFAULT_BATCH_SIZE`].
+fn embed_tensors(embedder: &Embedder, tensors: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+    let mut features = Vec::with_capacity(tensors.len());
+    for batch in tensors.chunks(DEFAULT_BATCH_SIZE) {
+        let input: Vec<f32> = batch.iter().flat_map(|t| t.iter().copied()).collect();
+        let out = embedder.run(&input, batch.len())?;
+        features.extend((0..batch.len()).map(|i| out.feature(i).to_vec()));
+    }
+    Ok(features)
 }
 
 /// Embeds image files for queries; each result is the embedding or why the image was refused.
@@ -258,6 +338,7 @@ pub fn index_augmented_views(
                 id: format!("{}#aug{v}", p.id),
                 info: p.info.clone(),
                 image_path: PathBuf::from(&p.image_path),
+                more_images: Vec::new(),
             };
             let key = format!("{}|{}|seed={seed}|view={v}", p.content_hash, augmentation.describe());
             (entry, key, p, v)
@@ -294,6 +375,7 @@ pub fn index_augmented_views(
                 entry: &chunk[i].0,
                 content_hash: &chunk[i].1,
                 vector: Some(out.feature(row)),
+                more_images: None,
             })
             .collect();
         store.write_batch(&writes)?;

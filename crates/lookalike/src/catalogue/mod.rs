@@ -18,6 +18,7 @@ const IMAGE_KEYS: &[&str] = &["image", "image_path", "path", "file", "filename",
 const ID_KEYS: &[&str] = &["id", "sku", "product_id"];
 const TITLE_KEYS: &[&str] = &["title", "name"];
 const URL_KEYS: &[&str] = &["url", "link", "product_url"];
+const GROUP_KEYS: &[&str] = &["group", "parent", "parent_sku", "group_id"];
 
 /// Largest catalogue file read (CSV or JSONL); a million products take a few hundred MB.
 pub const MAX_CATALOGUE_BYTES: u64 = 2 << 30;
@@ -114,6 +115,7 @@ pub fn read_image_folder(root: &Path) -> Result<Catalogue> {
                 ..Default::default()
             },
             image_path: item.path().to_path_buf(),
+            more_images: Vec::new(),
         });
     }
     reject_duplicate_ids(&origins, &catalogue.entries)?;
@@ -151,8 +153,10 @@ fn entry_from_record(row: &HashMap<String, String>, base: &Path, line: usize) ->
             category: pick(row, &["category"]).map(str::to_string),
             description: pick(row, &["description"]).map(str::to_string),
             url: pick(row, URL_KEYS).map(str::to_string),
+            group: pick(row, GROUP_KEYS).map(str::to_string),
         },
         image_path,
+        more_images: Vec::new(),
     };
     check_id(&entry.id)
         .and_then(|()| entry.info.check())

@@ -122,6 +122,7 @@ mod tests {
             image_path: String::new(),
             content_hash: hash.into(),
             vector: v,
+            more_images: Vec::new(),
         }
     }
 

@@ -30,12 +30,19 @@ const MIN_SHORTLIST: usize = 256;
 pub struct Hit<'a> {
     pub product: &'a StoredProduct,
     pub score: f32,
+    /// The product's image that matched best (0: the main image).
+    pub image: usize,
 }
 
-/// All products of a catalogue, with an int8 copy of their vectors laid out contiguously for scanning.
+/// All products of a catalogue with every image's vector, and an int8 copy of those vectors laid
+/// out contiguously for scanning: one row per image.
 pub struct VectorIndex {
     products: Vec<StoredProduct>,
     positions: HashMap<String, usize>,
+    /// Each row's product and image number (0: the main image).
+    rows: Vec<(u32, u16)>,
+    /// Each product's rows.
+    product_rows: Vec<Vec<u32>>,
     codes: Vec<i8>,
     scales: Vec<f32>,
     norms: Vec<f32>,
@@ -117,12 +124,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 impl VectorIndex {
     pub fn new(products: Vec<StoredProduct>) -> Result<Self> {
         let dimension = products.first().map_or(0, |p| p.vector.len());
+        let images: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
         let mut index = Self {
             products: Vec::with_capacity(products.len()),
             positions: HashMap::with_capacity(products.len()),
-            codes: Vec::with_capacity(products.len() * dimension),
-            scales: Vec::with_capacity(products.len()),
-            norms: Vec::with_capacity(products.len()),
+            rows: Vec::with_capacity(images),
+            product_rows: Vec::with_capacity(products.len()),
+            codes: Vec::with_capacity(images * dimension),
+            scales: Vec::with_capacity(images),
+            norms: Vec::with_capacity(images),
             dimension,
         };
         for p in products {
@@ -136,51 +146,80 @@ impl VectorIndex {
         if self.products.is_empty() {
             self.dimension = product.vector.len();
         }
-        if product.vector.len() != self.dimension {
+        if let Some(bad) = product.vectors().find(|v| v.len() != self.dimension) {
             bail!(
                 "product {:?} has a {}-d vector, the catalogue's are {}-d",
                 product.id,
-                product.vector.len(),
+                bad.len(),
                 self.dimension
             );
         }
-        let norm = dot(&product.vector, &product.vector).sqrt();
-        let i = match self.positions.get(&product.id) {
-            Some(&i) => {
-                self.norms[i] = norm;
-                self.products[i] = product;
-                i
+        let p = match self.positions.get(&product.id) {
+            Some(&p) => {
+                self.drop_rows(p);
+                self.products[p] = product;
+                p
             }
             None => {
-                let i = self.products.len();
-                self.positions.insert(product.id.clone(), i);
-                self.codes.resize((i + 1) * self.dimension, 0);
-                self.scales.push(0.0);
-                self.norms.push(norm);
+                let p = self.products.len();
+                self.positions.insert(product.id.clone(), p);
                 self.products.push(product);
-                i
+                self.product_rows.push(Vec::new());
+                p
             }
         };
         let d = self.dimension;
-        self.scales[i] = quantize(&self.products[i].vector, &mut self.codes[i * d..(i + 1) * d]);
+        for (image, vector) in self.products[p].vectors().enumerate() {
+            let row = self.rows.len();
+            self.rows.push((p as u32, image as u16));
+            self.norms.push(dot(vector, vector).sqrt());
+            self.codes.resize((row + 1) * d, 0);
+            self.scales.push(quantize(vector, &mut self.codes[row * d..]));
+            self.product_rows[p].push(row as u32);
+        }
         Ok(())
+    }
+
+    /// Removes the rows of product `p`; the last rows take their places.
+    fn drop_rows(&mut self, p: usize) {
+        let mut rows = std::mem::take(&mut self.product_rows[p]);
+        // Highest first, so a row moved into a freed place is never one still to be freed.
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        let d = self.dimension;
+        for row in rows {
+            let (row, last) = (row as usize, self.rows.len() - 1);
+            if row != last {
+                self.codes.copy_within(last * d..(last + 1) * d, row * d);
+                let (owner, _) = self.rows[last];
+                let moved = &mut self.product_rows[owner as usize];
+                let at = moved
+                    .iter()
+                    .position(|&r| r as usize == last)
+                    .expect("a row's owner lists it");
+                moved[at] = row as u32;
+            }
+            self.rows.swap_remove(row);
+            self.norms.swap_remove(row);
+            self.scales.swap_remove(row);
+            self.codes.truncate(last * d);
+        }
     }
 
     /// Removes a product; the last one takes its place.
     pub fn remove(&mut self, id: &str) -> bool {
-        let Some(i) = self.positions.remove(id) else {
+        let Some(p) = self.positions.remove(id) else {
             return false;
         };
+        self.drop_rows(p);
         let last = self.products.len() - 1;
-        if i != last {
-            let d = self.dimension;
-            self.codes.copy_within(last * d..(last + 1) * d, i * d);
-            self.positions.insert(self.products[last].id.clone(), i);
+        if p != last {
+            self.positions.insert(self.products[last].id.clone(), p);
+            for &row in &self.product_rows[last] {
+                self.rows[row as usize].0 = p as u32;
+            }
         }
-        self.products.swap_remove(i);
-        self.norms.swap_remove(i);
-        self.scales.swap_remove(i);
-        self.codes.truncate(last * self.dimension);
+        self.products.swap_remove(p);
+        self.product_rows.swap_remove(p);
         true
     }
 
@@ -192,9 +231,14 @@ impl VectorIndex {
         self.products.is_empty()
     }
 
+    /// Images indexed: one row each.
+    pub fn images(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Bytes of vector data held: the f32 vectors, their int8 copy, scales and norms.
     pub fn vector_bytes(&self) -> usize {
-        self.len() * (self.dimension * (4 + 1) + 8)
+        self.rows.len() * (self.dimension * (4 + 1) + 8)
     }
 
     pub fn dimension(&self) -> usize {
@@ -209,20 +253,26 @@ impl VectorIndex {
         self.positions.get(id).map(|&i| &self.products[i])
     }
 
-    fn score(&self, i: usize, query: &[f32], query_norm: f32, metric: Metric) -> f32 {
-        self.score_from_dot(i, dot(query, &self.products[i].vector), query_norm, metric)
+    fn row_vector(&self, row: usize) -> &[f32] {
+        let (p, image) = self.rows[row];
+        let product = &self.products[p as usize];
+        match image {
+            0 => &product.vector,
+            n => &product.more_images[n as usize - 1].vector,
+        }
     }
 
-    fn score_from_dot(&self, i: usize, d: f32, query_norm: f32, metric: Metric) -> f32 {
+    fn score_from_dot(&self, row: usize, d: f32, query_norm: f32, metric: Metric) -> f32 {
         match metric {
-            Metric::Cosine => d / (query_norm * self.norms[i]).max(f32::MIN_POSITIVE),
-            Metric::Euclidean => (query_norm * query_norm + self.norms[i] * self.norms[i] - 2.0 * d)
+            Metric::Cosine => d / (query_norm * self.norms[row]).max(f32::MIN_POSITIVE),
+            Metric::Euclidean => (query_norm * query_norm + self.norms[row] * self.norms[row] - 2.0 * d)
                 .max(0.0)
                 .sqrt(),
         }
     }
 
     /// The `k` best products for `query` that pass `filter`, best first; `exclude` drops one id.
+    /// A product scores by its best-matching image.
     pub fn search(
         &self,
         query: &[f32],
@@ -231,81 +281,135 @@ impl VectorIndex {
         filter: &Filter,
         exclude: Option<&str>,
     ) -> Result<Vec<Hit<'_>>> {
-        if !self.is_empty() && query.len() != self.dimension {
+        self.search_views(&[query], k, metric, filter, exclude)
+    }
+
+    /// Like [`Self::search`] for several query images at once (the views of one product): a
+    /// product scores by the best match between any query and any of its images.
+    pub fn search_views(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<Hit<'_>>> {
+        if let Some(q) = queries.iter().find(|q| !self.is_empty() && q.len() != self.dimension) {
             bail!(
                 "query vector is {}-d, the catalogue's are {}-d",
-                query.len(),
+                q.len(),
                 self.dimension
             );
         }
-        let query_norm = dot(query, query).sqrt();
-        let accepted = |i: usize| {
-            let p = &self.products[i];
+        let accepted = |row: usize| {
+            let p = &self.products[self.rows[row].0 as usize];
             filter.accepts(p) && exclude != Some(p.id.as_str())
         };
-        let shortlist_len = (k * SHORTLIST_PER_RESULT).max(MIN_SHORTLIST);
-        let candidates: Vec<usize> = if self.len() <= shortlist_len {
-            (0..self.len()).filter(|&i| accepted(i)).collect()
-        } else {
-            let d = self.dimension;
-            let mut query_codes = vec![0i8; d];
-            let query_scale = quantize(query, &mut query_codes);
-            let approximate = |i: usize| {
-                let approx_dot =
-                    dot_i8(&query_codes, &self.codes[i * d..(i + 1) * d]) as f32 * query_scale * self.scales[i];
-                (i, self.score_from_dot(i, approx_dot, query_norm, metric))
-            };
-            let mut shortlist: Vec<(usize, f32)> = if self.len() >= PARALLEL_THRESHOLD {
-                (0..self.len())
-                    .into_par_iter()
-                    .filter(|&i| accepted(i))
-                    .map(approximate)
-                    .collect()
+        // Rows are images: enough of them for k distinct products, and for one per group.
+        let images_per_product = self.rows.len().div_ceil(self.products.len().max(1));
+        let shortlist_len = (k * SHORTLIST_PER_RESULT).max(MIN_SHORTLIST) * images_per_product;
+        let mut best: HashMap<usize, (f32, u16)> = HashMap::new();
+        for query in queries {
+            let query_norm = dot(query, query).sqrt();
+            let candidates: Vec<usize> = if self.rows.len() <= shortlist_len {
+                (0..self.rows.len()).filter(|&r| accepted(r)).collect()
             } else {
-                (0..self.len()).filter(|&i| accepted(i)).map(approximate).collect()
+                let d = self.dimension;
+                let mut query_codes = vec![0i8; d];
+                let query_scale = quantize(query, &mut query_codes);
+                let approximate = |r: usize| {
+                    let approx_dot =
+                        dot_i8(&query_codes, &self.codes[r * d..(r + 1) * d]) as f32 * query_scale * self.scales[r];
+                    (r, self.score_from_dot(r, approx_dot, query_norm, metric))
+                };
+                let mut shortlist: Vec<(usize, f32)> = if self.rows.len() >= PARALLEL_THRESHOLD {
+                    (0..self.rows.len())
+                        .into_par_iter()
+                        .filter(|&r| accepted(r))
+                        .map(approximate)
+                        .collect()
+                } else {
+                    (0..self.rows.len()).filter(|&r| accepted(r)).map(approximate).collect()
+                };
+                keep_best(&mut shortlist, shortlist_len, metric);
+                shortlist.into_iter().map(|(r, _)| r).collect()
             };
-            keep_best(&mut shortlist, shortlist_len, metric);
-            shortlist.into_iter().map(|(i, _)| i).collect()
-        };
-        let mut scored: Vec<(usize, f32)> = candidates
-            .into_iter()
-            .map(|i| (i, self.score(i, query, query_norm, metric)))
-            .collect();
-        keep_best(&mut scored, k, metric);
+            for r in candidates {
+                let score = self.score_from_dot(r, dot(query, self.row_vector(r)), query_norm, metric);
+                let (p, image) = self.rows[r];
+                let entry = best.entry(p as usize).or_insert((score, image));
+                if metric.best_first(score, entry.0).is_lt() {
+                    *entry = (score, image);
+                }
+            }
+        }
+        let mut scored: Vec<(usize, f32)> = best.iter().map(|(&p, &(score, _))| (p, score)).collect();
+        keep_best_per_group(&mut scored, k, metric, filter.one_per_group.then_some(&self.products));
         Ok(scored
             .into_iter()
-            .map(|(i, score)| Hit {
-                product: &self.products[i],
+            .map(|(p, score)| Hit {
+                product: &self.products[p],
                 score,
+                image: best[&p].1 as usize,
             })
             .collect())
     }
 
-    /// The reference for the shortlist: every accepted product scored exactly.
+    /// The reference for the shortlist: every image of every accepted product scored exactly.
     pub fn search_exact(&self, query: &[f32], k: usize, metric: Metric, filter: &Filter) -> Vec<Hit<'_>> {
         let query_norm = dot(query, query).sqrt();
-        let mut scored: Vec<(usize, f32)> = (0..self.len())
+        let mut best: Vec<(usize, f32, usize)> = (0..self.products.len())
             .into_par_iter()
-            .filter(|&i| filter.accepts(&self.products[i]))
-            .map(|i| (i, self.score(i, query, query_norm, metric)))
+            .filter(|&p| filter.accepts(&self.products[p]))
+            .map(|p| {
+                self.product_rows[p]
+                    .iter()
+                    .map(|&r| {
+                        let r = r as usize;
+                        let score = self.score_from_dot(r, dot(query, self.row_vector(r)), query_norm, metric);
+                        (p, score, self.rows[r].1 as usize)
+                    })
+                    .min_by(|a, b| metric.best_first(a.1, b.1))
+                    .expect("every product has its main image")
+            })
             .collect();
-        keep_best(&mut scored, k, metric);
+        let mut scored: Vec<(usize, f32)> = best.iter().map(|&(p, s, _)| (p, s)).collect();
+        keep_best_per_group(&mut scored, k, metric, filter.one_per_group.then_some(&self.products));
+        best.sort_unstable_by_key(|b| b.0);
         scored
             .into_iter()
-            .map(|(i, score)| Hit {
-                product: &self.products[i],
+            .map(|(p, score)| Hit {
+                product: &self.products[p],
                 score,
+                image: best[best.binary_search_by_key(&p, |b| b.0).expect("scored")].2,
             })
             .collect()
     }
 
-    /// Products that look like product `id` (itself excluded).
+    /// Products that look like product `id` (itself excluded), its every image a query.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Vec<Hit<'_>>> {
         let Some(product) = self.find(id) else {
             bail!("no product with id {id:?} in the catalogue");
         };
-        self.search(&product.vector, k, metric, filter, Some(id))
+        let views: Vec<&[f32]> = product.vectors().collect();
+        self.search_views(&views, k, metric, filter, Some(id))
     }
+}
+
+/// Keeps the `k` best (product, score) pairs, best first (ties to the lower index); with
+/// `groups`, only the best product of each group (products without one are their own group).
+fn keep_best_per_group(scored: &mut Vec<(usize, f32)>, k: usize, metric: Metric, groups: Option<&[StoredProduct]>) {
+    let Some(products) = groups else {
+        keep_best(scored, k, metric);
+        return;
+    };
+    keep_best(scored, usize::MAX, metric);
+    let mut seen = std::collections::HashSet::new();
+    scored.retain(|&(p, _)| match &products[p].info.group {
+        Some(group) => seen.insert(group.as_str()),
+        None => true,
+    });
+    scored.truncate(k);
 }
 
 #[cfg(test)]
@@ -324,6 +428,7 @@ mod tests {
             image_path: String::new(),
             content_hash: String::new(),
             vector: v,
+            more_images: Vec::new(),
         }
     }
 
@@ -461,6 +566,143 @@ mod tests {
             let exact = idx.search_exact(&query, 10, metric, &filter);
             assert_eq!(ids(&fast), ids(&exact), "{metric:?}");
             assert_eq!(fast[0].score, exact[0].score);
+        }
+    }
+
+    fn with_views(mut p: StoredProduct, views: &[Vec<f32>], group: Option<&str>) -> StoredProduct {
+        p.more_images = views
+            .iter()
+            .enumerate()
+            .map(|(n, v)| crate::types::ProductImage {
+                path: format!("{}-{n}.jpg", p.id),
+                content_hash: String::new(),
+                vector: v.clone(),
+            })
+            .collect();
+        p.info.group = group.map(str::to_string);
+        p
+    }
+
+    #[test]
+    fn a_product_scores_by_its_best_view_and_names_it() {
+        let idx = VectorIndex::new(vec![
+            with_views(
+                product("shirt", vec![1.0, 0.0, 0.0], "tops", None),
+                &[vec![0.0, 0.0, 1.0]],
+                None,
+            ),
+            product("mug", vec![0.0, 1.0, 0.0], "home", None),
+        ])
+        .unwrap();
+        assert_eq!(idx.images(), 3);
+        let hits = idx
+            .search(&[0.1, 0.0, 1.0], 2, Metric::Cosine, &Filter::default(), None)
+            .unwrap();
+        assert_eq!(ids(&hits), ["shirt", "mug"], "one entry per product, never its views");
+        assert_eq!(hits[0].image, 1, "the back view matched");
+        let exact = idx.search_exact(&[0.1, 0.0, 1.0], 2, Metric::Cosine, &Filter::default());
+        assert_eq!((exact[0].product.id.as_str(), exact[0].image), ("shirt", 1));
+        // Every view of a product is a query for its neighbours.
+        let idx = VectorIndex::new(vec![
+            with_views(
+                product("a", vec![1.0, 0.0, 0.0], "x", None),
+                &[vec![0.0, 0.0, 1.0]],
+                None,
+            ),
+            product("b", vec![0.0, 0.1, 1.0], "x", None),
+            product("c", vec![0.7, 0.7, 0.0], "x", None),
+        ])
+        .unwrap();
+        let similar = idx.similar("a", 1, Metric::Cosine, &Filter::default()).unwrap();
+        assert_eq!(ids(&similar), ["b"], "the second view found b");
+    }
+
+    #[test]
+    fn groups_show_once_and_views_follow_upserts_and_removals() {
+        let red = with_views(
+            product("tee-red", vec![1.0, 0.0], "tops", None),
+            &[vec![0.9, 0.1]],
+            Some("tee"),
+        );
+        let blue = with_views(product("tee-blue", vec![0.95, 0.05], "tops", None), &[], Some("tee"));
+        let mut idx = VectorIndex::new(vec![red, blue, product("cap", vec![0.5, 0.5], "hats", None)]).unwrap();
+        let one = Filter {
+            one_per_group: true,
+            ..Filter::default()
+        };
+        let hits = idx.search(&[1.0, 0.0], 3, Metric::Cosine, &one, None).unwrap();
+        assert_eq!(ids(&hits), ["tee-red", "cap"]);
+        let all = idx
+            .search(&[1.0, 0.0], 3, Metric::Cosine, &Filter::default(), None)
+            .unwrap();
+        assert_eq!(ids(&all), ["tee-red", "tee-blue", "cap"]);
+        let others = Filter {
+            exclude_group: Some("tee".into()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            ids(&idx.search(&[1.0, 0.0], 3, Metric::Cosine, &others, None).unwrap()),
+            ["cap"]
+        );
+        // Replacing a product's views and removing products keep every row pointing right.
+        idx.upsert(with_views(
+            product("cap", vec![0.0, 1.0], "hats", None),
+            &[vec![1.0, 0.0], vec![0.6, 0.4]],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(idx.images(), 6);
+        assert!(idx.remove("tee-red"));
+        assert_eq!(idx.images(), 4);
+        let hits = idx
+            .search(&[1.0, 0.0], 2, Metric::Cosine, &Filter::default(), None)
+            .unwrap();
+        assert_eq!((hits[0].product.id.as_str(), hits[0].image), ("cap", 1));
+        assert_eq!(ids(&hits), ["cap", "tee-blue"]);
+        assert!(idx.remove("cap"));
+        assert_eq!(idx.images(), 1);
+        assert_eq!(
+            ids(&idx
+                .search(&[1.0, 0.0], 5, Metric::Cosine, &Filter::default(), None)
+                .unwrap()),
+            ["tee-blue"]
+        );
+    }
+
+    #[test]
+    fn shortlisted_search_over_views_agrees_with_the_exact_scan() {
+        let n = PARALLEL_THRESHOLD / 2 + 50;
+        let vector = |x: f32| {
+            (0..16)
+                .map(|j| (x * 0.37 + j as f32).sin().max(0.0))
+                .collect::<Vec<f32>>()
+        };
+        let products = (0..n)
+            .map(|i| {
+                let x = i as f32;
+                let group = (i % 5 == 0).then(|| format!("g{}", i / 10));
+                with_views(
+                    product(&format!("p{i:05}"), vector(x), "a", None),
+                    &[vector(x + 1000.5), vector(x + 2000.25)],
+                    group.as_deref(),
+                )
+            })
+            .collect();
+        let idx = VectorIndex::new(products).unwrap();
+        assert!(idx.images() >= PARALLEL_THRESHOLD, "the parallel scan runs");
+        for (q, one_per_group) in [(0.3f32, false), (1500.7, true), (2333.3, false)] {
+            let filter = Filter {
+                one_per_group,
+                ..Filter::default()
+            };
+            let query = vector(q);
+            let fast = idx.search(&query, 10, Metric::Cosine, &filter, None).unwrap();
+            let exact = idx.search_exact(&query, 10, Metric::Cosine, &filter);
+            assert_eq!(ids(&fast), ids(&exact), "{q}");
+            assert_eq!(
+                fast.iter().map(|h| h.image).collect::<Vec<_>>(),
+                exact.iter().map(|h| h.image).collect::<Vec<_>>()
+            );
         }
     }
 }

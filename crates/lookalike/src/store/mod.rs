@@ -17,17 +17,31 @@ use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{CatalogueEntry, Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
 
-/// What the store knows of a product without its vector: enough to tell whether it changed.
+/// What the store knows of a product without its vectors: enough to tell whether it changed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fingerprint {
     pub content_hash: String,
     pub image_path: String,
     pub info: ProductInfo,
+    /// The further views: (path, content hash), in order.
+    pub more_images: Vec<(String, String)>,
 }
 
 /// One product write; `vector: None` updates the metadata and keeps the stored vector.
 pub struct ProductWrite<'a> {
     pub entry: &'a CatalogueEntry,
+    pub content_hash: &'a str,
+    pub vector: Option<&'a [f32]>,
+    /// `Some`: the product's further views become these (the entry's `more_images`, in order);
+    /// `None` leaves the stored ones.
+    pub more_images: Option<&'a [ImageWrite<'a>]>,
+}
+
+/// One further view of a product; `vector: None` keeps the vector stored for an image of the
+/// same product with the same content hash.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageWrite<'a> {
+    pub path: &'a str,
     pub content_hash: &'a str,
     pub vector: Option<&'a [f32]>,
 }
@@ -190,24 +204,44 @@ pub fn store_products(
     }
     target.start_bulk_load()?;
     for chunk in products.chunks(batch.max(1)) {
-        let entries: Vec<CatalogueEntry> = chunk
-            .iter()
-            .map(|p| CatalogueEntry {
-                id: p.id.clone(),
-                info: p.info.clone(),
-                image_path: p.image_path.clone().into(),
-            })
-            .collect();
+        let entries: Vec<CatalogueEntry> = chunk.iter().map(StoredProduct::entry).collect();
+        let images: Vec<Vec<ImageWrite>> = chunk.iter().map(StoredProduct::image_writes).collect();
         let writes: Vec<ProductWrite> = entries
             .iter()
             .zip(chunk)
-            .map(|(entry, p)| ProductWrite {
+            .zip(&images)
+            .map(|((entry, p), images)| ProductWrite {
                 entry,
                 content_hash: &p.content_hash,
                 vector: Some(&p.vector),
+                more_images: Some(images),
             })
             .collect();
         target.write_batch(&writes)?;
     }
     target.finish_bulk_load()
+}
+
+impl StoredProduct {
+    /// The catalogue entry this product would be written from.
+    pub fn entry(&self) -> CatalogueEntry {
+        CatalogueEntry {
+            id: self.id.clone(),
+            info: self.info.clone(),
+            image_path: self.image_path.clone().into(),
+            more_images: self.more_images.iter().map(|i| i.path.clone().into()).collect(),
+        }
+    }
+
+    /// Writes of its further views, with their vectors.
+    pub fn image_writes(&self) -> Vec<ImageWrite<'_>> {
+        self.more_images
+            .iter()
+            .map(|i| ImageWrite {
+                path: &i.path,
+                content_hash: &i.content_hash,
+                vector: Some(&i.vector),
+            })
+            .collect()
+    }
 }

@@ -17,10 +17,10 @@ use anyhow::{bail, Context, Result};
 use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
-use super::{check_same_model, Fingerprint, ProductWrite, Store, WriteMode};
+use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
+use crate::types::{Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &[
@@ -49,6 +49,16 @@ CREATE INDEX lookalike_products_image_path ON lookalike_products (image_path);
 ",
     "
 ALTER TABLE lookalike_products ADD COLUMN url text;
+ALTER TABLE lookalike_products ADD COLUMN group_id text;
+CREATE TABLE lookalike_images (
+    product_id   text NOT NULL REFERENCES lookalike_products (id) ON DELETE CASCADE,
+    position     integer NOT NULL,
+    image_path   text NOT NULL,
+    content_hash text NOT NULL,
+    embedding    vector NOT NULL,
+    PRIMARY KEY (product_id, position)
+);
+CREATE INDEX lookalike_images_image_path ON lookalike_images (image_path);
 ",
 ];
 
@@ -141,11 +151,12 @@ fn product_info(row: &Row) -> ProductInfo {
         category: row.get("category"),
         description: row.get("description"),
         url: row.get("url"),
+        group: row.get("group_id"),
     }
 }
 
 /// Everything but the vector.
-const PRODUCT_COLUMNS: &str = "id, title, price, category, description, url, image_path, content_hash";
+const PRODUCT_COLUMNS: &str = "id, title, price, category, description, url, group_id, image_path, content_hash";
 
 fn product_from(row: &Row, with_vector: bool) -> StoredProduct {
     StoredProduct {
@@ -158,7 +169,71 @@ fn product_from(row: &Row, with_vector: bool) -> StoredProduct {
         } else {
             Vec::new()
         },
+        more_images: Vec::new(),
     }
+}
+
+/// Further images by product id, each list in order; `only` restricts them to those products.
+fn more_images(
+    client: &mut impl postgres::GenericClient,
+    only: Option<&[&str]>,
+    with_vectors: bool,
+) -> Result<HashMap<String, Vec<ProductImage>>> {
+    let vector = if with_vectors {
+        "embedding::vector"
+    } else {
+        "NULL::vector"
+    };
+    let rows = client.query(
+        &format!(
+            "SELECT product_id, image_path, content_hash, {vector} AS embedding FROM lookalike_images
+             WHERE $1::text[] IS NULL OR product_id = ANY($1) ORDER BY product_id, position"
+        ),
+        &[&only],
+    )?;
+    let mut images: HashMap<String, Vec<ProductImage>> = HashMap::new();
+    for r in rows {
+        let vector: Option<Vector> = r.get("embedding");
+        images.entry(r.get("product_id")).or_default().push(ProductImage {
+            path: r.get("image_path"),
+            content_hash: r.get("content_hash"),
+            vector: vector.map(|v| v.to_vec()).unwrap_or_default(),
+        });
+    }
+    Ok(images)
+}
+
+/// Makes `images` the product's further views, taking stored vectors for those without one.
+fn replace_images(tx: &mut postgres::Transaction, product_id: &str, images: &[ImageWrite]) -> Result<()> {
+    let mut kept: HashMap<String, Vector> = HashMap::new();
+    if images.iter().any(|i| i.vector.is_none()) {
+        for r in tx.query(
+            "SELECT content_hash, embedding::vector FROM lookalike_images WHERE product_id = $1",
+            &[&product_id],
+        )? {
+            kept.insert(r.get(0), r.get(1));
+        }
+    }
+    tx.execute("DELETE FROM lookalike_images WHERE product_id = $1", &[&product_id])?;
+    let insert = tx.prepare(
+        "INSERT INTO lookalike_images (product_id, position, image_path, content_hash, embedding)
+         VALUES ($1, $2, $3, $4, $5::vector)",
+    )?;
+    for (n, image) in images.iter().enumerate() {
+        let vector = match image.vector {
+            Some(v) => Vector::from(v.to_vec()),
+            None => kept
+                .get(image.content_hash)
+                .cloned()
+                .with_context(|| format!("product {product_id:?}: no stored vector for image {}", image.path))?,
+        };
+        let position = n as i32 + 1;
+        tx.execute(
+            &insert,
+            &[&product_id, &position, &image.path, &image.content_hash, &vector],
+        )?;
+    }
+    Ok(())
 }
 
 impl PgStore {
@@ -180,7 +255,11 @@ impl PgStore {
             // A bulk load killed before it rebuilt the index left the catalogue without one.
             let mut client = store.client();
             let missing: bool = client
-                .query_one("SELECT to_regclass('lookalike_products_embedding') IS NULL", &[])?
+                .query_one(
+                    "SELECT to_regclass('lookalike_products_embedding') IS NULL
+                         OR to_regclass('lookalike_images_embedding') IS NULL",
+                    &[],
+                )?
                 .get(0);
             if missing {
                 rebuild_vector_index(&mut client, column, None)?;
@@ -239,10 +318,31 @@ fn create_vector_index(client: &mut impl postgres::GenericClient, column: &str, 
         "vector_cosine_ops"
     };
     let if_missing = if if_missing { "IF NOT EXISTS" } else { "" };
-    client.batch_execute(&format!(
-        "CREATE INDEX {if_missing} lookalike_products_embedding ON lookalike_products
-           USING hnsw (embedding {ops}) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
-    ))?;
+    for table in VECTOR_TABLES {
+        client.batch_execute(&format!(
+            "CREATE INDEX {if_missing} {table}_embedding ON {table}
+               USING hnsw (embedding {ops}) WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+        ))?;
+    }
+    Ok(())
+}
+
+/// The tables holding vectors: products' main images, and their further views.
+const VECTOR_TABLES: [&str; 2] = ["lookalike_products", "lookalike_images"];
+
+/// Gives `table`'s vector column its type (`vector(d)` or `halfvec(d)`), inline when it fits a page.
+fn type_vector_column(
+    client: &mut impl postgres::GenericClient,
+    table: &str,
+    column: &str,
+    inline: bool,
+) -> Result<()> {
+    client.batch_execute(&format!("ALTER TABLE {table} ALTER COLUMN embedding TYPE {column}"))?;
+    // Vectors that fit in a page stay inline: TOASTed ones cost a detour per row scored, which
+    // made exactly scored categories 3x slower (measured at 100k products).
+    if inline {
+        client.batch_execute(&format!("ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE PLAIN"))?;
+    }
     Ok(())
 }
 
@@ -255,6 +355,24 @@ fn rebuild_vector_index(client: &mut Client, column: &str, memory: Option<&str>)
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
     if let Some(memory) = memory {
         tx.batch_execute(&format!("SET LOCAL maintenance_work_mem = '{memory}'"))?;
+    }
+    // A catalogue typed before further images existed has an untyped column for them.
+    let images_typed: bool = tx
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) LIKE '%(%' FROM pg_attribute
+             WHERE attrelid = 'lookalike_images'::regclass AND attname = 'embedding'",
+            &[],
+        )?
+        .get(0);
+    if !images_typed {
+        let inline: bool = tx
+            .query_one(
+                "SELECT attstorage = 'p' FROM pg_attribute
+                 WHERE attrelid = 'lookalike_products'::regclass AND attname = 'embedding'",
+                &[],
+            )?
+            .get(0);
+        type_vector_column(&mut tx, "lookalike_images", column, inline)?;
     }
     create_vector_index(&mut tx, column, true)?;
     tx.commit()?;
@@ -298,8 +416,8 @@ fn migrate(client: &mut Client) -> Result<()> {
 macro_rules! insert_product {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector) ON CONFLICT (id) ",
+            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding, group_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector, $10) ON CONFLICT (id) ",
             $on_conflict
         )
     };
@@ -323,17 +441,18 @@ fn write_in(
             "DO UPDATE SET title = excluded.title, price = excluded.price,
                category = excluded.category, description = excluded.description, url = excluded.url,
                image_path = excluded.image_path, content_hash = excluded.content_hash,
-               embedding = excluded.embedding, updated_at = now()"
+               embedding = excluded.embedding, group_id = excluded.group_id, updated_at = now()"
         ),
         (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
         (true, WriteMode::UpdateOnly) => {
             "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, content_hash = $8, embedding = $9::vector, updated_at = now() WHERE id = $1"
+               image_path = $7, content_hash = $8, embedding = $9::vector, group_id = $10, updated_at = now()
+             WHERE id = $1"
         }
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
         (false, _) => {
             "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, updated_at = now() WHERE id = $1"
+               image_path = $7, group_id = $8, updated_at = now() WHERE id = $1"
         }
     };
     let vector = w.vector.map(|v| Vector::from(v.to_vec()));
@@ -342,11 +461,18 @@ fn write_in(
     if let Some(vector) = &vector {
         params.extend([&w.content_hash as &(dyn postgres::types::ToSql + Sync), vector]);
     }
+    params.push(&i.group);
     let statement = match prepared.get(sql) {
         Some(statement) => statement.clone(),
         None => prepared.entry(sql).or_insert(tx.prepare(sql)?).clone(),
     };
-    Ok(tx.execute(&statement, &params)? > 0)
+    if tx.execute(&statement, &params)? == 0 {
+        return Ok(false);
+    }
+    if let Some(images) = w.more_images {
+        replace_images(tx, &e.id, images)?;
+    }
+    Ok(true)
 }
 
 impl Store for PgStore {
@@ -374,17 +500,17 @@ impl Store for PgStore {
             "INSERT INTO lookalike_manifest (key, value) VALUES ('model', $1)",
             &[&serde_json::to_string(model)?],
         )?;
-        tx.batch_execute(&format!(
-            "ALTER TABLE lookalike_products ALTER COLUMN embedding TYPE {column}"
-        ))?;
-        // Vectors that fit in a page stay inline: TOASTed ones cost a detour per row scored, which
-        // made exactly scored categories 3x slower (measured at 100k products).
         let bytes_per_value = match self.options.vector_type {
             VectorType::Vector => 4,
             VectorType::HalfVec => 2,
         };
-        if model.dimension * bytes_per_value <= INLINE_VECTOR_BYTES {
-            tx.batch_execute("ALTER TABLE lookalike_products ALTER COLUMN embedding SET STORAGE PLAIN")?;
+        for table in VECTOR_TABLES {
+            type_vector_column(
+                &mut tx,
+                table,
+                &column,
+                model.dimension * bytes_per_value <= INLINE_VECTOR_BYTES,
+            )?;
         }
         create_vector_index(&mut tx, &column, false)?;
         tx.commit()?;
@@ -416,20 +542,26 @@ impl Store for PgStore {
     }
 
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>> {
-        let rows = self
-            .client()
-            .query(&format!("SELECT {PRODUCT_COLUMNS} FROM lookalike_products"), &[])?;
+        let mut client = self.client();
+        let rows = client.query(&format!("SELECT {PRODUCT_COLUMNS} FROM lookalike_products"), &[])?;
+        let mut more = more_images(&mut *client, None, false)?;
         Ok(rows
             .iter()
             .map(|r| {
-                (
-                    r.get("id"),
-                    Fingerprint {
-                        info: product_info(r),
-                        image_path: r.get("image_path"),
-                        content_hash: r.get("content_hash"),
-                    },
-                )
+                let id: String = r.get("id");
+                let more_images = more
+                    .remove(&id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| (i.path, i.content_hash))
+                    .collect();
+                let fingerprint = Fingerprint {
+                    info: product_info(r),
+                    image_path: r.get("image_path"),
+                    content_hash: r.get("content_hash"),
+                    more_images,
+                };
+                (id, fingerprint)
             })
             .collect())
     }
@@ -465,7 +597,8 @@ impl Store for PgStore {
         Ok(self
             .client()
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM lookalike_products WHERE image_path = $1)",
+                "SELECT EXISTS (SELECT 1 FROM lookalike_products WHERE image_path = $1)
+                     OR EXISTS (SELECT 1 FROM lookalike_images WHERE image_path = $1)",
                 &[&image_path],
             )?
             .get(0))
@@ -476,19 +609,36 @@ impl Store for PgStore {
         if id.contains('\0') {
             return Ok(None);
         }
-        let row = self.client().query_opt(
+        let mut client = self.client();
+        let row = client.query_opt(
             &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector AS embedding FROM lookalike_products WHERE id = $1"),
             &[&id],
         )?;
-        Ok(row.map(|r| product_from(&r, true)))
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut product = product_from(&row, true);
+        product.more_images = more_images(&mut *client, Some(&[id]), true)?
+            .remove(id)
+            .unwrap_or_default();
+        Ok(Some(product))
     }
 
     fn products(&self) -> Result<Vec<StoredProduct>> {
-        let rows = self.client().query(
+        let mut client = self.client();
+        let rows = client.query(
             &format!("SELECT {PRODUCT_COLUMNS}, embedding::vector AS embedding FROM lookalike_products ORDER BY id"),
             &[],
         )?;
-        Ok(rows.iter().map(|r| product_from(r, true)).collect())
+        let mut more = more_images(&mut *client, None, true)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let mut product = product_from(r, true);
+                product.more_images = more.remove(&product.id).unwrap_or_default();
+                product
+            })
+            .collect())
     }
 
     fn has_vector_index(&self) -> bool {
@@ -497,8 +647,9 @@ impl Store for PgStore {
 
     fn start_bulk_load(&mut self) -> Result<()> {
         if self.count()? == 0 {
-            self.client()
-                .batch_execute("DROP INDEX IF EXISTS lookalike_products_embedding")?;
+            self.client().batch_execute(
+                "DROP INDEX IF EXISTS lookalike_products_embedding; DROP INDEX IF EXISTS lookalike_images_embedding",
+            )?;
             self.index_dropped = true;
         }
         Ok(())
@@ -517,7 +668,8 @@ impl Store for PgStore {
 
     fn vector_index_bytes(&self) -> Result<usize> {
         let row = self.client().query_one(
-            "SELECT COALESCE(pg_relation_size(to_regclass('lookalike_products_embedding')), 0)",
+            "SELECT COALESCE(pg_relation_size(to_regclass('lookalike_products_embedding')), 0)
+                  + COALESCE(pg_relation_size(to_regclass('lookalike_images_embedding')), 0)",
             &[],
         )?;
         Ok(row.get::<_, i64>(0) as usize)
@@ -532,7 +684,7 @@ impl Store for PgStore {
                 &[&category],
             )?
             .get(0);
-        let items = client
+        let mut items = client
             .query(
                 &format!(
                     "SELECT {PRODUCT_COLUMNS} FROM lookalike_products WHERE {condition} ORDER BY id OFFSET $2 LIMIT $3"
@@ -541,7 +693,12 @@ impl Store for PgStore {
             )?
             .iter()
             .map(|r| product_from(r, false))
-            .collect();
+            .collect::<Vec<_>>();
+        let ids: Vec<&str> = items.iter().map(|p: &StoredProduct| p.id.as_str()).collect();
+        let mut views = more_images(&mut *client, Some(&ids), false)?;
+        for product in &mut items {
+            product.more_images = views.remove(&product.id).unwrap_or_default();
+        }
         let categories = client
             .query(
                 "SELECT DISTINCT category FROM lookalike_products WHERE category IS NOT NULL ORDER BY category",
@@ -585,7 +742,8 @@ impl Store for PgStore {
         // Only the conditions in use, so the planner sees plain predicates beside the index scan.
         let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
         let vector = Vector::from(query.to_vec());
-        let limit = k as i64;
+        // Candidates per table: a product may come back from both, and groups fold several into one.
+        let limit = (k * if filter.one_per_group { 4 } else { 2 }) as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&vector, &limit];
         let mut conditions = Vec::new();
         let mut add = |template: &str, param| {
@@ -593,19 +751,22 @@ impl Store for PgStore {
             conditions.push(template.replace('?', &format!("${}", params.len())));
         };
         if let Some(category) = &filter.category {
-            add("lower(category) = lower(?)", category);
+            add("lower(p.category) = lower(?)", category);
         }
         if !any_category.is_empty() {
-            add("lower(category) = ANY(?)", &any_category);
+            add("lower(p.category) = ANY(?)", &any_category);
         }
         if let Some(min) = &filter.min_price {
-            add("price >= ?", min);
+            add("p.price >= ?", min);
         }
         if let Some(max) = &filter.max_price {
-            add("price <= ?", max);
+            add("p.price <= ?", max);
         }
         if let Some(id) = &exclude {
-            add("id <> ?", id);
+            add("p.id <> ?", id);
+        }
+        if let Some(group) = &filter.exclude_group {
+            add("p.group_id IS DISTINCT FROM ?", group);
         }
         let condition = if conditions.is_empty() {
             String::new()
@@ -637,19 +798,39 @@ impl Store for PgStore {
         // `+ 0` keeps the planner from ordering by the HNSW index: every matching row is scored.
         let exact = category_rows.is_some_and(|n| n <= EXACT_CATEGORY_ROWS) || metric == Metric::Euclidean;
         let order = if exact { "+ 0" } else { "" };
+        // The nearest main images and the nearest further views, each product by its best image.
+        let distance = |table: &str| format!("({table}.embedding {operator} ($1::vector)::{column})");
         let sql = format!(
-            "SELECT {PRODUCT_COLUMNS}, embedding {operator} ($1::vector)::{column} AS distance
-             FROM lookalike_products {condition}
-             ORDER BY (embedding {operator} ($1::vector)::{column}) {order}
-             LIMIT $2"
+            "WITH hits AS (
+               (SELECT p.id AS product_id, 0 AS image, {main} AS distance FROM lookalike_products p
+                {condition} ORDER BY {main} {order} LIMIT $2)
+               UNION ALL
+               (SELECT i.product_id, i.position, {view} FROM lookalike_images i
+                JOIN lookalike_products p ON p.id = i.product_id
+                {condition} ORDER BY {view} {order} LIMIT $2))
+             SELECT DISTINCT ON (h.product_id) {columns}, h.image, h.distance
+             FROM hits h JOIN lookalike_products p ON p.id = h.product_id
+             ORDER BY h.product_id, h.distance",
+            main = distance("p"),
+            view = distance("i"),
+            columns = PRODUCT_COLUMNS
+                .split(", ")
+                .map(|c| format!("p.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         tx.batch_execute(&format!(
             "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order;",
             self.ef_search(k)
         ))?;
         let rows = tx.query(&sql, &params)?;
+        let ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
+        let mut views = more_images(
+            &mut tx,
+            Some(&ids.iter().map(String::as_str).collect::<Vec<_>>()),
+            false,
+        )?;
         tx.commit()?;
-        // Relaxed order lets the iterative scan return rows slightly out of order.
         let mut hits: Vec<Scored> = rows
             .iter()
             .map(|r| {
@@ -658,11 +839,21 @@ impl Store for PgStore {
                     Metric::Cosine => 1.0 - distance,
                     Metric::Euclidean => distance,
                 };
-                (product_from(r, false), score as f32)
+                let mut product = product_from(r, false);
+                product.more_images = views.remove(&product.id).unwrap_or_default();
+                Scored {
+                    product,
+                    score: score as f32,
+                    image: r.get::<_, i32>("image") as usize,
+                }
             })
             .collect();
-        hits.sort_by(|a, b| metric.best_first(a.1, b.1));
-        Ok(hits)
+        hits.sort_by(|a, b| {
+            metric
+                .best_first(a.score, b.score)
+                .then_with(|| a.product.id.cmp(&b.product.id))
+        });
+        Ok(crate::types::keep_per_group(hits, k, filter.one_per_group))
     }
 }
 

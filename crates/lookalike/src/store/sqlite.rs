@@ -8,13 +8,35 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::{check_same_model, Changes, Fingerprint, ProductWrite, Store, WriteMode};
+use super::{check_same_model, Changes, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{ProductInfo, StoredProduct};
+use crate::types::{ProductImage, ProductInfo, StoredProduct};
 
-/// Version 2 added the change log and the image-path index, 3 the product `url`.
+/// Version 2 added the change log and the image-path index, 3 the product `url` and `group_id`
+/// and further images per product.
 const SCHEMA_VERSION: i64 = 3;
+
+/// The upgrade to version 3 (after [`SCHEMA`], which creates version 2's objects).
+const SCHEMA_3: &str = "
+ALTER TABLE products ADD COLUMN url TEXT;
+ALTER TABLE products ADD COLUMN group_id TEXT;
+CREATE TABLE product_images (
+    product_id   TEXT NOT NULL,
+    position     INTEGER NOT NULL,
+    image_path   TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector       BLOB NOT NULL,
+    PRIMARY KEY (product_id, position)
+) WITHOUT ROWID;
+CREATE INDEX product_images_path ON product_images(image_path);
+CREATE TRIGGER product_images_inserted AFTER INSERT ON product_images
+    BEGIN INSERT INTO changes (id) VALUES (NEW.product_id); END;
+CREATE TRIGGER product_images_deleted AFTER DELETE ON product_images
+    BEGIN INSERT INTO changes (id) VALUES (OLD.product_id); END;
+CREATE TRIGGER products_deleted_images AFTER DELETE ON products
+    BEGIN DELETE FROM product_images WHERE product_id = OLD.id; END;
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS manifest (
@@ -208,7 +230,7 @@ impl SqliteStore {
             if version < SCHEMA_VERSION {
                 conn.execute_batch(SCHEMA)?;
                 if version < 3 {
-                    conn.execute_batch("ALTER TABLE products ADD COLUMN url TEXT")?;
+                    conn.execute_batch(SCHEMA_3)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
@@ -232,6 +254,31 @@ impl SqliteStore {
             |r| r.get::<_, i64>(0),
         )? > 0)
     }
+
+    /// Further images by product id (none in files before schema 3), each list in order;
+    /// `only` restricts them to one product.
+    fn more_images(&self, only: Option<&str>, with_vectors: bool) -> Result<HashMap<String, Vec<ProductImage>>> {
+        let mut images: HashMap<String, Vec<ProductImage>> = HashMap::new();
+        if self.schema < 3 {
+            return Ok(images);
+        }
+        let vector = if with_vectors { "vector" } else { "NULL AS vector" };
+        let sql = format!(
+            "SELECT product_id, image_path, content_hash, {vector} FROM product_images
+             WHERE ?1 IS NULL OR product_id = ?1 ORDER BY product_id, position"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([only])?;
+        while let Some(r) = rows.next()? {
+            let blob: Option<Vec<u8>> = r.get(3)?;
+            images.entry(r.get(0)?).or_default().push(ProductImage {
+                path: r.get(1)?,
+                content_hash: r.get(2)?,
+                vector: blob.map(|b| blob_to_vector(&b)).unwrap_or_default(),
+            });
+        }
+        Ok(images)
+    }
 }
 
 /// Characters escaped in a file path inside a SQLite URI.
@@ -241,8 +288,8 @@ const URI_PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'
 macro_rules! insert_product {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO products (id, title, price, category, description, url, image_path, content_hash, vector)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) ",
+            "INSERT INTO products (id, title, price, category, description, url, image_path, content_hash, vector, group_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) ",
             $on_conflict
         )
     };
@@ -258,17 +305,18 @@ fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Re
             "DO UPDATE SET title = excluded.title, price = excluded.price,
                category = excluded.category, description = excluded.description, url = excluded.url,
                image_path = excluded.image_path, content_hash = excluded.content_hash,
-               vector = excluded.vector, updated_at = CURRENT_TIMESTAMP"
+               vector = excluded.vector, group_id = excluded.group_id, updated_at = CURRENT_TIMESTAMP"
         ),
         (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
         (true, WriteMode::UpdateOnly) => {
             "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, url = ?6,
-               image_path = ?7, content_hash = ?8, vector = ?9, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
+               image_path = ?7, content_hash = ?8, vector = ?9, group_id = ?10, updated_at = CURRENT_TIMESTAMP
+             WHERE id = ?1"
         }
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
         (false, _) => {
             "UPDATE products SET title = ?2, price = ?3, category = ?4, description = ?5, url = ?6,
-               image_path = ?7, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
+               image_path = ?7, group_id = ?8, updated_at = CURRENT_TIMESTAMP WHERE id = ?1"
         }
     };
     let mut statement = tx.prepare_cached(sql)?;
@@ -282,11 +330,55 @@ fn write_in(tx: &rusqlite::Transaction, w: &ProductWrite, mode: WriteMode) -> Re
             i.url,
             path,
             w.content_hash,
-            vector_to_blob(v)
+            vector_to_blob(v),
+            i.group
         ])?,
-        None => statement.execute(params![e.id, i.title, i.price, i.category, i.description, i.url, path])?,
+        None => statement.execute(params![
+            e.id,
+            i.title,
+            i.price,
+            i.category,
+            i.description,
+            i.url,
+            path,
+            i.group
+        ])?,
     };
-    Ok(changed > 0)
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some(images) = w.more_images {
+        replace_images(tx, &e.id, images)?;
+    }
+    Ok(true)
+}
+
+/// Makes `images` the product's further views, taking stored vectors for those without one.
+fn replace_images(tx: &rusqlite::Transaction, product_id: &str, images: &[ImageWrite]) -> Result<()> {
+    let mut kept: HashMap<String, Vec<u8>> = HashMap::new();
+    if images.iter().any(|i| i.vector.is_none()) {
+        let mut stmt = tx.prepare_cached("SELECT content_hash, vector FROM product_images WHERE product_id = ?1")?;
+        for row in stmt.query_map([product_id], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (hash, blob) = row?;
+            kept.insert(hash, blob);
+        }
+    }
+    tx.prepare_cached("DELETE FROM product_images WHERE product_id = ?1")?
+        .execute([product_id])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO product_images (product_id, position, image_path, content_hash, vector) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (n, image) in images.iter().enumerate() {
+        let blob = match image.vector {
+            Some(v) => vector_to_blob(v),
+            None => kept
+                .get(image.content_hash)
+                .cloned()
+                .with_context(|| format!("product {product_id:?}: no stored vector for image {}", image.path))?,
+        };
+        insert.execute(params![product_id, n as i64 + 1, image.path, image.content_hash, blob])?;
+    }
+    Ok(())
 }
 
 /// Keeps the change log to its last [`CHANGES_KEPT`] entries.
@@ -303,6 +395,7 @@ fn info_of(r: &rusqlite::Row) -> rusqlite::Result<ProductInfo> {
         category: r.get("category")?,
         description: r.get("description")?,
         url: r.get("url")?,
+        group: r.get("group_id")?,
     })
 }
 
@@ -313,16 +406,17 @@ fn row_to_product(r: &rusqlite::Row) -> rusqlite::Result<StoredProduct> {
         image_path: r.get("image_path")?,
         content_hash: r.get("content_hash")?,
         vector: blob_to_vector(&r.get::<_, Vec<u8>>("vector")?),
+        more_images: Vec::new(),
     })
 }
 
 /// Everything but the vector. A file of schema 1 or 2, opened read-only and so not upgraded,
-/// has no `url` column: it reads as NULL.
+/// has no `url` and `group_id` columns: they read as NULL.
 fn fingerprint_columns(schema: i64) -> &'static str {
     if schema >= 3 {
-        "id, title, price, category, description, url, image_path, content_hash"
+        "id, title, price, category, description, url, group_id, image_path, content_hash"
     } else {
-        "id, title, price, category, description, NULL AS url, image_path, content_hash"
+        "id, title, price, category, description, NULL AS url, NULL AS group_id, image_path, content_hash"
     }
 }
 
@@ -387,13 +481,22 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare(&format!("SELECT {} FROM products", fingerprint_columns(self.schema)))?;
+        let mut more = self.more_images(None, false)?;
         let rows = stmt.query_map([], |r| {
+            let id: String = r.get("id")?;
+            let more_images = more
+                .remove(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| (i.path, i.content_hash))
+                .collect();
             Ok((
-                r.get::<_, String>("id")?,
+                id,
                 Fingerprint {
                     info: info_of(r)?,
                     image_path: r.get("image_path")?,
                     content_hash: r.get("content_hash")?,
+                    more_images,
                 },
             ))
         })?;
@@ -435,7 +538,10 @@ impl Store for SqliteStore {
     fn image_in_use(&self, image_path: &str) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM products WHERE image_path = ?1)")?
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM products WHERE image_path = ?1)
+                     OR EXISTS (SELECT 1 FROM product_images WHERE image_path = ?1)",
+            )?
             .query_row([image_path], |r| r.get(0))?)
     }
 
@@ -483,14 +589,24 @@ impl Store for SqliteStore {
 
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
         let sql = format!("SELECT {} FROM products WHERE id = ?1", product_columns(self.schema));
-        Ok(self.conn.query_row(&sql, [id], row_to_product).optional()?)
+        let Some(mut product) = self.conn.query_row(&sql, [id], row_to_product).optional()? else {
+            return Ok(None);
+        };
+        product.more_images = self.more_images(Some(id), true)?.remove(id).unwrap_or_default();
+        Ok(Some(product))
     }
 
     fn products(&self) -> Result<Vec<StoredProduct>> {
         let sql = format!("SELECT {} FROM products ORDER BY id", product_columns(self.schema));
+        let mut more = self.more_images(None, true)?;
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], row_to_product)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.map(|row| {
+            let mut product = row?;
+            product.more_images = more.remove(&product.id).unwrap_or_default();
+            Ok(product)
+        })
+        .collect()
     }
 }
 
@@ -519,6 +635,7 @@ mod tests {
                 ..Default::default()
             },
             image_path: PathBuf::from(format!("/img/{id}.jpg")),
+            more_images: Vec::new(),
         }
     }
 
@@ -533,11 +650,13 @@ mod tests {
                     entry: &a,
                     content_hash: "h1",
                     vector: Some(&[1.0, 0.0]),
+                    more_images: None,
                 },
                 ProductWrite {
                     entry: &b,
                     content_hash: "h2",
                     vector: Some(&[0.0, 1.0]),
+                    more_images: None,
                 },
             ])
             .unwrap();
@@ -547,6 +666,7 @@ mod tests {
                 entry: &renamed,
                 content_hash: "h1",
                 vector: None,
+                more_images: None,
             }])
             .unwrap();
         let p = store.product("a").unwrap().unwrap();
@@ -598,6 +718,7 @@ mod tests {
             entry: &a,
             content_hash: "h",
             vector: Some(&[1.0, 0.0]),
+            more_images: None,
         };
         assert!(writer.write_one(&write, WriteMode::CreateOnly).unwrap());
         assert!(
@@ -670,5 +791,69 @@ mod tests {
         store.remove(&["x".into()]).unwrap();
         assert!(store.change_position().unwrap() > position);
         assert!(!store.image_in_use("/x.jpg").unwrap());
+    }
+
+    #[test]
+    fn further_views_are_written_kept_replaced_and_deleted_with_their_product() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut shirt = entry("shirt", "Shirt");
+        shirt.info.group = Some("shirts".into());
+        shirt.more_images = vec![PathBuf::from("/img/back.jpg"), PathBuf::from("/img/side.jpg")];
+        let views = [
+            ImageWrite {
+                path: "/img/back.jpg",
+                content_hash: "hb",
+                vector: Some(&[0.0, 1.0]),
+            },
+            ImageWrite {
+                path: "/img/side.jpg",
+                content_hash: "hs",
+                vector: Some(&[0.5, 0.5]),
+            },
+        ];
+        let write = |store: &mut SqliteStore, entry: &CatalogueEntry, images: Option<&[ImageWrite]>| {
+            store
+                .write_batch(&[ProductWrite {
+                    entry,
+                    content_hash: "hm",
+                    vector: Some(&[1.0, 0.0]),
+                    more_images: images,
+                }])
+                .unwrap()
+        };
+        write(&mut store, &shirt, Some(&views));
+        let stored = store.product("shirt").unwrap().unwrap();
+        assert_eq!(stored.info.group.as_deref(), Some("shirts"));
+        assert_eq!(
+            stored.image_paths().collect::<Vec<_>>(),
+            ["/img/shirt.jpg", "/img/back.jpg", "/img/side.jpg"]
+        );
+        assert_eq!(stored.more_images[1].vector, vec![0.5, 0.5]);
+        assert_eq!(
+            store.fingerprints().unwrap()["shirt"].more_images[0],
+            ("/img/back.jpg".into(), "hb".into())
+        );
+        // Metadata alone leaves the views; a new list keeps the vectors of views it names by hash.
+        write(&mut store, &shirt, None);
+        assert_eq!(store.product("shirt").unwrap().unwrap().more_images.len(), 2);
+        let kept = [ImageWrite {
+            path: "/img/side-renamed.jpg",
+            content_hash: "hs",
+            vector: None,
+        }];
+        write(&mut store, &shirt, Some(&kept));
+        let stored = store.product("shirt").unwrap().unwrap();
+        assert_eq!(stored.more_images.len(), 1);
+        assert_eq!(stored.more_images[0].path, "/img/side-renamed.jpg");
+        assert_eq!(stored.more_images[0].vector, vec![0.5, 0.5]);
+        assert!(store.image_in_use("/img/side-renamed.jpg").unwrap());
+        assert!(!store.image_in_use("/img/back.jpg").unwrap());
+        assert_eq!(store.products().unwrap()[0].more_images.len(), 1);
+        store.remove(&["shirt".into()]).unwrap();
+        assert!(
+            !store.image_in_use("/img/side-renamed.jpg").unwrap(),
+            "views go with their product"
+        );
     }
 }
