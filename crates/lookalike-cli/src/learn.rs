@@ -243,7 +243,7 @@ fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> 
     let canonical = dir
         .canonicalize()
         .with_context(|| format!("cannot open image folder {}", dir.display()))?;
-    let entries = read_image_folder(&canonical)?.entries;
+    let entries = read_image_folder(&canonical, lookalike::catalogue::Layout::Images)?.entries;
     if entries.is_empty() {
         bail!("{} has no images", dir.display());
     }

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::export::{export_json, export_npy};
 use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
-use lookalike::catalogue::read_catalogue;
+use lookalike::catalogue::{read_catalogue, Layout};
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
@@ -71,6 +71,10 @@ enum Command {
         /// only removes products of this shard.
         #[arg(long, value_parser = parse_shard)]
         shard: Option<Shard>,
+        /// A folder catalogue's layout: `images` (every image a product, in category folders) or
+        /// `product-folders` (every folder of images one product, in category folders).
+        #[arg(long, default_value = "images", value_parser = |s: &str| s.parse::<Layout>())]
+        layout: Layout,
     },
     /// Copy a catalogue with its vectors between databases (SQLite ↔ PostgreSQL), no re-embedding.
     Migrate {
@@ -361,8 +365,9 @@ fn index_into(
     store: &mut dyn Store,
     db: &str,
     options: IndexOptions,
+    layout: Layout,
 ) -> Result<bool> {
-    let lookalike::catalogue::Catalogue { entries, unreadable } = read_catalogue(catalogue)?;
+    let lookalike::catalogue::Catalogue { entries, unreadable } = read_catalogue(catalogue, layout)?;
     for (path, why) in &unreadable {
         eprintln!("skipped {}: {why}", path.display());
     }
@@ -408,6 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_size,
             head,
             shard,
+            layout,
         } => {
             let mut store = open_store(&db)?;
             let embedder = match head {
@@ -426,7 +432,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shard: shard.map(|s| (s.index, s.count)),
                 ..IndexOptions::default()
             };
-            let skipped = index_into(&embedder, &catalogue, &mut *store, &db, options)?;
+            let skipped = index_into(&embedder, &catalogue, &mut *store, &db, options, layout)?;
             Ok(if skipped {
                 ExitCode::from(EXIT_SKIPPED)
             } else {
@@ -466,7 +472,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let embedder = std::sync::Arc::new(embedder);
             if let Some(catalogue) = &catalogue {
-                index_into(&embedder, catalogue, &mut *store, &db, IndexOptions::default())?;
+                index_into(
+                    &embedder,
+                    catalogue,
+                    &mut *store,
+                    &db,
+                    IndexOptions::default(),
+                    Layout::default(),
+                )?;
             }
             let config = server::ServerConfig {
                 addr: std::net::SocketAddr::new(host, port),

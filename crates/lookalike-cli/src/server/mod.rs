@@ -170,6 +170,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         .route("/v1/recommend", post(queries::recommend))
         .route("/v1/products/{id}/similar", get(queries::similar))
         .route("/v1/products/{id}/image", get(queries::product_image))
+        .route("/v1/products/{id}/images/{n}", get(queries::product_view))
         .merge(products)
         .route_layer(middleware::from_fn(layers::remember_route))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -315,13 +315,26 @@ fn content_type_of(path: &str) -> &'static str {
     }
 }
 
-/// Serves only the file recorded for the product; no path from the request reaches the disk.
+/// The product's main image.
 pub async fn product_image(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
-    let path = find_product(&state, &id)
-        .await?
-        .ok_or_else(|| no_product(&id))?
-        .image_path;
-    let gone = || ApiError::not_found(format!("the image of product {id:?} is no longer on disk"));
+    serve_image(&state, id, 0).await
+}
+
+/// The product's image `n` (0: the main image, then the further views in order).
+pub async fn product_view(State(state): State<Shared>, Path((id, n)): Path<(String, usize)>) -> ApiResult<Response> {
+    serve_image(&state, id, n).await
+}
+
+/// Serves only a file recorded for the product; no path from the request reaches the disk.
+async fn serve_image(state: &Shared, id: String, n: usize) -> ApiResult<Response> {
+    let product = find_product(state, &id).await?.ok_or_else(|| no_product(&id))?;
+    let Some(path) = product.image_paths().nth(n).map(str::to_string) else {
+        return Err(ApiError::not_found(format!(
+            "product {id:?} has {} images (numbered from 0)",
+            1 + product.more_images.len()
+        )));
+    };
+    let gone = || ApiError::not_found(format!("image {n} of product {id:?} is no longer on disk"));
     let bytes = tokio::task::spawn_blocking(move || {
         lookalike::image::read_image_file(std::path::Path::new(&path)).map(|b| (b, path))
     })
