@@ -167,3 +167,35 @@ test("the widget renders similar products on a shop page of another origin", asy
     shop.close();
   }
 });
+
+test("a product of several photos shows the view that matched, and all its views in its details", async () => {
+  const shop = join(root, "crates/lookalike-cli/tests/fixtures/luma-shop");
+  const shopDb = join(workDir, "shop.db");
+  execFileSync(binary, ["index", join(shop, "magento.csv"), "--db", shopDb], { stdio: "inherit" });
+  const { child, url } = await startServer(shopDb);
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const problems = [];
+    page.on("pageerror", (e) => problems.push(e.message));
+    await page.goto(url);
+    await page.locator("#results .card").first().waitFor();
+    await page.setInputFiles("#file", join(shop, "queries/mh01-orange_main.jpg"));
+    await page.locator("#status", { hasText: "similar products" }).waitFor();
+    const first = page.locator("#results .card").first();
+    assert.equal(await first.getAttribute("data-id"), "MH01");
+    assert.equal(await first.getAttribute("data-views"), "3");
+    assert.match(await first.locator("img").getAttribute("src"), /^\/v1\/products\/MH01\/image(s\/\d)?$/);
+    await first.locator("img").click();
+    await page.locator("#details[open]").waitFor();
+    const thumbs = page.locator("#details-views img");
+    assert.equal(await thumbs.count(), 3);
+    await thumbs.nth(2).click();
+    assert.equal(await page.locator("#details-image").getAttribute("src"), "/v1/products/MH01/images/2");
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: join(artifacts, "product-views.png") });
+    assert.deepEqual(problems, []);
+    await page.close();
+  } finally {
+    child.kill();
+  }
+});

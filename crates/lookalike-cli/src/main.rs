@@ -254,6 +254,9 @@ struct QueryArgs {
     min_price: Option<f64>,
     #[arg(value_parser = args::price, long)]
     max_price: Option<f64>,
+    /// Every product of a group (e.g. each colour) instead of the best one per group.
+    #[arg(long)]
+    all_variants: bool,
     #[arg(long)]
     json: bool,
 }
@@ -263,7 +266,11 @@ impl QueryArgs {
         if self.k == 0 {
             bail!("-k must be at least 1");
         }
-        Filter::new(self.category.clone(), self.min_price, self.max_price)
+        let filter = Filter::new(self.category.clone(), self.min_price, self.max_price)?;
+        Ok(Filter {
+            one_per_group: !self.all_variants,
+            ..filter
+        })
     }
 }
 

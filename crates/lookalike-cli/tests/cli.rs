@@ -1072,3 +1072,239 @@ fn recommend_all_agrees_with_similar_and_reruns_only_what_changed() {
         text(&out)
     );
 }
+
+fn luma_shop() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luma-shop")
+}
+
+#[test]
+fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop");
+    copy_tree(&luma_shop(), &shop);
+    let db = dir.path().join("magento.db");
+    let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    assert!(
+        out.contains("indexed 10 products") && out.contains("26 embedded"),
+        "{out}"
+    );
+    let store = SqliteStore::open(&db).unwrap();
+    let mh01 = store.product("MH01").unwrap().unwrap();
+    assert_eq!(mh01.more_images.len(), 2);
+    assert_eq!(mh01.info.category.as_deref(), Some("Men/Tops/Hoodies & Sweatshirts"));
+    assert!(!mh01.info.description.as_deref().unwrap().contains("<p>"));
+
+    // Another colour of the hoodie: found through its views, once, with the view that matched.
+    let query = shop.join("queries/mh01-orange_main.jpg");
+    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "5", "--json"]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits[0]["id"], "MH01", "{hits:?}");
+    assert_eq!(hits[0]["images"].as_array().unwrap().len(), 3);
+    assert!(hits[0]["matched_image"].as_str().unwrap().contains("mh01-"));
+    let ids: Vec<&str> = hits.iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids.len(),
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        "no product twice"
+    );
+    let jacket = json(&lookalike(&[
+        "search",
+        s(&shop.join("queries/wj01-red_main.jpg")),
+        "--db",
+        s(&db),
+        "-k",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(jacket[0]["id"], "WJ01", "{jacket}");
+    let similar = json(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "3", "--json"]));
+    assert!(similar.as_array().unwrap().iter().all(|h| h["id"] != "MH01"));
+
+    // The Shopify shape of the same shop: the same products, one row per photo.
+    let shopify_db = dir.path().join("shopify.db");
+    let out = ok_text(lookalike(&[
+        "index",
+        s(&shop.join("shopify.csv")),
+        "--db",
+        s(&shopify_db),
+    ]));
+    assert!(
+        out.contains("indexed 10 products") && out.contains("26 embedded"),
+        "{out}"
+    );
+    let hits = json(&lookalike(&[
+        "search",
+        s(&query),
+        "--db",
+        s(&shopify_db),
+        "-k",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(hits[0]["id"], "chaz-kangeroo-hoodie");
+    assert_eq!(hits[0]["price"], 52.0);
+
+    // Per-image incremental indexing: a dropped view costs no embedding, a new one one.
+    let magento = std::fs::read_to_string(shop.join("magento.csv")).unwrap();
+    let fewer = magento.replace("/m/h/mh01-gray_alt1.jpg,", "");
+    assert_ne!(fewer, magento);
+    std::fs::write(shop.join("magento.csv"), &fewer).unwrap();
+    let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    assert!(out.contains("0 embedded, 9 unchanged, 1 metadata updated"), "{out}");
+    assert_eq!(
+        SqliteStore::open(&db)
+            .unwrap()
+            .product("MH01")
+            .unwrap()
+            .unwrap()
+            .more_images
+            .len(),
+        1
+    );
+    let more = fewer.replace(
+        "/m/h/mh01-gray_back.jpg",
+        "/m/h/mh01-gray_back.jpg,/queries/mh01-orange_main.jpg",
+    );
+    std::fs::write(shop.join("magento.csv"), &more).unwrap();
+    let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    assert!(out.contains("1 embedded, 9 unchanged"), "{out}");
+    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
+    assert!(
+        (hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4,
+        "its own photo now: {hits}"
+    );
+    assert!(hits[0]["matched_image"]
+        .as_str()
+        .unwrap()
+        .ends_with("mh01-orange_main.jpg"));
+}
+
+#[test]
+fn product_folders_and_groups_show_one_entry_per_product_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folders");
+    for (product, photos) in [
+        (
+            "hoodies/mh01",
+            &["m/h/mh01-gray_main.jpg", "m/h/mh01-gray_back.jpg"][..],
+        ),
+        (
+            "jackets/mj01",
+            &["m/j/mj01-yellow_main.jpg", "m/j/mj01-yellow_back.jpg"],
+        ),
+        ("bags/mb01", &["m/b/mb01-blue-0.jpg"]),
+    ] {
+        std::fs::create_dir_all(root.join(product)).unwrap();
+        for photo in photos {
+            let name = Path::new(photo).file_name().unwrap();
+            std::fs::copy(luma_shop().join(photo), root.join(product).join(name)).unwrap();
+        }
+    }
+    let db = dir.path().join("folders.db");
+    let out = ok_text(lookalike(&[
+        "index",
+        s(&root),
+        "--db",
+        s(&db),
+        "--layout",
+        "product-folders",
+    ]));
+    assert!(
+        out.contains("indexed 3 products") && out.contains("5 embedded"),
+        "{out}"
+    );
+    let hits = json(&lookalike(&[
+        "search",
+        s(&luma_shop().join("queries/mh01-orange_main.jpg")),
+        "--db",
+        s(&db),
+        "-k",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(hits[0]["id"], "hoodies/mh01");
+    assert_eq!(hits[0]["category"], "hoodies");
+
+    // Colours as products of one group: one entry per group unless all are asked for.
+    let jsonl = dir.path().join("variants.jsonl");
+    let shop = luma_shop();
+    let line = |id: &str, group: &str, photo: &str| {
+        format!(
+            "{{\"id\": \"{id}\", \"group\": \"{group}\", \"image\": \"{}\"}}\n",
+            shop.join(photo).display()
+        )
+    };
+    std::fs::write(
+        &jsonl,
+        [
+            line("MP01-black", "MP01", "m/p/mp01-black_main.jpg"),
+            line("MP01-gray", "MP01", "m/p/mp01-gray_main.jpg"),
+            line("MS01-black", "MS01", "m/s/ms01-black_main.jpg"),
+            line("MT01-red", "MT01", "m/t/mt01-red_main.jpg"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let db = dir.path().join("variants.db");
+    ok_text(lookalike(&["index", s(&jsonl), "--db", s(&db)]));
+    let photo = shop.join("m/p/mp01-gray_back.jpg");
+    let grouped = json(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "4", "--json"]));
+    let grouped: Vec<&str> = grouped
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(grouped.len(), 3, "{grouped:?}");
+    assert_eq!(grouped[0], "MP01");
+    let all = json(&lookalike(&[
+        "search",
+        s(&photo),
+        "--db",
+        s(&db),
+        "-k",
+        "4",
+        "--all-variants",
+        "--json",
+    ]));
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    let similar = json(&lookalike(&[
+        "similar",
+        "MP01-black",
+        "--db",
+        s(&db),
+        "-k",
+        "4",
+        "--json",
+    ]));
+    assert!(
+        similar.as_array().unwrap().iter().all(|h| h["group"] != "MP01"),
+        "a product's own colours are not similar products: {similar}"
+    );
+}
+
+fn ok_text(out: Output) -> String {
+    assert!(out.status.success(), "{}", text(&out));
+    text(&out)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir(from) {
+        let target = to.join(entry.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &target).unwrap();
+    }
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

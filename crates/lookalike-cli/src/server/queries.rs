@@ -62,6 +62,8 @@ pub struct QueryParams {
     category: Option<String>,
     min_price: Option<String>,
     max_price: Option<String>,
+    /// `all`: every product of a group, not just the best one.
+    variants: Option<String>,
 }
 
 pub fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) -> ApiResult<Option<T>> {
@@ -86,7 +88,21 @@ impl QueryParams {
     fn filter(&self) -> ApiResult<Filter> {
         let min_price = parse_number::<f64>("min_price", &self.min_price)?;
         let max_price = parse_number::<f64>("max_price", &self.max_price)?;
-        Filter::new(self.category.clone(), min_price, max_price).map_err(|e| ApiError::bad_request(e.to_string()))
+        let filter = Filter::new(self.category.clone(), min_price, max_price)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let one_per_group = match self.variants.as_deref().map(str::trim) {
+            None | Some("" | "best") => true,
+            Some("all") => false,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "variants is best (one product per group) or all, got {other:?}"
+                )))
+            }
+        };
+        Ok(Filter {
+            one_per_group,
+            ..filter
+        })
     }
 }
 
@@ -126,6 +142,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         category: field("category"),
         min_price: field("min_price"),
         max_price: field("max_price"),
+        variants: field("variants"),
     };
     let (k, mut filter) = (params.k()?, params.filter()?);
     let hybrid = match field("hybrid").as_deref().map(str::trim) {
@@ -228,6 +245,7 @@ pub async fn recommend(
         category: req.category.clone(),
         min_price: req.min_price.map(|v| v.to_string()),
         max_price: req.max_price.map(|v| v.to_string()),
+        variants: None,
     };
     let (k, filter) = (params.k()?, params.filter()?);
     let dimension = state.manifest.dimension;

@@ -17,16 +17,18 @@ use std::process::Command;
 /// The real binary over a fresh copy of the demo catalogue (a new SQLite file, or a new
 /// PostgreSQL database), with `extra` serve flags.
 fn start_server(extra: &[&str]) -> Server {
+    start_server_with(&demo().join("catalogue.csv"), extra)
+}
+
+/// The real binary over a fresh database indexed from `catalogue`, with `extra` serve flags.
+fn start_server_with(catalogue: &std::path::Path, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = if POSTGRES {
         common::postgres_db()
     } else {
         dir.path().join("demo.db").to_str().unwrap().to_string()
     };
-    let mut args = vec!["--catalogue", demo().join("catalogue.csv").to_str().unwrap()]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut args = vec!["--catalogue".to_string(), catalogue.to_str().unwrap().to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
     common::serve(&db, &args, TOKEN, dir)
 }
@@ -864,4 +866,34 @@ fn cors_headers_only_for_configured_origins_and_the_widget_script_is_served() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn products_of_several_photos_answer_with_the_view_that_matched() {
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luma-shop");
+    let server = start_server_with(&shop.join("magento.csv"), &[]);
+    let at = |path: &str| format!("{}{path}", server.base);
+    let query = std::fs::read(shop.join("queries/mh01-orange_main.jpg")).unwrap();
+    let form = multipart::Form::new().part("image", image_part(query, "q.jpg")).text("k", "4");
+    let (status, body) = send(client().post(at("/v1/search")).multipart(form));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = &body["results"][0];
+    assert_eq!(first["id"], "MH01");
+    let images: Vec<&str> = first["images"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    assert_eq!(images, ["/v1/products/MH01/image", "/v1/products/MH01/images/1", "/v1/products/MH01/images/2"]);
+    assert!(images.contains(&first["matched_image"].as_str().unwrap()), "{first}");
+    let back = client().get(at("/v1/products/MH01/images/2")).send().unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    assert_eq!(back.bytes().unwrap().to_vec(), std::fs::read(shop.join("m/h/mh01-gray_back.jpg")).unwrap());
+    assert_eq!(send(client().get(at("/v1/products/MH01/images/3"))).0, StatusCode::NOT_FOUND);
+    let (_, similar) = send(client().get(at("/v1/products/MH01/similar?k=3")));
+    assert!(result_ids(&similar).iter().all(|id| *id != "MH01"), "{similar}");
+    assert_eq!(send(client().get(at("/v1/products/MH01/similar?variants=some"))).0, StatusCode::BAD_REQUEST);
+    // A new main photo keeps the product's other views.
+    let form = multipart::Form::new().part("image", image_part(demo_image("mh01.jpg"), "new.jpg"));
+    let (status, updated) = send(client().put(at("/v1/products/MH01")).bearer_auth(TOKEN).multipart(form));
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["images"].as_array().unwrap().len(), 3);
+    let (_, fetched) = send(client().get(at("/v1/products/MH01")));
+    assert_eq!(fetched["images"].as_array().unwrap().len(), 3);
 }

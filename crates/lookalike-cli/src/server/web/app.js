@@ -36,7 +36,9 @@ function render(items, withScores) {
     card.dataset.id = p.id;
     card.dataset.category = p.category ?? "";
     const img = document.createElement("img");
-    img.src = p.image_url; img.alt = p.title ?? p.id; img.loading = "lazy";
+    // The view that matched the query (a back view, another colour), else the main photo.
+    img.src = p.matched_image ?? p.image_url; img.alt = p.title ?? p.id; img.loading = "lazy";
+    if ((p.images?.length ?? 1) > 1) card.dataset.views = String(p.images.length);
     img.addEventListener("click", () => openDetails(p.id));
     const body = document.createElement("div");
     body.className = "body";
@@ -120,7 +122,15 @@ async function browse() {
 function openDetails(id) {
   const p = lastProducts.get(id);
   if (!p) return;
-  $("details-image").src = p.image_url;
+  $("details-image").src = p.matched_image ?? p.image_url;
+  const views = p.images ?? [p.image_url];
+  $("details-views").hidden = views.length < 2;
+  $("details-views").replaceChildren(...views.map((url) => {
+    const thumb = document.createElement("img");
+    thumb.src = url; thumb.alt = ""; thumb.loading = "lazy";
+    thumb.addEventListener("click", () => { $("details-image").src = url; });
+    return thumb;
+  }));
   $("details-title").textContent = p.title ?? p.id;
   $("details-meta").textContent = [p.category, price(p.price), p.id].filter(Boolean).join(" · ");
   $("details-description").textContent = p.description ?? "";
