@@ -20,6 +20,7 @@ use lookalike::learn::train::{
 use lookalike::model::Embedder;
 use lookalike::store::{SqliteStore, Store};
 use lookalike::types::{Filter, Metric, StoredProduct};
+use rayon::prelude::*;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LossArg {
@@ -160,6 +161,22 @@ pub enum EvalCommand {
         json: bool,
         #[arg(long)]
         cache: Option<PathBuf>,
+    },
+    /// Product-level retrieval on a catalogue of several photos per product (indexed without a
+    /// head): each product's last photo is held out and queried against the rest, Recall@1 and
+    /// @5 per way of scoring a product by its photos, beside one photo per product.
+    Products {
+        #[arg(long)]
+        db: String,
+        /// Also with test-time augmentation: each photo's vector the mean of it and its mirror image.
+        #[arg(long)]
+        flip: bool,
+        /// Also train a metric head on a share of the products (products as classes) and
+        /// measure it on the other, unseen ones.
+        #[arg(value_parser = crate::args::fraction, long)]
+        train_share: Option<f32>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -547,6 +564,12 @@ fn print_retrieval(report: &RetrievalReport) {
 
 pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
     match command {
+        EvalCommand::Products {
+            db,
+            flip,
+            train_share,
+            json,
+        } => eval_products(embedder, &db, flip, train_share, json),
         EvalCommand::Classify {
             model,
             test,
@@ -705,4 +728,201 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Unit-length copies of `vectors`.
+fn unit_rows(vectors: impl Iterator<Item = Vec<f32>>) -> Vec<Vec<f32>> {
+    vectors
+        .map(|mut v| {
+            let width = v.len().max(1);
+            lookalike::linalg::l2_normalise_rows(&mut v, width);
+            v
+        })
+        .collect()
+}
+
+/// Pooled features of every photo of `products` seen in a mirror, in photo order.
+fn mirrored_features(embedder: &Embedder, products: &[StoredProduct]) -> Result<Vec<Vec<Vec<f32>>>> {
+    let bar = ProgressBar::new(products.iter().map(|p| 1 + p.more_images.len()).sum::<usize>() as u64);
+    let mut out = Vec::with_capacity(products.len());
+    for p in products {
+        let tensors: Vec<Vec<f32>> = p
+            .image_paths()
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|path| {
+                let image = lookalike::image::load_image(Path::new(path))?;
+                Ok(embedder
+                    .preprocessing
+                    .tensor_of(&image::imageops::flip_horizontal(&image)))
+            })
+            .collect::<Result<_>>()?;
+        let embedded = embedder.run(&tensors.concat(), tensors.len())?;
+        out.push((0..tensors.len()).map(|i| embedded.feature(i).to_vec()).collect());
+        bar.inc(tensors.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+fn eval_products(embedder: &Embedder, db: &str, flip: bool, train_share: Option<f32>, json: bool) -> Result<()> {
+    use lookalike::learn::eval::{held_out_product_recall, Aggregation, ProductRecall};
+    let store = lookalike::store::open_store_read_only(db)?;
+    if store.manifest()?.and_then(|m| m.head).is_some() {
+        bail!("{db} was indexed through a head: eval products needs raw backbone features");
+    }
+    let products = store.products()?;
+    let raw: Vec<Vec<Vec<f32>>> = products
+        .iter()
+        .map(|p| unit_rows(p.vectors().map(<[f32]>::to_vec)))
+        .collect();
+    let mirrored = flip.then(|| mirrored_features(embedder, &products)).transpose()?;
+    // A photo and its mirror image, as one vector.
+    let with_mirror = |vectors: &[Vec<Vec<f32>>], mirrors: &[Vec<Vec<f32>>]| -> Vec<Vec<Vec<f32>>> {
+        vectors
+            .iter()
+            .zip(mirrors)
+            .map(|(views, flipped)| {
+                let both = views
+                    .iter()
+                    .zip(unit_rows(flipped.iter().cloned()))
+                    .map(|(v, f)| v.iter().zip(&f).map(|(a, b)| a + b).collect::<Vec<f32>>());
+                unit_rows(both)
+            })
+            .collect()
+    };
+    let mut rows: Vec<(String, ProductRecall)> = Aggregation::ALL
+        .iter()
+        .map(|&a| ("raw features".to_string(), held_out_product_recall(&raw, a)))
+        .collect();
+    if let Some(mirrored) = &mirrored {
+        let both = with_mirror(&raw, mirrored);
+        rows.push((
+            "raw features + mirror".into(),
+            held_out_product_recall(&both, Aggregation::Best),
+        ));
+    }
+    if let Some(share) = train_share {
+        // Products split by a hash of their id: the head never sees a test product.
+        let in_train = |p: &StoredProduct| {
+            let hash = lookalike::content_hash(p.id.as_bytes());
+            (u32::from_str_radix(&hash[..8], 16).expect("hex") as f64 / u32::MAX as f64) < share as f64
+        };
+        let (train, test): (Vec<usize>, Vec<usize>) = (0..products.len()).partition(|&i| in_train(&products[i]));
+        let labelled = |ids: &[usize], last_photo: bool| {
+            let mut data = LabelledFeatures {
+                features: Vec::new(),
+                labels: Vec::new(),
+                dimension: products[0].vector.len(),
+                classes: ids.iter().map(|&i| products[i].id.clone()).collect(),
+            };
+            for (class, &i) in ids.iter().enumerate() {
+                let views: Vec<&[f32]> = products[i].vectors().collect();
+                let chosen: Vec<&[f32]> = match (last_photo, views.len()) {
+                    (true, n) if n >= 2 => vec![views[n - 1]],
+                    (true, _) => Vec::new(),
+                    (false, n) if n >= 2 => views[..n - 1].to_vec(),
+                    (false, _) => views,
+                };
+                for v in chosen {
+                    data.features.extend_from_slice(v);
+                    data.labels.push(class);
+                }
+            }
+            data
+        };
+        let options = TrainOptions {
+            per_class: 2,
+            batch_size: 64,
+            ..TrainOptions::default()
+        };
+        let sha = store.manifest()?.map(|m| m.weights_sha256).unwrap_or_default();
+        eprintln!(
+            "training a projection head on {} products, testing on {} others...",
+            train.len(),
+            test.len()
+        );
+        let head = train_projection(
+            &labelled(&train, false),
+            &labelled(&train, true),
+            &sha,
+            &options,
+            &mut |_| {},
+        )?
+        .head;
+        let project = |vectors: &[Vec<Vec<f32>>]| -> Vec<Vec<Vec<f32>>> {
+            test.iter()
+                .map(|&i| {
+                    let views = &vectors[i];
+                    let out = head.apply(&views.concat(), views.len());
+                    out.chunks(head.output_dimension()).map(<[f32]>::to_vec).collect()
+                })
+                .collect()
+        };
+        let test_raw: Vec<Vec<Vec<f32>>> = test.iter().map(|&i| raw[i].clone()).collect();
+        let unseen = format!("{} unseen products", test.len());
+        rows.push((
+            format!("raw features, {unseen}"),
+            held_out_product_recall(&test_raw, Aggregation::Best),
+        ));
+        let raw_features: Vec<Vec<Vec<f32>>> = products
+            .iter()
+            .map(|p| p.vectors().map(<[f32]>::to_vec).collect())
+            .collect();
+        rows.push((
+            format!("metric head ({} training products), {unseen}", train.len()),
+            held_out_product_recall(&project(&raw_features), Aggregation::Best),
+        ));
+        if let Some(mirrored) = &mirrored {
+            // The head takes raw features: the mean of a photo's and its mirror's.
+            let averaged: Vec<Vec<Vec<f32>>> = raw_features
+                .iter()
+                .zip(mirrored)
+                .map(|(views, flipped)| {
+                    views
+                        .iter()
+                        .zip(flipped)
+                        .map(|(v, f)| v.iter().zip(f).map(|(a, b)| (a + b) / 2.0).collect())
+                        .collect()
+                })
+                .collect();
+            rows.push((
+                format!("metric head + mirror, {unseen}"),
+                held_out_product_recall(&project(&averaged), Aggregation::Best),
+            ));
+        }
+    }
+    if json {
+        let body: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(features, r)| serde_json::json!({ "features": features, "result": r }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "features",
+        "a product scores by",
+        "queries",
+        "Recall@1",
+        "Recall@5",
+    ]);
+    for (features, r) in &rows {
+        let by = match r.aggregation {
+            Aggregation::Best => "its best photo",
+            Aggregation::TopTwo => "its two best photos",
+            Aggregation::Centroid => "the mean of its photos",
+            Aggregation::MainPhotoOnly => "its main photo only",
+        };
+        table.add_row([
+            features.clone(),
+            by.to_string(),
+            r.queries.to_string(),
+            format!("{:.3}", r.recall_at_1),
+            format!("{:.3}", r.recall_at_5),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }

@@ -190,3 +190,121 @@ mod tests {
         assert!((r.per_class[0].recall - 0.5).abs() < 1e-12);
     }
 }
+
+/// How a product of several photos is scored against a query photo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregation {
+    /// Its best-matching photo (what search does).
+    Best,
+    /// The mean of its two best-matching photos (the one, if it has one).
+    TopTwo,
+    /// The cosine to the mean of its photos' unit vectors.
+    Centroid,
+    /// Its main photo only: the catalogue as if each product had one photo.
+    MainPhotoOnly,
+}
+
+impl Aggregation {
+    pub const ALL: [Self; 4] = [Self::Best, Self::TopTwo, Self::Centroid, Self::MainPhotoOnly];
+
+    /// The product's score from the cosines of `query` to its photos (`views`, unit vectors, main first).
+    fn score(self, query: &[f32], views: &[&[f32]]) -> f32 {
+        let cos = |v: &[f32]| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
+        match self {
+            Self::Best => views.iter().map(|v| cos(v)).fold(f32::NEG_INFINITY, f32::max),
+            Self::TopTwo => {
+                let mut scores: Vec<f32> = views.iter().map(|v| cos(v)).collect();
+                scores.sort_by(|a, b| b.total_cmp(a));
+                scores.iter().take(2).sum::<f32>() / scores.len().min(2) as f32
+            }
+            Self::Centroid => {
+                let mut mean = vec![0.0f32; query.len()];
+                for v in views {
+                    mean.iter_mut().zip(v.iter()).for_each(|(m, x)| *m += x);
+                }
+                let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                cos(&mean) / norm
+            }
+            Self::MainPhotoOnly => cos(views[0]),
+        }
+    }
+}
+
+/// Product-level retrieval with held-out photos.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductRecall {
+    pub aggregation: Aggregation,
+    pub queries: usize,
+    pub recall_at_1: f64,
+    pub recall_at_5: f64,
+}
+
+/// Leave-one-out over photos: every photo of every product with at least two photos is a query
+/// against the gallery of all products, its own product without that photo. Recall@k is the
+/// share of queries whose own product is among the k best-scoring products. `products[i]` holds
+/// product i's photos as unit vectors, the main photo first.
+pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregation) -> ProductRecall {
+    let (mut queries, mut at_1, mut at_5) = (0usize, 0usize, 0usize);
+    for (own, photos) in products.iter().enumerate().filter(|(_, p)| p.len() >= 2) {
+        for held_out in 0..photos.len() {
+            let query = &photos[held_out];
+            let others: Vec<&[f32]> = photos
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != held_out)
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            let own_score = aggregation.score(query, &others);
+            // Its rank: the products that score better, ties going to the lower index.
+            let rank = products
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != own)
+                .filter(|(i, views)| {
+                    let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
+                    let score = aggregation.score(query, &views);
+                    score > own_score || (score == own_score && *i < own)
+                })
+                .count();
+            queries += 1;
+            at_1 += usize::from(rank < 1);
+            at_5 += usize::from(rank < 5);
+        }
+    }
+    let share = |n: usize| n as f64 / queries.max(1) as f64;
+    ProductRecall {
+        aggregation,
+        queries,
+        recall_at_1: share(at_1),
+        recall_at_5: share(at_5),
+    }
+}
+
+#[cfg(test)]
+mod product_tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn a_held_out_view_finds_its_product_by_its_other_views() {
+        // Product 0: a front and two back views; product 2: two near-identical photos.
+        let products = vec![
+            vec![unit(&[1.0, 0.0, 0.0]), unit(&[0.0, 1.0, 0.0]), unit(&[0.05, 1.0, 0.0])],
+            vec![unit(&[0.3, 0.7, 0.0])],
+            vec![unit(&[0.0, 0.0, 1.0]), unit(&[0.1, 0.0, 1.0])],
+        ];
+        let best = held_out_product_recall(&products, Aggregation::Best);
+        // Five queries; only the front view of product 0, its back views left, misses.
+        assert_eq!(best.queries, 5);
+        assert_eq!(best.recall_at_1, 0.8);
+        // With the main photo only, a back view held out meets the front, and product 1 wins.
+        let main_only = held_out_product_recall(&products, Aggregation::MainPhotoOnly);
+        assert!(main_only.recall_at_1 < best.recall_at_1);
+        assert_eq!(main_only.recall_at_5, 1.0);
+    }
+}

@@ -825,6 +825,26 @@ impl Store for PgStore {
         ))?;
         let rows = tx.query(&sql, &params)?;
         let ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
+        // Each candidate scored exactly by all of its images, as the in-memory index does.
+        let all_images = format!(
+            "SELECT id AS product_id, 0 AS image, embedding {operator} ($1::vector)::{column} AS distance
+               FROM lookalike_products WHERE id = ANY($2)
+             UNION ALL
+             SELECT product_id, position, embedding {operator} ($1::vector)::{column}
+               FROM lookalike_images WHERE product_id = ANY($2)"
+        );
+        let mut pairs: HashMap<String, Vec<(f32, usize)>> = HashMap::new();
+        for r in tx.query(&all_images, &[&vector, &ids])? {
+            let distance: f64 = r.get("distance");
+            let score = match metric {
+                Metric::Cosine => 1.0 - distance,
+                Metric::Euclidean => distance,
+            };
+            pairs
+                .entry(r.get("product_id"))
+                .or_default()
+                .push((score as f32, r.get::<_, i32>("image") as usize));
+        }
         let mut views = more_images(
             &mut tx,
             Some(&ids.iter().map(String::as_str).collect::<Vec<_>>()),
@@ -833,19 +853,12 @@ impl Store for PgStore {
         tx.commit()?;
         let mut hits: Vec<Scored> = rows
             .iter()
-            .map(|r| {
-                let distance: f64 = r.get("distance");
-                let score = match metric {
-                    Metric::Cosine => 1.0 - distance,
-                    Metric::Euclidean => distance,
-                };
+            .filter_map(|r| {
                 let mut product = product_from(r, false);
                 product.more_images = views.remove(&product.id).unwrap_or_default();
-                Scored {
-                    product,
-                    score: score as f32,
-                    image: r.get::<_, i32>("image") as usize,
-                }
+                // None only if the product was deleted between the two statements.
+                let (score, image) = metric.product_score(pairs.remove(&product.id)?);
+                Some(Scored { product, score, image })
             })
             .collect();
         hits.sort_by(|a, b| {
