@@ -19,7 +19,7 @@ use lookalike::learn::train::{
 };
 use lookalike::model::Embedder;
 use lookalike::store::{SqliteStore, Store};
-use lookalike::types::{Filter, Metric, StoredProduct};
+use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -175,6 +175,10 @@ pub enum EvalCommand {
         /// measure it on the other, unseen ones.
         #[arg(value_parser = crate::args::fraction, long)]
         train_share: Option<f32>,
+        /// Also rank with words: a CSV (columns image, words) giving held-out photos, by file
+        /// name, words to query with beside them; photo, words and their fusions side by side.
+        #[arg(long)]
+        words: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -568,8 +572,9 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             db,
             flip,
             train_share,
+            words,
             json,
-        } => eval_products(embedder, &db, flip, train_share, json),
+        } => eval_products(embedder, &db, flip, train_share, words.as_deref(), json),
         EvalCommand::Classify {
             model,
             test,
@@ -765,7 +770,85 @@ fn mirrored_features(embedder: &Embedder, products: &[StoredProduct]) -> Result<
     Ok(out)
 }
 
-fn eval_products(embedder: &Embedder, db: &str, flip: bool, train_share: Option<f32>, json: bool) -> Result<()> {
+/// [`lookalike::learn::eval::held_out_recall_with_words`] for the photos `words_csv` gives words to.
+fn recall_with_words(
+    store: &dyn lookalike::store::Store,
+    products: &[StoredProduct],
+    raw: &[Vec<Vec<f32>>],
+    words_csv: &Path,
+) -> Result<Vec<(String, lookalike::learn::eval::ProductRecall)>> {
+    use lookalike::index::fusion::{Fusion, RRF_K};
+    use lookalike::learn::eval::{held_out_recall_with_words, WithWords};
+    const DEPTH: usize = 100;
+    let mut reader =
+        csv::Reader::from_path(words_csv).with_context(|| format!("cannot read {}", words_csv.display()))?;
+    let mut by_file: HashMap<String, String> = HashMap::new();
+    for row in reader.deserialize::<HashMap<String, String>>() {
+        let row = row.with_context(|| format!("{}", words_csv.display()))?;
+        let (Some(image), Some(words)) = (row.get("image"), row.get("words")) else {
+            bail!("{} needs the columns image and words", words_csv.display());
+        };
+        let name = Path::new(image).file_name().map(|n| n.to_string_lossy().into_owned());
+        by_file.insert(name.unwrap_or_default(), words.clone());
+    }
+    let index_of: HashMap<&str, usize> = products.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
+    // Word rankings do not depend on the held-out photo: one text search per distinct query.
+    let mut searched: HashMap<String, Vec<(usize, f32)>> = HashMap::new();
+    let mut per_photo: HashMap<(usize, usize), Vec<(usize, f32)>> = HashMap::new();
+    for (own, product) in products.iter().enumerate() {
+        for (n, path) in product.image_paths().enumerate() {
+            let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(text) = name.and_then(|name| by_file.get(&name)) else {
+                continue;
+            };
+            if !searched.contains_key(text) {
+                let found = store.text_search(&Words::parse(text)?, DEPTH, &Filter::default(), None)?;
+                let ranked = found
+                    .into_iter()
+                    .filter_map(|(id, s)| Some((*index_of.get(id.as_str())?, s)));
+                searched.insert(text.clone(), ranked.collect());
+            }
+            per_photo.insert((own, n), searched[text].clone());
+        }
+    }
+    if per_photo.is_empty() {
+        bail!("no photo of the catalogue is named in {}", words_csv.display());
+    }
+    let mut methods = vec![
+        ("photo only".to_string(), WithWords::PhotoOnly),
+        ("words only".to_string(), WithWords::WordsOnly),
+        (
+            format!("photo + words, RRF (k={RRF_K})"),
+            WithWords::Fused(Fusion::ReciprocalRank),
+        ),
+    ];
+    for photo_weight in [0.3f32, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+        methods.push((
+            format!("photo + words, weighted {photo_weight:.1}/{:.1}", 1.0 - photo_weight),
+            WithWords::Fused(Fusion::Weighted { photo_weight }),
+        ));
+    }
+    let kinds: Vec<WithWords> = methods.iter().map(|(_, m)| *m).collect();
+    let results = held_out_recall_with_words(raw, &|own, n| per_photo.get(&(own, n)).cloned(), &kinds, DEPTH);
+    let file = words_csv
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(methods
+        .into_iter()
+        .zip(results)
+        .map(|((label, _), r)| (format!("{label} ({file})"), r))
+        .collect())
+}
+
+fn eval_products(
+    embedder: &Embedder,
+    db: &str,
+    flip: bool,
+    train_share: Option<f32>,
+    words: Option<&Path>,
+    json: bool,
+) -> Result<()> {
     use lookalike::learn::eval::{held_out_product_recall, Aggregation, ProductRecall};
     let store = lookalike::store::open_store_read_only(db)?;
     if store.manifest()?.and_then(|m| m.head).is_some() {
@@ -801,6 +884,9 @@ fn eval_products(embedder: &Embedder, db: &str, flip: bool, train_share: Option<
             "raw features + mirror".into(),
             held_out_product_recall(&both, Aggregation::Best),
         ));
+    }
+    if let Some(words) = words {
+        rows.extend(recall_with_words(&*store, &products, &raw, words)?);
     }
     if let Some(share) = train_share {
         // Products split by a hash of their id: the head never sees a test product.

@@ -20,10 +20,10 @@ use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
-use lookalike::recommend::Recommender;
+use lookalike::recommend::{Query, Recommender};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
-use lookalike::types::{Filter, Metric};
+use lookalike::types::{Filter, Metric, Words};
 
 /// Exit status of `index` when it finished but skipped some images.
 const EXIT_SKIPPED: u8 = 3;
@@ -86,13 +86,17 @@ enum Command {
         #[arg(value_parser = args::count::<1, 100_000>, long, default_value_t = 1000)]
         batch_size: usize,
     },
-    /// Products that look like a photo.
+    /// Products that look like a photo, match words (--text), or both.
     Search {
-        image: PathBuf,
+        #[arg(required_unless_present = "text")]
+        image: Option<PathBuf>,
+        /// Words to find in titles, categories and descriptions; with a photo, both rankings fused.
+        #[arg(long)]
+        text: Option<String>,
         #[command(flatten)]
         query: QueryArgs,
         /// Classify the query first (with --classifier) and rank only products of the likely categories.
-        #[arg(long, requires = "classifier")]
+        #[arg(long, requires_all = ["classifier", "image"])]
         hybrid: bool,
         /// Classifier head (from `train classifier`) for --hybrid.
         #[arg(long)]
@@ -101,7 +105,7 @@ enum Command {
         #[arg(value_parser = args::fraction, long, default_value_t = 0.9)]
         coverage: f32,
         /// Also draw the query and its results (photos, scores, titles, prices) as a PNG here.
-        #[arg(long)]
+        #[arg(long, requires = "image")]
         grid: Option<PathBuf>,
     },
     /// Products that look like product ID.
@@ -257,6 +261,10 @@ struct QueryArgs {
     /// Every product of a group (e.g. each colour) instead of the best one per group.
     #[arg(long)]
     all_variants: bool,
+    /// Variety over relevance, 0 to 1 (maximal marginal relevance): 0 ranks by score alone,
+    /// 0.3 keeps a page from being ten shades of one item.
+    #[arg(value_parser = args::fraction, long, default_value_t = 0.0)]
+    diversity: f32,
     #[arg(long)]
     json: bool,
 }
@@ -522,6 +530,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Search {
             image,
+            text,
             query,
             hybrid,
             classifier,
@@ -529,39 +538,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             grid,
         } => {
             let mut filter = query.filter()?;
+            let words = text.as_deref().map(Words::parse).transpose()?;
             let store = open_existing(&query.db)?;
-            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
-            store
-                .ensure_manifest(&embedder.manifest())
-                .context("cannot search this catalogue")?;
-            let classifier = match (hybrid, &classifier) {
-                (true, Some(path)) => {
-                    let head = learn::load_head(path, &embedder, lookalike::learn::head::HeadKind::Classifier)?;
-                    embedder = embedder.for_classifier(&head)?;
-                    Some(head)
+            let (embedding, predicted) = match &image {
+                None => (None, None),
+                Some(image) => {
+                    let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
+                    store
+                        .ensure_manifest(&embedder.manifest())
+                        .context("cannot search this catalogue")?;
+                    let classifier = match (hybrid, &classifier) {
+                        (true, Some(path)) => {
+                            let head = learn::load_head(path, &embedder, lookalike::learn::head::HeadKind::Classifier)?;
+                            embedder = embedder.for_classifier(&head)?;
+                            Some(head)
+                        }
+                        _ => None,
+                    };
+                    let embedding = embed_files(&embedder, std::slice::from_ref(image))?
+                        .remove(0)
+                        .with_context(|| format!("cannot use query image {}", image.display()))?;
+                    let predicted = match &classifier {
+                        Some(head) => {
+                            let likely = head.likely_classes(&embedding.classifier_input, coverage)?;
+                            filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
+                            Some(likely)
+                        }
+                        _ => None,
+                    };
+                    (Some(embedding), predicted)
                 }
-                _ => None,
             };
-            let embedding = embed_files(&embedder, std::slice::from_ref(&image))?
-                .remove(0)
-                .with_context(|| format!("cannot use query image {}", image.display()))?;
-            let predicted = match &classifier {
-                Some(head) => {
-                    let likely = head.likely_classes(&embedding.classifier_input, coverage)?;
-                    filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
-                    Some(likely)
-                }
-                _ => None,
+            let request = Query {
+                image: embedding.as_ref().map(|e| e.features.as_slice()),
+                words: words.as_ref(),
             };
-            let hits = Recommender::new(store)?.search(&embedding.features, query.k, query.metric, &filter, None)?;
-            output::print_hits(&hits, query.metric, query.json, predicted.as_deref())?;
-            if let Some(grid) = &grid {
-                let score_name = match query.metric {
-                    Metric::Cosine => "similarity",
-                    Metric::Euclidean => "distance",
-                };
-                let photo = lookalike::image::load_image(&image)?;
-                charts::recommendation_grid(&photo, &hits, score_name, grid)?;
+            let hits = Recommender::new(store)?.query(request, query.k, query.metric, &filter, query.diversity)?;
+            // Words rank by relevance, alone or fused with the photo's similarity.
+            let scored_by = if words.is_some() { None } else { Some(query.metric) };
+            output::print_hits(&hits, scored_by, query.json, predicted.as_deref())?;
+            if let (Some(grid), Some(image)) = (&grid, &image) {
+                let photo = lookalike::image::load_image(image)?;
+                charts::recommendation_grid(&photo, &hits, output::score_name(scored_by), grid)?;
                 eprintln!("drew {}", grid.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -569,10 +587,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Similar { id, query } => {
             let filter = query.filter()?;
             let catalogue = Recommender::new(open_existing(&query.db)?)?;
-            let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter)? else {
+            let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter, query.diversity)? else {
                 bail!("no product with id {id:?} in the catalogue");
             };
-            output::print_hits(&hits, query.metric, query.json, None)?;
+            output::print_hits(&hits, Some(query.metric), query.json, None)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { from, to, batch_size } => {

@@ -12,7 +12,23 @@ use lookalike::types::{Metric, Scored};
 use serde_json::json;
 
 /// `predicted`: the categories a hybrid search ranked within, with their probabilities.
-pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Option<&[(String, f32)]>) -> Result<()> {
+/// What the scores of hits ranked by `metric` mean; `None`: relevance to words, alone or fused
+/// with a photo's similarity (higher is better).
+pub fn score_name(metric: Option<Metric>) -> &'static str {
+    match metric {
+        Some(Metric::Cosine) => "cosine",
+        Some(Metric::Euclidean) => "euclidean",
+        None => "relevance",
+    }
+}
+
+/// Hits as a table or JSON; `metric` as in [`score_name`].
+pub fn print_hits(
+    hits: &[Scored],
+    metric: Option<Metric>,
+    as_json: bool,
+    predicted: Option<&[(String, f32)]>,
+) -> Result<()> {
     if as_json {
         let rows: Vec<_> = hits
             .iter()
@@ -23,7 +39,7 @@ pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Opt
                     "rank": rank + 1,
                     "id": p.id,
                     "score": hit.score,
-                    "metric": metric,
+                    "metric": score_name(metric),
                     "title": p.info.title,
                     "price": p.info.price,
                     "category": p.info.category,
@@ -58,8 +74,9 @@ pub fn print_hits(hits: &[Scored], metric: Metric, as_json: bool, predicted: Opt
     }
     let mut table = Table::new();
     let score = match metric {
-        Metric::Cosine => "similarity",
-        Metric::Euclidean => "distance",
+        Some(Metric::Cosine) => "similarity",
+        Some(Metric::Euclidean) => "distance",
+        None => "relevance",
     };
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
         "rank",

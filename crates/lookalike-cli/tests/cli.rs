@@ -1318,3 +1318,102 @@ fn walkdir(root: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn words_find_products_alone_and_beside_a_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = luma_shop();
+    let db = dir.path().join("magento.db");
+    ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    let ids = |hits: &Value| -> Vec<String> {
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Words alone: stemmed, any of them, the title counting most; no photo model is loaded.
+    let tees = json(&lookalike(&["search", "--text", "TEES", "--db", s(&db), "--json"]));
+    assert_eq!(ids(&tees).len(), 2, "{tees}");
+    assert!(
+        ids(&tees).iter().all(|id| ["MS01", "WS01"].contains(&id.as_str())),
+        "{tees}"
+    );
+    assert_eq!(tees[0]["metric"], "relevance");
+    let women = json(&lookalike(&[
+        "search",
+        "--text",
+        "jacket",
+        "--category",
+        "women/tops/JACKETS",
+        "--db",
+        s(&db),
+        "--json",
+    ]));
+    assert_eq!(ids(&women), ["WJ01"]);
+    let nothing = json(&lookalike(&["search", "--text", "zebra", "--db", s(&db), "--json"]));
+    assert_eq!(nothing, serde_json::json!([]));
+
+    // A photo of the orange hoodie with words: the words move products that have them up, the
+    // photo still decides among them.
+    let query = shop.join("queries/mh01-orange_main.jpg");
+    let photo = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "10", "--json"]));
+    let fused = json(&lookalike(&[
+        "search",
+        s(&query),
+        "--text",
+        "women hoodie",
+        "--db",
+        s(&db),
+        "-k",
+        "10",
+        "--json",
+    ]));
+    assert_eq!(ids(&photo)[0], "MH01");
+    let rank = |hits: &Value, id: &str| ids(hits).iter().position(|x| x == id).unwrap();
+    assert!(rank(&fused, "WH01") < rank(&photo, "WH01"), "{photo}\n{fused}");
+    assert_eq!(
+        &ids(&fused)[..2]
+            .iter()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        &["MH01", "WH01"].into_iter().collect()
+    );
+
+    // Diversity keeps the best first and returns as many results.
+    let diverse = json(&lookalike(&[
+        "search",
+        s(&query),
+        "--diversity",
+        "0.7",
+        "--db",
+        s(&db),
+        "-k",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(ids(&diverse)[0], "MH01");
+    assert_eq!(ids(&diverse).len(), 5);
+    let similar = json(&lookalike(&[
+        "similar",
+        "WJ01",
+        "--diversity",
+        "0.5",
+        "--db",
+        s(&db),
+        "-k",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(ids(&similar).len(), 4);
+
+    // Neither photo nor words, or words that are no words: clear errors.
+    let out = lookalike(&["search", "--db", s(&db)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = lookalike(&["search", "--text", " -- ", "--db", s(&db)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no words"), "{out:?}");
+    let out = lookalike(&["search", "--text", "x", "--diversity", "1.5", "--db", s(&db)]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -11,12 +11,26 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use crate::index::diversity::{diversify, pool_size};
+use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::VectorIndex;
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
-use crate::types::{Filter, Metric, Page, RelatedIds, Scored, StoredProduct};
+use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
+
+/// What a shopper asks with: a photo (its vector), words, or both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<'a> {
+    pub image: Option<&'a [f32]>,
+    pub words: Option<&'a Words>,
+}
+
+/// Candidates each ranking brings to the fusion of a photo and words.
+const FUSION_DEPTH: usize = 100;
+/// Word matches read per result wanted when groups fold several products into one.
+const PER_GROUP_READ: usize = 4;
 
 pub struct Recommender {
     store: Mutex<Guarded>,
@@ -129,7 +143,23 @@ impl Recommender {
 
     /// Products that look like product `id`, every image of it a query; neither the product nor
     /// other products of its group. `None` if there is no such product.
-    pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Option<Vec<Scored>>> {
+    /// `diversity` as in [`Self::query`].
+    pub fn similar(
+        &self,
+        id: &str,
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        diversity: f32,
+    ) -> Result<Option<Vec<Scored>>> {
+        let pool = pool_size(k, diversity);
+        let Some(hits) = self.similar_by_relevance(id, pool, metric, filter)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.diversified(hits, k, diversity, metric)?))
+    }
+
+    fn similar_by_relevance(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Option<Vec<Scored>>> {
         let Some(product) = self.find(id)? else {
             return Ok(None);
         };
@@ -165,7 +195,90 @@ impl Recommender {
                 .best_first(a.score, b.score)
                 .then_with(|| a.product.id.cmp(&b.product.id))
         });
-        Ok(Some(crate::types::keep_per_group(hits, k, filter.one_per_group)))
+        Ok(Some(keep_per_group(hits, k, filter.one_per_group)))
+    }
+
+    /// The `k` best products for a photo, words or both that pass `filter`. Words alone rank by
+    /// relevance (BM25 / `ts_rank`); a photo with words ranks by [`DEFAULT_FUSION`] of both.
+    /// `diversity` in [0, 1] trades relevance for variety (maximal marginal relevance; 0: none).
+    pub fn query(
+        &self,
+        query: Query,
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        diversity: f32,
+    ) -> Result<Vec<Scored>> {
+        let pool = pool_size(k, diversity);
+        let (hits, ranked_by) = match (query.image, query.words) {
+            (None, None) => bail!("a query needs a photo, words or both"),
+            (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
+            (None, Some(words)) => {
+                let found = self.word_matches(words, pool, filter)?;
+                (self.products_for(found, Vec::new(), pool, filter)?, Metric::Cosine)
+            }
+            (Some(image), Some(words)) => {
+                let depth = pool.max(FUSION_DEPTH);
+                let by_photo = self.search(image, depth, metric, filter, None)?;
+                let by_words = self.word_matches(words, depth, filter)?;
+                let photo_ranking: Vec<(String, f32)> =
+                    by_photo.iter().map(|h| (h.product.id.clone(), h.score)).collect();
+                let fused = fuse(&photo_ranking, &by_words, metric, DEFAULT_FUSION);
+                (self.products_for(fused, by_photo, pool, filter)?, Metric::Cosine)
+            }
+        };
+        self.diversified(hits, k, diversity, ranked_by)
+    }
+
+    /// Ids matching `words` with their relevance, enough of them for `k` results after groups fold.
+    fn word_matches(&self, words: &Words, k: usize, filter: &Filter) -> Result<Vec<(String, f32)>> {
+        let read = if filter.one_per_group { k * PER_GROUP_READ } else { k };
+        self.guarded().store.text_search(words, read, filter, None)
+    }
+
+    /// The products of `ranking` (ids with scores, best first), the first `k` after groups fold;
+    /// those in `known` are taken from it with their matched image, the others read.
+    fn products_for(
+        &self,
+        ranking: Vec<(String, f32)>,
+        known: Vec<Scored>,
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Scored>> {
+        let mut known: HashMap<String, Scored> = known.into_iter().map(|h| (h.product.id.clone(), h)).collect();
+        let memory = self.memory()?;
+        let mut hits = Vec::new();
+        for (id, score) in ranking {
+            if hits.len() >= k * PER_GROUP_READ {
+                break;
+            }
+            let (product, image) = match known.remove(&id) {
+                Some(hit) => (hit.product, hit.image),
+                None => {
+                    let product = match &memory {
+                        Some(index) => index.find(&id).cloned(),
+                        None => self.guarded().store.product(&id)?,
+                    };
+                    // None only if deleted since the ranking was made.
+                    let Some(product) = product else { continue };
+                    (product, 0)
+                }
+            };
+            hits.push(Scored { product, score, image });
+        }
+        Ok(keep_per_group(hits, k, filter.one_per_group))
+    }
+
+    /// [`diversify`] over `hits`, reading the vectors of products found without them.
+    fn diversified(&self, mut hits: Vec<Scored>, k: usize, diversity: f32, ranked_by: Metric) -> Result<Vec<Scored>> {
+        if diversity > 0.0 {
+            for hit in hits.iter_mut().filter(|h| h.product.vector.is_empty()) {
+                if let Some(stored) = self.guarded().store.product(&hit.product.id)? {
+                    hit.product.vector = stored.vector;
+                }
+            }
+        }
+        Ok(diversify(hits, k, diversity, ranked_by))
     }
 
     /// Products in id order, optionally of one category (case-insensitive), skipping `offset`.

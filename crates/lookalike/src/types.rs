@@ -213,6 +213,42 @@ impl FromStr for Metric {
     }
 }
 
+/// The words of a text query: letters and digits, lower-cased, at most [`Words::MAX_WORDS`] of
+/// them. Punctuation and operators never reach a full-text engine, so any input is a plain
+/// "any of these words" query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Words(Vec<String>);
+
+impl Words {
+    pub const MAX_WORDS: usize = 32;
+    const MAX_WORD_CHARS: usize = 64;
+
+    pub fn parse(text: &str) -> Result<Self> {
+        check_text("text query", text, MAX_TEXT_BYTES)?;
+        let mut words: Vec<String> = Vec::new();
+        for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+            if word.chars().count() > Self::MAX_WORD_CHARS {
+                bail!("the text query has a word longer than {} letters", Self::MAX_WORD_CHARS);
+            }
+            let word = word.to_lowercase();
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
+        if words.is_empty() {
+            bail!("the text query has no words to search for");
+        }
+        if words.len() > Self::MAX_WORDS {
+            bail!("the text query has more than {} words", Self::MAX_WORDS);
+        }
+        Ok(Self(words))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Case-insensitive exact category match.
@@ -289,6 +325,20 @@ mod tests {
         assert!(Filter::new(Some("a\0b".into()), None, None).is_err());
         let f = Filter::new(Some("  ".into()), Some(1.0), Some(5.0)).unwrap();
         assert_eq!(f.category, None);
+    }
+
+    #[test]
+    fn text_queries_become_plain_words() {
+        let words = Words::parse("Grey  HOODIE, \"pink\" OR* NEAR(x) grey").unwrap();
+        assert_eq!(words.as_slice(), ["grey", "hoodie", "pink", "or", "near", "x"]);
+        assert_eq!(
+            Words::parse("Saia rosa-choque").unwrap().as_slice(),
+            ["saia", "rosa", "choque"]
+        );
+        let many: String = (0..=Words::MAX_WORDS).map(|i| format!("w{i} ")).collect();
+        for bad in ["", " -- ", "a\0b", &"x".repeat(65), &many] {
+            assert!(Words::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/metrics", get(queries::metrics))
         .route("/v1/stats", get(queries::stats))
-        .route("/v1/search", post(queries::search))
+        .route("/v1/search", post(queries::search).get(queries::search_words))
         .route("/v1/recommend", post(queries::recommend))
         .route("/v1/products/{id}/similar", get(queries::similar))
         .route("/v1/products/{id}/image", get(queries::product_image))

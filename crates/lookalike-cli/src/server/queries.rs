@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lookalike::model::ImageEmbedding;
-use lookalike::types::{Filter, Metric, Scored, StoredProduct};
+use lookalike::types::{Filter, Metric, Scored, StoredProduct, Words};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,7 +39,8 @@ pub fn product_json(p: &StoredProduct) -> Value {
     })
 }
 
-fn hits_json(hits: &[Scored], metric: Metric) -> Value {
+/// Results with their scores; `metric` as in [`crate::output::score_name`].
+fn hits_json(hits: &[Scored], metric: Option<Metric>) -> Value {
     let results: Vec<Value> = hits
         .iter()
         .map(|hit| {
@@ -49,7 +50,7 @@ fn hits_json(hits: &[Scored], metric: Metric) -> Value {
             v
         })
         .collect();
-    json!({ "metric": metric, "results": results })
+    json!({ "metric": crate::output::score_name(metric), "results": results })
 }
 
 pub fn no_product(id: &str) -> ApiError {
@@ -64,6 +65,10 @@ pub struct QueryParams {
     max_price: Option<String>,
     /// `all`: every product of a group, not just the best one.
     variants: Option<String>,
+    /// Variety over relevance in [0, 1] (maximal marginal relevance).
+    diversity: Option<String>,
+    /// Words to find in titles, categories and descriptions.
+    q: Option<String>,
 }
 
 pub fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) -> ApiResult<Option<T>> {
@@ -77,6 +82,24 @@ pub fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) ->
 }
 
 impl QueryParams {
+    fn diversity(&self) -> ApiResult<f32> {
+        let diversity = parse_number::<f32>("diversity", &self.diversity)?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&diversity) {
+            return Err(ApiError::bad_request("diversity must be between 0 and 1"));
+        }
+        Ok(diversity)
+    }
+
+    /// The words of `q`, if it has any text.
+    fn words(&self) -> ApiResult<Option<Words>> {
+        match self.q.as_deref().filter(|q| !q.trim().is_empty()) {
+            None => Ok(None),
+            Some(q) => Words::parse(q)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(format!("q: {e}"))),
+        }
+    }
+
     fn k(&self) -> ApiResult<usize> {
         let k = parse_number::<usize>("k", &self.k)?.unwrap_or(10);
         if k == 0 || k > MAX_K {
@@ -132,6 +155,7 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
+/// `POST /v1/search`: a photo (field `image`), words (`q`) or both, as a multipart form.
 pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
     // Refused before the form is even parsed when the pipeline is full.
     let ticket = state.admit_image().await?;
@@ -143,8 +167,10 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         min_price: field("min_price"),
         max_price: field("max_price"),
         variants: field("variants"),
+        diversity: field("diversity"),
+        q: field("q"),
     };
-    let (k, mut filter) = (params.k()?, params.filter()?);
+    let (k, mut filter, diversity, words) = (params.k()?, params.filter()?, params.diversity()?, params.words()?);
     let hybrid = match field("hybrid").as_deref().map(str::trim) {
         None | Some("" | "false" | "0" | "no") => false,
         Some("true" | "1" | "yes" | "on") => true,
@@ -167,26 +193,53 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         (true, Some(head)) => Some(head),
         (false, _) => None,
     };
-    let image = form
-        .image
-        .ok_or_else(|| ApiError::bad_request("the multipart field `image` is required"))?;
-    let ImageEmbedding {
-        features: query,
-        classifier_input,
-        ..
-    } = state.embed(image, ticket).await?;
-    let predicted = match classifier {
-        Some(head) => {
-            let likely = head
-                .likely_classes(&classifier_input, coverage)
-                .map_err(ApiError::internal)?;
-            filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
-            Some(likely)
+    let image = match (form.image, &words) {
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "give a photo (the multipart field `image`), words (the field `q`) or both",
+            ))
         }
-        None => None,
+        (None, Some(_)) if classifier.is_some() => {
+            return Err(ApiError::bad_request(
+                "hybrid search classifies a photo: send the field `image`",
+            ))
+        }
+        (image, _) => image,
     };
-    let hits = on_catalogue(&state, move |c| c.search(&query, k, Metric::Cosine, &filter, None)).await?;
-    let mut body = hits_json(&hits, Metric::Cosine);
+    let (query, predicted) = match image {
+        None => {
+            drop(ticket); // words alone take no place in the image pipeline
+            (None, None)
+        }
+        Some(image) => {
+            let ImageEmbedding {
+                features,
+                classifier_input,
+                ..
+            } = state.embed(image, ticket).await?;
+            let predicted = match classifier {
+                Some(head) => {
+                    let likely = head
+                        .likely_classes(&classifier_input, coverage)
+                        .map_err(ApiError::internal)?;
+                    filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
+                    Some(likely)
+                }
+                None => None,
+            };
+            (Some(features), predicted)
+        }
+    };
+    let ranked_by = if words.is_some() { None } else { Some(Metric::Cosine) };
+    let hits = on_catalogue(&state, move |c| {
+        let request = lookalike::recommend::Query {
+            image: query.as_deref(),
+            words: words.as_ref(),
+        };
+        c.query(request, k, Metric::Cosine, &filter, diversity)
+    })
+    .await?;
+    let mut body = hits_json(&hits, ranked_by);
     if let Some(predicted) = predicted {
         body["predicted"] = predicted
             .iter()
@@ -196,18 +249,35 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
     Ok(Json(body))
 }
 
+/// `GET /v1/search?q=…`: products by words alone, for a shop's search box.
+pub async fn search_words(State(state): State<Shared>, Query(params): Query<QueryParams>) -> ApiResult<Json<Value>> {
+    let (k, filter, diversity) = (params.k()?, params.filter()?, params.diversity()?);
+    let words = params
+        .words()?
+        .ok_or_else(|| ApiError::bad_request("q must hold words to search for"))?;
+    let hits = on_catalogue(&state, move |c| {
+        let request = lookalike::recommend::Query {
+            image: None,
+            words: Some(&words),
+        };
+        c.query(request, k, Metric::Cosine, &filter, diversity)
+    })
+    .await?;
+    Ok(Json(hits_json(&hits, None)))
+}
+
 pub async fn similar(
     State(state): State<Shared>,
     Path(id): Path<String>,
     Query(params): Query<QueryParams>,
 ) -> ApiResult<Json<Value>> {
-    let (k, filter) = (params.k()?, params.filter()?);
+    let (k, filter, diversity) = (params.k()?, params.filter()?, params.diversity()?);
     let found = {
         let id = id.clone();
-        on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter)).await?
+        on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter, diversity)).await?
     };
     let hits = found.ok_or_else(|| no_product(&id))?;
-    Ok(Json(hits_json(&hits, Metric::Cosine)))
+    Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
 }
 
 #[derive(Deserialize)]
@@ -245,7 +315,7 @@ pub async fn recommend(
         category: req.category.clone(),
         min_price: req.min_price.map(|v| v.to_string()),
         max_price: req.max_price.map(|v| v.to_string()),
-        variants: None,
+        ..QueryParams::default()
     };
     let (k, filter) = (params.k()?, params.filter()?);
     let dimension = state.manifest.dimension;
@@ -273,7 +343,7 @@ pub async fn recommend(
             .collect::<Vec<Scored>>()))
     })
     .await??;
-    Ok(Json(hits_json(&hits, Metric::Cosine)))
+    Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,8 @@
 //! measures both the speed and the recall against the exact scan.
 
 pub mod dedup;
+pub mod diversity;
+pub mod fusion;
 pub mod related;
 
 use std::collections::HashMap;

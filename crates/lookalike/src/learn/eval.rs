@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::index::fusion::{fuse, Fusion};
+use crate::types::Metric;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -279,6 +281,74 @@ pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregat
         recall_at_1: share(at_1),
         recall_at_5: share(at_5),
     }
+}
+
+/// A way to rank products for a query photo that comes with words.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WithWords {
+    PhotoOnly,
+    WordsOnly,
+    Fused(Fusion),
+}
+
+/// Like [`held_out_product_recall`] (products scored by their two best photos) for the held-out
+/// photos that come with words: `words(own, held_out)` gives the word ranking (product indices
+/// with relevance, best first) for that photo's query, or `None` to leave the photo out. One
+/// [`ProductRecall`] per method, the photo ranking cut to the `depth` best as search does.
+pub fn held_out_recall_with_words(
+    products: &[Vec<Vec<f32>>],
+    words: &dyn Fn(usize, usize) -> Option<Vec<(usize, f32)>>,
+    methods: &[WithWords],
+    depth: usize,
+) -> Vec<ProductRecall> {
+    let mut hits = vec![(0usize, 0usize); methods.len()];
+    let mut queries = 0;
+    let name = |i: usize| format!("{i:08}");
+    for (own, photos) in products.iter().enumerate().filter(|(_, p)| p.len() >= 2) {
+        for (held_out, query) in photos.iter().enumerate() {
+            let Some(word_ranking) = words(own, held_out) else {
+                continue;
+            };
+            let mut by_photo: Vec<(usize, f32)> = products
+                .iter()
+                .enumerate()
+                .map(|(i, views)| {
+                    let views: Vec<&[f32]> = views
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| i != own || j != held_out)
+                        .map(|(_, v)| v.as_slice())
+                        .collect();
+                    (i, Aggregation::TopTwo.score(query, &views))
+                })
+                .collect();
+            by_photo.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            by_photo.truncate(depth);
+            let named =
+                |list: &[(usize, f32)]| -> Vec<(String, f32)> { list.iter().map(|&(i, s)| (name(i), s)).collect() };
+            let (photo, words) = (named(&by_photo), named(&word_ranking));
+            queries += 1;
+            for (method, (at_1, at_5)) in methods.iter().zip(hits.iter_mut()) {
+                let ranking = match method {
+                    WithWords::PhotoOnly => photo.clone(),
+                    WithWords::WordsOnly => words.clone(),
+                    WithWords::Fused(fusion) => fuse(&photo, &words, Metric::Cosine, *fusion),
+                };
+                let rank = ranking.iter().position(|(id, _)| *id == name(own));
+                *at_1 += usize::from(rank.is_some_and(|r| r < 1));
+                *at_5 += usize::from(rank.is_some_and(|r| r < 5));
+            }
+        }
+    }
+    let share = |n: usize| n as f64 / queries.max(1) as f64;
+    hits.into_iter()
+        .map(|(at_1, at_5)| ProductRecall {
+            aggregation: Aggregation::TopTwo,
+            queries,
+            recall_at_1: share(at_1),
+            recall_at_5: share(at_5),
+        })
+        .collect()
 }
 
 #[cfg(test)]

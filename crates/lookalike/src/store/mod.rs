@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 pub use self::sqlite::SqliteStore;
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{CatalogueEntry, Filter, Metric, Page, ProductInfo, Scored, StoredProduct};
+use crate::types::{CatalogueEntry, Filter, Metric, Page, ProductInfo, Scored, StoredProduct, Words};
 
 /// What the store knows of a product without its vectors: enough to tell whether it changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +122,17 @@ pub trait Store: Send {
     fn page(&self, _category: Option<&str>, _offset: usize, _limit: usize) -> Result<Page> {
         bail!("this store has no vector index of its own")
     }
+    /// Products whose title, category or description hold any of `words`, most relevant first
+    /// (BM25 in SQLite, `ts_rank` in PostgreSQL; English stemming in both), at most `limit`,
+    /// passing `filter` but for its groups. Scores grow with relevance and compare within one
+    /// answer only.
+    fn text_search(
+        &self,
+        words: &Words,
+        limit: usize,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<(String, f32)>>;
     /// Size of the database's vector index.
     fn vector_index_bytes(&self) -> Result<usize> {
         Ok(0)

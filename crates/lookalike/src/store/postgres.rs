@@ -20,7 +20,7 @@ use postgres::{Client, NoTls, Row};
 use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct};
+use crate::types::{Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &[
@@ -59,6 +59,14 @@ CREATE TABLE lookalike_images (
     PRIMARY KEY (product_id, position)
 );
 CREATE INDEX lookalike_images_image_path ON lookalike_images (image_path);
+",
+    "
+ALTER TABLE lookalike_products ADD COLUMN words tsvector GENERATED ALWAYS AS (
+    setweight(to_tsvector('english', coalesce(title, '')), 'A') ||
+    setweight(to_tsvector('english', coalesce(category, '')), 'B') ||
+    setweight(to_tsvector('english', coalesce(description, '')), 'C')
+) STORED;
+CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
 ",
 ];
 
@@ -142,6 +150,41 @@ fn parse_url(url: &str) -> Result<(String, UrlOptions)> {
         format!("{base}?{}", rest.join("&"))
     };
     Ok((url, options))
+}
+
+/// SQL conditions on products `p` for `filter` (with `any_category` lower-cased) and `exclude`,
+/// their values appended to `params`: only the conditions in use, so the planner sees plain
+/// predicates beside an index scan.
+fn filter_conditions<'a>(
+    filter: &'a Filter,
+    any_category: &'a Vec<String>,
+    exclude: &'a Option<&'a str>,
+    params: &mut Vec<&'a (dyn postgres::types::ToSql + Sync)>,
+) -> Vec<String> {
+    let mut conditions = Vec::new();
+    let mut add = |template: &str, param| {
+        params.push(param);
+        conditions.push(template.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(category) = &filter.category {
+        add("lower(p.category) = lower(?)", category);
+    }
+    if !any_category.is_empty() {
+        add("lower(p.category) = ANY(?)", any_category);
+    }
+    if let Some(min) = &filter.min_price {
+        add("p.price >= ?", min);
+    }
+    if let Some(max) = &filter.max_price {
+        add("p.price <= ?", max);
+    }
+    if let Some(id) = exclude {
+        add("p.id <> ?", id);
+    }
+    if let Some(group) = &filter.exclude_group {
+        add("p.group_id IS DISTINCT FROM ?", group);
+    }
+    conditions
 }
 
 fn product_info(row: &Row) -> ProductInfo {
@@ -714,6 +757,31 @@ impl Store for PgStore {
         })
     }
 
+    fn text_search(
+        &self,
+        words: &Words,
+        limit: usize,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<(String, f32)>> {
+        // Any of the words; they are letters and digits only, so nothing else reaches to_tsquery.
+        let matching = words.as_slice().join(" | ");
+        let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
+        let limit = limit as i64;
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&matching, &limit];
+        let conditions: String = filter_conditions(filter, &any_category, &exclude, &mut params)
+            .iter()
+            .map(|c| format!(" AND {c}"))
+            .collect();
+        let sql = format!(
+            "SELECT p.id, ts_rank(p.words, q, 1) AS rank
+             FROM lookalike_products p, to_tsquery('english', $1) q
+             WHERE p.words @@ q{conditions} ORDER BY rank DESC, p.id LIMIT $2"
+        );
+        let rows = self.client().query(&sql, &params)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<_, f32>(1))).collect())
+    }
+
     fn nearest(
         &self,
         query: &[f32],
@@ -739,35 +807,12 @@ impl Store for PgStore {
             Metric::Cosine => "<=>",
             Metric::Euclidean => "<->",
         };
-        // Only the conditions in use, so the planner sees plain predicates beside the index scan.
         let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
         let vector = Vector::from(query.to_vec());
         // Candidates per table: a product may come back from both, and groups fold several into one.
         let limit = (k * if filter.one_per_group { 4 } else { 2 }) as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&vector, &limit];
-        let mut conditions = Vec::new();
-        let mut add = |template: &str, param| {
-            params.push(param);
-            conditions.push(template.replace('?', &format!("${}", params.len())));
-        };
-        if let Some(category) = &filter.category {
-            add("lower(p.category) = lower(?)", category);
-        }
-        if !any_category.is_empty() {
-            add("lower(p.category) = ANY(?)", &any_category);
-        }
-        if let Some(min) = &filter.min_price {
-            add("p.price >= ?", min);
-        }
-        if let Some(max) = &filter.max_price {
-            add("p.price <= ?", max);
-        }
-        if let Some(id) = &exclude {
-            add("p.id <> ?", id);
-        }
-        if let Some(group) = &filter.exclude_group {
-            add("p.group_id IS DISTINCT FROM ?", group);
-        }
+        let conditions = filter_conditions(filter, &any_category, &exclude, &mut params);
         let condition = if conditions.is_empty() {
             String::new()
         } else {

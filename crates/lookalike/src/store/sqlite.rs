@@ -11,11 +11,39 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use super::{check_same_model, Changes, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{ProductImage, ProductInfo, StoredProduct};
+use crate::types::{Filter, ProductImage, ProductInfo, StoredProduct, Words};
 
 /// Version 2 added the change log and the image-path index, 3 the product `url` and `group_id`
 /// and further images per product.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+
+/// The upgrade to version 4: a full-text index over the products' words, kept by triggers (so
+/// every writer, whichever its version, keeps it right) and filled from what is there.
+const SCHEMA_4: &str = "
+CREATE VIRTUAL TABLE product_words USING fts5(
+    title, category, description,
+    content = 'products', content_rowid = 'rowid',
+    tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER product_words_inserted AFTER INSERT ON products BEGIN
+    INSERT INTO product_words (rowid, title, category, description)
+    VALUES (NEW.rowid, NEW.title, NEW.category, NEW.description);
+END;
+CREATE TRIGGER product_words_deleted AFTER DELETE ON products BEGIN
+    INSERT INTO product_words (product_words, rowid, title, category, description)
+    VALUES ('delete', OLD.rowid, OLD.title, OLD.category, OLD.description);
+END;
+CREATE TRIGGER product_words_updated AFTER UPDATE OF title, category, description ON products BEGIN
+    INSERT INTO product_words (product_words, rowid, title, category, description)
+    VALUES ('delete', OLD.rowid, OLD.title, OLD.category, OLD.description);
+    INSERT INTO product_words (rowid, title, category, description)
+    VALUES (NEW.rowid, NEW.title, NEW.category, NEW.description);
+END;
+INSERT INTO product_words (product_words) VALUES ('rebuild');
+";
+
+/// BM25 weights of title, category and description: a word in the title says most about a product.
+const WORD_WEIGHTS: (f64, f64, f64) = (4.0, 2.0, 1.0);
 
 /// The upgrade to version 3 (after [`SCHEMA`], which creates version 2's objects).
 const SCHEMA_3: &str = "
@@ -231,6 +259,9 @@ impl SqliteStore {
                 conn.execute_batch(SCHEMA)?;
                 if version < 3 {
                     conn.execute_batch(SCHEMA_3)?;
+                }
+                if version < 4 {
+                    conn.execute_batch(SCHEMA_4)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
@@ -587,6 +618,67 @@ impl Store for SqliteStore {
         Ok(Changes::Products { ids, position: newest })
     }
 
+    fn text_search(
+        &self,
+        words: &Words,
+        limit: usize,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<(String, f32)>> {
+        if self.schema < 4 {
+            bail!(
+                "{} has no word index yet; open it once with `lookalike index` to add one",
+                self.path.display()
+            );
+        }
+        let matching = words
+            .as_slice()
+            .iter()
+            .map(|w| format!("\"{w}\""))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let mut params: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(matching), Box::new(limit as i64)];
+        let mut conditions = String::new();
+        let mut add = |condition: &str, param: Box<dyn rusqlite::ToSql>| {
+            params.push(param);
+            conditions += &format!(" AND {}", condition.replace('?', &format!("?{}", params.len())));
+        };
+        if let Some(category) = &filter.category {
+            add("lower(p.category) = lower(?)", Box::new(category.clone()));
+        }
+        if !filter.any_category.is_empty() {
+            let list = serde_json::to_string(&filter.any_category)?;
+            add(
+                "lower(p.category) IN (SELECT lower(value) FROM json_each(?))",
+                Box::new(list),
+            );
+        }
+        if let Some(min) = filter.min_price {
+            add("p.price >= ?", Box::new(min));
+        }
+        if let Some(max) = filter.max_price {
+            add("p.price <= ?", Box::new(max));
+        }
+        if let Some(id) = exclude {
+            add("p.id <> ?", Box::new(id.to_string()));
+        }
+        if let Some(group) = &filter.exclude_group {
+            add("p.group_id IS NOT ?", Box::new(group.clone()));
+        }
+        let (title, category, description) = WORD_WEIGHTS;
+        let sql = format!(
+            "SELECT p.id, bm25(product_words, {title}, {category}, {description}) AS rank
+             FROM product_words JOIN products p ON p.rowid = product_words.rowid
+             WHERE product_words MATCH ?1{conditions} ORDER BY rank, p.id LIMIT ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+            // FTS5's bm25 is negative, lower is better.
+            Ok((r.get::<_, String>(0)?, -r.get::<_, f64>(1)? as f32))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
         let sql = format!("SELECT {} FROM products WHERE id = ?1", product_columns(self.schema));
         let Some(mut product) = self.conn.query_row(&sql, [id], row_to_product).optional()? else {
@@ -779,7 +871,8 @@ mod tests {
              CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, price REAL, category TEXT,
                description TEXT, image_path TEXT NOT NULL, content_hash TEXT NOT NULL,
                vector BLOB NOT NULL, updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
-             INSERT INTO products (id, image_path, content_hash, vector) VALUES ('x', '/x.jpg', 'h', x'0000803f');
+             INSERT INTO products (id, title, image_path, content_hash, vector)
+               VALUES ('x', 'Grey Hoodies', '/x.jpg', 'h', x'0000803f');
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -787,10 +880,81 @@ mod tests {
         let mut store = SqliteStore::open(&path).unwrap();
         assert_eq!(SqliteStore::probe(&store.conn).unwrap(), SCHEMA_VERSION);
         assert_eq!(store.product("x").unwrap().unwrap().vector, vec![1.0]);
+        let hoodie = Words::parse("hoodie").unwrap();
+        let found = store.text_search(&hoodie, 10, &Filter::default(), None).unwrap();
+        assert_eq!(found.len(), 1, "the upgrade indexes the words already there");
         let position = store.change_position().unwrap();
         store.remove(&["x".into()]).unwrap();
         assert!(store.change_position().unwrap() > position);
         assert!(!store.image_in_use("/x.jpg").unwrap());
+    }
+
+    #[test]
+    fn words_are_found_ranked_filtered_and_follow_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut entries = [
+            entry("a", "Grey hoodie"),
+            entry("b", "Pink jacket"),
+            entry("c", "Jacket"),
+            entry("d", "Socks"),
+        ];
+        entries[1].info.description = Some("A light jacket in pink, with a hood.".into());
+        entries[2].info.category = Some("Women/Jackets".into());
+        entries[2].info.price = Some(80.0);
+        entries[3].info.description = Some("Grey socks.".into());
+        let writes: Vec<ProductWrite> = entries
+            .iter()
+            .map(|e| ProductWrite {
+                entry: e,
+                content_hash: "h",
+                vector: Some(&[1.0, 0.0]),
+                more_images: None,
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+        let search = |store: &SqliteStore, text: &str, filter: &Filter| -> Vec<String> {
+            let words = Words::parse(text).unwrap();
+            store
+                .text_search(&words, 10, filter, None)
+                .unwrap()
+                .into_iter()
+                .map(|(id, score)| {
+                    assert!(score > 0.0);
+                    id
+                })
+                .collect()
+        };
+        let any = Filter::default();
+        // Stemmed (jackets ~ jacket); the title and both words weigh most.
+        assert_eq!(search(&store, "pink jackets", &any), ["b", "c"]);
+        assert_eq!(search(&store, "grey", &any), ["a", "d"]);
+        assert_eq!(search(&store, "women", &any), ["c"]);
+        let cheap = Filter::new(None, None, Some(10.0)).unwrap();
+        assert_eq!(search(&store, "jacket", &cheap), ["b"]);
+        let jackets = Filter::new(Some("women/JACKETS".into()), None, None).unwrap();
+        assert_eq!(search(&store, "jacket", &jackets), ["c"]);
+        // Renamed and deleted products follow at once.
+        let renamed = entry("d", "Pink socks");
+        store
+            .write_one(
+                &ProductWrite {
+                    entry: &renamed,
+                    content_hash: "h",
+                    vector: None,
+                    more_images: None,
+                },
+                WriteMode::UpdateOnly,
+            )
+            .unwrap();
+        assert_eq!(search(&store, "grey", &any), ["a"]);
+        store.remove(&["b".into()]).unwrap();
+        assert_eq!(search(&store, "pink", &any), ["d"]);
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        let check: rusqlite::Result<()> = store
+            .conn
+            .execute_batch("INSERT INTO product_words (product_words, rank) VALUES ('integrity-check', 1)");
+        check.unwrap();
     }
 
     #[test]
