@@ -193,6 +193,26 @@ test("a product of several photos shows the view that matched, and all its views
     assert.equal(await page.locator("#details-image").getAttribute("src"), "/v1/products/MH01/images/2");
     mkdirSync(artifacts, { recursive: true });
     await page.screenshot({ path: join(artifacts, "product-views.png") });
+
+    // Words beside the photo: both rankings fused; then the words alone.
+    await page.keyboard.press("Escape");
+    await page.fill("#words", "women hoodie");
+    await page.press("#words", "Enter");
+    await page.locator("#results .card .score", { hasText: "match" }).first().waitFor();
+    const fused = await page.locator("#results .card").evaluateAll((cards) => cards.map((c) => c.dataset.id));
+    assert.deepEqual(fused.slice(0, 2).sort(), ["MH01", "WH01"]);
+    await page.screenshot({ path: join(artifacts, "photo-and-words.png") });
+    await page.click("#clear-photo");
+    await page.locator("#status", { hasText: "products matching" }).waitFor();
+    const byWords = await page.locator("#results .card").evaluateAll((cards) => cards.map((c) => c.dataset.id));
+    // Any of the words; the product with both comes first.
+    assert.equal(byWords[0], "WH01");
+    assert.ok(byWords.includes("MH01") && byWords.includes("WJ01"), byWords.join());
+    assert.equal(await page.locator("#preview").isHidden(), true);
+    assert.equal(await page.locator("#results .card .score").count(), 0);
+    await page.fill("#words", "-- !!");
+    await page.press("#words", "Enter");
+    await page.locator("#error", { hasText: "no words" }).waitFor();
     assert.deepEqual(problems, []);
     await page.close();
   } finally {

@@ -467,7 +467,8 @@ fn every_error_is_json_with_a_reason_and_writes_check_the_token_first() {
     let cases: Vec<(reqwest::blocking::RequestBuilder, StatusCode)> = vec![
         (client().get(url("/nope")), StatusCode::NOT_FOUND),
         (client().delete(url("/v1/search")), StatusCode::METHOD_NOT_ALLOWED),
-        (client().get(url("/v1/search")), StatusCode::METHOD_NOT_ALLOWED),
+        (client().get(url("/v1/search")), StatusCode::BAD_REQUEST),
+        (client().put(url("/v1/search")), StatusCode::METHOD_NOT_ALLOWED),
         (
             client()
                 .post(url("/v1/search"))
@@ -874,7 +875,7 @@ fn products_of_several_photos_answer_with_the_view_that_matched() {
     let server = start_server_with(&shop.join("magento.csv"), &[]);
     let at = |path: &str| format!("{}{path}", server.base);
     let query = std::fs::read(shop.join("queries/mh01-orange_main.jpg")).unwrap();
-    let form = multipart::Form::new().part("image", image_part(query, "q.jpg")).text("k", "4");
+    let form = multipart::Form::new().part("image", image_part(query.clone(), "q.jpg")).text("k", "4");
     let (status, body) = send(client().post(at("/v1/search")).multipart(form));
     assert_eq!(status, StatusCode::OK, "{body}");
     let first = &body["results"][0];
@@ -889,6 +890,10 @@ fn products_of_several_photos_answer_with_the_view_that_matched() {
     let (_, similar) = send(client().get(at("/v1/products/MH01/similar?k=3")));
     assert!(result_ids(&similar).iter().all(|id| *id != "MH01"), "{similar}");
     assert_eq!(send(client().get(at("/v1/products/MH01/similar?variants=some"))).0, StatusCode::BAD_REQUEST);
+    let (_, diverse) = send(client().get(at("/v1/products/MH01/similar?k=4&diversity=0.6")));
+    assert_eq!(result_ids(&diverse).len(), 4, "{diverse}");
+    assert_eq!(send(client().get(at("/v1/products/MH01/similar?diversity=2"))).0, StatusCode::BAD_REQUEST);
+    words_beside_photos(&server, &query);
     // A new main photo keeps the product's other views.
     let form = multipart::Form::new().part("image", image_part(demo_image("mh01.jpg"), "new.jpg"));
     let (status, updated) = send(client().put(at("/v1/products/MH01")).bearer_auth(TOKEN).multipart(form));
@@ -896,4 +901,53 @@ fn products_of_several_photos_answer_with_the_view_that_matched() {
     assert_eq!(updated["images"].as_array().unwrap().len(), 3);
     let (_, fetched) = send(client().get(at("/v1/products/MH01")));
     assert_eq!(fetched["images"].as_array().unwrap().len(), 3);
+}
+
+/// Search by words (GET and in the form), fused with a photo, and following writes at once.
+fn words_beside_photos(server: &Server, photo: &[u8]) {
+    let at = |path: &str| format!("{}{path}", server.base);
+    let (status, hoodies) = send(client().get(at("/v1/search?q=Hoodies")));
+    assert_eq!(status, StatusCode::OK, "{hoodies}");
+    assert_eq!(hoodies["metric"], "relevance");
+    let mut found = result_ids(&hoodies);
+    found.sort();
+    assert_eq!(found, ["MH01", "WH01"]);
+    let women = "/v1/search?q=hoodie&category=women%2Ftops%2Fhoodies%20%26%20sweatshirts";
+    assert_eq!(result_ids(&send(client().get(at(women))).1), ["WH01"]);
+    let photo_form = |words: Option<&str>| {
+        let form = multipart::Form::new()
+            .part("image", image_part(photo.to_vec(), "q.jpg"))
+            .text("k", "10");
+        match words {
+            Some(words) => form.text("q", words.to_string()),
+            None => form,
+        }
+    };
+    let (_, by_photo) = send(client().post(at("/v1/search")).multipart(photo_form(None)));
+    let (status, fused) = send(client().post(at("/v1/search")).multipart(photo_form(Some("women hoodie"))));
+    assert_eq!(status, StatusCode::OK, "{fused}");
+    let rank = |body: &Value, id: &str| result_ids(body).iter().position(|x| *x == id).unwrap();
+    assert!(rank(&fused, "WH01") < rank(&by_photo, "WH01"), "{by_photo}\n{fused}");
+    assert_eq!(rank(&fused, "MH01"), 0, "{fused}");
+    let words_only = multipart::Form::new().text("q", "jacket");
+    let (status, jackets) = send(client().post(at("/v1/search")).multipart(words_only));
+    assert_eq!(status, StatusCode::OK, "{jackets}");
+    assert!(result_ids(&jackets).contains(&"WJ01"), "{jackets}");
+    for (form, reason) in [
+        (multipart::Form::new().text("k", "3"), "both"),
+        (multipart::Form::new().text("q", " -- "), "no words"),
+        (multipart::Form::new().text("q", "x").text("diversity", "-1"), "diversity"),
+    ] {
+        let (status, body) = send(client().post(at("/v1/search")).multipart(form));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(reason), "{body}");
+    }
+    // Words of a new product are found at once, and gone with it.
+    let form = form_with_image("ZEBRA-1", "Zebra parka", photo);
+    let (status, created) = send(client().post(at("/v1/products")).bearer_auth(TOKEN).multipart(form));
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(result_ids(&send(client().get(at("/v1/search?q=zebra"))).1), ["ZEBRA-1"]);
+    let (status, _) = send(client().delete(at("/v1/products/ZEBRA-1")).bearer_auth(TOKEN));
+    assert!(status.is_success(), "{status}");
+    assert!(result_ids(&send(client().get(at("/v1/search?q=zebra"))).1).is_empty());
 }

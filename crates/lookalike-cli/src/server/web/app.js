@@ -2,6 +2,7 @@
 const $ = (id) => document.getElementById(id);
 const results = $("results"), status = $("status"), errorBox = $("error");
 let lastProducts = new Map();
+let photo = null; // the dropped photo, kept for searches that change only the words
 
 function showError(message) {
   errorBox.textContent = message;
@@ -28,7 +29,8 @@ function price(value) {
   return value == null ? "" : `$${Number(value).toFixed(2)}`;
 }
 
-function render(items, withScores) {
+// scoreLabel: how to show a result's score ("similar", "match"), or null for none.
+function render(items, scoreLabel) {
   lastProducts = new Map(items.map((p) => [p.id, p]));
   results.replaceChildren(...items.map((p) => {
     const card = document.createElement("article");
@@ -51,9 +53,9 @@ function render(items, withScores) {
     const priceEl = document.createElement("span");
     priceEl.className = "price"; priceEl.textContent = price(p.price);
     row.append(priceEl);
-    if (withScores) {
+    if (scoreLabel) {
       const score = document.createElement("span");
-      score.className = "score"; score.textContent = `${Math.round(p.score * 100)}% similar`;
+      score.className = "score"; score.textContent = `${Math.round(p.score * 100)}% ${scoreLabel}`;
       row.append(score);
     }
     const more = document.createElement("button");
@@ -65,29 +67,46 @@ function render(items, withScores) {
   }));
 }
 
-async function searchPhoto(file) {
+function setPhoto(file) {
+  photo = file;
+  $("preview").hidden = !file;
+  $("clear-photo").hidden = !file;
+  if (file) $("preview").src = URL.createObjectURL(file);
+  else $("file").value = "";
+}
+
+// Searches with the photo, the words, or both (the server fuses the two rankings).
+async function search() {
   showError("");
-  $("preview").src = URL.createObjectURL(file);
-  $("preview").hidden = false;
+  const words = $("words").value.trim();
+  if (!photo && !words) return browse();
   const form = new FormData();
-  form.set("image", file);
+  if (photo) form.set("image", photo);
+  if (words) form.set("q", words);
   form.set("k", "24");
   for (const [key, value] of filterParams()) form.set(key, value);
-  if ($("hybrid").checked) form.set("hybrid", "true");
+  if (photo && $("hybrid").checked) form.set("hybrid", "true");
   status.textContent = "Searching…";
   const started = performance.now();
   try {
     const body = await api("/v1/search", { method: "POST", body: form });
-    render(body.results, true);
+    // Words alone score by text relevance, which has no percentage to show.
+    render(body.results, photo ? (words ? "match" : "similar") : null);
     const guessed = body.predicted
       ? ` within ${body.predicted.map((p) => `${p.category} (${Math.round(p.probability * 100)}%)`).join(", ")}`
       : "";
-    status.textContent = `${body.results.length} similar products${guessed} in ${Math.round(performance.now() - started)} ms`;
+    const found = photo ? "similar products" : `products matching “${words}”`;
+    status.textContent = `${body.results.length} ${found}${guessed} in ${Math.round(performance.now() - started)} ms`;
   } catch (e) {
     results.replaceChildren();
     status.textContent = "";
     showError(e.message);
   }
+}
+
+function searchPhoto(file) {
+  setPhoto(file);
+  return search();
 }
 
 async function moreLike(id) {
@@ -97,7 +116,7 @@ async function moreLike(id) {
   try {
     const body = await api(`/v1/products/${encodeURIComponent(id)}/similar?${params}`);
     const source = lastProducts.get(id);
-    render(body.results, true);
+    render(body.results, "similar");
     status.textContent = `Products that look like ${source?.title ?? id}`;
     $("details").open && $("details").close();
     window.scrollTo({ top: 0, behavior: "smooth" });
@@ -112,7 +131,7 @@ async function browse() {
   if ($("category").value) params.set("category", $("category").value);
   try {
     const body = await api(`/v1/products?${params}`);
-    render(body.items, false);
+    render(body.items, null);
     status.textContent = `${body.total} products`;
   } catch (e) {
     showError(e.message);
@@ -163,4 +182,6 @@ drop.addEventListener("drop", (e) => {
 });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
 $("browse").addEventListener("click", browse);
+$("filters").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+$("clear-photo").addEventListener("click", (e) => { e.preventDefault(); setPhoto(null); search(); });
 loadCategories().then(browse);
