@@ -90,6 +90,15 @@ pub fn origin(s: &str) -> Result<axum::http::HeaderValue, String> {
     axum::http::HeaderValue::from_str(s).map_err(|e| e.to_string())
 }
 
+/// The weight of a colour signature beside unit features: above 0, at most 4.
+pub fn colour_weight(s: &str) -> Result<f32, String> {
+    let x = within(s, 0.0, 4.0)?;
+    if x == 0.0 {
+        return Err("the weight must be above 0".into());
+    }
+    Ok(x as f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,9 @@ pub enum EvalCommand {
         /// Rank by this projection head's embeddings instead of raw backbone features.
         #[arg(long)]
         head: Option<PathBuf>,
+        /// Rank by features with the colour signature of this weight appended (as `index --colour`).
+        #[arg(long, value_parser = crate::args::colour_weight, conflicts_with_all = ["head", "classifier"])]
+        colour: Option<f32>,
         /// Hybrid: classify each query with this classifier head and rank only within its likely classes.
         #[arg(long)]
         classifier: Option<PathBuf>,
@@ -184,6 +187,16 @@ pub enum EvalCommand {
     },
 }
 
+impl EvalCommand {
+    /// The colour weight the command's features are made with, if any.
+    pub fn colour(&self) -> Option<f32> {
+        match self {
+            Self::Retrieval { colour, .. } => *colour,
+            _ => None,
+        }
+    }
+}
+
 fn cache_dir(cache: &Option<PathBuf>) -> PathBuf {
     cache.clone().unwrap_or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
@@ -200,11 +213,12 @@ fn open_cache(embedder: &Embedder, folder: &Path, variant: &str, cache: &Option<
     let cache = cache_dir(cache);
     std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
     // Inputs of fine-tuned blocks are cached apart from pooled features, so neither evicts the other.
-    let kind = embedder
-        .manifest()
+    let manifest = embedder.manifest();
+    let head = manifest
         .head
-        .map(|h| format!("-{}", &lookalike::content_hash(h.as_bytes())[..8]))
-        .unwrap_or_default();
+        .map(|h| format!("-{}", &lookalike::content_hash(h.as_bytes())[..8]));
+    let colour = manifest.colour.map(|w| format!("-colour{w}"));
+    let kind = head.unwrap_or_default() + &colour.unwrap_or_default();
     let db = cache.join(format!(
         "{}{variant}{kind}.db",
         &lookalike::content_hash(folder.to_string_lossy().as_bytes())[..16]
@@ -638,6 +652,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             queries,
             k,
             head,
+            colour: _,
             classifier,
             coverage,
             json,
@@ -851,8 +866,12 @@ fn eval_products(
 ) -> Result<()> {
     use lookalike::learn::eval::{held_out_product_recall, Aggregation, ProductRecall};
     let store = lookalike::store::open_store_read_only(db)?;
-    if store.manifest()?.and_then(|m| m.head).is_some() {
+    let manifest = store.manifest()?;
+    if manifest.as_ref().is_some_and(|m| m.head.is_some()) {
         bail!("{db} was indexed through a head: eval products needs raw backbone features");
+    }
+    if manifest.as_ref().is_some_and(|m| m.colour.is_some()) && (flip || train_share.is_some()) {
+        bail!("--flip and --train-share embed photos again without colour: give a catalogue indexed without --colour");
     }
     let products = store.products()?;
     let raw: Vec<Vec<Vec<f32>>> = products

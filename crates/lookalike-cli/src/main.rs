@@ -66,6 +66,12 @@ enum Command {
         /// it is kept in the database and used for every later query and re-index.
         #[arg(long)]
         head: Option<PathBuf>,
+        /// Append each photo's colour signature (an HSV histogram, the white background left
+        /// out) with this weight to its features, for catalogues where colour tells products
+        /// apart (0.4 lifted Luma's same-product Recall@1 from 0.67 to 0.73); kept in the
+        /// database's manifest like a head, so queries do the same.
+        #[arg(long, value_parser = args::colour_weight, conflicts_with = "head")]
+        colour: Option<f32>,
         /// Index only shard I of N (products split by a hash of their id), so N workers on
         /// several machines can share one catalogue in one PostgreSQL database; --prune then
         /// only removes products of this shard.
@@ -427,15 +433,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             prune,
             batch_size,
             head,
+            colour,
             shard,
             layout,
         } => {
             let mut store = open_store(&db)?;
-            let embedder = match head {
-                Some(path) => {
+            let embedder = match (head, colour) {
+                (Some(path), _) => {
                     load_embedder(&cli.models, cli.threads)?.with_head(lookalike::learn::head::Head::load(&path)?)?
                 }
-                None => load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?,
+                (None, Some(weight)) => load_embedder(&cli.models, cli.threads)?.with_colour(weight)?,
+                (None, None) => load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?,
             };
             store.ensure_manifest(&embedder.manifest())?;
             if let Some(head) = &embedder.head {
@@ -715,7 +723,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { what } => {
-            learn::eval(what, &load_embedder(&cli.models, cli.threads)?)?;
+            let embedder = match what.colour() {
+                Some(weight) => load_embedder(&cli.models, cli.threads)?.with_colour(weight)?,
+                None => load_embedder(&cli.models, cli.threads)?,
+            };
+            learn::eval(what, &embedder)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what } => {

@@ -298,6 +298,7 @@ fn a_database_of_another_model_is_refused() {
             preprocessing: "imagenet".into(),
             dimension: 2048,
             head: None,
+            colour: None,
         })
         .unwrap();
     let out = lookalike(&["index", s(&demo().join("catalogue.csv")), "--db", s(&db)]);
@@ -1416,4 +1417,43 @@ fn words_find_products_alone_and_beside_a_photo() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no words"), "{out:?}");
     let out = lookalike(&["search", "--text", "x", "--diversity", "1.5", "--db", s(&db)]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_colour_signature_is_kept_with_the_catalogue_and_used_by_every_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = luma_shop();
+    let db = dir.path().join("colour.db");
+    let catalogue = shop.join("magento.csv");
+    ok_text(lookalike(&["index", s(&catalogue), "--db", s(&db), "--colour", "0.4"]));
+    let manifest = SqliteStore::open(&db).unwrap().manifest().unwrap().unwrap();
+    assert_eq!((manifest.colour, manifest.dimension), (Some(0.4), 1280 + 512));
+    // A catalogue photo as the query finds itself: queries get the same signature.
+    let photo = shop.join("w/j/wj01-red_back.jpg");
+    let hits = json(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "3", "--json"]));
+    assert_eq!(hits[0]["id"], "WJ01");
+    assert!(
+        hits[0]["matched_image"]
+            .as_str()
+            .unwrap()
+            .ends_with("wj01-red_back.jpg"),
+        "{hits}"
+    );
+    // The orange hoodie against the grey one's photos still finds it.
+    let query = shop.join("queries/mh01-orange_main.jpg");
+    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "3", "--json"]));
+    assert_eq!(hits[0]["id"], "MH01", "{hits}");
+    // A re-index keeps the catalogue's signature; another weight, or none on a new file, is refused.
+    let out = ok_text(lookalike(&["index", s(&catalogue), "--db", s(&db)]));
+    assert!(out.contains("10 unchanged"), "{out}");
+    let out = lookalike(&["index", s(&catalogue), "--db", s(&db), "--colour", "0.5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("colour weight 0.4"),
+        "{out:?}"
+    );
+    for bad in ["0", "-1", "nan", "5"] {
+        let out = lookalike(&["index", s(&catalogue), "--db", s(&db), "--colour", bad]);
+        assert_eq!(out.status.code(), Some(2), "--colour {bad}");
+    }
 }

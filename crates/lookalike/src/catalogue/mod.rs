@@ -188,7 +188,7 @@ fn pick<'a>(row: &'a HashMap<String, String>, keys: &[&str]) -> Option<&'a str> 
 }
 
 /// Text of an HTML description (Magento's and Shopify's exports hold HTML): tags dropped,
-/// the common entities decoded, runs of white space made one.
+/// entities decoded, runs of white space (no-break spaces too) made one.
 fn html_text(html: &str) -> String {
     let mut text = String::with_capacity(html.len());
     let mut in_tag = false;
@@ -203,18 +203,8 @@ fn html_text(html: &str) -> String {
             _ => {}
         }
     }
-    let decoded = [
-        ("&nbsp;", " "),
-        ("&bull;", "•"),
-        ("&quot;", "\""),
-        ("&#39;", "'"),
-        ("&apos;", "'"),
-        ("&lt;", "<"),
-        ("&gt;", ">"),
-        ("&amp;", "&"),
-    ]
-    .iter()
-    .fold(text, |t, (entity, c)| t.replace(entity, c));
+    // Entities after tags, so an escaped `&lt;b&gt;` stays text.
+    let decoded = html_escape::decode_html_entities(&text);
     decoded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -579,7 +569,7 @@ mod tests {
     #[test]
     fn shopify_rows_per_image_make_one_product() {
         let text = "Handle,Title,Body (HTML),Type,Variant Price,Image Src,Image Position\n\
-            chaz-hoodie,Chaz Hoodie,<p>Warm &amp; <b>soft</b></p>,Hoodies,52.00,img/front.jpg,1\n\
+            chaz-hoodie,Chaz Hoodie,<p>It&#x27;s warm &amp;&nbsp;<b>soft</b> &lt;b&gt;</p>,Hoodies,52.00,img/front.jpg,1\n\
             chaz-hoodie,,,,,img/back.jpg,2\n\
             chaz-hoodie,,,,,img/side.jpg,3\n\
             bag,Duffle,,Bags,34,img/bag.jpg,1\n";
@@ -587,7 +577,7 @@ mod tests {
         assert_eq!(entries.len(), 2);
         let hoodie = &entries[0];
         assert_eq!(hoodie.id, "chaz-hoodie");
-        assert_eq!(hoodie.info.description.as_deref(), Some("Warm & soft"));
+        assert_eq!(hoodie.info.description.as_deref(), Some("It's warm & soft <b>"));
         assert_eq!(hoodie.info.category.as_deref(), Some("Hoodies"));
         assert_eq!(hoodie.info.price, Some(52.0));
         assert_eq!(hoodie.image_path, Path::new("/shop/img/front.jpg"));

@@ -12,6 +12,7 @@ use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::image::Preprocessing;
 use crate::learn::head::{Head, HeadKind};
 use crate::learn::trunk::Trunk;
+use crate::model::colour::{ColourFeatures, COLOUR_DIMENSION};
 
 /// Images per call of a single-threaded session when a batch is spread over them.
 const NARROW_SLICE: usize = 2;
@@ -60,7 +61,7 @@ pub struct Embeddings {
     pub features: Vec<f32>,
     pub num_classes: usize,
     pub logits: Vec<f32>,
-    /// The pooled backbone features when a head made `features`; empty otherwise.
+    /// The pooled backbone features when a head or the colour signature made `features`; empty otherwise.
     pub backbone: Vec<f32>,
     /// The activation entering the tapped block (NCHW per image), when the embedder has a tap.
     pub block_input: Vec<f32>,
@@ -116,6 +117,8 @@ pub struct Embedder {
     pub num_classes: usize,
     /// A projection head applied to the pooled features (see [`Self::with_head`]).
     pub head: Option<Head>,
+    /// A colour signature appended to the features (see [`Self::with_colour`]).
+    pub colour: Option<ColourFeatures>,
 }
 
 /// Where the graph also outputs a block's input, and whether that replaces the features.
@@ -176,6 +179,7 @@ impl Embedder {
             num_classes: network.num_classes,
             network: Arc::new(network),
             head: None,
+            colour: None,
         })
     }
 
@@ -214,6 +218,7 @@ impl Embedder {
             dimension: self.dimension,
             num_classes: self.num_classes,
             head: self.head.clone(),
+            colour: self.colour,
         })
     }
 
@@ -224,16 +229,36 @@ impl Embedder {
         }
         head.check_backbone(self.spec.weights_sha256)?;
         head.check_input(self.backbone_dimension())?;
+        if self.colour.is_some() {
+            bail!("a catalogue's vectors take a projection head or a colour signature, not both");
+        }
         self.head = Some(head);
         Ok(self)
     }
 
-    /// Takes on the projection head stored with a catalogue, if it has one, so that queries
-    /// are embedded the way its products were.
+    /// Makes this embedder's vectors the unit features followed by `weight` × the photo's colour
+    /// signature (see [`crate::model::colour`]).
+    pub fn with_colour(mut self, weight: f32) -> Result<Self> {
+        if !(weight.is_finite() && weight > 0.0 && weight <= 4.0) {
+            bail!("the colour weight must be above 0 and at most 4, got {weight}");
+        }
+        if self.head.is_some() {
+            bail!("a catalogue's vectors take a projection head or a colour signature, not both");
+        }
+        self.colour = Some(ColourFeatures { weight });
+        Ok(self)
+    }
+
+    /// Takes on the projection head or colour signature a catalogue's vectors were made with, so
+    /// that queries are embedded the way its products were.
     pub fn for_catalogue(self, store: &dyn crate::store::Store) -> Result<Self> {
-        match store.head()? {
-            Some(head) => self.with_head(head),
-            None => Ok(self),
+        let with_head = match store.head()? {
+            Some(head) => self.with_head(head)?,
+            None => self,
+        };
+        match store.manifest()?.and_then(|m| m.colour) {
+            Some(weight) => with_head.with_colour(weight),
+            None => Ok(with_head),
         }
     }
 
@@ -254,7 +279,11 @@ impl Embedder {
     pub fn output_dimension(&self) -> usize {
         match self.tap {
             Some(tap) if tap.as_features => tap.dimension,
-            _ => self.head.as_ref().map_or(self.dimension, Head::output_dimension),
+            _ => match (&self.head, self.colour) {
+                (Some(head), _) => head.output_dimension(),
+                (None, Some(_)) => self.dimension + COLOUR_DIMENSION,
+                (None, None) => self.dimension,
+            },
         }
     }
 
@@ -267,6 +296,7 @@ impl Embedder {
                 .as_ref()
                 .map(|h| h.manifest_name().expect("a loaded head serialises")),
         };
+        manifest.colour = self.colour.map(|c| c.weight);
         manifest
     }
 
@@ -299,6 +329,10 @@ impl Embedder {
             out.backbone = std::mem::take(&mut out.features);
             out.features = head.apply(&out.backbone, count);
             out.dimension = head.output_dimension();
+        } else if let Some(colour) = &self.colour {
+            out.backbone = std::mem::take(&mut out.features);
+            out.features = colour.append(&out.backbone, self.dimension, input, count, &self.preprocessing);
+            out.dimension = self.dimension + COLOUR_DIMENSION;
         }
         Ok(out)
     }

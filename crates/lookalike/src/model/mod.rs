@@ -1,6 +1,7 @@
 //! The embedding model: where its files live, how it is built and run.
 
 pub mod batcher;
+pub mod colour;
 
 pub mod efficientnet;
 mod engine;
@@ -18,7 +19,7 @@ pub use engine::{Embedder, Embeddings, ImageEmbedding, Parallelism};
 use crate::image::Preprocessing;
 
 /// What produced a vector. Two vectors are comparable only if these agree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelManifest {
     pub model: String,
     pub weights_sha256: String,
@@ -26,6 +27,9 @@ pub struct ModelManifest {
     pub dimension: usize,
     /// A trained head applied on top of the backbone, if any.
     pub head: Option<String>,
+    /// The weight of the colour signature appended to the features, if any (see [`colour`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colour: Option<f32>,
 }
 
 /// A pretrained backbone that lookalike knows how to fetch, check and build.
@@ -95,6 +99,7 @@ impl BackboneSpec {
             preprocessing: preprocessing.describe(),
             dimension,
             head: None,
+            colour: None,
         }
     }
 }

@@ -172,20 +172,22 @@ pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) ->
     if stored == model {
         return Ok(());
     }
+    let describe = |m: &ModelManifest| {
+        format!(
+            "{} (weights {}, head {}, colour {}, {}-d, preprocessing {})",
+            m.model,
+            &m.weights_sha256[..12.min(m.weights_sha256.len())],
+            m.head.as_deref().unwrap_or("none"),
+            m.colour.map_or("none".to_string(), |w| format!("weight {w}")),
+            m.dimension,
+            m.preprocessing
+        )
+    };
     bail!(
-        "this catalogue's vectors were made by {} (weights {}, head {}, {}-d, preprocessing {}); \
-         refusing to mix them with {} (weights {}, head {}, {}-d, preprocessing {}). \
+        "this catalogue's vectors were made by {}; refusing to mix them with {}. \
          Index into a new database, or re-index this one from scratch.",
-        stored.model,
-        &stored.weights_sha256[..12.min(stored.weights_sha256.len())],
-        stored.head.as_deref().unwrap_or("none"),
-        stored.dimension,
-        stored.preprocessing,
-        model.model,
-        &model.weights_sha256[..12.min(model.weights_sha256.len())],
-        model.head.as_deref().unwrap_or("none"),
-        model.dimension,
-        model.preprocessing
+        describe(stored),
+        describe(model)
     )
 }
 

@@ -63,7 +63,7 @@ CREATE INDEX lookalike_images_image_path ON lookalike_images (image_path);
     "
 ALTER TABLE lookalike_products ADD COLUMN words tsvector GENERATED ALWAYS AS (
     setweight(to_tsvector('english', coalesce(title, '')), 'A') ||
-    setweight(to_tsvector('english', coalesce(category, '')), 'B') ||
+    setweight(to_tsvector('english', translate(coalesce(category, ''), '/', ' ')), 'B') ||
     setweight(to_tsvector('english', coalesce(description, '')), 'C')
 ) STORED;
 CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
@@ -766,15 +766,21 @@ impl Store for PgStore {
     ) -> Result<Vec<(String, f32)>> {
         // Any of the words; they are letters and digits only, so nothing else reaches to_tsquery.
         let matching = words.as_slice().join(" | ");
+        let each: Vec<String> = words.as_slice().to_vec();
         let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
         let limit = limit as i64;
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&matching, &limit];
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&matching, &limit, &each];
         let conditions: String = filter_conditions(filter, &any_category, &exclude, &mut params)
             .iter()
             .map(|c| format!(" AND {c}"))
             .collect();
+        // ts_rank counts occurrences, so a product saying "hoodie" four times outranks one with both
+        // words asked for; products first by how many of the words they have (as BM25 ranks), then
+        // by ts_rank, squeezed below 1.
         let sql = format!(
-            "SELECT p.id, ts_rank(p.words, q, 1) AS rank
+            "SELECT p.id,
+               ((SELECT count(*) FROM unnest($3::text[]) w WHERE p.words @@ to_tsquery('english', w))
+                 + ts_rank(p.words, q, 1) / (1 + ts_rank(p.words, q, 1)))::real AS rank
              FROM lookalike_products p, to_tsquery('english', $1) q
              WHERE p.words @@ q{conditions} ORDER BY rank DESC, p.id LIMIT $2"
         );

@@ -715,6 +715,7 @@ mod tests {
             preprocessing: "p".into(),
             dimension: 2,
             head: None,
+            colour: None,
         }
     }
 
