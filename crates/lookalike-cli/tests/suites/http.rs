@@ -928,7 +928,9 @@ fn words_beside_photos(server: &Server, photo: &[u8]) {
     assert_eq!(status, StatusCode::OK, "{fused}");
     let rank = |body: &Value, id: &str| result_ids(body).iter().position(|x| *x == id).unwrap();
     assert!(rank(&fused, "WH01") < rank(&by_photo, "WH01"), "{by_photo}\n{fused}");
-    assert_eq!(rank(&fused, "MH01"), 0, "{fused}");
+    // The photo's own product stays on top with the other hoodie (their order is the text
+    // engine's: BM25 and ts_rank differ).
+    assert!(rank(&fused, "MH01") < 2, "{fused}");
     let words_only = multipart::Form::new().text("q", "jacket");
     let (status, jackets) = send(client().post(at("/v1/search")).multipart(words_only));
     assert_eq!(status, StatusCode::OK, "{jackets}");
