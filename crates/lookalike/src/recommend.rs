@@ -8,6 +8,7 @@
 //! beside a server, on the same SQLite file) are read from the store's change log before each
 //! read, so memory never answers from a catalogue that has moved on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
@@ -354,13 +355,13 @@ pub fn related_for_all(
     // A product of several photos is their centroid: one row per product keeps the batch one
     // matrix product, and the centroid ranked Luma's products above the main photo alone
     // (`eval products`: Recall@1 0.616 vs 0.546).
-    let centroids: Vec<Vec<f32>> = products.iter().map(centroid).collect();
+    let centroids: Vec<Cow<[f32]>> = products.iter().map(centroid).collect();
     // Keyed by the vector itself: a new image, a re-index with another head, anything that moves it.
     let fingerprints: Vec<String> = centroids.iter().map(|v| vector_fingerprint(v)).collect();
     let catalogue = Catalogue {
         ids: products.iter().map(|p| p.id.as_str()).collect(),
         hashes: fingerprints.iter().map(String::as_str).collect(),
-        vectors: UnitVectors::new(&centroids.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+        vectors: UnitVectors::new(&centroids.iter().map(|v| &**v).collect::<Vec<_>>()),
     };
     let (neighbours, work) = related_products(&catalogue, k, previous);
     let related: Vec<(String, RelatedIds)> = products
@@ -383,16 +384,16 @@ pub fn related_for_all(
 }
 
 /// The mean of a product's photos' unit vectors; its one vector as it is when it has one photo.
-fn centroid(product: &StoredProduct) -> Vec<f32> {
+fn centroid(product: &StoredProduct) -> Cow<'_, [f32]> {
     if product.more_images.is_empty() {
-        return product.vector.clone();
+        return Cow::Borrowed(&product.vector);
     }
     let mut sum = vec![0.0f32; product.vector.len()];
     for view in product.vectors() {
         let norm = crate::index::dot(view, view).sqrt().max(f32::MIN_POSITIVE);
         sum.iter_mut().zip(view).for_each(|(s, x)| *s += x / norm);
     }
-    sum
+    Cow::Owned(sum)
 }
 
 /// A 64-bit digest of a vector's exact bits (a multiply-xorshift mix; not cryptographic).
