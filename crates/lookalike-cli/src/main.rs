@@ -19,7 +19,7 @@ use lookalike::catalogue::{read_catalogue, Layout};
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
-use lookalike::model::{Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, EFFICIENTNET_LITE0};
 use lookalike::recommend::{Query, Recommender};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
@@ -41,6 +41,11 @@ struct Cli {
     /// Inference threads.
     #[arg(value_parser = args::count::<1, 1024>, long, global = true, default_value_t = default_threads())]
     threads: usize,
+    /// Backbone for new catalogues and for embed, classify, train and eval: lite0 (default),
+    /// lite1 or lite2 (`LOOKALIKE_BACKBONES="lite1 lite2" scripts/setup.sh` fetches them). An
+    /// existing catalogue is always searched and extended with the backbone that built it.
+    #[arg(long, global = true, value_parser = |s: &str| s.parse::<BackboneSpec>())]
+    backbone: Option<BackboneSpec>,
     #[command(subcommand)]
     command: Command,
 }
@@ -299,8 +304,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_embedder(cli_models: &Option<PathBuf>, threads: usize) -> Result<Embedder> {
-    Embedder::load(&ModelDir::locate(cli_models.as_deref()), EFFICIENTNET_LITE0, threads)
+/// What every command that embeds needs: where the model files are, which backbone, how many threads.
+struct Models {
+    dir: ModelDir,
+    backbone: Option<BackboneSpec>,
+    threads: usize,
+}
+
+impl Models {
+    /// The backbone asked for (Lite0 unless told), or the one that built `catalogue`.
+    fn embedder(&self, catalogue: Option<&dyn Store>) -> Result<Embedder> {
+        let built_with = match catalogue {
+            Some(store) => store.manifest()?.and_then(|m| m.model.parse::<BackboneSpec>().ok()),
+            None => None,
+        };
+        let spec = match (self.backbone, built_with) {
+            (Some(asked), Some(built)) if asked.name != built.name => bail!(
+                "this catalogue was built with {}; it cannot be searched or extended with {} \
+                 (index into a new database for another backbone)",
+                built.name,
+                asked.name
+            ),
+            (_, Some(built)) => built,
+            (asked, None) => asked.unwrap_or(EFFICIENTNET_LITE0),
+        };
+        Embedder::load(&self.dir, spec, self.threads)
+    }
 }
 
 /// Opens an existing catalogue database to read it; queries never create or change one, so a
@@ -426,6 +455,11 @@ fn index_into(
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let models = Models {
+        dir: ModelDir::locate(cli.models.as_deref()),
+        backbone: cli.backbone,
+        threads: cli.threads,
+    };
     match cli.command {
         Command::Index {
             catalogue,
@@ -439,11 +473,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mut store = open_store(&db)?;
             let embedder = match (head, colour) {
-                (Some(path), _) => {
-                    load_embedder(&cli.models, cli.threads)?.with_head(lookalike::learn::head::Head::load(&path)?)?
-                }
-                (None, Some(weight)) => load_embedder(&cli.models, cli.threads)?.with_colour(weight)?,
-                (None, None) => load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?,
+                (Some(path), _) => models
+                    .embedder(Some(&*store))?
+                    .with_head(lookalike::learn::head::Head::load(&path)?)?,
+                (None, Some(weight)) => models.embedder(Some(&*store))?.with_colour(weight)?,
+                (None, None) => models.embedder(Some(&*store))?.for_catalogue(&*store)?,
             };
             store.ensure_manifest(&embedder.manifest())?;
             if let Some(head) = &embedder.head {
@@ -486,7 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 open_store(&db)?
             };
-            let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
+            let mut embedder = models.embedder(Some(&*store))?.for_catalogue(&*store)?;
             let classifier = classifier
                 .map(|path| learn::load_head(&path, &embedder, lookalike::learn::head::HeadKind::Classifier))
                 .transpose()?;
@@ -551,7 +585,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (embedding, predicted) = match &image {
                 None => (None, None),
                 Some(image) => {
-                    let mut embedder = load_embedder(&cli.models, cli.threads)?.for_catalogue(&*store)?;
+                    let mut embedder = models.embedder(Some(&*store))?.for_catalogue(&*store)?;
                     store
                         .ensure_manifest(&embedder.manifest())
                         .context("cannot search this catalogue")?;
@@ -615,7 +649,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Embed { images, json } => {
-            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let embedder = models.embedder(None)?;
             let results = embed_files(&embedder, &images)?;
             output::print_embeddings(&images, &results, json)
         }
@@ -625,7 +659,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             top,
             json,
         } => {
-            let embedder = load_embedder(&cli.models, cli.threads)?;
+            let embedder = models.embedder(None)?;
             let results = embed_files(&embedder, &images)?;
             let mut failed = false;
             let mut rows = Vec::new();
@@ -719,19 +753,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Train { what } => {
-            learn::train(what, &|| load_embedder(&cli.models, cli.threads))?;
+            learn::train(what, &|| models.embedder(None))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { what } => {
             let embedder = match what.colour() {
-                Some(weight) => load_embedder(&cli.models, cli.threads)?.with_colour(weight)?,
-                None => load_embedder(&cli.models, cli.threads)?,
+                Some(weight) => models.embedder(None)?.with_colour(weight)?,
+                None => models.embedder(None)?,
             };
             learn::eval(what, &embedder)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what } => {
-            bench::run(what, &ModelDir::locate(cli.models.as_deref()), cli.threads)?;
+            bench::run(what, &models.dir, cli.threads)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1457,3 +1457,38 @@ fn a_colour_signature_is_kept_with_the_catalogue_and_used_by_every_query() {
         assert_eq!(out.status.code(), Some(2), "--colour {bad}");
     }
 }
+
+#[test]
+fn a_catalogue_stays_on_the_backbone_that_built_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = luma_shop();
+    let db = dir.path().join("lite2.db");
+    ok_text(lookalike(&[
+        "--backbone",
+        "lite2",
+        "index",
+        s(&shop.join("magento.csv")),
+        "--db",
+        s(&db),
+    ]));
+    let manifest = SqliteStore::open(&db).unwrap().manifest().unwrap().unwrap();
+    assert_eq!(manifest.model, "efficientnet-lite2");
+    assert!(
+        manifest.preprocessing.contains("center-crop=260"),
+        "{}",
+        manifest.preprocessing
+    );
+    // Queries and re-indexing take the catalogue's backbone without being told.
+    let query = shop.join("queries/mh01-orange_main.jpg");
+    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
+    assert_eq!(hits[0]["id"], "MH01");
+    let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    assert!(out.contains("10 unchanged"), "{out}");
+    // Another backbone is refused with the reason; an unknown one is a usage error.
+    let out = lookalike(&["--backbone", "lite0", "search", s(&query), "--db", s(&db)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("built with efficientnet-lite2"), "{}", text(&out));
+    let out = lookalike(&["--backbone", "lite9", "embed", s(&query)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("lite0, lite1, lite2"), "{}", text(&out));
+}

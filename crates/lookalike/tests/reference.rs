@@ -150,3 +150,36 @@ fn big_jpegs_decoded_reduced_embed_like_the_full_decode() {
         assert!(cos > 0.995, "{file}: cosine {cos}");
     }
 }
+
+/// Lite1 and Lite2 (240 and 260 px inputs, 65 of Lite2's tensors stored as strided views): an
+/// ImageNet sanity check until an independent reference pins their features. A loader that
+/// ignored strides would name every photo the same class.
+#[test]
+fn larger_backbones_load_strided_weights_and_name_unambiguous_products() {
+    use lookalike::model::{ModelDir, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2};
+    // Photos whose ImageNet class is plain: a digital watch, a messenger bag, a sandal, a T-shirt.
+    let plain = [(1, 531), (2, 636), (4, 774), (7, 610)];
+    let files = reference_images();
+    for spec in [EFFICIENTNET_LITE1, EFFICIENTNET_LITE2] {
+        let embedder = lookalike::model::Embedder::load(&ModelDir::locate(None), spec, 2)
+            .expect("run LOOKALIKE_BACKBONES=\"lite1 lite2\" scripts/setup.sh first");
+        assert_eq!(embedder.preprocessing.crop as usize, spec.input_size);
+        assert_eq!(embedder.dimension, FEATURE_DIM);
+        let mut classes = std::collections::BTreeSet::new();
+        for (i, expected) in plain {
+            let image = load_image(&fixture(&format!("reference/{}", files[i].0))).unwrap();
+            let out = embedder.run(&embedder.preprocessing.tensor_of(&image), 1).unwrap();
+            let (top1, p) = top_k(out.logit_row(0), 1)[0];
+            assert_eq!(
+                top1,
+                expected,
+                "{}: {} got {} ({p:.3})",
+                spec.name,
+                files[i].0,
+                imagenet_label(top1)
+            );
+            classes.insert(top1);
+        }
+        assert_eq!(classes.len(), plain.len());
+    }
+}

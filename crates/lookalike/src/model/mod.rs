@@ -48,6 +48,23 @@ pub const EFFICIENTNET_LITE0: BackboneSpec = BackboneSpec {
     input_size: 224,
 };
 
+pub const EFFICIENTNET_LITE1: BackboneSpec = BackboneSpec {
+    name: "efficientnet-lite1",
+    weights_file: "efficientnet-lite1-77cc7160.pth",
+    weights_sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    input_size: 240,
+};
+
+pub const EFFICIENTNET_LITE2: BackboneSpec = BackboneSpec {
+    name: "efficientnet-lite2",
+    weights_file: "efficientnet-lite2-9656183e.pth",
+    weights_sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    input_size: 260,
+};
+
+/// Every backbone lookalike can fetch (`scripts/setup.sh`) and build.
+pub const BACKBONES: [BackboneSpec; 3] = [EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2];
+
 /// Name of the ONNX Runtime shared library that `scripts/setup.sh` unpacks next to the weights.
 pub const ONNXRUNTIME_LIBRARY: &str = "libonnxruntime.so";
 
@@ -88,6 +105,22 @@ impl ModelDir {
             );
         }
         Ok(path)
+    }
+}
+
+impl std::str::FromStr for BackboneSpec {
+    type Err = anyhow::Error;
+
+    /// `lite2` or `efficientnet-lite2` (as manifests name them).
+    fn from_str(name: &str) -> Result<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        BACKBONES
+            .into_iter()
+            .find(|b| b.name == name || b.name.strip_prefix("efficientnet-") == Some(name.as_str()))
+            .ok_or_else(|| {
+                let known: Vec<&str> = BACKBONES.iter().map(|b| &b.name["efficientnet-".len()..]).collect();
+                anyhow::anyhow!("unknown backbone {name:?} (known: {})", known.join(", "))
+            })
     }
 }
 
