@@ -33,9 +33,12 @@ def timed(run, batch, seconds):
     return statistics.median(rates)
 
 
+SIZE = 224  # the backbone's input side, set from --size
+
+
 def inputs(batch):
-    n = batch * 3 * 224 * 224
-    return (((np.arange(n, dtype=np.int64) * 7919 % 2001).astype(np.float32) / 1000.0) - 1.0).reshape(batch, 3, 224, 224)
+    n = batch * 3 * SIZE * SIZE
+    return (((np.arange(n, dtype=np.int64) * 7919 % 2001).astype(np.float32) / 1000.0) - 1.0).reshape(batch, 3, SIZE, SIZE)
 
 
 def bench_onnxruntime(args, batches):
@@ -98,6 +101,9 @@ def bench_pytorch(args, batches, ort_session):
     except ImportError as e:
         emit(runtime="PyTorch eager", error=f"not installed: {e}")
         return
+    if SIZE != 224:
+        emit(runtime="PyTorch eager", error="the PyTorch reference implements Lite0 only")
+        return
     torch.set_num_threads(args.threads)
     forward = torch_network(args.weights)
     with torch.inference_mode():
@@ -120,7 +126,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
+    global SIZE
+    SIZE = args.size
     batches = [int(b) for b in args.batches.split(",")]
     session = bench_onnxruntime(args, batches)
     bench_pytorch(args, batches, session)

@@ -765,7 +765,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what } => {
-            bench::run(what, &models.dir, cli.threads)?;
+            bench::run(
+                what,
+                &models.dir,
+                models.backbone.unwrap_or(EFFICIENTNET_LITE0),
+                cli.threads,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::model::{Embedder, ModelDir, Parallelism, EFFICIENTNET_LITE0};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism};
 use serde::Deserialize;
 
 const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_runtimes.py");
@@ -42,13 +42,14 @@ fn measure(embedder: &Embedder, batch: usize, seconds: f64, parallelism: Paralle
 fn reference_measurements(
     embedder: &Embedder,
     models: &ModelDir,
+    spec: BackboneSpec,
     python: &str,
     batches: &[usize],
     seconds: f64,
     threads: usize,
 ) -> Result<Vec<Measurement>> {
     let dir = tempfile::tempdir()?;
-    let onnx = dir.path().join("efficientnet-lite0.onnx");
+    let onnx = dir.path().join(format!("{}.onnx", spec.name));
     std::fs::write(&onnx, embedder.onnx_model())?;
     let script = dir.path().join("reference_runtimes.py");
     std::fs::File::create(&script)?.write_all(REFERENCE_SCRIPT.as_bytes())?;
@@ -58,8 +59,10 @@ fn reference_measurements(
         .arg("--onnx")
         .arg(&onnx)
         .arg("--weights")
-        .arg(models.weights(&EFFICIENTNET_LITE0)?)
+        .arg(models.weights(&spec)?)
         .args([
+            "--size",
+            &spec.input_size.to_string(),
             "--threads",
             &threads.to_string(),
             "--batches",
@@ -81,14 +84,18 @@ fn reference_measurements(
 
 pub fn run(
     models: &ModelDir,
+    spec: BackboneSpec,
     threads: usize,
     batches: &[usize],
     seconds: f64,
     python: &str,
     no_reference: bool,
 ) -> Result<()> {
-    let embedder = Embedder::load(models, EFFICIENTNET_LITE0, threads)?;
-    eprintln!("measuring lookalike ({threads} threads, {seconds}s per batch size)...");
+    let embedder = Embedder::load(models, spec, threads)?;
+    eprintln!(
+        "measuring lookalike, {} ({threads} threads, {seconds}s per batch size)...",
+        spec.name
+    );
     // Both ways of sharing the threads, alternating, so they see the same machine.
     let mut ours = Vec::new();
     let mut operator_parallel = Vec::new();
@@ -108,7 +115,7 @@ pub fn run(
         Vec::new()
     } else {
         eprintln!("measuring reference runtimes with {python}...");
-        reference_measurements(&embedder, models, python, batches, seconds, threads)?
+        reference_measurements(&embedder, models, spec, python, batches, seconds, threads)?
     };
 
     let mut table = Table::new();

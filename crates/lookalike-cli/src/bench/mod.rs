@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use lookalike::model::ModelDir;
+use lookalike::model::{BackboneSpec, ModelDir};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -82,14 +82,15 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(command: BenchCommand, models: &ModelDir, threads: usize) -> Result<()> {
+/// `backbone`: the one `bench embed` measures (the others take their catalogue's).
+pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, threads: usize) -> Result<()> {
     match command {
         BenchCommand::Embed {
             batches,
             seconds,
             python,
             no_reference,
-        } => embed::run(models, threads, &batches, seconds, &python, no_reference),
+        } => embed::run(models, backbone, threads, &batches, seconds, &python, no_reference),
         BenchCommand::Http { plan } => http::run(models, threads, &plan),
         BenchCommand::Abuse { plan } => abuse::run(threads, &plan),
         BenchCommand::Search {
