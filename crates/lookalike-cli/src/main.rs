@@ -19,7 +19,7 @@ use lookalike::catalogue::{read_catalogue, Layout};
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
-use lookalike::model::{BackboneSpec, Embedder, ModelDir, EFFICIENTNET_LITE0};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, DEFAULT_BACKBONE};
 use lookalike::recommend::{Query, Recommender};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
@@ -41,8 +41,8 @@ struct Cli {
     /// Inference threads.
     #[arg(value_parser = args::count::<1, 1024>, long, global = true, default_value_t = default_threads())]
     threads: usize,
-    /// Backbone for new catalogues and for embed, classify, train and eval: lite0 (default),
-    /// lite1 or lite2 (`LOOKALIKE_BACKBONES="lite1 lite2" scripts/setup.sh` fetches them). An
+    /// Backbone for new catalogues and for embed, classify, train and eval: lite1 (default),
+    /// lite0 or lite2 (`LOOKALIKE_BACKBONES=lite2 scripts/setup.sh` fetches Lite2). An
     /// existing catalogue is always searched and extended with the backbone that built it.
     #[arg(long, global = true, value_parser = |s: &str| s.parse::<BackboneSpec>())]
     backbone: Option<BackboneSpec>,
@@ -326,7 +326,7 @@ impl Models {
                 asked.name
             ),
             (_, Some(built)) => built,
-            (asked, None) => asked.unwrap_or(EFFICIENTNET_LITE0),
+            (asked, None) => asked.unwrap_or(DEFAULT_BACKBONE),
         };
         Embedder::load(&self.dir, spec, self.threads)
     }
@@ -768,7 +768,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::run(
                 what,
                 &models.dir,
-                models.backbone.unwrap_or(EFFICIENTNET_LITE0),
+                models.backbone.unwrap_or(DEFAULT_BACKBONE),
                 cli.threads,
             )?;
             Ok(ExitCode::SUCCESS)

@@ -527,8 +527,9 @@ fn a_classifier_fine_tunes_the_last_blocks_and_serves_hybrid_search() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // The default backbone's last two blocks (Lite1: 19 and 20) before the 1280-d features and 4 classes.
     assert!(
-        text(&out).contains("with blocks 14+ fine-tuned 9408-1280-4"),
+        text(&out).contains("with blocks 19+ fine-tuned 12288-1280-4"),
         "{}",
         text(&out)
     );

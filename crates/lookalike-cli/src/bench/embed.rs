@@ -168,7 +168,11 @@ pub fn run(
             }
         }
     }
-    println!("EfficientNet-Lite0, 224x224, {threads} threads, median of timed runs over {seconds}s");
+    println!(
+        "{}, {side}x{side}, {threads} threads, median of timed runs over {seconds}s",
+        spec.name,
+        side = spec.input_size
+    );
     println!("{table}");
     Ok(())
 }
