@@ -100,7 +100,7 @@ fn search(form: multipart::Form) -> (StatusCode, Value) {
 fn health_stats_openapi_and_page() {
     assert_eq!(send(client().get(url("/healthz"))).1["status"], "ok");
     let (_, stats) = send(client().get(url("/v1/stats")));
-    assert_eq!(stats["model"], "efficientnet-lite0");
+    assert_eq!(stats["model"], "efficientnet-lite1", "the default backbone");
     assert_eq!(stats["dimension"], 1280);
     assert!(stats["products"].as_u64().unwrap() >= 59);
     let (_, openapi) = send(client().get(url("/openapi.json")));
