@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism, BACKBONES};
 use serde::Deserialize;
 
 const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_runtimes.py");
@@ -88,8 +88,8 @@ pub fn run(
     threads: usize,
     batches: &[usize],
     seconds: f64,
-    python: &str,
-    no_reference: bool,
+    reference_python: Option<&str>,
+    all_backbones: bool,
 ) -> Result<()> {
     let embedder = Embedder::load(models, spec, threads)?;
     eprintln!(
@@ -111,11 +111,12 @@ pub fn run(
         ours.push((batch, chosen));
         operator_parallel.push((batch, operators, images));
     }
-    let references = if no_reference {
-        Vec::new()
-    } else {
-        eprintln!("measuring reference runtimes with {python}...");
-        reference_measurements(&embedder, models, spec, python, batches, seconds, threads)?
+    let references = match reference_python {
+        None => Vec::new(),
+        Some(python) => {
+            eprintln!("measuring reference runtimes with {python}...");
+            reference_measurements(&embedder, models, spec, python, batches, seconds, threads)?
+        }
     };
 
     let mut table = Table::new();
@@ -174,5 +175,58 @@ pub fn run(
         side = spec.input_size
     );
     println!("{table}");
+    if all_backbones {
+        println!("{}", backbones_table(models, spec, &ours, threads, batches, seconds)?);
+    }
     Ok(())
+}
+
+/// Every backbone whose weights are present at its own parallelism, as ratios to `measured`
+/// (`spec`'s images/s per batch size).
+fn backbones_table(
+    models: &ModelDir,
+    spec: BackboneSpec,
+    measured: &[(usize, f64)],
+    threads: usize,
+    batches: &[usize],
+    seconds: f64,
+) -> Result<Table> {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "backbone".to_string(),
+        "input".into(),
+        "batch".into(),
+        "images/s".into(),
+        format!("÷ {}", spec.name),
+    ]);
+    for other in BACKBONES {
+        let side = format!("{0}x{0}", other.input_size);
+        if models.weights(&other).is_err() {
+            table.add_row([
+                other.name.to_string(),
+                side,
+                "-".into(),
+                "-".into(),
+                "weights not fetched".into(),
+            ]);
+            continue;
+        }
+        eprintln!("measuring {}...", other.name);
+        let embedder = Embedder::load(models, other, threads)?;
+        for &batch in batches {
+            let rate = match measured.iter().find(|&&(b, _)| b == batch && other.name == spec.name) {
+                Some(&(_, rate)) => rate,
+                None => measure(&embedder, batch, seconds, embedder.parallelism_for(batch))?,
+            };
+            let base = measured.iter().find(|(b, _)| *b == batch).map(|(_, r)| *r);
+            table.add_row([
+                other.name.to_string(),
+                side.clone(),
+                batch.to_string(),
+                format!("{rate:.1}"),
+                base.map_or(String::new(), |base| format!("{:.2}", rate / base)),
+            ]);
+        }
+    }
+    Ok(table)
 }

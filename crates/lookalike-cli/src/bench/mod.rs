@@ -26,6 +26,9 @@ pub enum BenchCommand {
         /// Measure lookalike alone.
         #[arg(long)]
         no_reference: bool,
+        /// Also every backbone whose weights are present, side by side with the one measured.
+        #[arg(long)]
+        all_backbones: bool,
     },
     /// Search latency through HTTP (photo upload, loopback), per concurrency, beside the same
     /// search done in-process.
@@ -90,7 +93,11 @@ pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, thr
             seconds,
             python,
             no_reference,
-        } => embed::run(models, backbone, threads, &batches, seconds, &python, no_reference),
+            all_backbones,
+        } => {
+            let reference = (!no_reference).then_some(python.as_str());
+            embed::run(models, backbone, threads, &batches, seconds, reference, all_backbones)
+        }
         BenchCommand::Http { plan } => http::run(models, threads, &plan),
         BenchCommand::Abuse { plan } => abuse::run(threads, &plan),
         BenchCommand::Search {
