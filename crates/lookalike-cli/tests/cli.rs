@@ -1493,3 +1493,39 @@ fn a_catalogue_stays_on_the_backbone_that_built_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("lite0, lite1, lite2"), "{}", text(&out));
 }
+
+#[test]
+fn knn_statistics_tell_noisy_copies_from_real_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let copies = dir.path().join("copies.db");
+    ok_text(lookalike(&[
+        "bench",
+        "synth-catalogue",
+        "--from",
+        s(demo_db()),
+        "--db",
+        s(&copies),
+        "--products",
+        "600",
+    ]));
+    let out = ok_text(lookalike(&[
+        "bench",
+        "knn-stats",
+        s(demo_db()),
+        s(&copies),
+        "--sample",
+        "300",
+        "-k",
+        "5",
+    ]));
+    let cosine_to_first = |db: &Path| -> f64 {
+        let row = out
+            .lines()
+            .find(|l| l.contains(s(db)))
+            .unwrap_or_else(|| panic!("{out}"));
+        row.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    // Ten noisy copies of each demo product: a sample of 300 of them meets its twins.
+    assert!(cosine_to_first(&copies) > cosine_to_first(demo_db()) + 0.05, "{out}");
+    assert!(out.contains("N5 skewness"), "{out}");
+}

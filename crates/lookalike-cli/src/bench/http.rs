@@ -1,5 +1,4 @@
-//! `lookalike bench http`: a bounded loopback load generator for photo search, and
-//! `bench synth-catalogue`, which makes catalogues big enough to load.
+//! `lookalike bench http`: a bounded loopback load generator for photo search.
 //!
 //! The reference row is the same query done in-process (decode, preprocess, embed at
 //! batch 1, exact search), measured in the same run, so the table shows what HTTP,
@@ -19,8 +18,8 @@ use lookalike::index::VectorIndex;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, DEFAULT_BACKBONE};
 use lookalike::recommend::Recommender;
 use lookalike::store::postgres::{redact, PgStore};
-use lookalike::store::{open_store, store_products, ProductWrite, SqliteStore, Store};
-use lookalike::types::{CatalogueEntry, Filter, Metric, StoredProduct};
+use lookalike::store::{open_store, store_products, SqliteStore, Store};
+use lookalike::types::{Filter, Metric, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 
 #[derive(clap::Args)]
@@ -533,55 +532,5 @@ pub fn ingest(from: &Path, postgres: &str, products: usize, batch: usize) -> Res
     );
     println!("{table}");
     remove_scratch();
-    Ok(())
-}
-
-pub fn synth_catalogue(from: &Path, db: &Path, products: usize, seed: u64) -> Result<()> {
-    let source = SqliteStore::open(from)?;
-    let Some(manifest) = source.manifest()? else {
-        bail!("{} has no indexed products to copy", from.display());
-    };
-    let originals = source.products()?;
-    if originals.is_empty() {
-        bail!("{} has no indexed products to copy", from.display());
-    }
-    let mut target = SqliteStore::open(db)?;
-    target.ensure_manifest(&manifest)?;
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let started = Instant::now();
-    for chunk_start in (0..products).step_by(5000) {
-        let chunk: Vec<(CatalogueEntry, String, Vec<f32>)> = (chunk_start..(chunk_start + 5000).min(products))
-            .map(|n| {
-                let original = &originals[n % originals.len()];
-                let rms =
-                    (lookalike::index::dot(&original.vector, &original.vector) / original.vector.len() as f32).sqrt();
-                let vector = original.vector.iter().map(|v| v + (rng.f32() - 0.5) * rms).collect();
-                let mut info = original.info.clone();
-                info.title = info.title.map(|t| format!("{t} #{n}"));
-                let entry = CatalogueEntry {
-                    id: format!("{}~{n}", original.id),
-                    info,
-                    image_path: PathBuf::from(&original.image_path),
-                    more_images: Vec::new(),
-                };
-                (entry, format!("{}~{n}", original.content_hash), vector)
-            })
-            .collect();
-        let writes: Vec<ProductWrite> = chunk
-            .iter()
-            .map(|(entry, hash, vector)| ProductWrite {
-                entry,
-                content_hash: hash,
-                vector: Some(vector),
-                more_images: None,
-            })
-            .collect();
-        target.write_batch(&writes)?;
-    }
-    println!(
-        "wrote {products} synthetic products into {} in {:.1}s",
-        db.display(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }

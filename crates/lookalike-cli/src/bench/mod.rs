@@ -3,6 +3,7 @@
 mod abuse;
 mod embed;
 mod http;
+mod synthetic;
 
 use std::path::PathBuf;
 
@@ -83,6 +84,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Exact k-nearest-neighbour statistics of catalogues (a random sample of each, among
+    /// themselves): cosine to the 1st and k-th neighbour, hubness. Real and synthetic side by side.
+    KnnStats {
+        #[arg(required = true)]
+        dbs: Vec<PathBuf>,
+        #[arg(value_parser = crate::args::count::<2, 200_000>, long, default_value_t = 5000)]
+        sample: usize,
+        #[arg(value_parser = crate::args::count::<1, 100>, short, long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// `backbone`: the one `bench embed` measures (the others take their catalogue's).
@@ -118,6 +131,7 @@ pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, thr
             db,
             products,
             seed,
-        } => http::synth_catalogue(&from, &db, products, seed),
+        } => synthetic::synth_catalogue(&from, &db, products, seed),
+        BenchCommand::KnnStats { dbs, sample, k, seed } => synthetic::knn_stats(&dbs, sample, k, seed),
     }
 }
