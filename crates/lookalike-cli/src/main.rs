@@ -312,10 +312,10 @@ struct Models {
 }
 
 impl Models {
-    /// The backbone asked for (Lite0 unless told), or the one that built `catalogue`.
+    /// The backbone asked for (the default unless told), or the one that built `catalogue`.
     fn embedder(&self, catalogue: Option<&dyn Store>) -> Result<Embedder> {
         let built_with = match catalogue {
-            Some(store) => store.manifest()?.and_then(|m| m.model.parse::<BackboneSpec>().ok()),
+            Some(store) => store.manifest()?.and_then(|m| m.backbone()),
             None => None,
         };
         let spec = match (self.backbone, built_with) {

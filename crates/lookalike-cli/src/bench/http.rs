@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::image::decode_image;
 use lookalike::index::VectorIndex;
-use lookalike::model::{BackboneSpec, Embedder, ModelDir, DEFAULT_BACKBONE};
+use lookalike::model::{Embedder, ModelDir, DEFAULT_BACKBONE};
 use lookalike::recommend::Recommender;
 use lookalike::store::postgres::{redact, PgStore};
 use lookalike::store::{open_store, store_products, SqliteStore, Store};
@@ -139,11 +139,7 @@ impl Latencies {
 
 fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
     let store = open_store(&plan.db)?;
-    // The catalogue's own backbone.
-    let spec = store
-        .manifest()?
-        .and_then(|m| m.model.parse::<BackboneSpec>().ok())
-        .unwrap_or(DEFAULT_BACKBONE);
+    let spec = store.manifest()?.and_then(|m| m.backbone()).unwrap_or(DEFAULT_BACKBONE);
     let embedder = Embedder::load(models, spec, threads)?.for_catalogue(&*store)?;
     store.ensure_manifest(&embedder.manifest())?;
     let catalogue = Recommender::new(store)?;

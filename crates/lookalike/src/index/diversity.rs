@@ -3,6 +3,7 @@
 //! `(1 − diversity) · relevance − diversity · (its highest cosine to a result already chosen)`.
 
 use crate::index::dot;
+use crate::linalg::l2_normalise_rows;
 use crate::types::{Metric, Scored};
 
 /// Candidates to rank again for `k` results: diversity can only choose among what it is given.
@@ -35,13 +36,9 @@ pub fn diversify(mut hits: Vec<Scored>, k: usize, diversity: f32, metric: Metric
     let unit: Vec<Vec<f32>> = hits
         .iter()
         .map(|h| {
-            let v = &h.product.vector;
-            let norm = dot(v, v).sqrt();
-            if norm > 0.0 {
-                v.iter().map(|x| x / norm).collect()
-            } else {
-                Vec::new()
-            }
+            let mut v = h.product.vector.clone();
+            l2_normalise_rows(&mut v, h.product.vector.len().max(1));
+            v
         })
         .collect();
     let likeness = |a: usize, b: usize| {

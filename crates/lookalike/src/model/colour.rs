@@ -8,6 +8,7 @@
 //! disagree on it.
 
 use crate::image::preprocess::Preprocessing;
+use crate::linalg::l2_normalise_rows;
 
 /// Hue, saturation and value bins: 8 × 8 × 8.
 const BINS: usize = 8;
@@ -38,9 +39,9 @@ impl ColourFeatures {
         let per_image = preprocessing.tensor_len();
         let mut out = Vec::with_capacity(count * (dimension + COLOUR_DIMENSION));
         for i in 0..count {
-            let row = &features[i * dimension..(i + 1) * dimension];
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-            out.extend(row.iter().map(|x| x / norm));
+            let start = out.len();
+            out.extend_from_slice(&features[i * dimension..(i + 1) * dimension]);
+            l2_normalise_rows(&mut out[start..], dimension);
             let histogram = colour_histogram(&input[i * per_image..(i + 1) * per_image], preprocessing);
             out.extend(histogram.iter().map(|h| h * self.weight));
         }

@@ -130,6 +130,13 @@ impl std::str::FromStr for BackboneSpec {
     }
 }
 
+impl ModelManifest {
+    /// The backbone that made these vectors, if lookalike knows it.
+    pub fn backbone(&self) -> Option<BackboneSpec> {
+        self.model.parse().ok()
+    }
+}
+
 impl BackboneSpec {
     pub fn manifest(&self, preprocessing: &Preprocessing, dimension: usize) -> ModelManifest {
         ModelManifest {
