@@ -218,9 +218,13 @@ fn open_cache(embedder: &Embedder, folder: &Path, variant: &str, cache: &Option<
         .head
         .map(|h| format!("-{}", &lookalike::content_hash(h.as_bytes())[..8]));
     let colour = manifest.colour.map(|w| format!("-colour{w}"));
+    let int8 = manifest.precision.map(|_| "-int8".to_string());
     // Each backbone's features apart, Lite0's under the name caches had before there were others.
     let backbone = Some(manifest.model.replace("efficientnet-", "-")).filter(|m| m != "-lite0");
-    let kind = backbone.unwrap_or_default() + &head.unwrap_or_default() + &colour.unwrap_or_default();
+    let kind = backbone.unwrap_or_default()
+        + &head.unwrap_or_default()
+        + &colour.unwrap_or_default()
+        + &int8.unwrap_or_default();
     let db = cache.join(format!(
         "{}{variant}{kind}.db",
         &lookalike::content_hash(folder.to_string_lossy().as_bytes())[..16]

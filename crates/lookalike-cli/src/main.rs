@@ -19,7 +19,7 @@ use lookalike::catalogue::{read_catalogue, Layout};
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
-use lookalike::model::{BackboneSpec, Embedder, ModelDir, DEFAULT_BACKBONE};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, DEFAULT_BACKBONE};
 use lookalike::recommend::{Query, Recommender};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
@@ -46,6 +46,10 @@ struct Cli {
     /// existing catalogue is always searched and extended with the backbone that built it.
     #[arg(long, global = true, value_parser = |s: &str| s.parse::<BackboneSpec>())]
     backbone: Option<BackboneSpec>,
+    /// Numbers the backbone computes with: fp32 (default) or int8 (about twice the images/s; the
+    /// vectors differ slightly, so a catalogue stays on the precision that built it).
+    #[arg(long, global = true, value_parser = |s: &str| s.parse::<Precision>())]
+    precision: Option<Precision>,
     #[command(subcommand)]
     command: Command,
 }
@@ -304,31 +308,42 @@ fn main() -> ExitCode {
     }
 }
 
-/// What every command that embeds needs: where the model files are, which backbone, how many threads.
+/// What every command that embeds needs: where the model files are, which backbone at which
+/// precision, how many threads.
 struct Models {
     dir: ModelDir,
     backbone: Option<BackboneSpec>,
+    precision: Option<Precision>,
     threads: usize,
 }
 
 impl Models {
-    /// The backbone asked for (the default unless told), or the one that built `catalogue`.
+    /// The backbone and precision asked for (the defaults unless told), or those that built `catalogue`.
     fn embedder(&self, catalogue: Option<&dyn Store>) -> Result<Embedder> {
         let built_with = match catalogue {
-            Some(store) => store.manifest()?.and_then(|m| m.backbone()),
+            Some(store) => store.manifest()?,
             None => None,
         };
-        let spec = match (self.backbone, built_with) {
-            (Some(asked), Some(built)) if asked.name != built.name => bail!(
+        let (spec, precision) = match built_with.as_ref().and_then(|m| Some((m.backbone()?, m.precision()))) {
+            Some((built, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => bail!(
                 "this catalogue was built with {}; it cannot be searched or extended with {} \
                  (index into a new database for another backbone)",
                 built.name,
-                asked.name
+                self.backbone.map_or("", |b| b.name)
             ),
-            (_, Some(built)) => built,
-            (asked, None) => asked.unwrap_or(DEFAULT_BACKBONE),
+            Some((built, precision)) if self.precision.is_some_and(|asked| asked != precision) => bail!(
+                "this catalogue's vectors were made by {} in {precision}; it cannot be searched or extended \
+                 in {} (index into a new database for another precision)",
+                built.name,
+                self.precision.unwrap_or_default()
+            ),
+            Some(built) => built,
+            None => (
+                self.backbone.unwrap_or(DEFAULT_BACKBONE),
+                self.precision.unwrap_or_default(),
+            ),
         };
-        Embedder::load(&self.dir, spec, self.threads)
+        Embedder::load_as(&self.dir, spec, precision, self.threads)
     }
 }
 
@@ -458,6 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let models = Models {
         dir: ModelDir::locate(cli.models.as_deref()),
         backbone: cli.backbone,
+        precision: cli.precision,
         threads: cli.threads,
     };
     match cli.command {
@@ -768,7 +784,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::run(
                 what,
                 &models.dir,
-                models.backbone.unwrap_or(DEFAULT_BACKBONE),
+                (
+                    models.backbone.unwrap_or(DEFAULT_BACKBONE),
+                    models.precision.unwrap_or_default(),
+                ),
                 cli.threads,
             )?;
             Ok(ExitCode::SUCCESS)

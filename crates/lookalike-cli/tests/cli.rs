@@ -299,6 +299,7 @@ fn a_database_of_another_model_is_refused() {
             dimension: 2048,
             head: None,
             colour: None,
+            precision: None,
         })
         .unwrap();
     let out = lookalike(&["index", s(&demo().join("catalogue.csv")), "--db", s(&db)]);
@@ -1492,6 +1493,55 @@ fn a_catalogue_stays_on_the_backbone_that_built_it() {
     let out = lookalike(&["--backbone", "lite9", "embed", s(&query)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("lite0, lite1, lite2"), "{}", text(&out));
+}
+
+#[test]
+fn an_int8_catalogue_answers_like_fp32_and_is_never_mixed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = luma_shop();
+    let catalogue = shop.join("magento.csv");
+    let (int8, fp32) = (dir.path().join("int8.db"), dir.path().join("fp32.db"));
+    ok_text(lookalike(&[
+        "--precision",
+        "int8",
+        "index",
+        s(&catalogue),
+        "--db",
+        s(&int8),
+    ]));
+    ok_text(lookalike(&["index", s(&catalogue), "--db", s(&fp32)]));
+    let manifest = SqliteStore::open(&int8).unwrap().manifest().unwrap().unwrap();
+    assert!(
+        manifest
+            .precision
+            .as_deref()
+            .is_some_and(|p| p.starts_with("int8 (calibration ")),
+        "{manifest:?}"
+    );
+    // Queries take the catalogue's precision without being told, and find what fp32 finds.
+    for query in ["mh01-orange_main.jpg", "wj01-red_main.jpg"] {
+        let query = shop.join("queries").join(query);
+        let ids = |db: &Path| {
+            let hits = json(&lookalike(&["search", s(&query), "--db", s(db), "-k", "3", "--json"]));
+            hits.as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&int8)[0], ids(&fp32)[0], "{}", query.display());
+    }
+    // The other precision is refused with the reason, for queries and for writes.
+    let query = shop.join("queries/mh01-orange_main.jpg");
+    let out = lookalike(&["--precision", "fp32", "search", s(&query), "--db", s(&int8)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("in int8"), "{}", text(&out));
+    let out = lookalike(&["--precision", "int8", "index", s(&catalogue), "--db", s(&fp32)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("in fp32"), "{}", text(&out));
+    let out = lookalike(&["--precision", "int4", "embed", s(&query)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("fp32, int8"), "{}", text(&out));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism, BACKBONES};
+use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism, Precision, BACKBONES};
 use serde::Deserialize;
 
 const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_runtimes.py");
@@ -84,16 +84,16 @@ fn reference_measurements(
 
 pub fn run(
     models: &ModelDir,
-    spec: BackboneSpec,
+    (spec, precision): (BackboneSpec, Precision),
     threads: usize,
     batches: &[usize],
     seconds: f64,
     reference_python: Option<&str>,
     all_backbones: bool,
 ) -> Result<()> {
-    let embedder = Embedder::load(models, spec, threads)?;
+    let embedder = Embedder::load_as(models, spec, precision, threads)?;
     eprintln!(
-        "measuring lookalike, {} ({threads} threads, {seconds}s per batch size)...",
+        "measuring lookalike, {} {precision} ({threads} threads, {seconds}s per batch size)...",
         spec.name
     );
     // Both ways of sharing the threads, alternating, so they see the same machine.
@@ -170,22 +170,25 @@ pub fn run(
         }
     }
     println!(
-        "{}, {side}x{side}, {threads} threads, median of timed runs over {seconds}s",
+        "{} {precision}, {side}x{side}, {threads} threads, median of timed runs over {seconds}s",
         spec.name,
         side = spec.input_size
     );
     println!("{table}");
     if all_backbones {
-        println!("{}", backbones_table(models, spec, &ours, threads, batches, seconds)?);
+        println!(
+            "{}",
+            backbones_table(models, (spec, precision), &ours, threads, batches, seconds)?
+        );
     }
     Ok(())
 }
 
-/// Every backbone whose weights are present at its own parallelism, as ratios to `measured`
-/// (`spec`'s images/s per batch size).
+/// Every backbone whose weights are present, in each precision, at its own parallelism, as
+/// ratios to `measured` (`base`'s images/s per batch size).
 fn backbones_table(
     models: &ModelDir,
-    spec: BackboneSpec,
+    base: (BackboneSpec, Precision),
     measured: &[(usize, f64)],
     threads: usize,
     batches: &[usize],
@@ -194,16 +197,18 @@ fn backbones_table(
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
         "backbone".to_string(),
+        "precision".into(),
         "input".into(),
         "batch".into(),
         "images/s".into(),
-        format!("÷ {}", spec.name),
+        format!("÷ {} {}", base.0.name, base.1),
     ]);
     for other in BACKBONES {
         let side = format!("{0}x{0}", other.input_size);
         if models.weights(&other).is_err() {
             table.add_row([
                 other.name.to_string(),
+                "-".into(),
                 side,
                 "-".into(),
                 "-".into(),
@@ -211,21 +216,25 @@ fn backbones_table(
             ]);
             continue;
         }
-        eprintln!("measuring {}...", other.name);
-        let embedder = Embedder::load(models, other, threads)?;
-        for &batch in batches {
-            let rate = match measured.iter().find(|&&(b, _)| b == batch && other.name == spec.name) {
-                Some(&(_, rate)) => rate,
-                None => measure(&embedder, batch, seconds, embedder.parallelism_for(batch))?,
-            };
-            let base = measured.iter().find(|(b, _)| *b == batch).map(|(_, r)| *r);
-            table.add_row([
-                other.name.to_string(),
-                side.clone(),
-                batch.to_string(),
-                format!("{rate:.1}"),
-                base.map_or(String::new(), |base| format!("{:.2}", rate / base)),
-            ]);
+        for precision in [Precision::Fp32, Precision::Int8] {
+            eprintln!("measuring {} {precision}...", other.name);
+            let embedder = Embedder::load_as(models, other, precision, threads)?;
+            let is_base = other.name == base.0.name && precision == base.1;
+            for &batch in batches {
+                let rate = match measured.iter().find(|&&(b, _)| b == batch && is_base) {
+                    Some(&(_, rate)) => rate,
+                    None => measure(&embedder, batch, seconds, embedder.parallelism_for(batch))?,
+                };
+                let reference = measured.iter().find(|(b, _)| *b == batch).map(|(_, r)| *r);
+                table.add_row([
+                    other.name.to_string(),
+                    precision.to_string(),
+                    side.clone(),
+                    batch.to_string(),
+                    format!("{rate:.1}"),
+                    reference.map_or(String::new(), |r| format!("{:.2}", rate / r)),
+                ]);
+            }
         }
     }
     Ok(table)

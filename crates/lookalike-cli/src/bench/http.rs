@@ -139,8 +139,10 @@ impl Latencies {
 
 fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
     let store = open_store(&plan.db)?;
-    let spec = store.manifest()?.and_then(|m| m.backbone()).unwrap_or(DEFAULT_BACKBONE);
-    let embedder = Embedder::load(models, spec, threads)?.for_catalogue(&*store)?;
+    let manifest = store.manifest()?;
+    let spec = manifest.as_ref().and_then(|m| m.backbone()).unwrap_or(DEFAULT_BACKBONE);
+    let precision = manifest.map(|m| m.precision()).unwrap_or_default();
+    let embedder = Embedder::load_as(models, spec, precision, threads)?.for_catalogue(&*store)?;
     store.ensure_manifest(&embedder.manifest())?;
     let catalogue = Recommender::new(store)?;
     let filter = Filter {

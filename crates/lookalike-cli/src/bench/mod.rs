@@ -1,6 +1,7 @@
 //! `lookalike bench …`: measurements that print a table with a reference measured in the same run.
 
 mod abuse;
+mod calibrate;
 mod embed;
 mod http;
 mod synthetic;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use lookalike::model::{BackboneSpec, ModelDir};
+use lookalike::model::{BackboneSpec, ModelDir, Precision};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -84,6 +85,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Measures the activation ranges of the int8 backbone on photos (`per-folder` spread over each
+    /// folder), written as the calibration lookalike ships (`crates/lookalike/src/model/calibration/`).
+    Calibrate {
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 100)]
+        per_folder: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Exact k-nearest-neighbour statistics of catalogues (a random sample of each, among
     /// themselves): cosine to the 1st and k-th neighbour, hubness. Real and synthetic side by side.
     KnnStats {
@@ -98,8 +109,13 @@ pub enum BenchCommand {
     },
 }
 
-/// `backbone`: the one `bench embed` measures (the others take their catalogue's).
-pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, threads: usize) -> Result<()> {
+/// `backbone` and `precision`: what `bench embed` measures (the others take their catalogue's).
+pub fn run(
+    command: BenchCommand,
+    models: &ModelDir,
+    (backbone, precision): (BackboneSpec, Precision),
+    threads: usize,
+) -> Result<()> {
     match command {
         BenchCommand::Embed {
             batches,
@@ -109,7 +125,15 @@ pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, thr
             all_backbones,
         } => {
             let reference = (!no_reference).then_some(python.as_str());
-            embed::run(models, backbone, threads, &batches, seconds, reference, all_backbones)
+            embed::run(
+                models,
+                (backbone, precision),
+                threads,
+                &batches,
+                seconds,
+                reference,
+                all_backbones,
+            )
         }
         BenchCommand::Http { plan } => http::run(models, threads, &plan),
         BenchCommand::Abuse { plan } => abuse::run(threads, &plan),
@@ -132,6 +156,11 @@ pub fn run(command: BenchCommand, models: &ModelDir, backbone: BackboneSpec, thr
             products,
             seed,
         } => synthetic::synth_catalogue(&from, &db, products, seed),
+        BenchCommand::Calibrate {
+            folders,
+            per_folder,
+            out,
+        } => calibrate::run(models, backbone, threads, &folders, per_folder, &out),
         BenchCommand::KnnStats { dbs, sample, k, seed } => synthetic::knn_stats(&dbs, sample, k, seed),
     }
 }

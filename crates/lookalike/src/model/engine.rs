@@ -6,7 +6,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::efficientnet::{EfficientNetLite, BLOCK_INPUT_NAME, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
+use super::efficientnet::{EfficientNetLite, GraphOptions, BLOCK_INPUT_NAME, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
+use super::quantize::{Calibration, Precision};
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::image::Preprocessing;
@@ -20,7 +21,7 @@ const NARROW_SLICE: usize = 2;
 /// ONNX Runtime allows one environment per process; the library path is fixed by the first load.
 static ORT_ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
 
-fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environment> {
+pub(super) fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environment> {
     let env = ORT_ENVIRONMENT.get_or_init(|| {
         let library = models.onnxruntime().map_err(|e| e.to_string())?;
         ort::init_from(&library)
@@ -32,7 +33,7 @@ fn environment(models: &ModelDir) -> Result<&'static ort::environment::Environme
     env.as_ref().map_err(|e| anyhow!("{e}"))
 }
 
-fn build_session(env: &ort::environment::Environment, onnx: &[u8], threads: usize) -> ort::Result<Session> {
+pub(super) fn build_session(env: &ort::environment::Environment, onnx: &[u8], threads: usize) -> ort::Result<Session> {
     Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::All)?
         .with_intra_threads(threads.max(1))?
@@ -111,6 +112,8 @@ pub struct Embedder {
     models: ModelDir,
     threads: usize,
     tap: Option<Tap>,
+    /// The activation ranges of an int8 graph; `None` for fp32.
+    int8: Option<Arc<Calibration>>,
     pub spec: BackboneSpec,
     pub preprocessing: Preprocessing,
     pub dimension: usize,
@@ -148,8 +151,27 @@ fn sessions(models: &ModelDir, onnx: &[u8], threads: usize) -> Result<Sessions> 
 }
 
 impl Embedder {
-    /// Loads EfficientNet-Lite0 from `models`, refusing weights whose checksum is not the pinned one.
+    /// Loads the fp32 backbone `spec` from `models`, refusing weights whose checksum is not the pinned one.
     pub fn load(models: &ModelDir, spec: BackboneSpec, threads: usize) -> Result<Self> {
+        Self::load_as(models, spec, Precision::Fp32, threads)
+    }
+
+    /// [`Self::load`] at `precision`: int8 quantizes with the calibration shipped for `spec`.
+    pub fn load_as(models: &ModelDir, spec: BackboneSpec, precision: Precision, threads: usize) -> Result<Self> {
+        let int8 = match precision {
+            Precision::Fp32 => None,
+            Precision::Int8 => Some(Arc::new(Calibration::shipped(&spec)?)),
+        };
+        Self::load_with(models, spec, int8, threads)
+    }
+
+    /// [`Self::load`] with int8 activations quantized to `int8`'s ranges, when given.
+    pub fn load_with(
+        models: &ModelDir,
+        spec: BackboneSpec,
+        int8: Option<Arc<Calibration>>,
+        threads: usize,
+    ) -> Result<Self> {
         let weights = models.weights(&spec)?;
         let checkpoint = Checkpoint::load(&weights)?;
         if checkpoint.sha256 != spec.weights_sha256 {
@@ -163,7 +185,10 @@ impl Embedder {
         }
         let network = EfficientNetLite::from_checkpoint(&checkpoint, spec.input_size)
             .with_context(|| format!("{} is not an EfficientNet-Lite checkpoint", weights.display()))?;
-        let onnx = network.to_onnx(None);
+        let onnx = network.to_onnx(&GraphOptions {
+            int8: int8.as_deref(),
+            ..GraphOptions::default()
+        })?;
         let threads = threads.max(1);
         let (wide, narrow) = sessions(models, &onnx, threads)?;
         Ok(Self {
@@ -173,6 +198,7 @@ impl Embedder {
             models: models.clone(),
             threads,
             tap: None,
+            int8,
             spec,
             preprocessing: Preprocessing::for_input(spec.input_size as u32),
             dimension: network.feature_dim,
@@ -199,7 +225,11 @@ impl Embedder {
                 trunk.first_block
             );
         }
-        let onnx = self.network.to_onnx(Some(trunk.first_block));
+        let onnx = self.network.to_onnx(&GraphOptions {
+            tap: Some(trunk.first_block),
+            int8: self.int8.as_deref(),
+            ..GraphOptions::default()
+        })?;
         let (wide, narrow) = sessions(&self.models, &onnx, self.threads)?;
         Ok(Self {
             wide,
@@ -213,6 +243,7 @@ impl Embedder {
                 dimension: trunk.input_dimension(),
                 as_features,
             }),
+            int8: self.int8.clone(),
             spec: self.spec,
             preprocessing: self.preprocessing,
             dimension: self.dimension,
@@ -271,6 +302,19 @@ impl Embedder {
         }
     }
 
+    pub fn precision(&self) -> Precision {
+        if self.int8.is_some() {
+            Precision::Int8
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// The float network this embedder's graph was written from (to calibrate an int8 one).
+    pub fn network(&self) -> &EfficientNetLite {
+        &self.network
+    }
+
     pub fn backbone_dimension(&self) -> usize {
         self.dimension
     }
@@ -297,6 +341,7 @@ impl Embedder {
                 .map(|h| h.manifest_name().expect("a loaded head serialises")),
         };
         manifest.colour = self.colour.map(|c| c.weight);
+        manifest.precision = self.int8.as_ref().map(|c| c.manifest_name());
         manifest
     }
 

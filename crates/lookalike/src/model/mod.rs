@@ -7,6 +7,7 @@ pub mod efficientnet;
 mod engine;
 pub mod labels;
 mod onnx_proto;
+pub mod quantize;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Embedder, Embeddings, ImageEmbedding, Parallelism};
+pub use quantize::{Calibration, Precision};
 
 use crate::image::Preprocessing;
 
@@ -30,6 +32,9 @@ pub struct ModelManifest {
     /// The weight of the colour signature appended to the features, if any (see [`colour`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colour: Option<f32>,
+    /// How an int8 backbone was quantized (see [`quantize`]); `None` for fp32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// A pretrained backbone that lookalike knows how to fetch, check and build.
@@ -135,6 +140,13 @@ impl ModelManifest {
     pub fn backbone(&self) -> Option<BackboneSpec> {
         self.model.parse().ok()
     }
+
+    pub fn precision(&self) -> Precision {
+        match &self.precision {
+            Some(_) => Precision::Int8,
+            None => Precision::Fp32,
+        }
+    }
 }
 
 impl BackboneSpec {
@@ -146,6 +158,7 @@ impl BackboneSpec {
             dimension,
             head: None,
             colour: None,
+            precision: None,
         }
     }
 }

@@ -70,8 +70,11 @@ pub struct AttributeProto {
     pub r#type: i32,
 }
 
-/// `TensorProto.DataType.FLOAT`.
+/// `TensorProto.DataType` values used here.
 pub const DATA_TYPE_FLOAT: i32 = 1;
+pub const DATA_TYPE_UINT8: i32 = 2;
+pub const DATA_TYPE_INT8: i32 = 3;
+pub const DATA_TYPE_INT32: i32 = 6;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {

@@ -174,8 +174,9 @@ pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) ->
     }
     let describe = |m: &ModelManifest| {
         format!(
-            "{} (weights {}, head {}, colour {}, {}-d, preprocessing {})",
+            "{} {} (weights {}, head {}, colour {}, {}-d, preprocessing {})",
             m.model,
+            m.precision.as_deref().unwrap_or("fp32"),
             &m.weights_sha256[..12.min(m.weights_sha256.len())],
             m.head.as_deref().unwrap_or("none"),
             m.colour.map_or("none".to_string(), |w| format!("weight {w}")),

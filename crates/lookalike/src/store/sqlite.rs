@@ -716,6 +716,7 @@ mod tests {
             dimension: 2,
             head: None,
             colour: None,
+            precision: None,
         }
     }
 
