@@ -46,10 +46,11 @@ impl Preprocessing {
         assert_eq!(out.len(), self.tensor_len());
         let cropped = self.resize_and_crop(image);
         let plane = (self.crop * self.crop) as usize;
-        for (i, px) in cropped.pixels().enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = (px.0[c] as f32 - self.mean) / self.scale;
-            }
+        let (red, rest) = out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let value = |v: u8| (v as f32 - self.mean) / self.scale;
+        for (((px, r), g), b) in cropped.as_raw().chunks_exact(3).zip(red).zip(green).zip(blue) {
+            (*r, *g, *b) = (value(px[0]), value(px[1]), value(px[2]));
         }
     }
 
