@@ -1545,24 +1545,31 @@ fn an_int8_catalogue_answers_like_fp32_and_is_never_mixed_with_it() {
 }
 
 #[test]
-fn knn_statistics_tell_noisy_copies_from_real_vectors() {
+fn knn_statistics_tell_noisy_copies_from_real_vectors_and_cluster_samples() {
     let dir = tempfile::tempdir().unwrap();
-    let copies = dir.path().join("copies.db");
-    ok_text(lookalike(&[
-        "bench",
-        "synth-catalogue",
-        "--from",
-        s(demo_db()),
-        "--db",
-        s(&copies),
-        "--products",
-        "600",
-    ]));
+    let synthetic = |generator: &str| {
+        let db = dir.path().join(format!("{generator}.db"));
+        ok_text(lookalike(&[
+            "bench",
+            "synth-catalogue",
+            "--from",
+            s(demo_db()),
+            "--db",
+            s(&db),
+            "--products",
+            "600",
+            "--generator",
+            generator,
+        ]));
+        db
+    };
+    let (copies, clusters) = (synthetic("copies"), synthetic("clusters"));
     let out = ok_text(lookalike(&[
         "bench",
         "knn-stats",
         s(demo_db()),
         s(&copies),
+        s(&clusters),
         "--sample",
         "300",
         "-k",
@@ -1575,7 +1582,11 @@ fn knn_statistics_tell_noisy_copies_from_real_vectors() {
             .unwrap_or_else(|| panic!("{out}"));
         row.split_whitespace().nth(3).unwrap().parse().unwrap()
     };
+    let real = cosine_to_first(demo_db());
     // Ten noisy copies of each demo product: a sample of 300 of them meets its twins.
-    assert!(cosine_to_first(&copies) > cosine_to_first(demo_db()) + 0.05, "{out}");
+    assert!(cosine_to_first(&copies) > real + 0.05, "{out}");
+    // Samples of the fitted Gaussians have no twins: their neighbours are as far as real ones'.
+    assert!(cosine_to_first(&clusters) < cosine_to_first(&copies) - 0.1, "{out}");
+    assert!((cosine_to_first(&clusters) - real).abs() < 0.1, "{out}");
     assert!(out.contains("N5 skewness"), "{out}");
 }

@@ -73,8 +73,8 @@ pub enum BenchCommand {
         #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 1000)]
         batch_size: usize,
     },
-    /// Writes a large synthetic catalogue for load tests: real vectors and metadata of `--from`,
-    /// repeated with seeded noise until there are `--products`.
+    /// Writes a large synthetic catalogue for load tests, `--products` vectors made from the real
+    /// ones of `--from` (metadata copied from the real product each came from).
     SynthCatalogue {
         #[arg(long)]
         from: PathBuf,
@@ -82,6 +82,8 @@ pub enum BenchCommand {
         db: PathBuf,
         #[arg(value_parser = crate::args::count::<1, 100_000_000>, long, default_value_t = 100_000)]
         products: usize,
+        #[arg(long, value_enum, default_value_t = synthetic::Generator::Clusters)]
+        generator: synthetic::Generator,
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
@@ -154,8 +156,9 @@ pub fn run(
             from,
             db,
             products,
+            generator,
             seed,
-        } => synthetic::synth_catalogue(&from, &db, products, seed),
+        } => synthetic::synth_catalogue(&from, &db, products, generator, seed),
         BenchCommand::Calibrate {
             folders,
             per_folder,
