@@ -1545,6 +1545,35 @@ fn an_int8_catalogue_answers_like_fp32_and_is_never_mixed_with_it() {
 }
 
 #[test]
+fn bench_ann_measures_held_out_queries_against_exact_search() {
+    let out = ok_text(lookalike(&[
+        "bench",
+        "ann",
+        "--db",
+        s(demo_db()),
+        "--queries",
+        "10",
+        "-k",
+        "5",
+    ]));
+    assert!(out.contains("50 products, 1280-d, 10 held-out queries"), "{out}");
+    let recall = |setting: &str| -> f64 {
+        let row = out
+            .lines()
+            .find(|l| l.contains(setting))
+            .unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        cells[cells.len() - 3].parse().unwrap()
+    };
+    assert_eq!(recall("exact f32 scan"), 1.0, "{out}");
+    assert_eq!(recall("int8 shortlist"), 1.0, "{out}");
+    // Too few products for the queries asked is a clear error.
+    let out = lookalike(&["bench", "ann", "--db", s(demo_db()), "--queries", "40"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("too few"), "{}", text(&out));
+}
+
+#[test]
 fn knn_statistics_tell_noisy_copies_from_real_vectors_and_cluster_samples() {
     let dir = tempfile::tempdir().unwrap();
     let synthetic = |generator: &str| {

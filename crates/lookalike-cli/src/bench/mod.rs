@@ -1,6 +1,7 @@
 //! `lookalike bench …`: measurements that print a table with a reference measured in the same run.
 
 mod abuse;
+mod ann;
 mod calibrate;
 mod embed;
 mod http;
@@ -59,6 +60,20 @@ pub enum BenchCommand {
         /// (copied with `lookalike migrate`).
         #[arg(long)]
         postgres: Option<String>,
+    },
+    /// Nearest-neighbour search beside FAISS, hnswlib and usearch on the same vectors and held-out
+    /// queries (one at a time): queries/s, p50/p99, recall@k, build time, memory.
+    Ann {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 500)]
+        queries: usize,
+        #[arg(value_parser = crate::args::count::<1, 1000>, short, long, default_value_t = 10)]
+        k: usize,
+        /// Python with `faiss-cpu`, `hnswlib` and/or `usearch` (scripts/bench-env.sh makes one);
+        /// without it lookalike is measured alone.
+        #[arg(long)]
+        python: Option<String>,
     },
     /// Products/s of storing precomputed vectors: into SQLite (reference) and into PostgreSQL.
     Ingest {
@@ -146,6 +161,7 @@ pub fn run(
             category,
             postgres,
         } => http::search(&db, queries, k, category, postgres.as_deref()),
+        BenchCommand::Ann { db, queries, k, python } => ann::run(&db, queries, k, python.as_deref(), threads),
         BenchCommand::Ingest {
             from,
             postgres,

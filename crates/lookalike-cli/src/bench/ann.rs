@@ -1,0 +1,185 @@
+//! `lookalike bench ann`: lookalike's searches beside FAISS, hnswlib and usearch (run by
+//! `bench/ann_peers.py` in a Python that has them) on the same vectors and held-out queries, one
+//! query at a time: queries/s, p50/p99, recall@k against exact search, build time, memory.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use lookalike::catalogue::export::export_npy;
+use lookalike::index::VectorIndex;
+use lookalike::store::{SqliteStore, Store};
+use lookalike::types::{Filter, Metric};
+use serde::Deserialize;
+
+const PEERS_SCRIPT: &str = include_str!("../../../../bench/ann_peers.py");
+
+#[derive(Debug, Deserialize)]
+struct Row {
+    library: String,
+    setting: Option<String>,
+    build_s: Option<f64>,
+    memory_mb: Option<f64>,
+    qps: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    recall: Option<f64>,
+    error: Option<String>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: usize) -> Result<()> {
+    let products = SqliteStore::open_read_only(db)?.products()?;
+    if products.len() < 2 * queries.max(k) {
+        bail!(
+            "{} has {} products, too few for {queries} held-out queries",
+            db.display(),
+            products.len()
+        );
+    }
+    // Held-out queries spread over the catalogue: a query is never its own answer.
+    let step = products.len() / queries;
+    let (query_products, base): (Vec<_>, Vec<_>) = products
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % step == 0 && i / step < queries);
+    let query_products: Vec<_> = query_products.into_iter().map(|(_, p)| p).collect();
+    let base: Vec<_> = base.into_iter().map(|(_, p)| p).collect();
+    let dimension = base[0].vector.len();
+    let started = Instant::now();
+    let index = VectorIndex::new(base.clone())?;
+    let build_s = started.elapsed().as_secs_f64();
+    let filter = Filter::default();
+    let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| {
+        let mut millis = Vec::new();
+        let found: Vec<Vec<String>> = query_products
+            .iter()
+            .map(|q| {
+                let t = Instant::now();
+                let ids = search(&q.vector);
+                millis.push(t.elapsed().as_secs_f64() * 1e3);
+                ids
+            })
+            .collect();
+        millis.sort_by(f64::total_cmp);
+        (millis, found)
+    };
+    let ids = |hits: Vec<lookalike::index::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
+    let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
+    let (scan_ms, scan) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
+    let recall = |found: &[Vec<String>]| {
+        let hits: usize = exact
+            .iter()
+            .zip(found)
+            .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
+            .sum();
+        hits as f64 / (exact.len() * k) as f64
+    };
+    let n = base.len() as f64;
+    let row = |setting: &str, memory_mb: f64, millis: &[f64], recall: f64| Row {
+        library: "lookalike".into(),
+        setting: Some(setting.into()),
+        build_s: Some(build_s),
+        memory_mb: Some(memory_mb),
+        qps: Some(millis.len() as f64 / (millis.iter().sum::<f64>() / 1e3)),
+        p50_ms: Some(percentile(millis, 0.5)),
+        p99_ms: Some(percentile(millis, 0.99)),
+        recall: Some(recall),
+        error: None,
+    };
+    let mut rows = vec![
+        row(
+            "exact f32 scan",
+            n * 4.0 * dimension as f64 / f64::from(1 << 20),
+            &exact_ms,
+            1.0,
+        ),
+        row(
+            "int8 shortlist + f32 re-score",
+            n * 5.0 * dimension as f64 / f64::from(1 << 20),
+            &scan_ms,
+            recall(&scan),
+        ),
+    ];
+    if let Some(python) = python {
+        eprintln!("running the peers with {python}...");
+        rows.extend(peers(python, &base, &query_products, k, threads)?);
+    }
+    let reference = rows[1].qps.unwrap_or(1.0);
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "library",
+        "setting",
+        "build s",
+        "memory MiB",
+        "queries/s",
+        "p50 ms",
+        "p99 ms",
+        &format!("recall@{k}"),
+        "÷ lookalike int8 scan",
+    ]);
+    let cell = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    for r in &rows {
+        match &r.error {
+            Some(error) => table.add_row([r.library.clone(), error.clone()]),
+            None => table.add_row([
+                r.library.clone(),
+                r.setting.clone().unwrap_or_default(),
+                cell(r.build_s, 1),
+                cell(r.memory_mb, 0),
+                cell(r.qps, 0),
+                cell(r.p50_ms, 2),
+                cell(r.p99_ms, 2),
+                cell(r.recall, 3),
+                cell(r.qps.map(|q| q / reference), 2),
+            ]),
+        };
+    }
+    println!(
+        "{} products, {dimension}-d, {} held-out queries one at a time, k={k}, {threads} build threads",
+        base.len(),
+        query_products.len()
+    );
+    println!("{table}");
+    Ok(())
+}
+
+fn peers(
+    python: &str,
+    base: &[lookalike::types::StoredProduct],
+    queries: &[lookalike::types::StoredProduct],
+    k: usize,
+    threads: usize,
+) -> Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let (base_npy, queries_npy, script) = (
+        dir.path().join("base.npy"),
+        dir.path().join("queries.npy"),
+        dir.path().join("ann_peers.py"),
+    );
+    export_npy(base, &base_npy)?;
+    export_npy(queries, &queries_npy)?;
+    std::fs::write(&script, PEERS_SCRIPT)?;
+    let output = Command::new(python)
+        .arg(&script)
+        .arg("--base")
+        .arg(&base_npy)
+        .arg("--queries")
+        .arg(&queries_npy)
+        .args(["-k", &k.to_string(), "--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !output.status.success() {
+        bail!("the peers script failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from the peers script: {l}")))
+        .collect()
+}
