@@ -9,10 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::export::export_npy;
+use lookalike::index::ann::{GraphParams, HnswGraph};
 use lookalike::index::VectorIndex;
 use lookalike::store::{SqliteStore, Store};
 use lookalike::types::{Filter, Metric};
 use serde::Deserialize;
+
+/// Search breadths tried for every graph, as `ann_peers.py` does.
+const EFS: [usize; 5] = [16, 32, 64, 128, 256];
 
 const PEERS_SCRIPT: &str = include_str!("../../../../bench/ann_peers.py");
 
@@ -106,6 +110,31 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
             recall(&scan),
         ),
     ];
+    let mut unit: Vec<f32> = base.iter().flat_map(|p| p.vector.iter().copied()).collect();
+    lookalike::linalg::l2_normalise_rows(&mut unit, dimension);
+    eprintln!("building the HNSW graph of {} vectors...", base.len());
+    let started = Instant::now();
+    let graph = HnswGraph::build(&unit, dimension, GraphParams::default())?;
+    let graph_build_s = started.elapsed().as_secs_f64();
+    let graph_mib = graph.memory_bytes() as f64 / f64::from(1 << 20);
+    for ef in EFS {
+        let (millis, found) = timed(&|q| {
+            let mut query = q.to_vec();
+            lookalike::linalg::l2_normalise_rows(&mut query, dimension);
+            let hits = graph.search(&query, k, ef, None).expect("search");
+            hits.into_iter().map(|(row, _)| base[row].id.clone()).collect()
+        });
+        rows.push(Row {
+            build_s: Some(graph_build_s),
+            memory_mb: Some(graph_mib),
+            ..row(
+                &format!("HNSW M16 ef{ef} (1 build thread)"),
+                0.0,
+                &millis,
+                recall(&found),
+            )
+        });
+    }
     if let Some(python) = python {
         eprintln!("running the peers with {python}...");
         rows.extend(peers(python, &base, &query_products, k, threads)?);

@@ -10,6 +10,7 @@
 //! 1 % of a score) does not change the top k in practice; `lookalike bench search`
 //! measures both the speed and the recall against the exact scan.
 
+pub mod ann;
 pub mod dedup;
 pub mod diversity;
 pub mod fusion;
@@ -110,17 +111,48 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     dot_i8_portable(a, b)
 }
 
-/// Dot product with eight independent accumulators, so the compiler can keep them in SIMD lanes.
+/// Dot product of f32 vectors, with the widest SIMD the CPU has (AVX-512, else AVX2, picked at run
+/// time): every kernel runs the same loop, so all give the same bits as [`dot_portable`].
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { dot_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+/// Sixteen independent accumulators, so the compiler can keep them in SIMD lanes (one AVX-512
+/// register, two AVX2 ones); summed in a fixed order.
+#[inline(always)]
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
 }
 
 impl VectorIndex {
@@ -562,6 +594,37 @@ mod tests {
         assert_eq!(codes, [64, -127, 32, 0]);
         assert!((scale - 1.0 / 127.0).abs() < 1e-9);
         assert_eq!(quantize(&[0.0; 4], &mut codes), 0.0);
+    }
+
+    #[test]
+    fn every_f32_dot_kernel_gives_the_portable_bits() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for len in [0, 1, 15, 16, 17, 1280, 1283] {
+            let a: Vec<f32> = (0..len).map(|_| rng.f32() - 0.5).collect();
+            let b: Vec<f32> = (0..len).map(|_| rng.f32() - 0.5).collect();
+            let expected = dot_portable(&a, &b);
+            assert_eq!(dot(&a, &b).to_bits(), expected.to_bits(), "dispatched, {len}");
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            assert!(
+                (f64::from(expected) - exact).abs() < 1e-4,
+                "{len}: {expected} vs {exact}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: checked just above.
+                    assert_eq!(
+                        unsafe { dot_avx512(&a, &b) }.to_bits(),
+                        expected.to_bits(),
+                        "avx512, {len}"
+                    );
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: checked just above.
+                    assert_eq!(unsafe { dot_avx2(&a, &b) }.to_bits(), expected.to_bits(), "avx2, {len}");
+                }
+            }
+        }
     }
 
     #[test]
