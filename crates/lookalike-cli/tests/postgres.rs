@@ -349,6 +349,9 @@ fn a_migrate_killed_at_any_point_leaves_a_catalogue_that_queries_and_a_rerun_com
         s(&big),
         "--products",
         &products.to_string(),
+        // Copies keep ids this test names (`<real id>~<n>`).
+        "--generator",
+        "copies",
     ]));
     // Killed while copying rows, then while building the vector index after the last row.
     for kill_at in [products / 4, products] {

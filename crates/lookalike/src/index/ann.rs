@@ -1,9 +1,9 @@
 //! Approximate nearest neighbours: an HNSW graph (Malkov & Yashunin) over unit vectors, for
 //! catalogues too big to scan. It only proposes candidates with their cosine; callers decide.
 //!
-//! Written here rather than taken from `hnsw_rs` because `bench ann` measured that crate at 0.37×
-//! hnswlib's queries/s at the same recall (per-point locks and reference counts on every step;
-//! its `DistDot` also panics when rounding makes a vector's distance to itself negative). Here the
+//! Written here rather than taken from `hnsw_rs` because `bench ann` measured that crate at less
+//! than half hnswlib's queries/s at the same recall (per-point locks and reference counts on every
+//! step; its `DistDot` also panics when rounding makes a vector's distance to itself negative). Here the
 //! vectors sit in one array, the bottom layer's links in another, and a search walks them with
 //! lookalike's runtime-dispatched SIMD dot product.
 
