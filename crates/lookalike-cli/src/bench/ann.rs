@@ -15,6 +15,8 @@ use lookalike::store::{SqliteStore, Store};
 use lookalike::types::{Filter, Metric};
 use serde::Deserialize;
 
+use super::{hit_ids, percentile, recall, time_each};
+
 /// Search breadths tried for every graph, as `ann_peers.py` does.
 const EFS: [usize; 5] = [16, 32, 64, 128, 256];
 
@@ -31,10 +33,6 @@ struct Row {
     p99_ms: Option<f64>,
     recall: Option<f64>,
     error: Option<String>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: usize) -> Result<()> {
@@ -59,31 +57,11 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
     let index = VectorIndex::new(base.clone())?;
     let build_s = started.elapsed().as_secs_f64();
     let filter = Filter::default();
-    let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| {
-        let mut millis = Vec::new();
-        let found: Vec<Vec<String>> = query_products
-            .iter()
-            .map(|q| {
-                let t = Instant::now();
-                let ids = search(&q.vector);
-                millis.push(t.elapsed().as_secs_f64() * 1e3);
-                ids
-            })
-            .collect();
-        millis.sort_by(f64::total_cmp);
-        (millis, found)
-    };
-    let ids = |hits: Vec<lookalike::index::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
-    let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
-    let (scan_ms, scan) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
-    let recall = |found: &[Vec<String>]| {
-        let hits: usize = exact
-            .iter()
-            .zip(found)
-            .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
-            .sum();
-        hits as f64 / (exact.len() * k) as f64
-    };
+    let timed =
+        |search: &dyn Fn(&[f32]) -> Vec<String>| time_each(query_products.iter().map(|q| q.vector.as_slice()), search);
+    let (exact_ms, exact) = timed(&|q| hit_ids(index.search_exact(q, k, Metric::Cosine, &filter)));
+    let (scan_ms, scan) = timed(&|q| hit_ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
+    let recall = |found: &[Vec<String>]| recall(&exact, found);
     let n = base.len() as f64;
     let row = |setting: &str, memory_mb: f64, millis: &[f64], recall: f64| Row {
         library: "lookalike".into(),
@@ -91,8 +69,8 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
         build_s: Some(build_s),
         memory_mb: Some(memory_mb),
         qps: Some(millis.len() as f64 / (millis.iter().sum::<f64>() / 1e3)),
-        p50_ms: Some(percentile(millis, 0.5)),
-        p99_ms: Some(percentile(millis, 0.99)),
+        p50_ms: Some(percentile(millis, 50.0)),
+        p99_ms: Some(percentile(millis, 99.0)),
         recall: Some(recall),
         error: None,
     };

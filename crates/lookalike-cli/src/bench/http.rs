@@ -22,6 +22,8 @@ use lookalike::store::{open_store, store_products, SqliteStore, Store};
 use lookalike::types::{Filter, Metric, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 
+use super::{hit_ids, percentile, recall, time_each};
+
 #[derive(clap::Args)]
 pub struct LoadPlan {
     /// Catalogue to serve, SQLite file or postgres:// URL (a `lookalike serve` is started on a free
@@ -125,11 +127,7 @@ struct Latencies {
 
 impl Latencies {
     fn percentile(&self, p: f64) -> f64 {
-        if self.millis.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * self.millis.len() as f64).ceil() as usize;
-        self.millis[rank.clamp(1, self.millis.len()) - 1]
+        super::percentile(&self.millis, p)
     }
 
     fn per_second(&self) -> f64 {
@@ -399,30 +397,12 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
         .take(queries)
         .map(|i| index.products()[i].vector.clone())
         .collect();
-    let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| {
-        let mut millis = Vec::new();
-        let mut results = Vec::new();
-        for q in &queries {
-            let t = Instant::now();
-            results.push(search(q));
-            millis.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        millis.sort_by(f64::total_cmp);
-        (millis, results)
-    };
-    let ids = |hits: Vec<lookalike::index::Hit>| hits.into_iter().map(|h| h.product.id.clone()).collect();
-    let (exact_ms, exact) = timed(&|q| ids(index.search_exact(q, k, Metric::Cosine, &filter)));
-    let (fast_ms, fast) = timed(&|q| ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
-    let recall = |found: &[Vec<String>]| {
-        let hits: usize = exact
-            .iter()
-            .zip(found)
-            .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
-            .sum();
-        hits as f64 / exact.iter().map(Vec::len).sum::<usize>().max(1) as f64
-    };
+    let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| time_each(queries.iter().map(Vec::as_slice), search);
+    let (exact_ms, exact) = timed(&|q| hit_ids(index.search_exact(q, k, Metric::Cosine, &filter)));
+    let (fast_ms, fast) = timed(&|q| hit_ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
+    let recall = |found: &[Vec<String>]| recall(&exact, found);
     let median = |m: &[f64]| m[m.len() / 2];
-    let p99 = |m: &[f64]| m[((m.len() as f64 * 0.99).ceil() as usize).clamp(1, m.len()) - 1];
+    let p99 = |m: &[f64]| percentile(m, 99.0);
     let mut table = Table::new();
     table
         .load_preset(UTF8_BORDERS_ONLY)

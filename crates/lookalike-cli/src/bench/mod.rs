@@ -183,3 +183,46 @@ pub fn run(
         BenchCommand::KnnStats { dbs, sample, k, seed } => synthetic::knn_stats(&dbs, sample, k, seed),
     }
 }
+
+/// The value at percentile `p` (0–100) of ascending `sorted`, by nearest rank; NaN when empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `search` on every query one at a time: the milliseconds each took, ascending, and the ids
+/// found per query, in query order.
+fn time_each<'a>(
+    queries: impl IntoIterator<Item = &'a [f32]>,
+    search: &dyn Fn(&[f32]) -> Vec<String>,
+) -> (Vec<f64>, Vec<Vec<String>>) {
+    let mut millis = Vec::new();
+    let found = queries
+        .into_iter()
+        .map(|q| {
+            let t = std::time::Instant::now();
+            let ids = search(q);
+            millis.push(t.elapsed().as_secs_f64() * 1e3);
+            ids
+        })
+        .collect();
+    millis.sort_by(f64::total_cmp);
+    (millis, found)
+}
+
+fn hit_ids(hits: Vec<lookalike::index::Hit>) -> Vec<String> {
+    hits.into_iter().map(|h| h.product.id.clone()).collect()
+}
+
+/// The share of the `exact` answers' ids that `found` holds, over all queries.
+fn recall(exact: &[Vec<String>], found: &[Vec<String>]) -> f64 {
+    let hits: usize = exact
+        .iter()
+        .zip(found)
+        .map(|(e, f)| f.iter().filter(|id| e.contains(id)).count())
+        .sum();
+    hits as f64 / exact.iter().map(Vec::len).sum::<usize>().max(1) as f64
+}

@@ -130,6 +130,19 @@ fn standard_normal(rng: &mut fastrand::Rng) -> f32 {
     (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * rng.f32()).cos()
 }
 
+/// `out = a · bᵀ` for row-major `a` and `b` of rows `width` wide.
+fn times_transposed(a: &[f32], b: &[f32], width: usize, out: &mut [f32]) {
+    let (m, n) = (a.len() / width, b.len() / width);
+    gemm(
+        Strided::rows(a, width),
+        Strided::transposed(b, width),
+        out,
+        (m, width, n),
+        1.0,
+        0.0,
+    );
+}
+
 /// Orthonormalises the rows (`width` wide) in place, Gram–Schmidt twice for stability.
 fn orthonormalise_rows(rows: &mut [f32], width: usize) {
     let count = rows.len() / width;
@@ -160,14 +173,7 @@ impl ClusterModel {
         let mut assignment = vec![0usize; n];
         let mut scores = vec![0f32; n * k];
         for _ in 0..KMEANS_ROUNDS {
-            gemm(
-                Strided::rows(&unit, d),
-                Strided::transposed(&centroids, d),
-                &mut scores,
-                (n, d, k),
-                1.0,
-                0.0,
-            );
+            times_transposed(&unit, &centroids, d, &mut scores);
             for (a, row) in assignment.iter_mut().zip(scores.chunks(k)) {
                 *a = (0..k).max_by(|&x, &y| row[x].total_cmp(&row[y])).unwrap_or(0);
             }
@@ -231,14 +237,7 @@ impl ClusterModel {
         orthonormalise_rows(&mut axes, d);
         let mut projections = vec![0f32; m * r];
         for _ in 0..SUBSPACE_ROUNDS {
-            gemm(
-                Strided::rows(&centred, d),
-                Strided::transposed(&axes, d),
-                &mut projections,
-                (m, d, r),
-                1.0,
-                0.0,
-            );
+            times_transposed(&centred, &axes, d, &mut projections);
             gemm(
                 Strided::transposed(&projections, r),
                 Strided::rows(&centred, d),
@@ -249,14 +248,7 @@ impl ClusterModel {
             );
             orthonormalise_rows(&mut axes, d);
         }
-        gemm(
-            Strided::rows(&centred, d),
-            Strided::transposed(&axes, d),
-            &mut projections,
-            (m, d, r),
-            1.0,
-            0.0,
-        );
+        times_transposed(&centred, &axes, d, &mut projections);
         let explained: Vec<f32> = (0..r)
             .map(|a| (0..m).map(|i| projections[i * r + a].powi(2)).sum())
             .collect();
