@@ -228,12 +228,12 @@ impl HnswGraph {
             self.set_links(other, layer, &grown);
             return;
         }
-        let base = self.vector(other).to_vec();
+        let base = self.vector(other);
         let mut candidates: Vec<Candidate> = links
             .iter()
             .chain(std::iter::once(&node))
             .map(|&n| Candidate {
-                distance: self.distance(&base, n),
+                distance: self.distance(base, n),
                 node: n,
             })
             .collect();
