@@ -11,6 +11,7 @@
 //! measures both the speed and the recall against the exact scan.
 
 pub mod ann;
+pub mod kernels;
 pub mod dedup;
 pub mod diversity;
 pub mod fusion;
@@ -22,6 +23,8 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use crate::types::{Filter, Metric, StoredProduct};
+
+pub use kernels::{dot, dot_i8, quantize};
 
 /// Below this many products a single thread is faster than splitting the scan.
 const PARALLEL_THRESHOLD: usize = 8192;
@@ -52,45 +55,6 @@ pub struct VectorIndex {
     dimension: usize,
 }
 
-/// Symmetric int8 quantisation with one scale per vector: `x ≈ code * scale`.
-pub fn quantize(v: &[f32], codes: &mut [i8]) -> f32 {
-    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    if max == 0.0 || !max.is_finite() {
-        codes.fill(0);
-        return 0.0;
-    }
-    let scale = max / 127.0;
-    for (c, x) in codes.iter_mut().zip(v) {
-        *c = (x / scale).round().clamp(-127.0, 127.0) as i8;
-    }
-    scale
-}
-
-#[inline(always)]
-fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: i32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, &y)| i32::from(x) * i32::from(y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    acc.iter().sum::<i32>() + tail
-}
-
-/// The same loop compiled for AVX2, which the default x86-64 target may not assume.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
-    dot_i8_portable(a, b)
-}
-
 /// Keeps the `k` best (index, score) pairs, best first; ties go to the lower index.
 fn keep_best(scored: &mut Vec<(usize, f32)>, k: usize, metric: Metric) {
     let better = |a: &(usize, f32), b: &(usize, f32)| metric.best_first(a.1, b.1).then(a.0.cmp(&b.0));
@@ -99,60 +63,6 @@ fn keep_best(scored: &mut Vec<(usize, f32)>, k: usize, metric: Metric) {
         scored.truncate(k);
     }
     scored.sort_by(better);
-}
-
-/// Dot product of int8 codes, exact in i32 for vectors up to ~130k dimensions.
-pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { dot_i8_avx2(a, b) };
-    }
-    dot_i8_portable(a, b)
-}
-
-/// Dot product of f32 vectors, with the widest SIMD the CPU has (AVX-512, else AVX2, picked at run
-/// time): every kernel runs the same loop, so all give the same bits as [`dot_portable`].
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { dot_avx512(a, b) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-/// Sixteen independent accumulators, so the compiler can keep them in SIMD lanes (one AVX-512
-/// register, two AVX2 ones); summed in a fixed order.
-#[inline(always)]
-pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
 }
 
 impl VectorIndex {
@@ -506,12 +416,6 @@ mod tests {
     }
 
     #[test]
-    fn dot_handles_tails() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
-        assert_eq!(dot(&a, &a), (0..19).map(|i| (i * i) as f32).sum::<f32>());
-    }
-
-    #[test]
     fn cosine_ranks_by_angle_and_scores_in_range() {
         let idx = index();
         let hits = idx
@@ -578,53 +482,6 @@ mod tests {
             ["d"]
         );
         assert!(idx.upsert(product("e", vec![1.0], "x", None)).is_err());
-    }
-
-    #[test]
-    fn int8_dot_matches_hand_computed_and_quantization_round_trips() {
-        let a: Vec<i8> = (0..37).map(|i| (i * 7 % 255 - 127) as i8).collect();
-        let b: Vec<i8> = (0..37).map(|i| (i * 13 % 255 - 127) as i8).collect();
-        let expected: i32 = a.iter().zip(&b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
-        assert_eq!(dot_i8(&a, &b), expected);
-        assert_eq!(dot_i8(&[127; 5], &[-127; 5]), -5 * 127 * 127);
-
-        let v = [0.5, -1.0, 0.25, 0.0];
-        let mut codes = [0i8; 4];
-        let scale = quantize(&v, &mut codes);
-        assert_eq!(codes, [64, -127, 32, 0]);
-        assert!((scale - 1.0 / 127.0).abs() < 1e-9);
-        assert_eq!(quantize(&[0.0; 4], &mut codes), 0.0);
-    }
-
-    #[test]
-    fn every_f32_dot_kernel_gives_the_portable_bits() {
-        let mut rng = fastrand::Rng::with_seed(3);
-        for len in [0, 1, 15, 16, 17, 1280, 1283] {
-            let a: Vec<f32> = (0..len).map(|_| rng.f32() - 0.5).collect();
-            let b: Vec<f32> = (0..len).map(|_| rng.f32() - 0.5).collect();
-            let expected = dot_portable(&a, &b);
-            assert_eq!(dot(&a, &b).to_bits(), expected.to_bits(), "dispatched, {len}");
-            let exact: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-            assert!(
-                (f64::from(expected) - exact).abs() < 1e-4,
-                "{len}: {expected} vs {exact}"
-            );
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: checked just above.
-                    assert_eq!(
-                        unsafe { dot_avx512(&a, &b) }.to_bits(),
-                        expected.to_bits(),
-                        "avx512, {len}"
-                    );
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: checked just above.
-                    assert_eq!(unsafe { dot_avx2(&a, &b) }.to_bits(), expected.to_bits(), "avx2, {len}");
-                }
-            }
-        }
     }
 
     #[test]
