@@ -124,7 +124,7 @@ impl HnswGraph {
     /// The graph of `rows` (unit vectors of `dimension`, row-major), inserted in order.
     pub fn build(rows: &[f32], dimension: usize, params: GraphParams) -> Result<Self> {
         ensure!(
-            dimension > 0 && rows.len() % dimension == 0,
+            dimension > 0 && rows.len().is_multiple_of(dimension),
             "{} values are not rows of {dimension}",
             rows.len()
         );
