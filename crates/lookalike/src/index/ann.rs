@@ -619,7 +619,7 @@ mod tests {
             let found = graph.candidates(vector, 16, &|_| true).unwrap();
             assert_eq!(found[0], row, "row {row} finds itself under its current number");
         }
-        let even = |row: usize| row % 2 == 0;
+        let even = |row: usize| row.is_multiple_of(2);
         for vector in rows.iter().step_by(29) {
             let found = graph.candidates(vector, 16, &even).unwrap();
             assert!(!found.is_empty() && found.iter().all(|&r| r < rows.len() && even(r)));
