@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::export::{export_json, export_npy};
 use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
 use lookalike::catalogue::{read_catalogue, Layout};
+use lookalike::index::SearchMode;
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
@@ -214,6 +215,8 @@ enum Command {
         /// How long an image request beyond the queue waits for a place before 503, in ms.
         #[arg(value_parser = args::count::<0, 60_000>, long, default_value_t = 1000)]
         queue_wait_ms: usize,
+        #[command(flatten)]
+        search: SearchArgs,
     },
     /// "Similar products" for every product in one batch run, written as a shop imports them:
     /// `.csv` (`sku,related_skus`, Magento's related-products import) or `.jsonl` (with scores).
@@ -282,6 +285,35 @@ struct QueryArgs {
     diversity: f32,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    search: SearchArgs,
+}
+
+#[derive(Args, Clone, Copy)]
+struct SearchArgs {
+    /// How candidates are found over an SQLite catalogue (scores are exact either way): exact
+    /// reads every image's int8 code; approximate walks a graph built when the catalogue loads,
+    /// reading far fewer on big catalogues and now and then missing a true neighbour.
+    #[arg(long, value_enum, default_value_t = SearchKind::Exact)]
+    search: SearchKind,
+    /// Candidate images an approximate search brings per query image (more: slower, fewer misses).
+    #[arg(value_parser = args::count::<1, 100_000>, long, default_value_t = SearchMode::DEFAULT_EF)]
+    ef: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SearchKind {
+    Exact,
+    Approximate,
+}
+
+impl SearchArgs {
+    fn mode(self) -> SearchMode {
+        match self.search {
+            SearchKind::Exact => SearchMode::Exact,
+            SearchKind::Approximate => SearchMode::Approximate { ef: self.ef },
+        }
+    }
 }
 
 impl QueryArgs {
@@ -528,6 +560,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             queue_wait_ms,
             cors_origins,
             classifier,
+            search,
         } => {
             let token = server::check_write_access(&token, read_only)?;
             // A read-only server over a catalogue it does not index never writes to the file.
@@ -569,6 +602,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 client_timeout: std::time::Duration::from_secs_f64(client_timeout_s),
                 admission_wait: std::time::Duration::from_millis(queue_wait_ms as u64),
                 cors_origins,
+                search: search.mode(),
             };
             server::init_logging();
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
@@ -631,7 +665,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 image: embedding.as_ref().map(|e| e.features.as_slice()),
                 words: words.as_ref(),
             };
-            let hits = Recommender::new(store)?.query(request, query.k, query.metric, &filter, query.diversity)?;
+            let hits = Recommender::with_search(store, query.search.mode())?.query(
+                request,
+                query.k,
+                query.metric,
+                &filter,
+                query.diversity,
+            )?;
             // Words rank by relevance, alone or fused with the photo's similarity.
             let scored_by = if words.is_some() { None } else { Some(query.metric) };
             output::print_hits(&hits, scored_by, query.json, predicted.as_deref())?;
@@ -644,7 +684,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Similar { id, query } => {
             let filter = query.filter()?;
-            let catalogue = Recommender::new(open_existing(&query.db)?)?;
+            let catalogue = Recommender::with_search(open_existing(&query.db)?, query.search.mode())?;
             let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter, query.diversity)? else {
                 bail!("no product with id {id:?} in the catalogue");
             };

@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
-use crate::index::VectorIndex;
+use crate::index::{SearchMode, VectorIndex};
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
 use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
 
@@ -47,12 +47,17 @@ struct Guarded {
 
 impl Recommender {
     pub fn new(store: Box<dyn Store>) -> Result<Self> {
+        Self::with_search(store, SearchMode::Exact)
+    }
+
+    /// With `mode` for the searches memory answers (a store that searches itself ignores it).
+    pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
         // The position first: a write landing between it and the load is read again, never lost.
         let position = store.change_position()?;
         let memory = if store.has_vector_index() {
             None
         } else {
-            Some(RwLock::new(VectorIndex::new(store.products()?)?))
+            Some(RwLock::new(VectorIndex::with_mode(store.products()?, mode)?))
         };
         Ok(Self {
             store: Mutex::new(Guarded { store, position }),
@@ -91,7 +96,8 @@ impl Recommender {
                 guarded.position = position;
             }
             Changes::Everything { position } => {
-                let reloaded = VectorIndex::new(guarded.store.products()?)?;
+                let mode = memory.read().unwrap_or_else(|p| p.into_inner()).mode();
+                let reloaded = VectorIndex::with_mode(guarded.store.products()?, mode)?;
                 *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
                 guarded.position = position;
             }

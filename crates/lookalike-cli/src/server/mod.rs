@@ -22,6 +22,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lookalike::image::{decode_image, ImageError, Preprocessing};
+use lookalike::index::SearchMode;
 use lookalike::learn::head::Head;
 use lookalike::model::batcher::{BatchPolicy, Batcher};
 use lookalike::model::{Embedder, ImageEmbedding, ModelManifest};
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub admission_wait: std::time::Duration,
     /// Origins whose pages may call the API (the widget on a shop's site); none: no CORS headers.
     pub cors_origins: Vec<HeaderValue>,
+    /// How memory finds candidates.
+    pub search: SearchMode,
 }
 
 pub struct AppState {
@@ -97,7 +100,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
     };
     let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + layers::MULTIPART_ROOM));
     let state = Arc::new(AppState {
-        catalogue: Recommender::new(store)?,
+        catalogue: Recommender::with_search(store, config.search)?,
         preprocessing: embedder.preprocessing,
         batcher: Batcher::start(embedder, batch),
         manifest,

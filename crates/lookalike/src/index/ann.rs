@@ -499,7 +499,10 @@ impl RowGraph {
             row != REMOVED && accepted(row as usize)
         };
         let found = self.graph.search(&unit, ef, ef, Some(&allowed))?;
-        Ok(found.into_iter().map(|(node, _)| self.node_row[node] as usize).collect())
+        Ok(found
+            .into_iter()
+            .map(|(node, _)| self.node_row[node] as usize)
+            .collect())
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -549,8 +552,10 @@ mod tests {
             // As the index uses it: every candidate of the walk re-scored exactly.
             let candidates = graph.search(q, 64, 64, allowed).unwrap();
             assert!(candidates.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
-            let mut rescored: Vec<(usize, f32)> =
-                candidates.iter().map(|&(i, _)| (i, dot(q, &rows[i * d..(i + 1) * d]))).collect();
+            let mut rescored: Vec<(usize, f32)> = candidates
+                .iter()
+                .map(|&(i, _)| (i, dot(q, &rows[i * d..(i + 1) * d])))
+                .collect();
             rescored.sort_by(|a, b| b.1.total_cmp(&a.1));
             hits += rescored.iter().take(10).filter(|(i, _)| truth.contains(i)).count();
             total += truth.len();

@@ -9,21 +9,28 @@
 //! scored exactly. The shortlist is many times k, so the int8 rounding (well under
 //! 1 % of a score) does not change the top k in practice; `lookalike bench search`
 //! measures both the speed and the recall against the exact scan.
+//!
+//! In [`SearchMode::Approximate`] a graph (HNSW over int8 codes, [`ann::RowGraph`]) brings the
+//! candidates instead of the scan, reading a few thousand codes instead of every one; the
+//! candidates are still scored exactly, so scores are exact and only a rare true neighbour the
+//! walk missed is lost. The graph serves cosine searches with filters that keep a fair share of
+//! the catalogue; Euclidean searches and narrow filters take the scan, which is exact.
 
 pub mod ann;
-pub mod kernels;
 pub mod dedup;
 pub mod diversity;
 pub mod fusion;
+pub mod kernels;
 pub mod related;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use crate::types::{Filter, Metric, StoredProduct};
 
+use ann::{GraphParams, RowGraph};
 pub use kernels::{dot, dot_i8, quantize};
 
 /// Below this many products a single thread is faster than splitting the scan.
@@ -31,6 +38,25 @@ const PARALLEL_THRESHOLD: usize = 8192;
 /// Candidates scored exactly per result asked for, and at least this many in all.
 const SHORTLIST_PER_RESULT: usize = 8;
 const MIN_SHORTLIST: usize = 256;
+/// Below this share of rows passing a filter, a graph walk visits many rows it cannot answer and
+/// the filtered scan is both faster and exact.
+const MIN_GRAPH_ACCEPTANCE: f64 = 0.02;
+/// Rows sampled to estimate a filter's acceptance.
+const ACCEPTANCE_SAMPLE: usize = 1024;
+
+/// How a search finds its candidates; their scores are exact either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// Every image's int8 code is read: the top k is the exact one.
+    #[default]
+    Exact,
+    /// A graph walk brings `ef` candidate images per query image (more: slower, fewer misses).
+    Approximate { ef: usize },
+}
+
+impl SearchMode {
+    pub const DEFAULT_EF: usize = 64;
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Hit<'a> {
@@ -53,6 +79,9 @@ pub struct VectorIndex {
     scales: Vec<f32>,
     norms: Vec<f32>,
     dimension: usize,
+    mode: SearchMode,
+    /// In step with `rows` in approximate mode.
+    graph: Option<RowGraph>,
 }
 
 /// Keeps the `k` best (index, score) pairs, best first; ties go to the lower index.
@@ -67,6 +96,10 @@ fn keep_best(scored: &mut Vec<(usize, f32)>, k: usize, metric: Metric) {
 
 impl VectorIndex {
     pub fn new(products: Vec<StoredProduct>) -> Result<Self> {
+        Self::with_mode(products, SearchMode::Exact)
+    }
+
+    pub fn with_mode(products: Vec<StoredProduct>, mode: SearchMode) -> Result<Self> {
         let dimension = products.first().map_or(0, |p| p.vector.len());
         let images: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
         let mut index = Self {
@@ -78,11 +111,27 @@ impl VectorIndex {
             scales: Vec::with_capacity(images),
             norms: Vec::with_capacity(images),
             dimension,
+            mode,
+            graph: None,
         };
         for p in products {
             index.upsert(p)?;
         }
+        // Built once all rows are in rather than row by row, which keeps the load a single pass.
+        index.build_graph()?;
         Ok(index)
+    }
+
+    pub fn mode(&self) -> SearchMode {
+        self.mode
+    }
+
+    fn build_graph(&mut self) -> Result<()> {
+        if matches!(self.mode, SearchMode::Approximate { .. }) {
+            let rows = (0..self.rows.len()).map(|r| self.row_vector(r));
+            self.graph = Some(RowGraph::build(rows, self.dimension, GraphParams::default())?);
+        }
+        Ok(())
     }
 
     /// Adds a product, or replaces the one with the same id.
@@ -96,6 +145,12 @@ impl VectorIndex {
                 product.id,
                 bad.len(),
                 self.dimension
+            );
+        }
+        if product.vectors().flatten().any(|v| !v.is_finite()) {
+            bail!(
+                "product {:?} has a vector with a value that is not a number",
+                product.id
             );
         }
         let p = match self.positions.get(&product.id) {
@@ -120,6 +175,16 @@ impl VectorIndex {
             self.codes.resize((row + 1) * d, 0);
             self.scales.push(quantize(vector, &mut self.codes[row * d..]));
             self.product_rows[p].push(row as u32);
+            if let Some(graph) = &mut self.graph {
+                graph.push_row(vector)?;
+            }
+        }
+        self.rebuild_graph_if_worn()
+    }
+
+    fn rebuild_graph_if_worn(&mut self) -> Result<()> {
+        if self.graph.as_ref().is_some_and(RowGraph::worn) {
+            self.build_graph()?;
         }
         Ok(())
     }
@@ -143,6 +208,9 @@ impl VectorIndex {
                 moved[at] = row as u32;
             }
             self.rows.swap_remove(row);
+            if let Some(graph) = &mut self.graph {
+                graph.swap_remove_row(row);
+            }
             self.norms.swap_remove(row);
             self.scales.swap_remove(row);
             self.codes.truncate(last * d);
@@ -164,6 +232,8 @@ impl VectorIndex {
         }
         self.products.swap_remove(p);
         self.product_rows.swap_remove(p);
+        self.rebuild_graph_if_worn()
+            .expect("the rows an index holds are finite and of its dimension");
         true
     }
 
@@ -180,9 +250,9 @@ impl VectorIndex {
         self.rows.len()
     }
 
-    /// Bytes of vector data held: the f32 vectors, their int8 copy, scales and norms.
+    /// Bytes of vector data held: the f32 vectors, their int8 copy, scales, norms and the graph.
     pub fn vector_bytes(&self) -> usize {
-        self.rows.len() * (self.dimension * (4 + 1) + 8)
+        self.rows.len() * (self.dimension * (4 + 1) + 8) + self.graph.as_ref().map_or(0, RowGraph::memory_bytes)
     }
 
     pub fn dimension(&self) -> usize {
@@ -255,6 +325,11 @@ impl VectorIndex {
                 .collect();
             return Ok(self.rank(all, queries, k, metric, filter));
         }
+        if let (SearchMode::Approximate { ef }, Some(graph), Metric::Cosine) = (self.mode, &self.graph, metric) {
+            if let Some(hits) = self.walk(graph, ef, queries, k, filter, &accepted)? {
+                return Ok(hits);
+            }
+        }
         // Every image scored on its int8 copy, best first per query.
         let d = self.dimension;
         let approximate: Vec<Vec<(usize, f32)>> = queries
@@ -307,6 +382,42 @@ impl VectorIndex {
                 return Ok(hits);
             }
             depth *= 2;
+        }
+    }
+
+    /// The `k` best by the graph's candidates, or `None` where the scan should answer: a filter
+    /// too narrow for the walk, or fewer than `k` products found even on a much longer walk.
+    fn walk(
+        &self,
+        graph: &RowGraph,
+        ef: usize,
+        queries: &[&[f32]],
+        k: usize,
+        filter: &Filter,
+        accepted: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<Vec<Hit<'_>>>> {
+        let step = self.rows.len().div_ceil(ACCEPTANCE_SAMPLE);
+        let sampled = self.rows.len().div_ceil(step);
+        let passing = (0..self.rows.len()).step_by(step).filter(|&r| accepted(r)).count();
+        if (passing as f64) < MIN_GRAPH_ACCEPTANCE * sampled as f64 {
+            return Ok(None);
+        }
+        let longest = (ef.max(k) * 16).min(self.rows.len());
+        let mut ef = ef.max(k);
+        loop {
+            let mut products = HashSet::new();
+            for query in queries {
+                let rows = graph.candidates(query, ef, accepted)?;
+                products.extend(rows.into_iter().map(|r| self.rows[r].0 as usize));
+            }
+            let hits = self.rank(products.into_iter().collect(), queries, k, Metric::Cosine, filter);
+            if hits.len() >= k {
+                return Ok(Some(hits));
+            }
+            if ef >= longest {
+                return Ok(None);
+            }
+            ef = (ef * 4).min(longest);
         }
     }
 
@@ -653,5 +764,113 @@ mod tests {
                 exact.iter().map(|h| h.image).collect::<Vec<_>>()
             );
         }
+    }
+
+    /// Products in 60 clusters, as image features fall: category by product number, price 0–99.
+    fn clustered_products(count: usize, dimension: usize, seed: u64) -> Vec<StoredProduct> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let centres: Vec<Vec<f32>> = (0..60).map(|_| (0..dimension).map(|_| rng.f32()).collect()).collect();
+        (0..count)
+            .map(|i| {
+                let centre = &centres[rng.usize(0..centres.len())];
+                let v = centre
+                    .iter()
+                    .map(|c| (c + 0.5 * rng.f32()) * (1.0 + rng.f32()))
+                    .collect();
+                let category = ["a", "b", "c"][i % 3];
+                product(&format!("p{i:05}"), v, category, Some((i % 100) as f64))
+            })
+            .collect()
+    }
+
+    /// Share of the exact top k that `found` holds; shared products must carry the exact score.
+    fn overlap(found: &[Hit], exact: &[Hit]) -> f64 {
+        for hit in found {
+            if let Some(twin) = exact.iter().find(|e| e.product.id == hit.product.id) {
+                assert_eq!(hit.score, twin.score, "scores stay exact");
+            }
+        }
+        let shared = exact
+            .iter()
+            .filter(|e| found.iter().any(|f| f.product.id == e.product.id))
+            .count();
+        shared as f64 / exact.len().max(1) as f64
+    }
+
+    #[test]
+    fn approximate_search_agrees_with_exact_search_and_follows_writes() {
+        let d = 48;
+        let products = clustered_products(4000, d, 11);
+        let queries: Vec<Vec<f32>> = clustered_products(40, d, 12).into_iter().map(|p| p.vector).collect();
+        let mode = SearchMode::Approximate { ef: 64 };
+        let mut approx = VectorIndex::with_mode(products.clone(), mode).unwrap();
+        let mut exact = VectorIndex::new(products.clone()).unwrap();
+        let one_category = Filter {
+            category: Some("b".into()),
+            ..Filter::default()
+        };
+        // About 1 % of the catalogue: the walk would find few, so the exact scan answers.
+        let narrow = Filter {
+            min_price: Some(42.0),
+            max_price: Some(42.0),
+            ..Filter::default()
+        };
+        let agreement = |approx: &VectorIndex, exact: &VectorIndex| {
+            let mut sum = 0.0;
+            for q in &queries {
+                let found = approx.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap();
+                assert_eq!(found.len(), 10);
+                sum += overlap(
+                    &found,
+                    &exact.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap(),
+                );
+                let found = approx.search(q, 10, Metric::Cosine, &one_category, None).unwrap();
+                assert!(found.iter().all(|h| one_category.accepts(h.product)));
+                sum += overlap(
+                    &found,
+                    &exact.search(q, 10, Metric::Cosine, &one_category, None).unwrap(),
+                );
+                for (metric, filter) in [(Metric::Cosine, &narrow), (Metric::Euclidean, &Filter::default())] {
+                    assert_eq!(
+                        ids(&approx.search(q, 10, metric, filter, None).unwrap()),
+                        ids(&exact.search(q, 10, metric, filter, None).unwrap()),
+                        "{metric:?} takes the scan"
+                    );
+                }
+            }
+            let graph = approx.graph.as_ref().expect("approximate mode keeps a graph");
+            assert_eq!(graph.rows(), approx.images());
+            assert!(!graph.worn());
+            let walked = approx.walk(graph, 64, &[&queries[0]], 10, &one_category, &|_| true);
+            assert!(walked.unwrap().is_some(), "the graph answers, not the scan");
+            sum / (2 * queries.len()) as f64
+        };
+        let recall = agreement(&approx, &exact);
+        assert!(recall >= 0.95, "recall@10 {recall}");
+        assert!(approx.vector_bytes() > exact.vector_bytes());
+
+        // Half the products removed (enough to rebuild the graph), a tenth moved elsewhere.
+        for p in products.iter().step_by(2) {
+            assert!(approx.remove(&p.id) && exact.remove(&p.id));
+        }
+        for (p, q) in products.iter().skip(1).step_by(20).zip(&queries) {
+            let moved = StoredProduct {
+                vector: q.iter().map(|x| x * 1.5).collect(),
+                ..p.clone()
+            };
+            approx.upsert(moved.clone()).unwrap();
+            exact.upsert(moved).unwrap();
+        }
+        let recall = agreement(&approx, &exact);
+        assert!(recall >= 0.95, "recall@10 after writes {recall}");
+        for (p, q) in products.iter().skip(1).step_by(20).zip(&queries) {
+            let found = approx.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap();
+            assert_eq!(found[0].product.id, p.id, "a moved product is found where it went");
+            assert!(
+                found.iter().all(|h| exact.find(&h.product.id).is_some()),
+                "never a removed one"
+            );
+        }
+        assert!(approx.upsert(product("nan", vec![f32::NAN; d], "a", None)).is_err());
     }
 }
