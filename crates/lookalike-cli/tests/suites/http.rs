@@ -953,3 +953,98 @@ fn words_beside_photos(server: &Server, photo: &[u8]) {
     assert!(status.is_success(), "{status}");
     assert!(result_ids(&send(client().get(at("/v1/search?q=zebra"))).1).is_empty());
 }
+
+#[test]
+fn approximate_search_answers_like_exact_search_and_follows_writes() {
+    if POSTGRES {
+        return; // the database searches itself there; --search only steers memory
+    }
+    // 3,000 products sampled from Gaussians fitted to the demo's real vectors (their neighbours as
+    // near as real ones'), served twice from one file: exact and approximate.
+    let dir = tempfile::tempdir().unwrap();
+    let (demo_db, db) = (dir.path().join("demo.db"), dir.path().join("clusters.db"));
+    let run = |args: &[&str]| {
+        let out = common::lookalike(args);
+        assert!(out.status.success(), "{}", common::text(&out));
+    };
+    run(&["index", demo().join("catalogue.csv").to_str().unwrap(), "--db", demo_db.to_str().unwrap()]);
+    run(&[
+        "bench",
+        "synth-catalogue",
+        "--from",
+        demo_db.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--products",
+        "3000",
+        "--generator",
+        "clusters",
+    ]);
+    let db = db.to_str().unwrap();
+    let exact = common::serve(db, &[], TOKEN, tempfile::tempdir().unwrap());
+    let approximate = common::serve(
+        db,
+        &["--search".into(), "approximate".into(), "--ef".into(), "64".into()],
+        TOKEN,
+        tempfile::tempdir().unwrap(),
+    );
+    let ask = |server: &Server, photo: &str, category: Option<&str>| -> Vec<(String, f64)> {
+        let mut form = multipart::Form::new()
+            .part("image", image_part(demo_image(photo), "q.jpg"))
+            .text("k", "10")
+            .text("variants", "all");
+        if let Some(category) = category {
+            form = form.text("category", category.to_string());
+        }
+        let (status, body) = send(client().post(format!("{}/v1/search", server.base)).multipart(form));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap().to_string(), r["score"].as_f64().unwrap()))
+            .collect()
+    };
+    let photos = ["mh01.jpg", "wb04.jpg", "24-mb04.jpg", "24-mg01.jpg", "mj02.jpg", "ws03.jpg"];
+    let agreement = |category: Option<&str>| {
+        let (mut shared, mut total) = (0, 0);
+        for photo in photos {
+            let truth = ask(&exact, photo, category);
+            let found = ask(&approximate, photo, category);
+            assert_eq!(found.len(), truth.len(), "{photo}");
+            for (id, score) in &found {
+                if let Some((_, exact_score)) = truth.iter().find(|(t, _)| t == id) {
+                    assert_eq!(score, exact_score, "scores stay exact");
+                    shared += 1;
+                }
+            }
+            total += truth.len();
+        }
+        shared as f64 / total as f64
+    };
+    let recall = agreement(None);
+    assert!(recall >= 0.9, "recall@10 {recall}");
+    let first = ask(&approximate, "mh01.jpg", None)[0].0.clone();
+    let (_, product) = send(client().get(format!("{}/v1/products/{first}", exact.base)));
+    let category = product["category"].as_str().unwrap().to_string();
+    let recall = agreement(Some(&category));
+    assert!(recall >= 0.9, "recall@10 within {category}: {recall}");
+
+    // A deleted product is never answered again; a new one is found at once.
+    let (status, _) = send(
+        client()
+            .delete(format!("{}/v1/products/{first}", approximate.base))
+            .bearer_auth(TOKEN),
+    );
+    assert!(status.is_success(), "{status}");
+    assert!(ask(&approximate, "mh01.jpg", None).iter().all(|(id, _)| *id != first));
+    let (status, body) = send(
+        client()
+            .post(format!("{}/v1/products", approximate.base))
+            .bearer_auth(TOKEN)
+            .multipart(form_with_image("NEW-ANN", "Just added", &demo_image("mh01.jpg"))),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(ask(&approximate, "mh01.jpg", None)[0].0, "NEW-ANN");
+    assert_eq!(ask(&exact, "mh01.jpg", None)[0].0, "NEW-ANN", "the other server reads the change too");
+}
