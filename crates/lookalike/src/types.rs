@@ -290,6 +290,15 @@ impl Filter {
         })
     }
 
+    /// Whether some product could fail [`Self::accepts`].
+    pub fn restricts(&self) -> bool {
+        self.exclude_group.is_some()
+            || self.category.is_some()
+            || !self.any_category.is_empty()
+            || self.min_price.is_some()
+            || self.max_price.is_some()
+    }
+
     pub fn accepts(&self, p: &StoredProduct) -> bool {
         if self.exclude_group.is_some() && p.info.group == self.exclude_group {
             return false;

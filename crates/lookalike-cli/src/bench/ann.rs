@@ -9,8 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::export::export_npy;
-use lookalike::index::ann::{GraphParams, HnswGraph};
-use lookalike::index::VectorIndex;
+use lookalike::index::{SearchMode, VectorIndex};
 use lookalike::store::{SqliteStore, Store};
 use lookalike::types::{Filter, Metric};
 use serde::Deserialize;
@@ -88,26 +87,20 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
             recall(&scan),
         ),
     ];
-    let mut unit: Vec<f32> = base.iter().flat_map(|p| p.vector.iter().copied()).collect();
-    lookalike::linalg::l2_normalise_rows(&mut unit, dimension);
     eprintln!("building the HNSW graph of {} vectors...", base.len());
+    let mut index = index;
     let started = Instant::now();
-    let graph = HnswGraph::build(&unit, dimension, GraphParams::default())?;
+    index.set_mode(SearchMode::Approximate { ef: EFS[0] })?;
     let graph_build_s = started.elapsed().as_secs_f64();
-    let graph_mib = graph.memory_bytes() as f64 / f64::from(1 << 20);
+    let index_mib = index.vector_bytes() as f64 / f64::from(1 << 20);
     for ef in EFS {
-        let (millis, found) = timed(&|q| {
-            let mut query = q.to_vec();
-            lookalike::linalg::l2_normalise_rows(&mut query, dimension);
-            let hits = graph.search(&query, k, ef, None).expect("search");
-            hits.into_iter().map(|(row, _)| base[row].id.clone()).collect()
-        });
+        index.set_mode(SearchMode::Approximate { ef })?;
+        let (millis, found) = timed(&|q| hit_ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
         rows.push(Row {
             build_s: Some(graph_build_s),
-            memory_mb: Some(graph_mib),
             ..row(
-                &format!("HNSW M16 ef{ef} (1 build thread)"),
-                0.0,
+                &format!("HNSW int8 M16 ef{ef} + f32 re-score"),
+                index_mib,
                 &millis,
                 recall(&found),
             )

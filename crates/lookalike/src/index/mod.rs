@@ -126,6 +126,17 @@ impl VectorIndex {
         self.mode
     }
 
+    /// Switches mode, building the graph when it is first needed and dropping it when not.
+    pub fn set_mode(&mut self, mode: SearchMode) -> Result<()> {
+        self.mode = mode;
+        match mode {
+            SearchMode::Exact => self.graph = None,
+            SearchMode::Approximate { .. } if self.graph.is_none() => self.build_graph()?,
+            SearchMode::Approximate { .. } => {}
+        }
+        Ok(())
+    }
+
     fn build_graph(&mut self) -> Result<()> {
         if matches!(self.mode, SearchMode::Approximate { .. }) {
             let rows = (0..self.rows.len()).map(|r| self.row_vector(r));
@@ -396,11 +407,13 @@ impl VectorIndex {
         filter: &Filter,
         accepted: &dyn Fn(usize) -> bool,
     ) -> Result<Option<Vec<Hit<'_>>>> {
-        let step = self.rows.len().div_ceil(ACCEPTANCE_SAMPLE);
-        let sampled = self.rows.len().div_ceil(step);
-        let passing = (0..self.rows.len()).step_by(step).filter(|&r| accepted(r)).count();
-        if (passing as f64) < MIN_GRAPH_ACCEPTANCE * sampled as f64 {
-            return Ok(None);
+        if filter.restricts() {
+            let step = self.rows.len().div_ceil(ACCEPTANCE_SAMPLE);
+            let sampled = self.rows.len().div_ceil(step);
+            let passing = (0..self.rows.len()).step_by(step).filter(|&r| accepted(r)).count();
+            if (passing as f64) < MIN_GRAPH_ACCEPTANCE * sampled as f64 {
+                return Ok(None);
+            }
         }
         let longest = (ef.max(k) * 16).min(self.rows.len());
         let mut ef = ef.max(k);
@@ -439,20 +452,23 @@ impl VectorIndex {
         filter: &Filter,
     ) -> Vec<Hit<'_>> {
         let norms: Vec<f32> = queries.iter().map(|q| dot(q, q).sqrt()).collect();
-        let scored: Vec<(usize, f32, usize)> = products
-            .into_par_iter()
-            .map(|p| {
-                let pairs = self.product_rows[p].iter().flat_map(|&r| {
-                    let r = r as usize;
-                    queries.iter().zip(&norms).map(move |(q, &norm)| {
-                        let score = self.score_from_dot(r, dot(q, self.row_vector(r)), norm, metric);
-                        (score, self.rows[r].1 as usize)
-                    })
-                });
-                let (score, image) = metric.product_score(pairs.collect());
-                (p, score, image)
-            })
-            .collect();
+        let score = |p: usize| {
+            let pairs = self.product_rows[p].iter().flat_map(|&r| {
+                let r = r as usize;
+                queries.iter().zip(&norms).map(move |(q, &norm)| {
+                    let score = self.score_from_dot(r, dot(q, self.row_vector(r)), norm, metric);
+                    (score, self.rows[r].1 as usize)
+                })
+            });
+            let (score, image) = metric.product_score(pairs.collect());
+            (p, score, image)
+        };
+        // A graph walk's few dozen candidates take less time than handing them to threads.
+        let scored: Vec<(usize, f32, usize)> = if products.len() * queries.len() < 512 {
+            products.into_iter().map(score).collect()
+        } else {
+            products.into_par_iter().map(score).collect()
+        };
         let image_of: HashMap<usize, usize> = scored.iter().map(|&(p, _, image)| (p, image)).collect();
         let mut ranked: Vec<(usize, f32)> = scored.into_iter().map(|(p, score, _)| (p, score)).collect();
         keep_best_per_group(&mut ranked, k, metric, filter.one_per_group.then_some(&self.products));
