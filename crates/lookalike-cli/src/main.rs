@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::export::{export_json, export_npy};
 use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
 use lookalike::catalogue::{read_catalogue, Layout};
+use lookalike::index::row_graph::GraphLoad;
 use lookalike::index::SearchMode;
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
@@ -53,6 +54,22 @@ struct Cli {
     precision: Option<Precision>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// One line on stderr when the approximate-search graph had to be built, repaired or could not be kept.
+fn report_graph_load(load: Option<&GraphLoad>) {
+    let Some(load) = load else { return };
+    if let Some(why) = &load.rebuilt {
+        eprintln!("built the search graph of {} images ({why})", load.added);
+    } else if load.changed() {
+        eprintln!(
+            "search graph: {} images reused, {} added, {} dropped since it was written",
+            load.reused, load.added, load.dropped
+        );
+    }
+    if let Some(why) = &load.unsaved {
+        eprintln!("warning: cannot keep the search graph, the next search builds it again: {why}");
+    }
 }
 
 fn default_threads() -> usize {
@@ -665,13 +682,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 image: embedding.as_ref().map(|e| e.features.as_slice()),
                 words: words.as_ref(),
             };
-            let hits = Recommender::with_search(store, query.search.mode())?.query(
-                request,
-                query.k,
-                query.metric,
-                &filter,
-                query.diversity,
-            )?;
+            let catalogue = Recommender::with_search(store, query.search.mode())?;
+            report_graph_load(catalogue.graph_load());
+            let hits = catalogue.query(request, query.k, query.metric, &filter, query.diversity)?;
             // Words rank by relevance, alone or fused with the photo's similarity.
             let scored_by = if words.is_some() { None } else { Some(query.metric) };
             output::print_hits(&hits, scored_by, query.json, predicted.as_deref())?;
@@ -685,6 +698,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Similar { id, query } => {
             let filter = query.filter()?;
             let catalogue = Recommender::with_search(open_existing(&query.db)?, query.search.mode())?;
+            report_graph_load(catalogue.graph_load());
             let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter, query.diversity)? else {
                 bail!("no product with id {id:?} in the catalogue");
             };

@@ -17,6 +17,7 @@ use anyhow::{bail, Result};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
+use crate::index::row_graph::GraphLoad;
 use crate::index::{SearchMode, VectorIndex};
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
 use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
@@ -37,6 +38,21 @@ pub struct Recommender {
     store: Mutex<Guarded>,
     /// The products in memory, when the store cannot search itself.
     memory: Option<RwLock<VectorIndex>>,
+    /// How memory's approximate-search graph was loaded, in that mode.
+    graph_load: Option<GraphLoad>,
+}
+
+/// The store's products in memory, searched in `mode`; in approximate mode the graph comes from
+/// the store's graph file where it has one.
+fn load_memory(store: &dyn Store, mode: SearchMode) -> Result<(VectorIndex, Option<GraphLoad>)> {
+    let products = store.products()?;
+    match (mode, store.graph_file()) {
+        (SearchMode::Approximate { ef }, Some(path)) => {
+            let (index, load) = VectorIndex::with_graph_file(products, ef, &path)?;
+            Ok((index, Some(load)))
+        }
+        _ => Ok((VectorIndex::with_mode(products, mode)?, None)),
+    }
 }
 
 /// The store and how far into its change log memory is.
@@ -54,15 +70,22 @@ impl Recommender {
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
         // The position first: a write landing between it and the load is read again, never lost.
         let position = store.change_position()?;
-        let memory = if store.has_vector_index() {
-            None
+        let (memory, graph_load) = if store.has_vector_index() {
+            (None, None)
         } else {
-            Some(RwLock::new(VectorIndex::with_mode(store.products()?, mode)?))
+            let (index, load) = load_memory(&*store, mode)?;
+            (Some(RwLock::new(index)), load)
         };
         Ok(Self {
             store: Mutex::new(Guarded { store, position }),
             memory,
+            graph_load,
         })
+    }
+
+    /// How the approximate-search graph was loaded (reused, repaired or built), in that mode.
+    pub fn graph_load(&self) -> Option<&GraphLoad> {
+        self.graph_load.as_ref()
     }
 
     fn guarded(&self) -> MutexGuard<'_, Guarded> {
@@ -97,7 +120,7 @@ impl Recommender {
             }
             Changes::Everything { position } => {
                 let mode = memory.read().unwrap_or_else(|p| p.into_inner()).mode();
-                let reloaded = VectorIndex::with_mode(guarded.store.products()?, mode)?;
+                let (reloaded, _) = load_memory(&*guarded.store, mode)?;
                 *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
                 guarded.position = position;
             }

@@ -99,8 +99,21 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         ..config.batch
     };
     let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + layers::MULTIPART_ROOM));
+    let catalogue = Recommender::with_search(store, config.search)?;
+    if let Some(load) = catalogue.graph_load() {
+        tracing::info!(
+            reused = load.reused,
+            added = load.added,
+            dropped = load.dropped,
+            rebuilt = load.rebuilt.as_deref().unwrap_or("no"),
+            "search graph loaded"
+        );
+        if let Some(why) = &load.unsaved {
+            tracing::warn!(%why, "cannot keep the search graph; the next start builds it again");
+        }
+    }
     let state = Arc::new(AppState {
-        catalogue: Recommender::with_search(store, config.search)?,
+        catalogue,
         preprocessing: embedder.preprocessing,
         batcher: Batcher::start(embedder, batch),
         manifest,

@@ -17,7 +17,9 @@ use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use anyhow::{ensure, Result};
+use std::io::Write;
+
+use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 
 use super::{dot_i8, quantize};
@@ -112,6 +114,30 @@ impl Encoded<'_> {
     }
 }
 
+/// A cursor over a file's bytes that hands out typed little-endian values.
+pub struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+
+    /// The next `count` values; an error when the bytes run out.
+    pub fn take<T: bytemuck::Pod>(&mut self, count: usize) -> Result<Vec<T>> {
+        let size = count
+            .checked_mul(std::mem::size_of::<T>())
+            .context("a length too big")?;
+        ensure!(size <= self.0.len(), "the file ends early");
+        let (head, rest) = self.0.split_at(size);
+        self.0 = rest;
+        Ok(bytemuck::pod_collect_to_vec(head))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// An HNSW graph of rows numbered from 0, in insertion order.
 pub struct HnswGraph {
     dimension: usize,
@@ -200,6 +226,14 @@ impl HnswGraph {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn params(&self) -> GraphParams {
+        self.params
     }
 
     fn encoded(&self, node: u32) -> Encoded<'_> {
@@ -467,6 +501,96 @@ impl HnswGraph {
                 .sum::<usize>()
     }
 
+    /// The graph as bytes, little-endian, for [`Self::read`].
+    pub fn write(&self, out: &mut impl Write) -> Result<()> {
+        let header = [
+            self.dimension as u64,
+            self.params.connections as u64,
+            self.params.ef_construction as u64,
+            self.params.seed,
+            self.len() as u64,
+            self.top_layer as u64,
+            self.entry.map_or(u64::MAX, u64::from),
+        ];
+        out.write_all(bytemuck::cast_slice(&header))?;
+        out.write_all(bytemuck::cast_slice(&self.codes))?;
+        out.write_all(bytemuck::cast_slice(&self.scales))?;
+        out.write_all(bytemuck::cast_slice(&self.bottom_len))?;
+        out.write_all(bytemuck::cast_slice(&self.bottom))?;
+        for layers in &self.upper {
+            out.write_all(&[layers.len() as u8])?;
+            for links in layers {
+                out.write_all(&(links.len() as u16).to_le_bytes())?;
+                out.write_all(bytemuck::cast_slice(links))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A graph from [`Self::write`]'s bytes, checked so that no walk can leave it: every link and
+    /// the entry name a node, every list fits its layer.
+    pub fn read(bytes: &mut Bytes) -> Result<Self> {
+        let header: Vec<u64> = bytes.take(7)?;
+        let [dimension, connections, ef_construction, seed, count, top_layer, entry] = header[..] else {
+            unreachable!("seven values taken");
+        };
+        ensure!(
+            (1..=1 << 16).contains(&dimension) && (2..=64).contains(&connections) && count < u32::MAX as u64,
+            "a graph header out of range"
+        );
+        let (d, m, n) = (dimension as usize, connections as usize, count as usize);
+        let params = GraphParams {
+            connections: m,
+            ef_construction: ef_construction as usize,
+            seed,
+        };
+        let mut graph = Self::new(d, params);
+        graph.codes = bytes.take(n.checked_mul(d).context("a graph too big")?)?;
+        graph.scales = bytes.take(n)?;
+        graph.bottom_len = bytes.take(n)?;
+        graph.bottom = bytes.take(n * 2 * m)?;
+        let linked = |links: &[u32]| links.iter().all(|&l| (l as u64) < count);
+        ensure!(
+            graph.bottom_len.iter().all(|&l| l as usize <= 2 * m) && linked(&graph.bottom),
+            "bottom-layer links out of range"
+        );
+        graph.upper.reserve(n);
+        for _ in 0..n {
+            let layers = bytes.take::<u8>(1)?[0] as usize;
+            ensure!(layers as u64 <= top_layer && layers <= 30, "a node above the top layer");
+            let mut node = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                let len = u16::from_le_bytes(bytes.take::<u8>(2)?.try_into().expect("two bytes")) as usize;
+                ensure!(len <= m, "too many links on an upper layer");
+                let links: Vec<u32> = bytes.take(len)?;
+                ensure!(linked(&links), "upper-layer links out of range");
+                node.push(links);
+            }
+            graph.upper.push(node);
+        }
+        graph.top_layer = top_layer as usize;
+        graph.entry = match entry {
+            u64::MAX => None,
+            e if e < count && graph.upper[e as usize].len() == graph.top_layer => Some(e as u32),
+            _ => anyhow::bail!("an entry point that is not a top-layer node"),
+        };
+        ensure!(
+            graph.entry.is_some() || n == 0,
+            "a graph of nodes without an entry point"
+        );
+        // Later insertions draw layers on from here rather than repeating the first ones.
+        graph.rng = fastrand::Rng::with_seed(seed ^ count);
+        Ok(graph)
+    }
+
+    /// Whether `node` holds exactly the codes and scale that `vector` (a unit vector) gets.
+    pub fn holds(&self, node: usize, vector: &[f32]) -> bool {
+        let mut codes = vec![0; vector.len()];
+        let scale = quantize(vector, &mut codes);
+        let held = self.encoded(node as u32);
+        held.scale.to_bits() == scale.to_bits() && held.codes == codes
+    }
+
     fn check(&self, vector: &[f32]) -> Result<()> {
         ensure!(
             vector.len() == self.dimension,
@@ -482,100 +606,13 @@ impl HnswGraph {
     }
 }
 
-/// An [`HnswGraph`] over the rows of a catalogue whose rows move: removing a row moves the last
-/// one into its place (as [`super::VectorIndex`] does), while graph nodes never move. A removed
-/// row's node stays in the graph as a waypoint that is never answered, until removals pass a
-/// quarter of the nodes and the graph is built again.
-pub struct RowGraph {
-    graph: HnswGraph,
-    params: GraphParams,
-    node_row: Vec<u32>,
-    row_node: Vec<u32>,
-    removed: usize,
-}
-
-const REMOVED: u32 = u32::MAX;
-
-impl RowGraph {
-    /// The graph of `rows` (any vectors of `dimension`; each is normalised), in order, on the
-    /// threads of the current rayon pool.
-    pub fn build<'a>(rows: impl Iterator<Item = &'a [f32]>, dimension: usize, params: GraphParams) -> Result<Self> {
-        let mut unit = Vec::new();
-        for row in rows {
-            unit.extend_from_slice(row);
-        }
-        crate::linalg::l2_normalise_rows(&mut unit, dimension);
-        let graph = HnswGraph::build(&unit, dimension, params)?;
-        let count = graph.len() as u32;
-        Ok(Self {
-            graph,
-            params,
-            node_row: (0..count).collect(),
-            row_node: (0..count).collect(),
-            removed: 0,
-        })
-    }
-
-    /// Adds row number [`Self::rows`] with `vector`.
-    pub fn push_row(&mut self, vector: &[f32]) -> Result<()> {
-        let mut unit = vector.to_vec();
-        crate::linalg::l2_normalise_rows(&mut unit, vector.len());
-        let node = self.graph.insert(&unit)? as u32;
-        self.node_row.push(self.row_node.len() as u32);
-        self.row_node.push(node);
-        Ok(())
-    }
-
-    /// Removes `row`; the last row takes its number.
-    pub fn swap_remove_row(&mut self, row: usize) {
-        let node = self.row_node.swap_remove(row);
-        self.node_row[node as usize] = REMOVED;
-        self.removed += 1;
-        if let Some(&moved) = self.row_node.get(row) {
-            self.node_row[moved as usize] = row as u32;
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.row_node.len()
-    }
-
-    /// Whether enough rows were removed that walking their nodes costs more than a rebuild.
-    pub fn worn(&self) -> bool {
-        self.removed > 1000 && self.removed * 4 > self.graph.len()
-    }
-
-    pub fn params(&self) -> GraphParams {
-        self.params
-    }
-
-    /// Up to `ef` rows near `query` that `accepted` takes, nearest first by approximate cosine.
-    pub fn candidates(&self, query: &[f32], ef: usize, accepted: &dyn Fn(usize) -> bool) -> Result<Vec<usize>> {
-        let mut unit = query.to_vec();
-        crate::linalg::l2_normalise_rows(&mut unit, query.len());
-        let allowed = |node: usize| {
-            let row = self.node_row[node];
-            row != REMOVED && accepted(row as usize)
-        };
-        let found = self.graph.search(&unit, ef, ef, Some(&allowed))?;
-        Ok(found
-            .into_iter()
-            .map(|(node, _)| self.node_row[node] as usize)
-            .collect())
-    }
-
-    pub fn memory_bytes(&self) -> usize {
-        self.graph.memory_bytes() + 4 * (self.node_row.len() + self.row_node.len())
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::index::dot;
 
     /// Unit vectors in clusters, like image features: 40 centres, members near them.
-    fn clustered(count: usize, dimension: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn clustered(count: usize, dimension: usize, seed: u64) -> Vec<f32> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let centres: Vec<f32> = (0..40 * dimension).map(|_| rng.f32()).collect();
         let mut rows = Vec::with_capacity(count * dimension);
@@ -662,33 +699,6 @@ mod tests {
         assert_eq!(graph.search(&rows[..d], 2, 32, None).unwrap().len(), 2);
         let empty = HnswGraph::new(d, GraphParams::default());
         assert!(empty.search(&rows[..d], 5, 32, None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn row_graph_follows_rows_that_move_and_never_answers_a_removed_one() {
-        let d = 32;
-        let mut rows: Vec<Vec<f32>> = clustered(600, d, 5).chunks(d).map(<[f32]>::to_vec).collect();
-        let mut graph = RowGraph::build(rows.iter().map(Vec::as_slice), d, GraphParams::default()).unwrap();
-        // Remove as a VectorIndex does: the last row takes the removed one's number.
-        for row in [0, 17, 250, 596, 3] {
-            rows.swap_remove(row);
-            graph.swap_remove_row(row);
-        }
-        for extra in clustered(50, d, 6).chunks(d) {
-            graph.push_row(extra).unwrap();
-            rows.push(extra.to_vec());
-        }
-        assert_eq!(graph.rows(), rows.len());
-        for (row, vector) in rows.iter().enumerate().step_by(13) {
-            let found = graph.candidates(vector, 16, &|_| true).unwrap();
-            assert_eq!(found[0], row, "row {row} finds itself under its current number");
-        }
-        let even = |row: usize| row.is_multiple_of(2);
-        for vector in rows.iter().step_by(29) {
-            let found = graph.candidates(vector, 16, &even).unwrap();
-            assert!(!found.is_empty() && found.iter().all(|&r| r < rows.len() && even(r)));
-        }
-        assert!(!graph.worn());
     }
 
     #[test]

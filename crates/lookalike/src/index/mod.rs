@@ -22,16 +22,19 @@ pub mod diversity;
 pub mod fusion;
 pub mod kernels;
 pub mod related;
+pub mod row_graph;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use crate::types::{Filter, Metric, StoredProduct};
 
-use ann::{GraphParams, RowGraph};
+use ann::GraphParams;
 pub use kernels::{dot, dot_i8, quantize};
+use row_graph::{GraphLoad, RowGraph};
 
 /// Below this many products a single thread is faster than splitting the scan.
 const PARALLEL_THRESHOLD: usize = 8192;
@@ -120,6 +123,38 @@ impl VectorIndex {
         // Built once all rows are in rather than row by row, which keeps the load a single pass.
         index.build_graph()?;
         Ok(index)
+    }
+
+    /// In approximate mode with `ef`, the graph read from `path` and repaired where the catalogue
+    /// moved on (see [`row_graph`]), or built; written back when it changed. A failed write is
+    /// reported, not an error: the next start repairs again.
+    pub fn with_graph_file(products: Vec<StoredProduct>, ef: usize, path: &Path) -> Result<(Self, GraphLoad)> {
+        let mut index = Self::with_mode(products, SearchMode::Exact)?;
+        index.mode = SearchMode::Approximate { ef };
+        let row_of = |id: &str, image: u16| {
+            let &p = index.positions.get(id)?;
+            index.product_rows[p]
+                .iter()
+                .map(|&r| r as usize)
+                .find(|&r| index.rows[r].1 == image)
+        };
+        let (graph, mut load) = RowGraph::load(path, index.dimension, index.rows.len(), &row_of, &|row| {
+            index.row_vector(row)
+        })?;
+        index.graph = Some(graph);
+        if load.changed() {
+            load.unsaved = index.save_graph(path).err().map(|err| format!("{err:#}"));
+        }
+        Ok((index, load))
+    }
+
+    /// Writes the approximate mode's graph to `path`, for [`Self::with_graph_file`].
+    pub fn save_graph(&self, path: &Path) -> Result<()> {
+        let graph = self.graph.as_ref().context("exact mode keeps no graph")?;
+        graph.save(path, &|row| {
+            let (p, image) = self.rows[row];
+            (self.products[p as usize].id.as_str(), image)
+        })
     }
 
     pub fn mode(&self) -> SearchMode {
@@ -888,5 +923,87 @@ mod tests {
             );
         }
         assert!(approx.upsert(product("nan", vec![f32::NAN; d], "a", None)).is_err());
+    }
+
+    #[test]
+    fn the_graph_file_is_reused_repaired_or_rebuilt_and_never_answers_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalogue.db.graph");
+        let d = 32;
+        let products = clustered_products(3000, d, 21);
+        let queries: Vec<Vec<f32>> = clustered_products(30, d, 22).into_iter().map(|p| p.vector).collect();
+        let load = |products: &[StoredProduct]| VectorIndex::with_graph_file(products.to_vec(), 64, &path).unwrap();
+        let agrees = |index: &VectorIndex| {
+            let exact = VectorIndex::new(index.products().to_vec()).unwrap();
+            let mut sum = 0.0;
+            for q in &queries {
+                let found = index.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap();
+                assert!(found.iter().all(|h| exact.find(&h.product.id).is_some()));
+                sum += overlap(
+                    &found,
+                    &exact.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap(),
+                );
+            }
+            sum / queries.len() as f64
+        };
+
+        let (index, first) = load(&products);
+        assert_eq!(first.rebuilt.as_deref(), Some("no graph file yet"));
+        assert!(first.unsaved.is_none() && path.is_file());
+        assert!(agrees(&index) >= 0.95);
+        let (_, again) = load(&products);
+        assert_eq!(
+            again,
+            GraphLoad {
+                reused: 3000,
+                ..GraphLoad::default()
+            },
+            "unchanged: reused whole"
+        );
+
+        // The catalogue moved on: 100 removed, 50 changed, 80 new; the file is repaired.
+        let mut moved: Vec<StoredProduct> = products[100..].to_vec();
+        for p in moved.iter_mut().step_by(58) {
+            p.vector = p.vector.iter().rev().copied().collect();
+        }
+        moved.extend(
+            clustered_products(3080, d, 23)
+                .into_iter()
+                .skip(3000)
+                .map(|p| StoredProduct {
+                    id: format!("new-{}", p.id),
+                    ..p
+                }),
+        );
+        let (index, repaired) = load(&moved);
+        assert_eq!((repaired.reused, repaired.added, repaired.dropped), (2850, 130, 150));
+        assert!(repaired.rebuilt.is_none());
+        assert!(agrees(&index) >= 0.95);
+        assert_eq!(load(&moved).1.reused, 2980, "the repaired graph was written back");
+
+        // Damaged, cut short or of another dimension: built again, never used.
+        let bytes = std::fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x40;
+        for (damage, reason) in [(flipped, "checksum"), (bytes[..bytes.len() - 9].to_vec(), "checksum")] {
+            std::fs::write(&path, damage).unwrap();
+            let (index, load) = load(&moved);
+            assert!(load.rebuilt.as_deref().unwrap().contains(reason), "{load:?}");
+            assert!(agrees(&index) >= 0.95);
+        }
+        let wider: Vec<StoredProduct> = clustered_products(300, d + 1, 24);
+        let (_, other) = VectorIndex::with_graph_file(wider, 64, &path).unwrap();
+        assert!(other.rebuilt.unwrap().contains("33-d"), "dimension checked");
+        // Mostly out of date: built again rather than patched.
+        let others: Vec<StoredProduct> = clustered_products(2000, d, 25)
+            .into_iter()
+            .map(|p| StoredProduct {
+                id: format!("other-{}", p.id),
+                ..p
+            })
+            .collect();
+        load(&others);
+        let (_, stale) = load(&moved);
+        assert!(stale.rebuilt.unwrap().contains("out of date"));
     }
 }

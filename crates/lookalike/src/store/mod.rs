@@ -102,6 +102,11 @@ pub trait Store: Send {
     fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
     /// Every product with its vector, in id order.
     fn products(&self) -> Result<Vec<StoredProduct>>;
+    /// Where the approximate-search graph of this catalogue is kept (see
+    /// [`crate::index::row_graph`]); `None`: built at each load.
+    fn graph_file(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Whether the store searches by itself ([`Self::nearest`], [`Self::page`]); otherwise its
     /// products are loaded into a [`crate::index::VectorIndex`] (see [`crate::recommend`]).
     fn has_vector_index(&self) -> bool {

@@ -591,6 +591,12 @@ impl Store for SqliteStore {
         Ok(position.unwrap_or(0) as u64)
     }
 
+    fn graph_file(&self) -> Option<PathBuf> {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".graph");
+        Some(name.into())
+    }
+
     fn changes_since(&self, position: u64) -> Result<Changes> {
         let data_version: i64 = self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
         if self.seen_data_version.replace(Some(data_version)) == Some(data_version) {
