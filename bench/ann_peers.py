@@ -51,22 +51,42 @@ def main():
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--efs", default="16,32,64,128,256")
+    p.add_argument("--peers", default="faiss,hnswlib,usearch")
     a = p.parse_args()
     base = unit(np.load(a.base).astype(np.float32))
     queries = unit(np.load(a.queries).astype(np.float32))
     k, d = a.k, base.shape[1]
     efs = [int(e) for e in a.efs.split(",")]
-    truth = np.argsort(-(queries @ base.T), axis=1)[:, :k]
+    peers = a.peers.split(",")
+    # In slices of queries, so that a million products never need a queries × products sort.
+    truth = []
+    for start in range(0, len(queries), 32):
+        scores = queries[start : start + 32] @ base.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        truth.append(np.take_along_axis(top, order, axis=1))
+        del scores
+    truth = np.concatenate(truth)
 
+    if "faiss" in peers:
+        faiss_peer(base, queries, k, d, efs, truth, a.threads)
+    if "hnswlib" in peers:
+        hnswlib_peer(base, queries, k, d, efs, truth, a.threads)
+    if "usearch" in peers:
+        usearch_peer(base, queries, k, d, efs, truth, a.threads)
+
+
+def faiss_peer(base, queries, k, d, efs, truth, threads):
     try:
         import faiss
-        faiss.omp_set_num_threads(a.threads)
+        faiss.omp_set_num_threads(threads)
         flat = faiss.IndexFlatIP(d)
         t = time.perf_counter()
         flat.add(base)
         build = time.perf_counter() - t
         found, ms = timed_queries(lambda q, k: flat.search(q[None], k)[1][0], queries, k)
         report("faiss", "IndexFlatIP (exact)", build, base.nbytes, found, ms, truth, k)
+        del flat
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 200
         t = time.perf_counter()
@@ -79,11 +99,13 @@ def main():
     except Exception as e:  # noqa: BLE001 - any failure is reported as a row
         failed("faiss", e)
 
+
+def hnswlib_peer(base, queries, k, d, efs, truth, threads):
     try:
         import hnswlib
         index = hnswlib.Index(space="ip", dim=d)
         index.init_index(max_elements=len(base), ef_construction=200, M=16)
-        index.set_num_threads(a.threads)
+        index.set_num_threads(threads)
         t = time.perf_counter()
         index.add_items(base)
         build = time.perf_counter() - t
@@ -95,12 +117,14 @@ def main():
     except Exception as e:  # noqa: BLE001
         failed("hnswlib", e)
 
+
+def usearch_peer(base, queries, k, d, efs, truth, threads):
     try:
         from usearch.index import Index
         for dtype in ("f32", "i8"):
             index = Index(ndim=d, metric="cos", dtype=dtype, connectivity=16, expansion_add=200)
             t = time.perf_counter()
-            index.add(np.arange(len(base)), base, threads=a.threads)
+            index.add(np.arange(len(base)), base, threads=threads)
             build = time.perf_counter() - t
             for ef in efs:
                 index.expansion_search = max(ef, k)

@@ -34,7 +34,8 @@ struct Row {
     error: Option<String>,
 }
 
-pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: usize) -> Result<()> {
+/// `python`: a Python and the peers to run in it.
+pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<String>)>, threads: usize) -> Result<()> {
     let products = SqliteStore::open_read_only(db)?.products()?;
     if products.len() < 2 * queries.max(k) {
         bail!(
@@ -106,9 +107,11 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
             )
         });
     }
-    if let Some(python) = python {
-        eprintln!("running the peers with {python}...");
-        rows.extend(peers(python, &base, &query_products, k, threads)?);
+    if let Some((python, names)) = python {
+        eprintln!("running {} with {python}...", names.join(", "));
+        // Memory goes to the peers: they hold their own copies of every vector.
+        drop(index);
+        rows.extend(peers(&python, &names, &base, &query_products, k, threads)?);
     }
     let reference = rows[1].qps.unwrap_or(1.0);
     let mut table = Table::new();
@@ -151,6 +154,7 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<&str>, threads: u
 
 fn peers(
     python: &str,
+    names: &[String],
     base: &[lookalike::types::StoredProduct],
     queries: &[lookalike::types::StoredProduct],
     k: usize,
@@ -172,6 +176,7 @@ fn peers(
         .arg("--queries")
         .arg(&queries_npy)
         .args(["-k", &k.to_string(), "--threads", &threads.to_string()])
+        .args(["--peers", &names.join(",")])
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     if !output.status.success() {

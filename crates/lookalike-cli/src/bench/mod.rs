@@ -74,6 +74,9 @@ pub enum BenchCommand {
         /// without it lookalike is measured alone.
         #[arg(long)]
         python: Option<String>,
+        /// The peers to run, of faiss, hnswlib and usearch.
+        #[arg(long, value_delimiter = ',', default_value = "faiss,hnswlib,usearch", value_parser = ["faiss", "hnswlib", "usearch"])]
+        peers: Vec<String>,
     },
     /// Products/s of storing precomputed vectors: into SQLite (reference) and into PostgreSQL.
     Ingest {
@@ -161,7 +164,13 @@ pub fn run(
             category,
             postgres,
         } => http::search(&db, queries, k, category, postgres.as_deref()),
-        BenchCommand::Ann { db, queries, k, python } => ann::run(&db, queries, k, python.as_deref(), threads),
+        BenchCommand::Ann {
+            db,
+            queries,
+            k,
+            python,
+            peers,
+        } => ann::run(&db, queries, k, python.map(|python| (python, peers)), threads),
         BenchCommand::Ingest {
             from,
             postgres,
