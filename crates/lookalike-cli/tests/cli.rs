@@ -1619,3 +1619,131 @@ fn knn_statistics_tell_noisy_copies_from_real_vectors_and_cluster_samples() {
     assert!((cosine_to_first(&clusters) - real).abs() < 0.1, "{out}");
     assert!(out.contains("N5 skewness"), "{out}");
 }
+
+/// Starts `lookalike args` and SIGKILLs it as soon as a temporary file appears in `dir` (the
+/// search graph being written); false if it finished first.
+fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let writing = || {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if writing() {
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    panic!("lookalike {args:?} neither wrote nor finished");
+}
+
+#[test]
+fn a_search_graph_killed_while_written_is_never_used_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("clusters.db");
+    ok_text(lookalike(&[
+        "bench",
+        "synth-catalogue",
+        "--from",
+        s(demo_db()),
+        "--db",
+        s(&db),
+        "--products",
+        "4000",
+        "--generator",
+        "clusters",
+    ]));
+    let graph = dir.path().join("clusters.db.graph");
+    let first = json(&lookalike(&[
+        "search",
+        s(&demo().join("images/mh01.jpg")),
+        "--db",
+        s(&db),
+        "--json",
+        "-k",
+        "12",
+    ]));
+    let ids: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    let similar = |mode: &str| {
+        let out = lookalike(&[
+            "similar",
+            ids[0],
+            "--db",
+            s(&db),
+            "--json",
+            "--search",
+            mode,
+            "-k",
+            "10",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let hits: Vec<(String, f64)> = serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["id"].as_str().unwrap().to_string(), h["score"].as_f64().unwrap()))
+            .collect();
+        (hits, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let approximate = ["similar", ids[0], "--db", s(&db), "--search", "approximate"];
+    // Killed while writing a first graph: there is none, the next run builds it.
+    let mut kills = 0;
+    for _ in 0..5 {
+        if killed_while_writing(&approximate, dir.path()) {
+            kills += 1;
+            assert!(!graph.exists(), "a graph file appears whole or not at all");
+            break;
+        }
+        std::fs::remove_file(&graph).unwrap();
+    }
+    let (_, built) = similar("approximate");
+    assert!(
+        built.contains("built the search graph of 4000 images (no graph file yet)"),
+        "{built}"
+    );
+    let kept = std::fs::read(&graph).unwrap();
+    // The catalogue moves on; killed while writing the repaired graph, the old one stays whole.
+    ok_text(lookalike(&["remove", ids[1], ids[2], "--db", s(&db)]));
+    for _ in 0..5 {
+        if killed_while_writing(&approximate, dir.path()) {
+            kills += 1;
+            assert_eq!(std::fs::read(&graph).unwrap(), kept, "the old graph file stays whole");
+            break;
+        }
+        std::fs::write(&graph, &kept).unwrap();
+    }
+    assert!(kills >= 1, "never caught a graph being written");
+    let (found, repaired) = similar("approximate");
+    assert!(
+        repaired.contains("3998 images reused, 0 added, 2 dropped"),
+        "{repaired}"
+    );
+    let (exact, _) = similar("exact");
+    assert!(
+        found.iter().all(|(id, _)| id != ids[1] && id != ids[2]),
+        "removed products never come back"
+    );
+    let shared = found.iter().filter(|f| exact.contains(f)).count();
+    assert!(shared >= 9, "approximate {found:?}\nexact {exact:?}");
+    let (_, quiet) = similar("approximate");
+    assert!(!quiet.contains("search graph"), "the repaired graph was kept: {quiet}");
+}

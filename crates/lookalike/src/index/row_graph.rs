@@ -214,12 +214,18 @@ impl RowGraph {
         let mut row_node = vec![REMOVED; rows];
         let mut load = GraphLoad::default();
         let mut node_row = node_row;
+        let mut tombstones = 0;
         for (node, row) in node_row.iter_mut().enumerate() {
             if *row == REMOVED {
-                load.dropped += 1;
+                tombstones += 1;
+                // A tombstone in the file was dropped before it was written.
+                if keys[node].is_some() {
+                    load.dropped += 1;
+                }
             } else if row_node[*row as usize] != REMOVED {
                 // Two nodes claim one row (a key repeated): the first keeps it.
                 *row = REMOVED;
+                tombstones += 1;
                 load.dropped += 1;
             } else {
                 row_node[*row as usize] = node as u32;
@@ -228,7 +234,7 @@ impl RowGraph {
         }
         load.added = rows - load.reused;
         // Past a quarter either way, a parallel build is faster than walking and patching.
-        if 4 * load.added > rows.max(1000) || 4 * load.dropped > keys.len().max(1000) {
+        if 4 * load.added > rows.max(1000) || 4 * tombstones > keys.len().max(1000) {
             return build(format!(
                 "{} is out of date: {} of {rows} rows changed, {} of its nodes gone",
                 path.display(),
@@ -240,7 +246,7 @@ impl RowGraph {
             graph,
             node_row,
             row_node,
-            removed: load.dropped,
+            removed: tombstones,
         };
         for row in 0..rows {
             if graph.row_node[row] == REMOVED {
