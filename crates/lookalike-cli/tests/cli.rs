@@ -1647,6 +1647,8 @@ fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
     panic!("lookalike {args:?} neither wrote nor finished");
 }
 
