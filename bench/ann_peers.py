@@ -14,7 +14,12 @@ import numpy as np
 
 
 def unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """Rows scaled to length 1, in place: a million rows leave no room for a copy."""
+    x = x.astype(np.float32, copy=False)
+    for start in range(0, len(x), 65536):
+        rows = x[start : start + 65536]
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return x
 
 
 def timed_queries(search, queries, k):

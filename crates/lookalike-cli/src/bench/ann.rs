@@ -54,7 +54,8 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
     let base: Vec<_> = base.into_iter().map(|(_, p)| p).collect();
     let dimension = base[0].vector.len();
     let started = Instant::now();
-    let index = VectorIndex::new(base.clone())?;
+    let count = base.len();
+    let index = VectorIndex::new(base)?;
     let build_s = started.elapsed().as_secs_f64();
     let filter = Filter::default();
     let timed =
@@ -62,7 +63,7 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
     let (exact_ms, exact) = timed(&|q| hit_ids(index.search_exact(q, k, Metric::Cosine, &filter)));
     let (scan_ms, scan) = timed(&|q| hit_ids(index.search(q, k, Metric::Cosine, &filter, None).expect("search")));
     let recall = |found: &[Vec<String>]| recall(&exact, found);
-    let n = base.len() as f64;
+    let n = count as f64;
     let row = |setting: &str, memory_mb: f64, millis: &[f64], recall: f64| Row {
         library: "lookalike".into(),
         setting: Some(setting.into()),
@@ -88,7 +89,7 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
             recall(&scan),
         ),
     ];
-    eprintln!("building the HNSW graph of {} vectors...", base.len());
+    eprintln!("building the HNSW graph of {count} vectors...");
     let mut index = index;
     let started = Instant::now();
     index.set_mode(SearchMode::Approximate { ef: EFS[0] })?;
@@ -109,9 +110,26 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
     }
     if let Some((python, names)) = python {
         eprintln!("running {} with {python}...", names.join(", "));
+        let dir = tempfile::tempdir()?;
+        let (base_npy, queries_npy) = (dir.path().join("base.npy"), dir.path().join("queries.npy"));
+        export_npy(index.products(), &base_npy)?;
+        export_npy(&query_products, &queries_npy)?;
         // Memory goes to the peers: they hold their own copies of every vector.
         drop(index);
-        rows.extend(peers(&python, &names, &base, &query_products, k, threads)?);
+        match peers(&python, &names, &base_npy, &queries_npy, k, threads) {
+            Ok(peer_rows) => rows.extend(peer_rows),
+            Err(err) => rows.push(Row {
+                library: "peers".into(),
+                setting: None,
+                build_s: None,
+                memory_mb: None,
+                qps: None,
+                p50_ms: None,
+                p99_ms: None,
+                recall: None,
+                error: Some(format!("{err:#}")),
+            }),
+        }
     }
     let reference = rows[1].qps.unwrap_or(1.0);
     let mut table = Table::new();
@@ -145,36 +163,24 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
     }
     println!(
         "{} products, {dimension}-d, {} held-out queries one at a time, k={k}, {threads} build threads",
-        base.len(),
+        count,
         query_products.len()
     );
     println!("{table}");
     Ok(())
 }
 
-fn peers(
-    python: &str,
-    names: &[String],
-    base: &[lookalike::types::StoredProduct],
-    queries: &[lookalike::types::StoredProduct],
-    k: usize,
-    threads: usize,
-) -> Result<Vec<Row>> {
+/// The peers' rows, from `bench/ann_peers.py` run on the vectors in `base` and `queries` (.npy).
+fn peers(python: &str, names: &[String], base: &Path, queries: &Path, k: usize, threads: usize) -> Result<Vec<Row>> {
     let dir = tempfile::tempdir()?;
-    let (base_npy, queries_npy, script) = (
-        dir.path().join("base.npy"),
-        dir.path().join("queries.npy"),
-        dir.path().join("ann_peers.py"),
-    );
-    export_npy(base, &base_npy)?;
-    export_npy(queries, &queries_npy)?;
+    let script = dir.path().join("ann_peers.py");
     std::fs::write(&script, PEERS_SCRIPT)?;
     let output = Command::new(python)
         .arg(&script)
         .arg("--base")
-        .arg(&base_npy)
+        .arg(base)
         .arg("--queries")
-        .arg(&queries_npy)
+        .arg(queries)
         .args(["-k", &k.to_string(), "--threads", &threads.to_string()])
         .args(["--peers", &names.join(",")])
         .output()

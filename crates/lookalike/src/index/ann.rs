@@ -1,4 +1,4 @@
-//! Approximate nearest neighbours: an HNSW graph (Malkov & Yashunin) over unit vectors, for
+//! Approximate nearest neighbours: an HNSW graph (Malkov & Yashunin) over vectors' directions, for
 //! catalogues too big to scan. It only proposes candidates with an approximate cosine; callers
 //! score them exactly.
 //!
@@ -22,7 +22,7 @@ use std::io::Write;
 use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 
-use super::{dot_i8, quantize};
+use super::{dot, dot_i8, quantize};
 
 /// Nodes joining at once while building, at most a 1/`BATCH_SHARE` of the graph so far...
 const BATCH_SHARE: usize = 64;
@@ -101,6 +101,18 @@ impl Visited {
 
 thread_local!(static VISITED: RefCell<Visited> = RefCell::new(Visited::default()));
 
+/// Codes and scale of `vector`'s direction: its int8 codes with the scale divided by its length,
+/// as quantising the unit vector would give, without making one.
+fn encode_direction(vector: &[f32], codes: &mut [i8]) -> f32 {
+    let length = dot(vector, vector).sqrt();
+    let scale = quantize(vector, codes);
+    if length > 0.0 {
+        scale / length
+    } else {
+        0.0
+    }
+}
+
 /// A vector as int8 codes and their scale: `value ≈ code × scale`.
 #[derive(Clone, Copy)]
 struct Encoded<'a> {
@@ -174,22 +186,16 @@ impl HnswGraph {
         }
     }
 
-    /// The graph of `rows` (unit vectors of `dimension`, row-major), numbered in order, built on
-    /// the threads of the current rayon pool.
+    /// The graph of `rows` (vectors of `dimension`), numbered in order, built on the threads of
+    /// the current rayon pool.
     ///
     /// Nodes join in batches: each batch's neighbours are searched in parallel on the graph as it
     /// stands, then linked one node at a time. A batch's nodes cannot find each other, so a batch
     /// is kept to a small share of the graph ([`BATCH_SHARE`]), where the loss is lost in noise
     /// (the tests compare recall with one-at-a-time insertion).
-    pub fn build(rows: &[f32], dimension: usize, params: GraphParams) -> Result<Self> {
-        ensure!(
-            dimension > 0 && rows.len().is_multiple_of(dimension),
-            "{} values are not rows of {dimension}",
-            rows.len()
-        );
+    pub fn build(rows: &[&[f32]], dimension: usize, params: GraphParams) -> Result<Self> {
         let mut graph = Self::new(dimension, params);
-        graph.codes.reserve(rows.len());
-        let rows: Vec<&[f32]> = rows.chunks_exact(dimension).collect();
+        graph.codes.reserve(rows.len() * dimension);
         let parallel = rayon::current_num_threads() > 1;
         let mut next = 0;
         while next < rows.len() {
@@ -277,7 +283,7 @@ impl HnswGraph {
         }
     }
 
-    /// Adds the next row (a unit vector); its number is the previous [`Self::len`].
+    /// Adds the next row; its number is the previous [`Self::len`].
     pub fn insert(&mut self, vector: &[f32]) -> Result<usize> {
         let (node, layer) = self.add_node(vector)?;
         let links = self.neighbours(node, layer);
@@ -295,7 +301,7 @@ impl HnswGraph {
         let layer = ((-(self.rng.f64().max(f64::MIN_POSITIVE)).ln() * scale) as usize).min(30);
         let d = self.dimension;
         self.codes.resize(self.codes.len() + d, 0);
-        let scale = quantize(vector, &mut self.codes[node as usize * d..]);
+        let scale = encode_direction(vector, &mut self.codes[node as usize * d..]);
         self.scales.push(scale);
         self.bottom.extend(std::iter::repeat_n(0, 2 * self.params.connections));
         self.bottom_len.push(0);
@@ -461,7 +467,7 @@ impl HnswGraph {
         })
     }
 
-    /// The `k` rows nearest `query` (a unit vector) with their cosine, best first, exploring `ef`
+    /// The `k` rows nearest `query` with their cosine, best first, exploring `ef`
     /// candidates; only rows `allowed` accepts when given.
     pub fn search(
         &self,
@@ -475,7 +481,7 @@ impl HnswGraph {
             return Ok(Vec::new());
         };
         let mut codes = vec![0; self.dimension];
-        let scale = quantize(query, &mut codes);
+        let scale = encode_direction(query, &mut codes);
         let query = Encoded { codes: &codes, scale };
         for layer in (1..=self.top_layer).rev() {
             entry = self.greedy(query, entry, layer);
@@ -583,10 +589,10 @@ impl HnswGraph {
         Ok(graph)
     }
 
-    /// Whether `node` holds exactly the codes and scale that `vector` (a unit vector) gets.
+    /// Whether `node` holds exactly the codes and scale that `vector` gets.
     pub fn holds(&self, node: usize, vector: &[f32]) -> bool {
         let mut codes = vec![0; vector.len()];
-        let scale = quantize(vector, &mut codes);
+        let scale = encode_direction(vector, &mut codes);
         let held = self.encoded(node as u32);
         held.scale.to_bits() == scale.to_bits() && held.codes == codes
     }
@@ -664,7 +670,7 @@ pub(crate) mod tests {
         let d = 64;
         let rows = clustered(3000, d, 1);
         let queries = clustered(100, d, 2);
-        let graph = HnswGraph::build(&rows, d, GraphParams::default()).unwrap();
+        let graph = HnswGraph::build(&rows.chunks(d).collect::<Vec<_>>(), d, GraphParams::default()).unwrap();
         assert_eq!(graph.len(), 3000);
         let all = recall(&graph, &rows, &queries, d, None);
         assert!(all >= 0.95, "recall@10 {all}");
@@ -685,7 +691,7 @@ pub(crate) mod tests {
     fn a_row_finds_itself_and_wrong_vectors_are_errors_not_crashes() {
         let d = 32;
         let rows = clustered(500, d, 3);
-        let mut graph = HnswGraph::build(&rows, d, GraphParams::default()).unwrap();
+        let mut graph = HnswGraph::build(&rows.chunks(d).collect::<Vec<_>>(), d, GraphParams::default()).unwrap();
         for (i, row) in rows.chunks(d).enumerate().step_by(37) {
             let best = graph.search(row, 1, 32, None).unwrap()[0];
             assert_eq!(best.0, i);
@@ -693,7 +699,7 @@ pub(crate) mod tests {
         }
         assert!(graph.search(&rows[..d - 1], 5, 32, None).is_err());
         assert!(graph.insert(&vec![f32::NAN; d]).is_err());
-        assert!(HnswGraph::build(&rows[..d + 1], d, GraphParams::default()).is_err());
+        assert!(HnswGraph::build(&[&rows[..d + 1]], d, GraphParams::default()).is_err());
         // Duplicates and an empty graph answer too.
         assert_eq!(graph.insert(&rows[..d]).unwrap(), 500);
         assert_eq!(graph.search(&rows[..d], 2, 32, None).unwrap().len(), 2);
@@ -708,7 +714,7 @@ pub(crate) mod tests {
         let queries = clustered(200, d, 8);
         let built_on = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| HnswGraph::build(&rows, d, GraphParams::default()).unwrap())
+            pool.install(|| HnswGraph::build(&rows.chunks(d).collect::<Vec<_>>(), d, GraphParams::default()).unwrap())
         };
         let (one, four) = (built_on(1), built_on(4));
         assert_eq!(four.len(), 12_000);

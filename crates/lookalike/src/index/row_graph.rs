@@ -32,15 +32,11 @@ pub struct RowGraph {
 const REMOVED: u32 = u32::MAX;
 
 impl RowGraph {
-    /// The graph of `rows` (any vectors of `dimension`; each is normalised), in order, on the
-    /// threads of the current rayon pool.
+    /// The graph of `rows` (vectors of `dimension`), in order, on the threads of the current
+    /// rayon pool.
     pub fn build<'a>(rows: impl Iterator<Item = &'a [f32]>, dimension: usize, params: GraphParams) -> Result<Self> {
-        let mut unit = Vec::new();
-        for row in rows {
-            unit.extend_from_slice(row);
-        }
-        crate::linalg::l2_normalise_rows(&mut unit, dimension);
-        let graph = HnswGraph::build(&unit, dimension, params)?;
+        let rows: Vec<&[f32]> = rows.collect();
+        let graph = HnswGraph::build(&rows, dimension, params)?;
         let count = graph.len() as u32;
         Ok(Self {
             graph,
@@ -52,7 +48,7 @@ impl RowGraph {
 
     /// Adds row number [`Self::rows`] with `vector`.
     pub fn push_row(&mut self, vector: &[f32]) -> Result<()> {
-        let node = self.graph.insert(&unit(vector))? as u32;
+        let node = self.graph.insert(vector)? as u32;
         self.node_row.push(self.row_node.len() as u32);
         self.row_node.push(node);
         Ok(())
@@ -87,7 +83,7 @@ impl RowGraph {
             let row = self.node_row[node];
             row != REMOVED && accepted(row as usize)
         };
-        let found = self.graph.search(&unit(query), ef, ef, Some(&allowed))?;
+        let found = self.graph.search(query, ef, ef, Some(&allowed))?;
         Ok(found
             .into_iter()
             .map(|(node, _)| self.node_row[node] as usize)
@@ -206,7 +202,7 @@ impl RowGraph {
             .map(|(node, key)| {
                 let row = key.as_ref().and_then(|(id, image)| row_of(id, *image));
                 match row {
-                    Some(row) if graph.holds(node, &unit(vector_of(row))) => row as u32,
+                    Some(row) if graph.holds(node, vector_of(row)) => row as u32,
                     _ => REMOVED,
                 }
             })
@@ -250,7 +246,7 @@ impl RowGraph {
         };
         for row in 0..rows {
             if graph.row_node[row] == REMOVED {
-                let node = graph.graph.insert(&unit(vector_of(row)))?;
+                let node = graph.graph.insert(vector_of(row))?;
                 graph.node_row.push(row as u32);
                 graph.row_node[row] = node as u32;
             }
@@ -289,12 +285,6 @@ fn read_file(bytes: &[u8], dimension: usize) -> Result<(HnswGraph, Vec<Option<(S
     }
     ensure!(cursor.is_empty(), "bytes after the last node");
     Ok((graph, keys))
-}
-
-fn unit(vector: &[f32]) -> Vec<f32> {
-    let mut unit = vector.to_vec();
-    crate::linalg::l2_normalise_rows(&mut unit, vector.len());
-    unit
 }
 
 #[cfg(test)]
