@@ -10,7 +10,7 @@
 //! 1 % of a score) does not change the top k in practice; `lookalike bench search`
 //! measures both the speed and the recall against the exact scan.
 //!
-//! In [`SearchMode::Approximate`] a graph (HNSW over int8 codes, [`ann::RowGraph`]) brings the
+//! In [`SearchMode::Approximate`] a graph (HNSW over int8 codes, [`row_graph::RowGraph`]) brings the
 //! candidates instead of the scan, reading a few thousand codes instead of every one; the
 //! candidates are still scored exactly, so scores are exact and only a rare true neighbour the
 //! walk missed is lost. The graph serves cosine searches with filters that keep a fair share of
