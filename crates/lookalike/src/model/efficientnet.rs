@@ -479,19 +479,28 @@ impl GraphBuilder<'_> {
             Some(input_scale) => {
                 let channels = conv.shape[0];
                 let (weights, scales) = int8_per_channel(&conv.weight, channels);
+                // Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with
+                // AVX2's `pmaddubsw`, whose int16 sums saturate: the reference photos' features
+                // fell to cosine 0.96 of fp32 on an AVX2-only CPU. There the weights go as uint8
+                // around zero point 128 (widened before multiplying: exact, slower); with VNNI as
+                // int8 (fast and exact). Both agree with fp32 to cosine ≥ 0.99.
                 let wq = format!("{w}_int8");
-                self.raw_initializer(
-                    &wq,
-                    &conv.shape,
-                    DATA_TYPE_INT8,
-                    weights.iter().map(|&v| v as u8).collect(),
-                );
+                let (data_type, codes, zero_point) = if vnni() {
+                    (DATA_TYPE_INT8, weights.iter().map(|&v| v as u8).collect(), 0)
+                } else {
+                    (
+                        DATA_TYPE_UINT8,
+                        weights.iter().map(|&v| (v as i16 + 128) as u8).collect(),
+                        128,
+                    )
+                };
+                self.raw_initializer(&wq, &conv.shape, data_type, codes);
                 self.initializer(&format!("{w}_scale"), &[channels], &scales);
                 self.raw_initializer(
                     &format!("{w}_zero_point"),
                     &[channels],
-                    DATA_TYPE_INT8,
-                    vec![0; channels],
+                    data_type,
+                    vec![zero_point; channels],
                 );
                 self.dequantize_per_channel(&wq, &w);
                 // ONNX Runtime's integer convolution takes the bias in int32 at input × weight scale.
@@ -553,6 +562,18 @@ pub fn uint8_quantization(low: f32, high: f32) -> (f32, u8) {
     let scale = ((high - low) / 255.0).max(f32::MIN_POSITIVE);
     let zero_point = (-low / scale).round().clamp(0.0, 255.0) as u8;
     (scale, zero_point)
+}
+
+/// Whether ONNX Runtime multiplies uint8 by int8 with VNNI (no int16 saturation).
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni") || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Symmetric int8 weights per output channel (range ±127): the weights and each channel's scale.
