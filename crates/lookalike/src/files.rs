@@ -46,6 +46,41 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> 
     Ok(bytes)
 }
 
+/// How long a temporary file of [`write_atomically`] must have been left untouched before it counts
+/// as the remains of a killed process: a live writer touches it all the time.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the temporary files of [`write_atomically`] in `dir` that a killed process left
+/// (untouched for [`ABANDONED_AFTER`]); returns how many. For folders of big, rare writes (the
+/// search graph), where each kill would otherwise leave a copy of the file behind.
+pub fn sweep_abandoned_writes(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let abandoned = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if abandoned && std::fs::remove_file(entry.path()).is_ok() {
+            deleted += 1;
+        }
+    }
+    deleted
+}
+
+const TEMP_PREFIX: &str = ".lookalike-";
+const TEMP_SUFFIX: &str = ".part";
+
 /// Writes into a new temporary file beside `path` and renames it over `path` once complete and
 /// synced, so a crash never leaves a half-written file and concurrent writers never share one.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
@@ -54,8 +89,8 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) ->
         _ => Path::new("."),
     };
     let temp = tempfile::Builder::new()
-        .prefix(".lookalike-")
-        .suffix(".part")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let (file, temp_path) = temp.into_parts();
@@ -114,5 +149,22 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn only_abandoned_temporary_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, age_s: u64| {
+            let path = dir.path().join(name);
+            let f = File::create(&path).unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age_s))
+                .unwrap();
+            path
+        };
+        let old = file(".lookalike-abc.part", 2 * ABANDONED_AFTER.as_secs());
+        let live = file(".lookalike-def.part", 5);
+        let other = file("catalogue.db.graph", 2 * ABANDONED_AFTER.as_secs());
+        assert_eq!(sweep_abandoned_writes(dir.path()), 1);
+        assert!(!old.exists() && live.exists() && other.exists());
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 use super::ann::{Bytes, GraphParams, HnswGraph};
-use crate::files::write_atomically;
+use crate::files::{sweep_abandoned_writes, write_atomically};
 
 const MAGIC: &[u8; 8] = b"LKGRAPH1";
 
@@ -142,6 +142,14 @@ const NO_ROW: u32 = u32::MAX;
 impl RowGraph {
     /// Writes the graph to `path` with each node's key from `key_of(row)`: product id and image.
     pub fn save<'a>(&self, path: &Path, key_of: &dyn Fn(usize) -> (&'a str, u16)) -> Result<()> {
+        // A graph killed while written leaves a temporary copy as big as the graph.
+        if let Some(dir) = path.parent() {
+            sweep_abandoned_writes(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            });
+        }
         write_atomically(path, |out| {
             let mut out = Summed {
                 inner: out,
