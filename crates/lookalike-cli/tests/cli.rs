@@ -12,7 +12,7 @@ use serde_json::Value;
 const DEMO_PRODUCTS: usize = 60;
 
 mod common;
-use common::{demo, demo_classifier, json, lookalike, s, text};
+use common::{demo, demo_classifier, json, lookalike, s, synth_catalogue, text};
 
 /// `train classifier` on ImageFolder `train`/`val` into `out`, with `extra` flags.
 fn train_classifier(train: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -1578,18 +1578,7 @@ fn knn_statistics_tell_noisy_copies_from_real_vectors_and_cluster_samples() {
     let dir = tempfile::tempdir().unwrap();
     let synthetic = |generator: &str| {
         let db = dir.path().join(format!("{generator}.db"));
-        ok_text(lookalike(&[
-            "bench",
-            "synth-catalogue",
-            "--from",
-            s(demo_db()),
-            "--db",
-            s(&db),
-            "--products",
-            "600",
-            "--generator",
-            generator,
-        ]));
+        synth_catalogue(demo_db(), &db, 600, generator);
         db
     };
     let (copies, clusters) = (synthetic("copies"), synthetic("clusters"));
@@ -1656,18 +1645,7 @@ fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
 fn a_search_graph_killed_while_written_is_never_used_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("clusters.db");
-    ok_text(lookalike(&[
-        "bench",
-        "synth-catalogue",
-        "--from",
-        s(demo_db()),
-        "--db",
-        s(&db),
-        "--products",
-        "4000",
-        "--generator",
-        "clusters",
-    ]));
+    synth_catalogue(demo_db(), &db, 4000, "clusters");
     let graph = dir.path().join("clusters.db.graph");
     let first = json(&lookalike(&[
         "search",

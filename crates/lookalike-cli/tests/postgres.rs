@@ -10,7 +10,7 @@ use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
 mod common;
-use common::{demo, json, lookalike, ok, postgres_db, s, text};
+use common::{demo, json, lookalike, ok, postgres_db, s, synth_catalogue, text};
 
 fn ids_and_scores(hits: &Value) -> Vec<(String, f64)> {
     hits.as_array()
@@ -340,19 +340,8 @@ fn a_migrate_killed_at_any_point_leaves_a_catalogue_that_queries_and_a_rerun_com
         s(&small),
     ]));
     let products = 5_000;
-    ok(lookalike(&[
-        "bench",
-        "synth-catalogue",
-        "--from",
-        s(&small),
-        "--db",
-        s(&big),
-        "--products",
-        &products.to_string(),
-        // Copies keep ids this test names (`<real id>~<n>`).
-        "--generator",
-        "copies",
-    ]));
+    // Copies keep ids this test names (`<real id>~<n>`).
+    synth_catalogue(&small, &big, products, "copies");
     // Killed while copying rows, then while building the vector index after the last row.
     for kill_at in [products / 4, products] {
         let pg = postgres_db();

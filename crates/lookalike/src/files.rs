@@ -78,16 +78,21 @@ pub fn sweep_abandoned_writes(dir: &Path) -> usize {
     deleted
 }
 
+/// The folder `path` is in (`.` for a bare file name), where its temporary files go.
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 const TEMP_PREFIX: &str = ".lookalike-";
 const TEMP_SUFFIX: &str = ".part";
 
 /// Writes into a new temporary file beside `path` and renames it over `path` once complete and
 /// synced, so a crash never leaves a half-written file and concurrent writers never share one.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(path);
     let temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(TEMP_SUFFIX)

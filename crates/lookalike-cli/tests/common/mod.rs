@@ -44,6 +44,22 @@ pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `bench synth-catalogue`: `products` products into `db` by `generator`, from the vectors of `from`.
+pub fn synth_catalogue(from: &Path, db: &Path, products: usize, generator: &str) {
+    ok(lookalike(&[
+        "bench",
+        "synth-catalogue",
+        "--from",
+        s(from),
+        "--db",
+        s(db),
+        "--products",
+        &products.to_string(),
+        "--generator",
+        generator,
+    ]));
+}
+
 pub fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
 }

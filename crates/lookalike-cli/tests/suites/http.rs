@@ -963,23 +963,13 @@ fn approximate_search_answers_like_exact_search_and_follows_writes() {
     // near as real ones'), served twice from one file: exact and approximate.
     let dir = tempfile::tempdir().unwrap();
     let (demo_db, db) = (dir.path().join("demo.db"), dir.path().join("clusters.db"));
-    let run = |args: &[&str]| {
-        let out = common::lookalike(args);
-        assert!(out.status.success(), "{}", common::text(&out));
-    };
-    run(&["index", demo().join("catalogue.csv").to_str().unwrap(), "--db", demo_db.to_str().unwrap()]);
-    run(&[
-        "bench",
-        "synth-catalogue",
-        "--from",
-        demo_db.to_str().unwrap(),
+    common::ok(common::lookalike(&[
+        "index",
+        demo().join("catalogue.csv").to_str().unwrap(),
         "--db",
-        db.to_str().unwrap(),
-        "--products",
-        "3000",
-        "--generator",
-        "clusters",
-    ]);
+        demo_db.to_str().unwrap(),
+    ]));
+    common::synth_catalogue(&demo_db, &db, 3000, "clusters");
     let db = db.to_str().unwrap();
     let exact = common::serve(db, &[], TOKEN, tempfile::tempdir().unwrap());
     let approximate = common::serve(

@@ -126,7 +126,8 @@ impl Encoded<'_> {
     }
 }
 
-/// A cursor over a file's bytes that hands out typed little-endian values.
+/// A cursor over a file's bytes that hands out typed values (in the machine's byte order, as
+/// [`HnswGraph::write`] writes them).
 pub struct Bytes<'a>(&'a [u8]);
 
 impl<'a> Bytes<'a> {
@@ -143,6 +144,11 @@ impl<'a> Bytes<'a> {
         let (head, rest) = self.0.split_at(size);
         self.0 = rest;
         Ok(bytemuck::pod_collect_to_vec(head))
+    }
+
+    /// The next value.
+    pub fn value<T: bytemuck::Pod>(&mut self) -> Result<T> {
+        Ok(self.take(1)?[0])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -236,10 +242,6 @@ impl HnswGraph {
 
     pub fn dimension(&self) -> usize {
         self.dimension
-    }
-
-    pub fn params(&self) -> GraphParams {
-        self.params
     }
 
     fn encoded(&self, node: u32) -> Encoded<'_> {
@@ -507,7 +509,7 @@ impl HnswGraph {
                 .sum::<usize>()
     }
 
-    /// The graph as bytes, little-endian, for [`Self::read`].
+    /// The graph as bytes in the machine's byte order, for [`Self::read`].
     pub fn write(&self, out: &mut impl Write) -> Result<()> {
         let header = [
             self.dimension as u64,
@@ -526,7 +528,7 @@ impl HnswGraph {
         for layers in &self.upper {
             out.write_all(&[layers.len() as u8])?;
             for links in layers {
-                out.write_all(&(links.len() as u16).to_le_bytes())?;
+                out.write_all(bytemuck::bytes_of(&(links.len() as u16)))?;
                 out.write_all(bytemuck::cast_slice(links))?;
             }
         }
@@ -562,11 +564,11 @@ impl HnswGraph {
         );
         graph.upper.reserve(n);
         for _ in 0..n {
-            let layers = bytes.take::<u8>(1)?[0] as usize;
+            let layers = bytes.value::<u8>()? as usize;
             ensure!(layers as u64 <= top_layer && layers <= 30, "a node above the top layer");
             let mut node = Vec::with_capacity(layers);
             for _ in 0..layers {
-                let len = u16::from_le_bytes(bytes.take::<u8>(2)?.try_into().expect("two bytes")) as usize;
+                let len = bytes.value::<u16>()? as usize;
                 ensure!(len <= m, "too many links on an upper layer");
                 let links: Vec<u32> = bytes.take(len)?;
                 ensure!(linked(&links), "upper-layer links out of range");

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 use super::ann::{Bytes, GraphParams, HnswGraph};
-use crate::files::{sweep_abandoned_writes, write_atomically};
+use crate::files::{folder_of, sweep_abandoned_writes, write_atomically};
 
 const MAGIC: &[u8; 8] = b"LKGRAPH1";
 
@@ -71,10 +71,6 @@ impl RowGraph {
     /// Whether enough rows were removed that walking their nodes costs more than a rebuild.
     pub fn worn(&self) -> bool {
         self.removed > 1000 && self.removed * 4 > self.graph.len()
-    }
-
-    pub fn params(&self) -> GraphParams {
-        self.graph.params()
     }
 
     /// Up to `ef` rows near `query` that `accepted` takes, nearest first by approximate cosine.
@@ -143,13 +139,7 @@ impl RowGraph {
     /// Writes the graph to `path` with each node's key from `key_of(row)`: product id and image.
     pub fn save<'a>(&self, path: &Path, key_of: &dyn Fn(usize) -> (&'a str, u16)) -> Result<()> {
         // A graph killed while written leaves a temporary copy as big as the graph.
-        if let Some(dir) = path.parent() {
-            sweep_abandoned_writes(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            });
-        }
+        sweep_abandoned_writes(folder_of(path));
         write_atomically(path, |out| {
             let mut out = Summed {
                 inner: out,
@@ -159,12 +149,12 @@ impl RowGraph {
             self.graph.write(&mut out)?;
             for &row in &self.node_row {
                 if row == REMOVED {
-                    out.write_all(&0u16.to_le_bytes())?;
-                    out.write_all(&NO_ROW.to_le_bytes())?;
+                    out.write_all(bytemuck::bytes_of(&0u16))?;
+                    out.write_all(bytemuck::bytes_of(&NO_ROW))?;
                 } else {
                     let (id, image) = key_of(row as usize);
-                    out.write_all(&image.to_le_bytes())?;
-                    out.write_all(&(id.len() as u32).to_le_bytes())?;
+                    out.write_all(bytemuck::bytes_of(&image))?;
+                    out.write_all(bytemuck::bytes_of(&(id.len() as u32)))?;
                     out.write_all(id.as_bytes())?;
                 }
             }
@@ -204,7 +194,7 @@ impl RowGraph {
         };
         drop(bytes);
         // Each node's row, if the row is still there and its vector still makes the node's codes.
-        let node_row: Vec<u32> = keys
+        let mut node_row: Vec<u32> = keys
             .par_iter()
             .enumerate()
             .map(|(node, key)| {
@@ -217,7 +207,6 @@ impl RowGraph {
             .collect();
         let mut row_node = vec![REMOVED; rows];
         let mut load = GraphLoad::default();
-        let mut node_row = node_row;
         let mut tombstones = 0;
         for (node, row) in node_row.iter_mut().enumerate() {
             if *row == REMOVED {
@@ -282,8 +271,8 @@ fn read_file(bytes: &[u8], dimension: usize) -> Result<(HnswGraph, Vec<Option<(S
     }
     let mut keys = Vec::with_capacity(graph.len());
     for _ in 0..graph.len() {
-        let image = u16::from_le_bytes(cursor.take::<u8>(2)?.try_into().expect("two bytes"));
-        let len = u32::from_le_bytes(cursor.take::<u8>(4)?.try_into().expect("four bytes"));
+        let image: u16 = cursor.value()?;
+        let len: u32 = cursor.value()?;
         if len == NO_ROW {
             keys.push(None);
             continue;
