@@ -721,7 +721,10 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 .collect::<Result<_>>()?;
             let (projected_index, query_products) = match &head {
                 Some(head) => (
-                    Some(VectorIndex::new(project(backbone_index.products(), head))?),
+                    Some(VectorIndex::new(project(
+                        &backbone_index.products_with_vectors(),
+                        head,
+                    ))?),
                     project(&query_products, head),
                 ),
                 None => (None, query_products),

@@ -16,13 +16,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::export::{export_json, export_npy};
 use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, DEFAULT_BATCH_SIZE};
 use lookalike::catalogue::{read_catalogue, Layout};
-use lookalike::index::row_graph::GraphLoad;
 use lookalike::index::SearchMode;
 use lookalike::index::VectorIndex;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, DEFAULT_BACKBONE};
-use lookalike::recommend::{Query, Recommender};
+use lookalike::recommend::{IndexLoad, Query, Recommender};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
 use lookalike::types::{Filter, Metric, Words};
@@ -56,19 +55,24 @@ struct Cli {
     command: Command,
 }
 
-/// One line on stderr when the approximate-search graph had to be built, repaired or could not be kept.
-fn report_graph_load(load: Option<&GraphLoad>) {
+/// One line on stderr when the index file had to be built or written, or could not be.
+fn report_index_load(load: Option<&IndexLoad>) {
     let Some(load) = load else { return };
-    if let Some(why) = &load.rebuilt {
-        eprintln!("built the search graph of {} images ({why})", load.added);
-    } else if load.changed() {
-        eprintln!(
-            "search graph: {} images reused, {} added, {} dropped since it was written",
-            load.reused, load.added, load.dropped
-        );
+    let what = if load.graph_built {
+        "index and search graph"
+    } else {
+        "index"
+    };
+    match (&load.rebuilt, load.written) {
+        (Some(why), _) => eprintln!("built the search {what} of {} products ({why})", load.products),
+        (None, true) => eprintln!(
+            "wrote the search {what} of {} products again ({} changed since it was written)",
+            load.products, load.changed
+        ),
+        (None, false) => {}
     }
     if let Some(why) = &load.unsaved {
-        eprintln!("warning: cannot keep the search graph, the next search builds it again: {why}");
+        eprintln!("warning: cannot keep the search index, the next search builds it again: {why}");
     }
 }
 
@@ -683,7 +687,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 words: words.as_ref(),
             };
             let catalogue = Recommender::with_search(store, query.search.mode())?;
-            report_graph_load(catalogue.graph_load());
+            report_index_load(catalogue.index_load());
             let hits = catalogue.query(request, query.k, query.metric, &filter, query.diversity)?;
             // Words rank by relevance, alone or fused with the photo's similarity.
             let scored_by = if words.is_some() { None } else { Some(query.metric) };
@@ -698,7 +702,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Similar { id, query } => {
             let filter = query.filter()?;
             let catalogue = Recommender::with_search(open_existing(&query.db)?, query.search.mode())?;
-            report_graph_load(catalogue.graph_load());
+            report_index_load(catalogue.index_load());
             let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter, query.diversity)? else {
                 bail!("no product with id {id:?} in the catalogue");
             };
@@ -751,7 +755,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let products = open_existing(&db)?.products()?;
             if let Some(path) = &npy {
-                export_npy(&products, path)?;
+                export_npy(&products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>(), path)?;
                 println!("wrote {} vectors to {}", products.len(), path.display());
             }
             if let Some(path) = &json {

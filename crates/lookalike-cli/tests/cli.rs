@@ -1610,7 +1610,7 @@ fn knn_statistics_tell_noisy_copies_from_real_vectors_and_cluster_samples() {
 }
 
 /// Starts `lookalike args` and SIGKILLs it as soon as a temporary file appears in `dir` (the
-/// search graph being written); false if it finished first.
+/// index file being written), then deletes that file; false if it finished first.
 fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
         .args(args)
@@ -1618,17 +1618,20 @@ fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let writing = || {
+    let temporary = || {
         std::fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".part"))
+            .collect::<Vec<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        if writing() {
+        if !temporary().is_empty() {
             child.kill().unwrap(); // SIGKILL on Unix
             child.wait().unwrap();
+            temporary().iter().for_each(|p| std::fs::remove_file(p).unwrap());
             return true;
         }
         if child.try_wait().unwrap().is_some() {
@@ -1642,12 +1645,12 @@ fn killed_while_writing(args: &[&str], dir: &Path) -> bool {
 }
 
 #[test]
-fn a_search_graph_killed_while_written_is_never_used_half_written() {
+fn an_index_file_killed_while_written_is_never_used_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("clusters.db");
     synth_catalogue(demo_db(), &db, 4000, "clusters");
-    let graph = dir.path().join("clusters.db.graph");
-    let first = json(&lookalike(&[
+    let index = dir.path().join("clusters.db.index");
+    let out = lookalike(&[
         "search",
         s(&demo().join("images/mh01.jpg")),
         "--db",
@@ -1655,7 +1658,13 @@ fn a_search_graph_killed_while_written_is_never_used_half_written() {
         "--json",
         "-k",
         "12",
-    ]));
+    ]);
+    let built = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        built.contains("built the search index of 4000 products (no index file yet)"),
+        "{built}"
+    );
+    let first = json(&out);
     let ids: Vec<&str> = first
         .as_array()
         .unwrap()
@@ -1685,37 +1694,40 @@ fn a_search_graph_killed_while_written_is_never_used_half_written() {
         (hits, String::from_utf8_lossy(&out.stderr).to_string())
     };
     let approximate = ["similar", ids[0], "--db", s(&db), "--search", "approximate"];
-    // Killed while writing a first graph: there is none, the next run builds it.
+    // The catalogue moves on, and approximate search wants the graph the file lacks: killed while
+    // writing the file again, the old one stays whole.
+    let kept = std::fs::read(&index).unwrap();
+    ok_text(lookalike(&["remove", ids[1], ids[2], "--db", s(&db)]));
     let mut kills = 0;
     for _ in 0..5 {
         if killed_while_writing(&approximate, dir.path()) {
             kills += 1;
-            assert!(!graph.exists(), "a graph file appears whole or not at all");
+            assert_eq!(std::fs::read(&index).unwrap(), kept, "the old index file stays whole");
             break;
         }
-        std::fs::remove_file(&graph).unwrap();
+        std::fs::write(&index, &kept).unwrap();
     }
-    let (_, built) = similar("approximate");
+    let (_, rewritten) = similar("approximate");
     assert!(
-        built.contains("built the search graph of 4000 images (no graph file yet)"),
-        "{built}"
+        rewritten.contains(
+            "wrote the search index and search graph of 3998 products again (2 changed since it was written)"
+        ),
+        "{rewritten}"
     );
-    let kept = std::fs::read(&graph).unwrap();
-    // The catalogue moves on; killed while writing the repaired graph, the old one stays whole.
-    ok_text(lookalike(&["remove", ids[1], ids[2], "--db", s(&db)]));
+    // Killed while writing a first file: there is none, the next run builds it.
     for _ in 0..5 {
+        std::fs::remove_file(&index).unwrap();
         if killed_while_writing(&approximate, dir.path()) {
             kills += 1;
-            assert_eq!(std::fs::read(&graph).unwrap(), kept, "the old graph file stays whole");
+            assert!(!index.exists(), "an index file appears whole or not at all");
             break;
         }
-        std::fs::write(&graph, &kept).unwrap();
     }
-    assert!(kills >= 1, "never caught a graph being written");
-    let (found, repaired) = similar("approximate");
+    assert!(kills >= 2, "never caught an index file being written");
+    let (found, rebuilt) = similar("approximate");
     assert!(
-        repaired.contains("3998 images reused, 0 added, 2 dropped"),
-        "{repaired}"
+        rebuilt.contains("built the search index of 3998 products (no index file yet)"),
+        "{rebuilt}"
     );
     let (exact, _) = similar("exact");
     assert!(
@@ -1724,6 +1736,7 @@ fn a_search_graph_killed_while_written_is_never_used_half_written() {
     );
     let shared = found.iter().filter(|f| exact.contains(f)).count();
     assert!(shared >= 9, "approximate {found:?}\nexact {exact:?}");
-    let (_, quiet) = similar("approximate");
-    assert!(!quiet.contains("search graph"), "the repaired graph was kept: {quiet}");
+    let (again, quiet) = similar("approximate");
+    assert!(!quiet.contains("search index"), "the file was kept: {quiet}");
+    assert_eq!(again, found, "read from the file, the same answers");
 }

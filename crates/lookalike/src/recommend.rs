@@ -10,15 +10,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
-use crate::index::row_graph::GraphLoad;
-use crate::index::{SearchMode, VectorIndex};
+use crate::index::{Hit, SearchMode, VectorIndex};
 use crate::store::{Changes, ProductWrite, Store, WriteMode};
 use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
 
@@ -38,21 +38,132 @@ pub struct Recommender {
     store: Mutex<Guarded>,
     /// The products in memory, when the store cannot search itself.
     memory: Option<RwLock<VectorIndex>>,
-    /// How memory's approximate-search graph was loaded, in that mode.
-    graph_load: Option<GraphLoad>,
+    /// How memory was loaded from the store's index file, where it has one.
+    index_load: Option<IndexLoad>,
 }
 
-/// The store's products in memory, searched in `mode`; in approximate mode the graph comes from
-/// the store's graph file where it has one.
-fn load_memory(store: &dyn Store, mode: SearchMode) -> Result<(VectorIndex, Option<GraphLoad>)> {
-    let products = store.products()?;
-    match (mode, store.graph_file()) {
-        (SearchMode::Approximate { ef }, Some(path)) => {
-            let (index, load) = VectorIndex::with_graph_file(products, ef, &path)?;
-            Ok((index, Some(load)))
+/// How memory was loaded from an index file ([`crate::index::file`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexLoad {
+    pub products: usize,
+    /// Products read again from the store: changed since the file was written.
+    pub changed: usize,
+    /// Why the index was built from the store rather than read from the file.
+    pub rebuilt: Option<String>,
+    /// Whether the approximate-search graph was built (the file had none).
+    pub graph_built: bool,
+    /// Whether the file was written: after a build, or when much had changed since.
+    pub written: bool,
+    /// Why it could not be written (a read-only folder): the next start reads the store again.
+    pub unsaved: Option<String>,
+}
+
+/// Products changed since the index file beyond which the file is written again: below, reading
+/// them from the store at each start costs less than writing the file.
+const REWRITE_AFTER_CHANGES: usize = 1000;
+/// Products compared with the store when an index file is read.
+const SAMPLED_PRODUCTS: usize = 16;
+
+/// The store's products in memory, searched in `mode`: read from the store's index file and
+/// brought up to date with its change log, or (no file, or one that does not fit) built from the
+/// store at change-log `position` and written to the file.
+fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(VectorIndex, Option<IndexLoad>)> {
+    let Some(path) = store.index_file() else {
+        return Ok((VectorIndex::with_mode(store.products()?, mode)?, None));
+    };
+    let (mut index, mut load, position) = match index_from_file(store, &path, mode) {
+        Ok((index, changed, position)) => (
+            index,
+            IndexLoad {
+                changed,
+                ..IndexLoad::default()
+            },
+            position,
+        ),
+        Err(why) => {
+            let rebuilt = Some(format!("{why:#}"));
+            let index = VectorIndex::with_mode(store.products()?, mode)?;
+            (
+                index,
+                IndexLoad {
+                    rebuilt,
+                    ..IndexLoad::default()
+                },
+                position,
+            )
         }
-        _ => Ok((VectorIndex::with_mode(products, mode)?, None)),
+    };
+    load.products = index.len();
+    if index.mode() != mode {
+        index.set_mode(mode)?;
+        load.graph_built = true;
     }
+    let much_changed = load.changed > REWRITE_AFTER_CHANGES.max(index.len() / 32);
+    if load.rebuilt.is_some() || load.graph_built || much_changed {
+        match index.write_file(&path, position) {
+            Ok(()) => load.written = true,
+            Err(err) => load.unsaved = Some(format!("{err:#}")),
+        }
+    }
+    Ok((index, Some(load)))
+}
+
+/// The index in the file at `path`, with what changed in the store since applied; the products
+/// read again and the change-log position it now reflects. An error says why it does not fit.
+fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(VectorIndex, usize, u64)> {
+    let (mut index, position) = match VectorIndex::read_file(path, mode) {
+        Err(_) if !path.exists() => bail!("no index file yet"),
+        Err(err) => return Err(err.context(format!("{} is not usable", path.display()))),
+        Ok(read) => read,
+    };
+    if let Some(manifest) = store.manifest()? {
+        ensure!(
+            index.is_empty() || manifest.dimension == index.dimension(),
+            "{} holds {}-d vectors, the catalogue {}-d",
+            path.display(),
+            index.dimension(),
+            manifest.dimension
+        );
+    }
+    let (changed, position) = match store.changes_from(position)? {
+        Changes::Nothing => (Vec::new(), position),
+        Changes::Products { ids, position } => (ids, position),
+        Changes::Everything { .. } => bail!(
+            "the catalogue's change log no longer reaches back to {}",
+            path.display()
+        ),
+    };
+    for id in &changed {
+        match store.product(id)? {
+            Some(product) => index.upsert(product)?,
+            None => {
+                index.remove(id);
+            }
+        }
+    }
+    let stored = store.count()?;
+    ensure!(
+        stored == index.len(),
+        "{} holds {} products, the catalogue {stored}",
+        path.display(),
+        index.len()
+    );
+    // Vectors are not under the file's checksum: a sample, compared bit for bit, catches a file
+    // that belongs to another catalogue with the same ids.
+    let step = (index.len() / SAMPLED_PRODUCTS).max(1);
+    for p in (0..index.len()).step_by(step) {
+        let id = &index.products()[p].id;
+        let stored = store
+            .product(id)?
+            .with_context(|| format!("product {id:?} is not in the catalogue"))?;
+        let held = index.product_with_vectors(id).expect("an index finds its own products");
+        ensure!(
+            stored.vectors().eq(held.vectors()),
+            "{} does not hold product {id:?}'s vectors",
+            path.display()
+        );
+    }
+    Ok((index, changed.len(), position))
 }
 
 /// The store and how far into its change log memory is.
@@ -70,22 +181,22 @@ impl Recommender {
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
         // The position first: a write landing between it and the load is read again, never lost.
         let position = store.change_position()?;
-        let (memory, graph_load) = if store.has_vector_index() {
+        let (memory, index_load) = if store.has_vector_index() {
             (None, None)
         } else {
-            let (index, load) = load_memory(&*store, mode)?;
+            let (index, load) = load_memory(&*store, mode, position)?;
             (Some(RwLock::new(index)), load)
         };
         Ok(Self {
             store: Mutex::new(Guarded { store, position }),
             memory,
-            graph_load,
+            index_load,
         })
     }
 
-    /// How the approximate-search graph was loaded (reused, repaired or built), in that mode.
-    pub fn graph_load(&self) -> Option<&GraphLoad> {
-        self.graph_load.as_ref()
+    /// How memory was loaded from the store's index file, where it has one.
+    pub fn index_load(&self) -> Option<&IndexLoad> {
+        self.index_load.as_ref()
     }
 
     fn guarded(&self) -> MutexGuard<'_, Guarded> {
@@ -120,7 +231,7 @@ impl Recommender {
             }
             Changes::Everything { position } => {
                 let mode = memory.read().unwrap_or_else(|p| p.into_inner()).mode();
-                let (reloaded, _) = load_memory(&*guarded.store, mode)?;
+                let (reloaded, _) = load_memory(&*guarded.store, mode, position)?;
                 *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
                 guarded.position = position;
             }
@@ -148,11 +259,53 @@ impl Recommender {
         }
     }
 
+    /// Memory when it holds whole products; a slim one (read from an index file) is dropped,
+    /// as the store then has what it leaves out.
+    fn whole_memory(&self) -> Result<Option<RwLockReadGuard<'_, VectorIndex>>> {
+        Ok(self.memory()?.filter(|index| !index.is_slim()))
+    }
+
     pub fn find(&self, id: &str) -> Result<Option<StoredProduct>> {
-        match self.memory()? {
-            Some(index) => Ok(index.find(id).cloned()),
+        match self.whole_memory()? {
+            Some(index) => Ok(index.product_with_vectors(id)),
             None => self.guarded().store.product(id),
         }
+    }
+
+    /// What `search` finds in memory, as results: products cloned from memory, or read from the
+    /// store when memory is slim (after memory's guard is dropped: the store's lock comes first).
+    fn results<'a>(
+        &self,
+        index: RwLockReadGuard<'a, VectorIndex>,
+        search: impl for<'i> FnOnce(&'i VectorIndex) -> Result<Vec<Hit<'i>>>,
+    ) -> Result<Vec<Scored>> {
+        let hits = search(&index)?;
+        if !index.is_slim() {
+            return Ok(hits
+                .into_iter()
+                .map(|hit| Scored {
+                    product: index
+                        .product_with_vectors(&hit.product.id)
+                        .expect("an index finds its own products"),
+                    score: hit.score,
+                    image: hit.image,
+                })
+                .collect());
+        }
+        let found: Vec<(String, f32, usize)> = hits
+            .into_iter()
+            .map(|hit| (hit.product.id.clone(), hit.score, hit.image))
+            .collect();
+        drop(index);
+        let guarded = self.guarded();
+        let mut results = Vec::with_capacity(found.len());
+        for (id, score, image) in found {
+            // None only if deleted since the search.
+            if let Some(product) = guarded.store.product(&id)? {
+                results.push(Scored { product, score, image });
+            }
+        }
+        Ok(results)
     }
 
     /// The `k` best products for `query` that pass `filter`, best first; `exclude` drops one id.
@@ -166,7 +319,7 @@ impl Recommender {
         exclude: Option<&str>,
     ) -> Result<Vec<Scored>> {
         match self.memory()? {
-            Some(index) => Ok(scored(index.search(query, k, metric, filter, exclude)?)),
+            Some(index) => self.results(index, |index| index.search(query, k, metric, filter, exclude)),
             None => self.guarded().store.nearest(query, k, metric, filter, exclude),
         }
     }
@@ -199,13 +352,8 @@ impl Recommender {
         };
         if let Some(index) = self.memory()? {
             let views: Vec<&[f32]> = product.vectors().collect();
-            return Ok(Some(scored(index.search_views(
-                &views,
-                k,
-                metric,
-                &filter,
-                Some(id),
-            )?)));
+            let hits = self.results(index, |index| index.search_views(&views, k, metric, &filter, Some(id)))?;
+            return Ok(Some(hits));
         }
         // The database searches one vector at a time: each view's neighbours, each product by its best.
         let mut best: HashMap<String, Scored> = HashMap::new();
@@ -276,7 +424,7 @@ impl Recommender {
         filter: &Filter,
     ) -> Result<Vec<Scored>> {
         let mut known: HashMap<String, Scored> = known.into_iter().map(|h| (h.product.id.clone(), h)).collect();
-        let memory = self.memory()?;
+        let memory = self.whole_memory()?;
         let mut hits = Vec::new();
         for (id, score) in ranking {
             if hits.len() >= k * PER_GROUP_READ {
@@ -286,7 +434,7 @@ impl Recommender {
                 Some(hit) => (hit.product, hit.image),
                 None => {
                     let product = match &memory {
-                        Some(index) => index.find(&id).cloned(),
+                        Some(index) => index.product_with_vectors(&id),
                         None => self.guarded().store.product(&id)?,
                     };
                     // None only if deleted since the ranking was made.
@@ -313,7 +461,7 @@ impl Recommender {
 
     /// Products in id order, optionally of one category (case-insensitive), skipping `offset`.
     pub fn page(&self, category: Option<&str>, offset: usize, per_page: usize) -> Result<Page> {
-        let Some(index) = self.memory()? else {
+        let Some(index) = self.whole_memory()? else {
             return self.guarded().store.page(category, offset, per_page);
         };
         let filter = Filter {
@@ -435,16 +583,6 @@ fn vector_fingerprint(vector: &[f32]) -> String {
     format!("{h:016x}")
 }
 
-fn scored(hits: Vec<crate::index::Hit>) -> Vec<Scored> {
-    hits.into_iter()
-        .map(|hit| Scored {
-            product: hit.product.clone(),
-            score: hit.score,
-            image: hit.image,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +624,151 @@ mod tests {
         let (again, _, work) = related_for_all(&moved, 1, Some(&state));
         assert_eq!(work.fresh, 1);
         assert_eq!(again.iter().find(|(p, _)| p == "shirt").unwrap().1[0].0, "a");
+    }
+
+    fn manifest(dimension: usize) -> crate::model::ModelManifest {
+        crate::model::ModelManifest {
+            model: "test".into(),
+            weights_sha256: "w".into(),
+            preprocessing: "p".into(),
+            dimension,
+            head: None,
+            colour: None,
+            precision: None,
+        }
+    }
+
+    fn titled(id: String, vector: &[f32], n: usize) -> StoredProduct {
+        StoredProduct {
+            id: id.clone(),
+            info: crate::types::ProductInfo {
+                title: Some(format!("title of {id}")),
+                category: Some(["shoes", "bags", "hats"][n % 3].into()),
+                price: Some((n % 50) as f64),
+                ..Default::default()
+            },
+            image_path: format!("/{id}.jpg"),
+            content_hash: id,
+            vector: vector.to_vec(),
+            more_images: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_catalogue_starts_from_its_index_file_and_follows_what_others_wrote() {
+        use crate::store::sqlite::SqliteStore;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let d = 24;
+        let vectors = crate::index::ann::tests::clustered(2100, d, 31);
+        let rows: Vec<&[f32]> = vectors.chunks(d).collect();
+        let products: Vec<StoredProduct> = (0..2000).map(|n| titled(format!("p{n:04}"), rows[n], n)).collect();
+        let mut writer = SqliteStore::open(&db).unwrap();
+        crate::store::store_products(&mut writer, &manifest(d), None, &products, 500).unwrap();
+        let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&db).unwrap()) };
+        let mode = SearchMode::Approximate { ef: 32 };
+        let bags = Filter {
+            category: Some("bags".into()),
+            ..Filter::default()
+        };
+        let answers = |catalogue: &Recommender| {
+            let mut all = Vec::new();
+            for q in rows.iter().skip(2000).step_by(10) {
+                for filter in [&Filter::default(), &bags] {
+                    let hits = catalogue.search(q, 10, Metric::Cosine, filter, None).unwrap();
+                    for hit in &hits {
+                        assert_eq!(hit.product.info.title, Some(format!("title of {}", hit.product.id)));
+                        assert_eq!(hit.product.vector.len(), d, "results carry their vectors");
+                    }
+                    all.push(
+                        hits.into_iter()
+                            .map(|h| (h.product.id, h.score.to_bits()))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+            all
+        };
+
+        let first = Recommender::with_search(open(), mode).unwrap();
+        let load = first.index_load().unwrap();
+        assert_eq!(
+            (load.rebuilt.as_deref(), load.written, load.products),
+            (Some("no index file yet"), true, 2000)
+        );
+        let second = Recommender::with_search(open(), mode).unwrap();
+        assert_eq!(
+            second.index_load(),
+            Some(&IndexLoad {
+                products: 2000,
+                ..IndexLoad::default()
+            }),
+            "read from the file as it is"
+        );
+        assert_eq!(answers(&second), answers(&first));
+        let found = second.find("p0007").unwrap().unwrap();
+        assert_eq!(
+            (found.info.title.as_deref(), found.vector.as_slice()),
+            (Some("title of p0007"), rows[7])
+        );
+        let page = second.page(Some("BAGS"), 10, 5).unwrap();
+        assert_eq!((page.total, page.items.len(), page.categories.len()), (667, 5, 3));
+        assert_eq!(page.items[0].info.title.as_deref(), Some("title of p0031"));
+        let exact = Recommender::with_search(open(), SearchMode::Exact).unwrap();
+        assert!(
+            exact.index_load().unwrap().rebuilt.is_none(),
+            "exact mode reads the same file"
+        );
+
+        // Another process writes: 40 new, 20 removed, 10 moved. A running catalogue follows through
+        // the change log; a new one reads the file and then the changes.
+        let new: Vec<StoredProduct> = (2000..2040).map(|n| titled(format!("p{n:04}"), rows[n], n)).collect();
+        crate::store::store_products(&mut writer, &manifest(d), None, &new, 100).unwrap();
+        let removed: Vec<String> = (0..20).map(|n| format!("p{:04}", n * 50)).collect();
+        writer.remove(&removed).unwrap();
+        let moved: Vec<StoredProduct> = (0..10)
+            .map(|n| titled(format!("p{:04}", n * 50 + 1), rows[2040 + n], n))
+            .collect();
+        crate::store::store_products(&mut writer, &manifest(d), None, &moved, 100).unwrap();
+        let third = Recommender::with_search(open(), mode).unwrap();
+        assert_eq!(
+            third.index_load(),
+            Some(&IndexLoad {
+                products: 2020,
+                changed: 70,
+                ..IndexLoad::default()
+            })
+        );
+        for catalogue in [&second, &third] {
+            assert_eq!(answers(catalogue), answers(&third));
+            for p in new.iter().chain(&moved) {
+                let hits = catalogue
+                    .search(&p.vector, 3, Metric::Cosine, &Filter::default(), None)
+                    .unwrap();
+                assert_eq!(hits[0].product.id, p.id);
+            }
+            for id in &removed {
+                assert!(catalogue.find(id).unwrap().is_none());
+            }
+        }
+
+        // The file of another catalogue with the same ids: caught by the sample, built again.
+        let other_db = dir.path().join("other.db");
+        let mut other = SqliteStore::open(&other_db).unwrap();
+        let shifted: Vec<StoredProduct> = products
+            .iter()
+            .map(|p| StoredProduct {
+                vector: p.vector.iter().map(|x| x + 1.0).collect(),
+                ..p.clone()
+            })
+            .collect();
+        crate::store::store_products(&mut other, &manifest(d), None, &shifted, 500).unwrap();
+        drop(Recommender::with_search(Box::new(SqliteStore::open(&other_db).unwrap()), mode).unwrap());
+        // Replaced as files are (a rename): processes mapping the old file keep reading it.
+        std::fs::rename(dir.path().join("other.db.index"), dir.path().join("c.db.index")).unwrap();
+        let fourth = Recommender::with_search(open(), mode).unwrap();
+        let why = fourth.index_load().unwrap().rebuilt.clone().unwrap();
+        assert!(why.contains("products") || why.contains("vectors"), "{why}");
+        assert_eq!(answers(&fourth), answers(&third));
     }
 }

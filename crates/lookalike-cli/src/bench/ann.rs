@@ -112,8 +112,12 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
         eprintln!("running {} with {python}...", names.join(", "));
         let dir = tempfile::tempdir()?;
         let (base_npy, queries_npy) = (dir.path().join("base.npy"), dir.path().join("queries.npy"));
-        export_npy(index.products(), &base_npy)?;
-        export_npy(&query_products, &queries_npy)?;
+        let base: Vec<&[f32]> = (0..index.len()).map(|p| index.image_vectors(p)[0]).collect();
+        export_npy(&base, &base_npy)?;
+        export_npy(
+            &query_products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>(),
+            &queries_npy,
+        )?;
         // Memory goes to the peers: they hold their own copies of every vector.
         drop(index);
         match peers(&python, &names, &base_npy, &queries_npy, k, threads) {

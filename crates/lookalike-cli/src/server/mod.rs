@@ -100,16 +100,17 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
     };
     let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + layers::MULTIPART_ROOM));
     let catalogue = Recommender::with_search(store, config.search)?;
-    if let Some(load) = catalogue.graph_load() {
+    if let Some(load) = catalogue.index_load() {
         tracing::info!(
-            reused = load.reused,
-            added = load.added,
-            dropped = load.dropped,
+            products = load.products,
+            changed = load.changed,
             rebuilt = load.rebuilt.as_deref().unwrap_or("no"),
-            "search graph loaded"
+            graph_built = load.graph_built,
+            written = load.written,
+            "search index loaded"
         );
         if let Some(why) = &load.unsaved {
-            tracing::warn!(%why, "cannot keep the search graph; the next start builds it again");
+            tracing::warn!(%why, "cannot keep the search index; the next start builds it again");
         }
     }
     let state = Arc::new(AppState {

@@ -21,19 +21,20 @@ struct RowInfo<'a> {
     url: Option<&'a str>,
 }
 
-pub fn export_npy(products: &[StoredProduct], path: &Path) -> Result<()> {
-    let dimension = products.first().map_or(0, |p| p.vector.len());
-    if products.iter().any(|p| p.vector.len() != dimension) {
+/// `vectors` as one `rows × dimension` f32 array.
+pub fn export_npy(vectors: &[&[f32]], path: &Path) -> Result<()> {
+    let dimension = vectors.first().map_or(0, |v| v.len());
+    if vectors.iter().any(|v| v.len() != dimension) {
         bail!("vectors of different dimensions in one catalogue");
     }
     crate::files::write_atomically(path, |out| {
         let mut writer = npyz::WriteOptions::<f32>::new()
             .default_dtype()
-            .shape(&[products.len() as u64, dimension as u64])
+            .shape(&[vectors.len() as u64, dimension as u64])
             .writer(out)
             .begin_nd()?;
-        for p in products {
-            writer.extend(p.vector.iter().copied())?;
+        for v in vectors {
+            writer.extend(v.iter().copied())?;
         }
         writer.finish()?;
         Ok(())
@@ -131,7 +132,7 @@ mod tests {
             })
             .collect();
         let npy = dir.path().join("e.npy");
-        export_npy(&products, &npy).unwrap();
+        export_npy(&products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>(), &npy).unwrap();
         let bytes = std::fs::read(&npy).unwrap();
         let file = npyz::NpyFile::new(&bytes[..]).unwrap();
         assert_eq!(file.shape(), &[3, 3]);

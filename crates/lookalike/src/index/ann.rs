@@ -22,6 +22,7 @@ use std::io::Write;
 use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
 
+use super::records::Records;
 use super::{dot, dot_i8, quantize};
 
 /// Nodes joining at once while building, at most a 1/`BATCH_SHARE` of the graph so far...
@@ -160,7 +161,7 @@ impl<'a> Bytes<'a> {
 pub struct HnswGraph {
     dimension: usize,
     params: GraphParams,
-    codes: Vec<i8>,
+    codes: Records<i8>,
     scales: Vec<f32>,
     /// Bottom-layer links, `2 × connections` slots per node; `bottom_len` says how many are used.
     bottom: Vec<u32>,
@@ -181,7 +182,7 @@ impl HnswGraph {
                 ef_construction: params.ef_construction.max(params.connections),
                 ..params
             },
-            codes: Vec::new(),
+            codes: Records::new(dimension),
             scales: Vec::new(),
             bottom: Vec::new(),
             bottom_len: Vec::new(),
@@ -201,7 +202,7 @@ impl HnswGraph {
     /// (the tests compare recall with one-at-a-time insertion).
     pub fn build(rows: &[&[f32]], dimension: usize, params: GraphParams) -> Result<Self> {
         let mut graph = Self::new(dimension, params);
-        graph.codes.reserve(rows.len() * dimension);
+        graph.codes.reserve(rows.len());
         let parallel = rayon::current_num_threads() > 1;
         let mut next = 0;
         while next < rows.len() {
@@ -245,9 +246,8 @@ impl HnswGraph {
     }
 
     fn encoded(&self, node: u32) -> Encoded<'_> {
-        let d = self.dimension;
         Encoded {
-            codes: &self.codes[node as usize * d..(node as usize + 1) * d],
+            codes: self.codes.get(node as usize),
             scale: self.scales[node as usize],
         }
     }
@@ -301,9 +301,9 @@ impl HnswGraph {
         // Layer of the node: geometric, 1/ln(M) per level as in the paper.
         let scale = 1.0 / (self.params.connections as f64).ln();
         let layer = ((-(self.rng.f64().max(f64::MIN_POSITIVE)).ln() * scale) as usize).min(30);
-        let d = self.dimension;
-        self.codes.resize(self.codes.len() + d, 0);
-        let scale = encode_direction(vector, &mut self.codes[node as usize * d..]);
+        let record = self.codes.push();
+        let codes = self.codes.get_mut(record).expect("a new record is in memory");
+        let scale = encode_direction(vector, codes);
         self.scales.push(scale);
         self.bottom.extend(std::iter::repeat_n(0, 2 * self.params.connections));
         self.bottom_len.push(0);
@@ -496,9 +496,9 @@ impl HnswGraph {
             .collect())
     }
 
-    /// Bytes the graph holds (codes, scales and links).
+    /// Bytes the graph holds in memory (codes not mapped from a file, scales and links).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.len()
+        self.codes.memory_bytes()
             + self.scales.len() * 4
             + self.bottom.len() * 4
             + self.bottom_len.len() * 2
@@ -509,8 +509,8 @@ impl HnswGraph {
                 .sum::<usize>()
     }
 
-    /// The graph as bytes in the machine's byte order, for [`Self::read`].
-    pub fn write(&self, out: &mut impl Write) -> Result<()> {
+    /// The graph but its codes as bytes in the machine's byte order, for [`Self::read`].
+    pub fn write_links(&self, out: &mut impl Write) -> Result<()> {
         let header = [
             self.dimension as u64,
             self.params.connections as u64,
@@ -521,7 +521,6 @@ impl HnswGraph {
             self.entry.map_or(u64::MAX, u64::from),
         ];
         out.write_all(bytemuck::cast_slice(&header))?;
-        out.write_all(bytemuck::cast_slice(&self.codes))?;
         out.write_all(bytemuck::cast_slice(&self.scales))?;
         out.write_all(bytemuck::cast_slice(&self.bottom_len))?;
         out.write_all(bytemuck::cast_slice(&self.bottom))?;
@@ -535,9 +534,17 @@ impl HnswGraph {
         Ok(())
     }
 
-    /// A graph from [`Self::write`]'s bytes, checked so that no walk can leave it: every link and
-    /// the entry name a node, every list fits its layer.
-    pub fn read(bytes: &mut Bytes) -> Result<Self> {
+    /// Every node's codes, in node order, as [`Self::read`] takes them back.
+    pub fn write_codes(&self, out: &mut impl Write) -> Result<()> {
+        for node in 0..self.len() {
+            out.write_all(bytemuck::cast_slice(self.codes.get(node)))?;
+        }
+        Ok(())
+    }
+
+    /// A graph from [`Self::write_links`]'s bytes and its nodes' `codes`, checked so that no walk
+    /// can leave it: every link and the entry name a node, every list fits its layer.
+    pub fn read(bytes: &mut Bytes, codes: Records<i8>) -> Result<Self> {
         let header: Vec<u64> = bytes.take(7)?;
         let [dimension, connections, ef_construction, seed, count, top_layer, entry] = header[..] else {
             unreachable!("seven values taken");
@@ -552,8 +559,12 @@ impl HnswGraph {
             ef_construction: ef_construction as usize,
             seed,
         };
+        ensure!(
+            codes.len() == n && codes.width() == d,
+            "the graph's codes are not those of its nodes"
+        );
         let mut graph = Self::new(d, params);
-        graph.codes = bytes.take(n.checked_mul(d).context("a graph too big")?)?;
+        graph.codes = codes;
         graph.scales = bytes.take(n)?;
         graph.bottom_len = bytes.take(n)?;
         graph.bottom = bytes.take(n * 2 * m)?;
@@ -589,14 +600,6 @@ impl HnswGraph {
         // Later insertions draw layers on from here rather than repeating the first ones.
         graph.rng = fastrand::Rng::with_seed(seed ^ count);
         Ok(graph)
-    }
-
-    /// Whether `node` holds exactly the codes and scale that `vector` gets.
-    pub fn holds(&self, node: usize, vector: &[f32]) -> bool {
-        let mut codes = vec![0; vector.len()];
-        let scale = encode_direction(vector, &mut codes);
-        let held = self.encoded(node as u32);
-        held.scale.to_bits() == scale.to_bits() && held.codes == codes
     }
 
     fn check(&self, vector: &[f32]) -> Result<()> {

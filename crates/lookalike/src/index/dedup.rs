@@ -48,7 +48,13 @@ pub fn duplicate_groups(index: &VectorIndex, threshold: f32) -> Result<Vec<Dupli
         .par_iter()
         .enumerate()
         .map(|(i, p)| -> Result<Vec<(usize, usize, f32)>> {
-            let hits = index.search(&p.vector, NEIGHBOURS, Metric::Cosine, &Filter::default(), Some(&p.id))?;
+            let hits = index.search(
+                index.image_vectors(i)[0],
+                NEIGHBOURS,
+                Metric::Cosine,
+                &Filter::default(),
+                Some(&p.id),
+            )?;
             Ok(hits
                 .into_iter()
                 .filter(|h| h.score >= threshold || h.product.content_hash == p.content_hash)

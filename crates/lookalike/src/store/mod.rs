@@ -102,10 +102,15 @@ pub trait Store: Send {
     fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
     /// Every product with its vector, in id order.
     fn products(&self) -> Result<Vec<StoredProduct>>;
-    /// Where the approximate-search graph of this catalogue is kept (see
-    /// [`crate::index::row_graph`]); `None`: built at each load.
-    fn graph_file(&self) -> Option<std::path::PathBuf> {
+    /// Where this catalogue's index file is kept (see [`crate::index::file`]); `None`: the index
+    /// is built from [`Self::products`] at each load.
+    fn index_file(&self) -> Option<std::path::PathBuf> {
         None
+    }
+    /// Like [`Self::changes_since`], but read from the log even when this connection has seen no
+    /// other connection commit (for a position that came from a file, not from this connection).
+    fn changes_from(&self, position: u64) -> Result<Changes> {
+        self.changes_since(position)
     }
     /// Whether the store searches by itself ([`Self::nearest`], [`Self::page`]); otherwise its
     /// products are loaded into a [`crate::index::VectorIndex`] (see [`crate::recommend`]).

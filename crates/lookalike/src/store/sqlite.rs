@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use super::{check_same_model, Changes, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{Filter, ProductImage, ProductInfo, StoredProduct, Words};
+use crate::types::{Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
 
 /// Version 2 added the change log and the image-path index, 3 the product `url` and `group_id`
 /// and further images per product.
@@ -591,9 +591,9 @@ impl Store for SqliteStore {
         Ok(position.unwrap_or(0) as u64)
     }
 
-    fn graph_file(&self) -> Option<PathBuf> {
+    fn index_file(&self) -> Option<PathBuf> {
         let mut name = self.path.clone().into_os_string();
-        name.push(".graph");
+        name.push(".index");
         Some(name.into())
     }
 
@@ -602,6 +602,10 @@ impl Store for SqliteStore {
         if self.seen_data_version.replace(Some(data_version)) == Some(data_version) {
             return Ok(Changes::Nothing);
         }
+        self.changes_from(position)
+    }
+
+    fn changes_from(&self, position: u64) -> Result<Changes> {
         if !self.has_change_log()? {
             return Ok(Changes::Everything { position: 0 });
         }
@@ -683,6 +687,40 @@ impl Store for SqliteStore {
             Ok((r.get::<_, String>(0)?, -r.get::<_, f64>(1)? as f32))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
+        let matching = "?1 IS NULL OR lower(category) = lower(?1)";
+        let total: i64 = self.conn.query_row(
+            &format!("SELECT count(*) FROM products WHERE {matching}"),
+            [category],
+            |r| r.get(0),
+        )?;
+        let sql = format!(
+            "SELECT {}, X'' AS vector FROM products WHERE {matching} ORDER BY id LIMIT ?2 OFFSET ?3",
+            fingerprint_columns(self.schema)
+        );
+        let mut items = self
+            .conn
+            .prepare(&sql)?
+            .query_map(rusqlite::params![category, limit as i64, offset as i64], row_to_product)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for product in &mut items {
+            product.more_images = self
+                .more_images(Some(&product.id), false)?
+                .remove(&product.id)
+                .unwrap_or_default();
+        }
+        let categories = self
+            .conn
+            .prepare("SELECT DISTINCT category FROM products WHERE category IS NOT NULL ORDER BY category")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Page {
+            total: total as usize,
+            items,
+            categories,
+        })
     }
 
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
