@@ -697,6 +697,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 charts::recommendation_grid(&photo, &hits, output::score_name(scored_by), grid)?;
                 eprintln!("drew {}", grid.display());
             }
+            catalogue.finish();
             Ok(ExitCode::SUCCESS)
         }
         Command::Similar { id, query } => {
@@ -707,6 +708,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("no product with id {id:?} in the catalogue");
             };
             output::print_hits(&hits, Some(query.metric), query.json, None)?;
+            catalogue.finish();
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { from, to, batch_size } => {

@@ -156,7 +156,7 @@ fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(
         let stored = store
             .product(id)?
             .with_context(|| format!("product {id:?} is not in the catalogue"))?;
-        let held = index.product_with_vectors(id).expect("an index finds its own products");
+        let held = index.product_with_vectors_at(p);
         ensure!(
             stored.vectors().eq(held.vectors()),
             "{} does not hold product {id:?}'s vectors",
@@ -197,6 +197,15 @@ impl Recommender {
     /// How memory was loaded from the store's index file, where it has one.
     pub fn index_load(&self) -> Option<&IndexLoad> {
         self.index_load.as_ref()
+    }
+
+    /// Ends a one-shot command's use: the store is closed, the products in memory are left for
+    /// the process's exit to take back (freeing a million of them one by one took a tenth of a
+    /// `lookalike search`).
+    pub fn finish(self) {
+        let Self { store, memory, .. } = self;
+        drop(store);
+        std::mem::forget(memory);
     }
 
     fn guarded(&self) -> MutexGuard<'_, Guarded> {

@@ -175,11 +175,10 @@ impl VectorIndex {
         let (d, rows) = (d as usize, rows as usize);
         let mut index = Self::empty(d, SearchMode::Exact);
         let mut meta = Bytes::new(&map[HEADER_BYTES..meta_end]);
-        for p in 0..products as usize {
+        for _ in 0..products {
             let id = take_str(&mut meta)?.context("a product without an id")?;
             let (category, group) = (take_str(&mut meta)?, take_str(&mut meta)?);
             let price = (meta.value::<u8>()? == 1, meta.value::<f64>()?);
-            ensure!(index.positions.insert(id.clone(), p).is_none(), "product {id:?} twice");
             index.products.push(StoredProduct {
                 id,
                 info: ProductInfo {

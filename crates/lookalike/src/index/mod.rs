@@ -27,6 +27,7 @@ pub mod related;
 pub mod row_graph;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -48,6 +49,9 @@ const MIN_SHORTLIST: usize = 256;
 const MIN_GRAPH_ACCEPTANCE: f64 = 0.02;
 /// Rows sampled to estimate a filter's acceptance.
 const ACCEPTANCE_SAMPLE: usize = 1024;
+
+/// Where each product id is in `VectorIndex::products`.
+type Positions = HashMap<String, usize, foldhash::fast::RandomState>;
 
 /// How a search finds its candidates; their scores are exact either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,7 +84,9 @@ pub struct Hit<'a> {
 pub struct VectorIndex {
     /// Without their vectors, which are in `vectors`.
     products: Vec<StoredProduct>,
-    positions: HashMap<String, usize>,
+    /// Built when first asked for: a search by photo needs none, and a million ids take a third of
+    /// a second to hash. foldhash, not SipHash (twice as fast here); its seed is random per process.
+    positions: OnceLock<Positions>,
     /// Each row's product and image number (0: the main image).
     rows: Vec<(u32, u16)>,
     row_slot: Vec<u32>,
@@ -122,7 +128,6 @@ impl VectorIndex {
         let images: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
         let mut index = Self::empty(dimension, mode);
         index.products.reserve(products.len());
-        index.positions.reserve(products.len());
         index.product_rows.reserve(products.len());
         index.rows.reserve(images);
         index.row_slot.reserve(images);
@@ -139,7 +144,7 @@ impl VectorIndex {
     fn empty(dimension: usize, mode: SearchMode) -> Self {
         Self {
             products: Vec::new(),
-            positions: HashMap::new(),
+            positions: OnceLock::new(),
             rows: Vec::new(),
             row_slot: Vec::new(),
             product_rows: Vec::new(),
@@ -206,7 +211,7 @@ impl VectorIndex {
                     .map(|image| std::mem::take(&mut image.vector)),
             )
             .collect();
-        let p = match self.positions.get(&product.id) {
+        let p = match self.positions().get(&product.id) {
             Some(&p) => {
                 self.drop_rows(p);
                 self.products[p] = product;
@@ -214,7 +219,7 @@ impl VectorIndex {
             }
             None => {
                 let p = self.products.len();
-                self.positions.insert(product.id.clone(), p);
+                self.positions_mut().insert(product.id.clone(), p);
                 self.products.push(product);
                 self.product_rows.push(Vec::new());
                 p
@@ -290,13 +295,14 @@ impl VectorIndex {
 
     /// Removes a product; the last one takes its place.
     pub fn remove(&mut self, id: &str) -> bool {
-        let Some(p) = self.positions.remove(id) else {
+        let Some(p) = self.positions_mut().remove(id) else {
             return false;
         };
         self.drop_rows(p);
         let last = self.products.len() - 1;
         if p != last {
-            self.positions.insert(self.products[last].id.clone(), p);
+            let moved = self.products[last].id.clone();
+            self.positions_mut().insert(moved, p);
             for &row in &self.product_rows[last] {
                 self.rows[row as usize].0 = p as u32;
             }
@@ -344,7 +350,7 @@ impl VectorIndex {
 
     /// Product `id`, without its vectors.
     pub fn find(&self, id: &str) -> Option<&StoredProduct> {
-        self.positions.get(id).map(|&i| &self.products[i])
+        self.positions().get(id).map(|&i| &self.products[i])
     }
 
     /// The vectors of the product at `position` in [`Self::products`], main image first.
@@ -356,25 +362,43 @@ impl VectorIndex {
 
     /// Product `id` with its vectors, as the store gave it (but for what a slim index leaves out).
     pub fn product_with_vectors(&self, id: &str) -> Option<StoredProduct> {
-        let &p = self.positions.get(id)?;
+        Some(self.product_with_vectors_at(*self.positions().get(id)?))
+    }
+
+    /// The product at `p` in [`Self::products`] with its vectors.
+    pub fn product_with_vectors_at(&self, p: usize) -> StoredProduct {
         let mut product = self.products[p].clone();
         let mut vectors = self.image_vectors(p).into_iter().map(<[f32]>::to_vec);
         product.vector = vectors.next().unwrap_or_default();
         for (image, vector) in product.more_images.iter_mut().zip(vectors) {
             image.vector = vector;
         }
-        Some(product)
+        product
     }
 
     /// Every product with its vectors.
     pub fn products_with_vectors(&self) -> Vec<StoredProduct> {
-        self.products
-            .iter()
-            .map(|p| {
-                self.product_with_vectors(&p.id)
-                    .expect("an index finds its own products")
-            })
+        (0..self.products.len())
+            .map(|p| self.product_with_vectors_at(p))
             .collect()
+    }
+
+    fn positions(&self) -> &Positions {
+        self.positions.get_or_init(|| {
+            let mut positions = Positions::with_capacity_and_hasher(self.products.len(), Default::default());
+            positions.extend(
+                self.products
+                    .iter()
+                    .enumerate()
+                    .map(|(p, product)| (product.id.clone(), p)),
+            );
+            positions
+        })
+    }
+
+    fn positions_mut(&mut self) -> &mut Positions {
+        self.positions();
+        self.positions.get_mut().expect("built just above")
     }
 
     fn row_vector(&self, row: usize) -> &[f32] {
@@ -578,7 +602,7 @@ impl VectorIndex {
 
     /// Products that look like product `id` (itself excluded), its every image a query.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Vec<Hit<'_>>> {
-        let Some(&p) = self.positions.get(id) else {
+        let Some(&p) = self.positions().get(id) else {
             bail!("no product with id {id:?} in the catalogue");
         };
         self.search_views(&self.image_vectors(p), k, metric, filter, Some(id))
