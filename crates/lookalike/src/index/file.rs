@@ -223,11 +223,13 @@ impl VectorIndex {
         index.row_slot = (0..rows as u32).collect();
         index.vectors = Records::mapped(d, map.clone(), vectors_at as usize, rows)?;
         index.codes = Records::mapped(d, map.clone(), codes_at as usize, rows)?;
-        // A search re-scores a few dozen scattered vectors: reading ahead would only fill memory.
+        // A search re-scores a few dozen scattered vectors and walks a few thousand scattered graph
+        // nodes: reading ahead, or mapping the pages around each one read, would only fill memory.
         let _ = map.advise_range(memmap2::Advice::Random, vectors_at as usize, rows * d * 4);
         index.slim = true;
         if let (SearchMode::Approximate { .. }, true) = (mode, graph_at != 0) {
             let codes = Records::mapped(d, map.clone(), graph_at as usize, graph_nodes as usize)?;
+            let _ = map.advise_range(memmap2::Advice::Random, graph_at as usize, graph_nodes as usize * d);
             index.graph = Some(RowGraph::read(&mut meta, codes, rows)?);
             ensure!(meta.is_empty(), "bytes after the graph");
             index.mode = mode;
