@@ -68,8 +68,9 @@ const SAMPLED_PRODUCTS: usize = 16;
 /// brought up to date with its change log, or (no file, or one that does not fit) built from the
 /// store at change-log `position` and written to the file.
 fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(VectorIndex, Option<IndexLoad>)> {
+    let from_store = || VectorIndex::gather(mode, store.count()?, |visit| store.each_product(visit));
     let Some(path) = store.index_file() else {
-        return Ok((VectorIndex::with_mode(store.products()?, mode)?, None));
+        return Ok((from_store()?, None));
     };
     let (mut index, mut load, position) = match index_from_file(store, &path, mode) {
         Ok((index, changed, position)) => (
@@ -82,7 +83,7 @@ fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(Ve
         ),
         Err(why) => {
             let rebuilt = Some(format!("{why:#}"));
-            let index = VectorIndex::with_mode(store.products()?, mode)?;
+            let index = from_store()?;
             (
                 index,
                 IndexLoad {

@@ -124,20 +124,35 @@ impl VectorIndex {
     }
 
     pub fn with_mode(products: Vec<StoredProduct>, mode: SearchMode) -> Result<Self> {
-        let dimension = products.first().map_or(0, |p| p.vector.len());
         let images: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
-        let mut index = Self::empty(dimension, mode);
-        index.products.reserve(products.len());
-        index.product_rows.reserve(products.len());
-        index.rows.reserve(images);
-        index.row_slot.reserve(images);
-        index.vectors.reserve(images);
-        index.codes.reserve(images);
-        for p in products {
-            index.upsert(p)?;
-        }
-        // Built once all rows are in rather than row by row, which keeps the load a single pass.
-        index.build_graph()?;
+        Self::gather(mode, images, |visit| products.into_iter().try_for_each(visit))
+    }
+
+    /// An index of the products `each` hands to the function it is given, one at a time (a store's
+    /// rows as they are read, so that their vectors are never in memory twice), room made for
+    /// `images` of them, searched in `mode`.
+    pub fn gather(
+        mode: SearchMode,
+        images: usize,
+        each: impl FnOnce(&mut dyn FnMut(StoredProduct) -> Result<()>) -> Result<()>,
+    ) -> Result<Self> {
+        let mut index = Self::empty(0, SearchMode::Exact);
+        each(&mut |product| {
+            if index.is_empty() && index.dimension != product.vector.len() {
+                index = Self::empty(product.vector.len(), SearchMode::Exact);
+                index.products.reserve(images);
+                index.product_rows.reserve(images);
+                index.rows.reserve(images);
+                index.row_slot.reserve(images);
+                index.vectors.reserve(images);
+                index.codes.reserve(images);
+                index.scales.reserve(images);
+                index.norms.reserve(images);
+            }
+            index.upsert(product)
+        })?;
+        // Built once all rows are in rather than row by row: in parallel, and a single pass.
+        index.set_mode(mode)?;
         Ok(index)
     }
 

@@ -102,6 +102,11 @@ pub trait Store: Send {
     fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
     /// Every product with its vector, in id order.
     fn products(&self) -> Result<Vec<StoredProduct>>;
+    /// Hands every product with its vector to `visit`, in id order, as read: a million vectors are
+    /// then never all in memory at once outside what `visit` keeps.
+    fn each_product(&self, visit: &mut dyn FnMut(StoredProduct) -> Result<()>) -> Result<()> {
+        self.products()?.into_iter().try_for_each(visit)
+    }
     /// Where this catalogue's index file is kept (see [`crate::index::file`]); `None`: the index
     /// is built from [`Self::products`] at each load.
     fn index_file(&self) -> Option<std::path::PathBuf> {

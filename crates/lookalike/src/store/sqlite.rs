@@ -733,16 +733,25 @@ impl Store for SqliteStore {
     }
 
     fn products(&self) -> Result<Vec<StoredProduct>> {
+        let mut all = Vec::new();
+        self.each_product(&mut |product| {
+            all.push(product);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    fn each_product(&self, visit: &mut dyn FnMut(StoredProduct) -> Result<()>) -> Result<()> {
         let sql = format!("SELECT {} FROM products ORDER BY id", product_columns(self.schema));
         let mut more = self.more_images(None, true)?;
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map([], row_to_product)?;
-        rows.map(|row| {
-            let mut product = row?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let mut product = row_to_product(row)?;
             product.more_images = more.remove(&product.id).unwrap_or_default();
-            Ok(product)
-        })
-        .collect()
+            visit(product)?;
+        }
+        Ok(())
     }
 }
 
