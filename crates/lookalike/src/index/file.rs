@@ -160,7 +160,7 @@ impl VectorIndex {
         };
         ensure!(version == VERSION, "an index file of another version ({version})");
         ensure!(
-            (1..=1 << 16).contains(&d) && products <= rows && rows < u32::MAX as u64,
+            d <= 1 << 16 && (d > 0 || rows == 0) && products <= rows && rows < u32::MAX as u64,
             "a header out of range"
         );
         let meta_end = (meta_len as usize)

@@ -1114,6 +1114,12 @@ mod tests {
         assert!(!again.has_graph() && again.len() == exact.len());
         assert_eq!(answers(&again), answers(&exact));
 
+        let empty = VectorIndex::new(Vec::new()).unwrap();
+        empty.write_file(&path, 7).unwrap();
+        let (read_empty, _) = VectorIndex::read_file(&path, mode).unwrap();
+        assert!(read_empty.is_empty(), "an empty catalogue's file reads back");
+        read.write_file(&path, 43).unwrap();
+
         // Damaged or cut short: refused, never answered from.
         let bytes = std::fs::read(&path).unwrap();
         let mut flipped = bytes.clone();
