@@ -138,22 +138,27 @@ impl VectorIndex {
     ) -> Result<Self> {
         let mut index = Self::empty(0, SearchMode::Exact);
         each(&mut |product| {
-            if index.is_empty() && index.dimension != product.vector.len() {
-                index = Self::empty(product.vector.len(), SearchMode::Exact);
-                index.products.reserve(images);
-                index.product_rows.reserve(images);
-                index.rows.reserve(images);
-                index.row_slot.reserve(images);
-                index.vectors.reserve(images);
-                index.codes.reserve(images);
-                index.scales.reserve(images);
-                index.norms.reserve(images);
+            index.upsert(product)?;
+            // Only now is the dimension known, and with it the records' width.
+            if index.len() == 1 {
+                index.reserve(images);
             }
-            index.upsert(product)
+            Ok(())
         })?;
         // Built once all rows are in rather than row by row: in parallel, and a single pass.
         index.set_mode(mode)?;
         Ok(index)
+    }
+
+    fn reserve(&mut self, images: usize) {
+        self.products.reserve(images);
+        self.product_rows.reserve(images);
+        self.rows.reserve(images);
+        self.row_slot.reserve(images);
+        self.vectors.reserve(images);
+        self.codes.reserve(images);
+        self.scales.reserve(images);
+        self.norms.reserve(images);
     }
 
     fn empty(dimension: usize, mode: SearchMode) -> Self {
