@@ -128,7 +128,7 @@ impl Encoded<'_> {
 }
 
 /// A cursor over a file's bytes that hands out typed values (in the machine's byte order, as
-/// [`HnswGraph::write`] writes them).
+/// [`HnswGraph::write_links`] writes them).
 pub struct Bytes<'a>(&'a [u8]);
 
 impl<'a> Bytes<'a> {
@@ -496,9 +496,9 @@ impl HnswGraph {
             .collect())
     }
 
-    /// Bytes the graph holds in memory (codes not mapped from a file, scales and links).
+    /// Bytes the graph holds, in memory or mapped from a file (codes, scales and links).
     pub fn memory_bytes(&self) -> usize {
-        self.codes.memory_bytes()
+        self.codes.len() * self.dimension
             + self.scales.len() * 4
             + self.bottom.len() * 4
             + self.bottom_len.len() * 2

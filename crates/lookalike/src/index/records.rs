@@ -97,11 +97,6 @@ impl<T: bytemuck::Pod> Records<T> {
         record < self.mapped_count
     }
 
-    /// Bytes held in memory (the mapped records are the file's).
-    pub fn memory_bytes(&self) -> usize {
-        self.tail.capacity() * size_of::<T>()
-    }
-
     pub fn width(&self) -> usize {
         self.width
     }
