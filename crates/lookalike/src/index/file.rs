@@ -234,6 +234,11 @@ impl VectorIndex {
             ensure!(meta.is_empty(), "bytes after the graph");
             index.mode = mode;
         }
+        // The meta part is copied out; its pages (tens of MB per 100k products) need not stay
+        // counted as the process's.
+        // SAFETY: a read-only map of a file that is never changed in place: dropped pages read back
+        // the same bytes, and nothing borrows them any more.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, meta_end + 4) };
         Ok((index, position))
     }
 
