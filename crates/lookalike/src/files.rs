@@ -168,7 +168,7 @@ mod tests {
         };
         let old = file(".lookalike-abc.part", 2 * ABANDONED_AFTER.as_secs());
         let live = file(".lookalike-def.part", 5);
-        let other = file("catalogue.db.graph", 2 * ABANDONED_AFTER.as_secs());
+        let other = file("catalogue.db.index", 2 * ABANDONED_AFTER.as_secs());
         assert_eq!(sweep_abandoned_writes(dir.path()), 1);
         assert!(!old.exists() && live.exists() && other.exists());
     }
