@@ -147,7 +147,8 @@ impl VectorIndex {
     /// ([`Self::set_mode`]) and write it.
     pub fn read_file(path: &Path, mode: SearchMode) -> Result<(Self, u64)> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // The file is only ever replaced by a rename, never changed in place (see the module notes).
+        // SAFETY: lookalike only ever replaces this file by a rename, never changes it in place, so
+        // the mapped bytes stay those of the file opened (see the module notes).
         let map = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?);
         ensure!(
             map.len() >= HEADER_BYTES && map.starts_with(MAGIC),
