@@ -112,6 +112,19 @@ fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(Ve
     Ok((index, Some(load)))
 }
 
+/// Brings products `ids` in `index` to what `store` now holds of them (gone: removed).
+fn apply_changes(index: &mut VectorIndex, store: &dyn Store, ids: &[String]) -> Result<()> {
+    for id in ids {
+        match store.product(id)? {
+            Some(product) => index.upsert(product)?,
+            None => {
+                index.remove(id);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The index in the file at `path`, with what changed in the store since applied; the products
 /// read again and the change-log position it now reflects. An error says why it does not fit.
 fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(VectorIndex, usize, u64)> {
@@ -137,14 +150,7 @@ fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(
             path.display()
         ),
     };
-    for id in &changed {
-        match store.product(id)? {
-            Some(product) => index.upsert(product)?,
-            None => {
-                index.remove(id);
-            }
-        }
-    }
+    apply_changes(&mut index, store, &changed)?;
     let stored = store.count()?;
     ensure!(
         stored == index.len(),
@@ -232,14 +238,7 @@ impl Recommender {
             Changes::Nothing => {}
             Changes::Products { ids, position } => {
                 let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
-                for id in ids {
-                    match guarded.store.product(&id)? {
-                        Some(product) => index.upsert(product)?,
-                        None => {
-                            index.remove(&id);
-                        }
-                    }
-                }
+                apply_changes(&mut index, &*guarded.store, &ids)?;
                 guarded.position = position;
             }
             Changes::Everything { position } => {

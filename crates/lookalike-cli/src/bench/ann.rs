@@ -112,7 +112,7 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
         eprintln!("running {} with {python}...", names.join(", "));
         let dir = tempfile::tempdir()?;
         let (base_npy, queries_npy) = (dir.path().join("base.npy"), dir.path().join("queries.npy"));
-        let base: Vec<&[f32]> = (0..index.len()).map(|p| index.image_vectors(p)[0]).collect();
+        let base: Vec<&[f32]> = (0..index.len()).map(|p| index.main_vector(p)).collect();
         export_npy(&base, &base_npy)?;
         export_npy(
             &query_products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>(),

@@ -395,7 +395,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
     let queries: Vec<Vec<f32>> = (0..index.len())
         .step_by(step)
         .take(queries)
-        .map(|i| index.image_vectors(i)[0].to_vec())
+        .map(|i| index.main_vector(i).to_vec())
         .collect();
     let timed = |search: &dyn Fn(&[f32]) -> Vec<String>| time_each(queries.iter().map(Vec::as_slice), search);
     let (exact_ms, exact) = timed(&|q| hit_ids(index.search_exact(q, k, Metric::Cosine, &filter)));

@@ -49,7 +49,7 @@ pub fn duplicate_groups(index: &VectorIndex, threshold: f32) -> Result<Vec<Dupli
         .enumerate()
         .map(|(i, p)| -> Result<Vec<(usize, usize, f32)>> {
             let hits = index.search(
-                index.image_vectors(i)[0],
+                index.main_vector(i),
                 NEIGHBOURS,
                 Metric::Cosine,
                 &Filter::default(),

@@ -242,9 +242,4 @@ impl VectorIndex {
         let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, meta_end + 4) };
         Ok((index, position))
     }
-
-    /// Whether the graph of approximate mode is there to be written.
-    pub fn has_graph(&self) -> bool {
-        self.graph.is_some()
-    }
 }

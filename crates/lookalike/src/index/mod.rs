@@ -380,6 +380,15 @@ impl VectorIndex {
         rows.into_iter().map(|r| self.row_vector(r as usize)).collect()
     }
 
+    /// The main image's vector of the product at `position` in [`Self::products`].
+    pub fn main_vector(&self, position: usize) -> &[f32] {
+        let main = self.product_rows[position]
+            .iter()
+            .find(|&&r| self.rows[r as usize].1 == 0)
+            .expect("every product has a main image");
+        self.row_vector(*main as usize)
+    }
+
     /// Product `id` with its vectors, as the store gave it (but for what a slim index leaves out).
     pub fn product_with_vectors(&self, id: &str) -> Option<StoredProduct> {
         Some(self.product_with_vectors_at(*self.positions().get(id)?))
@@ -950,6 +959,27 @@ mod tests {
         shared as f64 / exact.len().max(1) as f64
     }
 
+    /// The same writes on each index: every `removed`-th product removed, and every `moved`-th
+    /// from the second moved to the next of `queries` scaled by `scale`.
+    fn remove_and_move(
+        indexes: [&mut VectorIndex; 2],
+        products: &[StoredProduct],
+        queries: &[Vec<f32>],
+        removed: usize,
+        moved: usize,
+        scale: f32,
+    ) {
+        for index in indexes {
+            for p in products.iter().step_by(removed) {
+                assert!(index.remove(&p.id));
+            }
+            for (p, q) in products.iter().skip(1).step_by(moved).zip(queries) {
+                let vector = q.iter().map(|x| x * scale).collect();
+                index.upsert(StoredProduct { vector, ..p.clone() }).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn approximate_search_agrees_with_exact_search_and_follows_writes() {
         let d = 48;
@@ -1003,17 +1033,7 @@ mod tests {
         assert!(approx.vector_bytes() > exact.vector_bytes());
 
         // Half the products removed (enough to rebuild the graph), a tenth moved elsewhere.
-        for p in products.iter().step_by(2) {
-            assert!(approx.remove(&p.id) && exact.remove(&p.id));
-        }
-        for (p, q) in products.iter().skip(1).step_by(20).zip(&queries) {
-            let moved = StoredProduct {
-                vector: q.iter().map(|x| x * 1.5).collect(),
-                ..p.clone()
-            };
-            approx.upsert(moved.clone()).unwrap();
-            exact.upsert(moved).unwrap();
-        }
+        remove_and_move([&mut approx, &mut exact], &products, &queries, 2, 20, 1.5);
         let recall = agreement(&approx, &exact);
         assert!(recall >= 0.95, "recall@10 after writes {recall}");
         for (p, q) in products.iter().skip(1).step_by(20).zip(&queries) {
@@ -1044,7 +1064,7 @@ mod tests {
         written.write_file(&path, 42).unwrap();
         let (mut read, position) = VectorIndex::read_file(&path, mode).unwrap();
         assert_eq!(position, 42);
-        assert!(read.is_slim() && read.has_graph() && !written.is_slim());
+        assert!(read.is_slim() && read.mode() == mode && !written.is_slim());
         let category = Filter {
             category: Some("b".into()),
             min_price: Some(10.0),
@@ -1087,17 +1107,7 @@ mod tests {
         );
         // Writes on a mapped index: removed rows' slots in the file are left, new ones in memory.
         let mut exact = VectorIndex::new(products.clone()).unwrap();
-        for p in products.iter().step_by(3) {
-            assert!(read.remove(&p.id) && exact.remove(&p.id));
-        }
-        for (p, q) in products.iter().skip(1).step_by(40).zip(&queries) {
-            let moved = StoredProduct {
-                vector: q.iter().map(|x| x * 2.0).collect(),
-                ..p.clone()
-            };
-            read.upsert(moved.clone()).unwrap();
-            exact.upsert(moved).unwrap();
-        }
+        remove_and_move([&mut read, &mut exact], &products, &queries, 3, 40, 2.0);
         for (p, q) in products.iter().skip(1).step_by(40).zip(&queries) {
             let found = read.search(q, 10, Metric::Cosine, &Filter::default(), None).unwrap();
             assert_eq!(found[0].product.id, p.id, "a moved product is found where it went");
@@ -1116,7 +1126,7 @@ mod tests {
         // Written again from the mapped index (over the file it maps) and read back in exact mode.
         read.write_file(&path, 43).unwrap();
         let (again, _) = VectorIndex::read_file(&path, SearchMode::Exact).unwrap();
-        assert!(!again.has_graph() && again.len() == exact.len());
+        assert!(again.mode() == SearchMode::Exact && again.len() == exact.len());
         assert_eq!(answers(&again), answers(&exact));
 
         let empty = VectorIndex::new(Vec::new()).unwrap();
