@@ -108,6 +108,11 @@ fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(Ve
             Ok(()) => load.written = true,
             Err(err) => load.unsaved = Some(format!("{err:#}")),
         }
+        // Read back, what was built in memory is mapped from the file: a server then holds
+        // what a start from that file would hold, not every vector.
+        if let (true, Ok((mapped, _))) = (load.written, VectorIndex::read_file(&path, mode)) {
+            index = mapped;
+        }
     }
     Ok((index, Some(load)))
 }

@@ -17,6 +17,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -146,10 +147,10 @@ impl VectorIndex {
     /// file; a file without one gives an index in exact mode, for the caller to build it
     /// ([`Self::set_mode`]) and write it.
     pub fn read_file(path: &Path, mode: SearchMode) -> Result<(Self, u64)> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = Arc::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
         // SAFETY: lookalike only ever replaces this file by a rename, never changes it in place, so
         // the mapped bytes stay those of the file opened (see the module notes).
-        let map = Arc::new(unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?);
+        let map = Arc::new(unsafe { Mmap::map(&*file) }.with_context(|| format!("cannot map {}", path.display()))?);
         ensure!(
             map.len() >= HEADER_BYTES && map.starts_with(MAGIC),
             "not a lookalike index file"
@@ -222,14 +223,16 @@ impl VectorIndex {
             ];
         }
         index.row_slot = (0..rows as u32).collect();
-        index.vectors = Records::mapped(d, map.clone(), vectors_at as usize, rows)?;
-        index.codes = Records::mapped(d, map.clone(), codes_at as usize, rows)?;
+        index.vectors = Records::mapped(d, map.clone(), file.clone(), vectors_at as usize, rows)?;
+        index.codes = Records::mapped(d, map.clone(), file.clone(), codes_at as usize, rows)?;
         // A search re-scores a few dozen scattered vectors and walks a few thousand scattered graph
         // nodes: reading ahead, or mapping the pages around each one read, would only fill memory.
         let _ = map.advise_range(memmap2::Advice::Random, vectors_at as usize, rows * d * 4);
+        // SAFETY: a plain hint on a descriptor this function opened and still holds.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         index.slim = true;
         if let (SearchMode::Approximate { .. }, true) = (mode, graph_at != 0) {
-            let codes = Records::mapped(d, map.clone(), graph_at as usize, graph_nodes as usize)?;
+            let codes = Records::mapped(d, map.clone(), file.clone(), graph_at as usize, graph_nodes as usize)?;
             let _ = map.advise_range(memmap2::Advice::Random, graph_at as usize, graph_nodes as usize * d);
             index.graph = Some(RowGraph::read(&mut meta, codes, rows)?);
             ensure!(meta.is_empty(), "bytes after the graph");

@@ -22,6 +22,7 @@ pub mod diversity;
 pub mod file;
 pub mod fusion;
 pub mod kernels;
+pub mod positions;
 pub mod records;
 pub mod related;
 pub mod row_graph;
@@ -36,6 +37,7 @@ use crate::types::{Filter, Metric, StoredProduct};
 
 use ann::GraphParams;
 pub use kernels::{dot, dot_i8, quantize};
+use positions::Positions;
 use records::Records;
 use row_graph::RowGraph;
 
@@ -49,9 +51,6 @@ const MIN_SHORTLIST: usize = 256;
 const MIN_GRAPH_ACCEPTANCE: f64 = 0.02;
 /// Rows sampled to estimate a filter's acceptance.
 const ACCEPTANCE_SAMPLE: usize = 1024;
-
-/// Where each product id is in `VectorIndex::products`.
-type Positions = HashMap<String, usize, foldhash::fast::RandomState>;
 
 /// How a search finds its candidates; their scores are exact either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,8 +83,8 @@ pub struct Hit<'a> {
 pub struct VectorIndex {
     /// Without their vectors, which are in `vectors`.
     products: Vec<StoredProduct>,
-    /// Built when first asked for: a search by photo needs none, and a million ids take a third of
-    /// a second to hash. foldhash, not SipHash (twice as fast here); its seed is random per process.
+    /// Built when first asked for: a search by photo needs none, and a million ids take a fifth
+    /// of a second to hash.
     positions: OnceLock<Positions>,
     /// Each row's product and image number (0: the main image).
     rows: Vec<(u32, u16)>,
@@ -231,16 +230,17 @@ impl VectorIndex {
                     .map(|image| std::mem::take(&mut image.vector)),
             )
             .collect();
-        let p = match self.positions().get(&product.id) {
-            Some(&p) => {
+        let p = match self.position(&product.id) {
+            Some(p) => {
                 self.drop_rows(p);
                 self.products[p] = product;
                 p
             }
             None => {
                 let p = self.products.len();
-                self.positions_mut().insert(product.id.clone(), p);
                 self.products.push(product);
+                let (positions, products) = self.positions_mut();
+                positions.insert(products, p);
                 self.product_rows.push(Vec::new());
                 p
             }
@@ -315,14 +315,15 @@ impl VectorIndex {
 
     /// Removes a product; the last one takes its place.
     pub fn remove(&mut self, id: &str) -> bool {
-        let Some(p) = self.positions_mut().remove(id) else {
+        let (positions, products) = self.positions_mut();
+        let Some(p) = positions.remove(products, id) else {
             return false;
         };
         self.drop_rows(p);
         let last = self.products.len() - 1;
         if p != last {
-            let moved = self.products[last].id.clone();
-            self.positions_mut().insert(moved, p);
+            let (positions, products) = self.positions_mut();
+            positions.moving(products, last, p);
             for &row in &self.product_rows[last] {
                 self.rows[row as usize].0 = p as u32;
             }
@@ -370,14 +371,17 @@ impl VectorIndex {
 
     /// Product `id`, without its vectors.
     pub fn find(&self, id: &str) -> Option<&StoredProduct> {
-        self.positions().get(id).map(|&i| &self.products[i])
+        self.position(id).map(|p| &self.products[p])
     }
 
     /// The vectors of the product at `position` in [`Self::products`], main image first.
-    pub fn image_vectors(&self, position: usize) -> Vec<&[f32]> {
+    pub fn image_vectors(&self, position: usize) -> Vec<Vec<f32>> {
         let mut rows = self.product_rows[position].clone();
         rows.sort_by_key(|&r| self.rows[r as usize].1);
-        rows.into_iter().map(|r| self.row_vector(r as usize)).collect()
+        let mut buf = Vec::new();
+        rows.into_iter()
+            .map(|r| self.read_row_vector(r as usize, &mut buf).to_vec())
+            .collect()
     }
 
     /// The main image's vector of the product at `position` in [`Self::products`].
@@ -391,13 +395,13 @@ impl VectorIndex {
 
     /// Product `id` with its vectors, as the store gave it (but for what a slim index leaves out).
     pub fn product_with_vectors(&self, id: &str) -> Option<StoredProduct> {
-        Some(self.product_with_vectors_at(*self.positions().get(id)?))
+        Some(self.product_with_vectors_at(self.position(id)?))
     }
 
     /// The product at `p` in [`Self::products`] with its vectors.
     pub fn product_with_vectors_at(&self, p: usize) -> StoredProduct {
         let mut product = self.products[p].clone();
-        let mut vectors = self.image_vectors(p).into_iter().map(<[f32]>::to_vec);
+        let mut vectors = self.image_vectors(p).into_iter();
         product.vector = vectors.next().unwrap_or_default();
         for (image, vector) in product.more_images.iter_mut().zip(vectors) {
             image.vector = vector;
@@ -412,26 +416,25 @@ impl VectorIndex {
             .collect()
     }
 
-    fn positions(&self) -> &Positions {
-        self.positions.get_or_init(|| {
-            let mut positions = Positions::with_capacity_and_hasher(self.products.len(), Default::default());
-            positions.extend(
-                self.products
-                    .iter()
-                    .enumerate()
-                    .map(|(p, product)| (product.id.clone(), p)),
-            );
-            positions
-        })
+    fn position(&self, id: &str) -> Option<usize> {
+        self.positions
+            .get_or_init(|| Positions::of(&self.products))
+            .get(&self.products, id)
     }
 
-    fn positions_mut(&mut self) -> &mut Positions {
-        self.positions();
-        self.positions.get_mut().expect("built just above")
+    /// The positions, built if need be, and the products they point into.
+    fn positions_mut(&mut self) -> (&mut Positions, &[StoredProduct]) {
+        self.positions.get_or_init(|| Positions::of(&self.products));
+        (self.positions.get_mut().expect("built just above"), &self.products)
     }
 
+    /// For reading every row; searches read theirs with [`Self::read_row_vector`].
     fn row_vector(&self, row: usize) -> &[f32] {
         self.vectors.get(self.row_slot[row] as usize)
+    }
+
+    fn read_row_vector<'a>(&'a self, row: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.vectors.read(self.row_slot[row] as usize, buf)
     }
 
     fn score_from_dot(&self, row: usize, d: f32, query_norm: f32, metric: Metric) -> f32 {
@@ -599,22 +602,25 @@ impl VectorIndex {
         filter: &Filter,
     ) -> Vec<Hit<'_>> {
         let norms: Vec<f32> = queries.iter().map(|q| dot(q, q).sqrt()).collect();
-        let score = |p: usize| {
-            let pairs = self.product_rows[p].iter().flat_map(|&r| {
+        let score = |buf: &mut Vec<f32>, p: usize| {
+            let mut pairs = Vec::with_capacity(self.product_rows[p].len() * queries.len());
+            for &r in &self.product_rows[p] {
                 let r = r as usize;
-                queries.iter().zip(&norms).map(move |(q, &norm)| {
-                    let score = self.score_from_dot(r, dot(q, self.row_vector(r)), norm, metric);
-                    (score, self.rows[r].1 as usize)
-                })
-            });
-            let (score, image) = metric.product_score(pairs.collect());
+                let vector = self.read_row_vector(r, buf);
+                for (q, &norm) in queries.iter().zip(&norms) {
+                    let score = self.score_from_dot(r, dot(q, vector), norm, metric);
+                    pairs.push((score, self.rows[r].1 as usize));
+                }
+            }
+            let (score, image) = metric.product_score(pairs);
             (p, score, image)
         };
         // A graph walk's few dozen candidates take less time than handing them to threads.
         let scored: Vec<(usize, f32, usize)> = if products.len() * queries.len() < 512 {
-            products.into_iter().map(score).collect()
+            let mut buf = Vec::new();
+            products.into_iter().map(|p| score(&mut buf, p)).collect()
         } else {
-            products.into_par_iter().map(score).collect()
+            products.into_par_iter().map_init(Vec::new, score).collect()
         };
         let image_of: HashMap<usize, usize> = scored.iter().map(|&(p, _, image)| (p, image)).collect();
         let mut ranked: Vec<(usize, f32)> = scored.into_iter().map(|(p, score, _)| (p, score)).collect();
@@ -631,10 +637,12 @@ impl VectorIndex {
 
     /// Products that look like product `id` (itself excluded), its every image a query.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Vec<Hit<'_>>> {
-        let Some(&p) = self.positions().get(id) else {
+        let Some(p) = self.position(id) else {
             bail!("no product with id {id:?} in the catalogue");
         };
-        self.search_views(&self.image_vectors(p), k, metric, filter, Some(id))
+        let vectors = self.image_vectors(p);
+        let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        self.search_views(&views, k, metric, filter, Some(id))
     }
 }
 
