@@ -252,6 +252,21 @@ impl HnswGraph {
         }
     }
 
+    /// Starts loading `node`'s codes into the cache: every line, as asking for the first ones
+    /// only and leaving the rest to the hardware prefetcher measured no faster than not asking.
+    #[inline]
+    fn prefetch(&self, node: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let codes = self.codes.get(node as usize);
+            for line in (0..codes.len()).step_by(64) {
+                // SAFETY: a hint about an address inside `codes`; it reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().add(line)) };
+            }
+        }
+    }
+
     fn distance(&self, query: Encoded, node: u32) -> f32 {
         1.0 - query.dot(self.encoded(node))
     }
@@ -444,14 +459,21 @@ impl HnswGraph {
                     results.peek().map_or(f32::INFINITY, |w| w.distance)
                 }
             };
+            let mut fresh = Vec::with_capacity(2 * self.params.connections);
             while let Some(Reverse(current)) = frontier.pop() {
                 if current.distance > bound(&results) {
                     break;
                 }
+                // Asked for all at once, the neighbours' codes arrive from memory together
+                // instead of one cache miss after another.
+                fresh.clear();
                 for &n in self.links(current.node, layer) {
-                    if !visited.first_visit(n) {
-                        continue;
+                    if visited.first_visit(n) {
+                        self.prefetch(n);
+                        fresh.push(n);
                     }
+                }
+                for &n in &fresh {
                     let d = self.distance(query, n);
                     if d < bound(&results) {
                         let c = Candidate { distance: d, node: n };
