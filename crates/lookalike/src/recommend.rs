@@ -713,6 +713,10 @@ mod tests {
             (load.rebuilt.as_deref(), load.written, load.products),
             (Some("no index file yet"), true, 2000)
         );
+        assert!(
+            first.memory().unwrap().unwrap().is_slim(),
+            "what was built is read back from the file written"
+        );
         let second = Recommender::with_search(open(), mode).unwrap();
         assert_eq!(
             second.index_load(),
