@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use std::io::Write;
 
@@ -166,8 +166,9 @@ pub struct HnswGraph {
     /// Bottom-layer links, `2 × connections` slots per node; `bottom_len` says how many are used.
     bottom: Vec<u32>,
     bottom_len: Vec<u16>,
-    /// Links of the layers above, for the nodes that reach them: `upper[node][layer - 1]`.
-    upper: Vec<Vec<Vec<u32>>>,
+    /// Links of the layers above, for the nodes that reach them (one in `connections`):
+    /// `upper[&node][layer - 1]`. A map, not a list per node: most nodes have none.
+    upper: HashMap<u32, Vec<Vec<u32>>>,
     entry: Option<u32>,
     top_layer: usize,
     rng: fastrand::Rng,
@@ -186,7 +187,7 @@ impl HnswGraph {
             scales: Vec::new(),
             bottom: Vec::new(),
             bottom_len: Vec::new(),
-            upper: Vec::new(),
+            upper: HashMap::new(),
             entry: None,
             top_layer: 0,
             rng: fastrand::Rng::with_seed(params.seed),
@@ -277,7 +278,7 @@ impl HnswGraph {
             let start = node as usize * slots;
             &self.bottom[start..start + self.bottom_len[node as usize] as usize]
         } else {
-            &self.upper[node as usize][layer - 1]
+            &self.upper[&node][layer - 1]
         }
     }
 
@@ -288,7 +289,7 @@ impl HnswGraph {
             self.bottom[start..start + links.len()].copy_from_slice(links);
             self.bottom_len[node as usize] = links.len() as u16;
         } else {
-            self.upper[node as usize][layer - 1] = links.to_vec();
+            self.upper.get_mut(&node).expect("a node on this layer")[layer - 1] = links.to_vec();
         }
     }
 
@@ -322,7 +323,9 @@ impl HnswGraph {
         self.scales.push(scale);
         self.bottom.extend(std::iter::repeat_n(0, 2 * self.params.connections));
         self.bottom_len.push(0);
-        self.upper.push(vec![Vec::new(); layer]);
+        if layer > 0 {
+            self.upper.insert(node, vec![Vec::new(); layer]);
+        }
         Ok((node, layer))
     }
 
@@ -526,8 +529,8 @@ impl HnswGraph {
             + self.bottom_len.len() * 2
             + self
                 .upper
-                .iter()
-                .map(|layers| 24 + layers.iter().map(|l| 24 + 4 * l.capacity()).sum::<usize>())
+                .values()
+                .map(|layers| 32 + layers.iter().map(|l| 24 + 4 * l.capacity()).sum::<usize>())
                 .sum::<usize>()
     }
 
@@ -546,7 +549,8 @@ impl HnswGraph {
         out.write_all(bytemuck::cast_slice(&self.scales))?;
         out.write_all(bytemuck::cast_slice(&self.bottom_len))?;
         out.write_all(bytemuck::cast_slice(&self.bottom))?;
-        for layers in &self.upper {
+        for node in 0..self.len() as u32 {
+            let layers = self.upper.get(&node).map_or(&[][..], Vec::as_slice);
             out.write_all(&[layers.len() as u8])?;
             for links in layers {
                 out.write_all(bytemuck::bytes_of(&(links.len() as u16)))?;
@@ -595,24 +599,25 @@ impl HnswGraph {
             graph.bottom_len.iter().all(|&l| l as usize <= 2 * m) && linked(&graph.bottom),
             "bottom-layer links out of range"
         );
-        graph.upper.reserve(n);
-        for _ in 0..n {
+        for node in 0..n as u32 {
             let layers = bytes.value::<u8>()? as usize;
             ensure!(layers as u64 <= top_layer && layers <= 30, "a node above the top layer");
-            let mut node = Vec::with_capacity(layers);
+            let mut links_of_layers = Vec::with_capacity(layers);
             for _ in 0..layers {
                 let len = bytes.value::<u16>()? as usize;
                 ensure!(len <= m, "too many links on an upper layer");
                 let links: Vec<u32> = bytes.take(len)?;
                 ensure!(linked(&links), "upper-layer links out of range");
-                node.push(links);
+                links_of_layers.push(links);
             }
-            graph.upper.push(node);
+            if layers > 0 {
+                graph.upper.insert(node, links_of_layers);
+            }
         }
         graph.top_layer = top_layer as usize;
         graph.entry = match entry {
             u64::MAX => None,
-            e if e < count && graph.upper[e as usize].len() == graph.top_layer => Some(e as u32),
+            e if e < count && graph.upper.get(&(e as u32)).map_or(0, Vec::len) == graph.top_layer => Some(e as u32),
             _ => anyhow::bail!("an entry point that is not a top-layer node"),
         };
         ensure!(

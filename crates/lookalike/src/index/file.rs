@@ -194,7 +194,7 @@ impl VectorIndex {
                 vector: Vec::new(),
                 more_images: Vec::new(),
             });
-            index.product_rows.push(Vec::new());
+            index.product_rows.push(Default::default());
         }
         let owners: Vec<u32> = meta.take(rows)?;
         let images: Vec<u16> = meta.take(rows)?;

@@ -52,6 +52,10 @@ const MIN_GRAPH_ACCEPTANCE: f64 = 0.02;
 /// Rows sampled to estimate a filter's acceptance.
 const ACCEPTANCE_SAMPLE: usize = 1024;
 
+/// A product's rows: inline up to four images, so that a million one-photo products need no
+/// allocation each.
+type ProductRows = smallvec::SmallVec<[u32; 4]>;
+
 /// How a search finds its candidates; their scores are exact either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SearchMode {
@@ -90,7 +94,7 @@ pub struct VectorIndex {
     rows: Vec<(u32, u16)>,
     row_slot: Vec<u32>,
     /// Each product's rows.
-    product_rows: Vec<Vec<u32>>,
+    product_rows: Vec<ProductRows>,
     vectors: Records<f32>,
     codes: Records<i8>,
     /// By slot: the int8 codes' scale, the vector's length.
@@ -241,7 +245,7 @@ impl VectorIndex {
                 self.products.push(product);
                 let (positions, products) = self.positions_mut();
                 positions.insert(products, p);
-                self.product_rows.push(Vec::new());
+                self.product_rows.push(ProductRows::new());
                 p
             }
         };
