@@ -105,13 +105,15 @@ fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(Ve
     let much_changed = load.changed > 0 && load.changed * REWRITE_BYTES_PER_CHANGE >= index.vector_bytes();
     if load.rebuilt.is_some() || load.graph_built || much_changed {
         match index.write_file(&path, position) {
-            Ok(()) => load.written = true,
+            Ok(()) => {
+                load.written = true;
+                // Read back, what was built in memory is mapped from the file: a server then
+                // holds what a start from that file would hold, not every vector.
+                if let Ok((mapped, _)) = VectorIndex::read_file(&path, mode) {
+                    index = mapped;
+                }
+            }
             Err(err) => load.unsaved = Some(format!("{err:#}")),
-        }
-        // Read back, what was built in memory is mapped from the file: a server then holds
-        // what a start from that file would hold, not every vector.
-        if let (true, Ok((mapped, _))) = (load.written, VectorIndex::read_file(&path, mode)) {
-            index = mapped;
         }
     }
     Ok((index, Some(load)))
