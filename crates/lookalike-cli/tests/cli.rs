@@ -1747,3 +1747,44 @@ fn an_index_file_killed_while_written_is_never_used_half_written() {
     assert!(!quiet.contains("search index"), "the file was kept: {quiet}");
     assert_eq!(again, found, "read from the file, the same answers");
 }
+
+#[test]
+fn bench_prep_times_each_stage_of_a_photo_and_the_indexing_ceiling() {
+    let out = ok_text(lookalike(&[
+        "--backbone",
+        "lite0",
+        "bench",
+        "prep",
+        s(&demo().join("images")),
+        "--per-folder",
+        "12",
+        "--seconds",
+        "0.2",
+    ]));
+    assert!(out.contains("12 photos, efficientnet-lite0 input"), "{out}");
+    let ms = |stage: &str| -> f64 {
+        let row = out
+            .lines()
+            .find(|l| l.contains(stage))
+            .unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let at = cells.iter().position(|c| c.parse::<f64>().is_ok()).unwrap();
+        cells[at].parse().unwrap()
+    };
+    let stages = ["read file", "content hash", "decode", "resize + crop + tensor"].map(ms);
+    assert!(stages.iter().all(|&v| v > 0.0), "{out}");
+    assert!((stages.iter().sum::<f64>() - ms("total")).abs() < 0.005, "{out}");
+    // One ceiling row per precision of each backbone whose weights are present, below the network.
+    for precision in ["fp32", "int8"] {
+        let row = out
+            .lines()
+            .find(|l| l.contains("efficientnet-lite0") && l.contains(precision))
+            .unwrap_or_else(|| panic!("{out}"));
+        let share: f64 = row.split_whitespace().nth_back(1).unwrap().parse().unwrap();
+        assert!(share > 0.0 && share < 1.0, "{out}");
+    }
+    // A folder without photos is a clear error.
+    let empty = tempfile::tempdir().unwrap();
+    let out = lookalike(&["bench", "prep", s(empty.path()), "--no-ceiling"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}

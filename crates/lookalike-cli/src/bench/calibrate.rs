@@ -4,25 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use lookalike::catalogue::{read_image_folder, Layout};
 use lookalike::image::load_image;
 use lookalike::model::quantize::calibrate;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir};
-
-/// `per_folder` photos spread evenly over each folder (in name order), so every class is seen.
-fn spread_photos(folders: &[PathBuf], per_folder: usize) -> Result<Vec<PathBuf>> {
-    let mut photos = Vec::new();
-    for folder in folders {
-        let all: Vec<PathBuf> = read_image_folder(folder, Layout::Images)?
-            .entries
-            .into_iter()
-            .map(|e| e.image_path)
-            .collect();
-        let step = (all.len() as f64 / per_folder as f64).max(1.0);
-        photos.extend((0..per_folder.min(all.len())).map(|i| all[(i as f64 * step) as usize].clone()));
-    }
-    Ok(photos)
-}
 
 pub fn run(
     models: &ModelDir,
@@ -33,7 +17,7 @@ pub fn run(
     out: &Path,
 ) -> Result<()> {
     let embedder = Embedder::load(models, spec, threads)?;
-    let photos = spread_photos(folders, per_folder)?;
+    let photos = super::spread_photos(folders, per_folder)?;
     let images = photos.iter().map(|p| {
         let image = load_image(p).with_context(|| format!("cannot read {}", p.display()));
         image.map(|i| embedder.preprocessing.tensor_of(&i))

@@ -22,7 +22,7 @@ struct Measurement {
 }
 
 /// Median images/s over timed runs of `seconds`, after one warm-up run.
-fn measure(embedder: &Embedder, batch: usize, seconds: f64, parallelism: Parallelism) -> Result<f64> {
+pub(super) fn measure(embedder: &Embedder, batch: usize, seconds: f64, parallelism: Parallelism) -> Result<f64> {
     let len = batch * embedder.preprocessing.tensor_len();
     // Deterministic inputs in the network's input range; throughput does not depend on the values.
     let input: Vec<f32> = (0..len).map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0).collect();

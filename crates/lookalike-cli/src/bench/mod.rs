@@ -5,12 +5,14 @@ mod ann;
 mod calibrate;
 mod embed;
 mod http;
+mod prep;
 mod synthetic;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
+use lookalike::catalogue::{read_image_folder, Layout};
 use lookalike::model::{BackboneSpec, ModelDir, Precision};
 
 #[derive(Subcommand)]
@@ -32,6 +34,26 @@ pub enum BenchCommand {
         /// Also every backbone whose weights are present, side by side with the one measured.
         #[arg(long)]
         all_backbones: bool,
+    },
+    /// What a photo costs before the network (read, hash, decode, resize + crop + tensor) on one
+    /// core, beside Pillow in the same run, and the share of each backbone's images/s that indexing
+    /// keeps once every photo also costs that.
+    Prep {
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        /// Photos spread evenly over each folder.
+        #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 400)]
+        per_folder: usize,
+        /// Python with Pillow (and simplejpeg, if wanted) installed (scripts/bench-env.sh makes one);
+        /// without it lookalike is measured alone.
+        #[arg(long)]
+        python: Option<String>,
+        /// Seconds of network runs per backbone and precision for the indexing ceilings.
+        #[arg(value_parser = crate::args::seconds, long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Measure the preparation alone, without the networks.
+        #[arg(long)]
+        no_ceiling: bool,
     },
     /// Search latency through HTTP (photo upload, loopback), per concurrency, beside the same
     /// search done in-process.
@@ -155,6 +177,23 @@ pub fn run(
                 all_backbones,
             )
         }
+        BenchCommand::Prep {
+            folders,
+            per_folder,
+            python,
+            seconds,
+            no_ceiling,
+        } => prep::run(
+            models,
+            backbone,
+            threads,
+            &prep::PrepPlan {
+                folders: &folders,
+                per_folder,
+                python: python.as_deref(),
+                network_seconds: (!no_ceiling).then_some(seconds),
+            },
+        ),
         BenchCommand::Http { plan } => http::run(models, threads, &plan),
         BenchCommand::Abuse { plan } => abuse::run(threads, &plan),
         BenchCommand::Search {
@@ -191,6 +230,21 @@ pub fn run(
         } => calibrate::run(models, backbone, threads, &folders, per_folder, &out),
         BenchCommand::KnnStats { dbs, sample, k, seed } => synthetic::knn_stats(&dbs, sample, k, seed),
     }
+}
+
+/// `per_folder` photos spread evenly over each folder (in name order), so every class is seen.
+fn spread_photos(folders: &[PathBuf], per_folder: usize) -> Result<Vec<PathBuf>> {
+    let mut photos = Vec::new();
+    for folder in folders {
+        let all: Vec<PathBuf> = read_image_folder(folder, Layout::Images)?
+            .entries
+            .into_iter()
+            .map(|e| e.image_path)
+            .collect();
+        let step = (all.len() as f64 / per_folder as f64).max(1.0);
+        photos.extend((0..per_folder.min(all.len())).map(|i| all[(i as f64 * step) as usize].clone()));
+    }
+    Ok(photos)
 }
 
 /// The value at percentile `p` (0–100) of ascending `sorted`, by nearest rank; NaN when empty.

@@ -9,6 +9,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::jpeg::{self, JpegShape};
@@ -90,6 +91,46 @@ fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage, ImageError> {
             shape.scans
         )));
     }
+    let (rgb, orientation) = match jpeg {
+        Some(shape) if jpeg::decodes_directly(&shape) => decode_jpeg(bytes, &shape)?,
+        _ => decode_through_image_crate(bytes, format, jpeg)?,
+    };
+    let mut image = DynamicImage::ImageRgb8(rgb);
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(image.into_rgb8())
+}
+
+/// 8-bit grey and colour JPEGs, the usual photo: reduced in the DCT domain when big.
+fn decode_jpeg(bytes: &[u8], shape: &JpegShape) -> Result<(RgbImage, Option<Orientation>), ImageError> {
+    check_sides(shape.width, shape.height)?;
+    // A progressive JPEG holds all its DCT coefficients, at full size, whatever the output size.
+    let coefficient_bytes = if shape.progressive {
+        shape.coefficient_bytes()
+    } else {
+        0
+    };
+    let reduction = jpeg_reduction(shape);
+    if reduction > 1 {
+        check_cost("DCT coefficients", coefficient_bytes)?;
+        return jpeg::decode_reduced(bytes, shape, reduction);
+    }
+    let pixel_bytes = u64::from(shape.width) * u64::from(shape.height) * 3;
+    check_cost(
+        &format!("{}x{} RGB pixels", shape.width, shape.height),
+        pixel_bytes.max(coefficient_bytes),
+    )?;
+    jpeg::decode_full(bytes)
+}
+
+/// Every other image (PNG, WebP, GIF, BMP, TIFF, CMYK or 12-bit JPEG), with the image crate's own
+/// limits on top of the cost checked from the header.
+fn decode_through_image_crate(
+    bytes: &[u8],
+    format: ImageFormat,
+    jpeg: Option<JpegShape>,
+) -> Result<(RgbImage, Option<Orientation>), ImageError> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
@@ -98,6 +139,18 @@ fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(classify)?;
     let (width, height) = decoder.dimensions();
+    check_sides(width, height)?;
+    let orientation = decoder.orientation().ok();
+    let coefficient_bytes = jpeg.filter(|s| s.progressive).map_or(0, |s| s.coefficient_bytes());
+    check_cost(
+        &format!("{width}x{height} {:?} pixels", decoder.color_type()),
+        decoder.total_bytes().max(coefficient_bytes),
+    )?;
+    let rgb = flatten_on_white(DynamicImage::from_decoder(decoder).map_err(classify)?);
+    Ok((rgb, orientation))
+}
+
+fn check_sides(width: u32, height: u32) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Undecodable(format!("the image is {width}x{height} pixels")));
     }
@@ -106,27 +159,7 @@ fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage, ImageError> {
             "{width}x{height} pixels (limit: {MAX_IMAGE_SIDE} per side)"
         )));
     }
-    let orientation = decoder.orientation().ok();
-    // A progressive JPEG holds all its DCT coefficients, at full size, whatever the output size.
-    let coefficient_bytes = jpeg.filter(|s| s.progressive).map_or(0, |s| s.coefficient_bytes());
-    let rgb = match jpeg.filter(|shape| jpeg_reduction(shape) > 1) {
-        Some(shape) => {
-            check_cost("DCT coefficients", coefficient_bytes)?;
-            jpeg::decode_reduced(bytes, &shape, jpeg_reduction(&shape))?
-        }
-        None => {
-            check_cost(
-                &format!("{width}x{height} {:?} pixels", decoder.color_type()),
-                decoder.total_bytes().max(coefficient_bytes),
-            )?;
-            flatten_on_white(DynamicImage::from_decoder(decoder).map_err(classify)?)
-        }
-    };
-    let mut image = DynamicImage::ImageRgb8(rgb);
-    if let Some(orientation) = orientation {
-        image.apply_orientation(orientation);
-    }
-    Ok(image.into_rgb8())
+    Ok(())
 }
 
 fn check_cost(what: &str, bytes: u64) -> Result<(), ImageError> {
@@ -141,11 +174,8 @@ fn check_cost(what: &str, bytes: u64) -> Result<(), ImageError> {
 }
 
 /// How much to reduce a JPEG in the DCT domain: the most (of 2, 4, 8) that keeps the shorter side
-/// at least [`WORKING_SIDE`], and 1 for what the reduced decoder cannot do (CMYK, 12-bit).
+/// at least [`WORKING_SIDE`].
 fn jpeg_reduction(shape: &JpegShape) -> u32 {
-    if shape.precision != 8 || !matches!(shape.components, 1 | 3) {
-        return 1;
-    }
     let shorter = shape.width.min(shape.height);
     [8, 4, 2].into_iter().find(|r| shorter / r >= WORKING_SIDE).unwrap_or(1)
 }
@@ -212,6 +242,46 @@ mod tests {
         let err = decode_image(&bytes).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge(_)), "{err}");
         assert!(err.to_string().contains("MiB"), "{err}");
+    }
+
+    /// `jpeg` with an EXIF segment holding `orientation` inserted after its start-of-image marker.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u8) -> Vec<u8> {
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08".to_vec();
+        // One IFD entry: tag 0x0112 (orientation), type SHORT, count 1, the value; no next IFD.
+        exif.extend([0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);
+        let length = u16::try_from(exif.len() + 2).unwrap().to_be_bytes();
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1, length[0], length[1]]);
+        out.extend(exif);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_to_jpegs_decoded_full_and_reduced() {
+        // Left half black, right half white; orientation 6 turns the photo a quarter clockwise,
+        // so the black half comes out on top.
+        for (width, height) in [(64, 48), (4096, 2048)] {
+            let image = RgbImage::from_fn(width, height, |x, _| {
+                image::Rgb([if x < width / 2 { 0 } else { 255 }; 3])
+            });
+            let mut bytes = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+                .encode_image(&image)
+                .unwrap();
+            let plain = decode_image(&bytes).unwrap();
+            let turned = decode_image(&with_exif_orientation(&bytes, 6)).unwrap();
+            assert_eq!(turned.dimensions(), (plain.height(), plain.width()), "{width}x{height}");
+            let (w, h) = turned.dimensions();
+            assert!(
+                turned.get_pixel(w / 2, h / 4).0[0] < 30,
+                "{width}x{height}: top is black"
+            );
+            assert!(
+                turned.get_pixel(w / 2, 3 * h / 4).0[0] > 225,
+                "{width}x{height}: bottom is white"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::io::Cursor;
 
+use image::metadata::Orientation;
 use image::RgbImage;
 
 use super::ImageError;
@@ -52,8 +53,12 @@ pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
     let mut i = 2;
     while i + 1 < bytes.len() {
         if bytes[i] != 0xFF {
-            i += 1; // entropy-coded data
-            entropy_bytes += 1;
+            // Entropy-coded data, up to the next 0xFF (memchr: a tenth of the time of a byte loop).
+            let end = memchr::memchr(0xFF, &bytes[i..])
+                .map_or(bytes.len(), |n| i + n)
+                .min(bytes.len() - 1);
+            entropy_bytes += (end - i) as u64;
+            i = end;
             continue;
         }
         let marker = bytes[i + 1];
@@ -152,8 +157,12 @@ pub fn shape(bytes: &[u8]) -> Result<JpegShape, ImageError> {
 }
 
 /// Decodes at 1/`reduction` of the full size (2, 4 or 8) in the DCT domain, for 8-bit grey or
-/// colour JPEGs; the output is the size asked for, rounded up.
-pub fn decode_reduced(bytes: &[u8], shape: &JpegShape, reduction: u32) -> Result<RgbImage, ImageError> {
+/// colour JPEGs; the output is the size asked for, rounded up. With the EXIF orientation, if any.
+pub fn decode_reduced(
+    bytes: &[u8],
+    shape: &JpegShape,
+    reduction: u32,
+) -> Result<(RgbImage, Option<Orientation>), ImageError> {
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     let want = |side: u32| side.div_ceil(reduction).clamp(1, u32::from(u16::MAX)) as u16;
     let (width, height) = decoder
@@ -171,7 +180,40 @@ pub fn decode_reduced(bytes: &[u8], shape: &JpegShape, reduction: u32) -> Result
             )))
         }
     };
-    RgbImage::from_raw(width, height, rgb).ok_or_else(|| ImageError::Undecodable("JPEG decoder output is short".into()))
+    let image = RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| ImageError::Undecodable("JPEG decoder output is short".into()))?;
+    Ok((image, decoder.exif_data().and_then(Orientation::from_exif_chunk)))
+}
+
+/// Whether [`decode_full`] takes this JPEG: 8-bit grey or colour (not CMYK, not 12-bit).
+pub fn decodes_directly(shape: &JpegShape) -> bool {
+    shape.precision == 8 && matches!(shape.components, 1 | 3)
+}
+
+/// Decodes at full size straight through zune-jpeg, the decoder the image crate wraps: the wrapper
+/// parses the headers three times (size, orientation, pixels), each building the Huffman tables
+/// again, and copies the file; this parses them once. With the EXIF orientation, if any.
+pub fn decode_full(bytes: &[u8]) -> Result<(RgbImage, Option<Orientation>), ImageError> {
+    use zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let undecodable = |e: zune_jpeg::errors::DecodeErrors| ImageError::Undecodable(format!("JPEG: {e}"));
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(super::MAX_IMAGE_SIDE as usize)
+        .set_max_height(super::MAX_IMAGE_SIDE as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(undecodable)?;
+    let (width, height) = decoder
+        .dimensions()
+        .ok_or_else(|| ImageError::Undecodable("JPEG: no frame header".into()))?;
+    let mut pixels = vec![0; width * height * 3];
+    decoder.decode_into(&mut pixels).map_err(undecodable)?;
+    let image = RgbImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| ImageError::Undecodable("JPEG decoder output is short".into()))?;
+    Ok((
+        image,
+        decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)),
+    ))
 }
 
 #[cfg(test)]
@@ -224,7 +266,7 @@ mod tests {
         let shape = shape(&bytes).unwrap();
         let full = image::load_from_memory(&bytes).unwrap().into_rgb8();
         for reduction in [2, 4, 8] {
-            let small = decode_reduced(&bytes, &shape, reduction).unwrap();
+            let (small, _) = decode_reduced(&bytes, &shape, reduction).unwrap();
             assert_eq!(small.dimensions(), (160 / reduction, 96 / reduction));
             // The reduced pixel at the centre of a block matches the full decode's mean there.
             let (x, y) = (small.width() / 2, small.height() / 2);

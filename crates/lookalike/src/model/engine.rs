@@ -200,7 +200,7 @@ impl Embedder {
             tap: None,
             int8,
             spec,
-            preprocessing: Preprocessing::for_input(spec.input_size as u32),
+            preprocessing: spec.preprocessing(),
             dimension: network.feature_dim,
             num_classes: network.num_classes,
             network: Arc::new(network),

@@ -150,6 +150,11 @@ impl ModelManifest {
 }
 
 impl BackboneSpec {
+    /// The input transform the weights were trained with, at this backbone's input size.
+    pub fn preprocessing(&self) -> Preprocessing {
+        Preprocessing::for_input(self.input_size as u32)
+    }
+
     pub fn manifest(&self, preprocessing: &Preprocessing, dimension: usize) -> ModelManifest {
         ModelManifest {
             model: self.name.to_string(),
