@@ -1783,8 +1783,17 @@ fn bench_prep_times_each_stage_of_a_photo_and_the_indexing_ceiling() {
         let share: f64 = row.split_whitespace().nth_back(1).unwrap().parse().unwrap();
         assert!(share > 0.0 && share < 1.0, "{out}");
     }
-    // A folder without photos is a clear error.
-    let empty = tempfile::tempdir().unwrap();
-    let out = lookalike(&["bench", "prep", s(empty.path()), "--no-ceiling"]);
+    // A photo that does not decode is left out and named; a folder without photos is a clear error.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("broken.jpg"), b"\xFF\xD8 not a JPEG").unwrap();
+    let out = lookalike(&["bench", "prep", s(folder.path()), "--no-ceiling"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("left out") && text(&out).contains("broken.jpg"),
+        "{}",
+        text(&out)
+    );
+    std::fs::copy(demo().join("images/24-mb01.jpg"), folder.path().join("bag.jpg")).unwrap();
+    let out = ok_text(lookalike(&["bench", "prep", s(folder.path()), "--no-ceiling"]));
+    assert!(out.contains("1 photo,"), "{out}");
 }

@@ -130,8 +130,18 @@ pub struct PrepPlan<'a> {
 }
 
 pub fn run(models: &ModelDir, spec: BackboneSpec, threads: usize, plan: &PrepPlan) -> Result<()> {
-    let photos = super::spread_photos(plan.folders, plan.per_folder)?;
-    anyhow::ensure!(!photos.is_empty(), "no photos in {:?}", plan.folders);
+    let mut photos = super::spread_photos(plan.folders, plan.per_folder)?;
+    // A broken file would stop the reference halfway; it is left out of both, and said.
+    photos.retain(
+        |photo| match read_image_file(photo).and_then(|bytes| decode_image(&bytes)) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("left out {}: {e}", photo.display());
+                false
+            }
+        },
+    );
+    anyhow::ensure!(!photos.is_empty(), "no photos that decode in {:?}", plan.folders);
     eprintln!("measuring the preparation of {} photos, one core...", photos.len());
     let stages = measure_stages(&photos)?;
     let preprocessing = spec.preprocessing();
@@ -183,8 +193,9 @@ pub fn run(models: &ModelDir, spec: BackboneSpec, threads: usize, plan: &PrepPla
         ]);
     }
     println!(
-        "{} photos, {} input ({}x{} crop of the shorter side resized to {}), best of {PASSES} passes",
+        "{} photo{}, {} input ({}x{} crop of the shorter side resized to {}), best of {PASSES} passes",
         photos.len(),
+        if photos.len() == 1 { "" } else { "s" },
         spec.name,
         preprocessing.crop,
         preprocessing.crop,
