@@ -326,7 +326,7 @@ pub fn index_catalogue(
 /// Threads at the lowest priority (nice 19) for reading and decoding photos: they share the cores
 /// with the network's threads, and at equal priority the scheduler slices them into the network's
 /// batches, slowing it, while at the end of a batch a core can sit idle waiting for the slowest
-/// network thread. At the lowest priority they take what the network leaves: +1.5 % images/s
+/// network thread. At the lowest priority they take what the network leaves: +1.2 % images/s
 /// indexing clothing-dataset-small (Lite0 int8, 2 cores), and a busy machine's other work goes
 /// first. On Linux the nice value is per thread; elsewhere the threads keep the process's.
 fn low_priority_pool(threads: usize) -> Result<rayon::ThreadPool> {

@@ -121,7 +121,7 @@ fn decode_jpeg(bytes: &[u8], shape: &JpegShape) -> Result<(RgbImage, Option<Orie
         &format!("{}x{} RGB pixels", shape.width, shape.height),
         pixel_bytes.max(coefficient_bytes),
     )?;
-    jpeg::decode_full(bytes)
+    jpeg::decode_full(bytes, shape)
 }
 
 /// Every other image (PNG, WebP, GIF, BMP, TIFF, CMYK or 12-bit JPEG), with the image crate's own

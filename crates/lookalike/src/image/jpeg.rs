@@ -192,8 +192,9 @@ pub fn decodes_directly(shape: &JpegShape) -> bool {
 
 /// Decodes at full size straight through zune-jpeg, the decoder the image crate wraps: the wrapper
 /// parses the headers three times (size, orientation, pixels), each building the Huffman tables
-/// again, and copies the file; this parses them once. With the EXIF orientation, if any.
-pub fn decode_full(bytes: &[u8]) -> Result<(RgbImage, Option<Orientation>), ImageError> {
+/// again, and copies the file; this parses them once. With the EXIF orientation, if any. The
+/// decoder must read the size that `shape` (whose cost was checked) read from the markers.
+pub fn decode_full(bytes: &[u8], shape: &JpegShape) -> Result<(RgbImage, Option<Orientation>), ImageError> {
     use zune_core::{colorspace::ColorSpace, options::DecoderOptions};
     let undecodable = |e: zune_jpeg::errors::DecodeErrors| ImageError::Undecodable(format!("JPEG: {e}"));
     let options = DecoderOptions::default()
@@ -206,6 +207,12 @@ pub fn decode_full(bytes: &[u8]) -> Result<(RgbImage, Option<Orientation>), Imag
     let (width, height) = decoder
         .dimensions()
         .ok_or_else(|| ImageError::Undecodable("JPEG: no frame header".into()))?;
+    if (width, height) != (shape.width as usize, shape.height as usize) {
+        return Err(ImageError::Undecodable(format!(
+            "JPEG: the decoder reads {width}x{height} pixels where the frame header says {}x{}",
+            shape.width, shape.height
+        )));
+    }
     let mut pixels = vec![0; width * height * 3];
     decoder.decode_into(&mut pixels).map_err(undecodable)?;
     let image = RgbImage::from_raw(width as u32, height as u32, pixels)
