@@ -388,26 +388,30 @@ impl Models {
             Some(store) => store.manifest()?,
             None => None,
         };
-        let (spec, precision) = match built_with.as_ref().and_then(|m| Some((m.backbone()?, m.precision()))) {
-            Some((built, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => bail!(
+        let built = built_with
+            .as_ref()
+            .and_then(|m| Some((m.backbone()?, m.precision(), m)));
+        match built {
+            Some((built, _, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => bail!(
                 "this catalogue was built with {}; it cannot be searched or extended with {} \
                  (index into a new database for another backbone)",
                 built.name,
                 self.backbone.map_or("", |b| b.name)
             ),
-            Some((built, precision)) if self.precision.is_some_and(|asked| asked != precision) => bail!(
+            Some((built, precision, _)) if self.precision.is_some_and(|asked| asked != precision) => bail!(
                 "this catalogue's vectors were made by {} in {precision}; it cannot be searched or extended \
                  in {} (index into a new database for another precision)",
                 built.name,
                 self.precision.unwrap_or_default()
             ),
-            Some(built) => built,
-            None => (
+            Some((built, _, manifest)) => Embedder::load_like(&self.dir, built, manifest, self.threads),
+            None => Embedder::load_as(
+                &self.dir,
                 self.backbone.unwrap_or(DEFAULT_BACKBONE),
                 self.precision.unwrap_or_default(),
+                self.threads,
             ),
-        };
-        Embedder::load_as(&self.dir, spec, precision, self.threads)
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use common::*;
 use lookalike::image::load_image;
 use lookalike::model::labels::top_k;
 use lookalike::model::quantize::calibrate;
-use lookalike::model::{Calibration, Embedder, ModelDir, Precision, BACKBONES};
+use lookalike::model::{Calibration, Embedder, Int8Weights, ModelDir, Precision, BACKBONES};
 
 fn reference_inputs(embedder: &Embedder) -> (Vec<String>, Vec<f32>) {
     let folder = fixture("reference/images");
@@ -35,13 +35,17 @@ fn agreement(fp32: &Embedder, int8: &Embedder, inputs: &[f32], count: usize) -> 
 #[test]
 fn int8_backbones_agree_with_fp32_on_real_photos() {
     let models = ModelDir::locate(None);
-    for spec in BACKBONES {
+    for (spec, weights) in BACKBONES
+        .into_iter()
+        .flat_map(|spec| [Int8Weights::Full, Int8Weights::DenseSevenBit].map(|w| (spec, w)))
+    {
         let fp32 = Embedder::load(&models, spec, 2).expect("run LOOKALIKE_BACKBONES=lite2 scripts/setup.sh first");
-        let int8 = Embedder::load_as(&models, spec, Precision::Int8, 2).unwrap();
+        let calibration = Arc::new(Calibration::shipped(&spec).unwrap());
+        let int8 = Embedder::load_with(&models, spec, Some(calibration), weights, 2).unwrap();
         assert_eq!(int8.precision(), Precision::Int8);
         let (names, inputs) = reference_inputs(&fp32);
         let cosines = agreement(&fp32, &int8, &inputs, names.len());
-        eprintln!("{}: int8 vs fp32 cosines {cosines:.4?}", spec.name);
+        eprintln!("{} {weights:?}: int8 vs fp32 cosines {cosines:.4?}", spec.name);
         for (name, cos) in names.iter().zip(&cosines) {
             assert!(
                 *cos >= 0.98,
@@ -83,8 +87,26 @@ fn manifests_tell_int8_from_fp32_and_calibrations_apart() {
     assert_eq!(m32.precision(), Precision::Fp32);
     assert_eq!(m8.precision(), Precision::Int8);
     let shipped = Calibration::shipped(&spec).unwrap();
-    assert_eq!(m8.precision.as_deref(), Some(shipped.manifest_name().as_str()));
+    let weights = Int8Weights::for_this_cpu();
+    assert_eq!(m8.precision.as_deref(), Some(shipped.manifest_name(weights).as_str()));
+    assert_eq!(m8.int8_weights(), weights);
     assert_ne!(m32, m8);
+    // Eight-bit catalogues keep the name they had before seven-bit weights existed; the two differ.
+    assert_eq!(
+        shipped.manifest_name(Int8Weights::Full),
+        format!("int8 (calibration {})", shipped.id())
+    );
+    assert_ne!(
+        shipped.manifest_name(Int8Weights::Full),
+        shipped.manifest_name(Int8Weights::DenseSevenBit)
+    );
+    // A catalogue is searched and extended with the weights that built it, whatever this CPU prefers.
+    for built in [Int8Weights::Full, Int8Weights::DenseSevenBit] {
+        let calibration = Arc::new(shipped.clone());
+        let builder = Embedder::load_with(&models, spec, Some(calibration), built, 1).unwrap();
+        let again = Embedder::load_like(&models, spec, &builder.manifest(), 1).unwrap();
+        assert_eq!(again.manifest(), builder.manifest(), "{built:?}");
+    }
     // fp32 manifests are written as before precisions existed, so older catalogues still match.
     assert!(!serde_json::to_string(&m32).unwrap().contains("precision"));
     let mut other = shipped.clone();
@@ -116,7 +138,14 @@ fn calibrating_on_photos_gives_ranges_that_quantize_well() {
         }
     }
     assert!(calibration.photos.starts_with(&format!("{} photos", names.len())));
-    let int8 = Embedder::load_with(&models, spec, Some(Arc::new(calibration)), 2).unwrap();
+    let int8 = Embedder::load_with(
+        &models,
+        spec,
+        Some(Arc::new(calibration)),
+        Int8Weights::for_this_cpu(),
+        2,
+    )
+    .unwrap();
     let cosines = agreement(&fp32, &int8, &inputs, names.len());
     assert!(cosines.iter().all(|&c| c >= 0.98), "{cosines:?}");
 }

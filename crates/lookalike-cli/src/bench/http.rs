@@ -139,8 +139,11 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
     let store = open_store(&plan.db)?;
     let manifest = store.manifest()?;
     let spec = manifest.as_ref().and_then(|m| m.backbone()).unwrap_or(DEFAULT_BACKBONE);
-    let precision = manifest.map(|m| m.precision()).unwrap_or_default();
-    let embedder = Embedder::load_as(models, spec, precision, threads)?.for_catalogue(&*store)?;
+    let embedder = match &manifest {
+        Some(manifest) => Embedder::load_like(models, spec, manifest, threads)?,
+        None => Embedder::load(models, spec, threads)?,
+    }
+    .for_catalogue(&*store)?;
     store.ensure_manifest(&embedder.manifest())?;
     let catalogue = Recommender::new(store)?;
     let filter = Filter {

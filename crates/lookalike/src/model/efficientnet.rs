@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Result};
 use prost::Message;
 
 use super::onnx_proto::*;
-use super::quantize::Calibration;
+use super::quantize::{Calibration, Int8Weights};
 use super::weights::Checkpoint;
 use crate::learn::head::Dense;
 use crate::learn::trunk::{BlockShape, Trunk};
@@ -271,6 +271,7 @@ impl EfficientNetLite {
     pub fn to_onnx(&self, options: &GraphOptions) -> Result<Vec<u8>> {
         let mut g = GraphBuilder {
             calibration: options.int8,
+            int8_weights: options.int8_weights,
             expose_activations: options.expose_activations,
             ..GraphBuilder::default()
         };
@@ -363,6 +364,8 @@ pub struct GraphOptions<'a> {
     pub tap: Option<usize>,
     /// Int8 weights (per output channel) and activations quantized to the ranges measured here.
     pub int8: Option<&'a Calibration>,
+    /// How many bits the int8 weights use.
+    pub int8_weights: Int8Weights,
     /// Also output every activation an int8 graph quantizes, under its own name (to measure them).
     pub expose_activations: bool,
 }
@@ -401,6 +404,7 @@ struct GraphBuilder<'a> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     calibration: Option<&'a Calibration>,
+    int8_weights: Int8Weights,
     expose_activations: bool,
     exposed: Vec<String>,
 }
@@ -478,21 +482,28 @@ impl GraphBuilder<'_> {
             }
             Some(input_scale) => {
                 let channels = conv.shape[0];
-                let (weights, scales) = int8_per_channel(&conv.weight, channels);
-                // Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with
-                // AVX2's `pmaddubsw`, whose int16 sums saturate: the reference photos' features
-                // fell to cosine 0.96 of fp32 on an AVX2-only CPU. There the weights go as uint8
-                // around zero point 128 (widened before multiplying: exact, slower); with VNNI as
-                // int8 (fast and exact). Both agree with fp32 to cosine ≥ 0.99.
+                // Without VNNI, ONNX Runtime multiplies a dense convolution's uint8 activations by
+                // int8 weights with AVX2's `pmaddubsw`, whose int16 sum of two products saturates
+                // beyond ±32,767: full-range weights put the reference photos' features at cosine
+                // 0.96 of fp32 there. Seven-bit weights cannot saturate (2 × 255 × 63); eight-bit
+                // ones stay exact without VNNI only as uint8 around zero point 128, which ONNX
+                // Runtime widens before multiplying (a third slower). Depthwise convolutions sum
+                // in int32 and keep their eight bits as int8 everywhere.
+                let dense = conv.groups == 1;
+                let largest = match self.int8_weights {
+                    Int8Weights::DenseSevenBit if dense => 63,
+                    _ => 127,
+                };
+                let (weights, scales) = int8_per_channel(&conv.weight, channels, largest);
                 let wq = format!("{w}_int8");
-                let (data_type, codes, zero_point) = if vnni() {
-                    (DATA_TYPE_INT8, weights.iter().map(|&v| v as u8).collect(), 0)
-                } else {
+                let (data_type, codes, zero_point) = if dense && largest > 63 && !vnni() {
                     (
                         DATA_TYPE_UINT8,
                         weights.iter().map(|&v| (v as i16 + 128) as u8).collect(),
                         128,
                     )
+                } else {
+                    (DATA_TYPE_INT8, weights.iter().map(|&v| v as u8).collect(), 0)
                 };
                 self.raw_initializer(&wq, &conv.shape, data_type, codes);
                 self.initializer(&format!("{w}_scale"), &[channels], &scales);
@@ -565,7 +576,7 @@ pub fn uint8_quantization(low: f32, high: f32) -> (f32, u8) {
 }
 
 /// Whether ONNX Runtime multiplies uint8 by int8 with VNNI (no int16 saturation).
-fn vnni() -> bool {
+pub(super) fn vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512vnni") || std::arch::is_x86_feature_detected!("avxvnni")
@@ -576,15 +587,17 @@ fn vnni() -> bool {
     }
 }
 
-/// Symmetric int8 weights per output channel (range ±127): the weights and each channel's scale.
-pub fn int8_per_channel(weights: &[f32], channels: usize) -> (Vec<i8>, Vec<f32>) {
+/// Symmetric int8 weights per output channel (range ±`largest`, at most 127): the weights and
+/// each channel's scale.
+pub fn int8_per_channel(weights: &[f32], channels: usize, largest: i8) -> (Vec<i8>, Vec<f32>) {
     let per_channel = weights.len() / channels;
+    let top = f32::from(largest);
     let mut quantized = Vec::with_capacity(weights.len());
     let mut scales = Vec::with_capacity(channels);
     for channel in weights.chunks(per_channel) {
-        let largest = channel.iter().fold(0f32, |m, w| m.max(w.abs()));
-        let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
-        quantized.extend(channel.iter().map(|w| (w / scale).round().clamp(-127.0, 127.0) as i8));
+        let biggest = channel.iter().fold(0f32, |m, w| m.max(w.abs()));
+        let scale = if biggest > 0.0 { biggest / top } else { 1.0 };
+        quantized.extend(channel.iter().map(|w| (w / scale).round().clamp(-top, top) as i8));
         scales.push(scale);
     }
     (quantized, scales)

@@ -7,7 +7,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::efficientnet::{EfficientNetLite, GraphOptions, BLOCK_INPUT_NAME, FEATURES_NAME, INPUT_NAME, LOGITS_NAME};
-use super::quantize::{Calibration, Precision};
+use super::quantize::{Calibration, Int8Weights, Precision};
 use super::weights::Checkpoint;
 use super::{BackboneSpec, ModelDir, ModelManifest};
 use crate::image::Preprocessing;
@@ -114,6 +114,7 @@ pub struct Embedder {
     tap: Option<Tap>,
     /// The activation ranges of an int8 graph; `None` for fp32.
     int8: Option<Arc<Calibration>>,
+    int8_weights: Int8Weights,
     pub spec: BackboneSpec,
     pub preprocessing: Preprocessing,
     pub dimension: usize,
@@ -156,20 +157,39 @@ impl Embedder {
         Self::load_as(models, spec, Precision::Fp32, threads)
     }
 
-    /// [`Self::load`] at `precision`: int8 quantizes with the calibration shipped for `spec`.
+    /// [`Self::load`] at `precision`, for a new catalogue: int8 quantizes with the calibration
+    /// shipped for `spec` and the weights that run fastest on this CPU.
     pub fn load_as(models: &ModelDir, spec: BackboneSpec, precision: Precision, threads: usize) -> Result<Self> {
+        Self::load_int8(models, spec, precision, Int8Weights::for_this_cpu(), threads)
+    }
+
+    /// The embedder that made a catalogue's vectors, as its `manifest` records them: its
+    /// precision and, for int8, its weights (whatever this CPU runs fastest).
+    pub fn load_like(models: &ModelDir, spec: BackboneSpec, manifest: &ModelManifest, threads: usize) -> Result<Self> {
+        Self::load_int8(models, spec, manifest.precision(), manifest.int8_weights(), threads)
+    }
+
+    fn load_int8(
+        models: &ModelDir,
+        spec: BackboneSpec,
+        precision: Precision,
+        weights: Int8Weights,
+        threads: usize,
+    ) -> Result<Self> {
         let int8 = match precision {
             Precision::Fp32 => None,
             Precision::Int8 => Some(Arc::new(Calibration::shipped(&spec)?)),
         };
-        Self::load_with(models, spec, int8, threads)
+        Self::load_with(models, spec, int8, weights, threads)
     }
 
-    /// [`Self::load`] with int8 activations quantized to `int8`'s ranges, when given.
+    /// [`Self::load`] with int8 activations quantized to `int8`'s ranges and weights held as
+    /// `int8_weights` say, when given.
     pub fn load_with(
         models: &ModelDir,
         spec: BackboneSpec,
         int8: Option<Arc<Calibration>>,
+        int8_weights: Int8Weights,
         threads: usize,
     ) -> Result<Self> {
         let weights = models.weights(&spec)?;
@@ -187,6 +207,7 @@ impl Embedder {
             .with_context(|| format!("{} is not an EfficientNet-Lite checkpoint", weights.display()))?;
         let onnx = network.to_onnx(&GraphOptions {
             int8: int8.as_deref(),
+            int8_weights,
             ..GraphOptions::default()
         })?;
         let threads = threads.max(1);
@@ -199,6 +220,7 @@ impl Embedder {
             threads,
             tap: None,
             int8,
+            int8_weights,
             spec,
             preprocessing: spec.preprocessing(),
             dimension: network.feature_dim,
@@ -228,6 +250,7 @@ impl Embedder {
         let onnx = self.network.to_onnx(&GraphOptions {
             tap: Some(trunk.first_block),
             int8: self.int8.as_deref(),
+            int8_weights: self.int8_weights,
             ..GraphOptions::default()
         })?;
         let (wide, narrow) = sessions(&self.models, &onnx, self.threads)?;
@@ -244,6 +267,7 @@ impl Embedder {
                 as_features,
             }),
             int8: self.int8.clone(),
+            int8_weights: self.int8_weights,
             spec: self.spec,
             preprocessing: self.preprocessing,
             dimension: self.dimension,
@@ -341,7 +365,7 @@ impl Embedder {
                 .map(|h| h.manifest_name().expect("a loaded head serialises")),
         };
         manifest.colour = self.colour.map(|c| c.weight);
-        manifest.precision = self.int8.as_ref().map(|c| c.manifest_name());
+        manifest.precision = self.int8.as_ref().map(|c| c.manifest_name(self.int8_weights));
         manifest
     }
 

@@ -16,7 +16,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Embedder, Embeddings, ImageEmbedding, Parallelism};
-pub use quantize::{Calibration, Precision};
+pub use quantize::{Calibration, Int8Weights, Precision};
 
 use crate::image::Preprocessing;
 
@@ -146,6 +146,11 @@ impl ModelManifest {
             Some(_) => Precision::Int8,
             None => Precision::Fp32,
         }
+    }
+
+    /// How an int8 catalogue's graph holds its weights (for fp32 catalogues: the default, unused).
+    pub fn int8_weights(&self) -> Int8Weights {
+        self.precision.as_deref().map(Int8Weights::named_in).unwrap_or_default()
     }
 }
 

@@ -48,6 +48,40 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// How an int8 graph holds its convolution weights (symmetric, per output channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Int8Weights {
+    /// Eight bits (±127) everywhere: fast and exact with VNNI; without it the dense
+    /// convolutions stay exact only by being widened, a third slower (see `efficientnet::conv`).
+    #[default]
+    Full,
+    /// Seven bits (±63) in the dense convolutions, eight in the depthwise ones: what AVX2 without
+    /// VNNI multiplies fastest without saturating, at cosine ≥ 0.98 to fp32.
+    DenseSevenBit,
+}
+
+impl Int8Weights {
+    const DENSE_SEVEN_BIT: &str = "7-bit dense weights";
+
+    /// The weights a new int8 catalogue gets on this CPU: the fastest exact products here.
+    pub fn for_this_cpu() -> Self {
+        if super::efficientnet::vnni() {
+            Self::Full
+        } else {
+            Self::DenseSevenBit
+        }
+    }
+
+    /// The weights a manifest's precision name (see [`Calibration::manifest_name`]) records.
+    pub fn named_in(precision: &str) -> Self {
+        if precision.contains(Self::DENSE_SEVEN_BIT) {
+            Self::DenseSevenBit
+        } else {
+            Self::Full
+        }
+    }
+}
+
 /// The range (low, high) of every activation an int8 graph quantizes, by tensor name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
@@ -87,9 +121,15 @@ impl Calibration {
         hex::encode(&hasher.finalize()[..6])
     }
 
-    /// How the catalogue manifest names this precision.
-    pub fn manifest_name(&self) -> String {
-        format!("int8 (calibration {})", self.id())
+    /// How the catalogue manifest names this precision with `weights` (eight-bit graphs keep the
+    /// name they had before seven-bit ones existed).
+    pub fn manifest_name(&self, weights: Int8Weights) -> String {
+        match weights {
+            Int8Weights::Full => format!("int8 (calibration {})", self.id()),
+            Int8Weights::DenseSevenBit => {
+                format!("int8 (calibration {}, {})", self.id(), Int8Weights::DENSE_SEVEN_BIT)
+            }
+        }
     }
 }
 
@@ -166,12 +206,14 @@ mod tests {
     #[test]
     fn weights_round_to_their_channel_scale() {
         let weights = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0, 0.01, 0.02, -0.03];
-        let (q, scales) = int8_per_channel(&weights, 3);
-        assert_eq!(&q[..3], &[64, -127, 32]);
-        assert_eq!(&q[3..6], &[0, 0, 0]);
-        assert_eq!(q[8], -127);
-        for (w, (q, s)) in weights.iter().zip(q.iter().zip(scales.iter().flat_map(|s| [s; 3]))) {
-            assert!((w - *q as f32 * s).abs() <= s / 2.0 + 1e-7);
+        for largest in [127, 63] {
+            let (q, scales) = int8_per_channel(&weights, 3, largest);
+            assert_eq!(&q[..3], &[(largest + 1) / 2, -largest, (largest + 1) / 4]);
+            assert_eq!(&q[3..6], &[0, 0, 0]);
+            assert_eq!(q[8], -largest);
+            for (w, (q, s)) in weights.iter().zip(q.iter().zip(scales.iter().flat_map(|s| [s; 3]))) {
+                assert!((w - *q as f32 * s).abs() <= s / 2.0 + 1e-7);
+            }
         }
     }
 
