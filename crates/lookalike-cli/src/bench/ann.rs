@@ -3,10 +3,9 @@
 //! query at a time: queries/s, p50/p99, recall@k against exact search, build time, memory.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::export::export_npy;
 use lookalike::index::{SearchMode, VectorIndex};
@@ -19,7 +18,7 @@ use super::{hit_ids, percentile, recall, time_each};
 /// Search breadths tried for every graph, as `ann_peers.py` does.
 const EFS: [usize; 5] = [16, 32, 64, 128, 256];
 
-const PEERS_SCRIPT: &str = include_str!("../../../../bench/ann_peers.py");
+const PEERS_SCRIPT: (&str, &str) = ("ann_peers.py", include_str!("../../../../bench/ann_peers.py"));
 
 #[derive(Debug, Deserialize)]
 struct Row {
@@ -178,25 +177,20 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
 
 /// The peers' rows, from `bench/ann_peers.py` run on the vectors in `base` and `queries` (.npy).
 fn peers(python: &str, names: &[String], base: &Path, queries: &Path, k: usize, threads: usize) -> Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("ann_peers.py");
-    std::fs::write(&script, PEERS_SCRIPT)?;
-    let output = Command::new(python)
-        .arg(&script)
-        .arg("--base")
-        .arg(base)
-        .arg("--queries")
-        .arg(queries)
-        .args(["-k", &k.to_string(), "--threads", &threads.to_string()])
-        .args(["--peers", &names.join(",")])
-        .output()
-        .with_context(|| format!("cannot run {python}"))?;
-    if !output.status.success() {
-        bail!("the peers script failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from the peers script: {l}")))
-        .collect()
+    super::python_json_lines(
+        python,
+        PEERS_SCRIPT,
+        [
+            "--base".into(),
+            base.as_os_str().to_owned(),
+            "--queries".into(),
+            queries.as_os_str().to_owned(),
+            "-k".into(),
+            k.to_string().into(),
+            "--threads".into(),
+            threads.to_string().into(),
+            "--peers".into(),
+            names.join(",").into(),
+        ],
+    )
 }

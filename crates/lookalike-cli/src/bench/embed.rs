@@ -2,16 +2,17 @@
 //! runtimes (ONNX Runtime's Python API on the same graph, and PyTorch eager on an
 //! independent implementation of the network), measured in the same run.
 
-use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism, Precision, BACKBONES};
 use serde::Deserialize;
 
-const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_runtimes.py");
+const REFERENCE_SCRIPT: (&str, &str) = (
+    "reference_runtimes.py",
+    include_str!("../../../../bench/reference_runtimes.py"),
+);
 
 #[derive(Debug, Deserialize)]
 struct Measurement {
@@ -51,35 +52,25 @@ fn reference_measurements(
     let dir = tempfile::tempdir()?;
     let onnx = dir.path().join(format!("{}.onnx", spec.name));
     std::fs::write(&onnx, embedder.onnx_model())?;
-    let script = dir.path().join("reference_runtimes.py");
-    std::fs::File::create(&script)?.write_all(REFERENCE_SCRIPT.as_bytes())?;
     let batches: Vec<String> = batches.iter().map(usize::to_string).collect();
-    let output = Command::new(python)
-        .arg(&script)
-        .arg("--onnx")
-        .arg(&onnx)
-        .arg("--weights")
-        .arg(models.weights(&spec)?)
-        .args([
-            "--size",
-            &spec.input_size.to_string(),
-            "--threads",
-            &threads.to_string(),
-            "--batches",
-            &batches.join(","),
-            "--seconds",
-            &seconds.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("cannot run {python}"))?;
-    if !output.status.success() {
-        anyhow::bail!("reference script failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from the reference script: {l}")))
-        .collect()
+    super::python_json_lines(
+        python,
+        REFERENCE_SCRIPT,
+        [
+            "--onnx".into(),
+            onnx.into_os_string(),
+            "--weights".into(),
+            models.weights(&spec)?.into_os_string(),
+            "--size".into(),
+            spec.input_size.to_string().into(),
+            "--threads".into(),
+            threads.to_string().into(),
+            "--batches".into(),
+            batches.join(",").into(),
+            "--seconds".into(),
+            seconds.to_string().into(),
+        ],
+    )
 }
 
 pub fn run(

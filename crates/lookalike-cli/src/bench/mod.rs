@@ -8,9 +8,11 @@ mod http;
 mod prep;
 mod synthetic;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use lookalike::catalogue::{read_image_folder, Layout};
 use lookalike::model::{BackboneSpec, ModelDir, Precision};
@@ -245,6 +247,31 @@ fn spread_photos(folders: &[PathBuf], per_folder: usize) -> Result<Vec<PathBuf>>
         photos.extend((0..per_folder.min(all.len())).map(|i| all[(i as f64 * step) as usize].clone()));
     }
     Ok(photos)
+}
+
+/// Runs the Python script whose source is `script` (written to a temporary `name`) with `args`,
+/// and reads each JSON line it prints to standard output.
+fn python_json_lines<T: serde::de::DeserializeOwned>(
+    python: &str,
+    (name, script): (&str, &str),
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> Result<Vec<T>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(name);
+    std::fs::write(&path, script)?;
+    let output = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !output.status.success() {
+        anyhow::bail!("{name} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from {name}: {l}")))
+        .collect()
 }
 
 /// The value at percentile `p` (0–100) of ascending `sorted`, by nearest rank; NaN when empty.

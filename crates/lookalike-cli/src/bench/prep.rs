@@ -3,7 +3,6 @@
 //! network's images/s that indexing can keep once every photo also costs that.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -12,7 +11,7 @@ use lookalike::image::{decode_image, read_image_file, Preprocessing};
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, BACKBONES};
 use serde::Deserialize;
 
-const REFERENCE_SCRIPT: &str = include_str!("../../../../bench/reference_prep.py");
+const REFERENCE_SCRIPT: (&str, &str) = ("reference_prep.py", include_str!("../../../../bench/reference_prep.py"));
 const PASSES: usize = 3;
 
 #[derive(Debug, Deserialize)]
@@ -88,37 +87,27 @@ fn measure_stages(photos: &[PathBuf]) -> Result<Stages> {
 
 fn reference(python: &str, photos: &[PathBuf], preprocessing: &Preprocessing) -> Result<Vec<Reference>> {
     let dir = tempfile::tempdir()?;
-    let script = dir.path().join("reference_prep.py");
-    std::fs::write(&script, REFERENCE_SCRIPT)?;
     let list = dir.path().join("photos.txt");
     let names: Vec<String> = photos.iter().map(|p| p.display().to_string()).collect();
     std::fs::write(&list, names.join("\n"))?;
-    let output = Command::new(python)
-        .arg(&script)
-        .arg("--files")
-        .arg(&list)
-        .args([
-            "--resize-shorter",
-            &preprocessing.resize_shorter.to_string(),
-            "--crop",
-            &preprocessing.crop.to_string(),
-            "--mean",
-            &preprocessing.mean.to_string(),
-            "--scale",
-            &preprocessing.scale.to_string(),
-            "--passes",
-            &PASSES.to_string(),
-        ])
-        .output()
-        .with_context(|| format!("cannot run {python}"))?;
-    if !output.status.success() {
-        anyhow::bail!("reference script failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line from the reference script: {l}")))
-        .collect()
+    super::python_json_lines(
+        python,
+        REFERENCE_SCRIPT,
+        [
+            "--files".into(),
+            list.into_os_string(),
+            "--resize-shorter".into(),
+            preprocessing.resize_shorter.to_string().into(),
+            "--crop".into(),
+            preprocessing.crop.to_string().into(),
+            "--mean".into(),
+            preprocessing.mean.to_string().into(),
+            "--scale".into(),
+            preprocessing.scale.to_string().into(),
+            "--passes".into(),
+            PASSES.to_string().into(),
+        ],
+    )
 }
 
 pub struct PrepPlan<'a> {
