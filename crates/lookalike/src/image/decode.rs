@@ -106,11 +106,7 @@ fn decode_unguarded(bytes: &[u8]) -> Result<RgbImage, ImageError> {
 fn decode_jpeg(bytes: &[u8], shape: &JpegShape) -> Result<(RgbImage, Option<Orientation>), ImageError> {
     check_sides(shape.width, shape.height)?;
     // A progressive JPEG holds all its DCT coefficients, at full size, whatever the output size.
-    let coefficient_bytes = if shape.progressive {
-        shape.coefficient_bytes()
-    } else {
-        0
-    };
+    let coefficient_bytes = shape.held_coefficient_bytes();
     let reduction = jpeg_reduction(shape);
     if reduction > 1 {
         check_cost("DCT coefficients", coefficient_bytes)?;
@@ -141,7 +137,7 @@ fn decode_through_image_crate(
     let (width, height) = decoder.dimensions();
     check_sides(width, height)?;
     let orientation = decoder.orientation().ok();
-    let coefficient_bytes = jpeg.filter(|s| s.progressive).map_or(0, |s| s.coefficient_bytes());
+    let coefficient_bytes = jpeg.map_or(0, |s| s.held_coefficient_bytes());
     check_cost(
         &format!("{width}x{height} {:?} pixels", decoder.color_type()),
         decoder.total_bytes().max(coefficient_bytes),

@@ -36,6 +36,15 @@ impl JpegShape {
     pub fn coefficient_bytes(&self) -> u64 {
         u64::from(self.width) * u64::from(self.height) * u64::from(self.components) * 2
     }
+
+    /// [`Self::coefficient_bytes`] if this JPEG is progressive (a baseline one decodes row by row).
+    pub fn held_coefficient_bytes(&self) -> u64 {
+        if self.progressive {
+            self.coefficient_bytes()
+        } else {
+            0
+        }
+    }
 }
 
 /// Reads the frame header and counts the scans. Entropy-coded data never holds a bare 0xFF

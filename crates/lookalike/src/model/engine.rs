@@ -160,16 +160,16 @@ impl Embedder {
     /// [`Self::load`] at `precision`, for a new catalogue: int8 quantizes with the calibration
     /// shipped for `spec` and the weights that run fastest on this CPU.
     pub fn load_as(models: &ModelDir, spec: BackboneSpec, precision: Precision, threads: usize) -> Result<Self> {
-        Self::load_int8(models, spec, precision, Int8Weights::for_this_cpu(), threads)
+        Self::load_at(models, spec, precision, Int8Weights::for_this_cpu(), threads)
     }
 
     /// The embedder that made a catalogue's vectors, as its `manifest` records them: its
-    /// precision and, for int8, its weights (whatever this CPU runs fastest).
+    /// precision and, for int8, its weights (whichever this CPU would pick for a new catalogue).
     pub fn load_like(models: &ModelDir, spec: BackboneSpec, manifest: &ModelManifest, threads: usize) -> Result<Self> {
-        Self::load_int8(models, spec, manifest.precision(), manifest.int8_weights(), threads)
+        Self::load_at(models, spec, manifest.precision(), manifest.int8_weights(), threads)
     }
 
-    fn load_int8(
+    fn load_at(
         models: &ModelDir,
         spec: BackboneSpec,
         precision: Precision,
