@@ -211,6 +211,9 @@ mod tests {
             // Each channel's largest weight takes the end of the range; the rest round to the step.
             assert_eq!(q[1], -largest);
             assert!(q.iter().all(|v| v.abs() <= largest));
+            if largest == 127 {
+                assert_eq!(&q[..3], &[64, -127, 32]);
+            }
             assert_eq!(&q[3..6], &[0, 0, 0]);
             assert_eq!(q[8], -largest);
             for (w, (q, s)) in weights.iter().zip(q.iter().zip(scales.iter().flat_map(|s| [s; 3]))) {
