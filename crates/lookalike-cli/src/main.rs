@@ -641,6 +641,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 search: search.mode(),
             };
             server::init_logging();
+            // Built outside the runtime: opening PostgreSQL blocks.
+            let router = server::router(store, embedder, &config)?;
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
                 // For supervisors and tests: the server ends with the process that started it.
                 std::thread::spawn(|| {
@@ -648,8 +650,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     std::process::exit(0);
                 });
             }
-            // Built outside the runtime: opening PostgreSQL blocks.
-            let router = server::router(store, embedder, &config)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

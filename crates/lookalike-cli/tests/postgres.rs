@@ -186,6 +186,41 @@ fn migrations_run_once_when_replicas_start_together() {
 }
 
 #[test]
+fn an_older_schema_gets_its_category_keys_when_upgraded() {
+    let pg = postgres_db();
+    let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
+    // A catalogue of schema 4, from before categories were compared by their case-folded key.
+    client
+        .batch_execute("CREATE TABLE lookalike_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        .unwrap();
+    for (n, sql) in lookalike::store::postgres::MIGRATIONS[..4].iter().enumerate() {
+        client.batch_execute(sql).unwrap();
+        client
+            .execute("INSERT INTO lookalike_schema (version) VALUES ($1)", &[&(n as i32 + 1)])
+            .unwrap();
+    }
+    for (id, category) in [
+        ("a", "Épicerie Fine"),
+        ("b", "épicerie fine"),
+        ("c", "Straße"),
+        ("d", "Bags"),
+    ] {
+        client
+            .execute(
+                "INSERT INTO lookalike_products (id, category, image_path, content_hash, embedding)
+                 VALUES ($1, $2, '/p.jpg', 'h', '[1, 0]')",
+                &[&id, &category],
+            )
+            .unwrap();
+    }
+    let store = PgStore::connect(&pg).unwrap();
+    for (asked, expected) in [("ÉPICERIE FINE", 2), ("STRASSE", 1), ("bags", 1), ("Epicerie Fine", 0)] {
+        let page = store.page(Some(asked), 0, 10).unwrap();
+        assert_eq!(page.total, expected, "{asked}");
+    }
+}
+
+#[test]
 fn sharded_workers_share_a_database_and_a_killed_ingest_resumes() {
     let catalogue = demo().join("catalogue.csv");
     let pg = postgres_db();

@@ -9,7 +9,7 @@
 //! read, so memory never answers from a catalogue that has moved on.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
@@ -125,6 +125,20 @@ fn apply_changes(index: &mut VectorIndex, store: &dyn Store, ids: &[String]) -> 
         match store.product(id)? {
             Some(product) => index.upsert(product)?,
             None => {
+                index.remove(id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads products `ids`, which searches found damaged in memory (a vector that is not finite), again
+/// from `store`; one whose stored vectors are not finite either is left out of memory.
+fn repair(index: &mut VectorIndex, store: &dyn Store, ids: &BTreeSet<String>) -> Result<()> {
+    for id in ids {
+        match store.product(id)? {
+            Some(product) if product.vectors().flatten().all(|v| v.is_finite()) => index.upsert(product)?,
+            _ => {
                 index.remove(id);
             }
         }
@@ -254,6 +268,11 @@ impl Recommender {
                 *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
                 guarded.position = position;
             }
+        }
+        let damaged = memory.read().unwrap_or_else(|p| p.into_inner()).take_damaged();
+        if !damaged.is_empty() {
+            let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
+            repair(&mut index, &*guarded.store, &damaged)?;
         }
         drop(guarded);
         Ok(Some(memory.read().unwrap_or_else(|p| p.into_inner())))
@@ -534,9 +553,14 @@ impl Recommender {
         Ok(removed)
     }
 
-    /// Whether any product's image is the file at `image_path`.
-    pub fn image_in_use(&self, image_path: &str) -> Result<bool> {
-        self.guarded().store.image_in_use(image_path)
+    /// See [`Store::record_upload`].
+    pub fn record_upload(&self, path: &str) -> Result<()> {
+        self.guarded().store.record_upload(path)
+    }
+
+    /// See [`Store::release_upload`].
+    pub fn release_upload(&self, path: &str) -> Result<bool> {
+        self.guarded().store.release_upload(path)
     }
 }
 

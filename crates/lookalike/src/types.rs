@@ -249,11 +249,23 @@ impl Words {
     }
 }
 
+/// Whether two categories are the same but for case, by Unicode case folding (`Épicerie` is
+/// `épicerie`, `STRASSE` is `straße`): what every store means by a category filter.
+pub fn same_category(a: &str, b: &str) -> bool {
+    unicase::eq(a, b)
+}
+
+/// `category` case-folded: equal for two categories exactly when [`same_category`] says so. The
+/// stores compare these, so that neither depends on the database's locale.
+pub fn category_key(category: &str) -> String {
+    unicase::UniCase::new(category).to_folded_case()
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// Case-insensitive exact category match.
+    /// Category match, the same but for case ([`same_category`]).
     pub category: Option<String>,
-    /// When not empty, the product's category must be one of these (case-insensitive).
+    /// When not empty, the product's category must be one of these (the same but for case).
     pub any_category: Vec<String>,
     pub min_price: Option<f64>,
     pub max_price: Option<f64>,
@@ -303,7 +315,7 @@ impl Filter {
         if self.exclude_group.is_some() && p.info.group == self.exclude_group {
             return false;
         }
-        let is = |c: &String| p.info.category.as_deref().is_some_and(|pc| pc.eq_ignore_ascii_case(c));
+        let is = |c: &String| p.info.category.as_deref().is_some_and(|pc| same_category(pc, c));
         if self.category.as_ref().is_some_and(|c| !is(c)) {
             return false;
         }
@@ -334,6 +346,24 @@ mod tests {
         assert!(Filter::new(Some("a\0b".into()), None, None).is_err());
         let f = Filter::new(Some("  ".into()), Some(1.0), Some(5.0)).unwrap();
         assert_eq!(f.category, None);
+    }
+
+    #[test]
+    fn categories_match_by_unicode_case_folding() {
+        for (a, b) in [
+            ("Épicerie", "épicerie"),
+            ("ÉPICERIE", "épicerie"),
+            ("Gear/Bags", "gear/BAGS"),
+            ("STRASSE", "straße"),
+            ("ΣΊΣΥΦΟΣ", "σίσυφος"),
+        ] {
+            assert!(same_category(a, b), "{a} ~ {b}");
+            assert_eq!(category_key(a), category_key(b), "{a} ~ {b}");
+        }
+        for (a, b) in [("Épicerie", "Epicerie"), ("bags", "bag")] {
+            assert!(!same_category(a, b), "{a} !~ {b}");
+            assert_ne!(category_key(a), category_key(b), "{a} !~ {b}");
+        }
     }
 
     #[test]

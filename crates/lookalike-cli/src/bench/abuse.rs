@@ -6,14 +6,20 @@
 //! 2. Closed-loop clients searching with a real photo at each concurrency (default 32, then 128),
 //!    sending the next request as soon as an answer (503 included) arrives: goodput (answered
 //!    200 per second) and its ratio to the first concurrency's, 503s, and 5xx (goal: none).
+//! 3. One shopper searching with the photo while attackers abuse the protocol (slow bodies,
+//!    bodies sent and then stalled, 1-byte chunks, invented methods): the shopper's answers per
+//!    second and latency beside the same shopper alone, the server's CPU and memory.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use reqwest::blocking::{multipart, Client};
 
-use super::http::{closed_loop, photo_form, ServerProcess};
+use super::http::{closed_loop, photo_form, Answers, ServerProcess};
 
 #[derive(clap::Args)]
 pub struct AbusePlan {
@@ -31,6 +37,12 @@ pub struct AbusePlan {
     /// Uploads of each hostile file at once.
     #[arg(value_parser = crate::args::count::<1, 1024>, long, default_value_t = 16)]
     pub bombs_at_once: usize,
+    /// Connections each slow-body attack opens.
+    #[arg(value_parser = crate::args::count::<1, 900>, long, default_value_t = 300)]
+    pub slow_clients: usize,
+    /// Seconds the shopper searches during each attack.
+    #[arg(value_parser = crate::args::seconds, long, default_value_t = 10.0)]
+    pub attack_seconds: f64,
 }
 
 fn count_statuses(statuses: &std::collections::BTreeMap<u16, Vec<f64>>) -> String {
@@ -150,5 +162,230 @@ pub fn run(threads: usize, plan: &AbusePlan) -> Result<()> {
     );
     println!("{load_table}");
     println!("5xx or no answer under load: {load_5xx} (goal 0); goal for the ratio: ≥ 0.80");
+    drop(server);
+    attacks(threads, plan, &photo, upload_mb)
+}
+
+/// What one attack cost the shopper and the server.
+struct Attacked {
+    shopper: Answers,
+    cpu_seconds: f64,
+    rss_growth_mib: f64,
+    note: String,
+}
+
+/// Section 3: each attack on a server of its own, a shopper searching beside it.
+fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> Result<()> {
+    let seconds = Duration::from_secs_f64(plan.attack_seconds);
+    let n = plan.slow_clients;
+    let upload = upload_mb << 20;
+    let names = [
+        "none (the shopper alone)".to_string(),
+        format!("{n} slow bodies to a route that does not exist (1 MiB declared, a byte per 2 s)"),
+        format!("{n} slow bodies to POST /v1/search (the same)"),
+        "64 bodies to POST /v1/search sent at once but for their last KiB, then stalled".to_string(),
+        "4 clients sending 5 MB bodies in 1-byte chunks".to_string(),
+        "1 client sending requests with invented 4 KB method names".to_string(),
+    ];
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "attack",
+        "shopper 200/s",
+        "÷ alone",
+        "shopper p50 / p99 ms",
+        "shopper's other answers",
+        "server CPU s",
+        "server RSS growth MiB",
+        "",
+    ]);
+    let mut alone = None;
+    let mut peak = 0.0f64;
+    for (attack, name) in names.iter().enumerate() {
+        eprintln!("attack: {name}...");
+        let server = ServerProcess::start(&plan.db, threads, &["--max-upload-mb", &upload_mb.to_string()])?;
+        let address = server.url.trim_start_matches("http://").to_string();
+        let warm = Client::new()
+            .post(format!("{}/v1/search", server.url))
+            .multipart(photo_form(photo, 10, None))
+            .send()?;
+        anyhow::ensure!(warm.status().is_success(), "warm-up search failed: {}", warm.status());
+        let attacked = beside_a_shopper(&server, photo, seconds, |stop| match attack {
+            0 => String::new(),
+            1 => trickle(&address, n, "POST /no/such/route", 1 << 20, 0, stop),
+            2 => trickle(&address, n, "POST /v1/search", 1 << 20, 0, stop),
+            3 => trickle(&address, 64, "POST /v1/search", upload, upload - 1024, stop),
+            4 => tiny_chunks(&address, 4, 5_000_000, stop),
+            _ => invented_methods(&address, &server.url, stop),
+        })?;
+        peak = peak.max(server.peak_resident_mib().unwrap_or(0.0));
+        let ok = attacked.shopper.by_status.get(&200).cloned().unwrap_or_default();
+        let per_second = ok.len() as f64 / attacked.shopper.elapsed.as_secs_f64();
+        let alone = *alone.get_or_insert(per_second);
+        let others = attacked
+            .shopper
+            .by_status
+            .iter()
+            .filter(|(s, _)| **s != 200)
+            .map(|(s, m)| (*s, m.clone()));
+        table.add_row([
+            name.clone(),
+            format!("{per_second:.1}"),
+            format!("{:.2}", per_second / alone),
+            format!(
+                "{:.1} / {:.1}",
+                super::percentile(&ok, 50.0),
+                super::percentile(&ok, 99.0)
+            ),
+            count_statuses(&others.collect()),
+            format!("{:.2}", attacked.cpu_seconds),
+            format!("{:.0}", attacked.rss_growth_mib),
+            attacked.note,
+        ]);
+    }
+    println!(
+        "\none shopper searching ({} KB JPEG, k=10) for {} s while attackers abuse the protocol, a fresh server each:",
+        photo.len() / 1024,
+        plan.attack_seconds
+    );
+    println!("{table}");
+    println!(
+        "server peak resident memory {peak:.0} MiB; goals: the shopper keeps ≥ 0.80 of its answers alone \
+         and gets nothing but 200"
+    );
     Ok(())
+}
+
+/// Runs `attack` (until it is told to stop) beside one shopper searching with `photo` for
+/// `seconds`; the attack returns a note for the table.
+fn beside_a_shopper(
+    server: &ServerProcess,
+    photo: &[u8],
+    seconds: Duration,
+    attack: impl FnOnce(&AtomicBool) -> String + Send,
+) -> Result<Attacked> {
+    let stop = AtomicBool::new(false);
+    let (cpu, rss) = (server.cpu_seconds(), server.resident_mib());
+    let search = format!("{}/v1/search", server.url);
+    let request = |client: &Client| client.post(&search).multipart(photo_form(photo, 10, None));
+    let (shopper, note) = std::thread::scope(|scope| {
+        let attacker = scope.spawn(|| attack(&stop));
+        // Let the attack take hold before the shopper comes.
+        std::thread::sleep(Duration::from_secs(1));
+        let shopper = closed_loop(1, usize::MAX, seconds, &request);
+        stop.store(true, Ordering::Relaxed);
+        (shopper, attacker.join().expect("attacker panicked"))
+    });
+    Ok(Attacked {
+        shopper: shopper?,
+        cpu_seconds: server.cpu_seconds().zip(cpu).map_or(f64::NAN, |(b, a)| b - a),
+        rss_growth_mib: server.resident_mib().zip(rss).map_or(f64::NAN, |(b, a)| b - a),
+        note,
+    })
+}
+
+/// `clients` connections that each send `request` declaring a body of `declared` bytes, then
+/// `at_once` of it, then a byte every 2 s; a connection the server closes is opened again.
+fn trickle(address: &str, clients: usize, request: &str, declared: usize, at_once: usize, stop: &AtomicBool) -> String {
+    let head = format!(
+        "{request} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+         Content-Length: {declared}\r\n\r\n"
+    );
+    let filler = vec![b'x'; at_once];
+    let open = || -> Option<TcpStream> {
+        let mut stream = TcpStream::connect(address).ok()?;
+        stream.write_all(head.as_bytes()).ok()?;
+        stream.write_all(&filler).ok()?;
+        Some(stream)
+    };
+    let mut streams: Vec<Option<TcpStream>> = (0..clients).map(|_| open()).collect();
+    let mut reopened = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for stream in &mut streams {
+            if stream.as_mut().is_none_or(|s| s.write_all(b"x").is_err()) {
+                *stream = open();
+                reopened += 1;
+            }
+        }
+        sleep_unless_stopped(Duration::from_secs(2), stop);
+    }
+    format!("{reopened} connections cut and opened again")
+}
+
+fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + pause;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `clients` connections sending bodies of `bytes` in 1-byte chunks, one after the other.
+fn tiny_chunks(address: &str, clients: usize, bytes: usize, stop: &AtomicBool) -> String {
+    let head = "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let block = b"1\r\nx\r\n".repeat(64 * 1024);
+    let sent = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..clients {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(address) else {
+                        continue;
+                    };
+                    let mut body = 0;
+                    let _ = stream.write_all(head.as_bytes());
+                    while body < bytes && !stop.load(Ordering::Relaxed) && stream.write_all(&block).is_ok() {
+                        body += block.len() / 6;
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n");
+                    let _ = stream.read(&mut [0u8; 512]);
+                    sent.fetch_add(body, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    format!("{:.1} MB of chunks sent", sent.into_inner() as f64 / 1e6)
+}
+
+/// Requests with a new 4 KB method name each, until stopped; the note gives `/metrics`' size.
+fn invented_methods(address: &str, url: &str, stop: &AtomicBool) -> String {
+    let mut sent = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = TcpStream::connect(address) else {
+            continue;
+        };
+        let mut reader = BufReader::new(stream);
+        for _ in 0..100 {
+            let request = format!("M{sent}{} /v1/stats HTTP/1.1\r\nHost: x\r\n\r\n", "X".repeat(4096));
+            if reader.get_mut().write_all(request.as_bytes()).is_err() || read_answer(&mut reader).is_none() {
+                break;
+            }
+            sent += 1;
+        }
+    }
+    let metrics = Client::new()
+        .get(format!("{url}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .map_or(0, |t| t.len());
+    format!("{sent} requests; /metrics {:.1} KB after", metrics as f64 / 1e3)
+}
+
+/// Reads one answer with a Content-Length body; `None` if the connection ended.
+fn read_answer(reader: &mut BufReader<TcpStream>) -> Option<()> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+    }
+    reader.read_exact(&mut vec![0; length]).ok()
 }

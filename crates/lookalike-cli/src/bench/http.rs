@@ -58,8 +58,14 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// `lookalike serve --read-only` over `db` with `extra` flags: this binary, or the one
+    /// `LOOKALIKE_BENCH_SERVER` names (to measure another build's server with the same load).
     pub fn start(db: &str, threads: usize, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let program = match std::env::var_os("LOOKALIKE_BENCH_SERVER") {
+            Some(other) => PathBuf::from(other),
+            None => std::env::current_exe()?,
+        };
+        let mut child = Command::new(program)
             .args(["serve", "--read-only", "--port", "0", "--threads", &threads.to_string()])
             .args(["--db", db])
             .args(extra)
@@ -93,6 +99,17 @@ impl ServerProcess {
     /// Its peak resident memory so far.
     pub fn peak_resident_mib(&self) -> Option<f64> {
         self.memory_mib("VmHWM")
+    }
+
+    /// CPU time the server process has used so far (user + system), from /proc.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| ticks / per_second as f64)
     }
 
     fn memory_mib(&self, field: &str) -> Option<f64> {

@@ -1,6 +1,6 @@
-//! What the server takes on at once, decided before it spends anything on a request: request
-//! bodies held in memory, images in the pipeline (decoding, waiting, or in a forward pass), and
-//! decodes running. Refusals are immediate (503), so an overloaded server spends its cores on
+//! What the server takes on at once, decided before it spends anything on a request: images in
+//! the pipeline (decoding, waiting, or in a forward pass) and decodes running (request bodies:
+//! [`super::bodies`]). Refusals are immediate (503), so an overloaded server spends its cores on
 //! the requests it accepted instead of decoding images it will not embed.
 
 use std::sync::Arc;
@@ -11,9 +11,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::ApiError;
 
 pub struct Admission {
-    /// KiB of request bodies held.
-    body_kib: Arc<Semaphore>,
-    body_kib_total: usize,
     /// Images anywhere between admission and their embedding.
     images: Arc<Semaphore>,
     pub image_capacity: usize,
@@ -27,22 +24,13 @@ pub struct ImageTicket {
 }
 
 impl Admission {
-    /// `images`: how many images may be admitted at once; `decoders`: decodes at once;
-    /// `body_bytes`: bytes of request bodies held at once.
-    pub fn new(images: usize, decoders: usize, body_bytes: usize) -> Self {
+    /// `images`: how many images may be admitted at once; `decoders`: decodes at once.
+    pub fn new(images: usize, decoders: usize) -> Self {
         Self {
-            body_kib: Arc::new(Semaphore::new(kib(body_bytes))),
-            body_kib_total: kib(body_bytes),
             images: Arc::new(Semaphore::new(images)),
             image_capacity: images,
             decoders: Arc::new(Semaphore::new(decoders.max(1))),
         }
-    }
-
-    /// Room for a body of `bytes`, or `None` when the bodies already held fill the budget.
-    pub fn hold_body(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let wanted = kib(bytes).clamp(1, self.body_kib_total.max(1)) as u32;
-        self.body_kib.clone().try_acquire_many_owned(wanted).ok()
     }
 
     /// A place in the image pipeline, waiting at most `wait` for one to free up, else 503. The
@@ -81,17 +69,13 @@ impl Admission {
     }
 }
 
-fn kib(bytes: usize) -> usize {
-    bytes.div_ceil(1024).min(u32::MAX as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn admission_refuses_beyond_capacity_after_its_wait_and_frees_on_drop() {
-        let admission = Arc::new(Admission::new(2, 1, 10 * 1024));
+        let admission = Arc::new(Admission::new(2, 1));
         let a = admission.admit_image(Duration::ZERO).await.unwrap();
         let _b = admission.admit_image(Duration::ZERO).await.unwrap();
         assert_eq!(admission.images_in_flight(), 2);
@@ -104,10 +88,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
         assert!(waiting.await.unwrap(), "a place freed during the wait is taken");
-
-        let body = admission.hold_body(8 * 1024).unwrap();
-        assert!(admission.hold_body(4 * 1024).is_none());
-        drop(body);
-        assert!(admission.hold_body(4 * 1024).is_some());
     }
 }

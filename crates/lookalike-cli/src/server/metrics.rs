@@ -1,5 +1,6 @@
 //! `GET /metrics` in the Prometheus (OpenMetrics) text format, with `prometheus-client`.
 
+use axum::http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,7 +11,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     decode_failures: Family<ReasonLabels, Counter>,
     images_in_flight: Gauge,
+    body_bytes: Gauge,
     products: Gauge,
 }
 
@@ -70,6 +72,12 @@ impl Default for Metrics {
             "Images admitted and not yet embedded (decoding, queued or in a forward pass)",
             images_in_flight.clone(),
         );
+        let body_bytes = Gauge::default();
+        registry.register(
+            "request_body_bytes",
+            "Bytes of request bodies held in memory",
+            body_bytes.clone(),
+        );
         let products = Gauge::default();
         registry.register("products", "Products in the catalogue", products.clone());
         Self {
@@ -79,17 +87,40 @@ impl Default for Metrics {
             refused,
             decode_failures,
             images_in_flight,
+            body_bytes,
             products,
         }
     }
 }
 
+/// The label of `method`: its name when HTTP defines it, else `other`. A client may send any
+/// token as a method, and one series per invented name would grow memory and `/metrics` without
+/// bound.
+pub fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", |known| known.as_str())
+}
+
 impl Metrics {
-    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Counts an answer; `route` is a matched route template (or `unmatched`), never a raw path.
+    pub fn observe(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
-                method: method.to_string(),
+                method,
                 status,
             })
             .inc();
@@ -117,8 +148,9 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, images_in_flight: usize, products: Option<usize>) -> String {
+    pub fn render(&self, images_in_flight: usize, body_bytes: usize, products: Option<usize>) -> String {
         self.images_in_flight.set(images_in_flight as i64);
+        self.body_bytes.set(body_bytes as i64);
         if let Some(products) = products {
             self.products.set(products as i64);
         }
@@ -139,13 +171,14 @@ mod tests {
         metrics.observe("/v1/search", "POST", 503, 0.0001);
         metrics.refused("images");
         metrics.decode_failed("too_large");
-        let text = metrics.render(3, Some(60));
+        let text = metrics.render(3, 4096, Some(60));
         for expected in [
             "lookalike_http_requests_total{route=\"/v1/search\",method=\"POST\",status=\"503\"} 1",
             "lookalike_http_request_duration_seconds_bucket{le=",
             "lookalike_overload_refusals_total{reason=\"images\"} 1",
             "lookalike_image_decode_failures_total{reason=\"too_large\"} 1",
             "lookalike_images_in_flight 3",
+            "lookalike_request_body_bytes 4096",
             "lookalike_products 60",
         ] {
             assert!(text.contains(expected), "{expected} missing in\n{text}");

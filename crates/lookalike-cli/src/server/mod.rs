@@ -4,10 +4,12 @@
 //! decided up front ([`admission`]).
 
 mod admission;
+mod bodies;
 mod error;
 mod layers;
 mod metrics;
 mod products;
+mod protocol_errors;
 mod queries;
 
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart};
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware;
 use axum::response::{Html, IntoResponse};
@@ -68,6 +70,7 @@ pub struct AppState {
     max_upload_bytes: usize,
     classifier: Option<Head>,
     admission: Admission,
+    bodies: Arc<bodies::BodyBudget>,
     metrics: metrics::Metrics,
     product_locks: products::ProductLocks,
     /// Held while uploads are saved, referenced or deleted.
@@ -89,6 +92,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         .context("cannot serve this catalogue")?;
     let upload_dir = std::path::absolute(&config.upload_dir)?;
     if config.token.is_some() {
+        products::check_upload_dir(&upload_dir, &*store)?;
         std::fs::create_dir_all(&upload_dir)
             .with_context(|| format!("cannot create the upload folder {}", upload_dir.display()))?;
     }
@@ -98,7 +102,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         queue: images,
         ..config.batch
     };
-    let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + layers::MULTIPART_ROOM));
+    let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + bodies::MULTIPART_ROOM));
     let catalogue = Recommender::with_search(store, config.search)?;
     if let Some(load) = catalogue.index_load() {
         tracing::info!(
@@ -125,7 +129,8 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         upload_dir,
         max_upload_bytes: config.max_upload_bytes,
         classifier: config.classifier.clone(),
-        admission: Admission::new(images, config.decoders, body_budget),
+        admission: Admission::new(images, config.decoders),
+        bodies: bodies::BodyBudget::new(body_budget),
         metrics: metrics::Metrics::default(),
         product_locks: Default::default(),
         uploads: Default::default(),
@@ -151,6 +156,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
                 .put(products::update_product)
                 .delete(products::delete_product),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), bodies::read_whole_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), layers::require_token));
     let api = Router::new()
         .route("/", get(|| async { Html(include_str!("web/index.html")) }))
@@ -191,28 +197,32 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         .route("/v1/products/{id}/similar", get(queries::similar))
         .route("/v1/products/{id}/image", get(queries::product_image))
         .route("/v1/products/{id}/images/{n}", get(queries::product_view))
+        .route_layer(middleware::from_fn_with_state(state.clone(), bodies::read_whole_body))
         .merge(products)
         .route_layer(middleware::from_fn(layers::remember_route))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
+        .fallback(|State(state): State<Shared>, request: Request| async move {
+            bodies::refuse(&state, request, ApiError::not_found("no such endpoint")).await
+        })
+        .method_not_allowed_fallback(|State(state): State<Shared>, request: Request| async move {
+            let error = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this endpoint does not take that method",
-            )
+            );
+            bodies::refuse(&state, request, error).await
         })
         .with_state(state.clone());
     let request_id = layers::REQUEST_ID.clone();
     Ok(api.layer(
         ServiceBuilder::new()
+            .layer(middleware::from_fn(layers::drop_unfit_request_id))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(request_id.clone()))
             .option_layer(cors(&config.cors_origins, request_id))
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
                 ApiError::internal("the request handler failed").into_response()
             }))
-            .layer(middleware::from_fn_with_state(state.clone(), layers::observe))
-            .layer(middleware::from_fn_with_state(state, layers::read_whole_body))
+            .layer(middleware::from_fn_with_state(state, layers::observe))
             .layer(DefaultBodyLimit::disable()),
     ))
 }

@@ -75,41 +75,78 @@ fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiR
     Ok(info)
 }
 
-/// Whether `path` is an upload of this server (the only files it may delete).
-fn is_upload(state: &Shared, path: &FsPath) -> bool {
+/// Whether `path` is named as this server names its uploads: `<sha256>.<extension>` directly in
+/// the upload folder. Only such files, and only when the store recorded them as uploads, are
+/// ever deleted: the folder may be shared with files the server never wrote.
+fn has_upload_name(state: &Shared, path: &FsPath) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some((hash, extension)) = name.split_once('.') else {
+        return false;
+    };
     path.parent() == Some(state.upload_dir.as_path())
+        && hash.len() == 64
+        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && (1..=8).contains(&extension.len())
+        && extension.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Writes the upload into the upload folder under its content hash (through a temporary file of
-/// its own, so identical uploads at once do not collide) and returns its path and hash.
+/// Refuses an upload folder that holds the catalogue's database (or its index file): the
+/// server deletes files there.
+pub fn check_upload_dir(upload_dir: &FsPath, store: &dyn lookalike::store::Store) -> anyhow::Result<()> {
+    let Some(index_file) = store.index_file() else {
+        return Ok(());
+    };
+    let database_folder = lookalike::files::folder_of(&index_file);
+    let same = |a: &FsPath, b: &FsPath| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
+    };
+    if same(upload_dir, database_folder) {
+        anyhow::bail!(
+            "the upload folder {} holds the catalogue's database; give --upload-dir a folder of its own",
+            upload_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Records the upload in the store, then writes it into the upload folder under its content
+/// hash (through a temporary file of its own, so identical uploads at once do not collide);
+/// returns its path and hash. Recorded first: a crash in between leaves a record without a
+/// file, never a file the server would not delete.
 async fn save_upload(state: &Shared, bytes: Bytes) -> ApiResult<(PathBuf, String)> {
-    let dir = state.upload_dir.clone();
+    let hash = lookalike::content_hash(&bytes);
+    let extension = image::guess_format(&bytes)
+        .ok()
+        .and_then(|f| f.extensions_str().first().copied())
+        .unwrap_or("img");
+    let path = state.upload_dir.join(format!("{hash}.{extension}"));
+    let recorded = path.to_string_lossy().into_owned();
+    on_catalogue(state, move |c| c.record_upload(&recorded)).await?;
+    let file = path.clone();
     tokio::task::spawn_blocking(move || {
-        let hash = lookalike::content_hash(&bytes);
-        let ext = image::guess_format(&bytes)
-            .ok()
-            .and_then(|f| f.extensions_str().first().copied())
-            .unwrap_or("img");
-        let path = dir.join(format!("{hash}.{ext}"));
-        if !path.is_file() {
-            lookalike::files::write_atomically(&path, |out| Ok(std::io::Write::write_all(out, &bytes)?))?;
+        if !file.is_file() {
+            lookalike::files::write_atomically(&file, |out| Ok(std::io::Write::write_all(out, &bytes)?))?;
         }
-        Ok::<_, anyhow::Error>((path, hash))
+        Ok::<_, anyhow::Error>(())
     })
     .await
     .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)
+    .map_err(ApiError::internal)?;
+    Ok((path, hash))
 }
 
 /// Deletes `path` if it is one of our uploads and no product references it. Call with the
 /// uploads lock held.
 async fn release_image(state: &Shared, path: &str) -> ApiResult<()> {
     let file = PathBuf::from(path);
-    if !is_upload(state, &file) {
+    if !has_upload_name(state, &file) {
         return Ok(());
     }
     let owned = path.to_string();
-    if !on_catalogue(state, move |c| c.image_in_use(&owned)).await? {
+    if on_catalogue(state, move |c| c.release_upload(&owned)).await? {
         if let Err(err) = tokio::fs::remove_file(&file).await {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path, %err, "cannot delete an unused upload");
@@ -232,27 +269,28 @@ pub async fn delete_product(State(state): State<Shared>, Path(id): Path<String>)
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Deletes uploads that no product references and temporary files left by a crash, if older
-/// than [`ORPHAN_AGE`]; returns how many were deleted. Blocking: run it on a thread of its own.
+/// Deletes uploads that no product references, if older than [`ORPHAN_AGE`], and temporary
+/// files of uploads left by a crash; returns how many were deleted. Blocking: run it on a thread
+/// of its own.
 pub fn sweep_uploads(state: &Shared) -> anyhow::Result<usize> {
     let _files = state.uploads.blocking_lock();
-    let mut deleted = 0;
+    let mut deleted = lookalike::files::sweep_abandoned_writes(&state.upload_dir);
     let Ok(entries) = std::fs::read_dir(&state.upload_dir) else {
-        return Ok(0);
+        return Ok(deleted);
     };
     for entry in entries {
         let entry = entry?;
+        let path = entry.path();
         let metadata = entry.metadata()?;
         let old = metadata
             .modified()
             .ok()
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_some_and(|age| age > ORPHAN_AGE);
-        if !metadata.is_file() || !old {
+        if !metadata.is_file() || !old || !has_upload_name(state, &path) {
             continue;
         }
-        let path = entry.path();
-        if !state.catalogue.image_in_use(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
+        if state.catalogue.release_upload(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
             deleted += 1;
         }
     }

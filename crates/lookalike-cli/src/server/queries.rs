@@ -144,7 +144,9 @@ pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
 
 pub async fn metrics(State(state): State<Shared>) -> Response {
     let products = on_catalogue(&state, |c| c.len()).await.ok();
-    let text = state.metrics.render(state.admission.images_in_flight(), products);
+    let text = state
+        .metrics
+        .render(state.admission.images_in_flight(), state.bodies.used(), products);
     (
         [(
             header::CONTENT_TYPE,

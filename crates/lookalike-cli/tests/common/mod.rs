@@ -130,11 +130,15 @@ impl Server {
 /// which the OS does when this test process exits.
 struct ChildGuard(#[allow(dead_code)] Child);
 
-/// Starts the real binary on a free port over `db` with `args`, keeping `dir` alive with it.
+/// Starts the real binary on a free port over `db` with `args`, keeping `dir` alive with it
+/// (and keeping uploads in it unless `args` say where).
 pub fn serve(db: &str, args: &[String], token: &str, dir: tempfile::TempDir) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lookalike"))
-        .args(["serve", "--port", "0", "--threads", "2", "--db", db])
-        .args(["--upload-dir", dir.path().join("uploads").to_str().unwrap()])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lookalike"));
+    command.args(["serve", "--port", "0", "--threads", "2", "--db", db]);
+    if !args.iter().any(|a| a == "--upload-dir") {
+        command.args(["--upload-dir", dir.path().join("uploads").to_str().unwrap()]);
+    }
+    let mut child = command
         .args(args)
         .env("LOOKALIKE_TOKEN", token)
         .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")

@@ -1038,3 +1038,338 @@ fn approximate_search_answers_like_exact_search_and_follows_writes() {
     assert_eq!(ask(&approximate, "mh01.jpg", None)[0].0, "NEW-ANN");
     assert_eq!(ask(&exact, "mh01.jpg", None)[0].0, "NEW-ANN", "the other server reads the change too");
 }
+
+/// Sends `request` as it is on a new connection, then `then` as far as the server reads it; the
+/// server's whole answer as text (until it closes, or 10 s pass).
+fn raw_exchange(request: &[u8], then: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let address = server().base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let _ = stream.write_all(then);
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// The status and JSON body of the last answer in `text`, whose error body must have the
+/// documented shape.
+fn last_answer(text: &str) -> (u16, Value) {
+    let (at, status) = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| Some((at, text.get(at + 9..at + 12)?.parse::<u16>().ok()?)))
+        .last()
+        .unwrap_or_else(|| panic!("no answer in {text:?}"));
+    let answer = &text[at..];
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {answer:?}"));
+    if status >= 400 {
+        assert!(
+            body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+            "{answer}"
+        );
+    }
+    (status, body)
+}
+
+fn metric(name_and_labels: &str) -> f64 {
+    let text = client().get(url("/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn slow_bodies_no_route_or_token_accepts_hold_no_memory_and_searches_go_through() {
+    use std::io::Write;
+    let address = server().base.trim_start_matches("http://").to_string();
+    // Each declares a 1 MiB body and sends a byte now and then: 300 of them declared more than
+    // the server's 256 MiB budget for bodies, which was reserved from what they declared.
+    let requests = [
+        "POST /no/such/route HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n",
+        "PUT /v1/products/24-MG01 HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n",
+        "POST /v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: 1048576\r\n\r\n",
+    ];
+    let mut trickling: Vec<std::net::TcpStream> = (0..300)
+        .map(|n| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream.write_all(requests[n % requests.len()].as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    for round in 0..3 {
+        for stream in &mut trickling {
+            let _ = stream.write_all(b"x");
+        }
+        let form = multipart::Form::new().part("image", image_part(demo_image("mh01.jpg"), "q.jpg"));
+        let (status, body) = search(form);
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        assert!(
+            metric("lookalike_request_body_bytes") < 1024.0 * 1024.0,
+            "bodies no route or token accepts hold no memory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn bodies_in_tiny_chunks_are_refused_before_they_cost_the_server() {
+    let mut chunked = Vec::new();
+    for _ in 0..200_000 {
+        chunked.extend_from_slice(b"1\r\nx\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let text = raw_exchange(
+        b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        &chunked,
+    );
+    let (status, body) = last_answer(&text);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("body_too_fragmented")), "{body}");
+    assert_eq!(get_status("/healthz"), StatusCode::OK);
+}
+
+#[test]
+fn a_write_without_the_token_is_refused_before_its_body_is_asked_for() {
+    let text = raw_exchange(
+        b"POST /v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+          Expect: 100-continue\r\nContent-Length: 5000000\r\n\r\n",
+        b"",
+    );
+    assert!(text.starts_with("HTTP/1.1 401"), "no 100 Continue first: {text}");
+    assert_eq!(last_answer(&text).0, 401);
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, body) = send(
+            client()
+                .delete(url("/v1/products/NO-SUCH-PRODUCT"))
+                .header("authorization", format!("{scheme}  {TOKEN}")),
+        );
+        assert_eq!(status, StatusCode::NOT_FOUND, "{scheme}: {body}");
+    }
+    let (status, _) = send(
+        client()
+            .delete(url("/v1/products/NO-SUCH-PRODUCT"))
+            .header("authorization", format!("Basic {TOKEN}")),
+    );
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn invented_methods_and_request_ids_leave_metrics_and_logs_bounded() {
+    let before = metric("lookalike_http_requests_total{route=\"unmatched\",method=\"other\",status=\"405\"}");
+    for n in 0..40 {
+        let method = format!("INVENTED{n}{}", "X".repeat(2000));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, _) = send(client().request(method, url("/v1/stats")));
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let text = client().get(url("/metrics")).send().unwrap().text().unwrap();
+    assert!(!text.contains("INVENTED"), "a series per invented method");
+    let after = metric("lookalike_http_requests_total{route=\"unmatched\",method=\"other\",status=\"405\"}");
+    assert!(after - before >= 40.0, "{before} -> {after}");
+    // A request id too long (or not printable) to copy into every log line is replaced.
+    let response = client()
+        .get(url("/healthz"))
+        .header("x-request-id", "r".repeat(4000))
+        .send()
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(!id.is_empty() && id.len() <= 128, "{id}");
+}
+
+#[test]
+fn requests_hyper_cannot_parse_get_json_errors_too() {
+    let many_headers: String = (0..200).map(|n| format!("X-Header-{n}: y\r\n")).collect();
+    let cases = [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(), 400),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            // After an answered request on the same connection.
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (request, expected) in cases {
+        let text = raw_exchange(&request, b"");
+        assert_eq!(last_answer(&text).0, expected, "{text}");
+    }
+    assert_eq!(get_status("/healthz"), StatusCode::OK);
+}
+
+#[test]
+fn categories_match_whatever_their_case_in_every_query() {
+    let server = start_server(&[]);
+    let base = &server.base;
+    let create = |id: &str, category: &str, photo: &str| {
+        let form = form_with_image(id, "Coffee beans", &demo_image(photo)).text("category", category.to_string());
+        let (status, body) = send(client().post(format!("{base}/v1/products")).bearer_auth(TOKEN).multipart(form));
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    };
+    create("CAFE-1", "Épicerie Fine", "mh01.jpg");
+    create("CAFE-2", "Straße", "mh02.jpg");
+    for (category, id) in [
+        ("épicerie fine", "CAFE-1"),
+        ("ÉPICERIE FINE", "CAFE-1"),
+        ("STRASSE", "CAFE-2"),
+    ] {
+        let form = multipart::Form::new()
+            .part("image", image_part(demo_image("mh01.jpg"), "q.jpg"))
+            .text("category", category.to_string());
+        let (status, body) = send(client().post(format!("{base}/v1/search")).multipart(form));
+        assert_eq!((status, result_ids(&body)), (StatusCode::OK, vec![id]), "photo, {category}: {body}");
+        let encoded = percent_encoding::utf8_percent_encode(category, percent_encoding::NON_ALPHANUMERIC);
+        let (_, body) = send(client().get(format!("{base}/v1/search?q=coffee&category={encoded}")));
+        assert_eq!(result_ids(&body), vec![id], "words, {category}: {body}");
+        let (_, body) = send(client().get(format!("{base}/v1/products?category={encoded}")));
+        let listed: Vec<&str> = body["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+        assert_eq!(listed, vec![id], "listing, {category}: {body}");
+        let (_, body) = send(client().get(format!("{base}/v1/products/24-MG01/similar?category={encoded}")));
+        assert_eq!(result_ids(&body), vec![id], "similar, {category}: {body}");
+    }
+}
+
+/// A file that has stood untouched long enough for the start-up sweep to consider it.
+fn age(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[test]
+fn a_server_deletes_only_files_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = dir.path().join("shop");
+    std::fs::create_dir_all(shop.join("images")).unwrap();
+    std::fs::copy(demo().join("catalogue.csv"), shop.join("catalogue.csv")).unwrap();
+    for entry in std::fs::read_dir(demo().join("images")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), shop.join("images").join(entry.file_name())).unwrap();
+    }
+    let images = shop.join("images");
+    let db = if POSTGRES {
+        common::postgres_db()
+    } else {
+        dir.path().join("shop.db").to_str().unwrap().to_string()
+    };
+    // A file named as uploads are but never written by the server, and one that was (recorded,
+    // no product uses it): both untouched for hours, so the start-up sweep looks at them.
+    let foreign = images.join(format!("{}.jpg", "a".repeat(64)));
+    std::fs::write(&foreign, b"the shop's own file").unwrap();
+    let orphan = images.join(format!("{}.png", "b".repeat(64)));
+    std::fs::write(&orphan, b"an upload no product uses").unwrap();
+    lookalike::store::open_store(&db)
+        .unwrap()
+        .record_upload(orphan.to_str().unwrap())
+        .unwrap();
+    age(&foreign);
+    age(&orphan);
+    let args: Vec<String> = ["--catalogue", shop.join("catalogue.csv").to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--upload-dir".to_string(), images.to_str().unwrap().to_string()])
+        .collect();
+    let server = common::serve(&db, &args, TOKEN, tempfile::tempdir().unwrap());
+    let swept = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !orphan.exists()
+    });
+    assert!(swept, "the recorded, unused upload is swept");
+    assert!(foreign.exists(), "a file the server did not write is kept");
+    let (status, _) = send(
+        client()
+            .delete(format!("{}/v1/products/MH01", server.base))
+            .bearer_auth(TOKEN),
+    );
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(images.join("mh01.jpg").exists(), "the shop's photo outlives its product");
+    let photos = std::fs::read_dir(&images).unwrap().count();
+    assert_eq!(photos, 61, "the 60 photos and the foreign file");
+
+    if !POSTGRES {
+        // An upload folder that holds the database is refused: the server deletes files there.
+        let refused = Command::new(env!("CARGO_BIN_EXE_lookalike"))
+            .args(["serve", "--port", "0", "--threads", "1", "--db", &db, "--upload-dir"])
+            .arg(dir.path())
+            .env("LOOKALIKE_TOKEN", TOKEN)
+            .env("LOOKALIKE_EXIT_ON_STDIN_EOF", "1")
+            .output()
+            .unwrap();
+        let text = common::text(&refused);
+        assert!(!refused.status.success(), "{text}");
+        assert!(text.contains("holds the catalogue's database"), "{text}");
+    }
+}
+
+#[test]
+fn a_vector_damaged_in_the_index_file_never_ranks_nor_shows_as_null() {
+    if POSTGRES {
+        return; // no index file: pgvector refuses vectors that are not finite
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    common::ok(common::lookalike(&[
+        "index",
+        demo().join("catalogue.csv").to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]));
+    // A search writes the index file; then one float of a product's vector turns into a NaN
+    // there: the second product in id order, which the check at start-up does not sample.
+    common::ok(common::lookalike(&[
+        "search",
+        demo().join("images/mh02.jpg").to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]));
+    let stored = lookalike::store::open_store(db.to_str().unwrap())
+        .unwrap()
+        .products()
+        .unwrap()
+        .swap_remove(1);
+    let index_file = dir.path().join("demo.db.index");
+    let mut bytes = std::fs::read(&index_file).unwrap();
+    let vector: Vec<u8> = stored.vector.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let at = bytes
+        .windows(vector.len())
+        .position(|w| w == vector)
+        .expect("the vector in the file");
+    bytes[at + 40..at + 44].copy_from_slice(&f32::NAN.to_ne_bytes());
+    std::fs::write(&index_file, bytes).unwrap();
+
+    let server = common::serve(db.to_str().unwrap(), &[], TOKEN, tempfile::tempdir().unwrap());
+    let photo = std::fs::read(&stored.image_path).unwrap();
+    let query = || {
+        let form = multipart::Form::new()
+            .part("image", image_part(photo.clone(), "q.jpg"))
+            .text("k", "60");
+        let (status, body) = send(client().post(format!("{}/v1/search", server.base)).multipart(form));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for r in body["results"].as_array().unwrap() {
+            assert!(r["score"].as_f64().is_some_and(f64::is_finite), "{r}");
+        }
+        result_ids(&body).into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let first = query();
+    assert!(!first.contains(&stored.id), "the damaged product is left out: {first:?}");
+    let second = query();
+    assert_eq!(second[0], stored.id, "read again from the database: {second:?}");
+}

@@ -27,8 +27,8 @@ pub mod records;
 pub mod related;
 pub mod row_graph;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -109,6 +109,10 @@ pub struct VectorIndex {
     /// Whether products hold only what searches read (id, category, price, group), as when read
     /// from an index file; the rest is the store's.
     slim: bool,
+    /// Products found with a vector that is not finite when a search scored them (a damaged index
+    /// file: its vectors are not under its checksum), left out of every answer until repaired;
+    /// see [`Self::take_damaged`].
+    damaged: Mutex<BTreeSet<String>>,
 }
 
 /// Keeps the `k` best (index, score) pairs, best first; ties go to the lower index.
@@ -180,6 +184,7 @@ impl VectorIndex {
             mode,
             graph: None,
             slim: false,
+            damaged: Mutex::default(),
         }
     }
 
@@ -341,6 +346,12 @@ impl VectorIndex {
 
     pub fn len(&self) -> usize {
         self.products.len()
+    }
+
+    /// The ids of products that searches found damaged (see `damaged`) since the last call: the
+    /// holder repairs them from the store.
+    pub fn take_damaged(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.damaged.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -606,6 +617,7 @@ impl VectorIndex {
         filter: &Filter,
     ) -> Vec<Hit<'_>> {
         let norms: Vec<f32> = queries.iter().map(|q| dot(q, q).sqrt()).collect();
+        // `None`: a row of the product is not finite (a NaN reads as the best score of all).
         let score = |buf: &mut Vec<f32>, p: usize| {
             let mut pairs = Vec::with_capacity(self.product_rows[p].len() * queries.len());
             for &r in &self.product_rows[p] {
@@ -613,19 +625,30 @@ impl VectorIndex {
                 let vector = self.read_row_vector(r, buf);
                 for (q, &norm) in queries.iter().zip(&norms) {
                     let score = self.score_from_dot(r, dot(q, vector), norm, metric);
+                    if !score.is_finite() {
+                        return (p, None);
+                    }
                     pairs.push((score, self.rows[r].1 as usize));
                 }
             }
-            let (score, image) = metric.product_score(pairs);
-            (p, score, image)
+            (p, Some(metric.product_score(pairs)))
         };
         // A graph walk's few dozen candidates take less time than handing them to threads.
-        let scored: Vec<(usize, f32, usize)> = if products.len() * queries.len() < 512 {
+        let scored: Vec<(usize, Option<(f32, usize)>)> = if products.len() * queries.len() < 512 {
             let mut buf = Vec::new();
             products.into_iter().map(|p| score(&mut buf, p)).collect()
         } else {
             products.into_par_iter().map_init(Vec::new, score).collect()
         };
+        let (scored, damaged): (Vec<_>, Vec<_>) = scored.into_iter().partition(|(_, s)| s.is_some());
+        if !damaged.is_empty() {
+            let mut held = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+            held.extend(damaged.into_iter().map(|(p, _)| self.products[p].id.clone()));
+        }
+        let scored: Vec<(usize, f32, usize)> = scored
+            .into_iter()
+            .filter_map(|(p, s)| s.map(|(score, image)| (p, score, image)))
+            .collect();
         let image_of: HashMap<usize, usize> = scored.iter().map(|&(p, _, image)| (p, image)).collect();
         let mut ranked: Vec<(usize, f32)> = scored.into_iter().map(|(p, score, _)| (p, score)).collect();
         keep_best_per_group(&mut ranked, k, metric, filter.one_per_group.then_some(&self.products));

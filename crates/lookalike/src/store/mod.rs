@@ -88,8 +88,12 @@ pub trait Store: Send {
     /// One product in its own transaction; false when `mode`'s condition did not hold (nothing written).
     fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool>;
     fn remove(&mut self, ids: &[String]) -> Result<usize>;
-    /// Whether any product's image is the file at `image_path`.
-    fn image_in_use(&self, image_path: &str) -> Result<bool>;
+    /// Records `path` as a file that a server of this catalogue wrote (an upload): the only
+    /// files a server ever deletes.
+    fn record_upload(&self, path: &str) -> Result<()>;
+    /// Forgets `path` if it is a recorded upload that no product's image is; true when it was,
+    /// and the caller deletes the file.
+    fn release_upload(&self, path: &str) -> Result<bool>;
     /// Where the change log ends now; see [`Self::changes_since`].
     fn change_position(&self) -> Result<u64> {
         Ok(0)

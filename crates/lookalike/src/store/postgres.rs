@@ -20,7 +20,7 @@ use postgres::{Client, NoTls, Row};
 use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words};
+use crate::types::{category_key, Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &[
@@ -67,6 +67,18 @@ ALTER TABLE lookalike_products ADD COLUMN words tsvector GENERATED ALWAYS AS (
     setweight(to_tsvector('english', coalesce(description, '')), 'C')
 ) STORED;
 CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
+",
+    // The files a server wrote (uploads), the only ones it may delete; and the case-folded
+    // category that filters compare (`lower()` follows the database's locale, and a C-locale
+    // database leaves `É` as it is), filled in by [`fill_category_keys`].
+    "
+CREATE TABLE lookalike_uploads (
+    path        text PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE lookalike_products ADD COLUMN category_key text;
+DROP INDEX lookalike_products_category;
+CREATE INDEX lookalike_products_category_key ON lookalike_products (category_key);
 ",
 ];
 
@@ -152,12 +164,27 @@ fn parse_url(url: &str) -> Result<(String, UrlOptions)> {
     Ok((url, options))
 }
 
-/// SQL conditions on products `p` for `filter` (with `any_category` lower-cased) and `exclude`,
-/// their values appended to `params`: only the conditions in use, so the planner sees plain
-/// predicates beside an index scan.
+/// The category keys ([`category_key`]) a filter compares.
+struct CategoryKeys {
+    one: Option<String>,
+    any: Vec<String>,
+}
+
+impl CategoryKeys {
+    fn of(filter: &Filter) -> Self {
+        Self {
+            one: filter.category.as_deref().map(category_key),
+            any: filter.any_category.iter().map(|c| category_key(c)).collect(),
+        }
+    }
+}
+
+/// SQL conditions on products `p` for `filter` (its categories as `keys`) and `exclude`, their
+/// values appended to `params`: only the conditions in use, so the planner sees plain predicates
+/// beside an index scan.
 fn filter_conditions<'a>(
     filter: &'a Filter,
-    any_category: &'a Vec<String>,
+    keys: &'a CategoryKeys,
     exclude: &'a Option<&'a str>,
     params: &mut Vec<&'a (dyn postgres::types::ToSql + Sync)>,
 ) -> Vec<String> {
@@ -166,11 +193,11 @@ fn filter_conditions<'a>(
         params.push(param);
         conditions.push(template.replace('?', &format!("${}", params.len())));
     };
-    if let Some(category) = &filter.category {
-        add("lower(p.category) = lower(?)", category);
+    if let Some(key) = &keys.one {
+        add("p.category_key = ?", key);
     }
-    if !any_category.is_empty() {
-        add("lower(p.category) = ANY(?)", any_category);
+    if !keys.any.is_empty() {
+        add("p.category_key = ANY(?)", &keys.any);
     }
     if let Some(min) = &filter.min_price {
         add("p.price >= ?", min);
@@ -446,6 +473,9 @@ fn migrate(client: &mut Client) -> Result<()> {
             let mut tx = client.transaction()?;
             tx.batch_execute(sql)
                 .with_context(|| format!("migration {version} failed"))?;
+            if version == CATEGORY_KEY_VERSION {
+                fill_category_keys(&mut tx).with_context(|| format!("migration {version} failed"))?;
+            }
             tx.execute("INSERT INTO lookalike_schema (version) VALUES ($1)", &[&version])?;
             tx.commit()?;
         }
@@ -455,12 +485,33 @@ fn migrate(client: &mut Client) -> Result<()> {
     result
 }
 
+/// The schema version that added `category_key`.
+const CATEGORY_KEY_VERSION: i32 = 5;
+
+/// Sets `category_key` of every product from its category: computed here, not in SQL, so that
+/// it is the same function as in memory and in SQLite.
+fn fill_category_keys(tx: &mut postgres::Transaction) -> Result<()> {
+    let categories: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT category FROM lookalike_products WHERE category IS NOT NULL",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let update = tx.prepare("UPDATE lookalike_products SET category_key = $2 WHERE category = $1")?;
+    for category in &categories {
+        tx.execute(&update, &[category, &category_key(category)])?;
+    }
+    Ok(())
+}
+
 /// Inserts a product with its vector; completed by what to do when the id exists.
 macro_rules! insert_product {
     ($on_conflict:literal) => {
         concat!(
-            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding, group_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector, $10) ON CONFLICT (id) ",
+            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding, group_id, category_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector, $10, $11) ON CONFLICT (id) ",
             $on_conflict
         )
     };
@@ -484,18 +535,20 @@ fn write_in(
             "DO UPDATE SET title = excluded.title, price = excluded.price,
                category = excluded.category, description = excluded.description, url = excluded.url,
                image_path = excluded.image_path, content_hash = excluded.content_hash,
-               embedding = excluded.embedding, group_id = excluded.group_id, updated_at = now()"
+               embedding = excluded.embedding, group_id = excluded.group_id,
+               category_key = excluded.category_key, updated_at = now()"
         ),
         (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
         (true, WriteMode::UpdateOnly) => {
             "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, content_hash = $8, embedding = $9::vector, group_id = $10, updated_at = now()
+               image_path = $7, content_hash = $8, embedding = $9::vector, group_id = $10,
+               category_key = $11, updated_at = now()
              WHERE id = $1"
         }
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
         (false, _) => {
             "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, group_id = $8, updated_at = now() WHERE id = $1"
+               image_path = $7, group_id = $8, category_key = $9, updated_at = now() WHERE id = $1"
         }
     };
     let vector = w.vector.map(|v| Vector::from(v.to_vec()));
@@ -505,6 +558,8 @@ fn write_in(
         params.extend([&w.content_hash as &(dyn postgres::types::ToSql + Sync), vector]);
     }
     params.push(&i.group);
+    let key = i.category.as_deref().map(category_key);
+    params.push(&key);
     let statement = match prepared.get(sql) {
         Some(statement) => statement.clone(),
         None => prepared.entry(sql).or_insert(tx.prepare(sql)?).clone(),
@@ -636,15 +691,22 @@ impl Store for PgStore {
         Ok(n as usize)
     }
 
-    fn image_in_use(&self, image_path: &str) -> Result<bool> {
-        Ok(self
-            .client()
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM lookalike_products WHERE image_path = $1)
-                     OR EXISTS (SELECT 1 FROM lookalike_images WHERE image_path = $1)",
-                &[&image_path],
-            )?
-            .get(0))
+    fn record_upload(&self, path: &str) -> Result<()> {
+        self.client().execute(
+            "INSERT INTO lookalike_uploads (path) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&path],
+        )?;
+        Ok(())
+    }
+
+    fn release_upload(&self, path: &str) -> Result<bool> {
+        let released = self.client().execute(
+            "DELETE FROM lookalike_uploads WHERE path = $1
+                 AND NOT EXISTS (SELECT 1 FROM lookalike_products WHERE image_path = $1)
+                 AND NOT EXISTS (SELECT 1 FROM lookalike_images WHERE image_path = $1)",
+            &[&path],
+        )?;
+        Ok(released > 0)
     }
 
     fn product(&self, id: &str) -> Result<Option<StoredProduct>> {
@@ -720,7 +782,8 @@ impl Store for PgStore {
 
     fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
         let mut client = self.client();
-        let condition = "($1::text IS NULL OR lower(category) = lower($1))";
+        let condition = "($1::text IS NULL OR category_key = $1)";
+        let category = category.map(category_key);
         let total: i64 = client
             .query_one(
                 &format!("SELECT count(*) FROM lookalike_products WHERE {condition}"),
@@ -767,10 +830,10 @@ impl Store for PgStore {
         // Any of the words; they are letters and digits only, so nothing else reaches to_tsquery.
         let matching = words.as_slice().join(" | ");
         let each: Vec<String> = words.as_slice().to_vec();
-        let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
+        let keys = CategoryKeys::of(filter);
         let limit = limit as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&matching, &limit, &each];
-        let conditions: String = filter_conditions(filter, &any_category, &exclude, &mut params)
+        let conditions: String = filter_conditions(filter, &keys, &exclude, &mut params)
             .iter()
             .map(|c| format!(" AND {c}"))
             .collect();
@@ -813,12 +876,12 @@ impl Store for PgStore {
             Metric::Cosine => "<=>",
             Metric::Euclidean => "<->",
         };
-        let any_category: Vec<String> = filter.any_category.iter().map(|c| c.to_lowercase()).collect();
+        let keys = CategoryKeys::of(filter);
         let vector = Vector::from(query.to_vec());
         // Candidates per table: a product may come back from both, and groups fold several into one.
         let limit = (k * if filter.one_per_group { 4 } else { 2 }) as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&vector, &limit];
-        let conditions = filter_conditions(filter, &any_category, &exclude, &mut params);
+        let conditions = filter_conditions(filter, &keys, &exclude, &mut params);
         let condition = if conditions.is_empty() {
             String::new()
         } else {
@@ -829,14 +892,13 @@ impl Store for PgStore {
         // HNSW walks the graph from the query outwards, so a category far from the query makes its
         // iterative scan visit (and filter out) up to hnsw.max_scan_tuples rows and still come back
         // short. Categories of moderate size are scored exactly instead, found by their B-tree index.
-        let category_rows = match (&filter.category, any_category.is_empty()) {
+        let category_rows = match (&keys.one, keys.any.is_empty()) {
             (None, true) => None,
             _ => {
-                let (category_sql, category_param): (&str, &(dyn postgres::types::ToSql + Sync)) =
-                    match &filter.category {
-                        Some(category) => ("lower(category) = lower($1)", category),
-                        None => ("lower(category) = ANY($1)", &any_category),
-                    };
+                let (category_sql, category_param): (&str, &(dyn postgres::types::ToSql + Sync)) = match &keys.one {
+                    Some(key) => ("category_key = $1", key),
+                    None => ("category_key = ANY($1)", &keys.any),
+                };
                 let n: i64 = tx
                     .query_one(
                         &format!("SELECT count(*) FROM lookalike_products WHERE {category_sql}"),

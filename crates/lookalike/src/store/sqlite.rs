@@ -6,16 +6,29 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{check_same_model, Changes, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
+use crate::types::{category_key, Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
 
 /// Version 2 added the change log and the image-path index, 3 the product `url` and `group_id`
-/// and further images per product.
-const SCHEMA_VERSION: i64 = 4;
+/// and further images per product, 4 the word index, 5 the record of uploads.
+const SCHEMA_VERSION: i64 = 5;
+
+/// The upgrade to version 5: the files a server wrote (uploads), the only ones it may delete.
+const SCHEMA_5: &str = "
+CREATE TABLE uploads (
+    path        TEXT PRIMARY KEY,
+    recorded_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+";
+
+/// The SQL function giving [`category_key`], which category filters compare: SQLite's own
+/// `lower()` folds ASCII only.
+const CATEGORY_KEY: &str = "lookalike_category_key";
 
 /// The upgrade to version 4: a full-text index over the products' words, kept by triggers (so
 /// every writer, whichever its version, keeps it right) and filled from what is there.
@@ -176,7 +189,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_error(path, e))?;
         retry_busy(|| Self::migrate(&conn)).map_err(|e| open_error(path, e))?;
-        let mut store = Self::with_connection(conn, path);
+        let mut store = Self::with_connection(conn, path)?;
         store.check_version()?;
         Ok(store)
     }
@@ -206,7 +219,7 @@ impl SqliteStore {
             Err(e) => return Err(open_error(path, e)),
         };
         conn.busy_timeout(BUSY_WAIT)?;
-        let mut store = Self::with_connection(conn, path);
+        let mut store = Self::with_connection(conn, path)?;
         store.check_version()?;
         let tables: i64 = store.conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('manifest', 'products')",
@@ -219,13 +232,19 @@ impl SqliteStore {
         Ok(store)
     }
 
-    fn with_connection(conn: Connection, path: &Path) -> Self {
-        Self {
+    fn with_connection(conn: Connection, path: &Path) -> Result<Self> {
+        conn.create_scalar_function(
+            CATEGORY_KEY,
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            |context| Ok(context.get::<Option<String>>(0)?.map(|c| category_key(&c))),
+        )?;
+        Ok(Self {
             conn,
             path: path.to_path_buf(),
             schema: 0,
             seen_data_version: Cell::new(None),
-        }
+        })
     }
 
     /// Reads the schema version: the first read of a file, where a non-database shows.
@@ -262,6 +281,9 @@ impl SqliteStore {
                 }
                 if version < 4 {
                     conn.execute_batch(SCHEMA_4)?;
+                }
+                if version < 5 {
+                    conn.execute_batch(SCHEMA_5)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
@@ -574,14 +596,26 @@ impl Store for SqliteStore {
         Ok(removed)
     }
 
-    fn image_in_use(&self, image_path: &str) -> Result<bool> {
-        Ok(self
+    fn record_upload(&self, path: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO uploads (path) VALUES (?1)")?
+            .execute([path])?;
+        Ok(())
+    }
+
+    fn release_upload(&self, path: &str) -> Result<bool> {
+        if self.schema < 5 {
+            return Ok(false);
+        }
+        let released = self
             .conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM products WHERE image_path = ?1)
-                     OR EXISTS (SELECT 1 FROM product_images WHERE image_path = ?1)",
+                "DELETE FROM uploads WHERE path = ?1
+                     AND NOT EXISTS (SELECT 1 FROM products WHERE image_path = ?1)
+                     AND NOT EXISTS (SELECT 1 FROM product_images WHERE image_path = ?1)",
             )?
-            .query_row([image_path], |r| r.get(0))?)
+            .execute([path])?;
+        Ok(released > 0)
     }
 
     fn change_position(&self) -> Result<u64> {
@@ -662,13 +696,16 @@ impl Store for SqliteStore {
             conditions += &format!(" AND {}", condition.replace('?', &format!("?{}", params.len())));
         };
         if let Some(category) = &filter.category {
-            add("lower(p.category) = lower(?)", Box::new(category.clone()));
+            add(
+                &format!("{CATEGORY_KEY}(p.category) = ?"),
+                Box::new(category_key(category)),
+            );
         }
         if !filter.any_category.is_empty() {
-            let list = serde_json::to_string(&filter.any_category)?;
+            let keys: Vec<String> = filter.any_category.iter().map(|c| category_key(c)).collect();
             add(
-                "lower(p.category) IN (SELECT lower(value) FROM json_each(?))",
-                Box::new(list),
+                &format!("{CATEGORY_KEY}(p.category) IN (SELECT value FROM json_each(?))"),
+                Box::new(serde_json::to_string(&keys)?),
             );
         }
         if let Some(min) = filter.min_price {
@@ -698,10 +735,11 @@ impl Store for SqliteStore {
     }
 
     fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
-        let matching = "?1 IS NULL OR lower(category) = lower(?1)";
+        let matching = format!("?1 IS NULL OR {CATEGORY_KEY}(category) = ?1");
+        let category = category.map(category_key);
         let total: i64 = self.conn.query_row(
             &format!("SELECT count(*) FROM products WHERE {matching}"),
-            [category],
+            [&category],
             |r| r.get(0),
         )?;
         let sql = format!(
@@ -949,7 +987,10 @@ mod tests {
         let position = store.change_position().unwrap();
         store.remove(&["x".into()]).unwrap();
         assert!(store.change_position().unwrap() > position);
-        assert!(!store.image_in_use("/x.jpg").unwrap());
+        assert!(
+            !store.release_upload("/x.jpg").unwrap(),
+            "a file never recorded as an upload is never the server's to delete"
+        );
     }
 
     #[test]
@@ -1074,12 +1115,16 @@ mod tests {
         assert_eq!(stored.more_images.len(), 1);
         assert_eq!(stored.more_images[0].path, "/img/side-renamed.jpg");
         assert_eq!(stored.more_images[0].vector, vec![0.5, 0.5]);
-        assert!(store.image_in_use("/img/side-renamed.jpg").unwrap());
-        assert!(!store.image_in_use("/img/back.jpg").unwrap());
+        for upload in ["/img/side-renamed.jpg", "/img/back.jpg"] {
+            store.record_upload(upload).unwrap();
+        }
+        assert!(!store.release_upload("/img/side-renamed.jpg").unwrap(), "in use");
+        assert!(store.release_upload("/img/back.jpg").unwrap(), "no longer in use");
+        assert!(!store.release_upload("/img/back.jpg").unwrap(), "released once");
         assert_eq!(store.products().unwrap()[0].more_images.len(), 1);
         store.remove(&["shirt".into()]).unwrap();
         assert!(
-            !store.image_in_use("/img/side-renamed.jpg").unwrap(),
+            store.release_upload("/img/side-renamed.jpg").unwrap(),
             "views go with their product"
         );
     }
