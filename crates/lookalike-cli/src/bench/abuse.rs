@@ -179,13 +179,18 @@ fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> 
     let seconds = Duration::from_secs_f64(plan.attack_seconds);
     let n = plan.slow_clients;
     let upload = upload_mb << 20;
+    // Twice what fills the server's budget for bodies (256 MiB, or four uploads).
+    let stalled = 2 * (256usize << 20).max(4 * upload) / upload;
     let names = [
         "none (the shopper alone)".to_string(),
         format!("{n} slow bodies to a route that does not exist (1 MiB declared, a byte per 2 s)"),
         format!("{n} slow bodies to POST /v1/search (the same)"),
-        "64 bodies to POST /v1/search sent at once but for their last KiB, then stalled".to_string(),
-        "4 clients sending 5 MB bodies in 1-byte chunks".to_string(),
-        "1 client sending requests with invented 4 KB method names".to_string(),
+        format!(
+            "{stalled} bodies of {upload_mb} MB to POST /v1/search, sent at once but for their last KiB, \
+             then a byte per 2 s; more fill what they leave of the budget"
+        ),
+        "4 clients sending 5 MB bodies in 1-byte chunks, 2 MB/s each".to_string(),
+        "1 client sending 5,000 requests/s with invented 4 KB method names".to_string(),
     ];
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
@@ -211,13 +216,32 @@ fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> 
         anyhow::ensure!(warm.status().is_success(), "warm-up search failed: {}", warm.status());
         let attacked = beside_a_shopper(&server, photo, seconds, |stop| match attack {
             0 => String::new(),
-            1 => trickle(&address, n, "POST /no/such/route", 1 << 20, 0, stop),
-            2 => trickle(&address, n, "POST /v1/search", 1 << 20, 0, stop),
-            3 => trickle(&address, 64, "POST /v1/search", upload, upload - 1024, stop),
-            4 => tiny_chunks(&address, 4, 5_000_000, stop),
-            _ => invented_methods(&address, &server.url, stop),
+            1 => {
+                trickle(&address, n, "POST /no/such/route", 1 << 20, 0, stop);
+                String::new()
+            }
+            2 => {
+                trickle(&address, n, "POST /v1/search", 1 << 20, 0, stop);
+                String::new()
+            }
+            3 => std::thread::scope(|scope| {
+                scope.spawn(|| fill_the_budget(&address, &server.url, stop));
+                trickle(&address, stalled, "POST /v1/search", upload, upload - 1024, stop);
+                String::new()
+            }),
+            4 => tiny_chunks(&address, 4, 5_000_000, 2_000_000, stop),
+            _ => invented_methods(&address, &server.url, 5000.0, stop),
         })?;
         peak = peak.max(server.peak_resident_mib().unwrap_or(0.0));
+        let refused = |reason: &str| {
+            metric(&server.url, &format!("lookalike_overload_refusals_total{{reason=\"{reason}\"}}")).unwrap_or(0)
+        };
+        let (cut, full) = (refused("stalled_body"), refused("bodies"));
+        let note = match (cut, full, attacked.note.is_empty()) {
+            (0, 0, _) => attacked.note,
+            (_, _, true) => format!("server: {cut} cut off, {full} refused for room"),
+            _ => format!("{}; server: {cut} cut off, {full} refused for room", attacked.note),
+        };
         let ok = attacked.shopper.by_status.get(&200).cloned().unwrap_or_default();
         let per_second = ok.len() as f64 / attacked.shopper.elapsed.as_secs_f64();
         let alone = *alone.get_or_insert(per_second);
@@ -239,7 +263,7 @@ fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> 
             count_statuses(&others.collect()),
             format!("{:.2}", attacked.cpu_seconds),
             format!("{:.0}", attacked.rss_growth_mib),
-            attacked.note,
+            note,
         ]);
     }
     println!(
@@ -285,7 +309,7 @@ fn beside_a_shopper(
 
 /// `clients` connections that each send `request` declaring a body of `declared` bytes, then
 /// `at_once` of it, then a byte every 2 s; a connection the server closes is opened again.
-fn trickle(address: &str, clients: usize, request: &str, declared: usize, at_once: usize, stop: &AtomicBool) -> String {
+fn trickle(address: &str, clients: usize, request: &str, declared: usize, at_once: usize, stop: &AtomicBool) {
     let head = format!(
         "{request} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
          Content-Length: {declared}\r\n\r\n"
@@ -298,17 +322,42 @@ fn trickle(address: &str, clients: usize, request: &str, declared: usize, at_onc
         Some(stream)
     };
     let mut streams: Vec<Option<TcpStream>> = (0..clients).map(|_| open()).collect();
-    let mut reopened = 0;
     while !stop.load(Ordering::Relaxed) {
         for stream in &mut streams {
             if stream.as_mut().is_none_or(|s| s.write_all(b"x").is_err()) {
                 *stream = open();
-                reopened += 1;
             }
         }
         sleep_unless_stopped(Duration::from_secs(2), stop);
     }
-    format!("{reopened} connections cut and opened again")
+}
+
+/// Every 50 ms, a body that fills what is left of the server's 256 MiB budget for bodies
+/// (read off its `/metrics`) to a KiB, below one search's body, then a byte of each per 2 s.
+fn fill_the_budget(address: &str, url: &str, stop: &AtomicBool) {
+    let mut fillers: Vec<(TcpStream, Instant)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        // Often enough to find the moments between the shopper's searches.
+        sleep_unless_stopped(Duration::from_millis(50), stop);
+        let left = body_bytes_held(url).and_then(|held| (256usize << 20).checked_sub(held));
+        if let Some(left) = left.filter(|&left| left > 2048) {
+            let head = format!(
+                "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
+                 Content-Length: {left}\r\n\r\n"
+            );
+            if let Ok(mut stream) = TcpStream::connect(address) {
+                if stream.write_all(head.as_bytes()).is_ok() && stream.write_all(&vec![b'x'; left - 1024]).is_ok() {
+                    fillers.push((stream, Instant::now()));
+                }
+            }
+        }
+        for (stream, last) in &mut fillers {
+            if last.elapsed() >= Duration::from_secs(2) {
+                let _ = stream.write_all(b"x");
+                *last = Instant::now();
+            }
+        }
+    }
 }
 
 fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
@@ -318,15 +367,19 @@ fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
     }
 }
 
-/// `clients` connections sending bodies of `bytes` in 1-byte chunks, one after the other.
-fn tiny_chunks(address: &str, clients: usize, bytes: usize, stop: &AtomicBool) -> String {
+/// `clients` connections sending bodies of `bytes` in 1-byte chunks, one after the other, each
+/// at most `rate` bytes per second on the wire (so that the load is the same whatever the server
+/// does with it, and the load generator leaves the shared cores alone).
+fn tiny_chunks(address: &str, clients: usize, bytes: usize, rate: usize, stop: &AtomicBool) -> String {
     let head = "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=X\r\n\
                 Transfer-Encoding: chunked\r\n\r\n";
-    let block = b"1\r\nx\r\n".repeat(64 * 1024);
+    let block = b"1\r\nx\r\n".repeat(10_000);
+    let pace = Duration::from_secs_f64(block.len() as f64 / rate as f64);
     let sent = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..clients {
             scope.spawn(|| {
+                let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(mut stream) = TcpStream::connect(address) else {
                         continue;
@@ -335,6 +388,8 @@ fn tiny_chunks(address: &str, clients: usize, bytes: usize, stop: &AtomicBool) -
                     let _ = stream.write_all(head.as_bytes());
                     while body < bytes && !stop.load(Ordering::Relaxed) && stream.write_all(&block).is_ok() {
                         body += block.len() / 6;
+                        next += pace;
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
                     }
                     let _ = stream.write_all(b"0\r\n\r\n");
                     let _ = stream.read(&mut [0u8; 512]);
@@ -346,15 +401,19 @@ fn tiny_chunks(address: &str, clients: usize, bytes: usize, stop: &AtomicBool) -
     format!("{:.1} MB of chunks sent", sent.into_inner() as f64 / 1e6)
 }
 
-/// Requests with a new 4 KB method name each, until stopped; the note gives `/metrics`' size.
-fn invented_methods(address: &str, url: &str, stop: &AtomicBool) -> String {
+/// Requests with a new 4 KB method name each, `rate` a second, until stopped; the note gives
+/// `/metrics`' size.
+fn invented_methods(address: &str, url: &str, rate: f64, stop: &AtomicBool) -> String {
+    let started = Instant::now();
     let mut sent = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let Ok(stream) = TcpStream::connect(address) else {
             continue;
         };
         let mut reader = BufReader::new(stream);
-        for _ in 0..100 {
+        while !stop.load(Ordering::Relaxed) {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
             let request = format!("M{sent}{} /v1/stats HTTP/1.1\r\nHost: x\r\n\r\n", "X".repeat(4096));
             if reader.get_mut().write_all(request.as_bytes()).is_err() || read_answer(&mut reader).is_none() {
                 break;
@@ -368,6 +427,21 @@ fn invented_methods(address: &str, url: &str, stop: &AtomicBool) -> String {
         .and_then(|r| r.text())
         .map_or(0, |t| t.len());
     format!("{sent} requests; /metrics {:.1} KB after", metrics as f64 / 1e3)
+}
+
+/// The value of the series `name` (with its labels) on the server's `/metrics`.
+fn metric(url: &str, name: &str) -> Option<usize> {
+    let text = Client::new().get(format!("{url}/metrics")).send().ok()?.text().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The bytes of request bodies the server holds.
+fn body_bytes_held(url: &str) -> Option<usize> {
+    metric(url, "lookalike_request_body_bytes")
 }
 
 /// Reads one answer with a Content-Length body; `None` if the connection ended.
