@@ -234,7 +234,11 @@ fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> 
         })?;
         peak = peak.max(server.peak_resident_mib().unwrap_or(0.0));
         let refused = |reason: &str| {
-            metric(&server.url, &format!("lookalike_overload_refusals_total{{reason=\"{reason}\"}}")).unwrap_or(0)
+            metric(
+                &server.url,
+                &format!("lookalike_overload_refusals_total{{reason=\"{reason}\"}}"),
+            )
+            .unwrap_or(0)
         };
         let (cut, full) = (refused("stalled_body"), refused("bodies"));
         let note = match (cut, full, attacked.note.is_empty()) {
