@@ -490,6 +490,10 @@ impl VectorIndex {
                 self.dimension
             );
         }
+        // Every score would be NaN, and every product taken for damaged.
+        if queries.iter().flat_map(|q| q.iter()).any(|v| !v.is_finite()) {
+            bail!("the query vector has a value that is not a number");
+        }
         let accepted = |row: usize| {
             let p = &self.products[self.rows[row].0 as usize];
             filter.accepts(p) && exclude != Some(p.id.as_str())
@@ -732,6 +736,22 @@ mod tests {
         assert_eq!(ids(&hits), ["a", "b", "c", "d"]);
         assert!((hits[0].score - 1.0).abs() < 1e-6);
         assert!((hits[3].score + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_damaged_row_is_left_out_and_reported_once() {
+        let mut idx = index();
+        idx.vectors.get_mut(idx.row_slot[0] as usize).unwrap()[0] = f32::NAN;
+        let hits = idx
+            .search(&[1.0, 0.0], 4, Metric::Cosine, &Filter::default(), None)
+            .unwrap();
+        assert_eq!(ids(&hits), ["b", "c", "d"], "no NaN ranks first");
+        assert_eq!(idx.take_damaged().into_iter().collect::<Vec<_>>(), ["a"]);
+        assert!(idx.take_damaged().is_empty());
+        assert!(idx
+            .search(&[f32::NAN, 0.0], 4, Metric::Cosine, &Filter::default(), None)
+            .is_err());
+        assert!(idx.take_damaged().is_empty(), "a bad query damages nothing");
     }
 
     #[test]
