@@ -2,7 +2,8 @@
 # A throw-away PostgreSQL 16 + pgvector 0.8.5 for tests and benchmarks.
 #
 #   scripts/pg.sh run COMMAND...   start a fresh cluster on a free loopback port, run COMMAND with
-#                                  LOOKALIKE_TEST_POSTGRES=postgres://… set, stop and delete the
+#                                  LOOKALIKE_TEST_POSTGRES=postgres://… set (and LOOKALIKE_PG_TESTS,
+#                                  which builds the PostgreSQL tests to run), stop and delete the
 #                                  cluster afterwards (also when COMMAND fails or is interrupted)
 #   scripts/pg.sh install          only fetch the binaries
 #
@@ -83,7 +84,7 @@ run() {
     { cat "$dir/server.log" >&2; exit 1; }
   "$PG_BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -c "CREATE DATABASE lookalike" >/dev/null
   echo "pg.sh: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') with pgvector on 127.0.0.1:$port"
-  LOOKALIKE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/lookalike" "$@" || status=$?
+  LOOKALIKE_PG_TESTS=1 LOOKALIKE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/lookalike" "$@" || status=$?
   return "$status"
 }
 

@@ -86,6 +86,7 @@ fn similar_products_are_mostly_of_the_same_category() {
     // Watches look like watches: the 3 other watches should be the 3 nearest.
     let hits = json(&lookalike(&["similar", "24-MG01", "--db", s(db), "-k", "3", "--json"]));
     let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 3, "{hits:#?}");
     assert!(hits.iter().all(|h| h["id"] != "24-MG01"));
     assert!(hits.iter().all(|h| h["category"] == "Gear/Watches"), "{hits:#?}");
 }
@@ -341,7 +342,9 @@ fn sigkill_mid_index_leaves_a_consistent_database_that_a_rerun_completes() {
     let after_kill = store.count().unwrap();
     assert!(after_kill < DEMO_PRODUCTS, "killed too late to prove anything");
     assert_eq!(after_kill % 2, 0, "batches of 2 are written whole");
-    assert!(store.products().unwrap().iter().all(|p| p.vector.len() == 1280));
+    let stored = store.products().unwrap();
+    assert_eq!(stored.len(), after_kill);
+    assert!(stored.iter().all(|p| p.vector.len() == 1280));
     let out = lookalike(&["index", s(&csv), "--db", s(&db)]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -684,10 +687,8 @@ fn a_cnn_trains_from_scratch_on_fashion_mnist_idx_files() {
     assert!(out.status.success(), "{}", text(&out));
     let history: Value = serde_json::from_slice(&std::fs::read(dir.path().join("history.json")).unwrap()).unwrap();
     let epochs = history["epochs"].as_array().unwrap();
-    assert!(
-        epochs[2]["train_loss"].as_f64() < epochs[0]["train_loss"].as_f64(),
-        "{history}"
-    );
+    let loss = |epoch: usize| epochs[epoch]["train_loss"].as_f64().expect("a number");
+    assert!(loss(2) < loss(0), "{history}");
     // 1,000 training images, 3 epochs: far above chance (0.1), far below the full run.
     assert!(history["test_accuracy"].as_f64().unwrap() > 0.6, "{history}");
     assert!(history["knn_at_1"].as_f64().unwrap() > 0.6, "{history}");
@@ -1055,6 +1056,7 @@ fn recommend_all_agrees_with_similar_and_reruns_only_what_changed() {
                 .iter()
                 .map(|r| r["score"].as_f64().unwrap())
                 .collect();
+            assert_eq!(scores.len(), 5, "{row}");
             assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{row}");
             let ids = row["related"]
                 .as_array()
@@ -1128,6 +1130,7 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
     ]));
     assert_eq!(jacket[0]["id"], "WJ01", "{jacket}");
     let similar = json(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "3", "--json"]));
+    assert_eq!(similar.as_array().unwrap().len(), 3, "{similar}");
     assert!(similar.as_array().unwrap().iter().all(|h| h["id"] != "MH01"));
 
     // The Shopify shape of the same shop: the same products, one row per photo.
@@ -1297,6 +1300,7 @@ fn product_folders_and_groups_show_one_entry_per_product_family() {
         "4",
         "--json",
     ]));
+    assert_eq!(similar.as_array().unwrap().len(), 4, "{similar}");
     assert!(
         similar.as_array().unwrap().iter().all(|h| h["group"] != "MP01"),
         "a product's own colours are not similar products: {similar}"

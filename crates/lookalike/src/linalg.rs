@@ -28,8 +28,19 @@ impl<'a> Strided<'a> {
         }
     }
 
+    /// Whether every element of a `rows × cols` view lies in the slice; checked arithmetic, as a
+    /// wrapped offset would pass and let `sgemm` read outside it.
     fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((cols - 1).checked_mul(self.col_stride))
+            .and_then(|(r, c)| r.checked_add(c));
+        last.is_some_and(|last| last < self.data.len())
+            && isize::try_from(self.row_stride).is_ok()
+            && isize::try_from(self.col_stride).is_ok()
     }
 }
 
@@ -77,5 +88,23 @@ pub fn softmax_rows(x: &mut [f32], width: usize) {
             sum += *v;
         }
         row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_whose_last_element_overflows_do_not_fit() {
+        let data = [1.0f32; 4];
+        assert!(Strided::rows(&data, 2).fits(2, 2));
+        assert!(!Strided::rows(&data, 2).fits(3, 2));
+        let wrapping = Strided {
+            data: &data,
+            row_stride: usize::MAX / 2 + 1,
+            col_stride: 1,
+        };
+        assert!(!wrapping.fits(3, 1), "(rows - 1) · stride wraps to 0 in release");
     }
 }

@@ -147,5 +147,6 @@ fn calibrating_on_photos_gives_ranges_that_quantize_well() {
     )
     .unwrap();
     let cosines = agreement(&fp32, &int8, &inputs, names.len());
+    assert_eq!(cosines.len(), names.len());
     assert!(cosines.iter().all(|&c| c >= 0.98), "{cosines:?}");
 }

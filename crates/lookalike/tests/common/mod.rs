@@ -27,9 +27,20 @@ pub fn read_npy(rel: &str) -> (Vec<u64>, Vec<f32>) {
     (shape, npy.into_vec::<f32>().unwrap())
 }
 
+/// The largest element-wise difference; infinite when either side has a value that is not finite
+/// (`f32::max` would drop a NaN and report the rest as close).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_finite() && y.is_finite() {
+                (x - y).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
+        .fold(0.0, f32::max)
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
