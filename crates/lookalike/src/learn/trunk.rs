@@ -366,7 +366,10 @@ pub(crate) mod tests {
         let (_, pass, dots) = objective(&trunk.layers);
         let grad: Vec<f32> = target.iter().enumerate().map(|(i, t)| t * dots[i / 5]).collect();
         let grads = trunk.backward(&pass, &grad);
-        let at: Vec<(usize, usize)> = (0..trunk.layers.len()).flat_map(|l| [(l, 0), (l, 5)]).collect();
+        // Each layer's largest weight gradient (most are too small to measure in float32 here).
+        let at: Vec<(usize, usize)> = (0..trunk.layers.len())
+            .map(|l| (l, crate::learn::train::largest(&grads[l].0)))
+            .collect();
         assert_gradients_match(&trunk.layers, &grads, &at, |l| objective(l).0);
     }
 
