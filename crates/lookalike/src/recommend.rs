@@ -358,7 +358,7 @@ impl Recommender {
     ) -> Result<Vec<Scored>> {
         match self.memory()? {
             Some(index) => self.results(index, |index| index.search(query, k, metric, filter, exclude)),
-            None => self.guarded().store.nearest(query, k, metric, filter, exclude),
+            None => self.guarded().store.nearest(&[query], k, metric, filter, exclude),
         }
     }
 
@@ -393,25 +393,9 @@ impl Recommender {
             let hits = self.results(index, |index| index.search_views(&views, k, metric, &filter, Some(id)))?;
             return Ok(Some(hits));
         }
-        // The database searches one vector at a time: each view's neighbours, each product by its best.
-        let mut best: HashMap<String, Scored> = HashMap::new();
-        for view in product.vectors() {
-            for hit in self.guarded().store.nearest(view, k, metric, &filter, Some(id))? {
-                let better = best
-                    .get(&hit.product.id)
-                    .is_none_or(|known| metric.best_first(hit.score, known.score).is_lt());
-                if better {
-                    best.insert(hit.product.id.clone(), hit);
-                }
-            }
-        }
-        let mut hits: Vec<Scored> = best.into_values().collect();
-        hits.sort_by(|a, b| {
-            metric
-                .best_first(a.score, b.score)
-                .then_with(|| a.product.id.cmp(&b.product.id))
-        });
-        Ok(Some(keep_per_group(hits, k, filter.one_per_group)))
+        let views: Vec<&[f32]> = product.vectors().collect();
+        let hits = self.guarded().store.nearest(&views, k, metric, &filter, Some(id))?;
+        Ok(Some(hits))
     }
 
     /// The `k` best products for a photo, words or both that pass `filter`. Words alone rank by
@@ -553,6 +537,37 @@ impl Recommender {
         Ok(removed)
     }
 
+    /// "More like these, less like those": the `k` products nearest (by cosine) to the mean of the
+    /// `positive` products minus half the mean of the `negative` ones, each product as the mean of
+    /// its photos' unit vectors (as [`related_for_all`] sees it), every named product excluded. An
+    /// id the catalogue does not hold is a [`NoSuchProduct`] error.
+    pub fn recommend(
+        &self,
+        positive: &[String],
+        negative: &[String],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Scored>> {
+        let mut query: Vec<f32> = Vec::new();
+        for (ids, weight) in [(positive, 1.0f32), (negative, -0.5)] {
+            for id in ids {
+                let product = self.find(id)?.ok_or_else(|| NoSuchProduct(id.clone()))?;
+                let mean = centroid(&product);
+                let norm = crate::index::dot(&mean, &mean).sqrt().max(f32::MIN_POSITIVE);
+                let scale = weight / (ids.len() as f32 * norm);
+                query.resize(mean.len(), 0.0);
+                query.iter_mut().zip(mean.iter()).for_each(|(q, v)| *q += v * scale);
+            }
+        }
+        let named: std::collections::HashSet<&str> = positive.iter().chain(negative).map(String::as_str).collect();
+        let hits = self.search(&query, k + named.len(), Metric::Cosine, filter, None)?;
+        Ok(hits
+            .into_iter()
+            .filter(|hit| !named.contains(hit.product.id.as_str()))
+            .take(k)
+            .collect())
+    }
+
     /// See [`Store::record_upload`].
     pub fn record_upload(&self, path: &str) -> Result<()> {
         self.guarded().store.record_upload(path)
@@ -563,6 +578,11 @@ impl Recommender {
         self.guarded().store.release_upload(path)
     }
 }
+
+/// A product a query names that the catalogue does not hold.
+#[derive(Debug, thiserror::Error)]
+#[error("no product with id {0:?} in the catalogue")]
+pub struct NoSuchProduct(pub String);
 
 /// Related products for every product of `products` (the `k` most similar by cosine, best
 /// first), reusing `previous` (an earlier run's state) for what did not change; returns the lists

@@ -230,7 +230,7 @@ impl Words {
             if word.chars().count() > Self::MAX_WORD_CHARS {
                 bail!("the text query has a word longer than {} letters", Self::MAX_WORD_CHARS);
             }
-            let word = word.to_lowercase();
+            let word = fold_accents(&word.to_lowercase()).into_owned();
             if !words.contains(&word) {
                 words.push(word);
             }
@@ -259,6 +259,17 @@ pub fn same_category(a: &str, b: &str) -> bool {
 /// stores compare these, so that neither depends on the database's locale.
 pub fn category_key(category: &str) -> String {
     unicase::UniCase::new(category).to_folded_case()
+}
+
+/// `text` without its accents (canonical decomposition, combining marks dropped: `Café` → `Cafe`),
+/// as both stores index and query words, so `cafe` finds `Café` and `café` finds `Cafe`. SQLite's
+/// tokenizer does the same by itself (`remove_diacritics 2`); PostgreSQL's does not.
+pub fn fold_accents(text: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
+    if text.is_ascii() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.nfd().filter(|&c| !is_combining_mark(c)).nfc().collect())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -364,6 +375,13 @@ mod tests {
             assert!(!same_category(a, b), "{a} !~ {b}");
             assert_ne!(category_key(a), category_key(b), "{a} !~ {b}");
         }
+    }
+
+    #[test]
+    fn accents_are_folded_and_plain_text_is_kept_as_is() {
+        assert_eq!(fold_accents("Café crème, Ærø, São Paulo"), "Cafe creme, Ærø, Sao Paulo");
+        assert!(matches!(fold_accents("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(Words::parse("CAFÉ Crème").unwrap().as_slice(), ["cafe", "creme"]);
     }
 
     #[test]

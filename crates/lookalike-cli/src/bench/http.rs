@@ -443,7 +443,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
     ]);
     if let Some(pg) = &postgres {
         let (pg_ms, pg_found) = timed(&|q| {
-            pg.nearest(q, k, Metric::Cosine, &filter, None)
+            pg.nearest(&[q], k, Metric::Cosine, &filter, None)
                 .expect("PostgreSQL search")
                 .into_iter()
                 .map(|hit| hit.product.id)

@@ -37,6 +37,13 @@ impl ApiError {
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string())
     }
+    /// The answer for an error of the library, by its kind.
+    pub fn from_library(err: anyhow::Error) -> Self {
+        match err.downcast_ref::<lookalike::recommend::NoSuchProduct>() {
+            Some(missing) => Self::not_found(missing.to_string()),
+            None => Self::internal(err),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

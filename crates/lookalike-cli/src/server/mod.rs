@@ -257,7 +257,7 @@ async fn on_catalogue<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&state.catalogue))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+        .map_err(ApiError::from_library)
 }
 
 impl AppState {

@@ -297,8 +297,7 @@ pub struct RecommendRequest {
 /// Most products one recommendation may name.
 const MAX_RECOMMEND_IDS: usize = 100;
 
-/// "More like these, less like those": the mean of the positives' unit vectors minus half
-/// the mean of the negatives', searched by cosine with all given products excluded.
+/// "More like these, less like those" ([`lookalike::recommend::Recommender::recommend`]).
 pub async fn recommend(
     State(state): State<Shared>,
     body: Result<Json<RecommendRequest>, axum::extract::rejection::JsonRejection>,
@@ -320,31 +319,7 @@ pub async fn recommend(
         ..QueryParams::default()
     };
     let (k, filter) = (params.k()?, params.filter()?);
-    let dimension = state.manifest.dimension;
-    let hits = on_catalogue(&state, move |c| {
-        let mut query = vec![0.0f32; dimension];
-        for (ids, weight) in [(&req.positive, 1.0f32), (&req.negative, -0.5)] {
-            for id in ids {
-                let Some(p) = c.find(id)? else {
-                    return Ok(Err(no_product(id)));
-                };
-                let norm = lookalike::index::dot(&p.vector, &p.vector)
-                    .sqrt()
-                    .max(f32::MIN_POSITIVE);
-                let scale = weight / (ids.len() as f32 * norm);
-                query.iter_mut().zip(&p.vector).for_each(|(q, v)| *q += v * scale);
-            }
-        }
-        let excluded: std::collections::HashSet<&str> =
-            req.positive.iter().chain(&req.negative).map(String::as_str).collect();
-        let hits = c.search(&query, k + excluded.len(), Metric::Cosine, &filter, None)?;
-        Ok(Ok(hits
-            .into_iter()
-            .filter(|hit| !excluded.contains(hit.product.id.as_str()))
-            .take(k)
-            .collect::<Vec<Scored>>()))
-    })
-    .await??;
+    let hits = on_catalogue(&state, move |c| c.recommend(&req.positive, &req.negative, k, &filter)).await?;
     Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
 }
 

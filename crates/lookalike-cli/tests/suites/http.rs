@@ -1270,6 +1270,30 @@ fn categories_match_whatever_their_case_in_every_query() {
     }
 }
 
+#[test]
+fn words_match_whatever_their_accents() {
+    let server = start_server(&[]);
+    let base = &server.base;
+    for (id, title, photo) in [("ACCENT-1", "Café crème mug", "mh01.jpg"), ("ACCENT-2", "Cafe au lait bowl", "mh02.jpg")] {
+        let (status, body) = send(
+            client()
+                .post(format!("{base}/v1/products"))
+                .bearer_auth(TOKEN)
+                .multipart(form_with_image(id, title, &demo_image(photo))),
+        );
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for asked in ["cafe", "café", "CAFÉ", "Cafe"] {
+        let encoded = percent_encoding::utf8_percent_encode(asked, percent_encoding::NON_ALPHANUMERIC);
+        let (status, body) = send(client().get(format!("{base}/v1/search?q={encoded}")));
+        let mut found = result_ids(&body);
+        found.sort();
+        assert_eq!((status, found), (StatusCode::OK, vec!["ACCENT-1", "ACCENT-2"]), "{asked}: {body}");
+    }
+    let (_, body) = send(client().get(format!("{base}/v1/search?q=creme")));
+    assert_eq!(result_ids(&body), vec!["ACCENT-1"], "{body}");
+}
+
 /// A file that has stood untouched long enough for the start-up sweep to consider it.
 fn age(path: &std::path::Path) {
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);

@@ -126,10 +126,12 @@ pub trait Store: Send {
     fn has_vector_index(&self) -> bool {
         false
     }
-    /// The `k` nearest products by the database's own vector index, best first, without their vectors.
+    /// The `k` nearest products to `queries` (one photo, or a product's views) by the database's
+    /// own vector index, best first, without their vectors; each product scores by
+    /// [`Metric::product_score`] over every pair of a query and one of its images.
     fn nearest(
         &self,
-        _query: &[f32],
+        _queries: &[&[f32]],
         _k: usize,
         _metric: Metric,
         _filter: &Filter,

@@ -11,7 +11,7 @@
 //! `ef_search=N` sets HNSW's candidate list for every query (default [`ef_search_for`]`(k)`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use anyhow::{bail, Context, Result};
 use pgvector::Vector;
@@ -20,7 +20,9 @@ use postgres::{Client, NoTls, Row};
 use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
-use crate::types::{category_key, Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words};
+use crate::types::{
+    category_key, fold_accents, Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words,
+};
 
 /// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &[
@@ -79,6 +81,18 @@ CREATE TABLE lookalike_uploads (
 ALTER TABLE lookalike_products ADD COLUMN category_key text;
 DROP INDEX lookalike_products_category;
 CREATE INDEX lookalike_products_category_key ON lookalike_products (category_key);
+",
+    // Words with their accents folded, which only Rust does (see [`words_sql`]): the column is
+    // written with the product instead of generated, filled here from the texts as they are, and
+    // by [`fold_stored_words`] for the products whose texts have accents.
+    "
+ALTER TABLE lookalike_products DROP COLUMN words;
+ALTER TABLE lookalike_products ADD COLUMN words tsvector;
+UPDATE lookalike_products SET words =
+    setweight(to_tsvector('english', coalesce(title, '')), 'A') ||
+    setweight(to_tsvector('english', translate(coalesce(category, ''), '/', ' ')), 'B') ||
+    setweight(to_tsvector('english', coalesce(description, '')), 'C');
+CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
 ",
 ];
 
@@ -473,9 +487,12 @@ fn migrate(client: &mut Client) -> Result<()> {
             let mut tx = client.transaction()?;
             tx.batch_execute(sql)
                 .with_context(|| format!("migration {version} failed"))?;
-            if version == CATEGORY_KEY_VERSION {
-                fill_category_keys(&mut tx).with_context(|| format!("migration {version} failed"))?;
+            match version {
+                CATEGORY_KEY_VERSION => fill_category_keys(&mut tx),
+                FOLDED_WORDS_VERSION => fold_stored_words(&mut tx),
+                _ => Ok(()),
             }
+            .with_context(|| format!("migration {version} failed"))?;
             tx.execute("INSERT INTO lookalike_schema (version) VALUES ($1)", &[&version])?;
             tx.commit()?;
         }
@@ -506,16 +523,79 @@ fn fill_category_keys(tx: &mut postgres::Transaction) -> Result<()> {
     Ok(())
 }
 
-/// Inserts a product with its vector; completed by what to do when the id exists.
-macro_rules! insert_product {
-    ($on_conflict:literal) => {
-        concat!(
-            "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path, content_hash, embedding, group_id, category_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector, $10, $11) ON CONFLICT (id) ",
-            $on_conflict
-        )
-    };
+/// The `words` of a product: its title, category and description with their accents folded
+/// ([`fold_accents`], computed here so that `cafe` finds `Café`), from parameters `$first` on.
+fn words_sql(first: usize) -> String {
+    format!(
+        "setweight(to_tsvector('english', coalesce(${first}::text, '')), 'A') ||
+         setweight(to_tsvector('english', translate(coalesce(${}::text, ''), '/', ' ')), 'B') ||
+         setweight(to_tsvector('english', coalesce(${}::text, '')), 'C')",
+        first + 1,
+        first + 2
+    )
 }
+
+/// The schema version that made `words` accent-insensitive.
+const FOLDED_WORDS_VERSION: i32 = 6;
+
+/// Sets `words` again, accents folded, for every product whose texts are not all ASCII.
+fn fold_stored_words(tx: &mut postgres::Transaction) -> Result<()> {
+    let rows = tx.query(
+        "SELECT id, title, category, description FROM lookalike_products
+         WHERE concat(title, category, description) ~ '[^\x01-\x7f]'",
+        &[],
+    )?;
+    let update = tx.prepare(&format!(
+        "UPDATE lookalike_products SET words = {} WHERE id = $1",
+        words_sql(2)
+    ))?;
+    for row in rows {
+        let id: String = row.get(0);
+        let folded: Vec<Option<String>> = (1..4)
+            .map(|c| row.get::<_, Option<String>>(c).map(|t| fold_accents(&t).into_owned()))
+            .collect();
+        tx.execute(&update, &[&id, &folded[0], &folded[1], &folded[2]])?;
+    }
+    Ok(())
+}
+
+/// Inserts a product with its vector; completed by what to do when the id exists.
+fn insert_product(on_conflict: &str) -> String {
+    format!(
+        "INSERT INTO lookalike_products (id, title, price, category, description, url, image_path,
+           content_hash, embedding, group_id, category_key, words)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::vector, $10, $11, {}) ON CONFLICT (id) {on_conflict}",
+        words_sql(12)
+    )
+}
+
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    insert_product(
+        "DO UPDATE SET title = excluded.title, price = excluded.price,
+           category = excluded.category, description = excluded.description, url = excluded.url,
+           image_path = excluded.image_path, content_hash = excluded.content_hash,
+           embedding = excluded.embedding, group_id = excluded.group_id,
+           category_key = excluded.category_key, words = excluded.words, updated_at = now()",
+    )
+});
+static CREATE: LazyLock<String> = LazyLock::new(|| insert_product("DO NOTHING"));
+static UPDATE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
+           image_path = $7, content_hash = $8, embedding = $9::vector, group_id = $10,
+           category_key = $11, words = {}, updated_at = now()
+         WHERE id = $1",
+        words_sql(12)
+    )
+});
+static UPDATE_KEEPING_VECTOR: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
+           image_path = $7, group_id = $8, category_key = $9, words = {}, updated_at = now()
+         WHERE id = $1",
+        words_sql(10)
+    )
+});
 
 /// Statements prepared in one transaction, by their SQL: a batch prepares each once.
 type Prepared = HashMap<&'static str, postgres::Statement>;
@@ -530,26 +610,12 @@ fn write_in(
     let e = w.entry;
     let path = e.image_path.to_string_lossy().into_owned();
     let i = &e.info;
-    let sql = match (w.vector.is_some(), mode) {
-        (true, WriteMode::Upsert) => insert_product!(
-            "DO UPDATE SET title = excluded.title, price = excluded.price,
-               category = excluded.category, description = excluded.description, url = excluded.url,
-               image_path = excluded.image_path, content_hash = excluded.content_hash,
-               embedding = excluded.embedding, group_id = excluded.group_id,
-               category_key = excluded.category_key, updated_at = now()"
-        ),
-        (true, WriteMode::CreateOnly) => insert_product!("DO NOTHING"),
-        (true, WriteMode::UpdateOnly) => {
-            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, content_hash = $8, embedding = $9::vector, group_id = $10,
-               category_key = $11, updated_at = now()
-             WHERE id = $1"
-        }
+    let sql: &'static str = match (w.vector.is_some(), mode) {
+        (true, WriteMode::Upsert) => &UPSERT,
+        (true, WriteMode::CreateOnly) => &CREATE,
+        (true, WriteMode::UpdateOnly) => &UPDATE,
         (false, WriteMode::CreateOnly) => bail!("product {:?}: a new product needs its vector", e.id),
-        (false, _) => {
-            "UPDATE lookalike_products SET title = $2, price = $3, category = $4, description = $5, url = $6,
-               image_path = $7, group_id = $8, category_key = $9, updated_at = now() WHERE id = $1"
-        }
+        (false, _) => &UPDATE_KEEPING_VECTOR,
     };
     let vector = w.vector.map(|v| Vector::from(v.to_vec()));
     let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
@@ -560,6 +626,8 @@ fn write_in(
     params.push(&i.group);
     let key = i.category.as_deref().map(category_key);
     params.push(&key);
+    let folded = [&i.title, &i.category, &i.description].map(|t| t.as_deref().map(|t| fold_accents(t).into_owned()));
+    params.extend(folded.iter().map(|t| t as &(dyn postgres::types::ToSql + Sync)));
     let statement = match prepared.get(sql) {
         Some(statement) => statement.clone(),
         None => prepared.entry(sql).or_insert(tx.prepare(sql)?).clone(),
@@ -853,7 +921,7 @@ impl Store for PgStore {
 
     fn nearest(
         &self,
-        query: &[f32],
+        queries: &[&[f32]],
         k: usize,
         metric: Metric,
         filter: &Filter,
@@ -868,7 +936,7 @@ impl Store for PgStore {
             .next()
             .and_then(|d| d.parse().ok())
             .unwrap_or(0);
-        if query.len() != dimension {
+        if let Some(query) = queries.iter().find(|q| q.len() != dimension) {
             bail!("query vector is {}-d, the catalogue's are {dimension}-d", query.len());
         }
         // Cosine uses the HNSW index; Euclidean has none, so it is an exact scan.
@@ -877,10 +945,12 @@ impl Store for PgStore {
             Metric::Euclidean => "<->",
         };
         let keys = CategoryKeys::of(filter);
-        let vector = Vector::from(query.to_vec());
-        // Candidates per table: a product may come back from both, and groups fold several into one.
+        let vectors: Vec<Vector> = queries.iter().map(|q| Vector::from(q.to_vec())).collect();
+        // Candidates per table and query: a product may come back from several, and groups fold
+        // several into one.
         let limit = (k * if filter.one_per_group { 4 } else { 2 }) as i64;
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&vector, &limit];
+        let placeholder = Vector::from(vec![0.0; dimension]);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&placeholder, &limit];
         let conditions = filter_conditions(filter, &keys, &exclude, &mut params);
         let condition = if conditions.is_empty() {
             String::new()
@@ -911,19 +981,19 @@ impl Store for PgStore {
         // `+ 0` keeps the planner from ordering by the HNSW index: every matching row is scored.
         let exact = category_rows.is_some_and(|n| n <= EXACT_CATEGORY_ROWS) || metric == Metric::Euclidean;
         let order = if exact { "+ 0" } else { "" };
-        // The nearest main images and the nearest further views, each product by its best image.
+        // The nearest main images and the nearest further views, each product once.
         let distance = |table: &str| format!("({table}.embedding {operator} ($1::vector)::{column})");
         let sql = format!(
             "WITH hits AS (
-               (SELECT p.id AS product_id, 0 AS image, {main} AS distance FROM lookalike_products p
+               (SELECT p.id AS product_id, {main} AS distance FROM lookalike_products p
                 {condition} ORDER BY {main} {order} LIMIT $2)
                UNION ALL
-               (SELECT i.product_id, i.position, {view} FROM lookalike_images i
+               (SELECT i.product_id, {view} FROM lookalike_images i
                 JOIN lookalike_products p ON p.id = i.product_id
                 {condition} ORDER BY {view} {order} LIMIT $2))
-             SELECT DISTINCT ON (h.product_id) {columns}, h.image, h.distance
+             SELECT DISTINCT ON (h.product_id) {columns}
              FROM hits h JOIN lookalike_products p ON p.id = h.product_id
-             ORDER BY h.product_id, h.distance",
+             ORDER BY h.product_id",
             main = distance("p"),
             view = distance("i"),
             columns = PRODUCT_COLUMNS
@@ -936,9 +1006,17 @@ impl Store for PgStore {
             "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order;",
             self.ef_search(k)
         ))?;
-        let rows = tx.query(&sql, &params)?;
-        let ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
-        // Each candidate scored exactly by all of its images, as the in-memory index does.
+        let statement = tx.prepare(&sql)?;
+        let mut candidates: HashMap<String, Row> = HashMap::new();
+        for vector in &vectors {
+            params[0] = vector;
+            for row in tx.query(&statement, &params)? {
+                candidates.entry(row.get("id")).or_insert(row);
+            }
+        }
+        let ids: Vec<String> = candidates.keys().cloned().collect();
+        // Each candidate scored exactly by all of its images against every query, as the
+        // in-memory index does ([`Metric::product_score`]).
         let all_images = format!(
             "SELECT id AS product_id, 0 AS image, embedding {operator} ($1::vector)::{column} AS distance
                FROM lookalike_products WHERE id = ANY($2)
@@ -946,17 +1024,20 @@ impl Store for PgStore {
              SELECT product_id, position, embedding {operator} ($1::vector)::{column}
                FROM lookalike_images WHERE product_id = ANY($2)"
         );
+        let all_images = tx.prepare(&all_images)?;
         let mut pairs: HashMap<String, Vec<(f32, usize)>> = HashMap::new();
-        for r in tx.query(&all_images, &[&vector, &ids])? {
-            let distance: f64 = r.get("distance");
-            let score = match metric {
-                Metric::Cosine => 1.0 - distance,
-                Metric::Euclidean => distance,
-            };
-            pairs
-                .entry(r.get("product_id"))
-                .or_default()
-                .push((score as f32, r.get::<_, i32>("image") as usize));
+        for vector in &vectors {
+            for r in tx.query(&all_images, &[vector, &ids])? {
+                let distance: f64 = r.get("distance");
+                let score = match metric {
+                    Metric::Cosine => 1.0 - distance,
+                    Metric::Euclidean => distance,
+                };
+                pairs
+                    .entry(r.get("product_id"))
+                    .or_default()
+                    .push((score as f32, r.get::<_, i32>("image") as usize));
+            }
         }
         let mut views = more_images(
             &mut tx,
@@ -964,10 +1045,10 @@ impl Store for PgStore {
             false,
         )?;
         tx.commit()?;
-        let mut hits: Vec<Scored> = rows
-            .iter()
+        let mut hits: Vec<Scored> = candidates
+            .into_values()
             .filter_map(|r| {
-                let mut product = product_from(r, false);
+                let mut product = product_from(&r, false);
                 product.more_images = views.remove(&product.id).unwrap_or_default();
                 // None only if the product was deleted between the two statements.
                 let (score, image) = metric.product_score(pairs.remove(&product.id)?);
