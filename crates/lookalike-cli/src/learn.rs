@@ -519,18 +519,7 @@ pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>
 
 pub fn load_head(path: &Path, embedder: &Embedder, kind: HeadKind) -> Result<Head> {
     let head = Head::load(path)?;
-    head.check_backbone(&embedder.manifest().weights_sha256)?;
-    // Fine-tuned blocks are checked against the backbone when the embedder taps their input.
-    if head.trunk.is_none() {
-        head.check_input(embedder.backbone_dimension())?;
-    }
-    if head.kind != kind {
-        bail!(
-            "{} is a {:?} head; this needs a {kind:?} head",
-            path.display(),
-            head.kind
-        );
-    }
+    lookalike::shop::check_head(&head, embedder, kind).with_context(|| format!("cannot use {}", path.display()))?;
     Ok(head)
 }
 
@@ -710,11 +699,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                     let mut filter = Filter::default();
                     if let Some(classifier) = &classifier {
                         let input = block_inputs.get(&q.content_hash).unwrap_or(&q.vector);
-                        filter.any_category = classifier
-                            .likely_classes(input, coverage)?
-                            .into_iter()
-                            .map(|(c, _)| c)
-                            .collect();
+                        lookalike::shop::keep_to_likely_categories(&mut filter, classifier, input, coverage)?;
                     }
                     Ok(filter)
                 })

@@ -18,10 +18,12 @@ use lookalike::catalogue::indexer::{embed_files, index_catalogue, IndexOptions, 
 use lookalike::catalogue::{read_catalogue, Layout};
 use lookalike::index::SearchMode;
 use lookalike::index::VectorIndex;
+use lookalike::learn::head::Head;
 use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, DEFAULT_BACKBONE};
-use lookalike::recommend::{IndexLoad, Query, Recommender};
+use lookalike::recommend::IndexLoad;
+use lookalike::shop::{OpenOptions, SearchRequest, Shop};
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::store::{open_store, open_store_read_only, Store};
 use lookalike::types::{Filter, Metric, Words};
@@ -382,36 +384,23 @@ struct Models {
 }
 
 impl Models {
-    /// The backbone and precision asked for (the defaults unless told), or those that built `catalogue`.
-    fn embedder(&self, catalogue: Option<&dyn Store>) -> Result<Embedder> {
-        let built_with = match catalogue {
-            Some(store) => store.manifest()?,
-            None => None,
-        };
-        let built = built_with
-            .as_ref()
-            .and_then(|m| Some((m.backbone()?, m.precision(), m)));
-        match built {
-            Some((built, _, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => bail!(
-                "this catalogue was built with {}; it cannot be searched or extended with {} \
-                 (index into a new database for another backbone)",
-                built.name,
-                self.backbone.map_or("", |b| b.name)
-            ),
-            Some((built, precision, _)) if self.precision.is_some_and(|asked| asked != precision) => bail!(
-                "this catalogue's vectors were made by {} in {precision}; it cannot be searched or extended \
-                 in {} (index into a new database for another precision)",
-                built.name,
-                self.precision.unwrap_or_default()
-            ),
-            Some((built, _, manifest)) => Embedder::load_like(&self.dir, built, manifest, self.threads),
-            None => Embedder::load_as(
-                &self.dir,
-                self.backbone.unwrap_or(DEFAULT_BACKBONE),
-                self.precision.unwrap_or_default(),
-                self.threads,
-            ),
+    /// How to open a catalogue with these models (see [`OpenOptions`]).
+    fn open_options(&self, search: SearchMode, read_only: bool, classifier: Option<Head>) -> OpenOptions {
+        OpenOptions {
+            models: self.dir.clone(),
+            backbone: self.backbone,
+            precision: self.precision,
+            threads: self.threads,
+            search,
+            read_only,
+            classifier,
         }
+    }
+
+    /// The backbone and precision asked for (the defaults unless told), or those that built
+    /// `catalogue`, with its head or colour signature ([`OpenOptions::embedder`]).
+    fn embedder(&self, catalogue: Option<&dyn Store>) -> Result<Embedder> {
+        self.open_options(SearchMode::Exact, true, None).embedder(catalogue)
     }
 }
 
@@ -561,7 +550,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .embedder(Some(&*store))?
                     .with_head(lookalike::learn::head::Head::load(&path)?)?,
                 (None, Some(weight)) => models.embedder(Some(&*store))?.with_colour(weight)?,
-                (None, None) => models.embedder(Some(&*store))?.for_catalogue(&*store)?,
+                (None, None) => models.embedder(Some(&*store))?,
             };
             store.ensure_manifest(&embedder.manifest())?;
             if let Some(head) = &embedder.head {
@@ -599,21 +588,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             search,
         } => {
             let token = server::check_write_access(&token, read_only)?;
+            let classifier = classifier.map(|path| Head::load(&path)).transpose()?;
             // A read-only server over a catalogue it does not index never writes to the file.
-            let mut store = if read_only && catalogue.is_none() {
-                open_existing(&db)?
-            } else {
-                open_store(&db)?
-            };
-            let mut embedder = models.embedder(Some(&*store))?.for_catalogue(&*store)?;
-            let classifier = classifier
-                .map(|path| learn::load_head(&path, &embedder, lookalike::learn::head::HeadKind::Classifier))
-                .transpose()?;
-            if let Some(classifier) = &classifier {
-                embedder = embedder.for_classifier(classifier)?;
-            }
-            let embedder = std::sync::Arc::new(embedder);
+            let options = models.open_options(search.mode(), read_only && catalogue.is_none(), classifier);
             if let Some(catalogue) = &catalogue {
+                let mut store = open_store(&db)?;
+                let embedder = options.embedder(Some(&*store))?;
                 index_into(
                     &embedder,
                     catalogue,
@@ -623,6 +603,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Layout::default(),
                 )?;
             }
+            let shop = Shop::open(&db, options)?;
             let config = server::ServerConfig {
                 addr: std::net::SocketAddr::new(host, port),
                 token,
@@ -633,16 +614,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     queue,
                     window: std::time::Duration::from_secs_f64(batch_window_ms / 1e3),
                 },
-                classifier,
                 decoders: cli.threads,
                 client_timeout: std::time::Duration::from_secs_f64(client_timeout_s),
                 admission_wait: std::time::Duration::from_millis(queue_wait_ms as u64),
                 cors_origins,
-                search: search.mode(),
             };
             server::init_logging();
             // Built outside the runtime: opening PostgreSQL blocks.
-            let router = server::router(store, embedder, &config)?;
+            let router = server::router(shop, &config)?;
             if std::env::var_os("LOOKALIKE_EXIT_ON_STDIN_EOF").is_some() {
                 // For supervisors and tests: the server ends with the process that started it.
                 std::thread::spawn(|| {
@@ -665,65 +644,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
             coverage,
             grid,
         } => {
-            let mut filter = query.filter()?;
+            let filter = query.filter()?;
             let words = text.as_deref().map(Words::parse).transpose()?;
-            let store = open_existing(&query.db)?;
-            let (embedding, predicted) = match &image {
-                None => (None, None),
-                Some(image) => {
-                    let mut embedder = models.embedder(Some(&*store))?.for_catalogue(&*store)?;
-                    store
-                        .ensure_manifest(&embedder.manifest())
-                        .context("cannot search this catalogue")?;
-                    let classifier = match (hybrid, &classifier) {
-                        (true, Some(path)) => {
-                            let head = learn::load_head(path, &embedder, lookalike::learn::head::HeadKind::Classifier)?;
-                            embedder = embedder.for_classifier(&head)?;
-                            Some(head)
-                        }
-                        _ => None,
-                    };
-                    let embedding = embed_files(&embedder, std::slice::from_ref(image))?
-                        .remove(0)
-                        .with_context(|| format!("cannot use query image {}", image.display()))?;
-                    let predicted = match &classifier {
-                        Some(head) => {
-                            let likely = head.likely_classes(&embedding.classifier_input, coverage)?;
-                            filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
-                            Some(likely)
-                        }
-                        _ => None,
-                    };
-                    (Some(embedding), predicted)
-                }
+            let classifier = match (hybrid, &classifier) {
+                (true, Some(path)) => Some(Head::load(path)?),
+                _ => None,
             };
-            let request = Query {
-                image: embedding.as_ref().map(|e| e.features.as_slice()),
+            let likely_categories = classifier.is_some().then_some(coverage);
+            let shop = Shop::open(&query.db, models.open_options(query.search.mode(), true, classifier))?;
+            let photo = image.as_deref().map(|path| shop.embed_file(path)).transpose()?;
+            report_index_load(shop.catalogue().index_load());
+            let answer = shop.search(&SearchRequest {
+                photo: photo.as_ref(),
                 words: words.as_ref(),
-            };
-            let catalogue = Recommender::with_search(store, query.search.mode())?;
-            report_index_load(catalogue.index_load());
-            let hits = catalogue.query(request, query.k, query.metric, &filter, query.diversity)?;
-            // Words rank by relevance, alone or fused with the photo's similarity.
-            let scored_by = if words.is_some() { None } else { Some(query.metric) };
-            output::print_hits(&hits, scored_by, query.json, predicted.as_deref())?;
+                k: query.k,
+                metric: query.metric,
+                filter,
+                diversity: query.diversity,
+                likely_categories,
+            })?;
+            output::print_hits(
+                &answer.hits,
+                answer.scored_by,
+                query.json,
+                answer.likely_categories.as_deref(),
+            )?;
             if let (Some(grid), Some(image)) = (&grid, &image) {
                 let photo = lookalike::image::load_image(image)?;
-                charts::recommendation_grid(&photo, &hits, output::score_name(scored_by), grid)?;
+                charts::recommendation_grid(&photo, &answer.hits, output::score_name(answer.scored_by), grid)?;
                 eprintln!("drew {}", grid.display());
             }
-            catalogue.finish();
+            shop.finish();
             Ok(ExitCode::SUCCESS)
         }
         Command::Similar { id, query } => {
             let filter = query.filter()?;
-            let catalogue = Recommender::with_search(open_existing(&query.db)?, query.search.mode())?;
-            report_index_load(catalogue.index_load());
-            let Some(hits) = catalogue.similar(&id, query.k, query.metric, &filter, query.diversity)? else {
-                bail!("no product with id {id:?} in the catalogue");
-            };
+            let shop = Shop::open(&query.db, models.open_options(query.search.mode(), true, None))?;
+            report_index_load(shop.catalogue().index_load());
+            let hits = shop.similar(&id, query.k, query.metric, &filter, query.diversity)?;
             output::print_hits(&hits, Some(query.metric), query.json, None)?;
-            catalogue.finish();
+            shop.finish();
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { from, to, batch_size } => {

@@ -5,6 +5,8 @@
 //! [`index`] (top-k in memory) -> [`recommend`] (what the CLI and server query, whatever the store).
 //! [`catalogue`] reads a shop's catalogue and drives it through the pipeline; [`learn`] trains
 //! heads on top of the backbone. [`types`] holds what every stage shares and imports none of them.
+//! [`shop`] is the front door: a catalogue opened with the rules for its model, answering
+//! searches, `similar` and `recommend` the same way for the CLI, the server and other programs.
 
 pub mod catalogue;
 pub mod files;
@@ -14,6 +16,7 @@ pub mod learn;
 pub mod linalg;
 pub mod model;
 pub mod recommend;
+pub mod shop;
 pub mod store;
 pub mod types;
 

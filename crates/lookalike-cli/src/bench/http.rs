@@ -15,10 +15,10 @@ use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::image::decode_image;
 use lookalike::index::VectorIndex;
-use lookalike::model::{Embedder, ModelDir, DEFAULT_BACKBONE};
-use lookalike::recommend::Recommender;
+use lookalike::model::ModelDir;
+use lookalike::shop::{OpenOptions, SearchRequest, Shop};
 use lookalike::store::postgres::{redact, PgStore};
-use lookalike::store::{open_store, store_products, SqliteStore, Store};
+use lookalike::store::{store_products, SqliteStore, Store};
 use lookalike::types::{Filter, Metric, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 
@@ -152,17 +152,15 @@ impl Latencies {
     }
 }
 
-fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<Latencies> {
-    let store = open_store(&plan.db)?;
-    let manifest = store.manifest()?;
-    let spec = manifest.as_ref().and_then(|m| m.backbone()).unwrap_or(DEFAULT_BACKBONE);
-    let embedder = match &manifest {
-        Some(manifest) => Embedder::load_like(models, spec, manifest, threads)?,
-        None => Embedder::load(models, spec, threads)?,
-    }
-    .for_catalogue(&*store)?;
-    store.ensure_manifest(&embedder.manifest())?;
-    let catalogue = Recommender::new(store)?;
+/// The front door answering in this process: its latencies, and the catalogue's size.
+fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) -> Result<(Latencies, usize)> {
+    let options = OpenOptions {
+        models: models.clone(),
+        threads,
+        ..OpenOptions::default()
+    };
+    let shop = Shop::open(&plan.db, options)?;
+    let embedder = shop.embedder()?;
     let filter = Filter {
         category: plan.category.clone(),
         ..Filter::default()
@@ -170,10 +168,12 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
     let query = || -> Result<usize> {
         let image = decode_image(photo)?;
         let tensor = embedder.preprocessing.tensor_of(&image);
-        let features = embedder.run(&tensor, 1)?.image(0).features;
-        Ok(catalogue
-            .search(&features, plan.k, Metric::Cosine, &filter, None)?
-            .len())
+        let photo = embedder.run(&tensor, 1)?.image(0);
+        let request = SearchRequest {
+            filter: filter.clone(),
+            ..SearchRequest::photo(&photo, plan.k)
+        };
+        Ok(shop.search(&request)?.hits.len())
     };
     query()?;
     let budget = Duration::from_secs_f64(plan.seconds);
@@ -185,14 +185,15 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
         millis.push(t.elapsed().as_secs_f64() * 1e3);
     }
     millis.sort_by(f64::total_cmp);
-    Ok(Latencies {
+    let latencies = Latencies {
         label: "in-process (decode + embed + search)".into(),
         concurrency: 1,
         millis,
         errors: 0,
         first_error: None,
         elapsed: started.elapsed(),
-    })
+    };
+    Ok((latencies, shop.catalogue().len()?))
 }
 
 /// What closed-loop clients got: milliseconds per answer, by HTTP status (0: no answer).
@@ -322,8 +323,7 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
         bail!("concurrency must be at least 1");
     }
     eprintln!("measuring the in-process pipeline...");
-    let reference = in_process(models, threads, plan, &photo)?;
-    let catalogue_size = open_store(&plan.db)?.count()?;
+    let (reference, catalogue_size) = in_process(models, threads, plan, &photo)?;
 
     let server = match &plan.url {
         Some(_) => None,

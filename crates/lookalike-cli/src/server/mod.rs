@@ -24,12 +24,9 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lookalike::image::{decode_image, ImageError, Preprocessing};
-use lookalike::index::SearchMode;
-use lookalike::learn::head::Head;
 use lookalike::model::batcher::{BatchPolicy, Batcher};
-use lookalike::model::{Embedder, ImageEmbedding, ModelManifest};
-use lookalike::recommend::Recommender;
-use lookalike::store::Store;
+use lookalike::model::{ImageEmbedding, ModelManifest};
+use lookalike::shop::Shop;
 use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -46,8 +43,6 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     pub upload_dir: PathBuf,
     pub batch: BatchPolicy,
-    /// Enables `hybrid` searches.
-    pub classifier: Option<Head>,
     /// Decodes at once.
     pub decoders: usize,
     /// How long a client may take to send its headers, or pause while sending a body.
@@ -56,19 +51,16 @@ pub struct ServerConfig {
     pub admission_wait: std::time::Duration,
     /// Origins whose pages may call the API (the widget on a shop's site); none: no CORS headers.
     pub cors_origins: Vec<HeaderValue>,
-    /// How memory finds candidates.
-    pub search: SearchMode,
 }
 
 pub struct AppState {
-    catalogue: Recommender,
+    shop: Shop,
     batcher: Batcher,
     preprocessing: Preprocessing,
     manifest: ModelManifest,
     token: Option<String>,
     upload_dir: PathBuf,
     max_upload_bytes: usize,
-    classifier: Option<Head>,
     admission: Admission,
     bodies: Arc<bodies::BodyBudget>,
     metrics: metrics::Metrics,
@@ -85,14 +77,13 @@ type ApiResult<T> = std::result::Result<T, ApiError>;
 /// Bodies held in memory at once, at least four uploads' worth.
 const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
-pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerConfig) -> Result<Router> {
+pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
+    let embedder = shop.embedder().context("cannot serve this catalogue")?;
     let manifest = embedder.manifest();
-    store
-        .ensure_manifest(&manifest)
-        .context("cannot serve this catalogue")?;
     let upload_dir = std::path::absolute(&config.upload_dir)?;
     if config.token.is_some() {
-        products::check_upload_dir(&upload_dir, &*store)?;
+        let index_file = shop.catalogue().with_store(|store| Ok(store.index_file()))?;
+        products::check_upload_dir(&upload_dir, index_file.as_deref())?;
         std::fs::create_dir_all(&upload_dir)
             .with_context(|| format!("cannot create the upload folder {}", upload_dir.display()))?;
     }
@@ -103,8 +94,7 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
         ..config.batch
     };
     let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + bodies::MULTIPART_ROOM));
-    let catalogue = Recommender::with_search(store, config.search)?;
-    if let Some(load) = catalogue.index_load() {
+    if let Some(load) = shop.catalogue().index_load() {
         tracing::info!(
             products = load.products,
             changed = load.changed,
@@ -121,14 +111,13 @@ pub fn router(store: Box<dyn Store>, embedder: Arc<Embedder>, config: &ServerCon
     // catalogue's 185 MB at start.
     crate::return_freed_heap();
     let state = Arc::new(AppState {
-        catalogue,
+        shop,
         preprocessing: embedder.preprocessing,
         batcher: Batcher::start(embedder, batch),
         manifest,
         token: config.token.clone(),
         upload_dir,
         max_upload_bytes: config.max_upload_bytes,
-        classifier: config.classifier.clone(),
         admission: Admission::new(images, config.decoders),
         bodies: bodies::BodyBudget::new(body_budget),
         metrics: metrics::Metrics::default(),
@@ -251,10 +240,10 @@ fn cors(origins: &[HeaderValue], request_id: axum::http::HeaderName) -> Option<C
 /// in-memory index takes milliseconds.
 async fn on_catalogue<T: Send + 'static>(
     state: &Shared,
-    work: impl FnOnce(&Recommender) -> Result<T> + Send + 'static,
+    work: impl FnOnce(&Shop) -> Result<T> + Send + 'static,
 ) -> ApiResult<T> {
     let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state.catalogue))
+    tokio::task::spawn_blocking(move || work(&state.shop))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from_library)

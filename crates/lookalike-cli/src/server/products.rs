@@ -92,13 +92,13 @@ fn has_upload_name(state: &Shared, path: &FsPath) -> bool {
         && extension.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Refuses an upload folder that holds the catalogue's database (or its index file): the
-/// server deletes files there.
-pub fn check_upload_dir(upload_dir: &FsPath, store: &dyn lookalike::store::Store) -> anyhow::Result<()> {
-    let Some(index_file) = store.index_file() else {
+/// Refuses an upload folder that holds the catalogue's database (where its `index_file` is, for a
+/// store that has one): the server deletes files there.
+pub fn check_upload_dir(upload_dir: &FsPath, index_file: Option<&FsPath>) -> anyhow::Result<()> {
+    let Some(index_file) = index_file else {
         return Ok(());
     };
-    let database_folder = lookalike::files::folder_of(&index_file);
+    let database_folder = lookalike::files::folder_of(index_file);
     let same = |a: &FsPath, b: &FsPath| match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
@@ -124,7 +124,7 @@ async fn save_upload(state: &Shared, bytes: Bytes) -> ApiResult<(PathBuf, String
         .unwrap_or("img");
     let path = state.upload_dir.join(format!("{hash}.{extension}"));
     let recorded = path.to_string_lossy().into_owned();
-    on_catalogue(state, move |c| c.record_upload(&recorded)).await?;
+    on_catalogue(state, move |c| c.catalogue().record_upload(&recorded)).await?;
     let file = path.clone();
     tokio::task::spawn_blocking(move || {
         if !file.is_file() {
@@ -146,7 +146,7 @@ async fn release_image(state: &Shared, path: &str) -> ApiResult<()> {
         return Ok(());
     }
     let owned = path.to_string();
-    if on_catalogue(state, move |c| c.release_upload(&owned)).await? {
+    if on_catalogue(state, move |c| c.catalogue().release_upload(&owned)).await? {
         if let Err(err) = tokio::fs::remove_file(&file).await {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path, %err, "cannot delete an unused upload");
@@ -169,7 +169,7 @@ async fn store_with_upload(
     product.image_path = path.to_string_lossy().into_owned();
     product.content_hash = hash;
     let stored = product.clone();
-    let written = on_catalogue(state, move |c| c.write(stored, mode)).await?;
+    let written = on_catalogue(state, move |c| c.catalogue().write(stored, mode)).await?;
     if !written {
         release_image(state, &product.image_path).await?;
     }
@@ -243,7 +243,7 @@ pub async fn update_product(
         _ => {
             let stored = product.clone();
             (
-                on_catalogue(&state, move |c| c.write(stored, WriteMode::UpdateOnly)).await?,
+                on_catalogue(&state, move |c| c.catalogue().write(stored, WriteMode::UpdateOnly)).await?,
                 product,
             )
         }
@@ -261,7 +261,7 @@ pub async fn delete_product(State(state): State<Shared>, Path(id): Path<String>)
         return Err(ApiError::not_found("no such product"));
     };
     let _files = state.uploads.lock().await;
-    let removed = on_catalogue(&state, move |c| c.remove(&id)).await?;
+    let removed = on_catalogue(&state, move |c| c.catalogue().remove(&id)).await?;
     if !removed {
         return Err(ApiError::not_found("no such product"));
     }
@@ -290,7 +290,7 @@ pub fn sweep_uploads(state: &Shared) -> anyhow::Result<usize> {
         if !metadata.is_file() || !old || !has_upload_name(state, &path) {
             continue;
         }
-        if state.catalogue.release_upload(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
+        if state.shop.catalogue().release_upload(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
             deleted += 1;
         }
     }

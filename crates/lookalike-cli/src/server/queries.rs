@@ -4,7 +4,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lookalike::model::ImageEmbedding;
+use lookalike::shop::SearchRequest;
 use lookalike::types::{Filter, Metric, Scored, StoredProduct, Words};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -130,7 +130,8 @@ impl QueryParams {
 }
 
 pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
-    let (products, index_bytes) = on_catalogue(&state, |c| Ok((c.len()?, c.index_bytes()?))).await?;
+    let (products, index_bytes) =
+        on_catalogue(&state, |c| Ok((c.catalogue().len()?, c.catalogue().index_bytes()?))).await?;
     Ok(Json(json!({
         "products": products,
         "model": state.manifest.model,
@@ -138,12 +139,12 @@ pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
         "dimension": state.manifest.dimension,
         "preprocessing": state.manifest.preprocessing,
         "index_bytes": index_bytes,
-        "classifier": state.classifier.as_ref().map(|h| json!({ "classes": h.classes })),
+        "classifier": state.shop.classifier().map(|h| json!({ "classes": h.classes })),
     })))
 }
 
 pub async fn metrics(State(state): State<Shared>) -> Response {
-    let products = on_catalogue(&state, |c| c.len()).await.ok();
+    let products = on_catalogue(&state, |c| c.catalogue().len()).await.ok();
     let text = state
         .metrics
         .render(state.admission.images_in_flight(), state.bodies.used(), products);
@@ -172,7 +173,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         diversity: field("diversity"),
         q: field("q"),
     };
-    let (k, mut filter, diversity, words) = (params.k()?, params.filter()?, params.diversity()?, params.words()?);
+    let (k, filter, diversity, words) = (params.k()?, params.filter()?, params.diversity()?, params.words()?);
     let hybrid = match field("hybrid").as_deref().map(str::trim) {
         None | Some("" | "false" | "0" | "no") => false,
         Some("true" | "1" | "yes" | "on") => true,
@@ -186,63 +187,43 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
     if !(0.0..=1.0).contains(&coverage) {
         return Err(ApiError::bad_request("coverage must be between 0 and 1"));
     }
-    let classifier = match (hybrid, &state.classifier) {
-        (true, None) => {
-            return Err(ApiError::bad_request(
-                "hybrid search needs a classifier head; start the server with --classifier",
-            ))
-        }
-        (true, Some(head)) => Some(head),
-        (false, _) => None,
-    };
+    if hybrid && state.shop.classifier().is_none() {
+        return Err(ApiError::bad_request(
+            "hybrid search needs a classifier head; start the server with --classifier",
+        ));
+    }
     let image = match (form.image, &words) {
         (None, None) => {
             return Err(ApiError::bad_request(
                 "give a photo (the multipart field `image`), words (the field `q`) or both",
             ))
         }
-        (None, Some(_)) if classifier.is_some() => {
+        (None, Some(_)) if hybrid => {
             return Err(ApiError::bad_request(
                 "hybrid search classifies a photo: send the field `image`",
             ))
         }
         (image, _) => image,
     };
-    let (query, predicted) = match image {
-        None => {
-            drop(ticket); // words alone take no place in the image pipeline
-            (None, None)
-        }
-        Some(image) => {
-            let ImageEmbedding {
-                features,
-                classifier_input,
-                ..
-            } = state.embed(image, ticket).await?;
-            let predicted = match classifier {
-                Some(head) => {
-                    let likely = head
-                        .likely_classes(&classifier_input, coverage)
-                        .map_err(ApiError::internal)?;
-                    filter.any_category = likely.iter().map(|(c, _)| c.clone()).collect();
-                    Some(likely)
-                }
-                None => None,
-            };
-            (Some(features), predicted)
-        }
+    let photo = match image {
+        // Words alone take no place in the image pipeline.
+        None => None,
+        Some(image) => Some(state.embed(image, ticket).await?),
     };
-    let ranked_by = if words.is_some() { None } else { Some(Metric::Cosine) };
-    let hits = on_catalogue(&state, move |c| {
-        let request = lookalike::recommend::Query {
-            image: query.as_deref(),
+    let answer = on_catalogue(&state, move |c| {
+        c.search(&SearchRequest {
+            photo: photo.as_ref(),
             words: words.as_ref(),
-        };
-        c.query(request, k, Metric::Cosine, &filter, diversity)
+            k,
+            metric: Metric::Cosine,
+            filter,
+            diversity,
+            likely_categories: hybrid.then_some(coverage),
+        })
     })
     .await?;
-    let mut body = hits_json(&hits, ranked_by);
-    if let Some(predicted) = predicted {
+    let mut body = hits_json(&answer.hits, answer.scored_by);
+    if let Some(predicted) = answer.likely_categories {
         body["predicted"] = predicted
             .iter()
             .map(|(category, probability)| json!({ "category": category, "probability": probability }))
@@ -257,15 +238,19 @@ pub async fn search_words(State(state): State<Shared>, Query(params): Query<Quer
     let words = params
         .words()?
         .ok_or_else(|| ApiError::bad_request("q must hold words to search for"))?;
-    let hits = on_catalogue(&state, move |c| {
-        let request = lookalike::recommend::Query {
-            image: None,
+    let answer = on_catalogue(&state, move |c| {
+        c.search(&SearchRequest {
+            photo: None,
             words: Some(&words),
-        };
-        c.query(request, k, Metric::Cosine, &filter, diversity)
+            k,
+            metric: Metric::Cosine,
+            filter,
+            diversity,
+            likely_categories: None,
+        })
     })
     .await?;
-    Ok(Json(hits_json(&hits, None)))
+    Ok(Json(hits_json(&answer.hits, answer.scored_by)))
 }
 
 pub async fn similar(
@@ -274,11 +259,7 @@ pub async fn similar(
     Query(params): Query<QueryParams>,
 ) -> ApiResult<Json<Value>> {
     let (k, filter, diversity) = (params.k()?, params.filter()?, params.diversity()?);
-    let found = {
-        let id = id.clone();
-        on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter, diversity)).await?
-    };
-    let hits = found.ok_or_else(|| no_product(&id))?;
+    let hits = on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter, diversity)).await?;
     Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
 }
 
@@ -348,7 +329,10 @@ pub async fn list_products(State(state): State<Shared>, Query(params): Query<Lis
         lookalike::types::check_text("category", category, lookalike::types::MAX_TEXT_BYTES)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let listed = on_catalogue(&state, move |c| c.page(category.as_deref(), offset, per_page)).await?;
+    let listed = on_catalogue(&state, move |c| {
+        c.catalogue().page(category.as_deref(), offset, per_page)
+    })
+    .await?;
     let items: Vec<Value> = listed.items.iter().map(product_json).collect();
     Ok(Json(json!({
         "total": listed.total,
@@ -361,7 +345,7 @@ pub async fn list_products(State(state): State<Shared>, Query(params): Query<Lis
 
 pub async fn find_product(state: &Shared, id: &str) -> ApiResult<Option<StoredProduct>> {
     let id = id.to_string();
-    on_catalogue(state, move |c| c.find(&id)).await
+    on_catalogue(state, move |c| c.catalogue().find(&id)).await
 }
 
 pub async fn get_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
