@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangement, Table, Width};
 use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
 use lookalike::model::ImageEmbedding;
@@ -78,15 +78,22 @@ pub fn print_hits(
         Some(Metric::Euclidean) => "distance",
         None => "relevance",
     };
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "rank",
-        "id",
-        score,
-        "category",
-        "title",
-        "price",
-        "matched image",
-    ]);
+    // Long titles and categories wrap; `--json` has every path whole.
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(TABLE_WIDTH)
+        .set_header(["rank", "id", score, "category", "title", "price", "matched image"])
+        // Only the category and the title wrap.
+        .set_constraints([
+            ColumnConstraint::ContentWidth,
+            ColumnConstraint::ContentWidth,
+            ColumnConstraint::ContentWidth,
+            ColumnConstraint::LowerBoundary(Width::Fixed(12)),
+            ColumnConstraint::LowerBoundary(Width::Fixed(12)),
+            ColumnConstraint::ContentWidth,
+            ColumnConstraint::ContentWidth,
+        ]);
     for (rank, hit) in hits.iter().enumerate() {
         let p = &hit.product;
         table.add_row([
@@ -96,7 +103,7 @@ pub fn print_hits(
             p.info.category.clone().unwrap_or_default(),
             p.info.title.clone().unwrap_or_default(),
             p.info.price.map(|v| format!("{v:.2}")).unwrap_or_default(),
-            p.image_paths().nth(hit.image).unwrap_or_default().to_string(),
+            short_path(p.image_paths().nth(hit.image).unwrap_or_default()),
         ]);
     }
     println!("{table}");
@@ -104,6 +111,24 @@ pub fn print_hits(
         println!("no product matches the filters");
     }
     Ok(())
+}
+
+/// Columns a results table takes at most: it fits a 100-column terminal.
+const TABLE_WIDTH: u16 = 100;
+
+/// `path` short enough for a table cell: relative to the working folder when under it, else its
+/// folder and file name after `…/`.
+fn short_path(path: &str) -> String {
+    let path = std::path::Path::new(path);
+    if let Some(relative) = std::env::current_dir().ok().and_then(|cwd| path.strip_prefix(cwd).ok()) {
+        return relative.display().to_string();
+    }
+    let tail: Vec<_> = path.components().rev().take(2).collect();
+    if tail.len() < 2 || path.components().count() <= 2 {
+        return path.display().to_string();
+    }
+    let tail: std::path::PathBuf = tail.into_iter().rev().collect();
+    format!("…/{}", tail.display())
 }
 
 pub fn print_embeddings(
