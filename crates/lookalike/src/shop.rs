@@ -96,7 +96,7 @@ impl OpenOptions {
             )?,
         };
         let embedder = match store {
-            Some(store) => embedder.for_catalogue(store)?,
+            Some(store) => embedder.for_catalogue(store.head()?, manifest.and_then(|m| m.colour))?,
             None => embedder,
         };
         match &self.classifier {

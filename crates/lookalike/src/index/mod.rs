@@ -339,8 +339,11 @@ impl VectorIndex {
         }
         self.products.swap_remove(p);
         self.product_rows.swap_remove(p);
-        self.rebuild_graph_if_worn()
-            .expect("the rows an index holds are finite and of its dimension");
+        // A graph cannot be built over a damaged row (see `damaged`): searches then scan, never
+        // panic under the catalogue's locks.
+        if self.rebuild_graph_if_worn().is_err() {
+            self.graph = None;
+        }
         true
     }
 

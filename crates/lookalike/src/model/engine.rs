@@ -304,14 +304,14 @@ impl Embedder {
         Ok(self)
     }
 
-    /// Takes on the projection head or colour signature a catalogue's vectors were made with, so
-    /// that queries are embedded the way its products were.
-    pub fn for_catalogue(self, store: &dyn crate::store::Store) -> Result<Self> {
-        let with_head = match store.head()? {
+    /// Takes on the projection head or colour signature weight a catalogue's vectors were made
+    /// with, so that queries are embedded the way its products were.
+    pub fn for_catalogue(self, head: Option<Head>, colour: Option<f32>) -> Result<Self> {
+        let with_head = match head {
             Some(head) => self.with_head(head)?,
             None => self,
         };
-        match store.manifest()?.and_then(|m| m.colour) {
+        match colour {
             Some(weight) => with_head.with_colour(weight),
             None => Ok(with_head),
         }
