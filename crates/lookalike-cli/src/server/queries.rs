@@ -206,8 +206,10 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         (image, _) => image,
     };
     let photo = match image {
-        // Words alone take no place in the image pipeline.
-        None => None,
+        None => {
+            drop(ticket); // words alone take no place in the image pipeline
+            None
+        }
         Some(image) => Some(state.embed(image, ticket).await?),
     };
     let answer = on_catalogue(&state, move |c| {
