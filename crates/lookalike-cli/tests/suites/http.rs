@@ -124,6 +124,18 @@ fn search_by_upload_ranks_the_same_product_first() {
     assert_eq!(results[0]["id"], "MH01");
     assert_eq!(results[0]["price"], 52.0);
     assert_eq!(results[0]["image_url"], "/v1/products/MH01/image");
+    // Every key a result carries is declared in /openapi.json.
+    let (_, openapi) = send(client().get(url("/openapi.json")));
+    let schemas = &openapi["components"]["schemas"];
+    let declared: Vec<&String> = schemas["Product"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .chain(schemas["Hit"]["allOf"][1]["properties"].as_object().unwrap().keys())
+        .collect();
+    for key in results[0].as_object().unwrap().keys() {
+        assert!(declared.contains(&key), "{key} is not in /openapi.json");
+    }
     let form = multipart::Form::new()
         .part("image", image_part(demo_image("mh01.jpg"), "q.jpg"))
         .text("category", "Gear/Bags")
