@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use lookalike::catalogue::indexer::{index_augmented_views, IndexOptions};
+use lookalike::catalogue::indexer::{index_augmented_views, index_catalogue, IndexOptions};
 use lookalike::catalogue::read_image_folder;
 use lookalike::image::augment::Augmentation;
 use lookalike::index::VectorIndex;
@@ -297,7 +297,13 @@ fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> 
         prune: true,
         ..IndexOptions::default()
     };
-    let report = crate::index_with_progress(&mut store, embedder, &entries, &options, bar)?;
+    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path.display(), s.reason);
+    }
     if report.embedded > 0 {
         eprintln!(
             "{}: embedded {} images ({:.1}/s), {} from cache",

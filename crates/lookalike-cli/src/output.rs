@@ -183,11 +183,8 @@ pub fn print_labels(rows: &[(&PathBuf, Vec<Prediction>)], as_json: bool) -> Resu
     Ok(())
 }
 
-pub fn print_duplicates(
-    index: &lookalike::index::VectorIndex,
-    groups: &[lookalike::index::dedup::DuplicateGroup],
-    as_json: bool,
-) -> Result<()> {
+pub fn print_duplicates(duplicates: &lookalike::shop::Duplicates, as_json: bool) -> Result<()> {
+    let groups = &duplicates.groups;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
@@ -198,7 +195,7 @@ pub fn print_duplicates(
         .set_header(["group", "kind", "lowest similarity", "id", "title", "image"]);
     for (n, g) in groups.iter().enumerate() {
         for id in &g.ids {
-            let p = index.find(id);
+            let p = duplicates.members.get(id);
             table.add_row([
                 (n + 1).to_string(),
                 g.kind.to_string(),
@@ -216,7 +213,7 @@ pub fn print_duplicates(
     );
     println!(
         "{exact} exact and {near} near-duplicate groups among {} products",
-        index.len()
+        duplicates.products
     );
     Ok(())
 }

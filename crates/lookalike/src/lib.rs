@@ -9,6 +9,7 @@
 //! searches, `similar` and `recommend` the same way for the CLI, the server and other programs.
 
 pub mod catalogue;
+pub mod error;
 pub mod files;
 pub mod image;
 pub mod index;

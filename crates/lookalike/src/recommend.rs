@@ -411,7 +411,7 @@ impl Recommender {
     ) -> Result<Vec<Scored>> {
         let pool = pool_size(k, diversity);
         let (hits, ranked_by) = match (query.image, query.words) {
-            (None, None) => bail!("a query needs a photo, words or both"),
+            (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
             (None, Some(words)) => {
                 let found = self.word_matches(words, pool, filter)?;
@@ -540,7 +540,7 @@ impl Recommender {
     /// "More like these, less like those": the `k` products nearest (by cosine) to the mean of the
     /// `positive` products minus half the mean of the `negative` ones, each product as the mean of
     /// its photos' unit vectors (as [`related_for_all`] sees it), every named product excluded. An
-    /// id the catalogue does not hold is a [`NoSuchProduct`] error.
+    /// id the catalogue does not hold is an [`Error::NotFound`](crate::error::Error::NotFound).
     pub fn recommend(
         &self,
         positive: &[String],
@@ -551,7 +551,7 @@ impl Recommender {
         let mut query: Vec<f32> = Vec::new();
         for (ids, weight) in [(positive, 1.0f32), (negative, -0.5)] {
             for id in ids {
-                let product = self.find(id)?.ok_or_else(|| NoSuchProduct(id.clone()))?;
+                let product = self.find(id)?.ok_or_else(|| crate::error::Error::no_product(id))?;
                 let mean = centroid(&product);
                 let norm = crate::index::dot(&mean, &mean).sqrt().max(f32::MIN_POSITIVE);
                 let scale = weight / (ids.len() as f32 * norm);
@@ -578,11 +578,6 @@ impl Recommender {
         self.guarded().store.release_upload(path)
     }
 }
-
-/// A product a query names that the catalogue does not hold.
-#[derive(Debug, thiserror::Error)]
-#[error("no product with id {0:?} in the catalogue")]
-pub struct NoSuchProduct(pub String);
 
 /// Related products for every product of `products` (the `k` most similar by cosine, best
 /// first), reusing `previous` (an earlier run's state) for what did not change; returns the lists

@@ -15,18 +15,31 @@
 //! }
 //! ```
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Context;
 
-use crate::catalogue::indexer::embed_files;
-use crate::index::SearchMode;
+use crate::catalogue::export::{export_json, export_npy, export_related_csv, export_related_jsonl};
+use crate::catalogue::indexer::{
+    embed_files, in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE,
+};
+use crate::catalogue::{read_catalogue, Catalogue, Layout};
+use crate::error::{Error, ImageProblem, Result};
+use crate::files::write_atomically;
+use crate::image::ImageError;
+use crate::index::dedup::{duplicate_groups, DuplicateGroup};
+use crate::index::related::{Previous, Work};
+use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
+use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
-use crate::recommend::{NoSuchProduct, Query, Recommender};
-use crate::store::{open_store, open_store_read_only, Store};
-use crate::types::{Filter, Metric, Scored, Words};
+use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
+use crate::store::postgres::{is_postgres_url, redact};
+use crate::store::{copy_catalogue, open_store, open_store_read_only, Store, WriteMode};
+use crate::types::{check_id, check_text, Filter, Metric, Page, Scored, StoredProduct, Words, MAX_TEXT_BYTES};
 
 /// Which model answers, and how a catalogue is opened.
 #[derive(Clone)]
@@ -75,18 +88,22 @@ impl OpenOptions {
         };
         let built = manifest.as_ref().and_then(|m| Some((m.backbone()?, m.precision(), m)));
         let embedder = match built {
-            Some((built, _, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => bail!(
-                "this catalogue was built with {}; it cannot be searched or extended with {} \
-                 (index into a new database for another backbone)",
-                built.name,
-                self.backbone.map_or("", |b| b.name)
-            ),
-            Some((built, precision, _)) if self.precision.is_some_and(|asked| asked != precision) => bail!(
-                "this catalogue's vectors were made by {} in {precision}; it cannot be searched or extended \
-                 in {} (index into a new database for another precision)",
-                built.name,
-                self.precision.unwrap_or_default()
-            ),
+            Some((built, _, _)) if self.backbone.is_some_and(|asked| asked.name != built.name) => {
+                return Err(Error::WrongModel(format!(
+                    "this catalogue was built with {}; it cannot be searched or extended with {} \
+                     (index into a new database for another backbone)",
+                    built.name,
+                    self.backbone.map_or("", |b| b.name)
+                )))
+            }
+            Some((built, precision, _)) if self.precision.is_some_and(|asked| asked != precision) => {
+                return Err(Error::WrongModel(format!(
+                    "this catalogue's vectors were made by {} in {precision}; it cannot be searched or \
+                     extended in {} (index into a new database for another precision)",
+                    built.name,
+                    self.precision.unwrap_or_default()
+                )))
+            }
             Some((built, _, manifest)) => Embedder::load_like(&self.models, built, manifest, self.threads)?,
             None => Embedder::load_as(
                 &self.models,
@@ -101,8 +118,9 @@ impl OpenOptions {
         };
         match &self.classifier {
             Some(classifier) => {
-                check_head(classifier, &embedder, HeadKind::Classifier).context("cannot use this classifier")?;
-                embedder.for_classifier(classifier)
+                check_head(classifier, &embedder, HeadKind::Classifier)
+                    .map_err(|err| Error::WrongModel(format!("cannot use this classifier: {err}")))?;
+                Ok(embedder.for_classifier(classifier)?)
             }
             None => Ok(embedder),
         }
@@ -111,13 +129,18 @@ impl OpenOptions {
 
 /// Whether `head` is of `kind` and was trained on `embedder`'s backbone features.
 pub fn check_head(head: &Head, embedder: &Embedder, kind: HeadKind) -> Result<()> {
-    head.check_backbone(&embedder.manifest().weights_sha256)?;
+    let wrong = |err: anyhow::Error| Error::WrongModel(format!("{err:#}"));
+    head.check_backbone(&embedder.manifest().weights_sha256)
+        .map_err(wrong)?;
     // Fine-tuned blocks are checked against the backbone when the embedder taps their input.
     if head.trunk.is_none() {
-        head.check_input(embedder.backbone_dimension())?;
+        head.check_input(embedder.backbone_dimension()).map_err(wrong)?;
     }
     if head.kind != kind {
-        bail!("it is a {:?} head; this needs a {kind:?} head", head.kind);
+        return Err(Error::WrongModel(format!(
+            "it is a {:?} head; this needs a {kind:?} head",
+            head.kind
+        )));
     }
     Ok(())
 }
@@ -167,75 +190,164 @@ pub struct Answer {
 
 /// A catalogue opened to answer.
 pub struct Shop {
-    catalogue: Recommender,
-    /// Loaded when first needed: words, `similar` and `recommend` need no model.
-    embedder: OnceLock<Arc<Embedder>>,
+    location: String,
+    /// The store until the first question that needs memory takes it into `answering`; jobs
+    /// over the whole catalogue (indexing, export, …) never load memory.
+    store: Mutex<Option<Box<dyn Store>>>,
+    answering: OnceLock<Recommender>,
+    /// Loaded when first needed (words, `similar` and `recommend` need no model); replaced when
+    /// indexing sets another head or colour weight.
+    embedder: Mutex<Option<Arc<Embedder>>>,
     options: OpenOptions,
 }
 
 impl Shop {
     /// Opens the catalogue at `location` (a SQLite file, or a `postgres://` URL). Read-only, it
-    /// must exist and hold products.
+    /// must exist and hold products; writable, it is created when missing.
     pub fn open(location: &str, options: OpenOptions) -> Result<Self> {
         let store = if options.read_only {
             open_store_read_only(location)?
         } else {
             open_store(location)?
         };
-        if options.read_only && store.manifest()?.is_none() {
-            bail!(
-                "the catalogue at {} is empty (run `lookalike index` first)",
-                crate::store::postgres::redact(location)
-            );
+        let shop = Self::with_store(location, store, options);
+        if shop.options.read_only {
+            shop.check_not_empty()?;
         }
-        Self::with_store(store, options)
+        Ok(shop)
     }
 
-    /// The catalogue in `store`.
-    pub fn with_store(store: Box<dyn Store>, options: OpenOptions) -> Result<Self> {
-        Ok(Self {
-            catalogue: Recommender::with_search(store, options.search)?,
-            embedder: OnceLock::new(),
+    /// Opens a catalogue that must exist and hold products, even to change it.
+    pub fn open_existing(location: &str, options: OpenOptions) -> Result<Self> {
+        if !is_postgres_url(location) && !Path::new(location).is_file() {
+            return Err(Error::not_found(format!(
+                "no catalogue database at {location} (create it with `lookalike index`)"
+            )));
+        }
+        let shop = Self::open(location, options)?;
+        shop.check_not_empty()?;
+        Ok(shop)
+    }
+
+    /// The catalogue in `store`, found at `location` (named in messages).
+    pub fn with_store(location: &str, store: Box<dyn Store>, options: OpenOptions) -> Self {
+        Self {
+            location: location.to_string(),
+            store: Mutex::new(Some(store)),
+            answering: OnceLock::new(),
+            embedder: Mutex::new(None),
             options,
-        })
+        }
+    }
+
+    fn check_not_empty(&self) -> Result<()> {
+        if self.on_store(|store| store.manifest())?.is_none() {
+            return Err(Error::not_found(format!(
+                "the catalogue at {} is empty (run `lookalike index` first)",
+                redact(&self.location)
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match self.options.read_only {
+            true => Err(Error::invalid(format!(
+                "the catalogue at {} was opened read-only",
+                redact(&self.location)
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// Where the catalogue is, its password hidden.
+    pub fn location(&self) -> String {
+        redact(&self.location)
+    }
+
+    /// `work` on the store: through memory's lock once it answers (writes then follow it through
+    /// the change log), else directly.
+    fn on_store<T>(&self, work: impl FnOnce(&mut dyn Store) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Some(answering) = self.answering.get() {
+            return answering.with_store(work);
+        }
+        let mut store = self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match store.as_deref_mut() {
+            Some(store) => work(store),
+            // Taken by `answering` meanwhile.
+            None => {
+                drop(store);
+                self.answering()?.with_store(work)
+            }
+        }
+    }
+
+    /// The catalogue answering from memory (SQLite) or in SQL (PostgreSQL), loaded at the first call.
+    fn answering(&self) -> anyhow::Result<&Recommender> {
+        if let Some(answering) = self.answering.get() {
+            return Ok(answering);
+        }
+        let mut store = self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(answering) = self.answering.get() {
+            return Ok(answering);
+        }
+        let taken = store.take().context("the catalogue could not be loaded before")?;
+        let answering = Recommender::with_search(taken, self.options.search)?;
+        Ok(self.answering.get_or_init(|| answering))
+    }
+
+    /// Loads what answers questions now rather than at the first one; how the index file was
+    /// used, where there is one.
+    pub fn load(&self) -> Result<Option<&IndexLoad>> {
+        Ok(self.answering()?.index_load())
     }
 
     /// The embedder this catalogue's queries are embedded with ([`OpenOptions::embedder`]), loaded
     /// at the first call.
     pub fn embedder(&self) -> Result<Arc<Embedder>> {
-        if let Some(embedder) = self.embedder.get() {
+        let mut loaded = self.embedder.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(embedder) = &*loaded {
             return Ok(embedder.clone());
         }
-        let embedder = self.catalogue.with_store(|store| {
+        let embedder = self.on_store(|store| {
             let embedder = self.options.embedder(Some(&*store))?;
-            store
-                .ensure_manifest(&embedder.manifest())
-                .context("cannot search this catalogue")?;
+            if !self.options.read_only || store.manifest()?.is_some() {
+                store
+                    .ensure_manifest(&embedder.manifest())
+                    .context("cannot search this catalogue")?;
+            }
             Ok(embedder)
         })?;
-        Ok(self.embedder.get_or_init(|| Arc::new(embedder)).clone())
+        Ok(loaded.insert(Arc::new(embedder)).clone())
     }
 
     /// The photo at `path`, embedded as this catalogue's products were.
     pub fn embed_file(&self, path: &Path) -> Result<ImageEmbedding> {
         let embedder = self.embedder()?;
-        embed_files(&embedder, &[path.to_path_buf()])?
+        Ok(embed_files(&embedder, &[path.to_path_buf()])?
             .remove(0)
-            .with_context(|| format!("cannot use query image {}", path.display()))
+            .with_context(|| format!("cannot use query image {}", path.display()))?)
     }
 
     /// The products for a photo, words or both.
     pub fn search(&self, request: &SearchRequest) -> Result<Answer> {
+        check_k(request.k)?;
+        check_diversity(request.diversity)?;
         let mut filter = request.filter.clone();
         let likely_categories = match (request.likely_categories, request.photo) {
             (None, _) => None,
-            (Some(_), None) => bail!("a search kept to the photo's likely categories needs a photo"),
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "a search kept to the photo's likely categories needs a photo",
+                ))
+            }
             (Some(coverage), Some(photo)) => {
-                let classifier = self
-                    .options
-                    .classifier
-                    .as_ref()
-                    .context("a search kept to the photo's likely categories needs a classifier head")?;
+                if !(0.0..=1.0).contains(&coverage) {
+                    return Err(Error::invalid("coverage must be between 0 and 1"));
+                }
+                let classifier = self.options.classifier.as_ref().ok_or_else(|| {
+                    Error::invalid("a search kept to the photo's likely categories needs a classifier head")
+                })?;
                 let likely = keep_to_likely_categories(&mut filter, classifier, &photo.classifier_input, coverage)?;
                 Some(likely)
             }
@@ -245,7 +357,7 @@ impl Shop {
             words: request.words,
         };
         let hits = self
-            .catalogue
+            .answering()?
             .query(query, request.k, request.metric, &filter, request.diversity)?;
         Ok(Answer {
             hits,
@@ -257,9 +369,11 @@ impl Shop {
 
     /// The products that look like product `id` (its every photo a query), never of its own group.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter, diversity: f32) -> Result<Vec<Scored>> {
-        self.catalogue
+        check_k(k)?;
+        check_diversity(diversity)?;
+        self.answering()?
             .similar(id, k, metric, filter, diversity)?
-            .ok_or_else(|| NoSuchProduct(id.to_string()).into())
+            .ok_or_else(|| Error::no_product(id))
     }
 
     /// "More like these, less like those" (see [`Recommender::recommend`]).
@@ -270,7 +384,226 @@ impl Shop {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Scored>> {
-        self.catalogue.recommend(positive, negative, k, filter)
+        check_k(k)?;
+        if positive.is_empty() {
+            return Err(Error::invalid("`positive` must name at least one product id"));
+        }
+        if positive.len() + negative.len() > MAX_RECOMMEND_IDS {
+            return Err(Error::invalid(format!(
+                "at most {MAX_RECOMMEND_IDS} product ids in `positive` and `negative` together"
+            )));
+        }
+        Ok(self.answering()?.recommend(positive, negative, k, filter)?)
+    }
+
+    /// Product `id` with its vectors.
+    pub fn product(&self, id: &str) -> Result<StoredProduct> {
+        self.answering()?.find(id)?.ok_or_else(|| Error::no_product(id))
+    }
+
+    /// A page of products (of `category` only, the same but for case), in id order.
+    pub fn page(&self, category: Option<&str>, offset: usize, per_page: usize) -> Result<Page> {
+        if let Some(category) = category {
+            check_text("category", category, MAX_TEXT_BYTES)?;
+        }
+        if offset > i64::MAX as usize {
+            return Err(Error::invalid(format!("offset {offset} is beyond any catalogue")));
+        }
+        Ok(self.answering()?.page(category, offset, per_page)?)
+    }
+
+    /// How many products the catalogue holds.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.answering()?.len()?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Bytes the vector index takes: in this process (memory) or in the database (HNSW).
+    pub fn index_bytes(&self) -> Result<usize> {
+        Ok(self.answering()?.index_bytes()?)
+    }
+
+    /// The file beside the catalogue that its search index is kept in, where it has one.
+    pub fn index_file(&self) -> Result<Option<PathBuf>> {
+        Ok(self.on_store(|store| Ok(store.index_file()))?)
+    }
+
+    /// Adds `product`; [`Error::Conflict`] if its id is taken.
+    pub fn create(&self, product: StoredProduct) -> Result<()> {
+        self.check_writable()?;
+        let id = product.id.clone();
+        product.info.check()?;
+        check_id(&id)?;
+        match self.answering()?.write(product, WriteMode::CreateOnly)? {
+            true => Ok(()),
+            false => Err(Error::Conflict(format!("product {id:?} exists; use PUT to change it"))),
+        }
+    }
+
+    /// Replaces product `product.id`; [`Error::NotFound`] if the catalogue does not hold it (a
+    /// change racing a removal never brings the product back).
+    pub fn update(&self, product: StoredProduct) -> Result<()> {
+        self.check_writable()?;
+        let id = product.id.clone();
+        product.info.check()?;
+        match self.answering()?.write(product, WriteMode::UpdateOnly)? {
+            true => Ok(()),
+            false => Err(Error::no_product(&id)),
+        }
+    }
+
+    /// Removes product `id`; [`Error::NotFound`] if the catalogue does not hold it.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.check_writable()?;
+        match self.answering()?.remove(id)? {
+            true => Ok(()),
+            false => Err(Error::no_product(id)),
+        }
+    }
+
+    /// Removes every product of `ids` the catalogue holds, without loading memory; returns how many.
+    pub fn remove_all(&self, ids: &[String]) -> Result<usize> {
+        self.check_writable()?;
+        Ok(self.on_store(|store| store.remove(ids))?)
+    }
+
+    /// Records that an uploaded image file at `path` may be referenced (see [`Store::record_upload`]).
+    pub fn record_upload(&self, path: &str) -> Result<()> {
+        self.check_writable()?;
+        Ok(self.on_store(|store| store.record_upload(path))?)
+    }
+
+    /// Forgets the upload at `path` unless a product references it; true: its file may be deleted.
+    pub fn release_upload(&self, path: &str) -> Result<bool> {
+        self.check_writable()?;
+        Ok(self.on_store(|store| store.release_upload(path))?)
+    }
+
+    /// Indexes a catalogue file or folder: only new or changed images are embedded, `progress`
+    /// told (images done, of) after each batch. The head or colour weight asked for is kept with
+    /// the catalogue and embeds every later query.
+    pub fn index(&self, request: &IndexRequest, progress: &mut dyn FnMut(usize, usize)) -> Result<IndexSummary> {
+        self.check_writable()?;
+        let Catalogue { entries, unreadable } = read_catalogue(&request.catalogue, request.layout)?;
+        let entries: Vec<_> = match request.shard {
+            Some((i, n)) => entries.into_iter().filter(|e| in_shard(&e.id, i, n)).collect(),
+            None => entries,
+        };
+        // What could not be walked is not gone: pruning leaves its products alone.
+        let options = IndexOptions {
+            batch_size: request.batch_size,
+            prune: request.prune,
+            shard: request.shard,
+            keep_under: unreadable.iter().map(|(path, _)| path.clone()).collect(),
+        };
+        let (embedder, report) = self.on_store(|store| {
+            let embedder = self.options.embedder(Some(&*store))?;
+            let embedder = match (&request.head, request.colour) {
+                (Some(head), _) => embedder.with_head(head.clone())?,
+                (None, Some(weight)) => embedder.with_colour(weight)?,
+                (None, None) => embedder,
+            };
+            store.ensure_manifest(&embedder.manifest())?;
+            if let Some(head) = &embedder.head {
+                store.set_head(head)?;
+            }
+            progress(0, entries.len());
+            let report = index_catalogue(store, &embedder, &entries, &options, progress)?;
+            Ok((embedder, report))
+        })?;
+        *self.embedder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(embedder));
+        Ok(IndexSummary { report, unreadable })
+    }
+
+    /// Every product with its vectors, in id order.
+    pub fn products(&self) -> Result<Vec<StoredProduct>> {
+        Ok(self.on_store(|store| store.products())?)
+    }
+
+    /// Writes the vectors as a `.npy` matrix and/or the products as JSON; returns how many.
+    pub fn export(&self, npy: Option<&Path>, json: Option<&Path>) -> Result<usize> {
+        if npy.is_none() && json.is_none() {
+            return Err(Error::invalid("nothing to export: give --npy and/or --json"));
+        }
+        let products = self.products()?;
+        if let Some(path) = npy {
+            export_npy(&products.iter().map(|p| p.vector.as_slice()).collect::<Vec<_>>(), path)?;
+        }
+        if let Some(path) = json {
+            export_json(&products, path)?;
+        }
+        Ok(products.len())
+    }
+
+    /// Copies the catalogue with its vectors into `target` (no re-embedding); returns how many.
+    pub fn copy_into(&self, target: &mut dyn Store, batch: usize) -> Result<usize> {
+        Ok(self.on_store(|store| copy_catalogue(&*store, target, batch.max(1)))?)
+    }
+
+    /// Every product's `k` most similar products, written to `out` (`.csv` for a Magento import
+    /// of related products, `.jsonl`); the state kept in `state` lets the next run compute again
+    /// only what changed (a state that cannot be read means computing everything).
+    pub fn recommend_all(&self, k: usize, out: &Path, state: &Path) -> Result<RecommendAllReport> {
+        check_k(k)?;
+        let write = match out
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("csv") => export_related_csv,
+            Some("jsonl" | "ndjson") => export_related_jsonl,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: write a .csv or a .jsonl file",
+                    out.display()
+                )))
+            }
+        };
+        let (previous, unusable_state) = match std::fs::read(state) {
+            Ok(bytes) => match serde_json::from_slice::<Previous>(&bytes) {
+                Ok(previous) => (Some(previous), None),
+                Err(err) => (None, Some(err.to_string())),
+            },
+            Err(_) => (None, None),
+        };
+        let started = Instant::now();
+        let products = self.products()?;
+        let loaded = started.elapsed();
+        let (related, next, work) = related_for_all(&products, k, previous.as_ref());
+        let computed = started.elapsed() - loaded;
+        write(&related, out)?;
+        write_atomically(state, |w| Ok(serde_json::to_writer(w, &next)?))?;
+        Ok(RecommendAllReport {
+            products: products.len(),
+            work,
+            unusable_state,
+            loaded,
+            computed,
+        })
+    }
+
+    /// Groups of products whose images are the same file (by hash) or look alike above
+    /// `threshold` (cosine), with the products they name.
+    pub fn duplicates(&self, threshold: f32) -> Result<Duplicates> {
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(Error::invalid("the threshold must be above 0 and at most 1"));
+        }
+        let index = VectorIndex::new(self.products()?)?;
+        let groups = duplicate_groups(&index, threshold)?;
+        let members = groups
+            .iter()
+            .flat_map(|g| &g.ids)
+            .filter_map(|id| index.find(id).map(|p| (id.clone(), p.clone())))
+            .collect();
+        Ok(Duplicates {
+            groups,
+            members,
+            products: index.len(),
+        })
     }
 
     /// The classifier hybrid searches keep to a photo's likely categories with.
@@ -278,14 +611,159 @@ impl Shop {
         self.options.classifier.as_ref()
     }
 
-    /// The catalogue itself, for what the front door does not answer yet.
-    pub fn catalogue(&self) -> &Recommender {
-        &self.catalogue
-    }
-
     /// Ends a one-shot command's use (see [`Recommender::finish`]).
     pub fn finish(self) {
-        self.catalogue.finish();
+        if let Some(answering) = self.answering.into_inner() {
+            answering.finish();
+        }
+    }
+}
+
+/// The most results one question may ask for.
+pub const MAX_K: usize = 10_000;
+/// The most products one recommendation may name.
+pub const MAX_RECOMMEND_IDS: usize = 100;
+
+fn check_k(k: usize) -> Result<()> {
+    if k == 0 || k > MAX_K {
+        return Err(Error::invalid(format!("k must be between 1 and {MAX_K}")));
+    }
+    Ok(())
+}
+
+fn check_diversity(diversity: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&diversity) {
+        return Err(Error::invalid("diversity must be between 0 and 1"));
+    }
+    Ok(())
+}
+
+/// What to index, and how.
+#[derive(Clone, Debug)]
+pub struct IndexRequest {
+    /// A folder, `.csv` or `.jsonl`/`.ndjson` file (see [`read_catalogue`]).
+    pub catalogue: PathBuf,
+    pub layout: Layout,
+    /// Remove products that left the catalogue or whose image file is gone.
+    pub prune: bool,
+    pub batch_size: usize,
+    /// A projection head whose embeddings become the catalogue's vectors.
+    pub head: Option<Head>,
+    /// The weight of the colour signature appended to every vector.
+    pub colour: Option<f32>,
+    /// Only shard I of N of the catalogue's products (see [`in_shard`]).
+    pub shard: Option<(usize, usize)>,
+}
+
+impl IndexRequest {
+    /// The catalogue at `catalogue`, a folder of images in category folders, CSV or JSONL.
+    pub fn new(catalogue: impl Into<PathBuf>) -> Self {
+        Self {
+            catalogue: catalogue.into(),
+            layout: Layout::default(),
+            prune: false,
+            batch_size: DEFAULT_BATCH_SIZE,
+            head: None,
+            colour: None,
+            shard: None,
+        }
+    }
+}
+
+/// What indexing did.
+#[derive(Debug)]
+pub struct IndexSummary {
+    pub report: IndexReport,
+    /// Paths of the catalogue that could not be read (their products were left alone).
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl IndexSummary {
+    /// Whether some images or folders were left out.
+    pub fn skipped_any(&self) -> bool {
+        !self.report.skipped.is_empty() || !self.unreadable.is_empty()
+    }
+}
+
+/// What [`Shop::recommend_all`] did.
+#[derive(Debug)]
+pub struct RecommendAllReport {
+    pub products: usize,
+    pub work: Work,
+    /// Why the previous run's state was not used, when it was there but unreadable.
+    pub unusable_state: Option<String>,
+    pub loaded: Duration,
+    pub computed: Duration,
+}
+
+/// Duplicate groups and the products they name.
+#[derive(Debug)]
+pub struct Duplicates {
+    pub groups: Vec<DuplicateGroup>,
+    pub members: HashMap<String, StoredProduct>,
+    /// How many products were compared.
+    pub products: usize,
+}
+
+fn image_problem(err: &ImageError) -> ImageProblem {
+    match err {
+        ImageError::NotAnImage | ImageError::Empty => ImageProblem::NotAnImage,
+        ImageError::TooLarge(_) => ImageProblem::TooLarge,
+        ImageError::Undecodable(_) | ImageError::Unreadable(_) | ImageError::NotAFile => ImageProblem::Undecodable,
+    }
+}
+
+impl From<ImageError> for Error {
+    fn from(err: ImageError) -> Self {
+        Error::Image {
+            problem: image_problem(&err),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<SubmitError> for Error {
+    fn from(err: SubmitError) -> Self {
+        match err {
+            SubmitError::Overloaded => Error::Overloaded(err.to_string()),
+            SubmitError::Stopped => Error::Internal(err.into()),
+        }
+    }
+}
+
+/// The kinds only layers above [`crate::error`] know, found in an error's chain (see
+/// [`Error::from_chain`]): every front-door call's error has its kind.
+impl From<anyhow::Error> for Error {
+    fn from(err: anyhow::Error) -> Self {
+        Error::from_chain(err, |cause| {
+            if let Some(image) = cause.downcast_ref::<ImageError>() {
+                return Some(Error::Image {
+                    problem: image_problem(image),
+                    message: String::new(),
+                });
+            }
+            if let Some(SubmitError::Overloaded) = cause.downcast_ref::<SubmitError>() {
+                return Some(Error::Overloaded(String::new()));
+            }
+            if let Some(sqlite) = cause.downcast_ref::<rusqlite::Error>() {
+                use rusqlite::ErrorCode::*;
+                return matches!(
+                    sqlite.sqlite_error_code(),
+                    Some(DatabaseBusy | DatabaseLocked | CannotOpen | PermissionDenied | DiskFull)
+                )
+                .then(|| Error::StoreUnavailable(String::new()));
+            }
+            if let Some(pg) = cause.downcast_ref::<postgres::Error>() {
+                // Class 08: connection exceptions; 53: insufficient resources; 57P: shutting down.
+                let unavailable = pg.is_closed()
+                    || pg.code().map_or(pg.as_db_error().is_none(), |code| {
+                        let code = code.code();
+                        code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+                    });
+                return unavailable.then(|| Error::StoreUnavailable(String::new()));
+            }
+            None
+        })
     }
 }
 

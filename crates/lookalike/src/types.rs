@@ -1,10 +1,18 @@
 //! The types every stage shares: products, their scores and the filters on them. This module is
-//! the bottom of the library and imports nothing from it, so any stage may use it.
+//! the bottom of the library and imports nothing from it but [`crate::error`] (which imports
+//! nothing), so any stage may use it.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::{bail, Result};
+use crate::error::{Error, Result};
+
+/// Returns an [`Error::InvalidInput`]: every check here is of what a caller gave.
+macro_rules! invalid {
+    ($($message:tt)*) => {
+        return Err(Error::InvalidInput(format!($($message)*)))
+    };
+}
 use serde::{Deserialize, Serialize};
 
 /// Descriptive fields of a product; everything but the image is optional.
@@ -89,10 +97,10 @@ pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
 /// Text that every store can keep: PostgreSQL's text cannot hold NUL, and lengths are bounded.
 pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<()> {
     if value.contains('\0') {
-        bail!("the {field} contains a NUL character");
+        invalid!("the {field} contains a NUL character");
     }
     if value.len() > max_bytes {
-        bail!("the {field} is {} bytes long (at most {max_bytes})", value.len());
+        invalid!("the {field} is {} bytes long (at most {max_bytes})", value.len());
     }
     Ok(())
 }
@@ -100,7 +108,7 @@ pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<()> {
 /// A product id: not empty, no NUL, at most [`MAX_ID_BYTES`].
 pub fn check_id(id: &str) -> Result<()> {
     if id.trim().is_empty() {
-        bail!("the product id is empty");
+        invalid!("the product id is empty");
     }
     check_text("product id", id, MAX_ID_BYTES)
 }
@@ -118,7 +126,7 @@ pub fn check_url(url: &str) -> Result<()> {
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '<' | '>' | '\\'));
     if !(shaped && clean) {
-        bail!("the url {url:?} is not an http(s) address or a path starting with /");
+        invalid!("the url {url:?} is not an http(s) address or a path starting with /");
     }
     Ok(())
 }
@@ -126,7 +134,7 @@ pub fn check_url(url: &str) -> Result<()> {
 /// A price: a finite number, not negative.
 pub fn check_price(field: &str, price: f64) -> Result<()> {
     if !(price.is_finite() && price >= 0.0) {
-        bail!("the {field} must be a non-negative finite number, got {price}");
+        invalid!("the {field} must be a non-negative finite number, got {price}");
     }
     Ok(())
 }
@@ -203,12 +211,12 @@ impl Metric {
 }
 
 impl FromStr for Metric {
-    type Err = anyhow::Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "cosine" => Ok(Self::Cosine),
             "euclidean" | "l2" => Ok(Self::Euclidean),
-            _ => bail!("unknown metric {s:?} (cosine or euclidean)"),
+            _ => invalid!("unknown metric {s:?} (cosine or euclidean)"),
         }
     }
 }
@@ -228,7 +236,7 @@ impl Words {
         let mut words: Vec<String> = Vec::new();
         for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
             if word.chars().count() > Self::MAX_WORD_CHARS {
-                bail!("the text query has a word longer than {} letters", Self::MAX_WORD_CHARS);
+                invalid!("the text query has a word longer than {} letters", Self::MAX_WORD_CHARS);
             }
             let word = fold_accents(&word.to_lowercase()).into_owned();
             if !words.contains(&word) {
@@ -236,10 +244,10 @@ impl Words {
             }
         }
         if words.is_empty() {
-            bail!("the text query has no words to search for");
+            invalid!("the text query has no words to search for");
         }
         if words.len() > Self::MAX_WORDS {
-            bail!("the text query has more than {} words", Self::MAX_WORDS);
+            invalid!("the text query has more than {} words", Self::MAX_WORDS);
         }
         Ok(Self(words))
     }
@@ -297,7 +305,7 @@ impl Filter {
         }
         if let (Some(lo), Some(hi)) = (min_price, max_price) {
             if lo > hi {
-                bail!("the minimum price {lo} is above the maximum price {hi}");
+                invalid!("the minimum price {lo} is above the maximum price {hi}");
             }
         }
         if let Some(category) = &category {

@@ -193,7 +193,7 @@ fn in_process(models: &ModelDir, threads: usize, plan: &LoadPlan, photo: &[u8]) 
         first_error: None,
         elapsed: started.elapsed(),
     };
-    Ok((latencies, shop.catalogue().len()?))
+    Ok((latencies, shop.len()?))
 }
 
 /// What closed-loop clients got: milliseconds per answer, by HTTP status (0: no answer).

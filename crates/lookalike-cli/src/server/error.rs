@@ -28,21 +28,11 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "exists", message)
-    }
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
     }
     pub fn internal(err: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", err.to_string())
-    }
-    /// The answer for an error of the library, by its kind.
-    pub fn from_library(err: anyhow::Error) -> Self {
-        match err.downcast_ref::<lookalike::recommend::NoSuchProduct>() {
-            Some(missing) => Self::not_found(missing.to_string()),
-            None => Self::internal(err),
-        }
     }
 }
 
@@ -59,22 +49,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every answer the library gives an error, by its kind: the one place statuses are decided.
+impl From<lookalike::error::Error> for ApiError {
+    fn from(err: lookalike::error::Error) -> Self {
+        use lookalike::error::{Error::*, ImageProblem};
+        let (status, code) = match &err {
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            InvalidInput(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Image { problem, .. } => match problem {
+                ImageProblem::NotAnImage => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image"),
+                ImageProblem::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+                ImageProblem::Undecodable => (StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image"),
+            },
+            WrongModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_model"),
+            Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, err.to_string())
+    }
+}
+
 impl From<lookalike::image::ImageError> for ApiError {
     fn from(err: lookalike::image::ImageError) -> Self {
-        use lookalike::image::ImageError::*;
-        match err {
-            NotAnImage | Empty => Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_an_image", err.to_string()),
-            TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", err.to_string()),
-            Undecodable(_) | Unreadable(_) | NotAFile => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image", err.to_string())
-            }
-        }
+        lookalike::error::Error::from(err).into()
     }
 }
 
 impl From<lookalike::model::batcher::SubmitError> for ApiError {
     fn from(err: lookalike::model::batcher::SubmitError) -> Self {
-        Self::overloaded(err.to_string())
+        lookalike::error::Error::from(err).into()
     }
 }
 

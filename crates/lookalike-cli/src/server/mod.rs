@@ -82,7 +82,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
     let manifest = embedder.manifest();
     let upload_dir = std::path::absolute(&config.upload_dir)?;
     if config.token.is_some() {
-        let index_file = shop.catalogue().with_store(|store| Ok(store.index_file()))?;
+        let index_file = shop.index_file()?;
         products::check_upload_dir(&upload_dir, index_file.as_deref())?;
         std::fs::create_dir_all(&upload_dir)
             .with_context(|| format!("cannot create the upload folder {}", upload_dir.display()))?;
@@ -94,7 +94,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
         ..config.batch
     };
     let body_budget = BODY_BUDGET_BYTES.max(4 * (config.max_upload_bytes + bodies::MULTIPART_ROOM));
-    if let Some(load) = shop.catalogue().index_load() {
+    if let Some(load) = shop.load()? {
         tracing::info!(
             products = load.products,
             changed = load.changed,
@@ -240,13 +240,12 @@ fn cors(origins: &[HeaderValue], request_id: axum::http::HeaderName) -> Option<C
 /// in-memory index takes milliseconds.
 async fn on_catalogue<T: Send + 'static>(
     state: &Shared,
-    work: impl FnOnce(&Shop) -> Result<T> + Send + 'static,
+    work: impl FnOnce(&Shop) -> lookalike::error::Result<T> + Send + 'static,
 ) -> ApiResult<T> {
     let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state.shop))
+    Ok(tokio::task::spawn_blocking(move || work(&state.shop))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from_library)
+        .map_err(ApiError::internal)??)
 }
 
 impl AppState {

@@ -15,13 +15,14 @@ use axum::body::Bytes;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use lookalike::error::Error;
 use lookalike::store::WriteMode;
 use lookalike::types::{check_id, ProductInfo, StoredProduct};
 use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::error::ApiError;
-use super::queries::{find_product, no_product, parse_number, product_json};
+use super::queries::{find_product, parse_number, product_json};
 use super::{on_catalogue, read_form, ApiResult, Shared};
 
 /// Uploads older than this that no product references are deleted when the server starts (a
@@ -49,10 +50,6 @@ impl ProductLocks {
     }
 }
 
-fn bad_request(err: anyhow::Error) -> ApiError {
-    ApiError::bad_request(err.to_string())
-}
-
 fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiResult<ProductInfo> {
     let text = |k: &str, old: Option<String>| match fields.get(k) {
         Some(v) if v.trim().is_empty() => None,
@@ -71,7 +68,7 @@ fn info_from_fields(fields: &HashMap<String, String>, base: ProductInfo) -> ApiR
         url: text("url", base.url),
         group: text("group", base.group),
     };
-    info.check().map_err(bad_request)?;
+    info.check()?;
     Ok(info)
 }
 
@@ -124,7 +121,7 @@ async fn save_upload(state: &Shared, bytes: Bytes) -> ApiResult<(PathBuf, String
         .unwrap_or("img");
     let path = state.upload_dir.join(format!("{hash}.{extension}"));
     let recorded = path.to_string_lossy().into_owned();
-    on_catalogue(state, move |c| c.catalogue().record_upload(&recorded)).await?;
+    on_catalogue(state, move |c| c.record_upload(&recorded)).await?;
     let file = path.clone();
     tokio::task::spawn_blocking(move || {
         if !file.is_file() {
@@ -146,7 +143,7 @@ async fn release_image(state: &Shared, path: &str) -> ApiResult<()> {
         return Ok(());
     }
     let owned = path.to_string();
-    if on_catalogue(state, move |c| c.catalogue().release_upload(&owned)).await? {
+    if on_catalogue(state, move |c| c.release_upload(&owned)).await? {
         if let Err(err) = tokio::fs::remove_file(&file).await {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path, %err, "cannot delete an unused upload");
@@ -156,24 +153,31 @@ async fn release_image(state: &Shared, path: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Stores `product` with the new image `bytes` as `mode` allows; false if the condition failed
-/// (and the image was not kept).
+/// Stores `product` with the new image `bytes` as `mode` allows; the image is not kept if the
+/// store refused the write (the id taken, or the product gone).
 async fn store_with_upload(
     state: &Shared,
     mut product: StoredProduct,
     bytes: Bytes,
     mode: WriteMode,
-) -> ApiResult<(bool, StoredProduct)> {
+) -> ApiResult<StoredProduct> {
     let _files = state.uploads.lock().await;
     let (path, hash) = save_upload(state, bytes).await?;
     product.image_path = path.to_string_lossy().into_owned();
     product.content_hash = hash;
     let stored = product.clone();
-    let written = on_catalogue(state, move |c| c.catalogue().write(stored, mode)).await?;
-    if !written {
+    let written = on_catalogue(state, move |c| write(c, stored, mode)).await;
+    if written.is_err() {
         release_image(state, &product.image_path).await?;
     }
-    Ok((written, product))
+    written.map(|()| product)
+}
+
+fn write(shop: &lookalike::shop::Shop, product: StoredProduct, mode: WriteMode) -> lookalike::error::Result<()> {
+    match mode {
+        WriteMode::CreateOnly => shop.create(product),
+        _ => shop.update(product),
+    }
 }
 
 pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -187,12 +191,20 @@ pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -
         Some(id) => id.to_string(),
         None => lookalike::content_hash(&image)[..16].to_string(),
     };
-    check_id(&id).map_err(bad_request)?;
+    check_id(&id)?;
     let info = info_from_fields(&form.fields, ProductInfo::default())?;
-    let exists = || ApiError::conflict(format!("product {id:?} exists; use PUT to change it"));
     let _product = state.product_locks.lock(&id).await;
-    if find_product(&state, &id).await?.is_some() {
-        return Err(exists());
+    let taken = {
+        let id = id.clone();
+        on_catalogue(&state, move |c| match c.product(&id) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        })
+        .await?
+    };
+    if taken {
+        return Err(Error::Conflict(format!("product {id:?} exists; use PUT to change it")).into());
     }
     let vector = state.embed(image.clone(), ticket).await?.features;
     let product = StoredProduct {
@@ -203,11 +215,9 @@ pub async fn create_product(State(state): State<Shared>, multipart: Multipart) -
         vector,
         more_images: Vec::new(),
     };
-    match store_with_upload(&state, product, image, WriteMode::CreateOnly).await? {
-        (true, product) => Ok((StatusCode::CREATED, Json(product_json(&product)))),
-        // Another server sharing the database created it meanwhile.
-        (false, _) => Err(exists()),
-    }
+    // A conflict here: another server sharing the database created it meanwhile.
+    let product = store_with_upload(&state, product, image, WriteMode::CreateOnly).await?;
+    Ok((StatusCode::CREATED, Json(product_json(&product))))
 }
 
 pub async fn update_product(
@@ -215,56 +225,43 @@ pub async fn update_product(
     Path(id): Path<String>,
     multipart: Multipart,
 ) -> ApiResult<Json<Value>> {
-    if find_product(&state, &id).await?.is_none() {
-        return Err(no_product(&id));
-    }
+    find_product(&state, &id).await?;
     let form = read_form(&state, multipart).await?;
     let ticket = match form.image {
         Some(_) => Some(state.admit_image().await?),
         None => None,
     };
     let _product = state.product_locks.lock(&id).await;
-    let Some(existing) = find_product(&state, &id).await? else {
-        return Err(no_product(&id));
-    };
+    let existing = find_product(&state, &id).await?;
     let info = info_from_fields(&form.fields, existing.info.clone())?;
     let old_image = existing.image_path.clone();
     let mut product = StoredProduct { info, ..existing };
-    let (written, product) = match (form.image, ticket) {
+    // Not found here: deleted (by another server sharing the database) while this update was
+    // being prepared.
+    let product = match (form.image, ticket) {
         (Some(bytes), Some(ticket)) => {
             product.vector = state.embed(bytes.clone(), ticket).await?.features;
-            let (written, product) = store_with_upload(&state, product, bytes, WriteMode::UpdateOnly).await?;
-            if written && product.image_path != old_image {
+            let product = store_with_upload(&state, product, bytes, WriteMode::UpdateOnly).await?;
+            if product.image_path != old_image {
                 let _files = state.uploads.lock().await;
                 release_image(&state, &old_image).await?;
             }
-            (written, product)
+            product
         }
         _ => {
             let stored = product.clone();
-            (
-                on_catalogue(&state, move |c| c.catalogue().write(stored, WriteMode::UpdateOnly)).await?,
-                product,
-            )
+            on_catalogue(&state, move |c| c.update(stored)).await?;
+            product
         }
     };
-    if !written {
-        // Deleted (by another server sharing the database) while this update was being prepared.
-        return Err(no_product(&id));
-    }
     Ok(Json(product_json(&product)))
 }
 
 pub async fn delete_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let _product = state.product_locks.lock(&id).await;
-    let Some(existing) = find_product(&state, &id).await? else {
-        return Err(ApiError::not_found("no such product"));
-    };
+    let existing = find_product(&state, &id).await?;
     let _files = state.uploads.lock().await;
-    let removed = on_catalogue(&state, move |c| c.catalogue().remove(&id)).await?;
-    if !removed {
-        return Err(ApiError::not_found("no such product"));
-    }
+    on_catalogue(&state, move |c| c.remove(&id)).await?;
     release_image(&state, &existing.image_path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -290,7 +287,7 @@ pub fn sweep_uploads(state: &Shared) -> anyhow::Result<usize> {
         if !metadata.is_file() || !old || !has_upload_name(state, &path) {
             continue;
         }
-        if state.shop.catalogue().release_upload(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
+        if state.shop.release_upload(&path.to_string_lossy())? && std::fs::remove_file(&path).is_ok() {
             deleted += 1;
         }
     }

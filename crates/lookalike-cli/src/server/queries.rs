@@ -53,10 +53,6 @@ fn hits_json(hits: &[Scored], metric: Option<Metric>) -> Value {
     json!({ "metric": crate::output::score_name(metric), "results": results })
 }
 
-pub fn no_product(id: &str) -> ApiError {
-    ApiError::not_found(format!("no product with id {id:?}"))
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub struct QueryParams {
     k: Option<String>,
@@ -130,8 +126,7 @@ impl QueryParams {
 }
 
 pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
-    let (products, index_bytes) =
-        on_catalogue(&state, |c| Ok((c.catalogue().len()?, c.catalogue().index_bytes()?))).await?;
+    let (products, index_bytes) = on_catalogue(&state, |c| Ok((c.len()?, c.index_bytes()?))).await?;
     Ok(Json(json!({
         "products": products,
         "model": state.manifest.model,
@@ -144,7 +139,7 @@ pub async fn stats(State(state): State<Shared>) -> ApiResult<Json<Value>> {
 }
 
 pub async fn metrics(State(state): State<Shared>) -> Response {
-    let products = on_catalogue(&state, |c| c.catalogue().len()).await.ok();
+    let products = on_catalogue(&state, |c| c.len()).await.ok();
     let text = state
         .metrics
         .render(state.admission.images_in_flight(), state.bodies.used(), products);
@@ -331,10 +326,7 @@ pub async fn list_products(State(state): State<Shared>, Query(params): Query<Lis
         lookalike::types::check_text("category", category, lookalike::types::MAX_TEXT_BYTES)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
-    let listed = on_catalogue(&state, move |c| {
-        c.catalogue().page(category.as_deref(), offset, per_page)
-    })
-    .await?;
+    let listed = on_catalogue(&state, move |c| c.page(category.as_deref(), offset, per_page)).await?;
     let items: Vec<Value> = listed.items.iter().map(product_json).collect();
     Ok(Json(json!({
         "total": listed.total,
@@ -345,13 +337,14 @@ pub async fn list_products(State(state): State<Shared>, Query(params): Query<Lis
     })))
 }
 
-pub async fn find_product(state: &Shared, id: &str) -> ApiResult<Option<StoredProduct>> {
+/// Product `id`, or 404.
+pub async fn find_product(state: &Shared, id: &str) -> ApiResult<StoredProduct> {
     let id = id.to_string();
-    on_catalogue(state, move |c| c.catalogue().find(&id)).await
+    on_catalogue(state, move |c| c.product(&id)).await
 }
 
 pub async fn get_product(State(state): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let p = find_product(&state, &id).await?.ok_or_else(|| no_product(&id))?;
+    let p = find_product(&state, &id).await?;
     Ok(Json(product_json(&p)))
 }
 
@@ -378,7 +371,7 @@ pub async fn product_view(State(state): State<Shared>, Path((id, n)): Path<(Stri
 
 /// Serves only a file recorded for the product; no path from the request reaches the disk.
 async fn serve_image(state: &Shared, id: String, n: usize) -> ApiResult<Response> {
-    let product = find_product(state, &id).await?.ok_or_else(|| no_product(&id))?;
+    let product = find_product(state, &id).await?;
     let Some(path) = product.image_paths().nth(n).map(str::to_string) else {
         return Err(ApiError::not_found(format!(
             "product {id:?} has {} images (numbered from 0)",

@@ -487,15 +487,16 @@ impl VectorIndex {
         exclude: Option<&str>,
     ) -> Result<Vec<Hit<'_>>> {
         if let Some(q) = queries.iter().find(|q| !self.is_empty() && q.len() != self.dimension) {
-            bail!(
+            return Err(crate::error::Error::WrongModel(format!(
                 "query vector is {}-d, the catalogue's are {}-d",
                 q.len(),
                 self.dimension
-            );
+            ))
+            .into());
         }
         // Every score would be NaN, and every product taken for damaged.
         if queries.iter().flat_map(|q| q.iter()).any(|v| !v.is_finite()) {
-            bail!("the query vector has a value that is not a number");
+            return Err(crate::error::Error::invalid("the query vector has a value that is not a number").into());
         }
         let accepted = |row: usize| {
             let p = &self.products[self.rows[row].0 as usize];
@@ -672,7 +673,7 @@ impl VectorIndex {
     /// Products that look like product `id` (itself excluded), its every image a query.
     pub fn similar(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Vec<Hit<'_>>> {
         let Some(p) = self.position(id) else {
-            bail!("no product with id {id:?} in the catalogue");
+            return Err(crate::error::Error::no_product(id).into());
         };
         let vectors = self.image_vectors(p);
         let views: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();

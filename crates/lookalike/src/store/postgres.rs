@@ -937,7 +937,11 @@ impl Store for PgStore {
             .and_then(|d| d.parse().ok())
             .unwrap_or(0);
         if let Some(query) = queries.iter().find(|q| q.len() != dimension) {
-            bail!("query vector is {}-d, the catalogue's are {dimension}-d", query.len());
+            return Err(crate::error::Error::WrongModel(format!(
+                "query vector is {}-d, the catalogue's are {dimension}-d",
+                query.len()
+            ))
+            .into());
         }
         // Cosine uses the HNSW index; Euclidean has none, so it is an exact scan.
         let operator = match metric {

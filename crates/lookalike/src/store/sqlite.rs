@@ -197,10 +197,11 @@ impl SqliteStore {
     /// Opens an existing catalogue without ever writing to it: a read-only file or folder works.
     pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            bail!(
+            return Err(crate::error::Error::not_found(format!(
                 "no catalogue database at {} (create it with `lookalike index`)",
                 path.display()
-            );
+            ))
+            .into());
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = match Connection::open_with_flags(path, flags).and_then(|c| Self::probe(&c).map(|_| c)) {
@@ -678,10 +679,11 @@ impl Store for SqliteStore {
         exclude: Option<&str>,
     ) -> Result<Vec<(String, f32)>> {
         if self.schema < 4 {
-            bail!(
+            return Err(crate::error::Error::Conflict(format!(
                 "{} has no word index yet; open it once with `lookalike index` to add one",
                 self.path.display()
-            );
+            ))
+            .into());
         }
         let matching = words
             .as_slice()

@@ -1,0 +1,226 @@
+//! The front door as a program embedding lookalike uses it: index the demo catalogue, ask every
+//! kind of question, and get each kind of mistake back as its typed error.
+
+use std::path::PathBuf;
+
+use lookalike::error::{Error, ImageProblem};
+use lookalike::model::{BackboneSpec, Precision};
+use lookalike::shop::{IndexRequest, OpenOptions, SearchRequest, Shop};
+use lookalike::types::{Filter, Metric, Words};
+
+fn demo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../demo/catalogue.csv")
+}
+
+fn writable() -> OpenOptions {
+    OpenOptions {
+        threads: 2,
+        read_only: false,
+        ..OpenOptions::default()
+    }
+}
+
+/// The demo catalogue indexed into a new SQLite file in `dir`.
+fn indexed(dir: &tempfile::TempDir) -> String {
+    let db = dir.path().join("shop.db").to_string_lossy().into_owned();
+    let shop = Shop::open(&db, writable()).unwrap();
+    let mut calls = 0;
+    let summary = shop.index(&IndexRequest::new(demo()), &mut |_, _| calls += 1).unwrap();
+    assert_eq!(summary.report.total, 60);
+    assert_eq!(summary.report.embedded, 60);
+    assert!(!summary.skipped_any());
+    assert!(
+        calls >= 2,
+        "progress is told before and after each batch, got {calls} calls"
+    );
+    shop.finish();
+    db
+}
+
+#[test]
+fn a_program_indexes_searches_and_changes_a_catalogue_through_the_front_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = indexed(&dir);
+    let shop = Shop::open(&db, OpenOptions::default()).unwrap();
+    assert_eq!(shop.len().unwrap(), 60);
+
+    // A product's own photo finds it first.
+    let photo = shop.embed_file(&demo().with_file_name("images/24-mb01.jpg")).unwrap();
+    let answer = shop.search(&SearchRequest::photo(&photo, 5)).unwrap();
+    assert_eq!(answer.hits.len(), 5);
+    assert_eq!(answer.hits[0].product.id, "24-MB01");
+    assert_eq!(answer.scored_by, Some(Metric::Cosine));
+
+    // Words rank by relevance; a category filter keeps to its category whatever its case.
+    let words = Words::parse("duffle bag").unwrap();
+    let filter = Filter {
+        category: Some("GEAR/BAGS".into()),
+        ..Filter::default()
+    };
+    let by_words = shop
+        .search(&SearchRequest {
+            photo: None,
+            words: Some(&words),
+            filter,
+            ..SearchRequest::photo(&photo, 5)
+        })
+        .unwrap();
+    assert!(!by_words.hits.is_empty());
+    assert!(by_words
+        .hits
+        .iter()
+        .all(|hit| hit.product.info.category.as_deref() == Some("Gear/Bags")));
+    assert_eq!(by_words.scored_by, None);
+
+    let similar = shop
+        .similar("24-MB01", 3, Metric::Cosine, &Filter::default(), 0.0)
+        .unwrap();
+    assert_eq!(similar.len(), 3);
+    assert!(similar.iter().all(|hit| hit.product.id != "24-MB01"));
+    let recommended = shop
+        .recommend(&["24-MB01".into()], &["24-MB02".into()], 4, &Filter::default())
+        .unwrap();
+    assert_eq!(recommended.len(), 4);
+    assert!(recommended
+        .iter()
+        .all(|hit| hit.product.id != "24-MB01" && hit.product.id != "24-MB02"));
+    shop.finish();
+
+    // Writes: create, conflict, update, remove, not found.
+    let shop = Shop::open_existing(&db, writable()).unwrap();
+    let mut product = shop.product("24-MB01").unwrap();
+    product.id = "copy-of-24-MB01".into();
+    shop.create(product.clone()).unwrap();
+    assert!(matches!(shop.create(product.clone()), Err(Error::Conflict(_))));
+    product.info.title = Some("Renamed".into());
+    shop.update(product).unwrap();
+    assert_eq!(
+        shop.product("copy-of-24-MB01").unwrap().info.title.as_deref(),
+        Some("Renamed")
+    );
+    shop.remove("copy-of-24-MB01").unwrap();
+    assert!(matches!(shop.remove("copy-of-24-MB01"), Err(Error::NotFound(_))));
+    assert!(matches!(shop.product("copy-of-24-MB01"), Err(Error::NotFound(_))));
+
+    // Whole-catalogue jobs.
+    let out = dir.path().join("related.jsonl");
+    let report = shop.recommend_all(3, &out, &dir.path().join("state.json")).unwrap();
+    assert_eq!(report.products, 60);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 60);
+    let duplicates = shop.duplicates(0.999).unwrap();
+    assert_eq!(duplicates.products, 60);
+    assert!(duplicates
+        .groups
+        .iter()
+        .all(|g| g.ids.len() >= 2 && g.ids.iter().all(|id| duplicates.members.contains_key(id))));
+    let npy = dir.path().join("vectors.npy");
+    assert_eq!(shop.export(Some(&npy), None).unwrap(), 60);
+    assert!(npy.is_file());
+}
+
+#[test]
+fn every_mistake_comes_back_as_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = indexed(&dir);
+    let shop = Shop::open(&db, OpenOptions::default()).unwrap();
+    let photo = shop.embed_file(&demo().with_file_name("images/24-mb02.jpg")).unwrap();
+
+    fn kind<T>(result: lookalike::error::Result<T>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(Error::NotFound(_)) => "NotFound",
+            Err(Error::InvalidInput(_)) => "InvalidInput",
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        kind(shop.similar("no-such-id", 3, Metric::Cosine, &Filter::default(), 0.0)),
+        "NotFound"
+    );
+    assert_eq!(kind(shop.search(&SearchRequest::photo(&photo, 0))), "InvalidInput");
+    assert_eq!(
+        kind(shop.search(&SearchRequest {
+            diversity: 1.5,
+            ..SearchRequest::photo(&photo, 3)
+        })),
+        "InvalidInput"
+    );
+    assert_eq!(
+        kind(shop.search(&SearchRequest {
+            likely_categories: Some(0.9),
+            ..SearchRequest::photo(&photo, 3)
+        })),
+        "InvalidInput",
+        "a search kept to likely categories without a classifier"
+    );
+    assert_eq!(kind(shop.recommend(&[], &[], 3, &Filter::default())), "InvalidInput");
+    assert_eq!(
+        kind(shop.create(shop.product("24-MB01").unwrap())),
+        "InvalidInput",
+        "read-only"
+    );
+    // A photo that is not one, and one that is broken.
+    let not_a_photo = dir.path().join("notes.jpg");
+    std::fs::write(&not_a_photo, b"just some words").unwrap();
+    assert!(matches!(
+        shop.embed_file(&not_a_photo),
+        Err(Error::Image {
+            problem: ImageProblem::NotAnImage,
+            ..
+        })
+    ));
+    let mut broken = std::fs::read(demo().with_file_name("images/24-mb02.jpg")).unwrap();
+    broken.truncate(400);
+    let broken_path = dir.path().join("broken.jpg");
+    std::fs::write(&broken_path, broken).unwrap();
+    assert!(matches!(
+        shop.embed_file(&broken_path),
+        Err(Error::Image {
+            problem: ImageProblem::Undecodable,
+            ..
+        })
+    ));
+    shop.finish();
+
+    // The catalogue was built by Lite1 in fp32: another backbone or precision is the wrong model.
+    for options in [
+        OpenOptions {
+            backbone: Some("lite0".parse::<BackboneSpec>().unwrap()),
+            ..OpenOptions::default()
+        },
+        OpenOptions {
+            precision: Some(Precision::Int8),
+            ..OpenOptions::default()
+        },
+    ] {
+        let shop = Shop::open(&db, options).unwrap();
+        let err = shop.embedder().map(|_| ()).unwrap_err();
+        assert!(matches!(err, Error::WrongModel(_)), "{err:?}");
+    }
+
+    // No catalogue there, or an empty one.
+    let missing = dir.path().join("missing.db").to_string_lossy().into_owned();
+    assert!(matches!(
+        Shop::open(&missing, OpenOptions::default()),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Shop::open_existing(&missing, writable()),
+        Err(Error::NotFound(_))
+    ));
+    let empty = dir.path().join("empty.db").to_string_lossy().into_owned();
+    Shop::open(&empty, writable()).unwrap().finish();
+    assert!(matches!(
+        Shop::open(&empty, OpenOptions::default()),
+        Err(Error::NotFound(_))
+    ));
+    // A database another process holds locked is unavailable, not broken.
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked = Shop::open_existing(&db, writable()).and_then(|shop| {
+        let mut product = shop.product("24-MB01")?;
+        product.id = "while-locked".into();
+        shop.create(product)
+    });
+    assert!(matches!(locked, Err(Error::StoreUnavailable(_))), "{locked:?}");
+}
