@@ -2,7 +2,7 @@
 //! caller's mistake from the shop's trouble in one place each (an exit status, an HTTP status).
 //!
 //! Deep in the pipeline errors are `anyhow` chains with context; a stage that knows the kind
-//! raises one of these inside the chain, and the front door ([`crate::shop`]) hands callers an
+//! raises one of these inside the chain, and the front door (`shop`) hands callers an
 //! [`Error`] whose kind was found in the chain and whose message is the whole chain.
 
 /// What a front-door call returns.

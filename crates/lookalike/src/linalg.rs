@@ -91,6 +91,14 @@ pub fn softmax_rows(x: &mut [f32], width: usize) {
     }
 }
 
+/// Little-endian `f32`s from `bytes` (weights in checkpoints and safetensors, vectors in SQLite).
+pub fn bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("chunks of 4")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,50 +11,15 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::learn::dense::Dense;
 use crate::learn::trunk::Trunk;
-use crate::linalg::{gemm, l2_normalise_rows, softmax_rows, Strided};
+use crate::linalg::{l2_normalise_rows, softmax_rows};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
     Classifier,
     Projection,
-}
-
-/// `y = x · w + b`, with `w` stored input-major (`input × output`), so a batch is one matrix product.
-#[derive(Debug, Clone)]
-pub struct Dense {
-    pub input: usize,
-    pub output: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-impl Dense {
-    /// He-uniform initialisation, seeded.
-    pub fn new(input: usize, output: usize, rng: &mut fastrand::Rng) -> Self {
-        let bound = (6.0 / input as f32).sqrt();
-        Self {
-            input,
-            output,
-            weight: (0..input * output).map(|_| (rng.f32() * 2.0 - 1.0) * bound).collect(),
-            bias: vec![0.0; output],
-        }
-    }
-
-    /// `rows × input` → `rows × output`.
-    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y: Vec<f32> = self.bias.iter().copied().cycle().take(rows * self.output).collect();
-        gemm(
-            Strided::rows(x, self.input),
-            Strided::rows(&self.weight, self.output),
-            &mut y,
-            (rows, self.input, self.output),
-            1.0,
-            1.0,
-        );
-        y
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -312,8 +277,8 @@ pub fn layers_from_safetensors(bytes: &[u8], count: usize) -> Result<Vec<Dense>>
             Ok(Dense {
                 input,
                 output,
-                weight: crate::model::weights::bytes_to_f32(weight.data()),
-                bias: crate::model::weights::bytes_to_f32(bias.data()),
+                weight: crate::linalg::bytes_to_f32(weight.data()),
+                bias: crate::linalg::bytes_to_f32(bias.data()),
             })
         })
         .collect()

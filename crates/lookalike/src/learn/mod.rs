@@ -1,7 +1,8 @@
-//! Learning on top of the pretrained backbone: heads on frozen features ([`head`], [`train`]),
+//! Learning on top of the pretrained backbone: dense layers ([`dense`]), heads on frozen features ([`head`], [`train`]),
 //! fine-tuning its last blocks ([`trunk`]), a CNN from scratch ([`scratch`]) and the metrics that
 //! judge them ([`eval`]).
 
+pub mod dense;
 pub mod eval;
 pub mod head;
 pub mod scratch;

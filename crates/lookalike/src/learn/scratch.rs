@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::learn::head::Dense;
-use crate::learn::train::{cross_entropy, dense_backward, parallel_gradients, Adam, LayerGrads};
+use crate::learn::dense::{dense_backward, Dense, LayerGrads};
+use crate::learn::train::{cross_entropy, parallel_gradients, Adam};
 use crate::linalg::{gemm, l2_normalise_rows, Strided};
 
 pub const SIDE: usize = 28;
@@ -460,7 +460,7 @@ mod tests {
             cross_entropy(&acts.logits, &labels, CLASSES).0
         };
         let (_, grads) = net.gradients(&net.forward(&images, 3, None), &labels);
-        crate::learn::train::assert_gradients_match(
+        crate::learn::dense::assert_gradients_match(
             &net.layers,
             &grads,
             &[(0, 5), (1, 100), (2, 777), (3, 33)],

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use rayon::prelude::*;
 
-use crate::learn::head::{Dense, Head, HeadKind};
+use crate::learn::dense::{dense_backward, Dense, LayerGrads};
+use crate::learn::head::{Head, HeadKind};
 use crate::learn::trunk::Trunk;
 use crate::linalg::{gemm, l2_normalise_rows, softmax_rows, Strided};
 
@@ -141,9 +142,6 @@ pub struct Trained {
     pub stopped_early: bool,
 }
 
-/// Gradients of one layer's weight and bias.
-pub(crate) type LayerGrads = (Vec<f32>, Vec<f32>);
-
 /// First and second moments of one layer's weight and bias.
 struct LayerMoments {
     weight: (Vec<f32>, Vec<f32>),
@@ -241,42 +239,6 @@ fn forward(layers: &[Dense], x: Vec<f32>, rows: usize, dropout: f32, rng: Option
     }
     inputs.push(x);
     Pass { inputs, masks }
-}
-
-/// One dense layer's backward pass: the weight and bias gradients for `grad` (rows × output) at
-/// `input` (rows × input), and the gradient with respect to the input when asked for.
-pub(crate) fn dense_backward(
-    layer: &Dense,
-    input: &[f32],
-    grad: &[f32],
-    rows: usize,
-    input_grad: bool,
-) -> (LayerGrads, Option<Vec<f32>>) {
-    let mut gw = vec![0.0; layer.weight.len()];
-    gemm(
-        Strided::transposed(input, layer.input),
-        Strided::rows(grad, layer.output),
-        &mut gw,
-        (layer.input, rows, layer.output),
-        1.0,
-        0.0,
-    );
-    let mut gb = vec![0.0; layer.output];
-    grad.chunks(layer.output)
-        .for_each(|row| gb.iter_mut().zip(row).for_each(|(b, g)| *b += g));
-    let gx = input_grad.then(|| {
-        let mut gx = vec![0.0; rows * layer.input];
-        gemm(
-            Strided::rows(grad, layer.output),
-            Strided::transposed(&layer.weight, layer.output),
-            &mut gx,
-            (rows, layer.output, layer.input),
-            1.0,
-            0.0,
-        );
-        gx
-    });
-    ((gw, gb), gx)
 }
 
 /// Gradients of every layer's weight and bias given the gradient of the last output, and
@@ -788,52 +750,10 @@ pub fn train_projection(
     })
 }
 
-/// Central finite differences of `objective` agree with `grads`, relatively, for the weight at each
-/// (layer, index) pair and for that layer's bias with the largest gradient. A gradient too small to
-/// measure fails the check: a test that compares zeros checks nothing.
-#[cfg(test)]
-pub(crate) fn assert_gradients_match(
-    layers: &[Dense],
-    grads: &[LayerGrads],
-    at: &[(usize, usize)],
-    objective: impl Fn(&[Dense]) -> f64,
-) {
-    let h = 1e-3f32;
-    for &(layer, index) in at {
-        let bias = largest(&grads[layer].1);
-        for (what, analytic) in [("weight", grads[layer].0[index]), ("bias", grads[layer].1[bias])] {
-            let nudged = |by: f32| {
-                let mut copy = layers.to_vec();
-                match what {
-                    "weight" => copy[layer].weight[index] += by,
-                    _ => copy[layer].bias[bias] += by,
-                }
-                objective(&copy)
-            };
-            let numeric = (nudged(h) - nudged(-h)) / (2.0 * f64::from(h));
-            let analytic = f64::from(analytic);
-            let place = format!("layer {layer} {what} {}", if what == "weight" { index } else { bias });
-            assert!(
-                numeric.abs() > 1e-3,
-                "{place}: numeric gradient {numeric}, too small to check anything"
-            );
-            let relative = (numeric - analytic).abs() / numeric.abs().max(analytic.abs());
-            assert!(relative < 0.05, "{place}: numeric {numeric} analytic {analytic}");
-        }
-    }
-}
-
-/// Where `values` is largest in magnitude.
-#[cfg(test)]
-pub(crate) fn largest(values: &[f32]) -> usize {
-    (0..values.len())
-        .max_by(|&a, &b| values[a].abs().total_cmp(&values[b].abs()))
-        .expect("not empty")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::learn::dense::assert_gradients_match;
 
     /// Two separable Gaussian-ish blobs per class in 8-d, seeded.
     fn blobs(n: usize, seed: u64) -> LabelledFeatures {

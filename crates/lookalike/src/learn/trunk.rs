@@ -11,8 +11,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::learn::head::Dense;
-use crate::learn::train::{dense_backward, LayerGrads};
+use crate::learn::dense::{dense_backward, Dense, LayerGrads};
 
 /// The shape of one inverted-residual block (its weights are in [`Trunk::layers`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,7 +294,7 @@ impl Trunk {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::learn::train::assert_gradients_match;
+    use crate::learn::dense::assert_gradients_match;
 
     /// A tiny random trunk: a stride-2 block with expansion, then a residual one without.
     pub(crate) fn tiny_trunk(seed: u64) -> Trunk {
@@ -368,7 +367,7 @@ pub(crate) mod tests {
         let grads = trunk.backward(&pass, &grad);
         // Each layer's largest weight gradient (most are too small to measure in float32 here).
         let at: Vec<(usize, usize)> = (0..trunk.layers.len())
-            .map(|l| (l, crate::learn::train::largest(&grads[l].0)))
+            .map(|l| (l, crate::learn::dense::largest(&grads[l].0)))
             .collect();
         assert_gradients_match(&trunk.layers, &grads, &at, |l| objective(l).0);
     }

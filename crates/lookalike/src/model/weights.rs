@@ -29,7 +29,7 @@ impl Checkpoint {
         for (name, tensor) in reader.tensors() {
             // Integer bookkeeping such as BatchNorm's num_batches_tracked is not a weight.
             let data = match tensor.dtype() {
-                DType::F32 => bytes_to_f32(&tensor.read()?),
+                DType::F32 => crate::linalg::bytes_to_f32(&tensor.read()?),
                 DType::F64 => tensor
                     .read()?
                     .chunks_exact(8)
@@ -60,13 +60,6 @@ impl Checkpoint {
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
-}
-
-pub fn bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {

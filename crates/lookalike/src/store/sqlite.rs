@@ -132,7 +132,7 @@ fn vector_to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 fn blob_to_vector(b: &[u8]) -> Vec<f32> {
-    crate::model::weights::bytes_to_f32(b)
+    crate::linalg::bytes_to_f32(b)
 }
 
 /// What went wrong opening `path`, in the words of someone who has to fix it.
