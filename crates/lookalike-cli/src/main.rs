@@ -1,5 +1,6 @@
 //! `lookalike`: a thin command-line shell over the lookalike library.
 
+mod answers;
 mod args;
 mod bench;
 mod charts;
@@ -649,7 +650,12 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
     )?;
     if let (Some(grid), Some(image)) = (&args.grid, &args.image) {
         let photo = lookalike::image::load_image(image)?;
-        charts::recommendation_grid(&photo, &answer.hits, output::score_name(answer.scored_by), grid)?;
+        charts::recommendation_grid(
+            &photo,
+            &answer.hits,
+            answers::ScoredBy::of(answer.scored_by).name(),
+            grid,
+        )?;
         eprintln!("drew {}", grid.display());
     }
     shop.finish();

@@ -11,18 +11,10 @@ use lookalike::model::ImageEmbedding;
 use lookalike::types::{Metric, Scored};
 use serde_json::json;
 
-/// `predicted`: the categories a hybrid search ranked within, with their probabilities.
-/// What the scores of hits ranked by `metric` mean; `None`: relevance to words, alone or fused
-/// with a photo's similarity (higher is better).
-pub fn score_name(metric: Option<Metric>) -> &'static str {
-    match metric {
-        Some(Metric::Cosine) => "cosine",
-        Some(Metric::Euclidean) => "euclidean",
-        None => "relevance",
-    }
-}
+use crate::answers::{Images, Results};
 
-/// Hits as a table or JSON; `metric` as in [`score_name`].
+/// Hits as a table or JSON (the API's shape: [`crate::answers::Results`], with file paths);
+/// `metric` `None` for relevance. `predicted`: the categories a hybrid search ranked within.
 pub fn print_hits(
     hits: &[Scored],
     metric: Option<Metric>,
@@ -30,39 +22,8 @@ pub fn print_hits(
     predicted: Option<&[(String, f32)]>,
 ) -> Result<()> {
     if as_json {
-        let rows: Vec<_> = hits
-            .iter()
-            .enumerate()
-            .map(|(rank, hit)| {
-                let p = &hit.product;
-                json!({
-                    "rank": rank + 1,
-                    "id": p.id,
-                    "score": hit.score,
-                    "metric": score_name(metric),
-                    "title": p.info.title,
-                    "price": p.info.price,
-                    "category": p.info.category,
-                    "description": p.info.description,
-                    "url": p.info.url,
-                    "group": p.info.group,
-                    "image": p.image_path,
-                    "images": p.image_paths().collect::<Vec<_>>(),
-                    "matched_image": p.image_paths().nth(hit.image),
-                })
-            })
-            .collect();
-        let body = match predicted {
-            Some(predicted) => json!({
-                "predicted": predicted
-                    .iter()
-                    .map(|(c, p)| json!({ "category": c, "probability": p }))
-                    .collect::<Vec<_>>(),
-                "results": rows,
-            }),
-            None => json!(rows),
-        };
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        let results = Results::new(hits, metric, predicted, Images::Paths);
+        println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
     if let Some(predicted) = predicted {

@@ -12,7 +12,7 @@ use serde_json::Value;
 const DEMO_PRODUCTS: usize = 60;
 
 mod common;
-use common::{demo, demo_classifier, json, lookalike, s, synth_catalogue, text};
+use common::{demo, demo_classifier, json, lookalike, results, s, synth_catalogue, text};
 
 /// `train classifier` on ImageFolder `train`/`val` into `out`, with `extra` flags.
 fn train_classifier(train: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -59,7 +59,7 @@ fn demo_db() -> &'static Path {
 #[test]
 fn search_by_photo_finds_the_product_itself_first_with_its_metadata() {
     let db = demo_db();
-    let hits = json(&lookalike(&[
+    let hits = results(&lookalike(&[
         "search",
         s(&demo().join("images/mh01.jpg")),
         "--db",
@@ -84,7 +84,7 @@ fn search_by_photo_finds_the_product_itself_first_with_its_metadata() {
 fn similar_products_are_mostly_of_the_same_category() {
     let db = demo_db();
     // Watches look like watches: the 3 other watches should be the 3 nearest.
-    let hits = json(&lookalike(&["similar", "24-MG01", "--db", s(db), "-k", "3", "--json"]));
+    let hits = results(&lookalike(&["similar", "24-MG01", "--db", s(db), "-k", "3", "--json"]));
     let hits = hits.as_array().unwrap();
     assert_eq!(hits.len(), 3, "{hits:#?}");
     assert!(hits.iter().all(|h| h["id"] != "24-MG01"));
@@ -95,7 +95,7 @@ fn similar_products_are_mostly_of_the_same_category() {
 fn filters_restrict_results() {
     let db = demo_db();
     let q = demo().join("images/mh01.jpg");
-    let hits = json(&lookalike(&[
+    let hits = results(&lookalike(&[
         "search",
         s(&q),
         "--db",
@@ -114,7 +114,7 @@ fn filters_restrict_results() {
         assert_eq!(h["category"], "Gear/Bags");
         assert!(h["price"].as_f64().unwrap() <= 40.0);
     }
-    let euclid = json(&lookalike(&[
+    let euclid = results(&lookalike(&[
         "search",
         s(&q),
         "--db",
@@ -472,7 +472,7 @@ fn heads_train_on_real_photos_and_evaluate() {
     let manifest = SqliteStore::open(&projected).unwrap().manifest().unwrap().unwrap();
     assert_eq!(manifest.dimension, 32);
     assert!(manifest.head.unwrap().starts_with("projection 1280-32 sha256:"));
-    let hits = json(&lookalike(&[
+    let hits = results(&lookalike(&[
         "search",
         s(&demo().join("images/wp02.jpg")),
         "--db",
@@ -861,7 +861,7 @@ fn queries_never_write_to_the_catalogue_file() {
     let before = std::fs::read(&db).unwrap();
     let photo = demo().join("images/mh01.jpg");
     let out = lookalike(&["search", s(&photo), "--db", s(&db), "-k", "2", "--json"]);
-    assert_eq!(json(&out)[0]["id"], "MH01");
+    assert_eq!(results(&out)[0]["id"], "MH01");
     ok_status(lookalike(&["similar", "MH01", "--db", s(&db)]));
     ok_status(lookalike(&[
         "export",
@@ -967,7 +967,7 @@ fn a_read_only_catalogue_file_in_a_read_only_folder_answers_queries() {
         scratch.path(),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(json(&out).as_array().unwrap().len(), 2);
+    assert_eq!(results(&out).as_array().unwrap().len(), 2);
     let out = lookalike_unprivileged(&["remove", "MH01", "--db", s(&db)], scratch.path());
     assert!(
         !out.status.success() && text(&out).contains("is read-only"),
@@ -1010,7 +1010,7 @@ fn recommend_all_agrees_with_similar_and_reruns_only_what_changed() {
         assert_eq!(skus.len(), 5, "{sku}");
         assert!(!skus.contains(sku), "{sku} is not its own related product");
     }
-    let similar = json(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "5", "--json"]));
+    let similar = results(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "5", "--json"]));
     let similar: Vec<&str> = similar
         .as_array()
         .unwrap()
@@ -1114,7 +1114,7 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
 
     // Another colour of the hoodie: found through its views, once, with the view that matched.
     let query = shop.join("queries/mh01-orange_main.jpg");
-    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "5", "--json"]));
+    let hits = results(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "5", "--json"]));
     let hits = hits.as_array().unwrap();
     assert_eq!(hits[0]["id"], "MH01", "{hits:?}");
     assert_eq!(hits[0]["images"].as_array().unwrap().len(), 3);
@@ -1125,7 +1125,7 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
         ids.iter().collect::<std::collections::HashSet<_>>().len(),
         "no product twice"
     );
-    let jacket = json(&lookalike(&[
+    let jacket = results(&lookalike(&[
         "search",
         s(&shop.join("queries/wj01-red_main.jpg")),
         "--db",
@@ -1135,7 +1135,7 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
         "--json",
     ]));
     assert_eq!(jacket[0]["id"], "WJ01", "{jacket}");
-    let similar = json(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "3", "--json"]));
+    let similar = results(&lookalike(&["similar", "MH01", "--db", s(&db), "-k", "3", "--json"]));
     assert_eq!(similar.as_array().unwrap().len(), 3, "{similar}");
     assert!(similar.as_array().unwrap().iter().all(|h| h["id"] != "MH01"));
 
@@ -1151,7 +1151,7 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
         out.contains("indexed 10 products") && out.contains("26 embedded"),
         "{out}"
     );
-    let hits = json(&lookalike(&[
+    let hits = results(&lookalike(&[
         "search",
         s(&query),
         "--db",
@@ -1187,9 +1187,9 @@ fn shop_exports_with_several_photos_per_product_index_and_search_by_product() {
     std::fs::write(shop.join("magento.csv"), &more).unwrap();
     let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
     assert!(out.contains("1 embedded, 9 unchanged"), "{out}");
-    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
+    let hits = results(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
     // Its own photo now (cosine 1), averaged with the product's next best view.
-    let before = json(&lookalike(&[
+    let before = results(&lookalike(&[
         "search",
         s(&query),
         "--db",
@@ -1242,7 +1242,7 @@ fn product_folders_and_groups_show_one_entry_per_product_family() {
         out.contains("indexed 3 products") && out.contains("5 embedded"),
         "{out}"
     );
-    let hits = json(&lookalike(&[
+    let hits = results(&lookalike(&[
         "search",
         s(&luma_shop().join("queries/mh01-orange_main.jpg")),
         "--db",
@@ -1277,7 +1277,7 @@ fn product_folders_and_groups_show_one_entry_per_product_family() {
     let db = dir.path().join("variants.db");
     ok_text(lookalike(&["index", s(&jsonl), "--db", s(&db)]));
     let photo = shop.join("m/p/mp01-gray_back.jpg");
-    let grouped = json(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "4", "--json"]));
+    let grouped = results(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "4", "--json"]));
     let grouped: Vec<&str> = grouped
         .as_array()
         .unwrap()
@@ -1286,7 +1286,7 @@ fn product_folders_and_groups_show_one_entry_per_product_family() {
         .collect();
     assert_eq!(grouped.len(), 3, "{grouped:?}");
     assert_eq!(grouped[0], "MP01");
-    let all = json(&lookalike(&[
+    let all = results(&lookalike(&[
         "search",
         s(&photo),
         "--db",
@@ -1297,7 +1297,7 @@ fn product_folders_and_groups_show_one_entry_per_product_family() {
         "--json",
     ]));
     assert_eq!(all.as_array().unwrap().len(), 4);
-    let similar = json(&lookalike(&[
+    let similar = results(&lookalike(&[
         "similar",
         "MP01-black",
         "--db",
@@ -1358,14 +1358,15 @@ fn words_find_products_alone_and_beside_a_photo() {
     };
 
     // Words alone: stemmed, any of them, the title counting most; no photo model is loaded.
-    let tees = json(&lookalike(&["search", "--text", "TEES", "--db", s(&db), "--json"]));
+    let tees = results(&lookalike(&["search", "--text", "TEES", "--db", s(&db), "--json"]));
     assert_eq!(ids(&tees).len(), 2, "{tees}");
     assert!(
         ids(&tees).iter().all(|id| ["MS01", "WS01"].contains(&id.as_str())),
         "{tees}"
     );
-    assert_eq!(tees[0]["metric"], "relevance");
-    let women = json(&lookalike(&[
+    let answer = json(&lookalike(&["search", "--text", "TEES", "--db", s(&db), "--json"]));
+    assert_eq!(answer["metric"], "relevance");
+    let women = results(&lookalike(&[
         "search",
         "--text",
         "jacket",
@@ -1376,14 +1377,14 @@ fn words_find_products_alone_and_beside_a_photo() {
         "--json",
     ]));
     assert_eq!(ids(&women), ["WJ01"]);
-    let nothing = json(&lookalike(&["search", "--text", "zebra", "--db", s(&db), "--json"]));
+    let nothing = results(&lookalike(&["search", "--text", "zebra", "--db", s(&db), "--json"]));
     assert_eq!(nothing, serde_json::json!([]));
 
     // A photo of the orange hoodie with words: the words move products that have them up, the
     // photo still decides among them.
     let query = shop.join("queries/mh01-orange_main.jpg");
-    let photo = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "10", "--json"]));
-    let fused = json(&lookalike(&[
+    let photo = results(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "10", "--json"]));
+    let fused = results(&lookalike(&[
         "search",
         s(&query),
         "--text",
@@ -1406,7 +1407,7 @@ fn words_find_products_alone_and_beside_a_photo() {
     );
 
     // Diversity keeps the best first and returns as many results.
-    let diverse = json(&lookalike(&[
+    let diverse = results(&lookalike(&[
         "search",
         s(&query),
         "--diversity",
@@ -1419,7 +1420,7 @@ fn words_find_products_alone_and_beside_a_photo() {
     ]));
     assert_eq!(ids(&diverse)[0], "MH01");
     assert_eq!(ids(&diverse).len(), 5);
-    let similar = json(&lookalike(&[
+    let similar = results(&lookalike(&[
         "similar",
         "WJ01",
         "--diversity",
@@ -1453,7 +1454,7 @@ fn a_colour_signature_is_kept_with_the_catalogue_and_used_by_every_query() {
     assert_eq!((manifest.colour, manifest.dimension), (Some(0.4), 1280 + 512));
     // A catalogue photo as the query finds itself: queries get the same signature.
     let photo = shop.join("w/j/wj01-red_back.jpg");
-    let hits = json(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "3", "--json"]));
+    let hits = results(&lookalike(&["search", s(&photo), "--db", s(&db), "-k", "3", "--json"]));
     assert_eq!(hits[0]["id"], "WJ01");
     assert!(
         hits[0]["matched_image"]
@@ -1464,7 +1465,7 @@ fn a_colour_signature_is_kept_with_the_catalogue_and_used_by_every_query() {
     );
     // The orange hoodie against the grey one's photos still finds it.
     let query = shop.join("queries/mh01-orange_main.jpg");
-    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "3", "--json"]));
+    let hits = results(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "3", "--json"]));
     assert_eq!(hits[0]["id"], "MH01", "{hits}");
     // A re-index keeps the catalogue's signature; another weight, or none on a new file, is refused.
     let out = ok_text(lookalike(&["index", s(&catalogue), "--db", s(&db)]));
@@ -1503,7 +1504,7 @@ fn a_catalogue_stays_on_the_backbone_that_built_it() {
     );
     // Queries and re-indexing take the catalogue's backbone without being told.
     let query = shop.join("queries/mh01-orange_main.jpg");
-    let hits = json(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
+    let hits = results(&lookalike(&["search", s(&query), "--db", s(&db), "-k", "1", "--json"]));
     assert_eq!(hits[0]["id"], "MH01");
     let out = ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
     assert!(out.contains("10 unchanged"), "{out}");
@@ -1543,7 +1544,7 @@ fn an_int8_catalogue_answers_like_fp32_and_is_never_mixed_with_it() {
     for query in ["mh01-orange_main.jpg", "wj01-red_main.jpg"] {
         let query = shop.join("queries").join(query);
         let ids = |db: &Path| {
-            let hits = json(&lookalike(&["search", s(&query), "--db", s(db), "-k", "3", "--json"]));
+            let hits = results(&lookalike(&["search", s(&query), "--db", s(db), "-k", "3", "--json"]));
             hits.as_array()
                 .unwrap()
                 .iter()
@@ -1685,7 +1686,7 @@ fn an_index_file_killed_while_written_is_never_used_half_written() {
         built.contains("built the search index of 4000 products (no index file yet)"),
         "{built}"
     );
-    let first = json(&out);
+    let first = results(&out);
     let ids: Vec<&str> = first
         .as_array()
         .unwrap()
@@ -1705,8 +1706,7 @@ fn an_index_file_killed_while_written_is_never_used_half_written() {
             "10",
         ]);
         assert!(out.status.success(), "{}", text(&out));
-        let hits: Vec<(String, f64)> = serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
+        let hits: Vec<(String, f64)> = results(&out)
             .as_array()
             .unwrap()
             .iter()

@@ -10,7 +10,7 @@ use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
 mod common;
-use common::{demo, json, lookalike, ok, postgres_db, s, synth_catalogue, text};
+use common::{demo, json, lookalike, ok, postgres_db, results, s, synth_catalogue, text};
 
 fn ids_and_scores(hits: &Value) -> Vec<(String, f64)> {
     hits.as_array()
@@ -57,7 +57,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         std::fs::read_to_string(out).unwrap()
     };
     assert_eq!(related(s(&sqlite), "sqlite.csv"), related(&pg, "pg.csv"));
-    let similar = json(&lookalike(&["similar", "MH01", "--db", &pg, "-k", "1", "--json"]));
+    let similar = results(&lookalike(&["similar", "MH01", "--db", &pg, "-k", "1", "--json"]));
     assert!(
         similar[0]["url"].as_str().unwrap().starts_with("https://luma.example/"),
         "{similar}"
@@ -68,7 +68,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         let query = |db: &str, extra: &[&str]| {
             let mut args = vec!["search", s(&photo), "--db", db, "-k", "10", "--json"];
             args.extend(extra);
-            ids_and_scores(&json(&lookalike(&args)))
+            ids_and_scores(&results(&lookalike(&args)))
         };
         for filters in [
             &[][..],
@@ -83,7 +83,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
             }
         }
     }
-    let similar = |db: &str| ids_and_scores(&json(&lookalike(&["similar", "24-MB01", "--db", db, "--json"])));
+    let similar = |db: &str| ids_and_scores(&results(&lookalike(&["similar", "24-MB01", "--db", db, "--json"])));
     assert_eq!(
         similar(s(&sqlite)).iter().map(|h| &h.0).collect::<Vec<_>>(),
         similar(&pg).iter().map(|h| &h.0).collect::<Vec<_>>()
@@ -117,7 +117,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
     assert_eq!(column, "halfvec(1280) p", "half-precision, stored inline (PLAIN)");
     let photo = demo().join("images/24-mb01.jpg");
     let top = |db: &str| {
-        ids_and_scores(&json(&lookalike(&[
+        ids_and_scores(&results(&lookalike(&[
             "search",
             s(&photo),
             "--db",
@@ -140,7 +140,7 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         "{}",
         text(&out)
     );
-    let hits = ids_and_scores(&json(&lookalike(&[
+    let hits = ids_and_scores(&results(&lookalike(&[
         "search",
         s(&demo().join("images/24-mb01.jpg")),
         "--db",
@@ -471,7 +471,7 @@ fn a_migrate_killed_at_any_point_leaves_a_catalogue_that_queries_and_a_rerun_com
         assert!(rerun.contains(&format!("copied {products} products")), "{rerun}");
         let store = PgStore::connect(&pg).unwrap();
         assert_eq!(store.count().unwrap(), products);
-        let similar = json(&lookalike(&["similar", "24-MB01~0", "--db", &pg, "-k", "3", "--json"]));
+        let similar = results(&lookalike(&["similar", "24-MB01~0", "--db", &pg, "-k", "3", "--json"]));
         assert_eq!(similar.as_array().unwrap().len(), 3);
     }
 }
@@ -500,7 +500,7 @@ fn words_photos_and_colour_answer_alike_from_both_stores() {
     let ranked = |db: &str, extra: &[&str]| -> Vec<String> {
         let mut args = vec!["search", "--db", db, "-k", "4", "--json"];
         args.extend_from_slice(extra);
-        let hits = json(&lookalike(&args));
+        let hits = results(&lookalike(&args));
         ids_and_scores(&hits).into_iter().map(|(id, _)| id).collect()
     };
     for extra in [

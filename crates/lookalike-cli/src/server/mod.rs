@@ -171,12 +171,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
         )
         .route(
             "/openapi.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    include_str!("openapi.json"),
-                )
-            }),
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_document()) }),
         )
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/metrics", get(queries::metrics))
@@ -234,6 +229,23 @@ fn cors(origins: &[HeaderValue], request_id: axum::http::HeaderName) -> Option<C
             .expose_headers([request_id])
             .max_age(std::time::Duration::from_secs(3600)),
     )
+}
+
+/// The API's description: paths and the other schemas written in `openapi.json`, the schemas of
+/// products and results generated from the types that serialise them ([`crate::answers`]).
+fn openapi_document() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        use utoipa::OpenApi;
+        let mut document: serde_json::Value =
+            serde_json::from_str(include_str!("openapi.json")).expect("openapi.json is JSON");
+        let generated = serde_json::to_value(crate::answers::Schemas::openapi().components).expect("schemas");
+        let schemas = document["components"]["schemas"].as_object_mut().expect("schemas");
+        for (name, schema) in generated["schemas"].as_object().expect("schemas") {
+            schemas.insert(name.clone(), schema.clone());
+        }
+        document.to_string()
+    })
 }
 
 /// Runs `work` on the catalogue off the executor: PostgreSQL queries block, and scanning a big
@@ -343,5 +355,91 @@ pub fn check_write_access(token: &Option<String>, read_only: bool) -> Result<Opt
         (_, true) => Ok(None),
         (Some(t), false) if !t.trim().is_empty() => Ok(Some(t.clone())),
         _ => bail!("a writable server needs a token (--token or LOOKALIKE_TOKEN); start with --read-only to serve without writes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// (path, method) of every route this file gives the router.
+    fn routed() -> BTreeSet<(String, String)> {
+        let source = include_str!("mod.rs");
+        let call = [".", "route("].concat();
+        let mut routes = BTreeSet::new();
+        for (start, _) in source.match_indices(&call) {
+            // The call's text, to its closing parenthesis.
+            let mut depth = 0;
+            let end = source[start..]
+                .char_indices()
+                .find_map(|(i, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => return None,
+                    }
+                    (depth == 0).then_some(start + i)
+                })
+                .expect("a closed call");
+            let text = &source[start..end];
+            let path = text.split('"').nth(1).expect("a path").to_string();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let called = text.match_indices(&format!("{method}(")).any(|(at, _)| {
+                    !text[..at]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                });
+                if called {
+                    routes.insert((path.clone(), method.to_string()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_is_declared_in_openapi_and_every_declared_one_is_routed() {
+        let routed = routed();
+        assert!(routed.len() >= 15, "{routed:?}");
+        let document: serde_json::Value = serde_json::from_str(super::openapi_document()).unwrap();
+        let declared: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, methods)| {
+                methods
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    // A path item also holds what its operations share, such as `parameters`.
+                    .filter(|key| ["get", "post", "put", "delete", "patch"].contains(&key.as_str()))
+                    .map(move |method| (path.clone(), method.clone()))
+            })
+            .collect();
+        assert_eq!(routed, declared);
+    }
+
+    #[test]
+    fn the_schemas_of_products_and_results_come_from_their_types() {
+        let document: serde_json::Value = serde_json::from_str(super::openapi_document()).unwrap();
+        let schemas = &document["components"]["schemas"];
+        let product = schemas["Product"]["properties"].as_object().unwrap();
+        for key in ["id", "title", "image", "images", "group"] {
+            assert!(product.contains_key(key), "{key}");
+        }
+        assert_eq!(
+            schemas["Results"]["properties"]["metric"]["$ref"],
+            "#/components/schemas/ScoredBy"
+        );
+        // Every reference points at a schema or response that exists.
+        let text = document.to_string();
+        for reference in text.split("\"$ref\":\"#/").skip(1) {
+            let pointer = format!("/{}", reference.split('"').next().unwrap());
+            assert!(
+                document.pointer(&pointer).is_some(),
+                "{pointer} is referenced but missing"
+            );
+        }
     }
 }

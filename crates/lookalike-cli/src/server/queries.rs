@@ -6,51 +6,22 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lookalike::shop::SearchRequest;
 use lookalike::types::{Filter, Metric, Scored, StoredProduct, Words};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{on_catalogue, read_form, ApiResult, Shared};
+use crate::answers::{Images, Product, Results};
 
 const MAX_K: usize = 200;
 const MAX_PER_PAGE: usize = 200;
 
-/// Where image `n` of product `id` is served (0: the main image).
-fn image_url(id: &str, n: usize) -> String {
-    let id = utf8_percent_encode(id, NON_ALPHANUMERIC);
-    match n {
-        0 => format!("/v1/products/{id}/image"),
-        n => format!("/v1/products/{id}/images/{n}"),
-    }
-}
-
 pub fn product_json(p: &StoredProduct) -> Value {
-    json!({
-        "id": p.id,
-        "title": p.info.title,
-        "price": p.info.price,
-        "category": p.info.category,
-        "description": p.info.description,
-        "url": p.info.url,
-        "group": p.info.group,
-        "image_url": image_url(&p.id, 0),
-        "images": (0..=p.more_images.len()).map(|n| image_url(&p.id, n)).collect::<Vec<_>>(),
-    })
+    json!(Product::new(p, Images::Urls))
 }
 
-/// Results with their scores; `metric` as in [`crate::output::score_name`].
-fn hits_json(hits: &[Scored], metric: Option<Metric>) -> Value {
-    let results: Vec<Value> = hits
-        .iter()
-        .map(|hit| {
-            let mut v = product_json(&hit.product);
-            v["score"] = json!(hit.score);
-            v["matched_image"] = json!(image_url(&hit.product.id, hit.image));
-            v
-        })
-        .collect();
-    json!({ "metric": crate::output::score_name(metric), "results": results })
+fn hits_json(hits: &[Scored], metric: Option<Metric>, predicted: Option<&[(String, f32)]>) -> Value {
+    json!(Results::new(hits, metric, predicted, Images::Urls))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,14 +190,11 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         })
     })
     .await?;
-    let mut body = hits_json(&answer.hits, answer.scored_by);
-    if let Some(predicted) = answer.likely_categories {
-        body["predicted"] = predicted
-            .iter()
-            .map(|(category, probability)| json!({ "category": category, "probability": probability }))
-            .collect();
-    }
-    Ok(Json(body))
+    Ok(Json(hits_json(
+        &answer.hits,
+        answer.scored_by,
+        answer.likely_categories.as_deref(),
+    )))
 }
 
 /// `GET /v1/search?q=…`: products by words alone, for a shop's search box.
@@ -247,7 +215,7 @@ pub async fn search_words(State(state): State<Shared>, Query(params): Query<Quer
         })
     })
     .await?;
-    Ok(Json(hits_json(&answer.hits, answer.scored_by)))
+    Ok(Json(hits_json(&answer.hits, answer.scored_by, None)))
 }
 
 pub async fn similar(
@@ -257,7 +225,7 @@ pub async fn similar(
 ) -> ApiResult<Json<Value>> {
     let (k, filter, diversity) = (params.k()?, params.filter()?, params.diversity()?);
     let hits = on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter, diversity)).await?;
-    Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
+    Ok(Json(hits_json(&hits, Some(Metric::Cosine), None)))
 }
 
 #[derive(Deserialize)]
@@ -298,7 +266,7 @@ pub async fn recommend(
     };
     let (k, filter) = (params.k()?, params.filter()?);
     let hits = on_catalogue(&state, move |c| c.recommend(&req.positive, &req.negative, k, &filter)).await?;
-    Ok(Json(hits_json(&hits, Some(Metric::Cosine))))
+    Ok(Json(hits_json(&hits, Some(Metric::Cosine), None)))
 }
 
 #[derive(Deserialize)]

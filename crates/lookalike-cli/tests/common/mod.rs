@@ -40,6 +40,14 @@ pub fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
 }
 
+/// The results of `search` or `similar --json`: `{metric, results: [...]}`, the API's shape.
+pub fn results(o: &Output) -> Value {
+    let answer = json(o);
+    assert!(answer["metric"].is_string(), "{answer}");
+    assert!(answer["results"].is_array(), "{answer}");
+    answer["results"].clone()
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -61,9 +61,17 @@ fn demo_image(name: &str) -> Vec<u8> {
 }
 
 /// Status and JSON body; error bodies must have the documented shape.
+/// Sends `request`; its answer must be what /openapi.json declares for it ([`check_against_openapi`]).
 fn send(request: reqwest::blocking::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().unwrap();
+    let (client, request) = request.build_split();
+    let request = request.unwrap();
+    let (method, path) = (request.method().to_string(), request.url().path().to_string());
+    let response = client.execute(request).unwrap();
     let status = response.status();
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("application/json"));
     let text = response.text().unwrap();
     let body: Value = if text.is_empty() {
         Value::Null
@@ -76,7 +84,67 @@ fn send(request: reqwest::blocking::RequestBuilder) -> (StatusCode, Value) {
             "{status}: {body}"
         );
     }
+    if is_json {
+        check_against_openapi(&method, &path, status, &body);
+    }
     (status, body)
+}
+
+/// The API's description, as the server gives it.
+fn openapi() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| client().get(url("/openapi.json")).send().unwrap().json().unwrap())
+}
+
+/// Whether `path` is an instance of the path template `template` (`{name}`: one segment).
+fn fits_template(template: &str, path: &str) -> bool {
+    let (template, path): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    template.len() == path.len()
+        && template
+            .iter()
+            .zip(&path)
+            .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+}
+
+/// `body`, the JSON answer to `method path` with `status`, validates against the schema that
+/// /openapi.json declares for that operation and status. A success must be declared; an error
+/// status that the operation does not declare must still be the API's error body.
+fn check_against_openapi(method: &str, path: &str, status: StatusCode, body: &Value) {
+    let document = openapi();
+    let operation = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(template, _)| fits_template(template, path))
+        // A literal segment before a `{name}` one: /v1/products/{id} is not /v1/products/x/similar.
+        .min_by_key(|(template, _)| template.matches('{').count())
+        .map(|(_, item)| &item[method.to_lowercase()])
+        .filter(|operation| operation.is_object());
+    let declared = operation.map(|operation| &operation["responses"][status.as_str()]);
+    let schema = match declared.filter(|response| !response.is_null()) {
+        Some(response) => {
+            let response = match response["$ref"].as_str() {
+                Some(reference) => document.pointer(&reference[1..]).expect("a declared response"),
+                None => response,
+            };
+            response.pointer("/content/application~1json/schema").cloned()
+        }
+        None => {
+            assert!(
+                !status.is_success() && (operation.is_some() || status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED),
+                "{method} {path} answered {status}, which /openapi.json does not declare"
+            );
+            Some(json!({ "$ref": "#/components/schemas/Error" }))
+        }
+    };
+    let Some(mut schema) = schema else { return };
+    schema["components"] = document["components"].clone();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: the answer does not fit /openapi.json: {errors:?}\n{body}"
+    );
 }
 
 fn get_status(path: &str) -> StatusCode {
@@ -94,6 +162,18 @@ fn result_ids(body: &Value) -> Vec<&str> {
 
 fn search(form: multipart::Form) -> (StatusCode, Value) {
     send(client().post(url("/v1/search")).multipart(form))
+}
+
+#[test]
+#[should_panic(expected = "does not fit /openapi.json")]
+fn an_answer_that_does_not_fit_its_declared_schema_is_caught() {
+    let result = json!({ "rank": 1, "id": 3, "score": 0.5, "image": "x", "images": [], "matched_image": "x" });
+    check_against_openapi(
+        "POST",
+        "/v1/search",
+        StatusCode::OK,
+        &json!({ "metric": "cosine", "results": [result] }),
+    );
 }
 
 #[test]
@@ -123,7 +203,9 @@ fn search_by_upload_ranks_the_same_product_first() {
     assert_eq!(results.len(), 5);
     assert_eq!(results[0]["id"], "MH01");
     assert_eq!(results[0]["price"], 52.0);
-    assert_eq!(results[0]["image_url"], "/v1/products/MH01/image");
+    assert_eq!(results[0]["image"], "/v1/products/MH01/image");
+    assert_eq!(results[0]["image_url"], results[0]["image"], "kept for clients written before `image`");
+    assert_eq!(results[0]["rank"], 1);
     // Every key a result carries is declared in /openapi.json.
     let (_, openapi) = send(client().get(url("/openapi.json")));
     let schemas = &openapi["components"]["schemas"];

@@ -39,7 +39,7 @@ function render(items, scoreLabel) {
     card.dataset.category = p.category ?? "";
     const img = document.createElement("img");
     // The view that matched the query (a back view, another colour), else the main photo.
-    img.src = p.matched_image ?? p.image_url; img.alt = p.title ?? p.id; img.loading = "lazy";
+    img.src = p.matched_image ?? p.image; img.alt = p.title ?? p.id; img.loading = "lazy";
     if ((p.images?.length ?? 1) > 1) card.dataset.views = String(p.images.length);
     img.addEventListener("click", () => openDetails(p.id));
     const body = document.createElement("div");
@@ -141,8 +141,8 @@ async function browse() {
 function openDetails(id) {
   const p = lastProducts.get(id);
   if (!p) return;
-  $("details-image").src = p.matched_image ?? p.image_url;
-  const views = p.images ?? [p.image_url];
+  $("details-image").src = p.matched_image ?? p.image;
+  const views = p.images ?? [p.image];
   $("details-views").hidden = views.length < 2;
   $("details-views").replaceChildren(...views.map((url) => {
     const thumb = document.createElement("img");

@@ -38,7 +38,7 @@
     if (product.url) wrapper.href = product.url;
     wrapper.title = product.title ?? product.id;
     const image = element("img");
-    image.src = api + product.image_url;
+    image.src = api + product.image;
     image.alt = product.title ?? product.id;
     image.loading = "lazy";
     wrapper.append(image, element("div", "title", product.title ?? product.id));

@@ -1,0 +1,165 @@
+//! The one shape of a product and of search results, for `--json` and the API alike: the same
+//! keys, image paths on the command line and URLs over HTTP. `/openapi.json` takes its schemas
+//! of these from the types themselves ([`Schemas`]).
+
+use lookalike::types::{Metric, Scored, StoredProduct};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// How a product's photos are named.
+#[derive(Clone, Copy)]
+pub enum Images {
+    /// Their files, as the catalogue recorded them.
+    Paths,
+    /// Where the server serves them.
+    Urls,
+}
+
+impl Images {
+    /// Photo `n` of `product` (0: the main one).
+    fn of(self, product: &StoredProduct, n: usize) -> String {
+        match self {
+            Self::Paths => product.image_paths().nth(n).unwrap_or_default().to_string(),
+            Self::Urls => {
+                let id = utf8_percent_encode(&product.id, NON_ALPHANUMERIC);
+                match n {
+                    0 => format!("/v1/products/{id}/image"),
+                    n => format!("/v1/products/{id}/images/{n}"),
+                }
+            }
+        }
+    }
+}
+
+/// A product of the catalogue.
+#[derive(Serialize, ToSchema)]
+pub struct Product {
+    pub id: String,
+    pub title: Option<String>,
+    pub price: Option<f64>,
+    pub category: Option<String>,
+    pub description: Option<String>,
+    /// The product's page in the shop.
+    pub url: Option<String>,
+    /// The variant family: products of one group show as one result unless all variants are asked for.
+    pub group: Option<String>,
+    /// The main photo: its file on the command line, its URL over HTTP.
+    pub image: String,
+    /// The same as `image`, over HTTP only: the key API clients had before `image`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    /// The product's photos, the main one first.
+    pub images: Vec<String>,
+}
+
+impl Product {
+    pub fn new(product: &StoredProduct, images: Images) -> Self {
+        let image = images.of(product, 0);
+        Self {
+            id: product.id.clone(),
+            title: product.info.title.clone(),
+            price: product.info.price,
+            category: product.info.category.clone(),
+            description: product.info.description.clone(),
+            url: product.info.url.clone(),
+            group: product.info.group.clone(),
+            image_url: matches!(images, Images::Urls).then(|| image.clone()),
+            image,
+            images: (0..=product.more_images.len()).map(|n| images.of(product, n)).collect(),
+        }
+    }
+}
+
+/// A product found, with its place and score.
+#[derive(Serialize, ToSchema)]
+pub struct Hit {
+    /// 1 for the best.
+    pub rank: usize,
+    #[serde(flatten)]
+    pub product: Product,
+    /// As `metric` says: a cosine similarity, a distance, or relevance to words.
+    pub score: f32,
+    /// The product's photo that matched best.
+    pub matched_image: String,
+}
+
+/// What the scores of results mean.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoredBy {
+    /// Cosine similarity in [-1, 1], higher is closer.
+    Cosine,
+    /// Euclidean distance, lower is closer.
+    Euclidean,
+    /// Relevance to words, alone or fused with a photo's similarity; higher is better.
+    Relevance,
+}
+
+impl ScoredBy {
+    /// `None`: relevance.
+    pub fn of(metric: Option<Metric>) -> Self {
+        match metric {
+            Some(Metric::Cosine) => Self::Cosine,
+            Some(Metric::Euclidean) => Self::Euclidean,
+            None => Self::Relevance,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::Euclidean => "euclidean",
+            Self::Relevance => "relevance",
+        }
+    }
+}
+
+/// A category a hybrid search kept to, with the classifier's probability.
+#[derive(Serialize, ToSchema)]
+pub struct Likely {
+    pub category: String,
+    pub probability: f32,
+}
+
+/// The answer to a search, `similar` or `recommend`.
+#[derive(Serialize, ToSchema)]
+pub struct Results {
+    pub metric: ScoredBy,
+    pub results: Vec<Hit>,
+    /// Hybrid searches only: the categories ranked within, most likely first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<Vec<Likely>>,
+}
+
+impl Results {
+    pub fn new(hits: &[Scored], metric: Option<Metric>, predicted: Option<&[(String, f32)]>, images: Images) -> Self {
+        Self {
+            metric: ScoredBy::of(metric),
+            results: hits
+                .iter()
+                .enumerate()
+                .map(|(rank, hit)| Hit {
+                    rank: rank + 1,
+                    product: Product::new(&hit.product, images),
+                    score: hit.score,
+                    matched_image: images.of(&hit.product, hit.image),
+                })
+                .collect(),
+            predicted: predicted.map(|likely| {
+                likely
+                    .iter()
+                    .map(|(category, probability)| Likely {
+                        category: category.clone(),
+                        probability: *probability,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// The schemas `/openapi.json` takes from the types above.
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(Product, Hit, ScoredBy, Likely, Results)))]
+pub struct Schemas;
