@@ -10,7 +10,7 @@ use lookalike::store::{SqliteStore, Store};
 use serde_json::Value;
 
 mod common;
-use common::{demo, json, lookalike, ok, postgres_db, results, s, synth_catalogue, text};
+use common::{demo, lookalike, ok, postgres_db, results, s, synth_catalogue, text};
 
 fn ids_and_scores(hits: &Value) -> Vec<(String, f64)> {
     hits.as_array()
