@@ -19,7 +19,7 @@ use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::{Hit, SearchMode, VectorIndex};
-use crate::store::{Changes, ProductWrite, Store, WriteMode};
+use crate::store::{ChangeLog, Changes, ProductWrite, SearchSide, Store, VectorSearch, WriteMode};
 use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
 
 /// What a shopper asks with: a photo (its vector), words, or both.
@@ -70,12 +70,15 @@ const SAMPLED_PRODUCTS: usize = 16;
 /// The store's products in memory, searched in `mode`: read from the store's index file and
 /// brought up to date with its change log, or (no file, or one that does not fit) built from the
 /// store at change-log `position` and written to the file.
-fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(VectorIndex, Option<IndexLoad>)> {
+fn load_memory(
+    store: &dyn Store,
+    log: &dyn ChangeLog,
+    mode: SearchMode,
+    position: u64,
+) -> Result<(VectorIndex, IndexLoad)> {
     let from_store = || VectorIndex::gather(mode, store.count()?, |visit| store.each_product(visit));
-    let Some(path) = store.index_file() else {
-        return Ok((from_store()?, None));
-    };
-    let (mut index, mut load, position) = match index_from_file(store, &path, mode) {
+    let path = log.index_file();
+    let (mut index, mut load, position) = match index_from_file(store, log, &path, mode) {
         Ok((index, changed, position)) => (
             index,
             IndexLoad {
@@ -116,7 +119,7 @@ fn load_memory(store: &dyn Store, mode: SearchMode, position: u64) -> Result<(Ve
             Err(err) => load.unsaved = Some(format!("{err:#}")),
         }
     }
-    Ok((index, Some(load)))
+    Ok((index, load))
 }
 
 /// Brings products `ids` in `index` to what `store` now holds of them (gone: removed).
@@ -148,7 +151,12 @@ fn repair(index: &mut VectorIndex, store: &dyn Store, ids: &BTreeSet<String>) ->
 
 /// The index in the file at `path`, with what changed in the store since applied; the products
 /// read again and the change-log position it now reflects. An error says why it does not fit.
-fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(VectorIndex, usize, u64)> {
+fn index_from_file(
+    store: &dyn Store,
+    log: &dyn ChangeLog,
+    path: &Path,
+    mode: SearchMode,
+) -> Result<(VectorIndex, usize, u64)> {
     let (mut index, position) = match VectorIndex::read_file(path, mode) {
         Err(_) if !path.exists() => bail!("no index file yet"),
         Err(err) => return Err(err.context(format!("{} is not usable", path.display()))),
@@ -163,7 +171,7 @@ fn index_from_file(store: &dyn Store, path: &Path, mode: SearchMode) -> Result<(
             manifest.dimension
         );
     }
-    let (changed, position) = match store.changes_from(position)? {
+    let (changed, position) = match log.changes_from(position)? {
         Changes::Nothing => (Vec::new(), position),
         Changes::Products { ids, position } => (ids, position),
         Changes::Everything { .. } => bail!(
@@ -210,13 +218,14 @@ impl Recommender {
 
     /// With `mode` for the searches memory answers (a store that searches itself ignores it).
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
-        // The position first: a write landing between it and the load is read again, never lost.
-        let position = store.change_position()?;
-        let (memory, index_load) = if store.has_vector_index() {
-            (None, None)
-        } else {
-            let (index, load) = load_memory(&*store, mode, position)?;
-            (Some(RwLock::new(index)), load)
+        let (memory, index_load, position) = match store.search_side() {
+            SearchSide::InDatabase(_) => (None, None, 0),
+            SearchSide::InMemory(log) => {
+                // The position first: a write landing between it and the load is read again, never lost.
+                let position = log.change_position()?;
+                let (index, load) = load_memory(&*store, log, mode, position)?;
+                (Some(RwLock::new(index)), Some(load), position)
+            }
         };
         Ok(Self {
             store: Mutex::new(Guarded { store, position }),
@@ -243,6 +252,14 @@ impl Recommender {
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// `work` on the database that searches this catalogue (not memory).
+    fn in_database<T>(&self, work: impl FnOnce(&dyn VectorSearch) -> Result<T>) -> Result<T> {
+        match self.guarded().store.search_side() {
+            SearchSide::InDatabase(database) => work(database),
+            SearchSide::InMemory(_) => bail!("a catalogue searched in memory was asked to search its store"),
+        }
+    }
+
     /// The store, for what this type does not wrap. Writes through it bypass memory.
     pub fn with_store<T>(&self, work: impl FnOnce(&mut dyn Store) -> Result<T>) -> Result<T> {
         work(&mut *self.guarded().store)
@@ -254,20 +271,26 @@ impl Recommender {
             return Ok(None);
         };
         let mut guarded = self.guarded();
-        let changes = guarded.store.changes_since(guarded.position)?;
-        match changes {
-            Changes::Nothing => {}
+        let store = &*guarded.store;
+        let SearchSide::InMemory(log) = store.search_side() else {
+            bail!("a catalogue its database searches has nothing in memory");
+        };
+        let moved_to = match log.changes_since(guarded.position)? {
+            Changes::Nothing => None,
             Changes::Products { ids, position } => {
                 let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
-                apply_changes(&mut index, &*guarded.store, &ids)?;
-                guarded.position = position;
+                apply_changes(&mut index, store, &ids)?;
+                Some(position)
             }
             Changes::Everything { position } => {
                 let mode = memory.read().unwrap_or_else(|p| p.into_inner()).mode();
-                let (reloaded, _) = load_memory(&*guarded.store, mode, position)?;
+                let (reloaded, _) = load_memory(store, log, mode, position)?;
                 *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
-                guarded.position = position;
+                Some(position)
             }
+        };
+        if let Some(position) = moved_to {
+            guarded.position = position;
         }
         let damaged = memory.read().unwrap_or_else(|p| p.into_inner()).take_damaged();
         if !damaged.is_empty() {
@@ -293,7 +316,7 @@ impl Recommender {
     pub fn index_bytes(&self) -> Result<usize> {
         match self.memory()? {
             Some(index) => Ok(index.vector_bytes()),
-            None => self.guarded().store.vector_index_bytes(),
+            None => self.in_database(|db| db.vector_index_bytes()),
         }
     }
 
@@ -358,7 +381,7 @@ impl Recommender {
     ) -> Result<Vec<Scored>> {
         match self.memory()? {
             Some(index) => self.results(index, |index| index.search(query, k, metric, filter, exclude)),
-            None => self.guarded().store.nearest(&[query], k, metric, filter, exclude),
+            None => self.in_database(|db| db.nearest(&[query], k, metric, filter, exclude)),
         }
     }
 
@@ -394,7 +417,7 @@ impl Recommender {
             return Ok(Some(hits));
         }
         let views: Vec<&[f32]> = product.vectors().collect();
-        let hits = self.guarded().store.nearest(&views, k, metric, &filter, Some(id))?;
+        let hits = self.in_database(|db| db.nearest(&views, k, metric, &filter, Some(id)))?;
         Ok(Some(hits))
     }
 

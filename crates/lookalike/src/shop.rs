@@ -38,7 +38,7 @@ use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
 use crate::store::postgres::{is_postgres_url, redact};
-use crate::store::{copy_catalogue, open_store, open_store_read_only, Store, WriteMode};
+use crate::store::{copy_catalogue, open_store, open_store_read_only, SearchSide, Store, WriteMode};
 use crate::types::{check_id, check_text, Filter, Metric, Page, Scored, StoredProduct, Words, MAX_TEXT_BYTES};
 
 /// Which model answers, and how a catalogue is opened.
@@ -428,7 +428,10 @@ impl Shop {
 
     /// The file beside the catalogue that its search index is kept in, where it has one.
     pub fn index_file(&self) -> Result<Option<PathBuf>> {
-        Ok(self.on_store(|store| Ok(store.index_file()))?)
+        Ok(self.on_store(|store| match store.search_side() {
+            SearchSide::InMemory(log) => Ok(Some(log.index_file())),
+            SearchSide::InDatabase(_) => Ok(None),
+        })?)
     }
 
     /// Adds `product`; [`Error::Conflict`] if its id is taken.

@@ -18,7 +18,7 @@ use lookalike::index::VectorIndex;
 use lookalike::model::ModelDir;
 use lookalike::shop::{OpenOptions, SearchRequest, Shop};
 use lookalike::store::postgres::{redact, PgStore};
-use lookalike::store::{store_products, SqliteStore, Store};
+use lookalike::store::{store_products, SqliteStore, Store, VectorSearch};
 use lookalike::types::{Filter, Metric, StoredProduct};
 use reqwest::blocking::{multipart, Client};
 

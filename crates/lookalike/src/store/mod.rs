@@ -94,15 +94,6 @@ pub trait Store: Send {
     /// Forgets `path` if it is a recorded upload that no product's image is; true when it was,
     /// and the caller deletes the file.
     fn release_upload(&self, path: &str) -> Result<bool>;
-    /// Where the change log ends now; see [`Self::changes_since`].
-    fn change_position(&self) -> Result<u64> {
-        Ok(0)
-    }
-    /// Products written by other processes since `position`, for a process that keeps the
-    /// catalogue in memory. Stores that are queried directly (PostgreSQL) have none to report.
-    fn changes_since(&self, _position: u64) -> Result<Changes> {
-        Ok(Changes::Nothing)
-    }
     fn product(&self, id: &str) -> Result<Option<StoredProduct>>;
     /// Every product with its vector, in id order.
     fn products(&self) -> Result<Vec<StoredProduct>>;
@@ -111,38 +102,8 @@ pub trait Store: Send {
     fn each_product(&self, visit: &mut dyn FnMut(StoredProduct) -> Result<()>) -> Result<()> {
         self.products()?.into_iter().try_for_each(visit)
     }
-    /// Where this catalogue's index file is kept (see [`crate::index::file`]); `None`: the index
-    /// is built from [`Self::products`] at each load.
-    fn index_file(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-    /// Like [`Self::changes_since`], but read from the log even when this connection has seen no
-    /// other connection commit (for a position that came from a file, not from this connection).
-    fn changes_from(&self, position: u64) -> Result<Changes> {
-        self.changes_since(position)
-    }
-    /// Whether the store searches by itself ([`Self::nearest`], [`Self::page`]); otherwise its
-    /// products are loaded into a [`crate::index::VectorIndex`] (see [`crate::recommend`]).
-    fn has_vector_index(&self) -> bool {
-        false
-    }
-    /// The `k` nearest products to `queries` (one photo, or a product's views) by the database's
-    /// own vector index, best first, without their vectors; each product scores by
-    /// [`Metric::product_score`] over every pair of a query and one of its images.
-    fn nearest(
-        &self,
-        _queries: &[&[f32]],
-        _k: usize,
-        _metric: Metric,
-        _filter: &Filter,
-        _exclude: Option<&str>,
-    ) -> Result<Vec<Scored>> {
-        bail!("this store has no vector index of its own")
-    }
     /// Products in id order from `offset`, optionally of one category, with the total and all categories.
-    fn page(&self, _category: Option<&str>, _offset: usize, _limit: usize) -> Result<Page> {
-        bail!("this store has no vector index of its own")
-    }
+    fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page>;
     /// Products whose title, category or description hold any of `words`, most relevant first
     /// (BM25 in SQLite, `ts_rank` in PostgreSQL; English stemming in both), at most `limit`,
     /// passing `filter` but for its groups. Scores grow with relevance and compare within one
@@ -154,10 +115,6 @@ pub trait Store: Send {
         filter: &Filter,
         exclude: Option<&str>,
     ) -> Result<Vec<(String, f32)>>;
-    /// Size of the database's vector index.
-    fn vector_index_bytes(&self) -> Result<usize> {
-        Ok(0)
-    }
     /// Announces many writes into a catalogue that may be empty: PostgreSQL then leaves its vector
     /// index aside and builds it once in [`Self::finish_bulk_load`], far faster than row by row.
     fn start_bulk_load(&mut self) -> Result<()> {
@@ -166,6 +123,48 @@ pub trait Store: Send {
     fn finish_bulk_load(&mut self) -> Result<()> {
         Ok(())
     }
+    /// How this catalogue is searched.
+    fn search_side(&self) -> SearchSide<'_>;
+}
+
+/// How a store's catalogue is searched: each store is one or the other, and says which with
+/// what that side needs of it.
+pub enum SearchSide<'a> {
+    /// Its products are loaded into a [`crate::index::VectorIndex`] and kept in step through the
+    /// store's change log (SQLite).
+    InMemory(&'a dyn ChangeLog),
+    /// The database searches by itself (PostgreSQL with pgvector): every read is a query.
+    InDatabase(&'a dyn VectorSearch),
+}
+
+/// What a store whose products are searched in memory gives that memory.
+pub trait ChangeLog {
+    /// Where the change log ends now; see [`Self::changes_since`].
+    fn change_position(&self) -> Result<u64>;
+    /// Products written by other processes since `position`.
+    fn changes_since(&self, position: u64) -> Result<Changes>;
+    /// Like [`Self::changes_since`], but read from the log even when this connection has seen no
+    /// other connection commit (for a position that came from a file, not from this connection).
+    fn changes_from(&self, position: u64) -> Result<Changes>;
+    /// Where this catalogue's index file is kept (see [`crate::index::file`]).
+    fn index_file(&self) -> std::path::PathBuf;
+}
+
+/// What a store that searches by itself answers.
+pub trait VectorSearch {
+    /// The `k` nearest products to `queries` (one photo, or a product's views) by the database's
+    /// own vector index, best first, without their vectors; each product scores by
+    /// [`Metric::product_score`] over every pair of a query and one of its images.
+    fn nearest(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<Scored>>;
+    /// Size of the database's vector index.
+    fn vector_index_bytes(&self) -> Result<usize>;
 }
 
 /// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path

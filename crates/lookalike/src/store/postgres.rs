@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
-use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
+use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch, WriteMode};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{
@@ -814,10 +814,6 @@ impl Store for PgStore {
             .collect())
     }
 
-    fn has_vector_index(&self) -> bool {
-        true
-    }
-
     fn start_bulk_load(&mut self) -> Result<()> {
         if self.count()? == 0 {
             self.client().batch_execute(
@@ -837,15 +833,6 @@ impl Store for PgStore {
             rebuild_vector_index(&mut self.client(), &column, Some(BULK_INDEX_MEMORY))?;
         }
         Ok(())
-    }
-
-    fn vector_index_bytes(&self) -> Result<usize> {
-        let row = self.client().query_one(
-            "SELECT COALESCE(pg_relation_size(to_regclass('lookalike_products_embedding')), 0)
-                  + COALESCE(pg_relation_size(to_regclass('lookalike_images_embedding')), 0)",
-            &[],
-        )?;
-        Ok(row.get::<_, i64>(0) as usize)
     }
 
     fn page(&self, category: Option<&str>, offset: usize, limit: usize) -> Result<Page> {
@@ -919,6 +906,12 @@ impl Store for PgStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get::<_, f32>(1))).collect())
     }
 
+    fn search_side(&self) -> SearchSide<'_> {
+        SearchSide::InDatabase(self)
+    }
+}
+
+impl VectorSearch for PgStore {
     fn nearest(
         &self,
         queries: &[&[f32]],
@@ -1065,6 +1058,14 @@ impl Store for PgStore {
                 .then_with(|| a.product.id.cmp(&b.product.id))
         });
         Ok(crate::types::keep_per_group(hits, k, filter.one_per_group))
+    }
+    fn vector_index_bytes(&self) -> Result<usize> {
+        let row = self.client().query_one(
+            "SELECT COALESCE(pg_relation_size(to_regclass('lookalike_products_embedding')), 0)
+                  + COALESCE(pg_relation_size(to_regclass('lookalike_images_embedding')), 0)",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0) as usize)
     }
 }
 

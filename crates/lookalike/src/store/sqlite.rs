@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::{check_same_model, Changes, Fingerprint, ImageWrite, ProductWrite, Store, WriteMode};
+use super::{
+    check_same_model, ChangeLog, Changes, Fingerprint, ImageWrite, ProductWrite, SearchSide, Store, WriteMode,
+};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{category_key, Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
@@ -619,58 +621,6 @@ impl Store for SqliteStore {
         Ok(released > 0)
     }
 
-    fn change_position(&self) -> Result<u64> {
-        self.seen_data_version
-            .set(Some(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?));
-        if !self.has_change_log()? {
-            return Ok(0);
-        }
-        let position: Option<i64> = self
-            .conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(position.unwrap_or(0) as u64)
-    }
-
-    fn index_file(&self) -> Option<PathBuf> {
-        let mut name = self.path.clone().into_os_string();
-        name.push(".index");
-        Some(name.into())
-    }
-
-    fn changes_since(&self, position: u64) -> Result<Changes> {
-        let data_version: i64 = self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
-        if self.seen_data_version.replace(Some(data_version)) == Some(data_version) {
-            return Ok(Changes::Nothing);
-        }
-        self.changes_from(position)
-    }
-
-    fn changes_from(&self, position: u64) -> Result<Changes> {
-        if !self.has_change_log()? {
-            return Ok(Changes::Everything { position: 0 });
-        }
-        let tx = self.conn.unchecked_transaction()?;
-        let (oldest, newest): (Option<i64>, Option<i64>) =
-            tx.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let newest = newest.unwrap_or(position as i64) as u64;
-        if newest <= position {
-            return Ok(Changes::Nothing);
-        }
-        if oldest.is_none_or(|oldest| oldest as u64 > position + 1) {
-            return Ok(Changes::Everything { position: newest });
-        }
-        let mut stmt = tx.prepare_cached("SELECT DISTINCT id FROM changes WHERE seq > ?1 AND seq <= ?2")?;
-        let ids = stmt
-            .query_map([position as i64, newest as i64], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(Changes::Products { ids, position: newest })
-    }
-
     fn text_search(
         &self,
         words: &Words,
@@ -800,6 +750,64 @@ impl Store for SqliteStore {
             visit(product)?;
         }
         Ok(())
+    }
+
+    fn search_side(&self) -> SearchSide<'_> {
+        SearchSide::InMemory(self)
+    }
+}
+
+impl ChangeLog for SqliteStore {
+    fn change_position(&self) -> Result<u64> {
+        self.seen_data_version
+            .set(Some(self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?));
+        if !self.has_change_log()? {
+            return Ok(0);
+        }
+        let position: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(position.unwrap_or(0) as u64)
+    }
+
+    fn index_file(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".index");
+        name.into()
+    }
+
+    fn changes_since(&self, position: u64) -> Result<Changes> {
+        let data_version: i64 = self.conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if self.seen_data_version.replace(Some(data_version)) == Some(data_version) {
+            return Ok(Changes::Nothing);
+        }
+        self.changes_from(position)
+    }
+
+    fn changes_from(&self, position: u64) -> Result<Changes> {
+        if !self.has_change_log()? {
+            return Ok(Changes::Everything { position: 0 });
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let (oldest, newest): (Option<i64>, Option<i64>) =
+            tx.query_row("SELECT MIN(seq), MAX(seq) FROM changes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let newest = newest.unwrap_or(position as i64) as u64;
+        if newest <= position {
+            return Ok(Changes::Nothing);
+        }
+        if oldest.is_none_or(|oldest| oldest as u64 > position + 1) {
+            return Ok(Changes::Everything { position: newest });
+        }
+        let mut stmt = tx.prepare_cached("SELECT DISTINCT id FROM changes WHERE seq > ?1 AND seq <= ?2")?;
+        let ids = stmt
+            .query_map([position as i64, newest as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(Changes::Products { ids, position: newest })
     }
 }
 
