@@ -1,6 +1,6 @@
 //! `lookalike train …` and `lookalike eval …`: heads trained on the shop's own labelled
-//! folders, and honest numbers about them. Backbone features of each folder are cached in a
-//! catalogue database (incremental by image hash, refused and rebuilt when the model changes).
+//! folders, and honest numbers about them. Backbone features of each folder come from the
+//! library's [`FeatureCache`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use lookalike::catalogue::indexer::{index_augmented_views, index_catalogue, IndexOptions};
-use lookalike::catalogue::read_image_folder;
-use lookalike::image::augment::Augmentation;
+use lookalike::feature_cache::{self, class_of, FeatureCache, FolderFeatures};
 use lookalike::index::VectorIndex;
 use lookalike::learn::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::learn::head::{Head, HeadKind};
@@ -18,7 +16,6 @@ use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
 use lookalike::model::Embedder;
-use lookalike::store::{SqliteStore, Store};
 use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
 
@@ -197,47 +194,12 @@ impl EvalCommand {
     }
 }
 
-fn cache_dir(cache: &Option<PathBuf>) -> PathBuf {
-    cache.clone().unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("lookalike")
-    })
-}
-
-/// The cache database for `folder` (and `variant` of its features), emptied when it holds
-/// features of another model.
-fn open_cache(embedder: &Embedder, folder: &Path, variant: &str, cache: &Option<PathBuf>) -> Result<SqliteStore> {
-    let cache = cache_dir(cache);
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create cache {}", cache.display()))?;
-    // Inputs of fine-tuned blocks are cached apart from pooled features, so neither evicts the other.
-    let manifest = embedder.manifest();
-    let head = manifest
-        .head
-        .map(|h| format!("-{}", &lookalike::content_hash(h.as_bytes())[..8]));
-    let colour = manifest.colour.map(|w| format!("-colour{w}"));
-    let int8 = manifest.precision.map(|_| "-int8".to_string());
-    // Each backbone's features apart, Lite0's under the name caches had before there were others.
-    let backbone = Some(manifest.model.replace("efficientnet-", "-")).filter(|m| m != "-lite0");
-    let kind = backbone.unwrap_or_default()
-        + &head.unwrap_or_default()
-        + &colour.unwrap_or_default()
-        + &int8.unwrap_or_default();
-    let db = cache.join(format!(
-        "{}{variant}{kind}.db",
-        &lookalike::content_hash(folder.to_string_lossy().as_bytes())[..16]
-    ));
-    let store = SqliteStore::open(&db)?;
-    if store.ensure_manifest(&embedder.manifest()).is_ok() {
-        return Ok(store);
-    }
-    drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    SqliteStore::open(&db)
+fn progress_bar(message: String) -> ProgressBar {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
+    );
+    bar.set_message(message);
+    bar
 }
 
 /// Features of `views` seeded augmented views of each training image, embedded once and cached.
@@ -249,25 +211,13 @@ fn augmented_features(
     seed: u64,
     cache: &Option<PathBuf>,
 ) -> Result<Vec<StoredProduct>> {
-    let canonical = folder.canonicalize()?;
-    let mut store = open_cache(embedder, &canonical, "-augmented", cache)?;
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
-    );
-    bar.set_message(format!("augmented views of {}", folder.display()));
+    let bar = progress_bar(format!("augmented views of {}", folder.display()));
     let started = std::time::Instant::now();
-    let embedded = index_augmented_views(
-        &mut store,
-        embedder,
-        originals,
-        &Augmentation::default(),
-        seed,
-        views,
-        &mut |done, total| {
+    let (products, embedded) =
+        FeatureCache::new(cache.clone()).augmented(embedder, folder, originals, views, seed, &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64)
-        },
-    )?;
+        })?;
     bar.finish_and_clear();
     if embedded > 0 {
         eprintln!(
@@ -276,30 +226,17 @@ fn augmented_features(
             started.elapsed().as_secs_f64()
         );
     }
-    store.products()
+    Ok(products)
 }
 
 /// Backbone features of every image under `dir`, embedded once and cached.
 fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> Result<Vec<StoredProduct>> {
-    let canonical = dir
-        .canonicalize()
-        .with_context(|| format!("cannot open image folder {}", dir.display()))?;
-    let entries = read_image_folder(&canonical, lookalike::catalogue::Layout::Images)?.entries;
-    if entries.is_empty() {
-        bail!("{} has no images", dir.display());
-    }
-    let mut store = open_cache(embedder, &canonical, "", cache)?;
-    let bar = ProgressBar::new(entries.len() as u64).with_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
-    );
-    bar.set_message(format!("features of {}", dir.display()));
-    let options = IndexOptions {
-        prune: true,
-        ..IndexOptions::default()
-    };
-    let report = index_catalogue(&mut store, embedder, &entries, &options, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let bar = progress_bar(format!("features of {}", dir.display()));
+    let FolderFeatures { products, report } =
+        FeatureCache::new(cache.clone()).folder(embedder, dir, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64)
+        })?;
     bar.finish_and_clear();
     for s in &report.skipped {
         eprintln!("skipped {}: {}", s.path.display(), s.reason);
@@ -313,38 +250,16 @@ fn folder_features(embedder: &Embedder, dir: &Path, cache: &Option<PathBuf>) -> 
             report.unchanged
         );
     }
-    store.products()
+    Ok(products)
 }
 
-fn class_of(p: &StoredProduct) -> String {
-    p.info.category.clone().unwrap_or_default()
-}
-
-/// Features with labels in `classes` order; images of other classes are left out with a warning.
+/// [`feature_cache::labelled`], warning of the images it leaves out.
 fn labelled(products: &[StoredProduct], classes: &[String], what: &str) -> LabelledFeatures {
-    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let mut out = LabelledFeatures {
-        features: Vec::new(),
-        labels: Vec::new(),
-        dimension: products.first().map_or(0, |p| p.vector.len()),
-        classes: classes.to_vec(),
-    };
-    let mut unknown = BTreeSet::new();
-    for p in products {
-        match index.get(class_of(p).as_str()) {
-            Some(&label) => {
-                out.features.extend_from_slice(&p.vector);
-                out.labels.push(label);
-            }
-            None => {
-                unknown.insert(class_of(p));
-            }
-        }
-    }
+    let (features, unknown) = feature_cache::labelled(products, classes);
     if !unknown.is_empty() {
         eprintln!("warning: {what} images of classes the training set lacks were left out: {unknown:?}");
     }
-    out
+    features
 }
 
 fn options_from(common: &Common) -> TrainOptions {

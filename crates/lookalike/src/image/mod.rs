@@ -2,11 +2,11 @@
 //! input tensor ([`preprocess`], computed only for the crop the network sees). [`augment`] makes
 //! training views; [`hostile`] makes the malformed and oversized files the rest is tested against.
 
-pub mod augment;
-pub mod decode;
+pub(crate) mod augment;
+pub(crate) mod decode;
 pub mod hostile;
-pub mod jpeg;
-pub mod preprocess;
+pub(crate) mod jpeg;
+pub(crate) mod preprocess;
 
 pub use decode::{
     decode_image, load_image, read_image_file, ImageError, MAX_DECODED_BYTES, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,

@@ -238,14 +238,6 @@ impl HnswGraph {
         self.bottom_len.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn dimension(&self) -> usize {
-        self.dimension
-    }
-
     fn encoded(&self, node: u32) -> Encoded<'_> {
         Encoded {
             codes: self.codes.get(node as usize),

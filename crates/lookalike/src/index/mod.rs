@@ -16,16 +16,16 @@
 //! walk missed is lost. The graph serves cosine searches with filters that keep a fair share of
 //! the catalogue; Euclidean searches and narrow filters take the scan, which is exact.
 
-pub mod ann;
-pub mod dedup;
-pub mod diversity;
-pub mod file;
+pub(crate) mod ann;
+pub(crate) mod dedup;
+pub(crate) mod diversity;
+pub(crate) mod file;
 pub mod fusion;
-pub mod kernels;
-pub mod positions;
-pub mod records;
-pub mod related;
-pub mod row_graph;
+pub(crate) mod kernels;
+pub(crate) mod positions;
+pub(crate) mod records;
+pub(crate) mod related;
+pub(crate) mod row_graph;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};

@@ -109,10 +109,6 @@ impl<T: bytemuck::Pod> Records<T> {
         self.mapped_count + self.tail_count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn is_mapped(&self, record: usize) -> bool {
         record < self.mapped_count
     }

@@ -39,14 +39,6 @@ impl UnitVectors {
         Self { data, dimension }
     }
 
-    pub fn len(&self) -> usize {
-        self.data.len() / self.dimension.max(1)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dimension..(i + 1) * self.dimension]
     }

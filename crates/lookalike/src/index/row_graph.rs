@@ -54,6 +54,7 @@ impl RowGraph {
         }
     }
 
+    #[cfg(test)]
     pub fn rows(&self) -> usize {
         self.row_node.len()
     }

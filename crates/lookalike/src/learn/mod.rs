@@ -2,9 +2,9 @@
 //! fine-tuning its last blocks ([`trunk`]), a CNN from scratch ([`scratch`]) and the metrics that
 //! judge them ([`eval`]).
 
-pub mod dense;
+pub(crate) mod dense;
 pub mod eval;
 pub mod head;
 pub mod scratch;
 pub mod train;
-pub mod trunk;
+pub(crate) mod trunk;

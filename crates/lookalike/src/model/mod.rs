@@ -1,9 +1,9 @@
 //! The embedding model: where its files live, how it is built and run.
 
 pub mod batcher;
-pub mod colour;
+pub(crate) mod colour;
 
-pub mod efficientnet;
+pub(crate) mod efficientnet;
 mod engine;
 pub mod labels;
 mod onnx_proto;

@@ -5,7 +5,7 @@
 //! the old or the new state of a batch.
 
 pub mod postgres;
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -165,6 +165,22 @@ pub trait VectorSearch {
     ) -> Result<Vec<Scored>>;
     /// Size of the database's vector index.
     fn vector_index_bytes(&self) -> Result<usize>;
+}
+
+/// The catalogue's schema version, one numbering for both stores (SQLite's `user_version`,
+/// PostgreSQL's `lookalike_schema`): a version holds the same things in each.
+/// 1 the manifest and the products; 2 the image-path index (and SQLite's change log, which memory
+/// follows); 3 product links, groups and further photos; 4 the word index; 5 the record of uploads
+/// and Unicode case-folded category keys; 6 accent-insensitive words (SQLite's word index folded
+/// accents from 4 on, so its 6 adds nothing).
+pub const SCHEMA_VERSION: u32 = 6;
+
+/// Refuses a catalogue written by a newer lookalike, whose schema this one cannot read right.
+pub(crate) fn check_schema(catalogue: &dyn std::fmt::Display, found: u32) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        bail!("{catalogue} was written by a newer lookalike (schema {found}, this one knows up to {SCHEMA_VERSION})");
+    }
+    Ok(())
 }
 
 /// `postgres://…` or `postgresql://…` opens PostgreSQL, anything else is a SQLite file path

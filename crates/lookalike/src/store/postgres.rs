@@ -24,7 +24,8 @@ use crate::types::{
     category_key, fold_accents, Filter, Metric, Page, ProductImage, ProductInfo, Scored, StoredProduct, Words,
 };
 
-/// Schema versions in order; the index of each is its version - 1. Never edit one that shipped.
+/// Schema versions in order ([`super::SCHEMA_VERSION`] says what each holds); the index of each
+/// is its version - 1. Never edit one that shipped.
 pub const MIGRATIONS: &[&str] = &[
     "
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -95,6 +96,8 @@ UPDATE lookalike_products SET words =
 CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
 ",
 ];
+
+const _: () = assert!(MIGRATIONS.len() == super::SCHEMA_VERSION as usize);
 
 /// Advisory lock key for schema changes ("lookalik" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6c6f_6f6b_616c_696b;
@@ -476,12 +479,7 @@ fn migrate(client: &mut Client) -> Result<()> {
         let current: i32 = client
             .query_one("SELECT COALESCE(MAX(version), 0) FROM lookalike_schema", &[])?
             .get(0);
-        if current as usize > MIGRATIONS.len() {
-            bail!(
-                "the database has lookalike schema {current}; this lookalike knows up to {}",
-                MIGRATIONS.len()
-            );
-        }
+        super::check_schema(&"the database", u32::try_from(current).unwrap_or(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let version = i as i32 + 1;
             let mut tx = client.transaction()?;

@@ -16,9 +16,8 @@ use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{category_key, Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
 
-/// Version 2 added the change log and the image-path index, 3 the product `url` and `group_id`
-/// and further images per product, 4 the word index, 5 the record of uploads.
-const SCHEMA_VERSION: i64 = 5;
+/// [`super::SCHEMA_VERSION`], as SQLite's `user_version` holds it.
+const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION as i64;
 
 /// The upgrade to version 5: the files a server wrote (uploads), the only ones it may delete.
 const SCHEMA_5: &str = "
@@ -259,13 +258,7 @@ impl SqliteStore {
     fn check_version(&mut self) -> Result<()> {
         let version = Self::probe(&self.conn).map_err(|e| open_error(&self.path, e))?;
         self.schema = version;
-        if version > SCHEMA_VERSION {
-            bail!(
-                "{} was written by a newer lookalike (schema {version}, this one knows {SCHEMA_VERSION})",
-                self.path.display()
-            );
-        }
-        Ok(())
+        super::check_schema(&self.path.display(), u32::try_from(version).unwrap_or(u32::MAX))
     }
 
     /// Creates or upgrades the schema in one immediate transaction, so processes opening a new
@@ -1001,6 +994,16 @@ mod tests {
             !store.release_upload("/x.jpg").unwrap(),
             "a file never recorded as an upload is never the server's to delete"
         );
+        drop(store);
+
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        for open in [SqliteStore::open, SqliteStore::open_read_only] {
+            let refused = open(&path).err().expect("a newer schema is refused").to_string();
+            assert!(refused.contains("written by a newer lookalike (schema 7"), "{refused}");
+        }
     }
 
     #[test]

@@ -4,14 +4,13 @@
 //! servers on one database see each other's writes at once.
 //!
 //! Writes go to the store and then to memory while the store is held, so two writes to one
-//! product reach both in the same order. Writes by other processes (a `lookalike index` run
+//! product reach both in the same order ([`locks`] allows no other order). Writes by other processes (a `lookalike index` run
 //! beside a server, on the same SQLite file) are read from the store's change log before each
 //! read, so memory never answers from a catalogue that has moved on.
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -19,7 +18,10 @@ use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::{Hit, SearchMode, VectorIndex};
-use crate::store::{ChangeLog, Changes, ProductWrite, SearchSide, Store, VectorSearch, WriteMode};
+use crate::store::{ChangeLog, Changes, ProductWrite, Store, WriteMode};
+use locks::{IndexRead, Locks, Products, Side};
+
+mod locks;
 use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, StoredProduct, Words};
 
 /// What a shopper asks with: a photo (its vector), words, or both.
@@ -35,11 +37,7 @@ const FUSION_DEPTH: usize = 100;
 const PER_GROUP_READ: usize = 4;
 
 pub struct Recommender {
-    store: Mutex<Guarded>,
-    /// The products in memory, when the store cannot search itself.
-    memory: Option<RwLock<VectorIndex>>,
-    /// How memory was loaded from the store's index file, where it has one.
-    index_load: Option<IndexLoad>,
+    locks: Locks,
 }
 
 /// How memory was loaded from an index file ([`crate::index::file`]).
@@ -205,12 +203,6 @@ fn index_from_file(
     Ok((index, changed.len(), position))
 }
 
-/// The store and how far into its change log memory is.
-struct Guarded {
-    store: Box<dyn Store>,
-    position: u64,
-}
-
 impl Recommender {
     pub fn new(store: Box<dyn Store>) -> Result<Self> {
         Self::with_search(store, SearchMode::Exact)
@@ -218,93 +210,32 @@ impl Recommender {
 
     /// With `mode` for the searches memory answers (a store that searches itself ignores it).
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
-        let (memory, index_load, position) = match store.search_side() {
-            SearchSide::InDatabase(_) => (None, None, 0),
-            SearchSide::InMemory(log) => {
-                // The position first: a write landing between it and the load is read again, never lost.
-                let position = log.change_position()?;
-                let (index, load) = load_memory(&*store, log, mode, position)?;
-                (Some(RwLock::new(index)), Some(load), position)
-            }
-        };
         Ok(Self {
-            store: Mutex::new(Guarded { store, position }),
-            memory,
-            index_load,
+            locks: Locks::new(store, mode)?,
         })
     }
 
     /// How memory was loaded from the store's index file, where it has one.
     pub fn index_load(&self) -> Option<&IndexLoad> {
-        self.index_load.as_ref()
+        self.locks.index_load()
     }
 
     /// Ends a one-shot command's use: the store is closed, the products in memory are left for
     /// the process's exit to take back (freeing a million of them one by one took a tenth of a
     /// `lookalike search`).
     pub fn finish(self) {
-        let Self { store, memory, .. } = self;
-        drop(store);
-        std::mem::forget(memory);
-    }
-
-    fn guarded(&self) -> MutexGuard<'_, Guarded> {
-        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// `work` on the database that searches this catalogue (not memory).
-    fn in_database<T>(&self, work: impl FnOnce(&dyn VectorSearch) -> Result<T>) -> Result<T> {
-        match self.guarded().store.search_side() {
-            SearchSide::InDatabase(database) => work(database),
-            SearchSide::InMemory(_) => bail!("a catalogue searched in memory was asked to search its store"),
-        }
+        std::mem::forget(self.locks.into_memory());
     }
 
     /// The store, for what this type does not wrap. Writes through it bypass memory.
     pub fn with_store<T>(&self, work: impl FnOnce(&mut dyn Store) -> Result<T>) -> Result<T> {
-        work(&mut *self.guarded().store)
-    }
-
-    /// Memory, brought up to date with what other processes wrote.
-    fn memory(&self) -> Result<Option<RwLockReadGuard<'_, VectorIndex>>> {
-        let Some(memory) = &self.memory else {
-            return Ok(None);
-        };
-        let mut guarded = self.guarded();
-        let store = &*guarded.store;
-        let SearchSide::InMemory(log) = store.search_side() else {
-            bail!("a catalogue its database searches has nothing in memory");
-        };
-        let moved_to = match log.changes_since(guarded.position)? {
-            Changes::Nothing => None,
-            Changes::Products { ids, position } => {
-                let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
-                apply_changes(&mut index, store, &ids)?;
-                Some(position)
-            }
-            Changes::Everything { position } => {
-                let mode = memory.read().unwrap_or_else(|p| p.into_inner()).mode();
-                let (reloaded, _) = load_memory(store, log, mode, position)?;
-                *memory.write().unwrap_or_else(|p| p.into_inner()) = reloaded;
-                Some(position)
-            }
-        };
-        if let Some(position) = moved_to {
-            guarded.position = position;
-        }
-        let damaged = memory.read().unwrap_or_else(|p| p.into_inner()).take_damaged();
-        if !damaged.is_empty() {
-            let mut index = memory.write().unwrap_or_else(|p| p.into_inner());
-            repair(&mut index, &*guarded.store, &damaged)?;
-        }
-        drop(guarded);
-        Ok(Some(memory.read().unwrap_or_else(|p| p.into_inner())))
+        work(self.locks.store().store_mut())
     }
 
     pub fn len(&self) -> Result<usize> {
-        match self.memory()? {
-            Some(index) => Ok(index.len()),
-            None => self.guarded().store.count(),
+        match self.locks.side()? {
+            Side::Memory(index) => Ok(index.len()),
+            Side::Database(store) => store.count(),
         }
     }
 
@@ -314,30 +245,21 @@ impl Recommender {
 
     /// Bytes the vector index takes: in this process (memory) or in the database (HNSW).
     pub fn index_bytes(&self) -> Result<usize> {
-        match self.memory()? {
-            Some(index) => Ok(index.vector_bytes()),
-            None => self.in_database(|db| db.vector_index_bytes()),
+        match self.locks.side()? {
+            Side::Memory(index) => Ok(index.vector_bytes()),
+            Side::Database(store) => store.database()?.vector_index_bytes(),
         }
-    }
-
-    /// Memory when it holds whole products; a slim one (read from an index file) is dropped,
-    /// as the store then has what it leaves out.
-    fn whole_memory(&self) -> Result<Option<RwLockReadGuard<'_, VectorIndex>>> {
-        Ok(self.memory()?.filter(|index| !index.is_slim()))
     }
 
     pub fn find(&self, id: &str) -> Result<Option<StoredProduct>> {
-        match self.whole_memory()? {
-            Some(index) => Ok(index.product_with_vectors(id)),
-            None => self.guarded().store.product(id),
-        }
+        self.locks.products()?.get(id)
     }
 
     /// What `search` finds in memory, as results: products cloned from memory, or read from the
-    /// store when memory is slim (after memory's guard is dropped: the store's lock comes first).
+    /// store when memory is slim.
     fn results<'a>(
         &self,
-        index: RwLockReadGuard<'a, VectorIndex>,
+        index: IndexRead<'a>,
         search: impl for<'i> FnOnce(&'i VectorIndex) -> Result<Vec<Hit<'i>>>,
     ) -> Result<Vec<Scored>> {
         let hits = search(&index)?;
@@ -357,12 +279,11 @@ impl Recommender {
             .into_iter()
             .map(|hit| (hit.product.id.clone(), hit.score, hit.image))
             .collect();
-        drop(index);
-        let guarded = self.guarded();
+        let store = index.then_store();
         let mut results = Vec::with_capacity(found.len());
         for (id, score, image) in found {
             // None only if deleted since the search.
-            if let Some(product) = guarded.store.product(&id)? {
+            if let Some(product) = store.product(&id)? {
                 results.push(Scored { product, score, image });
             }
         }
@@ -379,9 +300,22 @@ impl Recommender {
         filter: &Filter,
         exclude: Option<&str>,
     ) -> Result<Vec<Scored>> {
-        match self.memory()? {
-            Some(index) => self.results(index, |index| index.search(query, k, metric, filter, exclude)),
-            None => self.in_database(|db| db.nearest(&[query], k, metric, filter, exclude)),
+        self.search_views(&[query], k, metric, filter, exclude)
+    }
+
+    /// [`Self::search`] with several photos of one product as the query (see
+    /// [`VectorIndex::search_views`]).
+    fn search_views(
+        &self,
+        views: &[&[f32]],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+        exclude: Option<&str>,
+    ) -> Result<Vec<Scored>> {
+        match self.locks.side()? {
+            Side::Memory(index) => self.results(index, |index| index.search_views(views, k, metric, filter, exclude)),
+            Side::Database(store) => store.database()?.nearest(views, k, metric, filter, exclude),
         }
     }
 
@@ -396,14 +330,6 @@ impl Recommender {
         filter: &Filter,
         diversity: f32,
     ) -> Result<Option<Vec<Scored>>> {
-        let pool = pool_size(k, diversity);
-        let Some(hits) = self.similar_by_relevance(id, pool, metric, filter)? else {
-            return Ok(None);
-        };
-        Ok(Some(self.diversified(hits, k, diversity, metric)?))
-    }
-
-    fn similar_by_relevance(&self, id: &str, k: usize, metric: Metric, filter: &Filter) -> Result<Option<Vec<Scored>>> {
         let Some(product) = self.find(id)? else {
             return Ok(None);
         };
@@ -411,14 +337,9 @@ impl Recommender {
             exclude_group: product.info.group.clone(),
             ..filter.clone()
         };
-        if let Some(index) = self.memory()? {
-            let views: Vec<&[f32]> = product.vectors().collect();
-            let hits = self.results(index, |index| index.search_views(&views, k, metric, &filter, Some(id)))?;
-            return Ok(Some(hits));
-        }
         let views: Vec<&[f32]> = product.vectors().collect();
-        let hits = self.in_database(|db| db.nearest(&views, k, metric, &filter, Some(id)))?;
-        Ok(Some(hits))
+        let hits = self.search_views(&views, pool_size(k, diversity), metric, &filter, Some(id))?;
+        Ok(Some(self.diversified(hits, k, diversity, metric)?))
     }
 
     /// The `k` best products for a photo, words or both that pass `filter`. Words alone rank by
@@ -456,7 +377,7 @@ impl Recommender {
     /// Ids matching `words` with their relevance, enough of them for `k` results after groups fold.
     fn word_matches(&self, words: &Words, k: usize, filter: &Filter) -> Result<Vec<(String, f32)>> {
         let read = if filter.one_per_group { k * PER_GROUP_READ } else { k };
-        self.guarded().store.text_search(words, read, filter, None)
+        self.locks.store().text_search(words, read, filter, None)
     }
 
     /// The products of `ranking` (ids with scores, best first), the first `k` after groups fold;
@@ -469,7 +390,7 @@ impl Recommender {
         filter: &Filter,
     ) -> Result<Vec<Scored>> {
         let mut known: HashMap<String, Scored> = known.into_iter().map(|h| (h.product.id.clone(), h)).collect();
-        let memory = self.whole_memory()?;
+        let products = self.locks.products()?;
         let mut hits = Vec::new();
         for (id, score) in ranking {
             if hits.len() >= k * PER_GROUP_READ {
@@ -478,12 +399,8 @@ impl Recommender {
             let (product, image) = match known.remove(&id) {
                 Some(hit) => (hit.product, hit.image),
                 None => {
-                    let product = match &memory {
-                        Some(index) => index.product_with_vectors(&id),
-                        None => self.guarded().store.product(&id)?,
-                    };
                     // None only if deleted since the ranking was made.
-                    let Some(product) = product else { continue };
+                    let Some(product) = products.get(&id)? else { continue };
                     (product, 0)
                 }
             };
@@ -494,9 +411,10 @@ impl Recommender {
 
     /// [`diversify`] over `hits`, reading the vectors of products found without them.
     fn diversified(&self, mut hits: Vec<Scored>, k: usize, diversity: f32, ranked_by: Metric) -> Result<Vec<Scored>> {
-        if diversity > 0.0 {
+        if diversity > 0.0 && hits.iter().any(|h| h.product.vector.is_empty()) {
+            let store = self.locks.store();
             for hit in hits.iter_mut().filter(|h| h.product.vector.is_empty()) {
-                if let Some(stored) = self.guarded().store.product(&hit.product.id)? {
+                if let Some(stored) = store.product(&hit.product.id)? {
                     hit.product.vector = stored.vector;
                 }
             }
@@ -506,8 +424,9 @@ impl Recommender {
 
     /// Products in id order, optionally of one category (case-insensitive), skipping `offset`.
     pub fn page(&self, category: Option<&str>, offset: usize, per_page: usize) -> Result<Page> {
-        let Some(index) = self.whole_memory()? else {
-            return self.guarded().store.page(category, offset, per_page);
+        let index = match self.locks.products()? {
+            Products::Memory(index) => index,
+            Products::Store(store) => return store.page(category, offset, per_page),
         };
         let filter = Filter {
             category: category.map(str::to_string),
@@ -534,28 +453,28 @@ impl Recommender {
     pub fn write(&self, product: StoredProduct, mode: WriteMode) -> Result<bool> {
         let entry = product.entry();
         let images = product.image_writes();
-        let mut guarded = self.guarded();
+        let mut store = self.locks.store();
         let write = ProductWrite {
             entry: &entry,
             content_hash: &product.content_hash,
             vector: Some(&product.vector),
             more_images: Some(&images),
         };
-        if !guarded.store.write_one(&write, mode)? {
+        if !store.store_mut().write_one(&write, mode)? {
             return Ok(false);
         }
-        if let Some(memory) = &self.memory {
-            memory.write().unwrap_or_else(|p| p.into_inner()).upsert(product)?;
+        if let Some(mut index) = store.index_mut() {
+            index.upsert(product)?;
         }
         Ok(true)
     }
 
     /// Deletes product `id`; false if there was none.
     pub fn remove(&self, id: &str) -> Result<bool> {
-        let mut guarded = self.guarded();
-        let removed = guarded.store.remove(&[id.to_string()])? > 0;
-        if let Some(memory) = &self.memory {
-            memory.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        let mut store = self.locks.store();
+        let removed = store.store_mut().remove(&[id.to_string()])? > 0;
+        if let Some(mut index) = store.index_mut() {
+            index.remove(id);
         }
         Ok(removed)
     }
@@ -593,12 +512,12 @@ impl Recommender {
 
     /// See [`Store::record_upload`].
     pub fn record_upload(&self, path: &str) -> Result<()> {
-        self.guarded().store.record_upload(path)
+        self.locks.store().record_upload(path)
     }
 
     /// See [`Store::release_upload`].
     pub fn release_upload(&self, path: &str) -> Result<bool> {
-        self.guarded().store.release_upload(path)
+        self.locks.store().release_upload(path)
     }
 }
 
@@ -778,7 +697,7 @@ mod tests {
             (Some("no index file yet"), true, 2000)
         );
         assert!(
-            first.memory().unwrap().unwrap().is_slim(),
+            matches!(first.locks.side().unwrap(), Side::Memory(index) if index.is_slim()),
             "what was built is read back from the file written"
         );
         let second = Recommender::with_search(open(), mode).unwrap();
@@ -857,5 +776,66 @@ mod tests {
         let why = fourth.index_load().unwrap().rebuilt.clone().unwrap();
         assert!(why.contains("products") || why.contains("vectors"), "{why}");
         assert_eq!(answers(&fourth), answers(&third));
+    }
+
+    #[test]
+    fn writers_and_readers_on_many_threads_keep_memory_and_store_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let d = 8;
+        let vectors = crate::index::ann::tests::clustered(400, d, 5);
+        let rows: Vec<&[f32]> = vectors.chunks(d).collect();
+        let products: Vec<StoredProduct> = (0..200).map(|n| titled(format!("p{n:04}"), rows[n], n)).collect();
+        let mut store = crate::store::SqliteStore::open(&db).unwrap();
+        crate::store::store_products(&mut store, &manifest(d), None, &products, 100).unwrap();
+        let catalogue = Recommender::new(Box::new(store)).unwrap();
+        std::thread::scope(|threads| {
+            for t in 0..4 {
+                let (catalogue, rows) = (&catalogue, &rows);
+                threads.spawn(move || {
+                    for n in 0..50 {
+                        let id = format!("p{:04}", (t * 50 + n) % 200);
+                        if n % 2 == 0 {
+                            catalogue
+                                .write(titled(id.clone(), rows[200 + t * 50 + n], n), WriteMode::Upsert)
+                                .unwrap();
+                        } else {
+                            catalogue.remove(&id).unwrap();
+                        }
+                        let query = rows[(t * 31 + n) % 400];
+                        catalogue
+                            .search(query, 5, Metric::Cosine, &Filter::default(), None)
+                            .unwrap();
+                        catalogue.page(None, 0, 5).unwrap();
+                    }
+                });
+            }
+        });
+        let in_memory: Vec<StoredProduct> = catalogue.page(None, 0, 1000).unwrap().items;
+        let in_store = catalogue.with_store(|store| store.products()).unwrap();
+        assert_eq!(in_memory.len(), in_store.len());
+        assert!(!in_memory.is_empty());
+        for (held, stored) in in_memory.iter().zip(&in_store) {
+            let found = catalogue.find(&held.id).unwrap().unwrap();
+            assert_eq!((&held.id, &found.vector), (&stored.id, &stored.vector));
+            let best = catalogue
+                .search(&stored.vector, 1, Metric::Cosine, &Filter::default(), None)
+                .unwrap();
+            assert!((best[0].score - 1.0).abs() < 1e-5, "{}: {}", stored.id, best[0].score);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "lock order")]
+    fn a_reader_of_memory_cannot_take_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::store::SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let product = titled("p".into(), &[1.0, 0.0], 0);
+        crate::store::store_products(&mut store, &manifest(2), None, &[product], 10).unwrap();
+        let catalogue = Recommender::new(Box::new(store)).unwrap();
+        let Side::Memory(_reading) = catalogue.locks.side().unwrap() else {
+            panic!("SQLite is searched in memory")
+        };
+        catalogue.locks.store();
     }
 }
