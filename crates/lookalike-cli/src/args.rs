@@ -37,6 +37,11 @@ pub fn fraction(s: &str) -> Result<f32, String> {
     within(s, 0.0, 1.0).map(|x| x as f32)
 }
 
+/// A part of a photo, `x0,y0,x1,y1` in its pixels.
+pub fn photo_box(s: &str) -> Result<lookalike::types::PhotoBox, String> {
+    lookalike::types::PhotoBox::parse(s).map_err(|e| e.to_string())
+}
+
 /// A dropout probability: from 0, below 1.
 pub fn dropout(s: &str) -> Result<f32, String> {
     within(s, 0.0, 0.99).map(|x| x as f32)

@@ -16,6 +16,7 @@ use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
 use lookalike::model::Embedder;
+use lookalike::scenes::{scene_recall, SceneOptions};
 use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
 
@@ -165,6 +166,27 @@ pub enum EvalCommand {
     /// Product-level retrieval on a catalogue of several photos per product (indexed without a
     /// head): each product's last photo is held out and queried against the rest, Recall@1 and
     /// @5 per way of scoring a product by its photos, beside one photo per product.
+    /// Shoppers' photos made from the catalogue's own: a product photo held out, its white
+    /// backdrop removed, pasted onto background photos (alone and in pairs, seeded); product
+    /// Recall@1/@5 for the whole photo and for the product's true box.
+    Scenes {
+        /// A catalogue of products with two photos or more (one is held out per scene).
+        #[arg(long)]
+        db: String,
+        /// Photos of busy scenes to paste products onto (a folder, searched recursively).
+        #[arg(long)]
+        backgrounds: PathBuf,
+        /// Scenes of one product.
+        #[arg(value_parser = crate::args::count::<1, 100_000>, long, default_value_t = 200)]
+        singles: usize,
+        /// Scenes of two products, one in each half.
+        #[arg(value_parser = crate::args::count::<0, 100_000>, long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     Products {
         #[arg(long)]
         db: String,
@@ -498,6 +520,48 @@ fn print_retrieval(report: &RetrievalReport) {
 
 pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
     match command {
+        EvalCommand::Scenes {
+            db,
+            backgrounds,
+            singles,
+            pairs,
+            seed,
+            json,
+        } => {
+            let store = lookalike::store::open_store_read_only(&db)?;
+            let options = SceneOptions {
+                singles,
+                pairs,
+                seed,
+                ..SceneOptions::default()
+            };
+            let report = scene_recall(&*store, embedder, &backgrounds, &options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            let mut table = comfy_table::Table::new();
+            table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+                "scenes of one product, searched by",
+                "queries",
+                "Recall@1",
+                "Recall@5",
+            ]);
+            for row in &report.singles {
+                table.add_row([
+                    row.search.clone(),
+                    row.queries.to_string(),
+                    format!("{:.3}", row.recall_at_1),
+                    format!("{:.3}", row.recall_at_5),
+                ]);
+            }
+            println!("{table}");
+            println!(
+                "{} scenes of two products: both among the whole photo's 10 best {:.3}; each among its own true box's 5 best {:.3}",
+                report.pairs, report.pairs_both_in_whole_top_10, report.pairs_both_in_own_box_top_5
+            );
+            Ok(())
+        }
         EvalCommand::Products {
             db,
             flip,

@@ -25,7 +25,7 @@ use lookalike::recommend::IndexLoad;
 use lookalike::shop::{IndexRequest, OpenOptions, SearchRequest, Shop};
 use lookalike::store::open_store;
 use lookalike::store::postgres::{is_postgres_url, redact};
-use lookalike::types::{Filter, Metric, Words};
+use lookalike::types::{Filter, Metric, PhotoBox, Words};
 
 /// Exit status of `index` when it finished but skipped some images.
 const EXIT_SKIPPED: u8 = 3;
@@ -188,6 +188,10 @@ struct SearchArgs {
     /// Also draw the query and its results (photos, scores, titles, prices) as a PNG here.
     #[arg(long, requires = "image")]
     grid: Option<PathBuf>,
+    /// Search this part of the photo only: x0,y0,x1,y1 in the photo's pixels (after EXIF
+    /// orientation; what lies outside the photo is dropped).
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = args::photo_box, allow_hyphen_values = true, requires = "image")]
+    region: Option<PhotoBox>,
 }
 
 #[derive(Args)]
@@ -631,7 +635,11 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
     };
     let likely_categories = classifier.is_some().then_some(args.coverage);
     let shop = models.read(&query.db, query.search.mode(), classifier)?;
-    let photo = args.image.as_deref().map(|path| shop.embed_file(path)).transpose()?;
+    let photo = args
+        .image
+        .as_deref()
+        .map(|path| shop.embed_region(path, args.region.as_ref()))
+        .transpose()?;
     report_index_load(shop.load()?);
     let answer = shop.search(&SearchRequest {
         photo: photo.as_ref(),

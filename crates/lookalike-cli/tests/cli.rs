@@ -12,7 +12,7 @@ use serde_json::Value;
 const DEMO_PRODUCTS: usize = 60;
 
 mod common;
-use common::{demo, demo_classifier, json, lookalike, results, s, synth_catalogue, text};
+use common::{demo, demo_classifier, json, lookalike, results, s, synth_catalogue, text, two_products_photo};
 
 /// `train classifier` on ImageFolder `train`/`val` into `out`, with `extra` flags.
 fn train_classifier(train: &Path, val: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -159,6 +159,91 @@ fn embed_and_classify_report_per_image() {
     let labels = json(&lookalike(&["classify", "--imagenet", s(&hoodie), "--json"]));
     assert_eq!(labels[0]["top"][0]["label"], "sweatshirt");
     assert_eq!(labels[0]["top"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn a_box_searches_that_part_of_the_photo_only() {
+    let db = demo_db();
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("two.png");
+    two_products_photo("24-mb01.jpg", "mh03.jpg", &photo);
+    let top = |region: &str| -> String {
+        let out = lookalike(&["search", s(&photo), "--db", s(db), "-k", "3", "--box", region, "--json"]);
+        results(&out)[0]["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(top("50,50,450,450"), "24-MB01");
+    assert_eq!(top("[550, 50, 950, 450]"), "MH03");
+    // What lies outside the photo is dropped.
+    assert_eq!(top("-100,-20,450.5,600"), "24-MB01");
+
+    for (region, status, says) in [
+        ("1,2,3", 2, "four numbers"),
+        ("5,0,1,1", 2, "x0 < x1"),
+        ("0,0,NaN,1", 2, "finite"),
+        ("2000,0,2100,100", 1, "lies outside the photo (1000x500 pixels)"),
+    ] {
+        let out = lookalike(&["search", s(&photo), "--db", s(db), "--box", region]);
+        assert_eq!(out.status.code(), Some(status), "{region}: {}", text(&out));
+        assert!(text(&out).contains(says), "{region}: {}", text(&out));
+    }
+    let out = lookalike(&["search", "--text", "bag", "--db", s(db), "--box", "0,0,10,10"]);
+    assert_eq!(out.status.code(), Some(2), "a box needs a photo: {}", text(&out));
+}
+
+#[test]
+fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luma-shop");
+    let db = dir.path().join("shop.db");
+    ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
+    let backgrounds = demo().join("images");
+    let run = || {
+        let args = [
+            "eval",
+            "scenes",
+            "--db",
+            s(&db),
+            "--backgrounds",
+            s(&backgrounds),
+            "--singles",
+            "16",
+            "--pairs",
+            "6",
+            "--json",
+        ];
+        serde_json::from_str::<Value>(&ok_text(lookalike(&args))).unwrap()
+    };
+    let report = run();
+    assert_eq!(report, run(), "seeded: the same scenes every time");
+    let singles = report["singles"].as_array().unwrap();
+    assert_eq!(singles.len(), 2, "{report}");
+    let recall = |row: usize, at: &str| singles[row][at].as_f64().unwrap();
+    for (row, single) in singles.iter().enumerate() {
+        assert_eq!(single["queries"], 16, "{report}");
+        assert!((0.0..=1.0).contains(&recall(row, "recall_at_1")), "{report}");
+        assert!(recall(row, "recall_at_1") <= recall(row, "recall_at_5"), "{report}");
+    }
+    assert!(
+        recall(1, "recall_at_5") >= recall(0, "recall_at_5"),
+        "the true box finds more: {report}"
+    );
+    assert!(recall(1, "recall_at_5") > 0.5, "{report}");
+    assert_eq!(report["pairs"], 6, "{report}");
+
+    let demo_db = demo_db();
+    let out = lookalike(&[
+        "eval",
+        "scenes",
+        "--db",
+        s(demo_db),
+        "--backgrounds",
+        s(&demo().join("images")),
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("two photos or more"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

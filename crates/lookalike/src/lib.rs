@@ -18,6 +18,7 @@ pub mod learn;
 pub mod linalg;
 pub mod model;
 pub mod recommend;
+pub mod scenes;
 pub mod shop;
 pub mod store;
 pub mod types;

@@ -23,13 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::catalogue::export::{export_json, export_npy, export_related_csv, export_related_jsonl};
-use crate::catalogue::indexer::{
-    embed_files, in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE,
-};
+use crate::catalogue::indexer::{in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE};
 use crate::catalogue::{read_catalogue, Catalogue, Layout};
 use crate::error::{Error, ImageProblem, Result};
 use crate::files::write_atomically;
-use crate::image::ImageError;
+use crate::image::{decode_photo, read_image_file, ImageError};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
 use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
@@ -39,7 +37,9 @@ use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, 
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
 use crate::store::postgres::{is_postgres_url, redact};
 use crate::store::{copy_catalogue, open_store, open_store_read_only, SearchSide, Store, WriteMode};
-use crate::types::{check_id, check_text, Filter, Metric, Page, Scored, StoredProduct, Words, MAX_TEXT_BYTES};
+use crate::types::{
+    check_id, check_text, Filter, Metric, Page, PhotoBox, Scored, StoredProduct, Words, MAX_TEXT_BYTES,
+};
 
 /// Which model answers, and how a catalogue is opened.
 #[derive(Clone)]
@@ -323,10 +323,18 @@ impl Shop {
 
     /// The photo at `path`, embedded as this catalogue's products were.
     pub fn embed_file(&self, path: &Path) -> Result<ImageEmbedding> {
+        self.embed_region(path, None)
+    }
+
+    /// `region` of the photo at `path` (all of it: `None`), embedded as this catalogue's products
+    /// were. A region that keeps nothing of the photo is [`Error::InvalidInput`].
+    pub fn embed_region(&self, path: &Path, region: Option<&PhotoBox>) -> Result<ImageEmbedding> {
         let embedder = self.embedder()?;
-        Ok(embed_files(&embedder, &[path.to_path_buf()])?
-            .remove(0)
-            .with_context(|| format!("cannot use query image {}", path.display()))?)
+        let photo = read_image_file(path)
+            .and_then(|bytes| decode_photo(&bytes))
+            .with_context(|| format!("cannot use query image {}", path.display()))?;
+        let pixels = photo.region(region)?;
+        Ok(embedder.run(&embedder.preprocessing.tensor_of(&pixels), 1)?.image(0))
     }
 
     /// The products for a photo, words or both.

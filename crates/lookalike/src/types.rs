@@ -15,6 +15,58 @@ macro_rules! invalid {
 }
 use serde::{Deserialize, Serialize};
 
+/// A part of a photo, `[x0, y0, x1, y1]` in the photo's own pixels after EXIF orientation
+/// (x0 < x1, y0 < y1; the part outside the photo is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhotoBox {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+}
+
+impl PhotoBox {
+    /// A box from four finite numbers, left top right bottom.
+    pub fn new(x0: f32, y0: f32, x1: f32, y1: f32) -> Result<Self> {
+        if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+            invalid!("a box is four finite numbers, got {x0}, {y0}, {x1}, {y1}");
+        }
+        if x0 >= x1 || y0 >= y1 {
+            invalid!("a box is x0,y0,x1,y1 with x0 < x1 and y0 < y1, got {x0},{y0},{x1},{y1}");
+        }
+        Ok(Self { x0, y0, x1, y1 })
+    }
+
+    /// The box `x0,y0,x1,y1` (commas, optionally spaces or brackets: `[10, 20, 200, 300]`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+        let numbers: Vec<&str> = inner.split(',').map(str::trim).collect();
+        let parsed: Vec<f32> = numbers.iter().filter_map(|n| n.parse().ok()).collect();
+        if numbers.len() != 4 || parsed.len() != 4 {
+            invalid!("a box is four numbers x0,y0,x1,y1 in the photo's pixels, got {text:?}");
+        }
+        Self::new(parsed[0], parsed[1], parsed[2], parsed[3])
+    }
+
+    /// The box kept to a photo of `width` × `height` pixels, as whole pixels; invalid input when
+    /// no pixel of the photo is left.
+    pub fn within(&self, width: u32, height: u32) -> Result<(u32, u32, u32, u32)> {
+        let (w, h) = (width as f32, height as f32);
+        let (x0, y0) = (self.x0.clamp(0.0, w).floor(), self.y0.clamp(0.0, h).floor());
+        let (x1, y1) = (self.x1.clamp(0.0, w).ceil(), self.y1.clamp(0.0, h).ceil());
+        if x1 <= x0 || y1 <= y0 {
+            invalid!(
+                "the box {},{},{},{} lies outside the photo ({width}x{height} pixels)",
+                self.x0,
+                self.y0,
+                self.x1,
+                self.y1
+            );
+        }
+        Ok((x0 as u32, y0 as u32, x1 as u32, y1 as u32))
+    }
+}
+
 /// Descriptive fields of a product; everything but the image is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProductInfo {
@@ -355,6 +407,30 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_photo_box_is_four_finite_ordered_numbers_kept_to_the_photo() {
+        let parsed = PhotoBox::parse("[10, 20, 200.5, 300]").unwrap();
+        assert_eq!(parsed, PhotoBox::new(10.0, 20.0, 200.5, 300.0).unwrap());
+        for bad in [
+            "",
+            "1,2,3",
+            "1,2,3,4,5",
+            "a,b,c,d",
+            "NaN,0,1,1",
+            "0,0,inf,1",
+            "5,0,1,1",
+            "0,5,1,5",
+            "1,,2,3",
+        ] {
+            assert!(matches!(PhotoBox::parse(bad), Err(Error::InvalidInput(_))), "{bad:?}");
+        }
+        let partly_outside = PhotoBox::parse("-10,-10,50.5,20").unwrap();
+        assert_eq!(partly_outside.within(40, 30).unwrap(), (0, 0, 40, 20));
+        let outside = PhotoBox::parse("100,100,200,200").unwrap();
+        assert!(matches!(outside.within(50, 50), Err(Error::InvalidInput(_))));
+        assert_eq!(PhotoBox::parse("0,0,1,1").unwrap().within(1, 1).unwrap(), (0, 0, 1, 1));
+    }
 
     #[test]
     fn filters_refuse_what_no_product_can_match() {

@@ -23,10 +23,11 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lookalike::image::{decode_image, ImageError, Preprocessing};
+use lookalike::image::{decode_photo, ImageError, Preprocessing};
 use lookalike::model::batcher::{BatchPolicy, Batcher};
 use lookalike::model::{ImageEmbedding, ModelManifest};
 use lookalike::shop::Shop;
+use lookalike::types::PhotoBox;
 use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -272,16 +273,27 @@ impl AppState {
     /// Decodes and preprocesses `bytes` (waiting for one of the decoders), then waits for the
     /// batcher's forward pass. `ticket` is the image's admission, kept until it is embedded.
     async fn embed(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<ImageEmbedding> {
+        self.embed_region(bytes, None, ticket).await
+    }
+
+    /// `region` of the photo in `bytes` (all of it: `None`).
+    async fn embed_region(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        region: Option<PhotoBox>,
+        ticket: ImageTicket,
+    ) -> ApiResult<ImageEmbedding> {
         let decoder = self.admission.decoder().await;
         let pre = self.preprocessing;
-        let tensor = tokio::task::spawn_blocking(move || {
-            let tensor = decode_image(&bytes).map(|image| pre.tensor_of(&image));
+        let cropped = tokio::task::spawn_blocking(move || {
+            let photo = decode_photo(&bytes);
             drop(decoder);
-            tensor
+            photo.map(|photo| photo.region(region.as_ref()).map(|pixels| pre.tensor_of(&pixels)))
         })
         .await
         .map_err(ApiError::internal)?
         .inspect_err(|err| self.metrics.decode_failed(decode_failure(err)))?;
+        let tensor = cropped?;
         let reply = self.batcher.submit(tensor)?;
         let embedding = reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal);
         drop(ticket);

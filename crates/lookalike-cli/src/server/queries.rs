@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lookalike::shop::SearchRequest;
-use lookalike::types::{Filter, Metric, Scored, StoredProduct, Words};
+use lookalike::types::{Filter, Metric, PhotoBox, Scored, StoredProduct, Words};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -158,6 +158,12 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             "hybrid search needs a classifier head; start the server with --classifier",
         ));
     }
+    let region = field("box").map(|text| PhotoBox::parse(&text)).transpose()?;
+    if region.is_some() && form.image.is_none() {
+        return Err(ApiError::bad_request(
+            "box is a part of the photo: send the field `image` too",
+        ));
+    }
     let image = match (form.image, &words) {
         (None, None) => {
             return Err(ApiError::bad_request(
@@ -176,7 +182,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             drop(ticket); // words alone take no place in the image pipeline
             None
         }
-        Some(image) => Some(state.embed(image, ticket).await?),
+        Some(image) => Some(state.embed_region(image, region, ticket).await?),
     };
     let answer = on_catalogue(&state, move |c| {
         c.search(&SearchRequest {

@@ -68,6 +68,19 @@ pub fn synth_catalogue(from: &Path, db: &Path, products: usize, generator: &str)
     ]));
 }
 
+/// A shopper's photo of two demo products side by side, each 400 × 400 on a 1000 × 500 grey
+/// canvas (left product at x 50..450, right at 550..950, both at y 50..450), written as `out`
+/// says (PNG, JPEG).
+pub fn two_products_photo(left: &str, right: &str, out: &Path) {
+    let mut canvas = image::RgbImage::from_pixel(1000, 500, image::Rgb([128, 128, 128]));
+    for (photo, x) in [(left, 50), (right, 550)] {
+        let pixels = lookalike::image::load_image(&demo().join("images").join(photo)).unwrap();
+        let pixels = image::imageops::resize(&pixels, 400, 400, image::imageops::FilterType::Triangle);
+        image::imageops::overlay(&mut canvas, &pixels, x, 50);
+    }
+    canvas.save(out).unwrap();
+}
+
 pub fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo")
 }

@@ -285,6 +285,38 @@ fn search_errors_have_the_right_status() {
 }
 
 #[test]
+fn a_box_searches_that_part_of_the_photo_and_bad_boxes_are_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.jpg");
+    common::two_products_photo("24-mb01.jpg", "mh03.jpg", &path);
+    let photo = std::fs::read(&path).unwrap();
+    let with_box = |region: &str| {
+        multipart::Form::new()
+            .part("image", image_part(photo.clone(), "two.jpg"))
+            .text("k", "3")
+            .text("box", region.to_string())
+    };
+    for (region, expected) in [("50,50,450,450", "24-MB01"), ("[550, 50, 950, 450]", "MH03")] {
+        let (status, body) = search(with_box(region));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(result_ids(&body)[0], expected, "{region}: {body}");
+    }
+    for (region, says) in [
+        ("1,2,3", "four numbers"),
+        ("10,10,5,20", "x0 < x1"),
+        ("0,0,NaN,1", "finite"),
+        ("5000,0,5100,10", "lies outside the photo (1000x500 pixels)"),
+    ] {
+        let (status, body) = search(with_box(region));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{region}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{region}: {body}");
+    }
+    let (status, body) = search(multipart::Form::new().text("q", "bag").text("box", "0,0,10,10"));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a box needs a photo: {body}");
+    assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
+}
+
+#[test]
 fn similar_and_recommend() {
     let (status, body) = send(client().get(url("/v1/products/24-MG01/similar?k=3")));
     assert_eq!(status, StatusCode::OK);

@@ -9,6 +9,7 @@ pub(crate) mod jpeg;
 pub(crate) mod preprocess;
 
 pub use decode::{
-    decode_image, load_image, read_image_file, ImageError, MAX_DECODED_BYTES, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
+    decode_image, decode_photo, load_image, read_image_file, ImageError, Photo, MAX_DECODED_BYTES,
+    MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE,
 };
 pub use preprocess::Preprocessing;

@@ -249,26 +249,8 @@ pub struct ProductRecall {
 pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregation) -> ProductRecall {
     let (mut queries, mut at_1, mut at_5) = (0usize, 0usize, 0usize);
     for (own, photos) in products.iter().enumerate().filter(|(_, p)| p.len() >= 2) {
-        for held_out in 0..photos.len() {
-            let query = &photos[held_out];
-            let others: Vec<&[f32]> = photos
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != held_out)
-                .map(|(_, v)| v.as_slice())
-                .collect();
-            let own_score = aggregation.score(query, &others);
-            // Its rank: the products that score better, ties going to the lower index.
-            let rank = products
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != own)
-                .filter(|(i, views)| {
-                    let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
-                    let score = aggregation.score(query, &views);
-                    score > own_score || (score == own_score && *i < own)
-                })
-                .count();
+        for (held_out, photo) in photos.iter().enumerate() {
+            let rank = held_out_rank(products, own, held_out, photo, aggregation);
             queries += 1;
             at_1 += usize::from(rank < 1);
             at_5 += usize::from(rank < 5);
@@ -281,6 +263,35 @@ pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregat
         recall_at_1: share(at_1),
         recall_at_5: share(at_5),
     }
+}
+
+/// The rank (0: first) of product `own` for `query` (a unit vector) among `products` (their
+/// photos as unit vectors), its photo `held_out` left out of the gallery; ties go to the lower
+/// index.
+pub fn held_out_rank(
+    products: &[Vec<Vec<f32>>],
+    own: usize,
+    held_out: usize,
+    query: &[f32],
+    aggregation: Aggregation,
+) -> usize {
+    let others: Vec<&[f32]> = products[own]
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != held_out)
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let own_score = aggregation.score(query, &others);
+    products
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != own)
+        .filter(|(i, views)| {
+            let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
+            let score = aggregation.score(query, &views);
+            score > own_score || (score == own_score && *i < own)
+        })
+        .count()
 }
 
 /// A way to rank products for a query photo that comes with words.

@@ -1,0 +1,339 @@
+//! Shoppers' photos made from photos a shop has, for measuring search on them: a product photo
+//! held out of the catalogue, its white studio background removed, pasted onto a real photo of
+//! a busy scene at a random size (a third to a half of the scene's height) and place, alone or
+//! beside another product; seeded, so a run can be repeated exactly. Each scene is searched as a
+//! whole and inside the pasted product's true box, and its own product's rank is read with that
+//! photo left out of the gallery (as `eval products` does).
+//!
+//! How it differs from real shoppers' photos: the product is lit and sharp as in the studio, its
+//! edges are cut cleanly, nothing covers it, and the scene around it was never its setting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Result};
+use image::{Rgb, RgbImage, Rgba, RgbaImage};
+use serde::Serialize;
+
+use crate::catalogue::{read_image_folder, Layout};
+use crate::image::{load_image, Photo};
+use crate::learn::eval::{held_out_rank, Aggregation};
+use crate::model::Embedder;
+use crate::store::{check_same_model, Store};
+use crate::types::{PhotoBox, StoredProduct};
+
+/// How many scenes, and how they are made.
+#[derive(Debug, Clone)]
+pub struct SceneOptions {
+    /// Scenes with one product.
+    pub singles: usize,
+    /// Scenes with two products, one in each half.
+    pub pairs: usize,
+    pub seed: u64,
+    /// The pasted product's height as a share of the scene's, drawn from this range.
+    pub height_share: (f32, f32),
+}
+
+impl Default for SceneOptions {
+    fn default() -> Self {
+        Self {
+            singles: 200,
+            pairs: 100,
+            seed: 7,
+            height_share: (1.0 / 3.0, 0.5),
+        }
+    }
+}
+
+/// Product recall for one way of searching the scenes.
+#[derive(Debug, Clone, Serialize)]
+pub struct SceneRecall {
+    pub search: String,
+    pub queries: usize,
+    pub recall_at_1: f64,
+    pub recall_at_5: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SceneReport {
+    /// Scenes of one product: the whole photo, the product's true box.
+    pub singles: Vec<SceneRecall>,
+    pub pairs: usize,
+    /// Share of two-product scenes with both products among the whole photo's 10 best.
+    pub pairs_both_in_whole_top_10: f64,
+    /// Share of two-product scenes with each product among its own true box's 5 best.
+    pub pairs_both_in_own_box_top_5: f64,
+}
+
+/// A product photo held out of the gallery: product index, photo index, file.
+struct HeldOut {
+    product: usize,
+    view: usize,
+    path: PathBuf,
+}
+
+/// Builds the scenes from the catalogue in `store` (products of two photos or more give the held-out
+/// photos) and the photos under `backgrounds`, and measures them with `embedder`, which must be
+/// the model that built the catalogue.
+pub fn scene_recall(
+    store: &dyn Store,
+    embedder: &Embedder,
+    backgrounds: &Path,
+    options: &SceneOptions,
+) -> Result<SceneReport> {
+    if let Some(manifest) = store.manifest()? {
+        check_same_model(&manifest, &embedder.manifest())?;
+    }
+    let products = store.products()?;
+    let gallery: Vec<Vec<Vec<f32>>> = products.iter().map(|p| p.vectors().map(unit).collect()).collect();
+    let held_out = held_out_photos(&products);
+    ensure!(
+        !held_out.is_empty(),
+        "the catalogue has no product of two photos or more to hold one out of"
+    );
+    let backgrounds: Vec<PathBuf> = read_image_folder(backgrounds, Layout::Images)?
+        .entries
+        .into_iter()
+        .map(|e| e.image_path)
+        .collect();
+    if backgrounds.is_empty() {
+        bail!("no background photos found");
+    }
+    let mut rng = fastrand::Rng::with_seed(options.seed);
+    let embed = |image: &RgbImage| -> Result<Vec<f32>> {
+        let out = embedder.run(&embedder.preprocessing.tensor_of(image), 1)?;
+        Ok(unit(&out.image(0).features))
+    };
+    let rank =
+        |query: &[f32], photo: &HeldOut| held_out_rank(&gallery, photo.product, photo.view, query, Aggregation::TopTwo);
+
+    let (mut whole, mut boxed) = (Counts::default(), Counts::default());
+    for _ in 0..options.singles {
+        let photo = &held_out[rng.usize(..held_out.len())];
+        let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
+        let product = cut_out(&load_image(&photo.path)?);
+        let width = scene.width();
+        let placed = paste(&mut scene, &product, (0, width), options.height_share, &mut rng);
+        whole.add(rank(&embed(&scene)?, photo));
+        boxed.add(rank(&embed(&region(scene_photo(&scene), placed)?)?, photo));
+    }
+
+    let (mut both_whole, mut both_boxes) = (0usize, 0usize);
+    for _ in 0..options.pairs {
+        let first = &held_out[rng.usize(..held_out.len())];
+        let second = loop {
+            let other = &held_out[rng.usize(..held_out.len())];
+            if other.product != first.product || held_out.iter().all(|h| h.product == first.product) {
+                break other;
+            }
+        };
+        let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
+        let half = scene.width() / 2;
+        let mut boxes = Vec::new();
+        for (photo, columns) in [(first, (0, half)), (second, (half, scene.width()))] {
+            let product = cut_out(&load_image(&photo.path)?);
+            boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
+        }
+        let whole_scene = embed(&scene)?;
+        both_whole += usize::from(rank(&whole_scene, first) < 10 && rank(&whole_scene, second) < 10);
+        let in_own_box = |photo: &HeldOut, placed| -> Result<bool> {
+            Ok(rank(&embed(&region(scene_photo(&scene), placed)?)?, photo) < 5)
+        };
+        both_boxes += usize::from(in_own_box(first, boxes[0])? && in_own_box(second, boxes[1])?);
+    }
+    let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
+    Ok(SceneReport {
+        singles: vec![whole.recall("whole photo"), boxed.recall("the product's true box")],
+        pairs: options.pairs,
+        pairs_both_in_whole_top_10: share(both_whole),
+        pairs_both_in_own_box_top_5: share(both_boxes),
+    })
+}
+
+#[derive(Default)]
+struct Counts {
+    queries: usize,
+    at_1: usize,
+    at_5: usize,
+}
+
+impl Counts {
+    fn add(&mut self, rank: usize) {
+        self.queries += 1;
+        self.at_1 += usize::from(rank < 1);
+        self.at_5 += usize::from(rank < 5);
+    }
+
+    fn recall(&self, search: &str) -> SceneRecall {
+        let share = |n: usize| n as f64 / self.queries.max(1) as f64;
+        SceneRecall {
+            search: search.into(),
+            queries: self.queries,
+            recall_at_1: share(self.at_1),
+            recall_at_5: share(self.at_5),
+        }
+    }
+}
+
+fn unit(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    vector.iter().map(|x| x / norm).collect()
+}
+
+/// Every photo of every product that has two or more, with a file that can be read.
+fn held_out_photos(products: &[StoredProduct]) -> Vec<HeldOut> {
+    products
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.more_images.is_empty())
+        .flat_map(|(i, p)| {
+            p.image_paths().enumerate().map(move |(view, path)| HeldOut {
+                product: i,
+                view,
+                path: PathBuf::from(path),
+            })
+        })
+        .filter(|h| h.path.is_file())
+        .collect()
+}
+
+/// Near-white, as a studio background is.
+fn is_backdrop(pixel: &Rgb<u8>) -> bool {
+    pixel.0.iter().all(|&c| c >= 235)
+}
+
+/// The product without its studio background: near-white pixels joined to the photo's border
+/// become transparent (white inside the product stays), cropped to what is left.
+fn cut_out(photo: &RgbImage) -> RgbaImage {
+    let (width, height) = photo.dimensions();
+    let mut backdrop = vec![false; (width * height) as usize];
+    let mut stack: Vec<(u32, u32)> = Vec::new();
+    for x in 0..width {
+        stack.extend([(x, 0), (x, height - 1)]);
+    }
+    for y in 0..height {
+        stack.extend([(0, y), (width - 1, y)]);
+    }
+    while let Some((x, y)) = stack.pop() {
+        let at = (y * width + x) as usize;
+        if backdrop[at] || !is_backdrop(photo.get_pixel(x, y)) {
+            continue;
+        }
+        backdrop[at] = true;
+        if x > 0 {
+            stack.push((x - 1, y));
+        }
+        if x + 1 < width {
+            stack.push((x + 1, y));
+        }
+        if y > 0 {
+            stack.push((x, y - 1));
+        }
+        if y + 1 < height {
+            stack.push((x, y + 1));
+        }
+    }
+    let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
+    for y in 0..height {
+        for x in 0..width {
+            if !backdrop[(y * width + x) as usize] {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+            }
+        }
+    }
+    if x1 <= x0 || y1 <= y0 {
+        // All backdrop: the photo as it is.
+        (x0, y0, x1, y1) = (0, 0, width, height);
+        backdrop.iter_mut().for_each(|b| *b = false);
+    }
+    RgbaImage::from_fn(x1 - x0, y1 - y0, |x, y| {
+        let (sx, sy) = (x + x0, y + y0);
+        let Rgb([r, g, b]) = *photo.get_pixel(sx, sy);
+        let alpha = if backdrop[(sy * width + sx) as usize] { 0 } else { 255 };
+        Rgba([r, g, b, alpha])
+    })
+}
+
+/// Pastes `product` onto `scene` inside the columns `columns`, its height a random share (in
+/// `height_share`) of the scene's (less if it would not fit), at a random place; its box.
+fn paste(
+    scene: &mut RgbImage,
+    product: &RgbaImage,
+    columns: (u32, u32),
+    height_share: (f32, f32),
+    rng: &mut fastrand::Rng,
+) -> (u32, u32, u32, u32) {
+    let (scene_width, scene_height) = scene.dimensions();
+    let room = columns.1 - columns.0;
+    let share = height_share.0 + rng.f32() * (height_share.1 - height_share.0);
+    let aspect = product.width() as f32 / product.height() as f32;
+    let mut height = (share * scene_height as f32).max(1.0);
+    if height * aspect > room as f32 {
+        height = room as f32 / aspect;
+    }
+    let (width, height) = (
+        ((height * aspect).round() as u32).clamp(1, room),
+        (height.round() as u32).max(1),
+    );
+    let resized = image::imageops::resize(product, width, height, image::imageops::FilterType::Triangle);
+    let x = columns.0 + rng.u32(0..=room - width);
+    let y = rng.u32(0..=scene_height - height);
+    for (px, py, pixel) in resized.enumerate_pixels() {
+        let alpha = u32::from(pixel.0[3]);
+        if alpha == 0 || x + px >= scene_width {
+            continue;
+        }
+        let under = scene.get_pixel_mut(x + px, y + py);
+        for c in 0..3 {
+            under.0[c] = ((u32::from(pixel.0[c]) * alpha + u32::from(under.0[c]) * (255 - alpha)) / 255) as u8;
+        }
+    }
+    (x, y, x + width, y + height)
+}
+
+/// A scene as a photo, its pixels its own.
+fn scene_photo(scene: &RgbImage) -> Photo {
+    Photo {
+        pixels: scene.clone(),
+        width: scene.width(),
+        height: scene.height(),
+    }
+}
+
+/// What search shows the network for `placed` in `photo` (see [`Photo::region`]).
+fn region(photo: Photo, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> Result<RgbImage> {
+    let placed = PhotoBox::new(x0 as f32, y0 as f32, x1 as f32, y1 as f32)?;
+    Ok(photo.region(Some(&placed))?.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_studio_backdrop_is_cut_away_and_the_product_pasted_where_its_box_says() {
+        // A dark square with a white stripe inside, on a white backdrop.
+        let photo = RgbImage::from_fn(40, 30, |x, y| {
+            let inside = (10..30).contains(&x) && (5..25).contains(&y);
+            let stripe = (18..20).contains(&x) && (8..22).contains(&y);
+            Rgb(if inside && !stripe { [20, 40, 60] } else { [250; 3] })
+        });
+        let product = cut_out(&photo);
+        assert_eq!(product.dimensions(), (20, 20), "cropped to the product");
+        assert_eq!(product.get_pixel(8, 10).0[3], 255, "white inside the product stays");
+        let mut scene = RgbImage::from_pixel(300, 200, Rgb([200, 0, 0]));
+        let mut rng = fastrand::Rng::with_seed(3);
+        let (x0, y0, x1, y1) = paste(&mut scene, &product, (150, 300), (1.0 / 3.0, 0.5), &mut rng);
+        assert!(x0 >= 150 && x1 <= 300 && y1 <= 200, "{x0} {y0} {x1} {y1}");
+        assert!(
+            (66..=100).contains(&(y1 - y0)),
+            "a third to a half of the height: {}",
+            y1 - y0
+        );
+        assert_eq!(scene.get_pixel(x0 + 1, y0 + 1).0, [20, 40, 60]);
+        assert_eq!(
+            scene.get_pixel(x0.saturating_sub(2), y0).0,
+            [200, 0, 0],
+            "the scene around it"
+        );
+    }
+}
