@@ -168,7 +168,7 @@ pub enum EvalCommand {
     /// @5 per way of scoring a product by its photos, beside one photo per product.
     /// Shoppers' photos made from the catalogue's own: a product photo held out, its white
     /// backdrop removed, pasted onto background photos (alone and in pairs, seeded); product
-    /// Recall@1/@5 for the whole photo and for the product's true box.
+    /// Recall@1/@5 for the whole photo, the product's true box and boxes found without it.
     Scenes {
         /// A catalogue of products with two photos or more (one is held out per scene).
         #[arg(long)]

@@ -2,8 +2,11 @@
 //! held out of the catalogue, its white studio background removed, pasted onto a real photo of
 //! a busy scene at a random size (a third to a half of the scene's height) and place, alone or
 //! beside another product; seeded, so a run can be repeated exactly. Each scene is searched as a
-//! whole and inside the pasted product's true box, and its own product's rank is read with that
-//! photo left out of the gallery (as `eval products` does).
+//! whole, inside the pasted product's true box, and inside boxes found without knowing it (the
+//! feature map's SCDA blob; the window of feature-map cells most like a catalogue photo; 18
+//! fixed windows embedded, the one most like a catalogue photo kept), and its own product's rank
+//! is read with that photo left out of the gallery (as `eval products` does; the finders' "like a
+//! catalogue photo" leaves it out too).
 //!
 //! How it differs from real shoppers' photos: the product is lit and sharp as in the studio, its
 //! edges are cut cleanly, nothing covers it, and the scene around it was never its setting.
@@ -55,7 +58,7 @@ pub struct SceneRecall {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SceneReport {
-    /// Scenes of one product: the whole photo, the product's true box.
+    /// Scenes of one product: the whole photo, the product's true box, the boxes found.
     pub singles: Vec<SceneRecall>,
     pub pairs: usize,
     /// Share of two-product scenes with both products among the whole photo's 10 best.
@@ -106,7 +109,9 @@ pub fn scene_recall(
     let rank =
         |query: &[f32], photo: &HeldOut| held_out_rank(&gallery, photo.product, photo.view, query, Aggregation::TopTwo);
 
-    let (mut whole, mut boxed) = (Counts::default(), Counts::default());
+    let (mut whole, mut boxed, mut located) = (Counts::default(), Counts::default(), Counts::default());
+    let (mut matched, mut windows) = (Counts::default(), Counts::default());
+    let locator = embedder.with_feature_map()?;
     for _ in 0..options.singles {
         let photo = &held_out[rng.usize(..held_out.len())];
         let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
@@ -115,6 +120,41 @@ pub fn scene_recall(
         let placed = paste(&mut scene, &product, (0, width), options.height_share, &mut rng);
         whole.add(rank(&embed(&scene)?, photo));
         boxed.add(rank(&embed(&region(scene_photo(&scene), placed)?)?, photo));
+        let grid = FeatureGrid::of(&locator, &scene)?;
+        located.add(rank(&embed(&region(scene_photo(&scene), grid.scda_box())?)?, photo));
+        let like_catalogue = |pooled: &[f32]| {
+            gallery
+                .iter()
+                .enumerate()
+                .flat_map(|(p, views)| views.iter().enumerate().map(move |(v, view)| (p, v, view)))
+                .filter(|&(p, v, _)| (p, v) != (photo.product, photo.view))
+                .map(|(_, _, view)| view.iter().zip(pooled).map(|(a, b)| a * b).sum::<f32>())
+                .fold(f32::MIN, f32::max)
+        };
+        let found = grid.best_window(&[3, 4, 5], &like_catalogue);
+        matched.add(rank(&embed(&region(scene_photo(&scene), found)?)?, photo));
+        // The blind search: 18 fixed windows (3 × 3 at a half and two thirds of each side),
+        // each embedded, the one whose best catalogue match scores highest kept.
+        let (width, height) = scene.dimensions();
+        let mut best = (f32::MIN, Vec::new());
+        for share in [0.5f32, 2.0 / 3.0] {
+            let (w, h) = (width as f32 * share, height as f32 * share);
+            for row in 0..3 {
+                for column in 0..3 {
+                    let (x0, y0) = (
+                        (width as f32 - w) * column as f32 / 2.0,
+                        (height as f32 - h) * row as f32 / 2.0,
+                    );
+                    let window = (x0 as u32, y0 as u32, (x0 + w) as u32, (y0 + h) as u32);
+                    let vector = embed(&region(scene_photo(&scene), window)?)?;
+                    let score = like_catalogue(&vector);
+                    if score > best.0 {
+                        best = (score, vector);
+                    }
+                }
+            }
+        }
+        windows.add(rank(&best.1, photo));
     }
 
     let (mut both_whole, mut both_boxes) = (0usize, 0usize);
@@ -142,7 +182,13 @@ pub fn scene_recall(
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
     Ok(SceneReport {
-        singles: vec![whole.recall("whole photo"), boxed.recall("the product's true box")],
+        singles: vec![
+            whole.recall("whole photo"),
+            boxed.recall("the product's true box"),
+            located.recall("the box the feature map shows (SCDA)"),
+            matched.recall("the window of cells most like a catalogue photo"),
+            windows.recall("18 windows embedded, the one most like a catalogue photo"),
+        ],
         pairs: options.pairs,
         pairs_both_in_whole_top_10: share(both_whole),
         pairs_both_in_own_box_top_5: share(both_boxes),
@@ -288,6 +334,143 @@ fn paste(
         }
     }
     (x, y, x + width, y + height)
+}
+
+/// The last feature map of `image` shown whole (on a white square wide enough that the
+/// network's centre crop keeps all of it): each cell's features, and where the cells lie.
+struct FeatureGrid {
+    cells: Vec<Vec<f32>>,
+    grid: usize,
+    /// The image's size, and where it sits in the `longer` square the cells cover.
+    width: u32,
+    height: u32,
+    longer: u32,
+    left: u32,
+    top: u32,
+}
+
+impl FeatureGrid {
+    fn of(locator: &Embedder, image: &RgbImage) -> Result<Self> {
+        let (width, height) = image.dimensions();
+        let longer = width.max(height);
+        let pre = &locator.preprocessing;
+        let side = (u64::from(longer) * u64::from(pre.resize_shorter) / u64::from(pre.crop)) as u32;
+        let mut canvas = RgbImage::from_pixel(side, side, Rgb([255, 255, 255]));
+        let (pad_x, pad_y) = ((side - width) / 2, (side - height) / 2);
+        image::imageops::replace(&mut canvas, image, i64::from(pad_x), i64::from(pad_y));
+        let out = locator.run(&pre.tensor_of(&canvas), 1)?;
+        let map = &out.block_input;
+        // The pooled features' width, whatever a head or colour made of the vectors.
+        let channels = if out.backbone.is_empty() {
+            out.dimension
+        } else {
+            out.backbone.len()
+        };
+        let count = map.len() / channels.max(1);
+        let grid = (count as f64).sqrt().round() as usize;
+        ensure!(grid * grid == count && grid > 0, "the feature map is not square");
+        let cells = (0..count)
+            .map(|cell| (0..channels).map(|c| map[c * count + cell]).collect())
+            .collect();
+        let square = (side - longer) / 2;
+        Ok(Self {
+            cells,
+            grid,
+            width,
+            height,
+            longer,
+            left: pad_x - square,
+            top: pad_y - square,
+        })
+    }
+
+    /// Columns `c0..c1`, rows `r0..r1` of cells as a box in the image's pixels.
+    fn to_box(&self, c0: usize, r0: usize, c1: usize, r1: usize) -> (u32, u32, u32, u32) {
+        let at = |cell: usize, start: u32, limit: u32| -> u32 {
+            let at = cell as f64 * f64::from(self.longer) / self.grid as f64;
+            (at - f64::from(start)).clamp(0.0, f64::from(limit)).round() as u32
+        };
+        let (x0, x1) = (at(c0, self.left, self.width), at(c1, self.left, self.width));
+        let (y0, y1) = (at(r0, self.top, self.height), at(r1, self.top, self.height));
+        if x1 <= x0 || y1 <= y0 {
+            return (0, 0, self.width, self.height);
+        }
+        (x0, y0, x1, y1)
+    }
+
+    /// SCDA (Wei et al., TIP 2017): the cells whose activations summed over channels exceed
+    /// their mean, the largest 4-connected blob of them, its box.
+    fn scda_box(&self) -> (u32, u32, u32, u32) {
+        let mass: Vec<f32> = self.cells.iter().map(|c| c.iter().sum()).collect();
+        let mean = mass.iter().sum::<f32>() / mass.len() as f32;
+        let blob = largest_blob(&mass.iter().map(|&m| m > mean).collect::<Vec<_>>(), self.grid);
+        let g = self.grid;
+        let (mut c0, mut r0, mut c1, mut r1) = (g, g, 0, 0);
+        for cell in blob {
+            let (row, column) = (cell / g, cell % g);
+            (c0, r0, c1, r1) = (c0.min(column), r0.min(row), c1.max(column + 1), r1.max(row + 1));
+        }
+        self.to_box(c0, r0, c1, r1)
+    }
+
+    /// The window of cells (every square of `sizes` cells a side) whose pooled features score
+    /// highest by `score`, as a box.
+    fn best_window(&self, sizes: &[usize], score: &dyn Fn(&[f32]) -> f32) -> (u32, u32, u32, u32) {
+        let g = self.grid;
+        let mut best = (f32::MIN, (0, 0, g, g));
+        for &size in sizes.iter().filter(|&&s| s <= g) {
+            for r0 in 0..=g - size {
+                for c0 in 0..=g - size {
+                    let mut pooled = vec![0.0f32; self.cells[0].len()];
+                    for row in r0..r0 + size {
+                        for column in c0..c0 + size {
+                            let cell = &self.cells[row * g + column];
+                            pooled.iter_mut().zip(cell).for_each(|(p, x)| *p += x);
+                        }
+                    }
+                    let value = score(&unit(&pooled));
+                    if value > best.0 {
+                        best = (value, (c0, r0, c0 + size, r0 + size));
+                    }
+                }
+            }
+        }
+        let (c0, r0, c1, r1) = best.1;
+        self.to_box(c0, r0, c1, r1)
+    }
+}
+
+/// The cells of the largest 4-connected blob of `mask` (`grid` × `grid`, row-major).
+fn largest_blob(mask: &[bool], grid: usize) -> Vec<usize> {
+    let mut seen = vec![false; mask.len()];
+    let mut best = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        let (mut blob, mut stack) = (Vec::new(), vec![start]);
+        seen[start] = true;
+        while let Some(cell) = stack.pop() {
+            blob.push(cell);
+            let (row, column) = (cell / grid, cell % grid);
+            let neighbours = [
+                (row > 0).then(|| cell - grid),
+                (row + 1 < grid).then(|| cell + grid),
+                (column > 0).then(|| cell - 1),
+                (column + 1 < grid).then(|| cell + 1),
+            ];
+            for next in neighbours.into_iter().flatten() {
+                if mask[next] && !seen[next] {
+                    seen[next] = true;
+                    stack.push(next);
+                }
+            }
+        }
+        if blob.len() > best.len() {
+            best = blob;
+        }
+    }
+    best
 }
 
 /// A scene as a photo, its pixels its own.

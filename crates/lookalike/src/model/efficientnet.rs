@@ -305,6 +305,11 @@ impl EfficientNetLite {
         }
         let head = g.conv("head", &x, &self.head, true)?;
         let head = g.activation(&head, true)?.name;
+        if options.tap == Some(self.blocks.len()) {
+            g.node_named("Identity", "tap", &[&head], BLOCK_INPUT_NAME, vec![]);
+            let channels = Some(self.feature_dim as i64);
+            tap_output = Some(value_info(BLOCK_INPUT_NAME, &[None, channels, None, None]));
+        }
         let pooled = g.node("GlobalAveragePool", "pool", &[&head], vec![]);
         g.node_named(
             "Flatten",
@@ -360,7 +365,8 @@ impl EfficientNetLite {
 /// What a graph holds beside the features and logits.
 #[derive(Default, Clone, Copy)]
 pub struct GraphOptions<'a> {
-    /// Also output the input of this block as `block_input`.
+    /// Also output the input of this block as `block_input`; the block count: the last feature
+    /// map (the head's activation, before pooling).
     pub tap: Option<usize>,
     /// Int8 weights (per output channel) and activations quantized to the ranges measured here.
     pub int8: Option<&'a Calibration>,

@@ -247,8 +247,27 @@ impl Embedder {
                 trunk.first_block
             );
         }
+        self.with_tap(Tap {
+            block: trunk.first_block,
+            dimension: trunk.input_dimension(),
+            as_features,
+        })
+    }
+
+    /// A copy of this embedder whose graph also outputs the last feature map (the head's
+    /// activation before pooling, NCHW) as [`Embeddings::block_input`]: where in the photo the
+    /// features come from.
+    pub fn with_feature_map(&self) -> Result<Self> {
+        self.with_tap(Tap {
+            block: self.network.block_count(),
+            dimension: 0,
+            as_features: false,
+        })
+    }
+
+    fn with_tap(&self, tap: Tap) -> Result<Self> {
         let onnx = self.network.to_onnx(&GraphOptions {
-            tap: Some(trunk.first_block),
+            tap: Some(tap.block),
             int8: self.int8.as_deref(),
             int8_weights: self.int8_weights,
             ..GraphOptions::default()
@@ -261,11 +280,7 @@ impl Embedder {
             network: Arc::clone(&self.network),
             models: self.models.clone(),
             threads: self.threads,
-            tap: Some(Tap {
-                block: trunk.first_block,
-                dimension: trunk.input_dimension(),
-                as_features,
-            }),
+            tap: Some(tap),
             int8: self.int8.clone(),
             int8_weights: self.int8_weights,
             spec: self.spec,
