@@ -18,8 +18,10 @@ use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use serde::Serialize;
 
 use crate::catalogue::{read_image_folder, Layout};
+use crate::image::decode::centred_on_white;
 use crate::image::{load_image, Photo};
 use crate::learn::eval::{held_out_rank, Aggregation};
+use crate::linalg::l2_normalise_rows;
 use crate::model::Embedder;
 use crate::store::{check_same_model, Store};
 use crate::types::{PhotoBox, StoredProduct};
@@ -118,10 +120,11 @@ pub fn scene_recall(
         let product = cut_out(&load_image(&photo.path)?);
         let width = scene.width();
         let placed = paste(&mut scene, &product, (0, width), options.height_share, &mut rng);
-        whole.add(rank(&embed(&scene)?, photo));
-        boxed.add(rank(&embed(&region(scene_photo(&scene), placed)?)?, photo));
-        let grid = FeatureGrid::of(&locator, &scene)?;
-        located.add(rank(&embed(&region(scene_photo(&scene), grid.scda_box())?)?, photo));
+        let scene = scene_photo(scene);
+        whole.add(rank(&embed(&scene.pixels)?, photo));
+        boxed.add(rank(&embed(&region(&scene, placed)?)?, photo));
+        let grid = FeatureGrid::of(&locator, &scene.pixels)?;
+        located.add(rank(&embed(&region(&scene, grid.scda_box())?)?, photo));
         let like_catalogue = |pooled: &[f32]| {
             gallery
                 .iter()
@@ -132,10 +135,10 @@ pub fn scene_recall(
                 .fold(f32::MIN, f32::max)
         };
         let found = grid.best_window(&[3, 4, 5], &like_catalogue);
-        matched.add(rank(&embed(&region(scene_photo(&scene), found)?)?, photo));
+        matched.add(rank(&embed(&region(&scene, found)?)?, photo));
         // The blind search: 18 fixed windows (3 × 3 at a half and two thirds of each side),
         // each embedded, the one whose best catalogue match scores highest kept.
-        let (width, height) = scene.dimensions();
+        let (width, height) = (scene.width, scene.height);
         let mut best = (f32::MIN, Vec::new());
         for share in [0.5f32, 2.0 / 3.0] {
             let (w, h) = (width as f32 * share, height as f32 * share);
@@ -146,7 +149,7 @@ pub fn scene_recall(
                         (height as f32 - h) * row as f32 / 2.0,
                     );
                     let window = (x0 as u32, y0 as u32, (x0 + w) as u32, (y0 + h) as u32);
-                    let vector = embed(&region(scene_photo(&scene), window)?)?;
+                    let vector = embed(&region(&scene, window)?)?;
                     let score = like_catalogue(&vector);
                     if score > best.0 {
                         best = (score, vector);
@@ -173,11 +176,11 @@ pub fn scene_recall(
             let product = cut_out(&load_image(&photo.path)?);
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
-        let whole_scene = embed(&scene)?;
+        let scene = scene_photo(scene);
+        let whole_scene = embed(&scene.pixels)?;
         both_whole += usize::from(rank(&whole_scene, first) < 10 && rank(&whole_scene, second) < 10);
-        let in_own_box = |photo: &HeldOut, placed| -> Result<bool> {
-            Ok(rank(&embed(&region(scene_photo(&scene), placed)?)?, photo) < 5)
-        };
+        let in_own_box =
+            |photo: &HeldOut, placed| -> Result<bool> { Ok(rank(&embed(&region(&scene, placed)?)?, photo) < 5) };
         both_boxes += usize::from(in_own_box(first, boxes[0])? && in_own_box(second, boxes[1])?);
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
@@ -221,8 +224,9 @@ impl Counts {
 }
 
 fn unit(vector: &[f32]) -> Vec<f32> {
-    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    vector.iter().map(|x| x / norm).collect()
+    let mut unit = vector.to_vec();
+    l2_normalise_rows(&mut unit, vector.len().max(1));
+    unit
 }
 
 /// Every photo of every product that has two or more, with a file that can be read.
@@ -308,7 +312,7 @@ fn paste(
     height_share: (f32, f32),
     rng: &mut fastrand::Rng,
 ) -> (u32, u32, u32, u32) {
-    let (scene_width, scene_height) = scene.dimensions();
+    let scene_height = scene.height();
     let room = columns.1 - columns.0;
     let share = height_share.0 + rng.f32() * (height_share.1 - height_share.0);
     let aspect = product.width() as f32 / product.height() as f32;
@@ -325,7 +329,7 @@ fn paste(
     let y = rng.u32(0..=scene_height - height);
     for (px, py, pixel) in resized.enumerate_pixels() {
         let alpha = u32::from(pixel.0[3]);
-        if alpha == 0 || x + px >= scene_width {
+        if alpha == 0 {
             continue;
         }
         let under = scene.get_pixel_mut(x + px, y + py);
@@ -355,9 +359,8 @@ impl FeatureGrid {
         let longer = width.max(height);
         let pre = &locator.preprocessing;
         let side = (u64::from(longer) * u64::from(pre.resize_shorter) / u64::from(pre.crop)) as u32;
-        let mut canvas = RgbImage::from_pixel(side, side, Rgb([255, 255, 255]));
+        let canvas = centred_on_white(image, side);
         let (pad_x, pad_y) = ((side - width) / 2, (side - height) / 2);
-        image::imageops::replace(&mut canvas, image, i64::from(pad_x), i64::from(pad_y));
         let out = locator.run(&pre.tensor_of(&canvas), 1)?;
         let map = &out.block_input;
         // The pooled features' width, whatever a head or colour made of the vectors.
@@ -474,16 +477,16 @@ fn largest_blob(mask: &[bool], grid: usize) -> Vec<usize> {
 }
 
 /// A scene as a photo, its pixels its own.
-fn scene_photo(scene: &RgbImage) -> Photo {
+fn scene_photo(scene: RgbImage) -> Photo {
     Photo {
-        pixels: scene.clone(),
         width: scene.width(),
         height: scene.height(),
+        pixels: scene,
     }
 }
 
 /// What search shows the network for `placed` in `photo` (see [`Photo::region`]).
-fn region(photo: Photo, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> Result<RgbImage> {
+fn region(photo: &Photo, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> Result<RgbImage> {
     let placed = PhotoBox::new(x0 as f32, y0 as f32, x1 as f32, y1 as f32)?;
     Ok(photo.region(Some(&placed))?.into_owned())
 }

@@ -120,7 +120,11 @@ impl Photo {
 }
 
 fn pad_to_white_square(image: &RgbImage) -> RgbImage {
-    let side = image.width().max(image.height());
+    centred_on_white(image, image.width().max(image.height()))
+}
+
+/// `image` centred on a white square of `side` pixels (at least its longer side).
+pub(crate) fn centred_on_white(image: &RgbImage, side: u32) -> RgbImage {
     let mut canvas = RgbImage::from_pixel(side, side, image::Rgb([255, 255, 255]));
     let (x, y) = ((side - image.width()) / 2, (side - image.height()) / 2);
     image::imageops::replace(&mut canvas, image, i64::from(x), i64::from(y));
