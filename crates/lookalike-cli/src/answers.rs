@@ -2,7 +2,8 @@
 //! keys, image paths on the command line and URLs over HTTP. `/openapi.json` takes its schemas
 //! of these from the types themselves ([`Schemas`]).
 
-use lookalike::types::{Metric, Scored, StoredProduct};
+use lookalike::shop::{Answer, FoundRegion};
+use lookalike::types::{Metric, PhotoBox, Scored, StoredProduct};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -130,6 +131,51 @@ pub struct Results {
     /// Hybrid searches only: the categories ranked within, most likely first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted: Option<Vec<Likely>>,
+    /// Photo searches of a part of the photo only (a box asked for, or the product found in a
+    /// busy photo): that part, `[x0, y0, x1, y1]` in the photo's pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub searched_box: Option<[f32; 4]>,
+}
+
+/// A product found in a photo, with the products that look like it.
+#[derive(Serialize, ToSchema)]
+pub struct Region {
+    /// Where it is: `[x0, y0, x1, y1]` in the photo's pixels.
+    #[serde(rename = "box")]
+    pub region: [f32; 4],
+    /// The cosine of its best catalogue match.
+    pub score: f32,
+    pub results: Vec<Hit>,
+}
+
+/// "Shop the look": every product found in the photo, best first.
+#[derive(Serialize, ToSchema)]
+pub struct Regions {
+    pub metric: ScoredBy,
+    pub regions: Vec<Region>,
+}
+
+impl Regions {
+    pub fn new(found: &[FoundRegion], answers: &[Answer], images: Images) -> Self {
+        let metric = answers.first().and_then(|a| a.scored_by).or(Some(Metric::Cosine));
+        Self {
+            metric: ScoredBy::of(metric),
+            regions: found
+                .iter()
+                .zip(answers)
+                .map(|(found, answer)| Region {
+                    region: corners(&found.region),
+                    score: found.score,
+                    results: Results::new(&answer.hits, answer.scored_by, None, images).results,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A box as `[x0, y0, x1, y1]`.
+pub fn corners(region: &PhotoBox) -> [f32; 4] {
+    [region.x0, region.y0, region.x1, region.y1]
 }
 
 impl Results {
@@ -155,11 +201,18 @@ impl Results {
                     })
                     .collect()
             }),
+            searched_box: None,
         }
+    }
+
+    /// The same, saying which part of the photo was searched.
+    pub fn searched(mut self, region: Option<&PhotoBox>) -> Self {
+        self.searched_box = region.map(corners);
+        self
     }
 }
 
 /// The schemas `/openapi.json` takes from the types above.
 #[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(Product, Hit, ScoredBy, Likely, Results)))]
+#[openapi(components(schemas(Product, Hit, ScoredBy, Likely, Results, Region, Regions)))]
 pub struct Schemas;

@@ -547,7 +547,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 "Recall@1",
                 "Recall@5",
             ]);
-            for row in &report.singles {
+            for row in report.singles.iter().chain(&report.clean) {
                 table.add_row([
                     row.search.clone(),
                     row.queries.to_string(),
@@ -557,8 +557,15 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             }
             println!("{table}");
             println!(
-                "{} scenes of two products: both among the whole photo's 10 best {:.3}; each among its own true box's 5 best {:.3}",
-                report.pairs, report.pairs_both_in_whole_top_10, report.pairs_both_in_own_box_top_5
+                "the default search searched {:.3} of them whole",
+                report.singles_searched_whole
+            );
+            println!(
+                "{} scenes of two products: both among the whole photo's 10 best {:.3}; each among the 5 best of a region found around it {:.3}; each among its own true box's 5 best {:.3}",
+                report.pairs,
+                report.pairs_both_in_whole_top_10,
+                report.pairs_both_in_found_regions_top_5,
+                report.pairs_both_in_own_box_top_5
             );
             Ok(())
         }

@@ -22,7 +22,7 @@ use lookalike::model::batcher::BatchPolicy;
 use lookalike::model::labels::imagenet_top_k;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, DEFAULT_BACKBONE};
 use lookalike::recommend::IndexLoad;
-use lookalike::shop::{IndexRequest, OpenOptions, SearchRequest, Shop};
+use lookalike::shop::{Framing, IndexRequest, OpenOptions, SearchRequest, Shop};
 use lookalike::store::open_store;
 use lookalike::store::postgres::{is_postgres_url, redact};
 use lookalike::types::{Filter, Metric, PhotoBox, Words};
@@ -192,6 +192,13 @@ struct SearchArgs {
     /// orientation; what lies outside the photo is dropped).
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = args::photo_box, allow_hyphen_values = true, requires = "image")]
     region: Option<PhotoBox>,
+    /// Search the whole photo, however busy (by default a photo that matches no product closely
+    /// is searched where a product is found in it).
+    #[arg(long, requires = "image", conflicts_with = "region")]
+    whole: bool,
+    /// Shop the look: every product found in the photo, each with its own results.
+    #[arg(long, requires = "image", conflicts_with_all = ["region", "whole", "grid", "hybrid"])]
+    regions: bool,
 }
 
 #[derive(Args)]
@@ -635,14 +642,36 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
     };
     let likely_categories = classifier.is_some().then_some(args.coverage);
     let shop = models.read(&query.db, query.search.mode(), classifier)?;
-    let photo = args
+    let framing = match (args.region, args.whole) {
+        (Some(region), _) => Framing::Box(region),
+        (None, true) => Framing::Whole,
+        (None, false) => Framing::FindProduct,
+    };
+    if let (true, Some(image)) = (args.regions, &args.image) {
+        let found = shop.find_products(image)?;
+        report_index_load(shop.load()?);
+        let request = SearchRequest {
+            photo: None,
+            words: words.as_ref(),
+            k: query.k,
+            metric: query.metric,
+            filter,
+            diversity: query.diversity,
+            likely_categories: None,
+        };
+        let answers = shop.search_regions(&found, &request)?;
+        output::print_regions(&found, &answers, query.json)?;
+        shop.finish();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let located = args
         .image
         .as_deref()
-        .map(|path| shop.embed_region(path, args.region.as_ref()))
+        .map(|path| shop.embed_photo(path, &framing))
         .transpose()?;
     report_index_load(shop.load()?);
     let answer = shop.search(&SearchRequest {
-        photo: photo.as_ref(),
+        photo: located.as_ref().map(|l| &l.embedding),
         words: words.as_ref(),
         k: query.k,
         metric: query.metric,
@@ -655,6 +684,7 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
         answer.scored_by,
         query.json,
         answer.likely_categories.as_deref(),
+        located.as_ref().and_then(|l| l.region.as_ref()),
     )?;
     if let (Some(grid), Some(image)) = (&args.grid, &args.image) {
         let photo = lookalike::image::load_image(image)?;
@@ -676,7 +706,7 @@ fn similar(models: &Models, args: SimilarArgs) -> Result<ExitCode> {
     let shop = models.read(&query.db, query.search.mode(), None)?;
     report_index_load(shop.load()?);
     let hits = shop.similar(&args.id, query.k, query.metric, &filter, query.diversity)?;
-    output::print_hits(&hits, Some(query.metric), query.json, None)?;
+    output::print_hits(&hits, Some(query.metric), query.json, None, None)?;
     shop.finish();
     Ok(ExitCode::SUCCESS)
 }

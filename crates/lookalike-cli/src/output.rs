@@ -8,21 +8,24 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangeme
 use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
 use lookalike::model::ImageEmbedding;
-use lookalike::types::{Metric, Scored};
+use lookalike::shop::{Answer, FoundRegion};
+use lookalike::types::{Metric, PhotoBox, Scored};
 use serde_json::json;
 
-use crate::answers::{Images, Results};
+use crate::answers::{Images, Regions, Results};
 
 /// Hits as a table or JSON (the API's shape: [`crate::answers::Results`], with file paths);
-/// `metric` `None` for relevance. `predicted`: the categories a hybrid search ranked within.
+/// `metric` `None` for relevance. `predicted`: the categories a hybrid search ranked within;
+/// `searched`: the part of the photo searched, when not all of it.
 pub fn print_hits(
     hits: &[Scored],
     metric: Option<Metric>,
     as_json: bool,
     predicted: Option<&[(String, f32)]>,
+    searched: Option<&PhotoBox>,
 ) -> Result<()> {
     if as_json {
-        let results = Results::new(hits, metric, predicted, Images::Paths);
+        let results = Results::new(hits, metric, predicted, Images::Paths).searched(searched);
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
@@ -33,6 +36,42 @@ pub fn print_hits(
             .collect();
         println!("predicted category: {}", named.join(", "));
     }
+    if let Some(region) = searched {
+        println!("searched the part {} of the photo", shown(region));
+    }
+    print_table(hits, metric);
+    Ok(())
+}
+
+/// "Shop the look": each product found, with its results, as tables or JSON (the API's shape:
+/// [`crate::answers::Regions`], with file paths).
+pub fn print_regions(found: &[FoundRegion], answers: &[Answer], as_json: bool) -> Result<()> {
+    if as_json {
+        let regions = Regions::new(found, answers, Images::Paths);
+        println!("{}", serde_json::to_string_pretty(&regions)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("no product found: the catalogue is empty");
+    }
+    for (n, (region, answer)) in found.iter().zip(answers).enumerate() {
+        println!(
+            "product {} of {} in the photo, at {} (best match {:.4}):",
+            n + 1,
+            found.len(),
+            shown(&region.region),
+            region.score
+        );
+        print_table(&answer.hits, answer.scored_by);
+    }
+    Ok(())
+}
+
+fn shown(region: &PhotoBox) -> String {
+    format!("{:.0},{:.0},{:.0},{:.0}", region.x0, region.y0, region.x1, region.y1)
+}
+
+fn print_table(hits: &[Scored], metric: Option<Metric>) {
     let mut table = Table::new();
     let score = match metric {
         Some(Metric::Cosine) => "similarity",
@@ -71,7 +110,6 @@ pub fn print_hits(
     if hits.is_empty() {
         println!("no product matches the filters");
     }
-    Ok(())
 }
 
 /// Columns a results table takes at most: it fits a 100-column terminal.

@@ -16,6 +16,7 @@ pub mod image;
 pub mod index;
 pub mod learn;
 pub mod linalg;
+pub mod locate;
 pub mod model;
 pub mod recommend;
 pub mod scenes;

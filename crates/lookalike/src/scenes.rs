@@ -2,11 +2,10 @@
 //! held out of the catalogue, its white studio background removed, pasted onto a real photo of
 //! a busy scene at a random size (a third to a half of the scene's height) and place, alone or
 //! beside another product; seeded, so a run can be repeated exactly. Each scene is searched as a
-//! whole, inside the pasted product's true box, and inside boxes found without knowing it (the
-//! feature map's SCDA blob; the window of feature-map cells most like a catalogue photo; 18
-//! fixed windows embedded, the one most like a catalogue photo kept), and its own product's rank
-//! is read with that photo left out of the gallery (as `eval products` does; the finders' "like a
-//! catalogue photo" leaves it out too).
+//! whole, as search does by default (finding the product: [`crate::locate`]) and inside the
+//! pasted product's true box; two-product scenes also as "shop the look" does. Its own product's
+//! rank is read with that photo left out of the gallery (as `eval products` does), and left out
+//! of the best matches that decide where to search.
 //!
 //! How it differs from real shoppers' photos: the product is lit and sharp as in the studio, its
 //! edges are cut cleanly, nothing covers it, and the scene around it was never its setting.
@@ -18,10 +17,10 @@ use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use serde::Serialize;
 
 use crate::catalogue::{read_image_folder, Layout};
-use crate::image::decode::centred_on_white;
 use crate::image::{load_image, Photo};
 use crate::learn::eval::{held_out_rank, Aggregation};
 use crate::linalg::l2_normalise_rows;
+use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
 use crate::model::Embedder;
 use crate::store::{check_same_model, Store};
 use crate::types::{PhotoBox, StoredProduct};
@@ -60,13 +59,20 @@ pub struct SceneRecall {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SceneReport {
-    /// Scenes of one product: the whole photo, the product's true box, the boxes found.
+    /// Scenes of one product: the whole photo, the default search, the product's true box.
     pub singles: Vec<SceneRecall>,
+    /// Every held-out photo as it is (a packshot): searched whole, and by default.
+    pub clean: Vec<SceneRecall>,
+    /// Share of one-product scenes the default search searched whole.
+    pub singles_searched_whole: f64,
     pub pairs: usize,
     /// Share of two-product scenes with both products among the whole photo's 10 best.
     pub pairs_both_in_whole_top_10: f64,
     /// Share of two-product scenes with each product among its own true box's 5 best.
     pub pairs_both_in_own_box_top_5: f64,
+    /// Share of two-product scenes with each product among the 5 best of a region "shop the
+    /// look" found around its centre.
+    pub pairs_both_in_found_regions_top_5: f64,
 }
 
 /// A product photo held out of the gallery: product index, photo index, file.
@@ -104,16 +110,45 @@ pub fn scene_recall(
         bail!("no background photos found");
     }
     let mut rng = fastrand::Rng::with_seed(options.seed);
-    let embed = |image: &RgbImage| -> Result<Vec<f32>> {
-        let out = embedder.run(&embedder.preprocessing.tensor_of(image), 1)?;
-        Ok(unit(&out.image(0).features))
+    let pre = &embedder.preprocessing;
+    // Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
+    let embed = |scene: &Photo, parts: &[Option<PhotoBox>]| -> Result<Vec<Vec<f32>>> {
+        let mut tensor = Vec::with_capacity(parts.len() * pre.tensor_len());
+        for part in parts {
+            let pixels = scene.region(part.as_ref())?;
+            tensor.extend(pre.tensor_of(&pixels));
+        }
+        let out = embedder.run(&tensor, parts.len())?;
+        Ok((0..parts.len()).map(|i| unit(out.feature(i))).collect())
     };
     let rank =
         |query: &[f32], photo: &HeldOut| held_out_rank(&gallery, photo.product, photo.view, query, Aggregation::TopTwo);
+    // The best catalogue match of `query` by cosine (what search's best match is), the held-out
+    // photos left out: its score and product.
+    let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize) {
+        let mut best = (f32::MIN, 0);
+        for (p, views) in gallery.iter().enumerate() {
+            for (v, view) in views.iter().enumerate() {
+                if left_out.iter().any(|h| (h.product, h.view) == (p, v)) {
+                    continue;
+                }
+                let score = view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
+                if score > best.0 {
+                    best = (score, p);
+                }
+            }
+        }
+        best
+    };
+    // The whole scene and its windows, embedded in one batch.
+    let whole_and_windows = |scene: &Photo| -> Result<(Vec<PhotoBox>, Vec<Vec<f32>>)> {
+        let windows = search_windows(scene.width, scene.height);
+        let parts: Vec<Option<PhotoBox>> = std::iter::once(None).chain(windows.iter().copied().map(Some)).collect();
+        Ok((windows, embed(scene, &parts)?))
+    };
 
-    let (mut whole, mut boxed, mut located) = (Counts::default(), Counts::default(), Counts::default());
-    let (mut matched, mut windows) = (Counts::default(), Counts::default());
-    let locator = embedder.with_feature_map()?;
+    let (mut whole, mut found, mut boxed) = (Counts::default(), Counts::default(), Counts::default());
+    let mut searched_whole = 0usize;
     for _ in 0..options.singles {
         let photo = &held_out[rng.usize(..held_out.len())];
         let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
@@ -121,46 +156,36 @@ pub fn scene_recall(
         let width = scene.width();
         let placed = paste(&mut scene, &product, (0, width), options.height_share, &mut rng);
         let scene = scene_photo(scene);
-        whole.add(rank(&embed(&scene.pixels)?, photo));
-        boxed.add(rank(&embed(&region(&scene, placed)?)?, photo));
-        let grid = FeatureGrid::of(&locator, &scene.pixels)?;
-        located.add(rank(&embed(&region(&scene, grid.scda_box())?)?, photo));
-        let like_catalogue = |pooled: &[f32]| {
-            gallery
-                .iter()
-                .enumerate()
-                .flat_map(|(p, views)| views.iter().enumerate().map(move |(v, view)| (p, v, view)))
-                .filter(|&(p, v, _)| (p, v) != (photo.product, photo.view))
-                .map(|(_, _, view)| view.iter().zip(pooled).map(|(a, b)| a * b).sum::<f32>())
-                .fold(f32::MIN, f32::max)
-        };
-        let found = grid.best_window(&[3, 4, 5], &like_catalogue);
-        matched.add(rank(&embed(&region(&scene, found)?)?, photo));
-        // The blind search: 18 fixed windows (3 × 3 at a half and two thirds of each side),
-        // each embedded, the one whose best catalogue match scores highest kept.
-        let (width, height) = (scene.width, scene.height);
-        let mut best = (f32::MIN, Vec::new());
-        for share in [0.5f32, 2.0 / 3.0] {
-            let (w, h) = (width as f32 * share, height as f32 * share);
-            for row in 0..3 {
-                for column in 0..3 {
-                    let (x0, y0) = (
-                        (width as f32 - w) * column as f32 / 2.0,
-                        (height as f32 - h) * row as f32 / 2.0,
-                    );
-                    let window = (x0 as u32, y0 as u32, (x0 + w) as u32, (y0 + h) as u32);
-                    let vector = embed(&region(&scene, window)?)?;
-                    let score = like_catalogue(&vector);
-                    if score > best.0 {
-                        best = (score, vector);
-                    }
-                }
-            }
-        }
-        windows.add(rank(&best.1, photo));
+        let (_, vectors) = whole_and_windows(&scene)?;
+        whole.add(rank(&vectors[0], photo));
+        // What search does by default (see `Shop::embed_photo`).
+        let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
+        let searched = if whole_is_enough(scores[0]) { 0 } else { pick(&scores) };
+        searched_whole += usize::from(searched == 0);
+        found.add(rank(&vectors[searched], photo));
+        boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
     }
 
-    let (mut both_whole, mut both_boxes) = (0usize, 0usize);
+    // Clean packshots: every held-out photo as it is, searched whole and by default.
+    let (mut clean_whole, mut clean_found) = (Counts::default(), Counts::default());
+    for photo in &held_out {
+        let clean = scene_photo(load_image(&photo.path)?);
+        let whole_vector = embed(&clean, &[None])?.remove(0);
+        clean_whole.add(rank(&whole_vector, photo));
+        let whole_score = best_match(&whole_vector, &[photo]).0;
+        let windows = search_windows(clean.width, clean.height);
+        if whole_is_enough(whole_score) || windows.is_empty() {
+            clean_found.add(rank(&whole_vector, photo));
+            continue;
+        }
+        let parts: Vec<Option<PhotoBox>> = windows.iter().copied().map(Some).collect();
+        let mut vectors = vec![whole_vector];
+        vectors.extend(embed(&clean, &parts)?);
+        let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
+        clean_found.add(rank(&vectors[pick(&scores)], photo));
+    }
+
+    let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
     for _ in 0..options.pairs {
         let first = &held_out[rng.usize(..held_out.len())];
         let second = loop {
@@ -177,24 +202,59 @@ pub fn scene_recall(
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
         let scene = scene_photo(scene);
-        let whole_scene = embed(&scene.pixels)?;
-        both_whole += usize::from(rank(&whole_scene, first) < 10 && rank(&whole_scene, second) < 10);
-        let in_own_box =
-            |photo: &HeldOut, placed| -> Result<bool> { Ok(rank(&embed(&region(&scene, placed)?)?, photo) < 5) };
-        both_boxes += usize::from(in_own_box(first, boxes[0])? && in_own_box(second, boxes[1])?);
+        let (windows, vectors) = whole_and_windows(&scene)?;
+        let both = [first, second];
+        both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
+        let in_own_box = embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
+        both_boxes += usize::from(rank(&in_own_box[0], first) < 5 && rank(&in_own_box[1], second) < 5);
+        // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
+        // found around its centre.
+        let whole_score = best_match(&vectors[0], &both).0;
+        let regions: Vec<(PhotoBox, &Vec<f32>)> = if windows.is_empty() || whole_is_enough(whole_score) {
+            let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
+            vec![(all, &vectors[0])]
+        } else {
+            let candidates: Vec<Candidate> = windows
+                .iter()
+                .zip(&vectors[1..])
+                .map(|(region, vector)| {
+                    let (score, product) = best_match(vector, &both);
+                    Candidate {
+                        region: *region,
+                        score,
+                        best_product: product.to_string(),
+                    }
+                })
+                .collect();
+            locate::regions(&candidates)
+                .into_iter()
+                .map(|i| (windows[i], &vectors[i + 1]))
+                .collect()
+        };
+        let found_in_a_region = |photo: &HeldOut, placed: PhotoBox| {
+            let (x, y) = ((placed.x0 + placed.x1) / 2.0, (placed.y0 + placed.y1) / 2.0);
+            regions
+                .iter()
+                .any(|(r, vector)| (r.x0..r.x1).contains(&x) && (r.y0..r.y1).contains(&y) && rank(vector, photo) < 5)
+        };
+        both_regions += usize::from(found_in_a_region(first, boxes[0]) && found_in_a_region(second, boxes[1]));
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
     Ok(SceneReport {
         singles: vec![
             whole.recall("whole photo"),
+            found.recall("default search (finds the product)"),
             boxed.recall("the product's true box"),
-            located.recall("the box the feature map shows (SCDA)"),
-            matched.recall("the window of cells most like a catalogue photo"),
-            windows.recall("18 windows embedded, the one most like a catalogue photo"),
         ],
+        clean: vec![
+            clean_whole.recall("clean held-out photos, whole"),
+            clean_found.recall("clean held-out photos, default search"),
+        ],
+        singles_searched_whole: searched_whole as f64 / options.singles.max(1) as f64,
         pairs: options.pairs,
         pairs_both_in_whole_top_10: share(both_whole),
         pairs_both_in_own_box_top_5: share(both_boxes),
+        pairs_both_in_found_regions_top_5: share(both_regions),
     })
 }
 
@@ -311,7 +371,7 @@ fn paste(
     columns: (u32, u32),
     height_share: (f32, f32),
     rng: &mut fastrand::Rng,
-) -> (u32, u32, u32, u32) {
+) -> PhotoBox {
     let scene_height = scene.height();
     let room = columns.1 - columns.0;
     let share = height_share.0 + rng.f32() * (height_share.1 - height_share.0);
@@ -337,143 +397,12 @@ fn paste(
             under.0[c] = ((u32::from(pixel.0[c]) * alpha + u32::from(under.0[c]) * (255 - alpha)) / 255) as u8;
         }
     }
-    (x, y, x + width, y + height)
-}
-
-/// The last feature map of `image` shown whole (on a white square wide enough that the
-/// network's centre crop keeps all of it): each cell's features, and where the cells lie.
-struct FeatureGrid {
-    cells: Vec<Vec<f32>>,
-    grid: usize,
-    /// The image's size, and where it sits in the `longer` square the cells cover.
-    width: u32,
-    height: u32,
-    longer: u32,
-    left: u32,
-    top: u32,
-}
-
-impl FeatureGrid {
-    fn of(locator: &Embedder, image: &RgbImage) -> Result<Self> {
-        let (width, height) = image.dimensions();
-        let longer = width.max(height);
-        let pre = &locator.preprocessing;
-        let side = (u64::from(longer) * u64::from(pre.resize_shorter) / u64::from(pre.crop)) as u32;
-        let canvas = centred_on_white(image, side);
-        let (pad_x, pad_y) = ((side - width) / 2, (side - height) / 2);
-        let out = locator.run(&pre.tensor_of(&canvas), 1)?;
-        let map = &out.block_input;
-        // The pooled features' width, whatever a head or colour made of the vectors.
-        let channels = if out.backbone.is_empty() {
-            out.dimension
-        } else {
-            out.backbone.len()
-        };
-        let count = map.len() / channels.max(1);
-        let grid = (count as f64).sqrt().round() as usize;
-        ensure!(grid * grid == count && grid > 0, "the feature map is not square");
-        let cells = (0..count)
-            .map(|cell| (0..channels).map(|c| map[c * count + cell]).collect())
-            .collect();
-        let square = (side - longer) / 2;
-        Ok(Self {
-            cells,
-            grid,
-            width,
-            height,
-            longer,
-            left: pad_x - square,
-            top: pad_y - square,
-        })
+    PhotoBox {
+        x0: x as f32,
+        y0: y as f32,
+        x1: (x + width) as f32,
+        y1: (y + height) as f32,
     }
-
-    /// Columns `c0..c1`, rows `r0..r1` of cells as a box in the image's pixels.
-    fn to_box(&self, c0: usize, r0: usize, c1: usize, r1: usize) -> (u32, u32, u32, u32) {
-        let at = |cell: usize, start: u32, limit: u32| -> u32 {
-            let at = cell as f64 * f64::from(self.longer) / self.grid as f64;
-            (at - f64::from(start)).clamp(0.0, f64::from(limit)).round() as u32
-        };
-        let (x0, x1) = (at(c0, self.left, self.width), at(c1, self.left, self.width));
-        let (y0, y1) = (at(r0, self.top, self.height), at(r1, self.top, self.height));
-        if x1 <= x0 || y1 <= y0 {
-            return (0, 0, self.width, self.height);
-        }
-        (x0, y0, x1, y1)
-    }
-
-    /// SCDA (Wei et al., TIP 2017): the cells whose activations summed over channels exceed
-    /// their mean, the largest 4-connected blob of them, its box.
-    fn scda_box(&self) -> (u32, u32, u32, u32) {
-        let mass: Vec<f32> = self.cells.iter().map(|c| c.iter().sum()).collect();
-        let mean = mass.iter().sum::<f32>() / mass.len() as f32;
-        let blob = largest_blob(&mass.iter().map(|&m| m > mean).collect::<Vec<_>>(), self.grid);
-        let g = self.grid;
-        let (mut c0, mut r0, mut c1, mut r1) = (g, g, 0, 0);
-        for cell in blob {
-            let (row, column) = (cell / g, cell % g);
-            (c0, r0, c1, r1) = (c0.min(column), r0.min(row), c1.max(column + 1), r1.max(row + 1));
-        }
-        self.to_box(c0, r0, c1, r1)
-    }
-
-    /// The window of cells (every square of `sizes` cells a side) whose pooled features score
-    /// highest by `score`, as a box.
-    fn best_window(&self, sizes: &[usize], score: &dyn Fn(&[f32]) -> f32) -> (u32, u32, u32, u32) {
-        let g = self.grid;
-        let mut best = (f32::MIN, (0, 0, g, g));
-        for &size in sizes.iter().filter(|&&s| s <= g) {
-            for r0 in 0..=g - size {
-                for c0 in 0..=g - size {
-                    let mut pooled = vec![0.0f32; self.cells[0].len()];
-                    for row in r0..r0 + size {
-                        for column in c0..c0 + size {
-                            let cell = &self.cells[row * g + column];
-                            pooled.iter_mut().zip(cell).for_each(|(p, x)| *p += x);
-                        }
-                    }
-                    let value = score(&unit(&pooled));
-                    if value > best.0 {
-                        best = (value, (c0, r0, c0 + size, r0 + size));
-                    }
-                }
-            }
-        }
-        let (c0, r0, c1, r1) = best.1;
-        self.to_box(c0, r0, c1, r1)
-    }
-}
-
-/// The cells of the largest 4-connected blob of `mask` (`grid` × `grid`, row-major).
-fn largest_blob(mask: &[bool], grid: usize) -> Vec<usize> {
-    let mut seen = vec![false; mask.len()];
-    let mut best = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || seen[start] {
-            continue;
-        }
-        let (mut blob, mut stack) = (Vec::new(), vec![start]);
-        seen[start] = true;
-        while let Some(cell) = stack.pop() {
-            blob.push(cell);
-            let (row, column) = (cell / grid, cell % grid);
-            let neighbours = [
-                (row > 0).then(|| cell - grid),
-                (row + 1 < grid).then(|| cell + grid),
-                (column > 0).then(|| cell - 1),
-                (column + 1 < grid).then(|| cell + 1),
-            ];
-            for next in neighbours.into_iter().flatten() {
-                if mask[next] && !seen[next] {
-                    seen[next] = true;
-                    stack.push(next);
-                }
-            }
-        }
-        if blob.len() > best.len() {
-            best = blob;
-        }
-    }
-    best
 }
 
 /// A scene as a photo, its pixels its own.
@@ -483,12 +412,6 @@ fn scene_photo(scene: RgbImage) -> Photo {
         height: scene.height(),
         pixels: scene,
     }
-}
-
-/// What search shows the network for `placed` in `photo` (see [`Photo::region`]).
-fn region(photo: &Photo, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> Result<RgbImage> {
-    let placed = PhotoBox::new(x0 as f32, y0 as f32, x1 as f32, y1 as f32)?;
-    Ok(photo.region(Some(&placed))?.into_owned())
 }
 
 #[cfg(test)]
@@ -508,7 +431,8 @@ mod tests {
         assert_eq!(product.get_pixel(8, 10).0[3], 255, "white inside the product stays");
         let mut scene = RgbImage::from_pixel(300, 200, Rgb([200, 0, 0]));
         let mut rng = fastrand::Rng::with_seed(3);
-        let (x0, y0, x1, y1) = paste(&mut scene, &product, (150, 300), (1.0 / 3.0, 0.5), &mut rng);
+        let placed = paste(&mut scene, &product, (150, 300), (1.0 / 3.0, 0.5), &mut rng);
+        let (x0, y0, x1, y1) = (placed.x0 as u32, placed.y0 as u32, placed.x1 as u32, placed.y1 as u32);
         assert!(x0 >= 150 && x1 <= 300 && y1 <= 200, "{x0} {y0} {x1} {y1}");
         assert!(
             (66..=100).contains(&(y1 - y0)),

@@ -27,11 +27,12 @@ use crate::catalogue::indexer::{in_shard, index_catalogue, IndexOptions, IndexRe
 use crate::catalogue::{read_catalogue, Catalogue, Layout};
 use crate::error::{Error, ImageProblem, Result};
 use crate::files::write_atomically;
-use crate::image::{decode_photo, read_image_file, ImageError};
+use crate::image::{decode_photo, read_image_file, ImageError, Photo};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
 use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
+use crate::locate::{pick, regions, search_windows, whole_is_enough, Candidate, KEPT_PHOTO_SIDE};
 use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
@@ -143,6 +144,36 @@ pub fn check_head(head: &Head, embedder: &Embedder, kind: HeadKind) -> Result<()
         )));
     }
     Ok(())
+}
+
+/// Which part of a query photo is searched.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Framing {
+    /// The whole photo when it matches a product closely, else the part of it that matches a
+    /// product best ([`crate::locate`]).
+    #[default]
+    FindProduct,
+    /// The whole photo, however busy.
+    Whole,
+    /// This part of the photo, in its own pixels after EXIF orientation.
+    Box(PhotoBox),
+}
+
+/// A query photo embedded, and the part of it that was.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub embedding: ImageEmbedding,
+    /// `None`: the whole photo.
+    pub region: Option<PhotoBox>,
+}
+
+/// A product found in a photo ("shop the look").
+#[derive(Debug, Clone)]
+pub struct FoundRegion {
+    pub region: PhotoBox,
+    /// The cosine of its best catalogue match.
+    pub score: f32,
+    pub embedding: ImageEmbedding,
 }
 
 /// What to search with, and how.
@@ -321,20 +352,163 @@ impl Shop {
         Ok(loaded.insert(Arc::new(embedder)).clone())
     }
 
-    /// The photo at `path`, embedded as this catalogue's products were.
+    /// The photo at `path`, embedded whole as this catalogue's products were.
     pub fn embed_file(&self, path: &Path) -> Result<ImageEmbedding> {
-        self.embed_region(path, None)
+        Ok(self.embed_photo(path, &Framing::Whole)?.embedding)
     }
 
-    /// `region` of the photo at `path` (all of it: `None`), embedded as this catalogue's products
-    /// were. A region that keeps nothing of the photo is [`Error::InvalidInput`].
-    pub fn embed_region(&self, path: &Path, region: Option<&PhotoBox>) -> Result<ImageEmbedding> {
-        let embedder = self.embedder()?;
-        let photo = read_image_file(path)
+    /// The photo at `path` read and decoded as a query.
+    pub fn read_photo(path: &Path) -> Result<Photo> {
+        Ok(read_image_file(path)
             .and_then(|bytes| decode_photo(&bytes))
-            .with_context(|| format!("cannot use query image {}", path.display()))?;
-        let pixels = photo.region(region)?;
-        Ok(embedder.run(&embedder.preprocessing.tensor_of(&pixels), 1)?.image(0))
+            .with_context(|| format!("cannot use query image {}", path.display()))?
+            .reduced(KEPT_PHOTO_SIDE))
+    }
+
+    /// The photo at `path` embedded as `framing` says (a region that keeps nothing of the photo
+    /// is [`Error::InvalidInput`]).
+    pub fn embed_photo(&self, path: &Path, framing: &Framing) -> Result<Located> {
+        let photo = Self::read_photo(path)?;
+        let region = match framing {
+            Framing::Box(region) => Some(region),
+            Framing::Whole | Framing::FindProduct => None,
+        };
+        let embedding = self.embed_parts(&photo, &[region])?.remove(0);
+        if !matches!(framing, Framing::FindProduct) {
+            return Ok(Located {
+                embedding,
+                region: region.copied(),
+            });
+        }
+        let windows = self.windows_to_search(&photo, &embedding)?;
+        let embedded = self.embed_parts(&photo, &windows.iter().map(Some).collect::<Vec<_>>())?;
+        self.pick_region(embedding, windows.into_iter().zip(embedded).collect())
+    }
+
+    /// "Shop the look" for the photo at `path`: every product found in it, best first.
+    pub fn find_products(&self, path: &Path) -> Result<Vec<FoundRegion>> {
+        let photo = Self::read_photo(path)?;
+        let windows = search_windows(photo.width, photo.height);
+        let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
+        let mut embedded = self.embed_parts(&photo, &parts)?;
+        let whole = embedded.remove(0);
+        self.regions_of(&photo, whole, windows.into_iter().zip(embedded).collect())
+    }
+
+    /// Each of `parts` of `photo` (`None`: the whole photo) embedded, in one batch.
+    fn embed_parts(&self, photo: &Photo, parts: &[Option<&PhotoBox>]) -> Result<Vec<ImageEmbedding>> {
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let embedder = self.embedder()?;
+        let pre = &embedder.preprocessing;
+        let mut tensor = Vec::with_capacity(parts.len() * pre.tensor_len());
+        for part in parts {
+            let pixels = photo.region(*part)?;
+            tensor.extend(pre.tensor_of(&pixels));
+        }
+        let out = embedder.run(&tensor, parts.len())?;
+        Ok((0..parts.len()).map(|i| out.image(i)).collect())
+    }
+
+    /// The best catalogue match of `photo` by cosine, whatever its category (`None`: an empty
+    /// catalogue).
+    pub fn best_match(&self, photo: &ImageEmbedding) -> Result<Option<Scored>> {
+        let query = Query {
+            image: Some(&photo.features),
+            words: None,
+        };
+        let hits = self
+            .answering()?
+            .query(query, 1, Metric::Cosine, &Filter::default(), 0.0)?;
+        Ok(hits.into_iter().next())
+    }
+
+    /// The windows of `photo` to embed besides the whole photo (`whole`) when looking for the
+    /// product: none when the whole photo's best match is close ([`crate::locate`]).
+    pub fn windows_to_search(&self, photo: &Photo, whole: &ImageEmbedding) -> Result<Vec<PhotoBox>> {
+        let best = self.best_match(whole)?.map_or(f32::NAN, |hit| hit.score);
+        Ok(if whole_is_enough(best) {
+            Vec::new()
+        } else {
+            search_windows(photo.width, photo.height)
+        })
+    }
+
+    /// The part of the photo searched: the whole photo (`whole`) or one of `windows`, whichever
+    /// matches a product best.
+    pub fn pick_region(&self, whole: ImageEmbedding, windows: Vec<(PhotoBox, ImageEmbedding)>) -> Result<Located> {
+        if windows.is_empty() {
+            return Ok(Located {
+                embedding: whole,
+                region: None,
+            });
+        }
+        let mut scores = vec![self.best_score(&whole)?];
+        for (_, embedding) in &windows {
+            scores.push(self.best_score(embedding)?);
+        }
+        Ok(match pick(&scores) {
+            0 => Located {
+                embedding: whole,
+                region: None,
+            },
+            i => {
+                let (region, embedding) = windows.into_iter().nth(i - 1).expect("picked among them");
+                Located {
+                    embedding,
+                    region: Some(region),
+                }
+            }
+        })
+    }
+
+    /// "Shop the look" from the whole photo and its windows, embedded: the whole photo alone
+    /// when it matches a product closely or has no windows, else the windows kept by
+    /// [`crate::locate::regions`] (none when the catalogue is empty).
+    pub fn regions_of(
+        &self,
+        photo: &Photo,
+        whole: ImageEmbedding,
+        windows: Vec<(PhotoBox, ImageEmbedding)>,
+    ) -> Result<Vec<FoundRegion>> {
+        let all = PhotoBox::new(0.0, 0.0, photo.width as f32, photo.height as f32)?;
+        let Some(whole_best) = self.best_match(&whole)? else {
+            return Ok(Vec::new());
+        };
+        if windows.is_empty() || whole_is_enough(whole_best.score) {
+            return Ok(vec![FoundRegion {
+                region: all,
+                score: whole_best.score,
+                embedding: whole,
+            }]);
+        }
+        let mut candidates = Vec::with_capacity(windows.len());
+        for (region, embedding) in &windows {
+            let best = self.best_match(embedding)?.expect("the catalogue is not empty");
+            candidates.push(Candidate {
+                region: *region,
+                score: best.score,
+                best_product: best.product.id,
+            });
+        }
+        let kept = regions(&candidates);
+        let mut windows: Vec<Option<(PhotoBox, ImageEmbedding)>> = windows.into_iter().map(Some).collect();
+        Ok(kept
+            .into_iter()
+            .map(|i| {
+                let (region, embedding) = windows[i].take().expect("kept once");
+                FoundRegion {
+                    region,
+                    score: candidates[i].score,
+                    embedding,
+                }
+            })
+            .collect())
+    }
+
+    fn best_score(&self, photo: &ImageEmbedding) -> Result<f32> {
+        Ok(self.best_match(photo)?.map_or(f32::MIN, |hit| hit.score))
     }
 
     /// The products for a photo, words or both.
@@ -373,6 +547,20 @@ impl Shop {
             scored_by: request.words.is_none().then_some(request.metric),
             likely_categories,
         })
+    }
+
+    /// "Shop the look": `request` (words, filters, groups and diversity as for one photo) asked
+    /// of each region's photo in turn, the regions in their order.
+    pub fn search_regions(&self, regions: &[FoundRegion], request: &SearchRequest) -> Result<Vec<Answer>> {
+        regions
+            .iter()
+            .map(|region| {
+                self.search(&SearchRequest {
+                    photo: Some(&region.embedding),
+                    ..request.clone()
+                })
+            })
+            .collect()
     }
 
     /// The products that look like product `id` (its every photo a query), never of its own group.

@@ -23,10 +23,11 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lookalike::image::{decode_photo, ImageError, Preprocessing};
-use lookalike::model::batcher::{BatchPolicy, Batcher};
+use lookalike::image::{decode_photo, ImageError, Photo, Preprocessing};
+use lookalike::locate::{search_windows, KEPT_PHOTO_SIDE};
+use lookalike::model::batcher::{BatchPolicy, Batcher, SubmitError};
 use lookalike::model::{ImageEmbedding, ModelManifest};
-use lookalike::shop::Shop;
+use lookalike::shop::{FoundRegion, Framing, Located, Shop};
 use lookalike::types::PhotoBox;
 use serde_json::json;
 use tower::ServiceBuilder;
@@ -270,34 +271,115 @@ impl AppState {
             .inspect_err(|_| self.metrics.refused("images"))
     }
 
-    /// Decodes and preprocesses `bytes` (waiting for one of the decoders), then waits for the
-    /// batcher's forward pass. `ticket` is the image's admission, kept until it is embedded.
+    /// The photo in `bytes` embedded whole (decoded by one of the decoders, then through the
+    /// batcher). `ticket` is the image's admission, kept until it is embedded.
     async fn embed(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<ImageEmbedding> {
-        self.embed_region(bytes, None, ticket).await
+        Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
     }
 
-    /// `region` of the photo in `bytes` (all of it: `None`).
-    async fn embed_region(
-        self: &Arc<Self>,
-        bytes: Bytes,
-        region: Option<PhotoBox>,
-        ticket: ImageTicket,
-    ) -> ApiResult<ImageEmbedding> {
+    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]).
+    async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
+        let photo = self.decode(bytes).await?;
+        let region = match framing {
+            Framing::Box(region) => Some(region),
+            Framing::Whole | Framing::FindProduct => None,
+        };
+        let whole = self.embed_parts(&photo, vec![region]).await?.remove(0);
+        if framing != Framing::FindProduct {
+            return Ok(Located {
+                embedding: whole,
+                region,
+            });
+        }
+        let looked_at = photo.clone();
+        let (whole, windows) = on_catalogue(self, move |shop| {
+            let windows = shop.windows_to_search(&looked_at, &whole)?;
+            Ok((whole, windows))
+        })
+        .await?;
+        // A queue too full for the windows sheds them: the whole photo is searched.
+        let parts = windows.iter().copied().map(Some).collect();
+        let Some(embedded) = self.embed_parts_or_shed(&photo, parts).await? else {
+            return Ok(Located {
+                embedding: whole,
+                region: None,
+            });
+        };
+        drop(ticket);
+        on_catalogue(self, move |shop| {
+            shop.pick_region(whole, windows.into_iter().zip(embedded).collect())
+        })
+        .await
+    }
+
+    /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).
+    async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<Vec<FoundRegion>> {
+        let photo = self.decode(bytes).await?;
+        let windows = search_windows(photo.width, photo.height);
+        let parts = std::iter::once(None).chain(windows.iter().copied().map(Some)).collect();
+        let mut embedded = self.embed_parts(&photo, parts).await?;
+        drop(ticket);
+        let whole = embedded.remove(0);
+        on_catalogue(self, move |shop| {
+            shop.regions_of(&photo, whole, windows.into_iter().zip(embedded).collect())
+        })
+        .await
+    }
+
+    /// `bytes` decoded, waiting for one of the decoders.
+    async fn decode(self: &Arc<Self>, bytes: Bytes) -> ApiResult<Arc<Photo>> {
         let decoder = self.admission.decoder().await;
-        let pre = self.preprocessing;
-        let cropped = tokio::task::spawn_blocking(move || {
-            let photo = decode_photo(&bytes);
+        let photo = tokio::task::spawn_blocking(move || {
+            let photo = decode_photo(&bytes).map(|photo| photo.reduced(KEPT_PHOTO_SIDE));
             drop(decoder);
-            photo.map(|photo| photo.region(region.as_ref()).map(|pixels| pre.tensor_of(&pixels)))
+            photo
         })
         .await
         .map_err(ApiError::internal)?
         .inspect_err(|err| self.metrics.decode_failed(decode_failure(err)))?;
-        let tensor = cropped?;
-        let reply = self.batcher.submit(tensor)?;
-        let embedding = reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal);
-        drop(ticket);
-        embedding
+        Ok(Arc::new(photo))
+    }
+
+    /// Each of `parts` of `photo` (`None`: all of it) through the batcher, which runs them
+    /// together.
+    async fn embed_parts(&self, photo: &Arc<Photo>, parts: Vec<Option<PhotoBox>>) -> ApiResult<Vec<ImageEmbedding>> {
+        self.embed_parts_or_shed(photo, parts)
+            .await?
+            .ok_or_else(|| SubmitError::Overloaded.into())
+    }
+
+    /// [`Self::embed_parts`], or `None` when the batcher's queue has no room for them all.
+    async fn embed_parts_or_shed(
+        &self,
+        photo: &Arc<Photo>,
+        parts: Vec<Option<PhotoBox>>,
+    ) -> ApiResult<Option<Vec<ImageEmbedding>>> {
+        let (pre, photo) = (self.preprocessing, photo.clone());
+        let tensors = tokio::task::spawn_blocking(move || {
+            parts
+                .iter()
+                .map(|part| {
+                    let pixels = photo.region(part.as_ref())?;
+                    Ok(pre.tensor_of(&pixels))
+                })
+                .collect::<lookalike::error::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        let replies = match tensors
+            .into_iter()
+            .map(|tensor| self.batcher.submit(tensor))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(replies) => replies,
+            Err(SubmitError::Overloaded) => return Ok(None),
+            Err(stopped) => return Err(stopped.into()),
+        };
+        let mut embedded = Vec::with_capacity(replies.len());
+        for reply in replies {
+            embedded.push(reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?);
+        }
+        Ok(Some(embedded))
     }
 }
 

@@ -4,14 +4,14 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lookalike::shop::SearchRequest;
+use lookalike::shop::{Framing, SearchRequest};
 use lookalike::types::{Filter, Metric, PhotoBox, Scored, StoredProduct, Words};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{on_catalogue, read_form, ApiResult, Shared};
-use crate::answers::{Images, Product, Results};
+use crate::answers::{Images, Product, Regions, Results};
 
 const MAX_K: usize = 200;
 const MAX_PER_PAGE: usize = 200;
@@ -140,15 +140,8 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         q: field("q"),
     };
     let (k, filter, diversity, words) = (params.k()?, params.filter()?, params.diversity()?, params.words()?);
-    let hybrid = match field("hybrid").as_deref().map(str::trim) {
-        None | Some("" | "false" | "0" | "no") => false,
-        Some("true" | "1" | "yes" | "on") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "hybrid must be true or false, got {other:?}"
-            )))
-        }
-    };
+    let hybrid = flag("hybrid", field("hybrid"))?;
+    let (whole, regions) = (flag("whole", field("whole"))?, flag("regions", field("regions"))?);
     let coverage = parse_number::<f32>("coverage", &field("coverage"))?.unwrap_or(0.9);
     if !(0.0..=1.0).contains(&coverage) {
         return Err(ApiError::bad_request("coverage must be between 0 and 1"));
@@ -159,9 +152,20 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         ));
     }
     let region = field("box").map(|text| PhotoBox::parse(&text)).transpose()?;
-    if region.is_some() && form.image.is_none() {
+    if (region.is_some() || whole || regions) && form.image.is_none() {
         return Err(ApiError::bad_request(
-            "box is a part of the photo: send the field `image` too",
+            "box, whole and regions say which part of the photo is searched: send the field `image` too",
+        ));
+    }
+    let framing = match (region, whole) {
+        (Some(_), true) => return Err(ApiError::bad_request("give box or whole=true, not both")),
+        (Some(region), false) => Framing::Box(region),
+        (None, true) => Framing::Whole,
+        (None, false) => Framing::FindProduct,
+    };
+    if regions && (framing != Framing::FindProduct || hybrid) {
+        return Err(ApiError::bad_request(
+            "regions=true finds every product in the photo: leave out box, whole and hybrid",
         ));
     }
     let image = match (form.image, &words) {
@@ -177,16 +181,37 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         }
         (image, _) => image,
     };
-    let photo = match image {
+    if let (true, Some(image)) = (regions, &image) {
+        let found = state.find_products(image.clone(), ticket).await?;
+        let answers = on_catalogue(&state, {
+            let found = found.clone();
+            move |c| {
+                let request = SearchRequest {
+                    photo: None,
+                    words: words.as_ref(),
+                    k,
+                    metric: Metric::Cosine,
+                    filter,
+                    diversity,
+                    likely_categories: None,
+                };
+                c.search_regions(&found, &request)
+            }
+        })
+        .await?;
+        return Ok(Json(json!(Regions::new(&found, &answers, Images::Urls))));
+    }
+    let located = match image {
         None => {
             drop(ticket); // words alone take no place in the image pipeline
             None
         }
-        Some(image) => Some(state.embed_region(image, region, ticket).await?),
+        Some(image) => Some(state.locate(image, framing, ticket).await?),
     };
+    let searched = located.as_ref().and_then(|l| l.region);
     let answer = on_catalogue(&state, move |c| {
         c.search(&SearchRequest {
-            photo: photo.as_ref(),
+            photo: located.as_ref().map(|l| &l.embedding),
             words: words.as_ref(),
             k,
             metric: Metric::Cosine,
@@ -196,11 +221,24 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         })
     })
     .await?;
-    Ok(Json(hits_json(
+    Ok(Json(json!(Results::new(
         &answer.hits,
         answer.scored_by,
         answer.likely_categories.as_deref(),
-    )))
+        Images::Urls
+    )
+    .searched(searched.as_ref()))))
+}
+
+/// A yes/no form field (absent: no).
+fn flag(name: &str, value: Option<String>) -> ApiResult<bool> {
+    match value.as_deref().map(str::trim) {
+        None | Some("" | "false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
 }
 
 /// `GET /v1/search?q=…`: products by words alone, for a shop's search box.

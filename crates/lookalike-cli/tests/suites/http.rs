@@ -317,6 +317,63 @@ fn a_box_searches_that_part_of_the_photo_and_bad_boxes_are_400() {
 }
 
 #[test]
+fn regions_find_each_product_with_its_own_results_and_bad_combinations_are_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.jpg");
+    common::two_products_photo("24-mb01.jpg", "mh03.jpg", &path);
+    let photo = std::fs::read(&path).unwrap();
+    let form = |fields: &[(&str, &str)]| {
+        fields.iter().fold(
+            multipart::Form::new().part("image", image_part(photo.clone(), "two.jpg")),
+            |form, (name, value)| form.text(name.to_string(), value.to_string()),
+        )
+    };
+    let (status, body) = search(form(&[("regions", "true"), ("k", "3")]));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let regions = body["regions"].as_array().unwrap();
+    assert!((1..=3).contains(&regions.len()), "{body}");
+    let mut found = Vec::new();
+    for region in regions {
+        let corners: Vec<f64> = region["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(corners.len() == 4 && corners[0] < corners[2] && corners[1] < corners[3], "{region}");
+        assert!(corners[2] <= 1000.0 && corners[3] <= 500.0, "{region}");
+        let results = region["results"].as_array().unwrap();
+        assert!(!results.is_empty() && results.len() <= 3, "{region}");
+        found.extend(results.iter().map(|r| r["id"].as_str().unwrap().to_string()));
+    }
+    assert!(found.iter().any(|id| id == "24-MB01" || id == "MH03"), "{body}");
+
+    let (status, body) = search(form(&[("whole", "true"), ("k", "3")]));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("searched_box").is_none(), "the whole photo: {body}");
+    for (fields, says) in [
+        (&[("regions", "true"), ("box", "0,0,10,10")][..], "regions=true"),
+        (&[("whole", "true"), ("box", "0,0,10,10")][..], "not both"),
+        (&[("regions", "maybe")][..], "regions must be true or false"),
+    ] {
+        let (status, body) = search(form(fields));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields:?}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{fields:?}: {body}");
+    }
+    let (status, body) = search(multipart::Form::new().text("q", "bag").text("regions", "true"));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "regions need a photo: {body}");
+
+    let mut tiny = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]))
+        .write_to(&mut tiny, image::ImageFormat::Png)
+        .unwrap();
+    let tiny = multipart::Form::new()
+        .part("image", image_part(tiny.into_inner(), "tiny.png"))
+        .text("regions", "true");
+    let (status, body) = search(tiny);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let regions = body["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 1, "a 1x1 photo is one region, all of it: {body}");
+    assert_eq!(regions[0]["box"], json!([0.0, 0.0, 1.0, 1.0]), "{body}");
+    assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
+}
+
+#[test]
 fn similar_and_recommend() {
     let (status, body) = send(client().get(url("/v1/products/24-MG01/similar?k=3")));
     assert_eq!(status, StatusCode::OK);
@@ -1537,6 +1594,8 @@ fn a_vector_damaged_in_the_index_file_never_ranks_nor_shows_as_null() {
     let query = || {
         let form = multipart::Form::new()
             .part("image", image_part(photo.clone(), "q.jpg"))
+            // One search per query: finding the product would search once before.
+            .text("whole", "true")
             .text("k", "60");
         let (status, body) = send(client().post(format!("{}/v1/search", server.base)).multipart(form));
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -97,6 +97,25 @@ impl Photo {
         })
     }
 
+    /// The photo with its pixels reduced so that their longer side is at most `longest`: enough
+    /// for the network to read any half of it, and small to keep while its parts are searched.
+    /// Boxes still count in the photo's own pixels.
+    pub fn reduced(self, longest: u32) -> Self {
+        let (w, h) = self.pixels.dimensions();
+        if w.max(h) <= longest {
+            return self;
+        }
+        let scale = f64::from(longest) / f64::from(w.max(h));
+        let (rw, rh) = (
+            ((f64::from(w) * scale).round() as u32).max(1),
+            ((f64::from(h) * scale).round() as u32).max(1),
+        );
+        Self {
+            pixels: image::imageops::resize(&self.pixels, rw, rh, image::imageops::FilterType::Triangle),
+            ..self
+        }
+    }
+
     /// The pixels of `region` (in the photo's own pixels; the part outside the photo dropped),
     /// or all of them. A region that keeps nothing of the photo is invalid input.
     pub fn crop(&self, region: Option<&PhotoBox>) -> crate::error::Result<Cow<'_, RgbImage>> {

@@ -1,0 +1,162 @@
+//! Finding the product in a shopper's photo: which parts of a photo are searched, and which of
+//! them is kept. Pure decisions over boxes and scores, so that the front door ([`crate::shop`])
+//! and the measurement ([`crate::scenes`], with a held-out photo left out of the scores) decide
+//! the same way.
+//!
+//! A photo whose best catalogue match is close (a packshot, a product filling the frame) is
+//! searched whole, as before and at the same cost. Below [`FIND_PRODUCT_BELOW`] the product is
+//! small in a busy photo; 9 windows (3 × 3, each half the photo's width and height) are then
+//! embedded as well and the part of the photo whose best match scores highest is searched. The
+//! windows and the threshold were chosen on `eval scenes --seed 7` (see README, "Photos from
+//! shoppers"); cells of the feature map ranked by the same likeness found the product far less
+//! often than embedded windows.
+
+use crate::types::PhotoBox;
+
+/// The cosine of a photo's best catalogue match below which the product is looked for.
+/// Clean held-out Luma photos (Lite1) score 0.68 at their 5th percentile and 0.93 at their
+/// median; scenes of a product pasted onto a clothing photo score 0.66 at their 95th.
+pub const FIND_PRODUCT_BELOW: f32 = 0.70;
+
+/// Photos whose shorter side is under this many pixels are only searched whole: a window of
+/// them would be a few pixels the network cannot read.
+pub const SMALLEST_WINDOWED_SIDE: u32 = 64;
+
+/// A query photo's pixels are reduced to this longer side before it is searched in parts: the
+/// network reads 240 of a half.
+pub const KEPT_PHOTO_SIDE: u32 = 1024;
+
+/// At most this many regions are returned by "shop the look".
+pub const MAX_REGIONS: usize = 3;
+
+/// The windows searched when the product is looked for: 3 × 3, each half the photo's width
+/// and height, a quarter apart; none for a photo too small to cut up.
+pub fn search_windows(width: u32, height: u32) -> Vec<PhotoBox> {
+    if width.min(height) < SMALLEST_WINDOWED_SIDE {
+        return Vec::new();
+    }
+    let (w, h) = (width as f32 / 2.0, height as f32 / 2.0);
+    let mut windows = Vec::with_capacity(9);
+    for row in 0..3 {
+        for column in 0..3 {
+            let (x0, y0) = (w * column as f32 / 2.0, h * row as f32 / 2.0);
+            windows.push(PhotoBox {
+                x0,
+                y0,
+                x1: x0 + w,
+                y1: y0 + h,
+            });
+        }
+    }
+    windows
+}
+
+/// Whether a photo whose best catalogue match scores `whole_best` is searched whole.
+pub fn whole_is_enough(whole_best: f32) -> bool {
+    whole_best >= FIND_PRODUCT_BELOW || whole_best.is_nan()
+}
+
+/// Which candidate is searched: the index of the highest best-match score (`scores[0]` is the
+/// whole photo, which wins ties).
+pub fn pick(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &score) in scores.iter().enumerate().skip(1) {
+        if score > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A part of a photo and its best catalogue match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub region: PhotoBox,
+    pub score: f32,
+    /// The id of the product that matched best.
+    pub best_product: String,
+}
+
+/// "Shop the look": the candidates kept as regions of their own, best first. A candidate is
+/// kept when its best product is not already some kept region's and it overlaps no kept region
+/// by half its union or more; at most [`MAX_REGIONS`].
+pub fn regions(candidates: &[Candidate]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| candidates[b].score.total_cmp(&candidates[a].score));
+    let mut kept: Vec<usize> = Vec::new();
+    for i in order {
+        let candidate = &candidates[i];
+        let distinct = kept.iter().all(|&k| {
+            candidates[k].best_product != candidate.best_product
+                && overlap(&candidates[k].region, &candidate.region) < 0.5
+        });
+        if distinct {
+            kept.push(i);
+            if kept.len() == MAX_REGIONS {
+                break;
+            }
+        }
+    }
+    kept
+}
+
+/// Intersection over union of two boxes.
+pub fn overlap(a: &PhotoBox, b: &PhotoBox) -> f32 {
+    let w = (a.x1.min(b.x1) - a.x0.max(b.x0)).max(0.0);
+    let h = (a.y1.min(b.y1) - a.y0.max(b.y0)).max(0.0);
+    let area = |r: &PhotoBox| (r.x1 - r.x0) * (r.y1 - r.y0);
+    let shared = w * h;
+    let union = area(a) + area(b) - shared;
+    if union > 0.0 {
+        shared / union
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nine_half_size_windows_cover_the_photo_and_small_photos_get_none() {
+        let windows = search_windows(400, 300);
+        assert_eq!(windows.len(), 9);
+        assert_eq!(windows[0], PhotoBox::new(0.0, 0.0, 200.0, 150.0).unwrap());
+        assert_eq!(windows[4], PhotoBox::new(100.0, 75.0, 300.0, 225.0).unwrap());
+        assert_eq!(windows[8], PhotoBox::new(200.0, 150.0, 400.0, 300.0).unwrap());
+        assert!(search_windows(1, 1).is_empty());
+        assert!(search_windows(4000, 63).is_empty());
+    }
+
+    #[test]
+    fn the_whole_photo_wins_ties_and_a_close_match_is_searched_whole() {
+        assert_eq!(pick(&[0.5, 0.5, 0.4]), 0);
+        assert_eq!(pick(&[0.5, 0.4, 0.6]), 2);
+        assert_eq!(pick(&[0.5]), 0);
+        assert!(whole_is_enough(0.9));
+        assert!(!whole_is_enough(0.5));
+    }
+
+    #[test]
+    fn regions_are_distinct_products_in_distinct_places_best_first() {
+        let boxed = |x0: f32, product: &str, score: f32| Candidate {
+            region: PhotoBox::new(x0, 0.0, x0 + 100.0, 100.0).unwrap(),
+            score,
+            best_product: product.into(),
+        };
+        let candidates = [
+            boxed(0.0, "a", 0.6),    // overlaps the best region
+            boxed(10.0, "b", 0.7),   // the best
+            boxed(300.0, "a", 0.65), // kept: "a" at 0 was dropped
+            boxed(450.0, "c", 0.5),
+            boxed(600.0, "b", 0.45), // the best region's product
+            boxed(800.0, "d", 0.4),  // past the limit
+        ];
+        assert_eq!(regions(&candidates), vec![1, 2, 3]);
+        assert!(regions(&[]).is_empty());
+        let a = PhotoBox::new(0.0, 0.0, 10.0, 10.0).unwrap();
+        let b = PhotoBox::new(5.0, 0.0, 15.0, 10.0).unwrap();
+        assert!((overlap(&a, &b) - 1.0 / 3.0).abs() < 1e-6);
+    }
+}
