@@ -211,7 +211,7 @@ impl Aggregation {
     pub const ALL: [Self; 4] = [Self::Best, Self::TopTwo, Self::Centroid, Self::MainPhotoOnly];
 
     /// The product's score from the cosines of `query` to its photos (`views`, unit vectors, main first).
-    pub(crate) fn score(self, query: &[f32], views: &[&[f32]]) -> f32 {
+    fn score(self, query: &[f32], views: &[&[f32]]) -> f32 {
         let cos = |v: &[f32]| v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
         match self {
             Self::Best => views.iter().map(|v| cos(v)).fold(f32::NEG_INFINITY, f32::max),
