@@ -113,12 +113,8 @@ pub fn scene_recall(
     let pre = &embedder.preprocessing;
     // Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
     let embed = |scene: &Photo, parts: &[Option<PhotoBox>]| -> Result<Vec<Vec<f32>>> {
-        let mut tensor = Vec::with_capacity(parts.len() * pre.tensor_len());
-        for part in parts {
-            let pixels = scene.region(part.as_ref())?;
-            tensor.extend(pre.tensor_of(&pixels));
-        }
-        let out = embedder.run(&tensor, parts.len())?;
+        let parts: Vec<Option<&PhotoBox>> = parts.iter().map(Option::as_ref).collect();
+        let out = embedder.run(&scene.batch(pre, &parts)?, parts.len())?;
         Ok((0..parts.len()).map(|i| unit(out.feature(i))).collect())
     };
     let rank =

@@ -401,13 +401,7 @@ impl Shop {
             return Ok(Vec::new());
         }
         let embedder = self.embedder()?;
-        let pre = &embedder.preprocessing;
-        let mut tensor = Vec::with_capacity(parts.len() * pre.tensor_len());
-        for part in parts {
-            let pixels = photo.region(*part)?;
-            tensor.extend(pre.tensor_of(&pixels));
-        }
-        let out = embedder.run(&tensor, parts.len())?;
+        let out = embedder.run(&photo.batch(&embedder.preprocessing, parts)?, parts.len())?;
         Ok((0..parts.len()).map(|i| out.image(i)).collect())
     }
 

@@ -358,10 +358,7 @@ impl AppState {
         let tensors = tokio::task::spawn_blocking(move || {
             parts
                 .iter()
-                .map(|part| {
-                    let pixels = photo.region(part.as_ref())?;
-                    Ok(pre.tensor_of(&pixels))
-                })
+                .map(|part| photo.batch(&pre, &[part.as_ref()]))
                 .collect::<lookalike::error::Result<Vec<_>>>()
         })
         .await

@@ -97,6 +97,21 @@ impl Photo {
         })
     }
 
+    /// The network's input for each of `parts` (`None`: all of it, see [`Self::region`]), one
+    /// after another: a batch.
+    pub fn batch(
+        &self,
+        preprocessing: &super::Preprocessing,
+        parts: &[Option<&PhotoBox>],
+    ) -> crate::error::Result<Vec<f32>> {
+        let mut tensor = Vec::with_capacity(parts.len() * preprocessing.tensor_len());
+        for part in parts {
+            let pixels = self.region(*part)?;
+            tensor.extend(preprocessing.tensor_of(&pixels));
+        }
+        Ok(tensor)
+    }
+
     /// The photo with its pixels reduced so that their longer side is at most `longest`: enough
     /// for the network to read any half of it, and small to keep while its parts are searched.
     /// Boxes still count in the photo's own pixels.
