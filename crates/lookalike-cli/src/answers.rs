@@ -2,6 +2,7 @@
 //! keys, image paths on the command line and URLs over HTTP. `/openapi.json` takes its schemas
 //! of these from the types themselves ([`Schemas`]).
 
+use lookalike::explain;
 use lookalike::shop::{Answer, FoundRegion};
 use lookalike::types::{Metric, PhotoBox, Scored, StoredProduct};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -83,6 +84,62 @@ pub struct Hit {
     pub score: f32,
     /// The product's photo that matched best.
     pub matched_image: String,
+    /// Why it matched (searches and `similar` asked to explain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// How much of a match each part of a photo carries.
+#[derive(Serialize, ToSchema)]
+pub struct Heatmap {
+    pub width: usize,
+    pub height: usize,
+    /// `width × height` non-negative numbers, row-major: cell (row, column) spans `1/width` of the
+    /// photo's width and `1/height` of its height (after EXIF orientation). They add up to the
+    /// share of the backbone's cosine that the photo's pixels carry.
+    pub values: Vec<f32>,
+}
+
+/// Why a photo matched a product's photo: exact for the backbone's average pooling (each
+/// feature-map cell's share of the cosine of the pooled vectors). With a projection head or a
+/// colour signature the shares are of the backbone's cosine, which the head or colour then reads.
+#[derive(Serialize, ToSchema)]
+pub struct Explanation {
+    /// Over the query photo.
+    pub query_heatmap: Heatmap,
+    /// Over the matched photo.
+    pub match_heatmap: Heatmap,
+    /// The part of the query photo that carried the match, `[x0, y0, x1, y1]` in its pixels.
+    pub query_box: [f32; 4],
+    /// The part of the matched photo that carried the match, in its pixels.
+    pub match_box: [f32; 4],
+    /// The product's photo that was matched: its file on the command line, its URL over HTTP.
+    pub matched_image: String,
+    /// The cosine of the two photos' pooled backbone vectors: what the heat maps' values add up to
+    /// where nothing falls outside a photo.
+    pub backbone_cosine: f32,
+    /// `POST /v1/explain` only: the part of the query photo explained (none: all of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub searched_box: Option<[f32; 4]>,
+}
+
+impl Explanation {
+    pub fn new(explained: &explain::Explanation, product: &StoredProduct, images: Images) -> Self {
+        let heatmap = |map: &explain::Heatmap| Heatmap {
+            width: map.width,
+            height: map.height,
+            values: map.values.clone(),
+        };
+        Self {
+            query_heatmap: heatmap(&explained.query_heatmap),
+            match_heatmap: heatmap(&explained.match_heatmap),
+            query_box: corners(&explained.query_box),
+            match_box: corners(&explained.match_box),
+            matched_image: images.of(product, explained.matched_image),
+            backbone_cosine: explained.backbone_cosine,
+            searched_box: None,
+        }
+    }
 }
 
 /// What the scores of results mean.
@@ -190,6 +247,7 @@ impl Results {
                     product: Product::new(&hit.product, images),
                     score: hit.score,
                     matched_image: images.of(&hit.product, hit.image),
+                    explanation: None,
                 })
                 .collect(),
             predicted: predicted.map(|likely| {
@@ -205,6 +263,14 @@ impl Results {
         }
     }
 
+    /// The same, each hit with its explanation (`explanations` in the order of `hits`).
+    pub fn explained(mut self, hits: &[Scored], explanations: &[Option<explain::Explanation>], images: Images) -> Self {
+        for ((hit, scored), explained) in self.results.iter_mut().zip(hits).zip(explanations) {
+            hit.explanation = explained.as_ref().map(|e| Explanation::new(e, &scored.product, images));
+        }
+        self
+    }
+
     /// The same, saying which part of the photo was searched.
     pub fn searched(mut self, region: Option<&PhotoBox>) -> Self {
         self.searched_box = region.map(corners);
@@ -214,5 +280,5 @@ impl Results {
 
 /// The schemas `/openapi.json` takes from the types above.
 #[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(Product, Hit, ScoredBy, Likely, Results, Region, Regions)))]
+#[openapi(components(schemas(Product, Hit, ScoredBy, Likely, Results, Region, Regions, Heatmap, Explanation)))]
 pub struct Schemas;

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, Result};
+use lookalike::explain::{Explanation, Heatmap};
 use lookalike::learn::eval::ClassificationReport;
 use lookalike::learn::train::EpochRecord;
-use lookalike::types::Scored;
+use lookalike::types::{PhotoBox, Scored};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -175,65 +176,197 @@ fn shorten(text: &str, chars: usize) -> String {
     }
 }
 
+/// The picture being drawn, with its photos as tiles and text beside them.
+struct Sheet<'a> {
+    root: DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+}
+
+impl<'a> Sheet<'a> {
+    fn new(path: &'a Path, size: (u32, u32)) -> Result<Self> {
+        register_font();
+        let root = BitMapBackend::new(path, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        Ok(Self { root })
+    }
+
+    /// `image` as a tile at `(x, y)` (a grey square when there is none).
+    fn tile(&self, x: i32, y: i32, image: Option<&image::RgbImage>) -> Result<()> {
+        let Some(image) = image else {
+            return self
+                .root
+                .draw(&Rectangle::new(
+                    [(x, y), (x + TILE as i32, y + TILE as i32)],
+                    BLACK.mix(0.1).filled(),
+                ))
+                .map_err(plot_error);
+        };
+        let (w, h, buffer) = thumbnail(image);
+        let offset = ((TILE - w) / 2) as i32;
+        let element: BitMapElement<(i32, i32)> = BitMapElement::with_owned_buffer((x + offset, y), (w, h), buffer)
+            .ok_or_else(|| anyhow!("thumbnail buffer has the wrong size"))?;
+        self.root.draw(&element).map_err(plot_error)
+    }
+
+    /// A hit's rank, score and price, title and category, as lines from `(x, y)` down.
+    fn caption(&self, x: i32, y: i32, rank: usize, hit: &Scored, score_name: &str) -> Result<()> {
+        let p = &hit.product;
+        let title = shorten(p.info.title.as_deref().unwrap_or(&p.id), 26);
+        let price = p.info.price.map(|v| format!("  ${v:.2}")).unwrap_or_default();
+        let lines = [
+            (format!("#{rank} {score_name} {:.3}{price}", hit.score), BLACK.to_rgba()),
+            (title, BLACK.to_rgba()),
+            (shorten(p.info.category.as_deref().unwrap_or(""), 30), BLACK.mix(0.6)),
+        ];
+        for (n, (text, colour)) in lines.into_iter().enumerate() {
+            self.root
+                .draw(&Text::new(
+                    text,
+                    (x, y + n as i32 * 19),
+                    (FONT, 14).into_font().color(&colour),
+                ))
+                .map_err(plot_error)?;
+        }
+        Ok(())
+    }
+
+    fn text(&self, text: &str, at: (i32, i32)) -> Result<()> {
+        self.root.draw(&Text::new(text, at, (FONT, 16))).map_err(plot_error)
+    }
+
+    fn present(self) -> Result<()> {
+        self.root.present().map_err(plot_error)
+    }
+}
+
+/// The photo a hit matched by, read again from its file (`None` when it no longer reads).
+fn matched_photo(hit: &Scored) -> Option<image::RgbImage> {
+    let p = &hit.product;
+    let shown = p.image_paths().nth(hit.image).unwrap_or(&p.image_path);
+    lookalike::image::load_image(Path::new(shown)).ok()
+}
+
 /// The query photo, then each hit's photo with its rank, score, title and price.
 pub fn recommendation_grid(query: &image::RgbImage, hits: &[Scored], score_name: &str, path: &Path) -> Result<()> {
-    register_font();
     let columns = 5u32;
     let tile_height = TILE + 70;
     let rows = (hits.len() as u32).div_ceil(columns).max(1);
     let width = 20 + (columns + 1) * (TILE + 20);
     let height = 20 + rows * (tile_height + 20);
-    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
-    let draw_image = |x: i32, y: i32, image: &image::RgbImage| -> Result<()> {
-        let (w, h, buffer) = thumbnail(image);
-        let offset = ((TILE - w) / 2) as i32;
-        let element: BitMapElement<(i32, i32)> = BitMapElement::with_owned_buffer((x + offset, y), (w, h), buffer)
-            .ok_or_else(|| anyhow!("thumbnail buffer has the wrong size"))?;
-        root.draw(&element).map_err(plot_error)
-    };
-    draw_image(20, 20, query)?;
-    root.draw(&Text::new("query", (20, 20 + TILE as i32 + 8), (FONT, 16)))
-        .map_err(plot_error)?;
+    let sheet = Sheet::new(path, (width, height))?;
+    sheet.tile(20, 20, Some(query))?;
+    sheet.text("query", (20, 20 + TILE as i32 + 8))?;
     // A rule between the query and its results.
     let rule_x = (TILE + 30) as i32;
-    root.draw(&PathElement::new(
-        vec![(rule_x, 10), (rule_x, height as i32 - 10)],
-        BLACK.mix(0.2),
-    ))
-    .map_err(plot_error)?;
+    sheet
+        .root
+        .draw(&PathElement::new(
+            vec![(rule_x, 10), (rule_x, height as i32 - 10)],
+            BLACK.mix(0.2),
+        ))
+        .map_err(plot_error)?;
     for (i, hit) in hits.iter().enumerate() {
-        let (p, score) = (&hit.product, hit.score);
         let (col, row) = (i as u32 % columns, i as u32 / columns);
         let x = (20 + (col + 1) * (TILE + 20)) as i32;
         let y = (20 + row * (tile_height + 20)) as i32;
         // The view that matched, not always the main photo.
-        let shown = p.image_paths().nth(hit.image).unwrap_or(&p.image_path);
-        match lookalike::image::load_image(Path::new(shown)) {
-            Ok(image) => draw_image(x, y, &image)?,
-            Err(_) => root
-                .draw(&Rectangle::new(
-                    [(x, y), (x + TILE as i32, y + TILE as i32)],
-                    BLACK.mix(0.1).filled(),
+        sheet.tile(x, y, matched_photo(hit).as_ref())?;
+        sheet.caption(x, y + TILE as i32 + 6, i + 1, hit, score_name)?;
+    }
+    sheet.present()
+}
+
+/// Why each hit matched, a row each: the query photo and the hit's matched photo, each with its
+/// heat map laid over it and the box that carried the match, then the hit's rank, score and title.
+pub fn explanation_grid(
+    query: &image::RgbImage,
+    hits: &[Scored],
+    explanations: &[Option<Explanation>],
+    score_name: &str,
+    path: &Path,
+) -> Result<()> {
+    let row_height = TILE + 20;
+    let text_x = (20 + 2 * (TILE + 20)) as i32;
+    let (width, height) = (text_x as u32 + 300, 20 + (hits.len() as u32).max(1) * row_height + 30);
+    let sheet = Sheet::new(path, (width, height))?;
+    sheet.text("query", (20, 10))?;
+    sheet.text("result", ((TILE + 40) as i32, 10))?;
+    for (i, hit) in hits.iter().enumerate() {
+        let y = (40 + i as u32 * row_height) as i32;
+        let matched = matched_photo(hit);
+        let explained = explanations.get(i).and_then(Option::as_ref);
+        let (query_tile, matched_tile) = match (explained, &matched) {
+            (Some(e), Some(matched)) => (
+                overlaid(query, &e.query_heatmap, &e.query_box, e.query_photo),
+                Some(overlaid(matched, &e.match_heatmap, &e.match_box, e.match_photo)),
+            ),
+            _ => (query.clone(), matched),
+        };
+        sheet.tile(20, y, Some(&query_tile))?;
+        sheet.tile((TILE + 40) as i32, y, matched_tile.as_ref())?;
+        sheet.caption(text_x, y + 10, i + 1, hit, score_name)?;
+        if let Some(e) = explained {
+            let share = format!("backbone cosine {:.3}", e.backbone_cosine);
+            sheet
+                .root
+                .draw(&Text::new(
+                    share,
+                    (text_x, y + 70),
+                    (FONT, 13).into_font().color(&BLACK.mix(0.6)),
                 ))
-                .map_err(plot_error)?,
-        }
-        let title = shorten(p.info.title.as_deref().unwrap_or(&p.id), 26);
-        let price = p.info.price.map(|v| format!("  ${v:.2}")).unwrap_or_default();
-        let lines = [
-            (format!("#{} {score_name} {:.3}{price}", i + 1, score), BLACK.to_rgba()),
-            (title, BLACK.to_rgba()),
-            (shorten(p.info.category.as_deref().unwrap_or(""), 30), BLACK.mix(0.6)),
-        ];
-        for (n, (text, colour)) in lines.into_iter().enumerate() {
-            root.draw(&Text::new(
-                text,
-                (x, y + TILE as i32 + 6 + n as i32 * 19),
-                (FONT, 14).into_font().color(&colour),
-            ))
-            .map_err(plot_error)?;
+                .map_err(plot_error)?;
         }
     }
-    root.present().map_err(plot_error)?;
-    Ok(())
+    sheet.present()
+}
+
+/// `image` reduced to a tile with `heat` laid over it (the hotter, the redder and then yellower,
+/// interpolated between cell centres; cold parts as they are) and `region` outlined. `photo` is
+/// the size in which the box counts.
+fn overlaid(image: &image::RgbImage, heat: &Heatmap, region: &PhotoBox, photo: (u32, u32)) -> image::RgbImage {
+    let mut tile = image::imageops::thumbnail(image, TILE, TILE);
+    let (w, h) = tile.dimensions();
+    let hottest = heat.values.iter().copied().fold(0.0f32, f32::max);
+    let at = |column: isize, row: isize| -> f32 {
+        let column = column.clamp(0, heat.width as isize - 1) as usize;
+        let row = row.clamp(0, heat.height as isize - 1) as usize;
+        heat.values[row * heat.width + column] / hottest
+    };
+    if hottest > 0.0 {
+        for (x, y, pixel) in tile.enumerate_pixels_mut() {
+            let fx = (x as f32 + 0.5) * heat.width as f32 / w as f32 - 0.5;
+            let fy = (y as f32 + 0.5) * heat.height as f32 / h as f32 - 0.5;
+            let (cx, cy) = (fx.floor(), fy.floor());
+            let (tx, ty) = (fx - cx, fy - cy);
+            let (cx, cy) = (cx as isize, cy as isize);
+            let top = at(cx, cy) * (1.0 - tx) + at(cx + 1, cy) * tx;
+            let bottom = at(cx, cy + 1) * (1.0 - tx) + at(cx + 1, cy + 1) * tx;
+            let value = top * (1.0 - ty) + bottom * ty;
+            let colour = [255.0, 255.0 * value, 0.0];
+            let alpha = 0.65 * value;
+            for (channel, c) in pixel.0.iter_mut().zip(colour) {
+                *channel = (f32::from(*channel) * (1.0 - alpha) + c * alpha) as u8;
+            }
+        }
+    }
+    let (sx, sy) = (w as f32 / photo.0.max(1) as f32, h as f32 / photo.1.max(1) as f32);
+    let (x0, y0) = ((region.x0 * sx) as u32, (region.y0 * sy) as u32);
+    let (x1, y1) = (((region.x1 * sx) as u32).min(w), ((region.y1 * sy) as u32).min(h));
+    let outline = image::Rgb([0, 160, 255]);
+    for thickness in 0..3u32 {
+        for x in x0..x1 {
+            for y in [y0 + thickness, y1.saturating_sub(1 + thickness)] {
+                if y < h {
+                    tile.put_pixel(x, y, outline);
+                }
+            }
+        }
+        for y in y0..y1 {
+            for x in [x0 + thickness, x1.saturating_sub(1 + thickness)] {
+                if x < w {
+                    tile.put_pixel(x, y, outline);
+                }
+            }
+        }
+    }
+    tile
 }

@@ -199,6 +199,10 @@ struct SearchArgs {
     /// Shop the look: every product found in the photo, each with its own results.
     #[arg(long, requires = "image", conflicts_with_all = ["region", "whole", "grid", "hybrid"])]
     regions: bool,
+    /// Say why each result matched: heat maps and boxes over the photo and the result's photo
+    /// (in --json; drawn with --grid).
+    #[arg(long, requires = "image", conflicts_with = "regions")]
+    explain: bool,
 }
 
 #[derive(Args)]
@@ -679,21 +683,27 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
         diversity: query.diversity,
         likely_categories,
     })?;
+    let searched = located.as_ref().and_then(|l| l.region);
+    let explanations = match (&args.image, args.explain) {
+        (Some(image), true) => shop.explain(&Shop::read_photo(image)?, searched.as_ref(), &answer.hits)?,
+        _ => Vec::new(),
+    };
     output::print_hits(
         &answer.hits,
         answer.scored_by,
         query.json,
         answer.likely_categories.as_deref(),
-        located.as_ref().and_then(|l| l.region.as_ref()),
+        searched.as_ref(),
+        &explanations,
     )?;
     if let (Some(grid), Some(image)) = (&args.grid, &args.image) {
         let photo = lookalike::image::load_image(image)?;
-        charts::recommendation_grid(
-            &photo,
-            &answer.hits,
-            answers::ScoredBy::of(answer.scored_by).name(),
-            grid,
-        )?;
+        let score_name = answers::ScoredBy::of(answer.scored_by).name();
+        if args.explain {
+            charts::explanation_grid(&photo, &answer.hits, &explanations, score_name, grid)?;
+        } else {
+            charts::recommendation_grid(&photo, &answer.hits, score_name, grid)?;
+        }
         eprintln!("drew {}", grid.display());
     }
     shop.finish();
@@ -706,7 +716,7 @@ fn similar(models: &Models, args: SimilarArgs) -> Result<ExitCode> {
     let shop = models.read(&query.db, query.search.mode(), None)?;
     report_index_load(shop.load()?);
     let hits = shop.similar(&args.id, query.k, query.metric, &filter, query.diversity)?;
-    output::print_hits(&hits, Some(query.metric), query.json, None, None)?;
+    output::print_hits(&hits, Some(query.metric), query.json, None, None, &[])?;
     shop.finish();
     Ok(ExitCode::SUCCESS)
 }

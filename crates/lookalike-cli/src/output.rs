@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangement, Table, Width};
+use lookalike::explain::Explanation;
 use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
 use lookalike::model::ImageEmbedding;
@@ -16,16 +17,20 @@ use crate::answers::{Images, Regions, Results};
 
 /// Hits as a table or JSON (the API's shape: [`crate::answers::Results`], with file paths);
 /// `metric` `None` for relevance. `predicted`: the categories a hybrid search ranked within;
-/// `searched`: the part of the photo searched, when not all of it.
+/// `searched`: the part of the photo searched, when not all of it; `explanations`: why each hit
+/// matched, when asked.
 pub fn print_hits(
     hits: &[Scored],
     metric: Option<Metric>,
     as_json: bool,
     predicted: Option<&[(String, f32)]>,
     searched: Option<&PhotoBox>,
+    explanations: &[Option<Explanation>],
 ) -> Result<()> {
     if as_json {
-        let results = Results::new(hits, metric, predicted, Images::Paths).searched(searched);
+        let results = Results::new(hits, metric, predicted, Images::Paths)
+            .searched(searched)
+            .explained(hits, explanations, Images::Paths);
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
@@ -40,6 +45,19 @@ pub fn print_hits(
         println!("searched the part {} of the photo", shown(region));
     }
     print_table(hits, metric);
+    for (n, explained) in explanations.iter().enumerate() {
+        match explained {
+            Some(e) => println!(
+                "#{} matched by the part {} of the photo and {} of its photo {} (backbone cosine {:.3})",
+                n + 1,
+                shown(&e.query_box),
+                shown(&e.match_box),
+                e.matched_image,
+                e.backbone_cosine
+            ),
+            None => println!("#{}: its photo can no longer be read, so it is not explained", n + 1),
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 pub mod catalogue;
 pub mod error;
+pub mod explain;
 pub mod feature_cache;
 pub mod files;
 pub mod image;

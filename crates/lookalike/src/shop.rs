@@ -26,6 +26,7 @@ use crate::catalogue::export::{export_json, export_npy, export_related_csv, expo
 use crate::catalogue::indexer::{in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE};
 use crate::catalogue::{read_catalogue, Catalogue, Layout};
 use crate::error::{Error, ImageProblem, Result};
+use crate::explain::{cosine, explain, feature_maps, Explanation, FeatureMap};
 use crate::files::write_atomically;
 use crate::image::{decode_photo, read_image_file, ImageError, Photo};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
@@ -229,7 +230,41 @@ pub struct Shop {
     /// Loaded when first needed (words, `similar` and `recommend` need no model); replaced when
     /// indexing sets another head or colour weight.
     embedder: Mutex<Option<Arc<Embedder>>>,
+    /// The embedder that also gives the last feature map (explanations), made from `embedder`
+    /// when first asked: the two, kept together.
+    explainer: Mutex<Option<(Arc<Embedder>, Arc<Embedder>)>>,
+    /// Feature maps of catalogue photos explained lately, by file (see [`KEPT_FEATURE_MAPS`]).
+    catalogue_maps: Mutex<RecentMaps>,
     options: OpenOptions,
+}
+
+/// Catalogue photos whose feature maps are kept for the next explanation: a Lite map is 64
+/// cells of 1,280 floats (320 KiB), so this is 20 MiB at most, and a page of results asked
+/// "why?" twice decodes and embeds its photos once.
+pub const KEPT_FEATURE_MAPS: usize = 64;
+
+/// The feature maps of the last [`KEPT_FEATURE_MAPS`] catalogue photos, by file, size and change time.
+#[derive(Default)]
+struct RecentMaps {
+    maps: HashMap<String, Arc<FeatureMap>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentMaps {
+    fn get(&self, key: &str) -> Option<Arc<FeatureMap>> {
+        self.maps.get(key).cloned()
+    }
+
+    fn keep(&mut self, key: String, map: Arc<FeatureMap>) {
+        if self.maps.insert(key.clone(), map).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > KEPT_FEATURE_MAPS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.maps.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Shop {
@@ -267,6 +302,8 @@ impl Shop {
             store: Mutex::new(Some(store)),
             answering: OnceLock::new(),
             embedder: Mutex::new(None),
+            explainer: Mutex::new(None),
+            catalogue_maps: Mutex::new(RecentMaps::default()),
             options,
         }
     }
@@ -499,6 +536,161 @@ impl Shop {
                 }
             })
             .collect())
+    }
+
+    /// The embedder whose graph also outputs the last feature map, made when first asked.
+    fn explainer(&self) -> Result<Arc<Embedder>> {
+        let embedder = self.embedder()?;
+        let mut made = self.explainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((base, explainer)) = &*made {
+            if Arc::ptr_eq(base, &embedder) {
+                return Ok(explainer.clone());
+            }
+        }
+        let explainer = Arc::new(embedder.with_feature_map()?);
+        *made = Some((embedder, explainer.clone()));
+        Ok(explainer)
+    }
+
+    /// The feature maps of the catalogue photos at `paths`, embedded whole as they were indexed
+    /// (those not kept from before in one batch); `None` for a file no longer readable.
+    fn catalogue_maps(&self, paths: &[&str]) -> Result<Vec<Option<Arc<FeatureMap>>>> {
+        let key = |path: &str| -> Option<String> {
+            let meta = std::fs::metadata(path).ok()?;
+            let changed = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(format!("{path}\0{}\0{}", meta.len(), changed.as_nanos()))
+        };
+        let keys: Vec<Option<String>> = paths.iter().map(|p| key(p)).collect();
+        let mut found: Vec<Option<Arc<FeatureMap>>> = {
+            let kept = self
+                .catalogue_maps
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            keys.iter().map(|k| k.as_deref().and_then(|k| kept.get(k))).collect()
+        };
+        let mut missing = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            if found[i].is_some() || keys[i].is_none() || missing.iter().any(|(j, _)| paths[*j] == *path) {
+                continue;
+            }
+            if let Ok(photo) = read_image_file(Path::new(path)).and_then(|bytes| decode_photo(&bytes)) {
+                missing.push((i, photo));
+            }
+        }
+        let explainer = self.explainer()?;
+        let pre = &explainer.preprocessing;
+        let mut tensor = Vec::with_capacity(missing.len() * pre.tensor_len());
+        for (_, photo) in &missing {
+            tensor.extend(photo.batch(pre, &[None])?);
+        }
+        let out = explainer.run(&tensor, missing.len())?;
+        let per_image = out.block_input.len() / missing.len().max(1);
+        let channels = explainer.backbone_dimension();
+        let mut kept = self
+            .catalogue_maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (n, (i, photo)) in missing.into_iter().enumerate() {
+            let seen = crate::explain::SeenSquare::of(photo.width, photo.height, None, pre);
+            let planes = &out.block_input[n * per_image..(n + 1) * per_image];
+            let map = Arc::new(FeatureMap::from_planes(
+                planes,
+                channels,
+                seen,
+                (photo.width, photo.height),
+            ));
+            kept.keep(keys[i].clone().expect("read files have keys"), map.clone());
+            found[i] = Some(map);
+        }
+        // A file asked for twice in one call was embedded once.
+        for i in 0..paths.len() {
+            if found[i].is_none() {
+                found[i] = keys[i].as_deref().and_then(|k| kept.get(k));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Why each of `hits` matched `part` of `photo` (`None`: all of it), as searched; `None` for a
+    /// hit whose matched photo is no longer readable.
+    pub fn explain(&self, photo: &Photo, part: Option<&PhotoBox>, hits: &[Scored]) -> Result<Vec<Option<Explanation>>> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (query, _) = feature_maps(&*self.explainer()?, photo, &[part])?.remove(0);
+        let paths: Vec<&str> = hits.iter().map(matched_path).collect();
+        let matched = self.catalogue_maps(&paths)?;
+        hits.iter()
+            .zip(matched)
+            .map(|(hit, map)| map.map(|map| explain(&query, &map, hit.image)).transpose())
+            .collect()
+    }
+
+    /// Why each of `hits` (of [`Self::similar`]) looks like product `id`: for each, the product's
+    /// photo most like the hit's matched photo is the query.
+    pub fn explain_similar(&self, id: &str, hits: &[Scored]) -> Result<Vec<Option<Explanation>>> {
+        let product = self.product(id)?;
+        let query_views: Vec<usize> = hits
+            .iter()
+            .map(|hit| {
+                let matched = hit.product.vectors().nth(hit.image).unwrap_or(&hit.product.vector);
+                most_alike(product.vectors(), matched)
+            })
+            .collect();
+        let query_paths: Vec<&str> = query_views
+            .iter()
+            .map(|&n| product.image_paths().nth(n).unwrap_or(&product.image_path))
+            .collect();
+        let mut paths = query_paths.clone();
+        paths.extend(hits.iter().map(matched_path));
+        let mut maps = self.catalogue_maps(&paths)?;
+        let matched = maps.split_off(hits.len());
+        maps.into_iter()
+            .zip(matched)
+            .zip(hits)
+            .map(|((query, matched), hit)| match (query, matched) {
+                (Some(query), Some(matched)) => explain(&query, &matched, hit.image).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
+    /// How the photo matches product `id`: the part of it `framing` says (finding the product:
+    /// the whole photo or the window most like this product) against the product's photo most
+    /// like that part; the part, and the explanation.
+    pub fn explain_product(
+        &self,
+        photo: &Photo,
+        framing: &Framing,
+        id: &str,
+    ) -> Result<(Option<PhotoBox>, Explanation)> {
+        let product = self.product(id)?;
+        let windows = match framing {
+            Framing::FindProduct => search_windows(photo.width, photo.height),
+            Framing::Whole | Framing::Box(_) => Vec::new(),
+        };
+        let parts: Vec<Option<&PhotoBox>> = match framing {
+            Framing::Box(region) => vec![Some(region)],
+            Framing::Whole | Framing::FindProduct => std::iter::once(None).chain(windows.iter().map(Some)).collect(),
+        };
+        let mut maps = feature_maps(&*self.explainer()?, photo, &parts)?;
+        // The part and the product's photo most alike (the whole photo and the main photo win ties).
+        let (mut best, mut part, mut view) = (f32::MIN, 0, 0);
+        for (p, (_, embedding)) in maps.iter().enumerate() {
+            for (n, vector) in product.vectors().enumerate() {
+                let score = cosine(&embedding.features, vector).unwrap_or(f32::MIN);
+                if score > best {
+                    (best, part, view) = (score, p, n);
+                }
+            }
+        }
+        let path = product.image_paths().nth(view).unwrap_or(&product.image_path);
+        let matched = self
+            .catalogue_maps(&[path])?
+            .remove(0)
+            .ok_or_else(|| Error::not_found(format!("photo {view} of product {id:?} is no longer on disk")))?;
+        let (query, _) = maps.swap_remove(part);
+        Ok((parts[part].copied(), explain(&query, &matched, view)?))
     }
 
     fn best_score(&self, photo: &ImageEmbedding) -> Result<f32> {
@@ -816,6 +1008,26 @@ impl Shop {
 pub const MAX_K: usize = 10_000;
 /// The most products one recommendation may name.
 pub const MAX_RECOMMEND_IDS: usize = 100;
+
+/// The file of the photo a hit matched by.
+fn matched_path(hit: &Scored) -> &str {
+    hit.product
+        .image_paths()
+        .nth(hit.image)
+        .unwrap_or(&hit.product.image_path)
+}
+
+/// Which of `vectors` is most like `vector` by cosine (the first on ties, 0 when none compare).
+fn most_alike<'a>(vectors: impl Iterator<Item = &'a [f32]>, vector: &[f32]) -> usize {
+    let mut best = (f32::MIN, 0);
+    for (n, candidate) in vectors.enumerate() {
+        let score = cosine(candidate, vector).unwrap_or(f32::MIN);
+        if score > best.0 {
+            best = (score, n);
+        }
+    }
+    best.1
+}
 
 fn check_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_K {

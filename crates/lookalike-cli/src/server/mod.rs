@@ -181,6 +181,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
         .route("/v1/search", post(queries::search).get(queries::search_words))
         .route("/v1/recommend", post(queries::recommend))
         .route("/v1/products/{id}/similar", get(queries::similar))
+        .route("/v1/explain", post(queries::explain))
         .route("/v1/products/{id}/image", get(queries::product_image))
         .route("/v1/products/{id}/images/{n}", get(queries::product_view))
         .route_layer(middleware::from_fn_with_state(state.clone(), bodies::read_whole_body))
@@ -274,11 +275,16 @@ impl AppState {
     /// The photo in `bytes` embedded whole (decoded by one of the decoders, then through the
     /// batcher). `ticket` is the image's admission, kept until it is embedded.
     async fn embed(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<ImageEmbedding> {
-        Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
+        Ok(self.locate(bytes, Framing::Whole, ticket).await?.0.embedding)
     }
 
-    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]).
-    async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
+    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), and the photo.
+    async fn locate(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        framing: Framing,
+        ticket: ImageTicket,
+    ) -> ApiResult<(Located, Arc<Photo>)> {
         let photo = self.decode(bytes).await?;
         let region = match framing {
             Framing::Box(region) => Some(region),
@@ -286,10 +292,11 @@ impl AppState {
         };
         let whole = self.embed_parts(&photo, vec![region]).await?.remove(0);
         if framing != Framing::FindProduct {
-            return Ok(Located {
+            let located = Located {
                 embedding: whole,
                 region,
-            });
+            };
+            return Ok((located, photo));
         }
         let looked_at = photo.clone();
         let (whole, windows) = on_catalogue(self, move |shop| {
@@ -300,16 +307,18 @@ impl AppState {
         // A queue too full for the windows sheds them: the whole photo is searched.
         let parts = windows.iter().copied().map(Some).collect();
         let Some(embedded) = self.embed_parts_or_shed(&photo, parts).await? else {
-            return Ok(Located {
+            let located = Located {
                 embedding: whole,
                 region: None,
-            });
+            };
+            return Ok((located, photo));
         };
         drop(ticket);
-        on_catalogue(self, move |shop| {
+        let located = on_catalogue(self, move |shop| {
             shop.pick_region(whole, windows.into_iter().zip(embedded).collect())
         })
-        .await
+        .await?;
+        Ok((located, photo))
     }
 
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).
@@ -327,7 +336,7 @@ impl AppState {
     }
 
     /// `bytes` decoded, waiting for one of the decoders.
-    async fn decode(self: &Arc<Self>, bytes: Bytes) -> ApiResult<Arc<Photo>> {
+    pub(crate) async fn decode(self: &Arc<Self>, bytes: Bytes) -> ApiResult<Arc<Photo>> {
         let decoder = self.admission.decoder().await;
         let photo = tokio::task::spawn_blocking(move || {
             let photo = decode_photo(&bytes).map(|photo| photo.reduced(KEPT_PHOTO_SIDE));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{on_catalogue, read_form, ApiResult, Shared};
-use crate::answers::{Images, Product, Regions, Results};
+use crate::answers::{corners, Explanation, Images, Product, Regions, Results};
 
 const MAX_K: usize = 200;
 const MAX_PER_PAGE: usize = 200;
@@ -36,6 +36,8 @@ pub struct QueryParams {
     diversity: Option<String>,
     /// Words to find in titles, categories and descriptions.
     q: Option<String>,
+    /// `true`: each result says why it matched.
+    explain: Option<String>,
 }
 
 pub fn parse_number<T: std::str::FromStr>(name: &str, value: &Option<String>) -> ApiResult<Option<T>> {
@@ -138,10 +140,22 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         variants: field("variants"),
         diversity: field("diversity"),
         q: field("q"),
+        explain: None,
     };
     let (k, filter, diversity, words) = (params.k()?, params.filter()?, params.diversity()?, params.words()?);
     let hybrid = flag("hybrid", field("hybrid"))?;
     let (whole, regions) = (flag("whole", field("whole"))?, flag("regions", field("regions"))?);
+    let explain = flag("explain", field("explain"))?;
+    if explain && form.image.is_none() {
+        return Err(ApiError::bad_request(
+            "explain=true says why a photo matched: send the field `image` (words alone have no heat map)",
+        ));
+    }
+    if explain && regions {
+        return Err(ApiError::bad_request(
+            "explain=true explains one search: leave out regions, or ask POST /v1/explain with a region's box",
+        ));
+    }
     let coverage = parse_number::<f32>("coverage", &field("coverage"))?.unwrap_or(0.9);
     if !(0.0..=1.0).contains(&coverage) {
         return Err(ApiError::bad_request("coverage must be between 0 and 1"));
@@ -151,18 +165,12 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             "hybrid search needs a classifier head; start the server with --classifier",
         ));
     }
-    let region = field("box").map(|text| PhotoBox::parse(&text)).transpose()?;
-    if (region.is_some() || whole || regions) && form.image.is_none() {
+    let framing = framing(field("box"), whole)?;
+    if (framing != Framing::FindProduct || regions) && form.image.is_none() {
         return Err(ApiError::bad_request(
             "box, whole and regions say which part of the photo is searched: send the field `image` too",
         ));
     }
-    let framing = match (region, whole) {
-        (Some(_), true) => return Err(ApiError::bad_request("give box or whole=true, not both")),
-        (Some(region), false) => Framing::Box(region),
-        (None, true) => Framing::Whole,
-        (None, false) => Framing::FindProduct,
-    };
     if regions && (framing != Framing::FindProduct || hybrid) {
         return Err(ApiError::bad_request(
             "regions=true finds every product in the photo: leave out box, whole and hybrid",
@@ -201,12 +209,15 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         .await?;
         return Ok(Json(json!(Regions::new(&found, &answers, Images::Urls))));
     }
-    let located = match image {
+    let (located, photo) = match image {
         None => {
             drop(ticket); // words alone take no place in the image pipeline
-            None
+            (None, None)
         }
-        Some(image) => Some(state.locate(image, framing, ticket).await?),
+        Some(image) => {
+            let (located, photo) = state.locate(image, framing, ticket).await?;
+            (Some(located), Some(photo))
+        }
     };
     let searched = located.as_ref().and_then(|l| l.region);
     let answer = on_catalogue(&state, move |c| {
@@ -221,13 +232,59 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         })
     })
     .await?;
-    Ok(Json(json!(Results::new(
+    let results = Results::new(
         &answer.hits,
         answer.scored_by,
         answer.likely_categories.as_deref(),
-        Images::Urls
+        Images::Urls,
     )
-    .searched(searched.as_ref()))))
+    .searched(searched.as_ref());
+    let Some(photo) = photo.filter(|_| explain) else {
+        return Ok(Json(json!(results)));
+    };
+    // The network runs again for the explanations: a place in the image pipeline first.
+    let ticket = state.admit_image().await?;
+    let (hits, explanations) = on_catalogue(&state, move |c| {
+        let explanations = c.explain(&photo, searched.as_ref(), &answer.hits)?;
+        Ok((answer.hits, explanations))
+    })
+    .await?;
+    drop(ticket);
+    Ok(Json(json!(results.explained(&hits, &explanations, Images::Urls))))
+}
+
+/// `POST /v1/explain`: how the photo (field `image`; `box` or `whole=true` as for a search)
+/// matches product `id`.
+pub async fn explain(State(state): State<Shared>, multipart: Multipart) -> ApiResult<Json<Value>> {
+    let ticket = state.admit_image().await?;
+    let form = read_form(&state, multipart).await?;
+    let field = |name: &str| form.fields.get(name).cloned();
+    let id = field("id").ok_or_else(|| ApiError::bad_request("name the product: the field `id`"))?;
+    let framing = framing(field("box"), flag("whole", field("whole"))?)?;
+    let image = form
+        .image
+        .ok_or_else(|| ApiError::bad_request("send the photo to explain: the field `image`"))?;
+    let photo = state.decode(image).await?;
+    let (product, searched, explained) = on_catalogue(&state, move |c| {
+        let (searched, explained) = c.explain_product(&photo, &framing, &id)?;
+        Ok((c.product(&id)?, searched, explained))
+    })
+    .await?;
+    drop(ticket);
+    let mut answer = Explanation::new(&explained, &product, Images::Urls);
+    answer.searched_box = searched.as_ref().map(corners);
+    Ok(Json(json!(answer)))
+}
+
+/// The part of the photo the fields `box` and `whole` ask for.
+fn framing(region: Option<String>, whole: bool) -> ApiResult<Framing> {
+    let region = region.map(|text| PhotoBox::parse(&text)).transpose()?;
+    Ok(match (region, whole) {
+        (Some(_), true) => return Err(ApiError::bad_request("give box or whole=true, not both")),
+        (Some(region), false) => Framing::Box(region),
+        (None, true) => Framing::Whole,
+        (None, false) => Framing::FindProduct,
+    })
 }
 
 /// A yes/no form field (absent: no).
@@ -268,8 +325,25 @@ pub async fn similar(
     Query(params): Query<QueryParams>,
 ) -> ApiResult<Json<Value>> {
     let (k, filter, diversity) = (params.k()?, params.filter()?, params.diversity()?);
-    let hits = on_catalogue(&state, move |c| c.similar(&id, k, Metric::Cosine, &filter, diversity)).await?;
-    Ok(Json(hits_json(&hits, Some(Metric::Cosine), None)))
+    let explain = flag("explain", params.explain.clone())?;
+    // Explaining runs the network: a place in the image pipeline first.
+    let ticket = match explain {
+        true => Some(state.admit_image().await?),
+        false => None,
+    };
+    let (hits, explanations) = on_catalogue(&state, move |c| {
+        let hits = c.similar(&id, k, Metric::Cosine, &filter, diversity)?;
+        let explanations = if explain {
+            c.explain_similar(&id, &hits)?
+        } else {
+            Vec::new()
+        };
+        Ok((hits, explanations))
+    })
+    .await?;
+    drop(ticket);
+    let results = Results::new(&hits, Some(Metric::Cosine), None, Images::Urls);
+    Ok(Json(json!(results.explained(&hits, &explanations, Images::Urls))))
 }
 
 #[derive(Deserialize)]

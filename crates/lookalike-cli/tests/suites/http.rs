@@ -373,6 +373,99 @@ fn regions_find_each_product_with_its_own_results_and_bad_combinations_are_400()
     assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
 }
 
+/// The share of a heat map's mass in its left half.
+fn left_share(heatmap: &Value) -> f64 {
+    let width = heatmap["width"].as_u64().unwrap() as usize;
+    let values: Vec<f64> = heatmap["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(values.len(), width * heatmap["height"].as_u64().unwrap() as usize, "{heatmap}");
+    assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{heatmap}");
+    let left: f64 = values.iter().enumerate().filter(|(i, _)| i % width < width / 2).map(|(_, v)| v).sum();
+    left / values.iter().sum::<f64>()
+}
+
+#[test]
+fn explanations_say_where_each_product_matched_and_bad_requests_are_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.jpg");
+    common::two_products_photo("24-mb01.jpg", "mh03.jpg", &path);
+    let photo = std::fs::read(&path).unwrap();
+    let form = |fields: &[(&str, &str)]| {
+        fields.iter().fold(
+            multipart::Form::new().part("image", image_part(photo.clone(), "two.jpg")),
+            |form, (name, value)| form.text(name.to_string(), value.to_string()),
+        )
+    };
+    let explain = |form: multipart::Form| send(client().post(url("/v1/explain")).multipart(form));
+    // The photo whole (on white, so the network sees all of it): each product's heat lies on its half.
+    for (id, on_left) in [("24-MB01", true), ("MH03", false)] {
+        let (status, body) = explain(form(&[("id", id), ("box", "0,0,1000,500")]));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let left = left_share(&body["query_heatmap"]);
+        assert_eq!(left > 0.6, on_left, "{id}: {left:.2} of the heat on the left: {body}");
+        let centre = (body["query_box"][0].as_f64().unwrap() + body["query_box"][2].as_f64().unwrap()) / 2.0;
+        assert_eq!(centre < 500.0, on_left, "{id}: {body}");
+        assert_eq!(body["searched_box"], json!([0.0, 0.0, 1000.0, 500.0]), "{body}");
+        let matched = body["matched_image"].as_str().unwrap();
+        assert!(matched.starts_with("/v1/products/") && matched.contains("/image"), "{body}");
+    }
+    // By default the part most like the product is explained.
+    let (status, body) = explain(form(&[("id", "MH03")]));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["query_box"][0].as_f64().unwrap() >= 400.0, "{body}");
+
+    let (status, body) = search(form(&[("explain", "true"), ("k", "3"), ("whole", "true")]));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for hit in body["results"].as_array().unwrap() {
+        let explanation = &hit["explanation"];
+        assert_eq!(explanation["matched_image"], hit["matched_image"], "{hit}");
+        left_share(&explanation["query_heatmap"]);
+        left_share(&explanation["match_heatmap"]);
+        let cosine = explanation["backbone_cosine"].as_f64().unwrap();
+        assert!((cosine - hit["score"].as_f64().unwrap()).abs() < 0.02, "no head: the score itself: {hit}");
+    }
+    let (status, body) = send(client().get(url("/v1/products/24-MG01/similar?k=2&explain=true")));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["results"].as_array().unwrap().iter().all(|hit| hit["explanation"].is_object()), "{body}");
+
+    let mut tiny = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]))
+        .write_to(&mut tiny, image::ImageFormat::Png)
+        .unwrap();
+    let tiny = multipart::Form::new()
+        .part("image", image_part(tiny.into_inner(), "tiny.png"))
+        .text("id", "24-MB01");
+    let (status, body) = explain(tiny);
+    assert_eq!(status, StatusCode::OK, "a 1x1 photo is explained whole: {body}");
+    left_share(&body["query_heatmap"]);
+
+    let (status, body) = explain(form(&[("id", "NOPE")]));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for (form, says) in [
+        (form(&[]), "`id`"),
+        (multipart::Form::new().text("id", "24-MB01"), "`image`"),
+        (form(&[("id", "24-MB01"), ("box", "2000,2000,3000,3000")]), "outside the photo"),
+        (form(&[("id", "24-MB01"), ("box", "0,0,10,10"), ("whole", "true")]), "not both"),
+    ] {
+        let (status, body) = explain(form);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{says}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{says}: {body}");
+    }
+    for (form, says) in [
+        (multipart::Form::new().text("q", "bag").text("explain", "true"), "words alone"),
+        (form(&[("explain", "true"), ("regions", "true")]), "leave out regions"),
+        (form(&[("explain", "maybe")]), "explain must be true or false"),
+    ] {
+        let (status, body) = search(form);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{says}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{says}: {body}");
+    }
+    assert_eq!(
+        get_status("/v1/products/24-MG01/similar?explain=maybe"),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(get_status("/healthz"), StatusCode::OK, "still serving");
+}
+
 #[test]
 fn similar_and_recommend() {
     let (status, body) = send(client().get(url("/v1/products/24-MG01/similar?k=3")));
