@@ -16,7 +16,7 @@ use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
 use lookalike::model::Embedder;
-use lookalike::scenes::{scene_recall, SceneOptions};
+use lookalike::scenes::{pointing_game, scene_recall, PointingReport, SceneOptions};
 use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
 
@@ -186,6 +186,10 @@ pub enum EvalCommand {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// The pointing game instead: how often an explanation's heat map and boxes fall on the
+        /// product, in the same scenes of one product.
+        #[arg(long)]
+        explain: bool,
     },
     Products {
         #[arg(long)]
@@ -518,6 +522,36 @@ fn print_retrieval(report: &RetrievalReport) {
     println!("{table}");
 }
 
+fn print_pointing(report: &PointingReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "scenes of one product, explained",
+        "scenes",
+        "hottest cell on it",
+        "query box centre on it",
+        "match box centre on it",
+    ]);
+    for row in &report.rows {
+        table.add_row([
+            row.explained.clone(),
+            row.scenes.to_string(),
+            format!("{:.3}", row.hottest_cell_on_product),
+            format!("{:.3}", row.query_box_centre_on_product),
+            format!("{:.3}", row.match_box_centre_on_product),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "of {} scenes of a product with two photos or more left, the explanation named the photo most like the pasted one in {:.3}",
+        report.several_views, report.matched_view_is_the_pasted_one
+    );
+    Ok(())
+}
+
 pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
     match command {
         EvalCommand::Scenes {
@@ -527,6 +561,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             pairs,
             seed,
             json,
+            explain,
         } => {
             let store = lookalike::store::open_store_read_only(&db)?;
             let options = SceneOptions {
@@ -535,6 +570,9 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 seed,
                 ..SceneOptions::default()
             };
+            if explain {
+                return print_pointing(&pointing_game(&*store, embedder, &backgrounds, &options)?, json);
+            }
             let report = scene_recall(&*store, embedder, &backgrounds, &options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

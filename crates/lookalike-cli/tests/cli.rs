@@ -191,6 +191,51 @@ fn a_box_searches_that_part_of_the_photo_only() {
 }
 
 #[test]
+fn explain_says_which_part_matched_in_json_and_draws_it() {
+    let db = demo_db();
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("two.png");
+    two_products_photo("24-mb01.jpg", "mh03.jpg", &photo);
+    let grid = dir.path().join("why.png");
+    let args = [
+        "search",
+        s(&photo),
+        "--db",
+        s(db),
+        "-k",
+        "2",
+        "--box",
+        "0,0,1000,500",
+        "--explain",
+    ];
+    let out = lookalike(&[&args[..], &["--json"]].concat());
+    let hits = results(&out);
+    for hit in hits.as_array().unwrap() {
+        let explanation = &hit["explanation"];
+        assert_eq!(explanation["matched_image"], hit["matched_image"], "{hit}");
+        let heat = &explanation["query_heatmap"];
+        let values = heat["values"].as_array().unwrap();
+        assert_eq!(
+            values.len() as u64,
+            heat["width"].as_u64().unwrap() * heat["height"].as_u64().unwrap()
+        );
+        let query_box: Vec<f64> = explanation["query_box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(query_box[0] < query_box[2] && query_box[2] <= 1000.0, "{hit}");
+    }
+    let table = ok_text(lookalike(&[&args[..], &["--grid", s(&grid)]].concat()));
+    assert!(table.contains("#1 matched by the part"), "{table}");
+    let drawn = image::open(&grid).unwrap();
+    assert!(drawn.width() > 600 && drawn.height() > 400, "two rows of photos");
+    let out = lookalike(&["search", s(&photo), "--db", s(db), "--explain", "--regions"]);
+    assert_eq!(out.status.code(), Some(2), "explain one search: {}", text(&out));
+}
+
+#[test]
 fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box() {
     let dir = tempfile::tempdir().unwrap();
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luma-shop");
@@ -246,6 +291,36 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
         assert!((0.0..=1.0).contains(&report[key].as_f64().unwrap()), "{key}: {report}");
     }
     assert_eq!(report["pairs"], 6, "{report}");
+
+    let args = [
+        "eval",
+        "scenes",
+        "--db",
+        s(&db),
+        "--backgrounds",
+        s(&backgrounds),
+        "--singles",
+        "8",
+        "--explain",
+        "--json",
+    ];
+    let pointing: Value = serde_json::from_str(&ok_text(lookalike(&args))).unwrap();
+    let rows = pointing["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{pointing}");
+    for row in rows {
+        assert_eq!(row["scenes"], 8, "{pointing}");
+        for key in [
+            "hottest_cell_on_product",
+            "query_box_centre_on_product",
+            "match_box_centre_on_product",
+        ] {
+            assert!((0.0..=1.0).contains(&row[key].as_f64().unwrap()), "{key}: {pointing}");
+        }
+    }
+    assert!(
+        rows[2]["hottest_cell_on_product"].as_f64().unwrap() >= 0.5,
+        "the default explanation points at the product: {pointing}"
+    );
 
     let demo_db = demo_db();
     let out = lookalike(&[

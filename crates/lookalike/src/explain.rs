@@ -220,6 +220,21 @@ pub fn feature_maps(
     Ok(maps)
 }
 
+/// Which of `parts` and which of `views` are most alike by cosine: `(part, view)`, the first of
+/// each winning ties (`(0, 0)` when none compare).
+pub fn most_alike_pair(parts: &[&[f32]], views: &[&[f32]]) -> (usize, usize) {
+    let mut best = (f32::MIN, 0, 0);
+    for (p, part) in parts.iter().enumerate() {
+        for (v, view) in views.iter().enumerate() {
+            let score = cosine(part, view).unwrap_or(f32::MIN);
+            if score > best.0 {
+                best = (score, p, v);
+            }
+        }
+    }
+    (best.1, best.2)
+}
+
 /// Grid cells (of `size`, `count` of them) that `[start, end)` touches.
 fn grid_span(start: f32, end: f32, size: f32, count: usize) -> std::ops::Range<usize> {
     let first = (start / size).floor().max(0.0) as usize;

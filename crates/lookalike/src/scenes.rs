@@ -10,6 +10,8 @@
 //! How it differs from real shoppers' photos: the product is lit and sharp as in the studio, its
 //! edges are cut cleanly, nothing covers it, and the scene around it was never its setting.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Result};
@@ -17,6 +19,7 @@ use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use serde::Serialize;
 
 use crate::catalogue::{read_image_folder, Layout};
+use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::{load_image, Photo};
 use crate::learn::eval::{held_out_rank, Aggregation};
 use crate::linalg::l2_normalise_rows;
@@ -82,6 +85,60 @@ struct HeldOut {
     path: PathBuf,
 }
 
+/// What every measurement over scenes starts from.
+struct Setup {
+    products: Vec<StoredProduct>,
+    /// Every product's photos' vectors, as unit vectors.
+    gallery: Vec<Vec<Vec<f32>>>,
+    held_out: Vec<HeldOut>,
+    backgrounds: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn new(store: &dyn Store, embedder: &Embedder, backgrounds: &Path) -> Result<Self> {
+        if let Some(manifest) = store.manifest()? {
+            check_same_model(&manifest, &embedder.manifest())?;
+        }
+        let products = store.products()?;
+        let gallery = products.iter().map(|p| p.vectors().map(unit).collect()).collect();
+        let held_out = held_out_photos(&products);
+        ensure!(
+            !held_out.is_empty(),
+            "the catalogue has no product of two photos or more to hold one out of"
+        );
+        let backgrounds: Vec<PathBuf> = read_image_folder(backgrounds, Layout::Images)?
+            .entries
+            .into_iter()
+            .map(|e| e.image_path)
+            .collect();
+        if backgrounds.is_empty() {
+            bail!("no background photos found");
+        }
+        Ok(Self {
+            products,
+            gallery,
+            held_out,
+            backgrounds,
+        })
+    }
+}
+
+/// A scene of one product: a held-out photo and a background drawn, the product pasted on it;
+/// the scene, the photo and where it was pasted. The same seed draws the same scenes.
+fn single_scene<'a>(
+    held_out: &'a [HeldOut],
+    backgrounds: &[PathBuf],
+    options: &SceneOptions,
+    rng: &mut fastrand::Rng,
+) -> Result<(Photo, &'a HeldOut, PhotoBox)> {
+    let photo = &held_out[rng.usize(..held_out.len())];
+    let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
+    let product = cut_out(&load_image(&photo.path)?);
+    let width = scene.width();
+    let placed = paste(&mut scene, &product, (0, width), options.height_share, rng);
+    Ok((scene_photo(scene), photo, placed))
+}
+
 /// Builds the scenes from the catalogue in `store` (products of two photos or more give the held-out
 /// photos) and the photos under `backgrounds`, and measures them with `embedder`, which must be
 /// the model that built the catalogue.
@@ -91,24 +148,12 @@ pub fn scene_recall(
     backgrounds: &Path,
     options: &SceneOptions,
 ) -> Result<SceneReport> {
-    if let Some(manifest) = store.manifest()? {
-        check_same_model(&manifest, &embedder.manifest())?;
-    }
-    let products = store.products()?;
-    let gallery: Vec<Vec<Vec<f32>>> = products.iter().map(|p| p.vectors().map(unit).collect()).collect();
-    let held_out = held_out_photos(&products);
-    ensure!(
-        !held_out.is_empty(),
-        "the catalogue has no product of two photos or more to hold one out of"
-    );
-    let backgrounds: Vec<PathBuf> = read_image_folder(backgrounds, Layout::Images)?
-        .entries
-        .into_iter()
-        .map(|e| e.image_path)
-        .collect();
-    if backgrounds.is_empty() {
-        bail!("no background photos found");
-    }
+    let Setup {
+        gallery,
+        held_out,
+        backgrounds,
+        ..
+    } = Setup::new(store, embedder, backgrounds)?;
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let pre = &embedder.preprocessing;
     // Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
@@ -146,12 +191,7 @@ pub fn scene_recall(
     let (mut whole, mut found, mut boxed) = (Counts::default(), Counts::default(), Counts::default());
     let mut searched_whole = 0usize;
     for _ in 0..options.singles {
-        let photo = &held_out[rng.usize(..held_out.len())];
-        let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
-        let product = cut_out(&load_image(&photo.path)?);
-        let width = scene.width();
-        let placed = paste(&mut scene, &product, (0, width), options.height_share, &mut rng);
-        let scene = scene_photo(scene);
+        let (scene, photo, placed) = single_scene(&held_out, &backgrounds, options, &mut rng)?;
         let (_, vectors) = whole_and_windows(&scene)?;
         whole.add(rank(&vectors[0], photo));
         // What search does by default (see `Shop::embed_photo`).
@@ -254,6 +294,136 @@ pub fn scene_recall(
     })
 }
 
+/// How often an explanation points at the product in scenes of one product.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pointing {
+    /// Which part of the scene was explained.
+    pub explained: String,
+    pub scenes: usize,
+    /// Share of scenes whose query heat map's hottest cell has its centre inside the pasted product.
+    pub hottest_cell_on_product: f64,
+    /// Share of scenes whose query box has its centre inside the pasted product.
+    pub query_box_centre_on_product: f64,
+    /// Share of scenes whose match box has its centre on the product in the matched photo (its
+    /// studio backdrop cut away).
+    pub match_box_centre_on_product: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PointingReport {
+    pub rows: Vec<Pointing>,
+    /// Scenes of a product with two photos or more besides the held-out one.
+    pub several_views: usize,
+    /// Share of those where the explanation's matched photo is the product's photo most like the
+    /// held-out photo itself (the view that was pasted).
+    pub matched_view_is_the_pasted_one: f64,
+}
+
+/// The pointing game on the scenes of one product that [`scene_recall`] makes with the same
+/// options: each scene explained against its own product (its held-out photo left out), as
+/// `POST /v1/explain` does, for three parts of the scene: all of it as search reads it (its
+/// centre square), all of it on white (`box` the whole photo), and the part most like the
+/// product (the default: the whole photo or one of the windows a search looks in).
+pub fn pointing_game(
+    store: &dyn Store,
+    embedder: &Embedder,
+    backgrounds: &Path,
+    options: &SceneOptions,
+) -> Result<PointingReport> {
+    let setup = Setup::new(store, embedder, backgrounds)?;
+    let explainer = embedder.with_feature_map()?;
+    let mut rng = fastrand::Rng::with_seed(options.seed);
+    // A catalogue photo's feature map and where the product is in it, by (product, photo).
+    struct KeptPhoto {
+        map: FeatureMap,
+        product_bounds: (u32, u32, u32, u32),
+    }
+    let mut catalogue_maps: HashMap<(usize, usize), KeptPhoto> = HashMap::new();
+    let names = [
+        "whole photo, as search reads it (centre square)",
+        "whole photo on white (box: all of it)",
+        "the part most like the product (default)",
+    ];
+    let mut hits = [[0usize; 3]; 3];
+    let (mut several_views, mut pasted_view_named) = (0usize, 0usize);
+    for _ in 0..options.singles {
+        let (scene, photo, placed) = single_scene(&setup.held_out, &setup.backgrounds, options, &mut rng)?;
+        let views: Vec<usize> = (0..setup.gallery[photo.product].len())
+            .filter(|&v| v != photo.view)
+            .collect();
+        let view_vectors: Vec<&[f32]> = views
+            .iter()
+            .map(|&v| setup.gallery[photo.product][v].as_slice())
+            .collect();
+        let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
+        let windows = search_windows(scene.width, scene.height);
+        let mut parts: Vec<Option<&PhotoBox>> = vec![None, Some(&all)];
+        parts.extend(windows.iter().map(Some));
+        let maps = feature_maps(&explainer, &scene, &parts)?;
+        let vectors: Vec<&[f32]> = maps.iter().map(|(_, e)| e.features.as_slice()).collect();
+        // The default looks among the whole photo (as search reads it) and the windows.
+        let looked_among: Vec<usize> = std::iter::once(0).chain(2..parts.len()).collect();
+        let among: Vec<&[f32]> = looked_among.iter().map(|&i| vectors[i]).collect();
+        let chosen = [
+            (0, most_alike_pair(&vectors[..1], &view_vectors).1),
+            (1, most_alike_pair(&vectors[1..2], &view_vectors).1),
+            {
+                let (part, view) = most_alike_pair(&among, &view_vectors);
+                (looked_among[part], view)
+            },
+        ];
+        let inside = |(x, y): (f32, f32)| (placed.x0..placed.x1).contains(&x) && (placed.y0..placed.y1).contains(&y);
+        for (row, &(part, view)) in chosen.iter().enumerate() {
+            let number = views[view];
+            let kept = match catalogue_maps.entry((photo.product, number)) {
+                Entry::Occupied(kept) => kept.into_mut(),
+                Entry::Vacant(place) => {
+                    let path = setup.products[photo.product]
+                        .image_paths()
+                        .nth(number)
+                        .unwrap_or_default();
+                    let matched = scene_photo(load_image(Path::new(path))?);
+                    let (map, _) = feature_maps(&explainer, &matched, &[None])?.remove(0);
+                    place.insert(KeptPhoto {
+                        map,
+                        product_bounds: studio_backdrop(&matched.pixels).1,
+                    })
+                }
+            };
+            let (matched, bounds) = (&kept.map, kept.product_bounds);
+            let explained = explain(&maps[part].0, matched, number)?;
+            let centre = |b: &PhotoBox| ((b.x0 + b.x1) / 2.0, (b.y0 + b.y1) / 2.0);
+            let (mx, my) = centre(&explained.match_box);
+            hits[row][0] += usize::from(inside(explained.query_heatmap.hottest_point(scene.width, scene.height)));
+            hits[row][1] += usize::from(inside(centre(&explained.query_box)));
+            hits[row][2] += usize::from(
+                (bounds.0 as f32..bounds.2 as f32).contains(&mx) && (bounds.1 as f32..bounds.3 as f32).contains(&my),
+            );
+            if row == 2 && views.len() >= 2 {
+                several_views += 1;
+                let own = setup.gallery[photo.product][photo.view].as_slice();
+                pasted_view_named += usize::from(most_alike_pair(&[own], &view_vectors).1 == view);
+            }
+        }
+    }
+    let share = |n: usize, of: usize| n as f64 / of.max(1) as f64;
+    Ok(PointingReport {
+        rows: names
+            .iter()
+            .zip(hits)
+            .map(|(name, [hottest, query_box, match_box])| Pointing {
+                explained: name.to_string(),
+                scenes: options.singles,
+                hottest_cell_on_product: share(hottest, options.singles),
+                query_box_centre_on_product: share(query_box, options.singles),
+                match_box_centre_on_product: share(match_box, options.singles),
+            })
+            .collect(),
+        several_views,
+        matched_view_is_the_pasted_one: share(pasted_view_named, several_views),
+    })
+}
+
 #[derive(Default)]
 struct Counts {
     queries: usize,
@@ -310,6 +480,19 @@ fn is_backdrop(pixel: &Rgb<u8>) -> bool {
 /// The product without its studio background: near-white pixels joined to the photo's border
 /// become transparent (white inside the product stays), cropped to what is left.
 fn cut_out(photo: &RgbImage) -> RgbaImage {
+    let width = photo.width();
+    let (backdrop, (x0, y0, x1, y1)) = studio_backdrop(photo);
+    RgbaImage::from_fn(x1 - x0, y1 - y0, |x, y| {
+        let (sx, sy) = (x + x0, y + y0);
+        let Rgb([r, g, b]) = *photo.get_pixel(sx, sy);
+        let alpha = if backdrop[(sy * width + sx) as usize] { 0 } else { 255 };
+        Rgba([r, g, b, alpha])
+    })
+}
+
+/// Which pixels of a studio photo are its backdrop (near-white and joined to the border), and
+/// the box of the rest (`x0, y0, x1, y1`; all of the photo, and no backdrop, when nothing is left).
+fn studio_backdrop(photo: &RgbImage) -> (Vec<bool>, (u32, u32, u32, u32)) {
     let (width, height) = photo.dimensions();
     let mut backdrop = vec![false; (width * height) as usize];
     let mut stack: Vec<(u32, u32)> = Vec::new();
@@ -351,12 +534,7 @@ fn cut_out(photo: &RgbImage) -> RgbaImage {
         (x0, y0, x1, y1) = (0, 0, width, height);
         backdrop.iter_mut().for_each(|b| *b = false);
     }
-    RgbaImage::from_fn(x1 - x0, y1 - y0, |x, y| {
-        let (sx, sy) = (x + x0, y + y0);
-        let Rgb([r, g, b]) = *photo.get_pixel(sx, sy);
-        let alpha = if backdrop[(sy * width + sx) as usize] { 0 } else { 255 };
-        Rgba([r, g, b, alpha])
-    })
+    (backdrop, (x0, y0, x1, y1))
 }
 
 /// Pastes `product` onto `scene` inside the columns `columns`, its height a random share (in

@@ -26,7 +26,7 @@ use crate::catalogue::export::{export_json, export_npy, export_related_csv, expo
 use crate::catalogue::indexer::{in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE};
 use crate::catalogue::{read_catalogue, Catalogue, Layout};
 use crate::error::{Error, ImageProblem, Result};
-use crate::explain::{cosine, explain, feature_maps, Explanation, FeatureMap};
+use crate::explain::{explain, feature_maps, most_alike_pair, Explanation, FeatureMap};
 use crate::files::write_atomically;
 use crate::image::{decode_photo, read_image_file, ImageError, Photo};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
@@ -634,7 +634,7 @@ impl Shop {
             .iter()
             .map(|hit| {
                 let matched = hit.product.vectors().nth(hit.image).unwrap_or(&hit.product.vector);
-                most_alike(product.vectors(), matched)
+                most_alike_pair(&product.vectors().collect::<Vec<_>>(), &[matched]).0
             })
             .collect();
         let query_paths: Vec<&str> = query_views
@@ -674,16 +674,11 @@ impl Shop {
             Framing::Whole | Framing::FindProduct => std::iter::once(None).chain(windows.iter().map(Some)).collect(),
         };
         let mut maps = feature_maps(&*self.explainer()?, photo, &parts)?;
-        // The part and the product's photo most alike (the whole photo and the main photo win ties).
-        let (mut best, mut part, mut view) = (f32::MIN, 0, 0);
-        for (p, (_, embedding)) in maps.iter().enumerate() {
-            for (n, vector) in product.vectors().enumerate() {
-                let score = cosine(&embedding.features, vector).unwrap_or(f32::MIN);
-                if score > best {
-                    (best, part, view) = (score, p, n);
-                }
-            }
-        }
+        let part_vectors: Vec<&[f32]> = maps
+            .iter()
+            .map(|(_, embedding)| embedding.features.as_slice())
+            .collect();
+        let (part, view) = most_alike_pair(&part_vectors, &product.vectors().collect::<Vec<_>>());
         let path = product.image_paths().nth(view).unwrap_or(&product.image_path);
         let matched = self
             .catalogue_maps(&[path])?
@@ -1015,18 +1010,6 @@ fn matched_path(hit: &Scored) -> &str {
         .image_paths()
         .nth(hit.image)
         .unwrap_or(&hit.product.image_path)
-}
-
-/// Which of `vectors` is most like `vector` by cosine (the first on ties, 0 when none compare).
-fn most_alike<'a>(vectors: impl Iterator<Item = &'a [f32]>, vector: &[f32]) -> usize {
-    let mut best = (f32::MIN, 0);
-    for (n, candidate) in vectors.enumerate() {
-        let score = cosine(candidate, vector).unwrap_or(f32::MIN);
-        if score > best.0 {
-            best = (score, n);
-        }
-    }
-    best.1
 }
 
 fn check_k(k: usize) -> Result<()> {
