@@ -671,7 +671,7 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
     let located = args
         .image
         .as_deref()
-        .map(|path| shop.embed_photo(path, &framing))
+        .map(|path| shop.locate(&Shop::read_photo(path)?, &framing, args.explain))
         .transpose()?;
     report_index_load(shop.load()?);
     let answer = shop.search(&SearchRequest {
@@ -684,9 +684,9 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
         likely_categories,
     })?;
     let searched = located.as_ref().and_then(|l| l.region);
-    let explanations = match (&args.image, args.explain) {
-        (Some(image), true) => shop.explain(&Shop::read_photo(image)?, searched.as_ref(), &answer.hits)?,
-        _ => Vec::new(),
+    let explanations = match located.as_ref().and_then(|l| l.feature_map.as_ref()) {
+        Some(query) => shop.explain(query, &answer.hits)?,
+        None => Vec::new(),
     };
     output::print_hits(
         &answer.hits,

@@ -166,6 +166,8 @@ pub struct Located {
     pub embedding: ImageEmbedding,
     /// `None`: the whole photo.
     pub region: Option<PhotoBox>,
+    /// The part's last feature map, when asked for (to explain its results).
+    pub feature_map: Option<FeatureMap>,
 }
 
 /// A product found in a photo ("shop the look").
@@ -405,21 +407,36 @@ impl Shop {
     /// The photo at `path` embedded as `framing` says (a region that keeps nothing of the photo
     /// is [`Error::InvalidInput`]).
     pub fn embed_photo(&self, path: &Path, framing: &Framing) -> Result<Located> {
-        let photo = Self::read_photo(path)?;
+        self.locate(&Self::read_photo(path)?, framing, false)
+    }
+
+    /// `photo` embedded as `framing` says; `with_feature_map`: the part searched keeps its last
+    /// feature map, for [`Self::explain`] (the network runs once for both).
+    pub fn locate(&self, photo: &Photo, framing: &Framing, with_feature_map: bool) -> Result<Located> {
         let region = match framing {
             Framing::Box(region) => Some(region),
             Framing::Whole | Framing::FindProduct => None,
         };
-        let embedding = self.embed_parts(&photo, &[region])?.remove(0);
+        let (embedding, feature_map) = self.embed_parts_with(photo, &[region], with_feature_map)?.remove(0);
         if !matches!(framing, Framing::FindProduct) {
             return Ok(Located {
                 embedding,
                 region: region.copied(),
+                feature_map,
             });
         }
-        let windows = self.windows_to_search(&photo, &embedding)?;
-        let embedded = self.embed_parts(&photo, &windows.iter().map(Some).collect::<Vec<_>>())?;
-        self.pick_region(embedding, windows.into_iter().zip(embedded).collect())
+        let windows = self.windows_to_search(photo, &embedding)?;
+        let parts: Vec<Option<&PhotoBox>> = windows.iter().map(Some).collect();
+        let (embedded, mut maps): (Vec<_>, Vec<_>) = self
+            .embed_parts_with(photo, &parts, with_feature_map)?
+            .into_iter()
+            .unzip();
+        let mut located = self.pick_region(embedding, windows.iter().copied().zip(embedded).collect())?;
+        located.feature_map = match located.region {
+            None => feature_map,
+            Some(picked) => windows.iter().position(|w| *w == picked).and_then(|i| maps[i].take()),
+        };
+        Ok(located)
     }
 
     /// "Shop the look" for the photo at `path`: every product found in it, best first.
@@ -430,6 +447,24 @@ impl Shop {
         let mut embedded = self.embed_parts(&photo, &parts)?;
         let whole = embedded.remove(0);
         self.regions_of(&photo, whole, windows.into_iter().zip(embedded).collect())
+    }
+
+    /// [`Self::embed_parts`], each part with its last feature map when `with_feature_map`.
+    fn embed_parts_with(
+        &self,
+        photo: &Photo,
+        parts: &[Option<&PhotoBox>],
+        with_feature_map: bool,
+    ) -> Result<Vec<(ImageEmbedding, Option<FeatureMap>)>> {
+        Ok(if with_feature_map {
+            let maps = feature_maps(&*self.explainer()?, photo, parts)?;
+            maps.into_iter()
+                .map(|(map, embedding)| (embedding, Some(map)))
+                .collect()
+        } else {
+            let embedded = self.embed_parts(photo, parts)?;
+            embedded.into_iter().map(|embedding| (embedding, None)).collect()
+        })
     }
 
     /// Each of `parts` of `photo` (`None`: the whole photo) embedded, in one batch.
@@ -473,6 +508,7 @@ impl Shop {
             return Ok(Located {
                 embedding: whole,
                 region: None,
+                feature_map: None,
             });
         }
         let mut scores = vec![self.best_score(&whole)?];
@@ -483,12 +519,14 @@ impl Shop {
             0 => Located {
                 embedding: whole,
                 region: None,
+                feature_map: None,
             },
             i => {
                 let (region, embedding) = windows.into_iter().nth(i - 1).expect("picked among them");
                 Located {
                     embedding,
                     region: Some(region),
+                    feature_map: None,
                 }
             }
         })
@@ -611,18 +649,14 @@ impl Shop {
         Ok(found)
     }
 
-    /// Why each of `hits` matched `part` of `photo` (`None`: all of it), as searched; `None` for a
-    /// hit whose matched photo is no longer readable.
-    pub fn explain(&self, photo: &Photo, part: Option<&PhotoBox>, hits: &[Scored]) -> Result<Vec<Option<Explanation>>> {
-        if hits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (query, _) = feature_maps(&*self.explainer()?, photo, &[part])?.remove(0);
+    /// Why each of `hits` matched the photo whose searched part has the feature map `query`
+    /// ([`Self::locate`]); `None` for a hit whose matched photo is no longer readable.
+    pub fn explain(&self, query: &FeatureMap, hits: &[Scored]) -> Result<Vec<Option<Explanation>>> {
         let paths: Vec<&str> = hits.iter().map(matched_path).collect();
         let matched = self.catalogue_maps(&paths)?;
         hits.iter()
             .zip(matched)
-            .map(|(hit, map)| map.map(|map| explain(&query, &map, hit.image)).transpose())
+            .map(|(hit, map)| map.map(|map| explain(query, &map, hit.image)).transpose())
             .collect()
     }
 

@@ -49,6 +49,9 @@ pub struct LoadPlan {
     /// Restrict every query to this category (measures filtered search).
     #[arg(long)]
     pub category: Option<String>,
+    /// Also measure each concurrency with explain=true (every result's heat maps and boxes).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// A `lookalike serve` child that ends with this process.
@@ -290,12 +293,13 @@ pub fn photo_form(photo: &[u8], k: usize, category: Option<&str>) -> multipart::
     form
 }
 
-fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<Latencies> {
+fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize, explain: bool) -> Result<Latencies> {
     let search = format!("{url}/v1/search");
     let request = |client: &Client| {
+        let form = photo_form(photo, plan.k, plan.category.as_deref());
         client
             .post(&search)
-            .multipart(photo_form(photo, plan.k, plan.category.as_deref()))
+            .multipart(if explain { form.text("explain", "true") } else { form })
     };
     let warm_up = closed_loop(concurrency, concurrency.max(3), Duration::from_secs(60), &request)?;
     if warm_up.count(|s| s != 200) > 0 {
@@ -308,7 +312,7 @@ fn load(url: &str, plan: &LoadPlan, photo: &[u8], concurrency: usize) -> Result<
         &request,
     )?;
     Ok(Latencies {
-        label: "HTTP POST /v1/search".into(),
+        label: format!("HTTP POST /v1/search{}", if explain { ", explain=true" } else { "" }),
         concurrency,
         errors: answers.count(|s| s != 200),
         millis: answers.by_status.get(&200).cloned().unwrap_or_default(),
@@ -337,7 +341,10 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
     let mut rows = vec![reference];
     for &concurrency in &plan.concurrency {
         eprintln!("loading {url} with {concurrency} concurrent clients...");
-        rows.push(load(&url, plan, &photo, concurrency)?);
+        rows.push(load(&url, plan, &photo, concurrency, false)?);
+        if plan.explain {
+            rows.push(load(&url, plan, &photo, concurrency, true)?);
+        }
     }
 
     let reference_p50 = rows[0].percentile(50.0);

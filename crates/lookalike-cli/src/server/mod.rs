@@ -275,16 +275,11 @@ impl AppState {
     /// The photo in `bytes` embedded whole (decoded by one of the decoders, then through the
     /// batcher). `ticket` is the image's admission, kept until it is embedded.
     async fn embed(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<ImageEmbedding> {
-        Ok(self.locate(bytes, Framing::Whole, ticket).await?.0.embedding)
+        Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
     }
 
-    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), and the photo.
-    async fn locate(
-        self: &Arc<Self>,
-        bytes: Bytes,
-        framing: Framing,
-        ticket: ImageTicket,
-    ) -> ApiResult<(Located, Arc<Photo>)> {
+    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]).
+    async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
         let photo = self.decode(bytes).await?;
         let region = match framing {
             Framing::Box(region) => Some(region),
@@ -295,8 +290,9 @@ impl AppState {
             let located = Located {
                 embedding: whole,
                 region,
+                feature_map: None,
             };
-            return Ok((located, photo));
+            return Ok(located);
         }
         let looked_at = photo.clone();
         let (whole, windows) = on_catalogue(self, move |shop| {
@@ -310,15 +306,15 @@ impl AppState {
             let located = Located {
                 embedding: whole,
                 region: None,
+                feature_map: None,
             };
-            return Ok((located, photo));
+            return Ok(located);
         };
         drop(ticket);
-        let located = on_catalogue(self, move |shop| {
+        on_catalogue(self, move |shop| {
             shop.pick_region(whole, windows.into_iter().zip(embedded).collect())
         })
-        .await?;
-        Ok((located, photo))
+        .await
     }
 
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).

@@ -209,19 +209,24 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         .await?;
         return Ok(Json(json!(Regions::new(&found, &answers, Images::Urls))));
     }
-    let (located, photo) = match image {
+    let located = match image {
         None => {
             drop(ticket); // words alone take no place in the image pipeline
-            (None, None)
+            None
         }
-        Some(image) => {
-            let (located, photo) = state.locate(image, framing, ticket).await?;
-            (Some(located), Some(photo))
+        // Explaining needs the searched part's feature map: the network gives it with the
+        // embedding, run here instead of through the batcher (the place in the pipeline is held).
+        Some(image) if explain => {
+            let photo = state.decode(image).await?;
+            let located = on_catalogue(&state, move |c| c.locate(&photo, &framing, true)).await?;
+            drop(ticket);
+            Some(located)
         }
+        Some(image) => Some(state.locate(image, framing, ticket).await?),
     };
     let searched = located.as_ref().and_then(|l| l.region);
-    let answer = on_catalogue(&state, move |c| {
-        c.search(&SearchRequest {
+    let (answer, explanations) = on_catalogue(&state, move |c| {
+        let answer = c.search(&SearchRequest {
             photo: located.as_ref().map(|l| &l.embedding),
             words: words.as_ref(),
             k,
@@ -229,7 +234,12 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             filter,
             diversity,
             likely_categories: hybrid.then_some(coverage),
-        })
+        })?;
+        let explanations = match located.as_ref().and_then(|l| l.feature_map.as_ref()) {
+            Some(query) => c.explain(query, &answer.hits)?,
+            None => Vec::new(),
+        };
+        Ok((answer, explanations))
     })
     .await?;
     let results = Results::new(
@@ -238,19 +248,9 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         answer.likely_categories.as_deref(),
         Images::Urls,
     )
-    .searched(searched.as_ref());
-    let Some(photo) = photo.filter(|_| explain) else {
-        return Ok(Json(json!(results)));
-    };
-    // The network runs again for the explanations: a place in the image pipeline first.
-    let ticket = state.admit_image().await?;
-    let (hits, explanations) = on_catalogue(&state, move |c| {
-        let explanations = c.explain(&photo, searched.as_ref(), &answer.hits)?;
-        Ok((answer.hits, explanations))
-    })
-    .await?;
-    drop(ticket);
-    Ok(Json(json!(results.explained(&hits, &explanations, Images::Urls))))
+    .searched(searched.as_ref())
+    .explained(&answer.hits, &explanations, Images::Urls);
+    Ok(Json(json!(results)))
 }
 
 /// `POST /v1/explain`: how the photo (field `image`; `box` or `whole=true` as for a search)
