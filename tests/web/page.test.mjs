@@ -14,6 +14,8 @@ const root = resolve(fileURLToPath(new URL(".", import.meta.url)), "../..");
 const binary = process.env.LOOKALIKE_BIN ?? join(root, "target/debug/lookalike");
 const artifacts = process.env.LOOKALIKE_ARTIFACTS ?? join(root, "artifacts/web");
 const demoPhoto = join(root, "demo/images/24-mb01.jpg"); // Joust Duffle Bag, Gear/Bags
+// 1000 × 500: the Joust Duffle Bag at 50..450 × 50..450, the Bruno Compete Hoodie at 550..950.
+const twoProducts = join(root, "tests/web/fixtures/two-products.jpg");
 
 let workDir, db, server, baseUrl, browser;
 
@@ -117,6 +119,80 @@ test("the page fits a phone screen", async () => {
   await page.screenshot({ path: join(artifacts, "phone.png") });
   await page.close();
 });
+
+for (const [name, viewport, phone] of [
+  ["desktop", { width: 1280, height: 900 }, false],
+  ["phone", { width: 390, height: 844 }, true],
+]) {
+  test(`${name}: both products of a photo are found, a dragged box searches a part, "why?" shows what matched`, async () => {
+    const page = await browser.newPage({ viewport, isMobile: phone, hasTouch: phone });
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    await page.goto(baseUrl);
+    await page.locator("#results .card").first().waitFor();
+    await page.setInputFiles("#file", twoProducts);
+    await page.locator("#status", { hasText: "products found in the photo" }).waitFor();
+
+    // A chip and an outline per product found; each chip shows its own product's results.
+    const chips = page.locator("#regions button");
+    const count = await chips.count();
+    assert.ok(count >= 2, `${count} regions`);
+    assert.equal(await page.locator("#boxes .box").count(), count);
+    const leaders = [];
+    for (let i = 0; i < count; i++) {
+      await chips.nth(i).click();
+      assert.equal(await chips.nth(i).getAttribute("aria-pressed"), "true");
+      assert.equal(await page.locator("#boxes .box.active").count(), 1);
+      leaders.push(await page.locator("#results .card").first().getAttribute("data-id"));
+    }
+    assert.ok(leaders.includes("24-MB01") && leaders.includes("MH03"), leaders.join());
+    await chips.first().click();
+    mkdirSync(artifacts, { recursive: true });
+    await page.screenshot({ path: join(artifacts, `regions-${name}.png`), fullPage: true });
+
+    // A box dragged around the hoodie searches that part only.
+    const photo = await page.locator("#stage-photo").boundingBox();
+    const at = (x, y) => [photo.x + (photo.width * x) / 1000, photo.y + (photo.height * y) / 500];
+    await page.mouse.move(...at(530, 30));
+    await page.mouse.down();
+    await page.mouse.move(...at(750, 250), { steps: 4 });
+    await page.mouse.move(...at(970, 470), { steps: 4 });
+    await page.mouse.up();
+    await page.locator("#status", { hasText: "for the part you marked" }).waitFor();
+    assert.equal(await page.locator("#results .card").first().getAttribute("data-id"), "MH03");
+    assert.equal(await page.locator("#boxes .box.active").count(), 1);
+    await page.screenshot({ path: join(artifacts, `box-${name}.png`), fullPage: true });
+
+    // "Why?" from the keyboard: both photos with their heat maps, the hoodie's part of the photo boxed.
+    const why = page.locator("#results .card").first().locator("button.why");
+    const explained = page.waitForResponse((r) => r.url().endsWith("/v1/explain"));
+    await why.focus();
+    await page.keyboard.press("Enter");
+    const answer = await (await explained).json();
+    assert.ok((answer.query_box[0] + answer.query_box[2]) / 2 > 500, JSON.stringify(answer.query_box));
+    await page.locator("#why[open]").waitFor();
+    const drawn = await page.evaluate(() =>
+      ["why-query", "why-match"].map((id) => {
+        const canvas = document.getElementById(id);
+        return canvas.width > 0 && canvas.height > 0 && canvas.getBoundingClientRect().width > 0;
+      }),
+    );
+    assert.deepEqual(drawn, [true, true]);
+    assert.match(await page.locator("#why-title").innerText(), /Bruno Compete Hoodie/);
+    const sticking = await page.evaluate(() => {
+      const width = document.documentElement.clientWidth;
+      return [...document.querySelectorAll("#stage *, #why *")]
+        .filter((e) => e.getBoundingClientRect().right > width + 0.5)
+        .map((e) => e.id || e.className || e.tagName);
+    });
+    assert.deepEqual(sticking, [], "elements run off the right edge");
+    await page.screenshot({ path: join(artifacts, `why-${name}.png`) });
+    await page.keyboard.press("Escape");
+    assert.equal(await page.locator("#why[open]").count(), 0);
+    assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+}
 
 test("the widget renders similar products on a shop page of another origin", async () => {
   // The shop: a static page on its own port, embedding the widget from lookalike's origin.
