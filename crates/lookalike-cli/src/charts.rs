@@ -163,8 +163,19 @@ pub fn confusion_png(report: &ClassificationReport, path: &Path) -> Result<()> {
 
 const TILE: u32 = 200;
 
+/// `image` reduced to fit a tile, its shape kept.
+fn fitted(image: &image::RgbImage) -> image::RgbImage {
+    let (w, h) = image.dimensions();
+    let scale = (TILE as f32 / w.max(h).max(1) as f32).min(1.0);
+    let (tw, th) = (
+        ((w as f32 * scale).round() as u32).max(1),
+        ((h as f32 * scale).round() as u32).max(1),
+    );
+    image::imageops::thumbnail(image, tw, th)
+}
+
 fn thumbnail(image: &image::RgbImage) -> (u32, u32, Vec<u8>) {
-    let thumb = image::imageops::thumbnail(image, TILE, TILE);
+    let thumb = fitted(image);
     (thumb.width(), thumb.height(), thumb.into_raw())
 }
 
@@ -323,7 +334,7 @@ pub fn explanation_grid(
 /// interpolated between cell centres; cold parts as they are) and `region` outlined. `photo` is
 /// the size in which the box counts.
 fn overlaid(image: &image::RgbImage, heat: &Heatmap, region: &PhotoBox, photo: (u32, u32)) -> image::RgbImage {
-    let mut tile = image::imageops::thumbnail(image, TILE, TILE);
+    let mut tile = fitted(image);
     let (w, h) = tile.dimensions();
     let hottest = heat.values.iter().copied().fold(0.0f32, f32::max);
     let at = |column: isize, row: isize| -> f32 {
