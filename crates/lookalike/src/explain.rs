@@ -101,6 +101,9 @@ impl FeatureMap {
     /// Each cell's share of the cosine between this map's pooled vector and `other` (see the
     /// module's note); zeros when either vector is zero. Never negative, never NaN.
     pub fn shares(&self, other: &[f32]) -> Vec<f32> {
+        if other.len() != self.channels {
+            return vec![0.0; self.side * self.side];
+        }
         let own = self.pooled();
         let norms = norm(&own) * norm(other) * (self.side * self.side) as f32;
         self.cells
@@ -270,6 +273,34 @@ pub struct Heatmap {
 }
 
 impl Heatmap {
+    /// Where the heat lies in a `width` × `height` photo: its centre of mass and its standard
+    /// deviation across and down, in pixels (`None` when there is none).
+    pub fn spread(&self, width: u32, height: u32) -> Option<[f32; 4]> {
+        let total: f32 = self.values.iter().sum();
+        if !(total > 0.0) {
+            return None;
+        }
+        let (cell_w, cell_h) = (width as f32 / self.width as f32, height as f32 / self.height as f32);
+        let centre = |i: usize| {
+            (
+                ((i % self.width) as f32 + 0.5) * cell_w,
+                ((i / self.width) as f32 + 0.5) * cell_h,
+            )
+        };
+        let (mut cx, mut cy) = (0.0, 0.0);
+        for (i, v) in self.values.iter().enumerate() {
+            let (x, y) = centre(i);
+            (cx, cy) = (cx + v * x, cy + v * y);
+        }
+        (cx, cy) = (cx / total, cy / total);
+        let (mut vx, mut vy) = (0.0, 0.0);
+        for (i, v) in self.values.iter().enumerate() {
+            let (x, y) = centre(i);
+            (vx, vy) = (vx + v * (x - cx).powi(2), vy + v * (y - cy).powi(2));
+        }
+        Some([cx, cy, (vx / total).sqrt(), (vy / total).sqrt()])
+    }
+
     /// The centre of the hottest cell, in pixels of a `width` × `height` photo.
     pub fn hottest_point(&self, width: u32, height: u32) -> (f32, f32) {
         let hottest =

@@ -62,7 +62,8 @@ pub struct SceneRecall {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SceneReport {
-    /// Scenes of one product: the whole photo, the default search, the product's true box.
+    /// Scenes of one product: the whole photo, the default search, the product's true box, the part
+    /// the default search picked before it is narrowed.
     pub singles: Vec<SceneRecall>,
     /// Every held-out photo as it is (a packshot): searched whole, and by default.
     pub clean: Vec<SceneRecall>,
@@ -165,9 +166,9 @@ pub fn scene_recall(
     let rank =
         |query: &[f32], photo: &HeldOut| held_out_rank(&gallery, photo.product, photo.view, query, Aggregation::TopTwo);
     // The best catalogue match of `query` by cosine (what search's best match is), the held-out
-    // photos left out: its score and product.
-    let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize) {
-        let mut best = (f32::MIN, 0);
+    // photos left out: its score, product and photo.
+    let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize, usize) {
+        let mut best = (f32::MIN, 0, 0);
         for (p, views) in gallery.iter().enumerate() {
             for (v, view) in views.iter().enumerate() {
                 if left_out.iter().any(|h| (h.product, h.view) == (p, v)) {
@@ -175,30 +176,51 @@ pub fn scene_recall(
                 }
                 let score = view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
                 if score > best.0 {
-                    best = (score, p);
+                    best = (score, p, v);
                 }
             }
         }
         best
     };
-    // The whole scene and its windows, embedded in one batch.
-    let whole_and_windows = |scene: &Photo| -> Result<(Vec<PhotoBox>, Vec<Vec<f32>>)> {
+    let explainer = embedder.with_feature_map()?;
+    // The whole scene and its windows, embedded in one batch, with their feature maps.
+    let whole_and_windows = |scene: &Photo| -> Result<(Vec<PhotoBox>, Vec<Vec<f32>>, Vec<FeatureMap>)> {
         let windows = search_windows(scene.width, scene.height);
-        let parts: Vec<Option<PhotoBox>> = std::iter::once(None).chain(windows.iter().copied().map(Some)).collect();
-        Ok((windows, embed(scene, &parts)?))
+        let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
+        let (maps, vectors) = feature_maps(&explainer, scene, &parts)?
+            .into_iter()
+            .map(|(map, embedding)| (map, unit(&embedding.features)))
+            .unzip();
+        Ok((windows, vectors, maps))
+    };
+    // The part picked in a busy scene narrowed as `Shop::narrow` does: its vector.
+    let narrow = |scene: &Photo, map: &FeatureMap, vector: &[f32], left_out: &[&HeldOut]| -> Result<Vec<f32>> {
+        let (_, product, view) = best_match(vector, left_out);
+        let heat = map.heatmap(&map.shares(&gallery[product][view]));
+        Ok(match locate::narrowed(&heat, scene.width, scene.height) {
+            Some(region) => embed(scene, &[Some(region)])?.remove(0),
+            None => vector.to_vec(),
+        })
     };
 
-    let (mut whole, mut found, mut boxed) = (Counts::default(), Counts::default(), Counts::default());
+    let (mut whole, mut found, mut boxed, mut picked) =
+        (Counts::default(), Counts::default(), Counts::default(), Counts::default());
     let mut searched_whole = 0usize;
     for _ in 0..options.singles {
         let (scene, photo, placed) = single_scene(&held_out, &backgrounds, options, &mut rng)?;
-        let (_, vectors) = whole_and_windows(&scene)?;
+        let (windows, vectors, maps) = whole_and_windows(&scene)?;
         whole.add(rank(&vectors[0], photo));
-        // What search does by default (see `Shop::embed_photo`).
+        // What search does by default (see `Shop::locate`).
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        let searched = if whole_is_enough(scores[0]) { 0 } else { pick(&scores) };
-        searched_whole += usize::from(searched == 0);
-        found.add(rank(&vectors[searched], photo));
+        if whole_is_enough(scores[0]) || windows.is_empty() {
+            searched_whole += 1;
+            found.add(rank(&vectors[0], photo));
+            picked.add(rank(&vectors[0], photo));
+        } else {
+            let searched = pick(&scores);
+            picked.add(rank(&vectors[searched], photo));
+            found.add(rank(&narrow(&scene, &maps[searched], &vectors[searched], &[photo])?, photo));
+        }
         boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
     }
 
@@ -209,16 +231,14 @@ pub fn scene_recall(
         let whole_vector = embed(&clean, &[None])?.remove(0);
         clean_whole.add(rank(&whole_vector, photo));
         let whole_score = best_match(&whole_vector, &[photo]).0;
-        let windows = search_windows(clean.width, clean.height);
-        if whole_is_enough(whole_score) || windows.is_empty() {
+        if whole_is_enough(whole_score) || search_windows(clean.width, clean.height).is_empty() {
             clean_found.add(rank(&whole_vector, photo));
             continue;
         }
-        let parts: Vec<Option<PhotoBox>> = windows.iter().copied().map(Some).collect();
-        let mut vectors = vec![whole_vector];
-        vectors.extend(embed(&clean, &parts)?);
+        let (_, vectors, maps) = whole_and_windows(&clean)?;
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        clean_found.add(rank(&vectors[pick(&scores)], photo));
+        let searched = pick(&scores);
+        clean_found.add(rank(&narrow(&clean, &maps[searched], &vectors[searched], &[photo])?, photo));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
@@ -238,7 +258,7 @@ pub fn scene_recall(
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
         let scene = scene_photo(scene);
-        let (windows, vectors) = whole_and_windows(&scene)?;
+        let (windows, vectors, _) = whole_and_windows(&scene)?;
         let both = [first, second];
         both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
         let in_own_box = embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
@@ -254,7 +274,7 @@ pub fn scene_recall(
                 .iter()
                 .zip(&vectors[1..])
                 .map(|(region, vector)| {
-                    let (score, product) = best_match(vector, &both);
+                    let (score, product, _) = best_match(vector, &both);
                     Candidate {
                         region: *region,
                         score,
@@ -281,6 +301,7 @@ pub fn scene_recall(
             whole.recall("whole photo"),
             found.recall("default search (finds the product)"),
             boxed.recall("the product's true box"),
+            picked.recall("the part picked, not narrowed (before)"),
         ],
         clean: vec![
             clean_whole.recall("clean held-out photos, whole"),

@@ -33,7 +33,7 @@ use crate::index::dedup::{duplicate_groups, DuplicateGroup};
 use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
-use crate::locate::{pick, regions, search_windows, whole_is_enough, Candidate, KEPT_PHOTO_SIDE};
+use crate::locate::{narrowed, pick, regions, search_windows, whole_is_enough, Candidate, KEPT_PHOTO_SIDE};
 use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
@@ -426,17 +426,53 @@ impl Shop {
             });
         }
         let windows = self.windows_to_search(photo, &embedding)?;
+        if windows.is_empty() {
+            return Ok(Located {
+                embedding,
+                region: None,
+                feature_map,
+            });
+        }
+        // The windows' feature maps come with their vectors: the one searched is narrowed.
         let parts: Vec<Option<&PhotoBox>> = windows.iter().map(Some).collect();
-        let (embedded, mut maps): (Vec<_>, Vec<_>) = self
-            .embed_parts_with(photo, &parts, with_feature_map)?
-            .into_iter()
-            .unzip();
+        let (embedded, mut maps): (Vec<_>, Vec<_>) = self.embed_parts_with(photo, &parts, true)?.into_iter().unzip();
         let mut located = self.pick_region(embedding, windows.iter().copied().zip(embedded).collect())?;
         located.feature_map = match located.region {
             None => feature_map,
             Some(picked) => windows.iter().position(|w| *w == picked).and_then(|i| maps[i].take()),
         };
-        Ok(located)
+        self.narrow(photo, located, with_feature_map)
+    }
+
+    /// The part of a busy photo picked to search, narrowed to where it is like its best match
+    /// ([`crate::locate::narrowed`]) and embedded again, with its feature map when
+    /// `with_feature_map`; `located` as it is when nothing narrows it.
+    pub fn narrow(&self, photo: &Photo, mut located: Located, with_feature_map: bool) -> Result<Located> {
+        let Some(best) = self.best_match(&located.embedding)? else {
+            return Ok(located);
+        };
+        let part_map = match located.feature_map.take() {
+            Some(map) => map,
+            None => feature_maps(&*self.explainer()?, photo, &[located.region.as_ref()])?.remove(0).0,
+        };
+        // The match's backbone features: its stored vector, unless a head or colour made that.
+        let stored = best.product.vectors().nth(best.image).unwrap_or(&best.product.vector);
+        let likeness = if stored.len() == part_map.channels {
+            Some(stored.to_vec())
+        } else {
+            self.catalogue_maps(&[matched_path(&best)])?.remove(0).map(|map| map.pooled())
+        };
+        let heat = likeness.map(|likeness| part_map.heatmap(&part_map.shares(&likeness)));
+        let Some(region) = heat.and_then(|heat| narrowed(&heat, photo.width, photo.height)) else {
+            located.feature_map = with_feature_map.then_some(part_map);
+            return Ok(located);
+        };
+        let (embedding, feature_map) = self.embed_parts_with(photo, &[Some(&region)], with_feature_map)?.remove(0);
+        Ok(Located {
+            embedding,
+            region: Some(region),
+            feature_map,
+        })
     }
 
     /// "Shop the look" for the photo at `path`: every product found in it, best first.

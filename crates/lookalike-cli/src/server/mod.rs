@@ -310,11 +310,13 @@ impl AppState {
             };
             return Ok(located);
         };
-        drop(ticket);
-        on_catalogue(self, move |shop| {
-            shop.pick_region(whole, windows.into_iter().zip(embedded).collect())
+        let located = on_catalogue(self, move |shop| {
+            let picked = shop.pick_region(whole, windows.into_iter().zip(embedded).collect())?;
+            shop.narrow(&photo, picked, false)
         })
-        .await
+        .await;
+        drop(ticket);
+        located
     }
 
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).
