@@ -261,7 +261,11 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     let report = run();
     assert_eq!(report, run(), "seeded: the same scenes every time");
     let singles = report["singles"].as_array().unwrap();
-    assert_eq!(singles.len(), 3, "whole, default search, true box: {report}");
+    assert_eq!(
+        singles.len(),
+        4,
+        "whole, default search, true box, picked part: {report}"
+    );
     let recall = |row: usize, at: &str| singles[row][at].as_f64().unwrap();
     for (row, single) in singles.iter().enumerate() {
         assert_eq!(single["queries"], 16, "{report}");

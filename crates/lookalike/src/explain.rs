@@ -277,7 +277,7 @@ impl Heatmap {
     /// deviation across and down, in pixels (`None` when there is none).
     pub fn spread(&self, width: u32, height: u32) -> Option<[f32; 4]> {
         let total: f32 = self.values.iter().sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return None;
         }
         let (cell_w, cell_h) = (width as f32 / self.width as f32, height as f32 / self.height as f32);

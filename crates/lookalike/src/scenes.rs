@@ -86,6 +86,9 @@ struct HeldOut {
     path: PathBuf,
 }
 
+/// A scene's windows, and its whole and its windows' unit vectors and feature maps (the whole first).
+type ScenePartsEmbedded = (Vec<PhotoBox>, Vec<Vec<f32>>, Vec<FeatureMap>);
+
 /// What every measurement over scenes starts from.
 struct Setup {
     products: Vec<StoredProduct>,
@@ -184,7 +187,7 @@ pub fn scene_recall(
     };
     let explainer = embedder.with_feature_map()?;
     // The whole scene and its windows, embedded in one batch, with their feature maps.
-    let whole_and_windows = |scene: &Photo| -> Result<(Vec<PhotoBox>, Vec<Vec<f32>>, Vec<FeatureMap>)> {
+    let whole_and_windows = |scene: &Photo| -> Result<ScenePartsEmbedded> {
         let windows = search_windows(scene.width, scene.height);
         let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
         let (maps, vectors) = feature_maps(&explainer, scene, &parts)?
@@ -194,17 +197,25 @@ pub fn scene_recall(
         Ok((windows, vectors, maps))
     };
     // The part picked in a busy scene narrowed as `Shop::narrow` does: its vector.
-    let narrow = |scene: &Photo, map: &FeatureMap, vector: &[f32], left_out: &[&HeldOut]| -> Result<Vec<f32>> {
+    let narrow = |scene: &Photo,
+                  map: &FeatureMap,
+                  vector: &[f32],
+                  left_out: &[&HeldOut]|
+     -> Result<(Option<PhotoBox>, Vec<f32>)> {
         let (_, product, view) = best_match(vector, left_out);
         let heat = map.heatmap(&map.shares(&gallery[product][view]));
         Ok(match locate::narrowed(&heat, scene.width, scene.height) {
-            Some(region) => embed(scene, &[Some(region)])?.remove(0),
-            None => vector.to_vec(),
+            Some(region) => (Some(region), embed(scene, &[Some(region)])?.remove(0)),
+            None => (None, vector.to_vec()),
         })
     };
 
-    let (mut whole, mut found, mut boxed, mut picked) =
-        (Counts::default(), Counts::default(), Counts::default(), Counts::default());
+    let (mut whole, mut found, mut boxed, mut picked) = (
+        Counts::default(),
+        Counts::default(),
+        Counts::default(),
+        Counts::default(),
+    );
     let mut searched_whole = 0usize;
     for _ in 0..options.singles {
         let (scene, photo, placed) = single_scene(&held_out, &backgrounds, options, &mut rng)?;
@@ -219,7 +230,10 @@ pub fn scene_recall(
         } else {
             let searched = pick(&scores);
             picked.add(rank(&vectors[searched], photo));
-            found.add(rank(&narrow(&scene, &maps[searched], &vectors[searched], &[photo])?, photo));
+            found.add(rank(
+                &narrow(&scene, &maps[searched], &vectors[searched], &[photo])?.1,
+                photo,
+            ));
         }
         boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
     }
@@ -238,7 +252,10 @@ pub fn scene_recall(
         let (_, vectors, maps) = whole_and_windows(&clean)?;
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
         let searched = pick(&scores);
-        clean_found.add(rank(&narrow(&clean, &maps[searched], &vectors[searched], &[photo])?, photo));
+        clean_found.add(rank(
+            &narrow(&clean, &maps[searched], &vectors[searched], &[photo])?.1,
+            photo,
+        ));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
@@ -258,7 +275,7 @@ pub fn scene_recall(
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
         let scene = scene_photo(scene);
-        let (windows, vectors, _) = whole_and_windows(&scene)?;
+        let (windows, vectors, maps) = whole_and_windows(&scene)?;
         let both = [first, second];
         both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
         let in_own_box = embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
@@ -266,9 +283,9 @@ pub fn scene_recall(
         // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
         // found around its centre.
         let whole_score = best_match(&vectors[0], &both).0;
-        let regions: Vec<(PhotoBox, &Vec<f32>)> = if windows.is_empty() || whole_is_enough(whole_score) {
+        let regions: Vec<(PhotoBox, Vec<f32>)> = if windows.is_empty() || whole_is_enough(whole_score) {
             let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
-            vec![(all, &vectors[0])]
+            vec![(all, vectors[0].clone())]
         } else {
             let candidates: Vec<Candidate> = windows
                 .iter()
@@ -282,9 +299,22 @@ pub fn scene_recall(
                     }
                 })
                 .collect();
-            locate::regions(&candidates)
+            // As `Shop::regions_of`: the kept windows narrowed, then kept again.
+            let (mut kept, mut narrowed_candidates) = (Vec::new(), Vec::new());
+            for i in locate::regions(&candidates) {
+                let (narrowed, vector) = narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
+                let region = narrowed.unwrap_or(windows[i]);
+                let (score, product, _) = best_match(&vector, &both);
+                narrowed_candidates.push(Candidate {
+                    region,
+                    score,
+                    best_product: product.to_string(),
+                });
+                kept.push((region, vector));
+            }
+            locate::regions(&narrowed_candidates)
                 .into_iter()
-                .map(|i| (windows[i], &vectors[i + 1]))
+                .map(|i| kept[i].clone())
                 .collect()
         };
         let found_in_a_region = |photo: &HeldOut, placed: PhotoBox| {

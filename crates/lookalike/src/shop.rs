@@ -453,21 +453,29 @@ impl Shop {
         };
         let part_map = match located.feature_map.take() {
             Some(map) => map,
-            None => feature_maps(&*self.explainer()?, photo, &[located.region.as_ref()])?.remove(0).0,
+            None => {
+                feature_maps(&*self.explainer()?, photo, &[located.region.as_ref()])?
+                    .remove(0)
+                    .0
+            }
         };
         // The match's backbone features: its stored vector, unless a head or colour made that.
         let stored = best.product.vectors().nth(best.image).unwrap_or(&best.product.vector);
         let likeness = if stored.len() == part_map.channels {
             Some(stored.to_vec())
         } else {
-            self.catalogue_maps(&[matched_path(&best)])?.remove(0).map(|map| map.pooled())
+            self.catalogue_maps(&[matched_path(&best)])?
+                .remove(0)
+                .map(|map| map.pooled())
         };
         let heat = likeness.map(|likeness| part_map.heatmap(&part_map.shares(&likeness)));
         let Some(region) = heat.and_then(|heat| narrowed(&heat, photo.width, photo.height)) else {
             located.feature_map = with_feature_map.then_some(part_map);
             return Ok(located);
         };
-        let (embedding, feature_map) = self.embed_parts_with(photo, &[Some(&region)], with_feature_map)?.remove(0);
+        let (embedding, feature_map) = self
+            .embed_parts_with(photo, &[Some(&region)], with_feature_map)?
+            .remove(0);
         Ok(Located {
             embedding,
             region: Some(region),
@@ -597,18 +605,35 @@ impl Shop {
                 best_product: best.product.id,
             });
         }
-        let kept = regions(&candidates);
         let mut windows: Vec<Option<(PhotoBox, ImageEmbedding)>> = windows.into_iter().map(Some).collect();
-        Ok(kept
+        // Each kept window narrowed; two that then find one product, or overlap, are one region.
+        let (mut found, mut narrowed_candidates) = (Vec::new(), Vec::new());
+        for i in regions(&candidates) {
+            let (window, embedding) = windows[i].take().expect("kept once");
+            let picked = Located {
+                embedding,
+                region: Some(window),
+                feature_map: None,
+            };
+            let narrowed = self.narrow(photo, picked, false)?;
+            let best = self
+                .best_match(&narrowed.embedding)?
+                .expect("the catalogue is not empty");
+            let region = narrowed.region.unwrap_or(window);
+            narrowed_candidates.push(Candidate {
+                region,
+                score: best.score,
+                best_product: best.product.id,
+            });
+            found.push(Some(FoundRegion {
+                region,
+                score: best.score,
+                embedding: narrowed.embedding,
+            }));
+        }
+        Ok(regions(&narrowed_candidates)
             .into_iter()
-            .map(|i| {
-                let (region, embedding) = windows[i].take().expect("kept once");
-                FoundRegion {
-                    region,
-                    score: candidates[i].score,
-                    embedding,
-                }
-            })
+            .map(|i| found[i].take().expect("kept once"))
             .collect())
     }
 
