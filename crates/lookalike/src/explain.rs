@@ -205,15 +205,28 @@ pub fn feature_maps(
     photo: &Photo,
     parts: &[Option<&PhotoBox>],
 ) -> Result<Vec<(FeatureMap, ImageEmbedding)>> {
-    if parts.is_empty() {
+    let items: Vec<(&Photo, Option<&PhotoBox>)> = parts.iter().map(|part| (photo, *part)).collect();
+    feature_maps_of(explainer, &items)
+}
+
+/// [`feature_maps`] of parts of several photos (`(photo, None)`: all of it), in one batch.
+pub fn feature_maps_of(
+    explainer: &Embedder,
+    items: &[(&Photo, Option<&PhotoBox>)],
+) -> Result<Vec<(FeatureMap, ImageEmbedding)>> {
+    if items.is_empty() {
         return Ok(Vec::new());
     }
     let pre = &explainer.preprocessing;
-    let out = explainer.run(&photo.batch(pre, parts)?, parts.len())?;
-    let per_image = out.block_input.len() / parts.len();
+    let mut tensor = Vec::with_capacity(items.len() * pre.tensor_len());
+    for (photo, part) in items {
+        tensor.extend(photo.batch(pre, &[*part])?);
+    }
+    let out = explainer.run(&tensor, items.len())?;
+    let per_image = out.block_input.len() / items.len();
     let channels = explainer.backbone_dimension();
-    let mut maps = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
+    let mut maps = Vec::with_capacity(items.len());
+    for (i, (photo, part)) in items.iter().enumerate() {
         let area = part.map(|b| b.within(photo.width, photo.height)).transpose()?;
         let seen = SeenSquare::of(photo.width, photo.height, area, pre);
         let planes = &out.block_input[i * per_image..(i + 1) * per_image];

@@ -26,7 +26,7 @@ use crate::catalogue::export::{export_json, export_npy, export_related_csv, expo
 use crate::catalogue::indexer::{in_shard, index_catalogue, IndexOptions, IndexReport, DEFAULT_BATCH_SIZE};
 use crate::catalogue::{read_catalogue, Catalogue, Layout};
 use crate::error::{Error, ImageProblem, Result};
-use crate::explain::{explain, feature_maps, most_alike_pair, Explanation, FeatureMap};
+use crate::explain::{explain, feature_maps, feature_maps_of, most_alike_pair, Explanation, FeatureMap};
 use crate::files::write_atomically;
 use crate::image::{decode_photo, read_image_file, ImageError, Photo};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
@@ -676,30 +676,16 @@ impl Shop {
                 missing.push((i, photo));
             }
         }
-        let explainer = self.explainer()?;
-        let pre = &explainer.preprocessing;
-        let mut tensor = Vec::with_capacity(missing.len() * pre.tensor_len());
-        for (_, photo) in &missing {
-            tensor.extend(photo.batch(pre, &[None])?);
-        }
-        let out = explainer.run(&tensor, missing.len())?;
-        let per_image = out.block_input.len() / missing.len().max(1);
-        let channels = explainer.backbone_dimension();
+        let items: Vec<(&Photo, Option<&PhotoBox>)> = missing.iter().map(|(_, photo)| (photo, None)).collect();
+        let maps = feature_maps_of(&*self.explainer()?, &items)?;
         let mut kept = self
             .catalogue_maps
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (n, (i, photo)) in missing.into_iter().enumerate() {
-            let seen = crate::explain::SeenSquare::of(photo.width, photo.height, None, pre);
-            let planes = &out.block_input[n * per_image..(n + 1) * per_image];
-            let map = Arc::new(FeatureMap::from_planes(
-                planes,
-                channels,
-                seen,
-                (photo.width, photo.height),
-            ));
-            kept.keep(keys[i].clone().expect("read files have keys"), map.clone());
-            found[i] = Some(map);
+        for ((i, _), (map, _)) in missing.iter().zip(maps) {
+            let map = Arc::new(map);
+            kept.keep(keys[*i].clone().expect("read files have keys"), map.clone());
+            found[*i] = Some(map);
         }
         // A file asked for twice in one call was embedded once.
         for i in 0..paths.len() {
