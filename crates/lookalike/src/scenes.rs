@@ -210,6 +210,20 @@ pub fn scene_recall(
         })
     };
 
+    // As `Shop::search_part`: the strongest parts narrowed, the narrowed part matching best kept.
+    let narrowed_pick = |scene: &Photo,
+                         scores: &[f32],
+                         vectors: &[Vec<f32>],
+                         maps: &[FeatureMap],
+                         left_out: &[&HeldOut]|
+     -> Result<Vec<f32>> {
+        let mut narrowed = Vec::new();
+        for i in locate::strongest(scores, locate::NARROWED_CANDIDATES) {
+            narrowed.push(narrow(scene, &maps[i], &vectors[i], left_out)?.1);
+        }
+        let narrowed_scores: Vec<f32> = narrowed.iter().map(|v| best_match(v, left_out).0).collect();
+        Ok(narrowed.swap_remove(pick(&narrowed_scores)))
+    };
     let (mut whole, mut found, mut boxed, mut picked) = (
         Counts::default(),
         Counts::default(),
@@ -228,12 +242,8 @@ pub fn scene_recall(
             found.add(rank(&vectors[0], photo));
             picked.add(rank(&vectors[0], photo));
         } else {
-            let searched = pick(&scores);
-            picked.add(rank(&vectors[searched], photo));
-            found.add(rank(
-                &narrow(&scene, &maps[searched], &vectors[searched], &[photo])?.1,
-                photo,
-            ));
+            picked.add(rank(&vectors[pick(&scores)], photo));
+            found.add(rank(&narrowed_pick(&scene, &scores, &vectors, &maps, &[photo])?, photo));
         }
         boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
     }
@@ -251,11 +261,7 @@ pub fn scene_recall(
         }
         let (_, vectors, maps) = whole_and_windows(&clean)?;
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        let searched = pick(&scores);
-        clean_found.add(rank(
-            &narrow(&clean, &maps[searched], &vectors[searched], &[photo])?.1,
-            photo,
-        ));
+        clean_found.add(rank(&narrowed_pick(&clean, &scores, &vectors, &maps, &[photo])?, photo));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);

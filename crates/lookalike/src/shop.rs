@@ -33,7 +33,10 @@ use crate::index::dedup::{duplicate_groups, DuplicateGroup};
 use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
-use crate::locate::{narrowed, pick, regions, search_windows, whole_is_enough, Candidate, KEPT_PHOTO_SIDE};
+use crate::locate::{
+    narrowed, pick, regions, search_windows, strongest, whole_is_enough, Candidate, KEPT_PHOTO_SIDE,
+    NARROWED_CANDIDATES,
+};
 use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
@@ -433,15 +436,47 @@ impl Shop {
                 feature_map,
             });
         }
-        // The windows' feature maps come with their vectors: the one searched is narrowed.
+        // The windows' feature maps come with their vectors: the parts narrowed need them.
         let parts: Vec<Option<&PhotoBox>> = windows.iter().map(Some).collect();
-        let (embedded, mut maps): (Vec<_>, Vec<_>) = self.embed_parts_with(photo, &parts, true)?.into_iter().unzip();
-        let mut located = self.pick_region(embedding, windows.iter().copied().zip(embedded).collect())?;
-        located.feature_map = match located.region {
-            None => feature_map,
-            Some(picked) => windows.iter().position(|w| *w == picked).and_then(|i| maps[i].take()),
+        let embedded = self.embed_parts_with(photo, &parts, true)?;
+        let whole = Located {
+            embedding,
+            region: None,
+            feature_map,
         };
-        self.narrow(photo, located, with_feature_map)
+        let windows = windows
+            .iter()
+            .zip(embedded)
+            .map(|(window, (embedding, feature_map))| Located {
+                embedding,
+                region: Some(*window),
+                feature_map,
+            });
+        self.search_part(photo, std::iter::once(whole).chain(windows).collect(), with_feature_map)
+    }
+
+    /// The part of a busy photo to search, among `parts` (the whole photo, then its windows): the
+    /// [`NARROWED_CANDIDATES`] whose best matches score highest are narrowed ([`Self::narrow`]),
+    /// and the narrowed part whose best match scores highest is kept.
+    pub fn search_part(&self, photo: &Photo, parts: Vec<Located>, with_feature_map: bool) -> Result<Located> {
+        let scores = parts
+            .iter()
+            .map(|part| self.best_score(&part.embedding))
+            .collect::<Result<Vec<f32>>>()?;
+        let mut parts: Vec<Option<Located>> = parts.into_iter().map(Some).collect();
+        let mut narrowed = Vec::new();
+        for i in strongest(&scores, NARROWED_CANDIDATES) {
+            let part = parts[i].take().expect("each part once");
+            narrowed.push(self.narrow(photo, part, with_feature_map)?);
+        }
+        let narrowed_scores = narrowed
+            .iter()
+            .map(|part| self.best_score(&part.embedding))
+            .collect::<Result<Vec<f32>>>()?;
+        if narrowed.is_empty() {
+            return Err(Error::invalid("a photo has at least one part to search"));
+        }
+        Ok(narrowed.swap_remove(pick(&narrowed_scores)))
     }
 
     /// The part of a busy photo picked to search, narrowed to where it is like its best match
@@ -542,37 +577,6 @@ impl Shop {
             Vec::new()
         } else {
             search_windows(photo.width, photo.height)
-        })
-    }
-
-    /// The part of the photo searched: the whole photo (`whole`) or one of `windows`, whichever
-    /// matches a product best.
-    pub fn pick_region(&self, whole: ImageEmbedding, windows: Vec<(PhotoBox, ImageEmbedding)>) -> Result<Located> {
-        if windows.is_empty() {
-            return Ok(Located {
-                embedding: whole,
-                region: None,
-                feature_map: None,
-            });
-        }
-        let mut scores = vec![self.best_score(&whole)?];
-        for (_, embedding) in &windows {
-            scores.push(self.best_score(embedding)?);
-        }
-        Ok(match pick(&scores) {
-            0 => Located {
-                embedding: whole,
-                region: None,
-                feature_map: None,
-            },
-            i => {
-                let (region, embedding) = windows.into_iter().nth(i - 1).expect("picked among them");
-                Located {
-                    embedding,
-                    region: Some(region),
-                    feature_map: None,
-                }
-            }
         })
     }
 

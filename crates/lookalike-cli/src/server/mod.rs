@@ -311,8 +311,17 @@ impl AppState {
             return Ok(located);
         };
         let located = on_catalogue(self, move |shop| {
-            let picked = shop.pick_region(whole, windows.into_iter().zip(embedded).collect())?;
-            shop.narrow(&photo, picked, false)
+            let whole = Located {
+                embedding: whole,
+                region: None,
+                feature_map: None,
+            };
+            let windows = windows.into_iter().zip(embedded).map(|(window, embedding)| Located {
+                embedding,
+                region: Some(window),
+                feature_map: None,
+            });
+            shop.search_part(&photo, std::iter::once(whole).chain(windows).collect(), false)
         })
         .await;
         drop(ticket);
