@@ -6,10 +6,11 @@
 //! A photo whose best catalogue match is close (a packshot, a product filling the frame) is
 //! searched whole, as before and at the same cost. Below [`FIND_PRODUCT_BELOW`] the product is
 //! small in a busy photo; 9 windows (3 × 3, each half the photo's width and height) are then
-//! embedded as well and the part of the photo whose best match scores highest is searched. The
-//! windows and the threshold were chosen on `eval scenes --seed 7` (see README, "Photos from
-//! shoppers"); cells of the feature map ranked by the same likeness found the product far less
-//! often than embedded windows.
+//! embedded as well, the [`NARROWED_CANDIDATES`] parts whose best matches score highest are
+//! narrowed to where their likeness to that match lies ([`narrowed`]), and the narrowed part whose
+//! best match scores highest is searched. The windows, the threshold and the narrowing were chosen
+//! on `eval scenes --seed 7` (see README, "Photos from shoppers"); cells of the feature map ranked
+//! by the same likeness found the product far less often than embedded windows.
 
 use crate::explain::Heatmap;
 use crate::types::PhotoBox;
