@@ -459,15 +459,22 @@ impl Shop {
     /// [`NARROWED_CANDIDATES`] whose best matches score highest are narrowed ([`Self::narrow`]),
     /// and the narrowed part whose best match scores highest is kept.
     pub fn search_part(&self, photo: &Photo, parts: Vec<Located>, with_feature_map: bool) -> Result<Located> {
-        let scores = parts
+        let mut bests = parts
             .iter()
-            .map(|part| self.best_score(&part.embedding))
-            .collect::<Result<Vec<f32>>>()?;
+            .map(|part| self.best_match(&part.embedding))
+            .collect::<Result<Vec<Option<Scored>>>>()?;
+        let scores: Vec<f32> = bests
+            .iter()
+            .map(|best| best.as_ref().map_or(f32::MIN, |b| b.score))
+            .collect();
         let mut parts: Vec<Option<Located>> = parts.into_iter().map(Some).collect();
         let mut narrowed = Vec::new();
         for i in strongest(&scores, NARROWED_CANDIDATES) {
             let part = parts[i].take().expect("each part once");
-            narrowed.push(self.narrow(photo, part, with_feature_map)?);
+            narrowed.push(match bests[i].take() {
+                Some(best) => self.narrow(photo, part, &best, with_feature_map)?,
+                None => part,
+            });
         }
         let narrowed_scores = narrowed
             .iter()
@@ -479,13 +486,16 @@ impl Shop {
         Ok(narrowed.swap_remove(pick(&narrowed_scores)))
     }
 
-    /// The part of a busy photo picked to search, narrowed to where it is like its best match
-    /// ([`crate::locate::narrowed`]) and embedded again, with its feature map when
+    /// A part of a busy photo narrowed to where it is like `best`, its best match
+    /// ([`crate::locate::narrowed`]), and embedded again, with its feature map when
     /// `with_feature_map`; `located` as it is when nothing narrows it.
-    pub fn narrow(&self, photo: &Photo, mut located: Located, with_feature_map: bool) -> Result<Located> {
-        let Some(best) = self.best_match(&located.embedding)? else {
-            return Ok(located);
-        };
+    pub fn narrow(
+        &self,
+        photo: &Photo,
+        mut located: Located,
+        best: &Scored,
+        with_feature_map: bool,
+    ) -> Result<Located> {
         let part_map = match located.feature_map.take() {
             Some(map) => map,
             None => {
@@ -499,7 +509,7 @@ impl Shop {
         let likeness = if stored.len() == part_map.channels {
             Some(stored.to_vec())
         } else {
-            self.catalogue_maps(&[matched_path(&best)])?
+            self.catalogue_maps(&[matched_path(best)])?
                 .remove(0)
                 .map(|map| map.pooled())
         };
@@ -600,14 +610,15 @@ impl Shop {
                 embedding: whole,
             }]);
         }
-        let mut candidates = Vec::with_capacity(windows.len());
+        let (mut candidates, mut bests) = (Vec::with_capacity(windows.len()), Vec::with_capacity(windows.len()));
         for (region, embedding) in &windows {
             let best = self.best_match(embedding)?.expect("the catalogue is not empty");
             candidates.push(Candidate {
                 region: *region,
                 score: best.score,
-                best_product: best.product.id,
+                best_product: best.product.id.clone(),
             });
+            bests.push(best);
         }
         let mut windows: Vec<Option<(PhotoBox, ImageEmbedding)>> = windows.into_iter().map(Some).collect();
         // Each kept window narrowed; two that then find one product, or overlap, are one region.
@@ -619,7 +630,7 @@ impl Shop {
                 region: Some(window),
                 feature_map: None,
             };
-            let narrowed = self.narrow(photo, picked, false)?;
+            let narrowed = self.narrow(photo, picked, &bests[i], false)?;
             let best = self
                 .best_match(&narrowed.embedding)?
                 .expect("the catalogue is not empty");
