@@ -251,9 +251,7 @@ impl<'a> Sheet<'a> {
 
 /// The photo a hit matched by, read again from its file (`None` when it no longer reads).
 fn matched_photo(hit: &Scored) -> Option<image::RgbImage> {
-    let p = &hit.product;
-    let shown = p.image_paths().nth(hit.image).unwrap_or(&p.image_path);
-    lookalike::image::load_image(Path::new(shown)).ok()
+    lookalike::image::load_image(Path::new(hit.matched_path())).ok()
 }
 
 /// The query photo, then each hit's photo with its rank, score, title and price.

@@ -505,11 +505,11 @@ impl Shop {
             }
         };
         // The match's backbone features: its stored vector, unless a head or colour made that.
-        let stored = best.product.vectors().nth(best.image).unwrap_or(&best.product.vector);
+        let stored = best.matched_vector();
         let likeness = if stored.len() == part_map.channels {
             Some(stored.to_vec())
         } else {
-            self.catalogue_maps(&[matched_path(best)])?
+            self.catalogue_maps(&[best.matched_path()])?
                 .remove(0)
                 .map(|map| map.pooled())
         };
@@ -714,7 +714,7 @@ impl Shop {
     /// Why each of `hits` matched the photo whose searched part has the feature map `query`
     /// ([`Self::locate`]); `None` for a hit whose matched photo is no longer readable.
     pub fn explain(&self, query: &FeatureMap, hits: &[Scored]) -> Result<Vec<Option<Explanation>>> {
-        let paths: Vec<&str> = hits.iter().map(matched_path).collect();
+        let paths: Vec<&str> = hits.iter().map(Scored::matched_path).collect();
         let matched = self.catalogue_maps(&paths)?;
         hits.iter()
             .zip(matched)
@@ -729,7 +729,7 @@ impl Shop {
         let query_views: Vec<usize> = hits
             .iter()
             .map(|hit| {
-                let matched = hit.product.vectors().nth(hit.image).unwrap_or(&hit.product.vector);
+                let matched = hit.matched_vector();
                 most_alike_pair(&product.vectors().collect::<Vec<_>>(), &[matched]).0
             })
             .collect();
@@ -738,7 +738,7 @@ impl Shop {
             .map(|&n| product.image_paths().nth(n).unwrap_or(&product.image_path))
             .collect();
         let mut paths = query_paths.clone();
-        paths.extend(hits.iter().map(matched_path));
+        paths.extend(hits.iter().map(Scored::matched_path));
         let mut maps = self.catalogue_maps(&paths)?;
         let matched = maps.split_off(hits.len());
         maps.into_iter()
@@ -1099,14 +1099,6 @@ impl Shop {
 pub const MAX_K: usize = 10_000;
 /// The most products one recommendation may name.
 pub const MAX_RECOMMEND_IDS: usize = 100;
-
-/// The file of the photo a hit matched by.
-fn matched_path(hit: &Scored) -> &str {
-    hit.product
-        .image_paths()
-        .nth(hit.image)
-        .unwrap_or(&hit.product.image_path)
-}
 
 fn check_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_K {

@@ -223,6 +223,21 @@ pub struct Scored {
     pub image: usize,
 }
 
+impl Scored {
+    /// The file of the product's photo that matched (the main one if `image` names none).
+    pub fn matched_path(&self) -> &str {
+        self.product
+            .image_paths()
+            .nth(self.image)
+            .unwrap_or(&self.product.image_path)
+    }
+
+    /// The vector of the product's photo that matched (the main one if `image` names none).
+    pub fn matched_vector(&self) -> &[f32] {
+        self.product.vectors().nth(self.image).unwrap_or(&self.product.vector)
+    }
+}
+
 /// The products related to one product, by id, best first, with their cosine similarities.
 pub type RelatedIds = Vec<(String, f32)>;
 
