@@ -104,6 +104,16 @@ pub fn colour_weight(s: &str) -> Result<f32, String> {
     Ok(x as f32)
 }
 
+/// `FOLDER=CATEGORY` (for `eval kinds`): neither side empty.
+pub fn kind(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((folder, category)) if !folder.trim().is_empty() && !category.trim().is_empty() => {
+            Ok((folder.trim().to_string(), category.trim().to_string()))
+        }
+        _ => Err(format!("{s:?} is not FOLDER=CATEGORY")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

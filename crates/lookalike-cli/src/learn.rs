@@ -16,7 +16,8 @@ use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
 use lookalike::model::Embedder;
-use lookalike::scenes::{pointing_game, scene_recall, PointingReport, SceneOptions};
+use lookalike::scenes::{kind_precision, pointing_game, scene_recall, PointingReport, SceneOptions};
+use lookalike::shop::Shop;
 use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
 
@@ -163,9 +164,6 @@ pub enum EvalCommand {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
-    /// Product-level retrieval on a catalogue of several photos per product (indexed without a
-    /// head): each product's last photo is held out and queried against the rest, Recall@1 and
-    /// @5 per way of scoring a product by its photos, beside one photo per product.
     /// Shoppers' photos made from the catalogue's own: a product photo held out, its white
     /// backdrop removed, pasted onto background photos (alone and in pairs, seeded); product
     /// Recall@1/@5 for the whole photo, the product's true box and boxes found without it.
@@ -191,6 +189,46 @@ pub enum EvalCommand {
         #[arg(long)]
         explain: bool,
     },
+    /// Category retrieval from shoppers'-style photos (folders named for a kind) against a
+    /// catalogue's packshots, searched whole and as `search` does by default: precision@1 and @5,
+    /// a product being of the photo's kind when the last part of its category is the kind's.
+    Kinds {
+        #[arg(long)]
+        db: String,
+        /// A folder of photos in one folder per kind (searched recursively, e.g. a test split).
+        #[arg(long)]
+        photos: PathBuf,
+        /// FOLDER=CATEGORY, comma-separated: which catalogue category each folder's photos are
+        /// (e.g. t-shirt=Tees,pants=Pants).
+        #[arg(long, value_delimiter = ',', value_parser = crate::args::kind, required = true)]
+        kinds: Vec<(String, String)>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Training-free descriptors and re-ranking side by side: poolings of the last feature map
+    /// (average, GeM, max) × PCA-whitening fitted on the gallery, query expansion and gallery
+    /// augmentation. Sets: a catalogue's products (--db: each product's last photo against the
+    /// other photos, product Recall@1/@5); labelled folders (--gallery and --queries: class
+    /// precision@1 and Recall@5 of classes); shoppers'-style photos against the catalogue's
+    /// packshots by kind (--db, --queries and --kinds, as `eval kinds`).
+    Descriptors {
+        #[arg(long)]
+        db: Option<String>,
+        /// A labelled folder (one folder per class) to search in.
+        #[arg(long, requires = "queries")]
+        gallery: Option<PathBuf>,
+        /// A labelled folder of query photos.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// FOLDER=CATEGORY, comma-separated, as `eval kinds`.
+        #[arg(long, value_delimiter = ',', value_parser = crate::args::kind, requires_all = ["db", "queries"])]
+        kinds: Vec<(String, String)>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Product-level retrieval on a catalogue of several photos per product (indexed without a
+    /// head): each product's last photo is held out and queried against the rest, Recall@1 and
+    /// @5 per way of scoring a product by its photos, beside one photo per product.
     Products {
         #[arg(long)]
         db: String,
@@ -607,6 +645,21 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             );
             Ok(())
         }
+        EvalCommand::Descriptors {
+            db,
+            gallery,
+            queries,
+            kinds,
+            json,
+        } => eval_descriptors(
+            embedder,
+            db.as_deref(),
+            gallery.as_deref(),
+            queries.as_deref(),
+            &kinds,
+            json,
+        ),
+        EvalCommand::Kinds { .. } => unreachable!("eval kinds opens the catalogue's shop: see eval_kinds"),
         EvalCommand::Products {
             db,
             flip,
@@ -878,6 +931,243 @@ fn recall_with_words(
         .zip(results)
         .map(|((label, _), r)| (format!("{label} ({file})"), r))
         .collect())
+}
+
+/// A set of photos for `eval descriptors`: gallery and query photos with their labels.
+struct PhotoSet {
+    name: String,
+    gallery: Vec<(PathBuf, usize)>,
+    queries: Vec<(PathBuf, usize)>,
+}
+
+/// The photos of a labelled folder, with their class's index in `classes` (added when `grow`).
+fn labelled_photos(folder: &Path, classes: &mut Vec<String>, grow: bool) -> Result<Vec<(PathBuf, usize)>> {
+    let entries = lookalike::catalogue::read_image_folder(folder, lookalike::catalogue::Layout::Images)?.entries;
+    let mut photos = Vec::new();
+    for entry in entries {
+        let Some(class) = entry.info.category else { continue };
+        let label = match classes.iter().position(|c| *c == class) {
+            Some(label) => label,
+            None if grow => {
+                classes.push(class);
+                classes.len() - 1
+            }
+            None => continue,
+        };
+        photos.push((entry.image_path, label));
+    }
+    Ok(photos)
+}
+
+fn eval_descriptors(
+    embedder: &Embedder,
+    db: Option<&str>,
+    gallery: Option<&Path>,
+    queries: Option<&Path>,
+    kinds: &[(String, String)],
+    json: bool,
+) -> Result<()> {
+    use lookalike::learn::descriptors::{compare, DescribedSet, POOLINGS};
+    let mut sets = Vec::new();
+    let mut stored: HashMap<PathBuf, Vec<f32>> = HashMap::new();
+    if let Some(db) = db {
+        let store = lookalike::store::open_store_read_only(db)?;
+        if store
+            .manifest()?
+            .is_some_and(|m| m.head.is_some() || m.colour.is_some())
+        {
+            bail!("{db} was indexed through a head or with colour: eval descriptors needs raw backbone features");
+        }
+        let products = store.products()?;
+        let mut set = PhotoSet {
+            name: format!("{db}: products, each one's last photo held out"),
+            gallery: Vec::new(),
+            queries: Vec::new(),
+        };
+        for (label, product) in products.iter().enumerate() {
+            let paths: Vec<PathBuf> = product.image_paths().map(PathBuf::from).collect();
+            for (i, (path, vector)) in paths.iter().zip(product.vectors()).enumerate() {
+                stored.insert(path.clone(), vector.to_vec());
+                let held_out = paths.len() >= 2 && i == paths.len() - 1;
+                if held_out { &mut set.queries } else { &mut set.gallery }.push((path.clone(), label));
+            }
+        }
+        if !kinds.is_empty() {
+            let queries = queries.expect("clap requires --queries with --kinds");
+            let mut categories: Vec<String> = Vec::new();
+            let mut kind_set = PhotoSet {
+                name: format!("{}: kinds, against {db}", queries.display()),
+                gallery: Vec::new(),
+                queries: Vec::new(),
+            };
+            for (_, category) in kinds {
+                if !categories.contains(category) {
+                    categories.push(category.clone());
+                }
+            }
+            for product in &products {
+                let last = product.info.category.as_deref().and_then(|c| c.rsplit('/').next());
+                if let Some(label) = last.and_then(|last| categories.iter().position(|c| c == last.trim())) {
+                    kind_set
+                        .gallery
+                        .extend(product.image_paths().map(|path| (PathBuf::from(path), label)));
+                }
+            }
+            let mut folders: Vec<String> = kinds.iter().map(|(folder, _)| folder.clone()).collect();
+            for (path, folder) in labelled_photos(queries, &mut folders, false)? {
+                let category = &kinds[folder].1;
+                let label = categories
+                    .iter()
+                    .position(|c| c == category)
+                    .expect("every kind's category");
+                kind_set.queries.push((path, label));
+            }
+            sets.push(kind_set);
+        }
+        sets.insert(0, set);
+    }
+    if let (Some(gallery), Some(queries)) = (gallery, queries) {
+        let mut classes = Vec::new();
+        let gallery_photos = labelled_photos(gallery, &mut classes, true)?;
+        sets.push(PhotoSet {
+            name: format!("{} against {}: classes", queries.display(), gallery.display()),
+            gallery: gallery_photos,
+            queries: labelled_photos(queries, &mut classes, false)?,
+        });
+    }
+    if sets.is_empty() {
+        bail!("give a catalogue (--db) or labelled folders (--gallery and --queries)");
+    }
+
+    // Every photo's feature map, pooled each way, once.
+    let explainer = embedder.with_feature_map()?;
+    let mut paths: Vec<&PathBuf> = sets
+        .iter()
+        .flat_map(|set| set.gallery.iter().chain(&set.queries).map(|(path, _)| path))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let bar = progress_bar("feature maps".into());
+    bar.set_length(paths.len() as u64);
+    let mut pooled: HashMap<&PathBuf, Vec<Vec<f32>>> = HashMap::new();
+    let mut worst_cosine = 1.0f32;
+    for chunk in paths.chunks(16) {
+        let photos: Vec<(&PathBuf, lookalike::image::Photo)> = chunk
+            .iter()
+            .filter_map(|&path| match Shop::read_photo(path) {
+                Ok(photo) => Some((path, photo)),
+                Err(err) => {
+                    eprintln!("skipped {}: {err:#}", path.display());
+                    None
+                }
+            })
+            .collect();
+        let items: Vec<_> = photos.iter().map(|(_, photo)| (photo, None)).collect();
+        for ((path, _), (map, _)) in photos
+            .iter()
+            .zip(lookalike::explain::feature_maps_of(&explainer, &items)?)
+        {
+            let vectors: Vec<Vec<f32>> = POOLINGS
+                .iter()
+                .map(|pooling| unit_rows(std::iter::once(pooling.pool(&map.cells, map.channels))).remove(0))
+                .collect();
+            if let Some(vector) = stored.get(*path) {
+                let vector = unit_rows(std::iter::once(vector.clone())).remove(0);
+                worst_cosine = worst_cosine.min(vector.iter().zip(&vectors[0]).map(|(a, b)| a * b).sum());
+            }
+            pooled.insert(path, vectors);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if !stored.is_empty() {
+        eprintln!("average pooling against the catalogue's stored vectors: lowest cosine {worst_cosine:.5}");
+    }
+
+    let mut rows = Vec::new();
+    for set in &sets {
+        let described = |photos: &[(PathBuf, usize)], pooling: usize| -> (Vec<Vec<f32>>, Vec<usize>) {
+            photos
+                .iter()
+                .filter_map(|(path, label)| pooled.get(path).map(|v| (v[pooling].clone(), *label)))
+                .unzip()
+        };
+        for (p, pooling) in POOLINGS.iter().enumerate() {
+            let (gallery, gallery_labels) = described(&set.gallery, p);
+            let (queries, query_labels) = described(&set.queries, p);
+            let described = DescribedSet {
+                gallery: &gallery,
+                gallery_labels: &gallery_labels,
+                queries: &queries,
+                query_labels: &query_labels,
+            };
+            for (variant, recall) in compare(&described) {
+                rows.push(serde_json::json!({
+                    "set": set.name,
+                    "pooling": pooling.name(),
+                    "variant": variant.name(),
+                    "queries": recall.queries,
+                    "gallery": gallery.len(),
+                    "recall_at_1": recall.recall_at_1,
+                    "recall_at_5": recall.recall_at_5,
+                }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
+        .set_header(["set", "pooling", "then", "queries", "gallery", "Recall@1", "Recall@5"]);
+    for row in &rows {
+        table.add_row([
+            row["set"].as_str().unwrap_or_default().to_string(),
+            row["pooling"].as_str().unwrap_or_default().to_string(),
+            row["variant"].as_str().unwrap_or_default().to_string(),
+            row["queries"].to_string(),
+            row["gallery"].to_string(),
+            format!("{:.3}", row["recall_at_1"].as_f64().unwrap_or_default()),
+            format!("{:.3}", row["recall_at_5"].as_f64().unwrap_or_default()),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `eval kinds`: category precision through the front door.
+pub fn eval_kinds(shop: &Shop, photos: &Path, kinds: &[(String, String)], json: bool) -> Result<()> {
+    let report = kind_precision(shop, photos, kinds)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    let mut header = vec![
+        "searched by".to_string(),
+        "photos".into(),
+        "precision@1".into(),
+        "precision@5".into(),
+    ];
+    header.extend(kinds.iter().map(|(name, category)| format!("{name} ({category}) @1")));
+    table
+        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
+        .set_header(header);
+    for row in &report.rows {
+        let mut cells = vec![
+            row.search.clone(),
+            row.queries.to_string(),
+            format!("{:.3}", row.precision_at_1),
+            format!("{:.3}", row.precision_at_5),
+        ];
+        cells.extend(row.per_kind.iter().map(|(_, p)| format!("{p:.3}")));
+        table.add_row(cells);
+    }
+    println!("{table}");
+    println!("the default search searched {:.3} of them whole", report.searched_whole);
+    Ok(())
 }
 
 fn eval_products(

@@ -551,6 +551,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             learn::train(what, &|| models.embedder())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval {
+            what:
+                learn::EvalCommand::Kinds {
+                    db,
+                    photos,
+                    kinds,
+                    json,
+                },
+        } => {
+            learn::eval_kinds(&models.read(&db, SearchMode::Exact, None)?, &photos, &kinds, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Eval { what } => {
             let embedder = match what.colour() {
                 Some(weight) => models.embedder()?.with_colour(weight)?,

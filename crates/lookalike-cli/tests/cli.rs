@@ -343,6 +343,102 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
 }
 
 #[test]
+fn eval_kinds_and_descriptors_measure_known_answers() {
+    // The catalogue's own photos, sorted into folders by kind: each finds itself first, whole
+    // or by default (it matches itself closely, so it is searched whole).
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("kinds");
+    for (folder, ids) in [
+        ("trousers", ["mp01", "mp02", "mp03"]),
+        ("hoodie", ["mh01", "mh02", "mh03"]),
+    ] {
+        std::fs::create_dir_all(photos.join(folder)).unwrap();
+        for id in ids {
+            let from = demo().join("images").join(format!("{id}.jpg"));
+            std::fs::copy(from, photos.join(folder).join(format!("{id}.jpg"))).unwrap();
+        }
+    }
+    let db = demo_db();
+    let kinds = "trousers=Pants,hoodie=Hoodies & Sweatshirts";
+    let args = [
+        "eval",
+        "kinds",
+        "--db",
+        s(db),
+        "--photos",
+        s(&photos),
+        "--kinds",
+        kinds,
+        "--json",
+    ];
+    let report: Value = serde_json::from_str(&ok_text(lookalike(&args))).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "whole, default: {report}");
+    for row in rows {
+        assert_eq!(row["queries"], 6, "{report}");
+        assert_eq!(row["precision_at_1"], 1.0, "{report}");
+        assert!(row["precision_at_5"].as_f64().unwrap() > 0.2, "{report}");
+        assert_eq!(row["per_kind"].as_array().unwrap().len(), 2, "{report}");
+    }
+    assert_eq!(report["searched_whole"], 1.0, "{report}");
+    let out = lookalike(&[
+        "eval",
+        "kinds",
+        "--db",
+        s(db),
+        "--photos",
+        s(&photos),
+        "--kinds",
+        "trousers",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "not FOLDER=CATEGORY: {}", text(&out));
+    let out = lookalike(&[
+        "eval",
+        "kinds",
+        "--db",
+        s(db),
+        "--photos",
+        s(&photos),
+        "--kinds",
+        "socks=Socks",
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("no photos in folders named"),
+        "{}",
+        text(&out)
+    );
+
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luma-shop");
+    let luma = dir.path().join("luma.db");
+    ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&luma)]));
+    let args = ["eval", "descriptors", "--db", s(&luma), "--json"];
+    let out = lookalike(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        text(&out).contains("lowest cosine 0.99") || text(&out).contains("lowest cosine 1.0"),
+        "average pooling of the feature map is the stored vector: {}",
+        text(&out)
+    );
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4 * 8, "4 poolings × 8 variants");
+    for row in rows {
+        let (at_1, at_5) = (
+            row["recall_at_1"].as_f64().unwrap(),
+            row["recall_at_5"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&at_1) && at_1 <= at_5, "{row}");
+    }
+    assert!(rows[0]["recall_at_5"].as_f64().unwrap() >= 0.5, "{}", rows[0]);
+    let out = lookalike(&["eval", "descriptors", "--json"]);
+    assert!(
+        !out.status.success() && text(&out).contains("give a catalogue"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn bad_queries_fail_clearly() {
     let db = demo_db();
     let dir = tempfile::tempdir().unwrap();

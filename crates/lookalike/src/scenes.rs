@@ -25,8 +25,9 @@ use crate::learn::eval::{held_out_rank, Aggregation};
 use crate::linalg::l2_normalise_rows;
 use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
 use crate::model::Embedder;
+use crate::shop::{Framing, SearchRequest, Shop};
 use crate::store::{check_same_model, Store};
-use crate::types::{PhotoBox, StoredProduct};
+use crate::types::{PhotoBox, Scored, StoredProduct};
 
 /// How many scenes, and how they are made.
 #[derive(Debug, Clone)]
@@ -210,19 +211,21 @@ pub fn scene_recall(
         })
     };
 
-    // As `Shop::search_part`: the strongest parts narrowed, the narrowed part matching best kept.
+    // As `Shop::search_part`: the strongest parts narrowed, the narrowed part matching best kept
+    // unless the whole photo does about as well (`None`: the whole photo).
     let narrowed_pick = |scene: &Photo,
                          scores: &[f32],
                          vectors: &[Vec<f32>],
                          maps: &[FeatureMap],
                          left_out: &[&HeldOut]|
-     -> Result<Vec<f32>> {
+     -> Result<Option<Vec<f32>>> {
         let mut narrowed = Vec::new();
         for i in locate::strongest(scores, locate::NARROWED_CANDIDATES) {
             narrowed.push(narrow(scene, &maps[i], &vectors[i], left_out)?.1);
         }
         let narrowed_scores: Vec<f32> = narrowed.iter().map(|v| best_match(v, left_out).0).collect();
-        Ok(narrowed.swap_remove(pick(&narrowed_scores)))
+        let picked = pick(&narrowed_scores);
+        Ok(locate::part_beats_whole(scores[0], narrowed_scores[picked]).then(|| narrowed.swap_remove(picked)))
     };
     let (mut whole, mut found, mut boxed, mut picked) = (
         Counts::default(),
@@ -243,7 +246,13 @@ pub fn scene_recall(
             picked.add(rank(&vectors[0], photo));
         } else {
             picked.add(rank(&vectors[pick(&scores)], photo));
-            found.add(rank(&narrowed_pick(&scene, &scores, &vectors, &maps, &[photo])?, photo));
+            match narrowed_pick(&scene, &scores, &vectors, &maps, &[photo])? {
+                Some(part) => found.add(rank(&part, photo)),
+                None => {
+                    searched_whole += 1;
+                    found.add(rank(&vectors[0], photo));
+                }
+            }
         }
         boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
     }
@@ -261,7 +270,8 @@ pub fn scene_recall(
         }
         let (_, vectors, maps) = whole_and_windows(&clean)?;
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        clean_found.add(rank(&narrowed_pick(&clean, &scores, &vectors, &maps, &[photo])?, photo));
+        let part = narrowed_pick(&clean, &scores, &vectors, &maps, &[photo])?;
+        clean_found.add(rank(part.as_ref().unwrap_or(&whole_vector), photo));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
@@ -478,6 +488,110 @@ pub fn pointing_game(
             .collect(),
         several_views,
         matched_view_is_the_pasted_one: share(pasted_view_named, several_views),
+    })
+}
+
+/// Category retrieval from shoppers'-style photos against a catalogue's packshots, one way of
+/// searching: how often the best product, and the 5 best, are of the photo's kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindPrecision {
+    pub search: String,
+    pub queries: usize,
+    pub precision_at_1: f64,
+    /// The share of the 5 best products of the photo's kind, averaged over photos.
+    pub precision_at_5: f64,
+    /// Precision@1 per kind (folder name), in the order the kinds were given.
+    pub per_kind: Vec<(String, f64)>,
+}
+
+/// [`kind_precision`]'s answer: the whole photo, then the default search.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub rows: Vec<KindPrecision>,
+    /// The share of photos the default search searched whole (they match a product closely).
+    pub searched_whole: f64,
+}
+
+/// Each photo under `photos/<folder>/` whose folder `kinds` names (folder, category) searched
+/// through the front door, whole and as `search` does by default; a product is of its kind when
+/// the last part of its category (`Men/Tops/Tees` -> `Tees`) is the folder's category.
+pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) -> Result<KindReport> {
+    ensure!(!kinds.is_empty(), "name at least one kind: FOLDER=CATEGORY");
+    let entries = read_image_folder(photos, Layout::Images)?.entries;
+    let queries: Vec<(usize, PathBuf)> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let folder = entry.info.category?;
+            let kind = kinds.iter().position(|(name, _)| *name == folder)?;
+            Some((kind, entry.image_path))
+        })
+        .collect();
+    ensure!(
+        !queries.is_empty(),
+        "{} has no photos in folders named {:?}",
+        photos.display(),
+        kinds.iter().map(|(name, _)| name).collect::<Vec<_>>()
+    );
+    let last_category = |hit: &Scored| {
+        hit.product
+            .info
+            .category
+            .as_deref()
+            .and_then(|c| c.rsplit('/').next())
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let framings = [
+        ("whole photo", Framing::Whole),
+        ("default search", Framing::FindProduct),
+    ];
+    // [framing][kind] -> (photos, right at 1, share right in the 5 best summed)
+    let mut sums = vec![vec![(0usize, 0usize, 0f64); kinds.len()]; framings.len()];
+    let mut searched_whole = 0;
+    for (kind, path) in &queries {
+        let photo = match Shop::read_photo(path) {
+            Ok(photo) => photo,
+            Err(err) => {
+                eprintln!("skipped {}: {err:#}", path.display());
+                continue;
+            }
+        };
+        for (f, (_, framing)) in framings.iter().enumerate() {
+            let located = shop.locate(&photo, framing, false)?;
+            if *framing == Framing::FindProduct && located.region.is_none() {
+                searched_whole += 1;
+            }
+            let hits = shop.search(&SearchRequest::photo(&located.embedding, 5))?.hits;
+            let right: Vec<bool> = hits
+                .iter()
+                .map(|hit| last_category(hit).as_deref() == Some(kinds[*kind].1.as_str()))
+                .collect();
+            let sum = &mut sums[f][*kind];
+            sum.0 += 1;
+            sum.1 += usize::from(right.first() == Some(&true));
+            sum.2 += right.iter().filter(|&&r| r).count() as f64 / 5.0;
+        }
+    }
+    let searched = sums[0].iter().map(|s| s.0).sum::<usize>();
+    let share = |part: f64, whole: usize| part / whole.max(1) as f64;
+    let rows = framings
+        .iter()
+        .zip(&sums)
+        .map(|((name, _), per_kind)| KindPrecision {
+            search: name.to_string(),
+            queries: searched,
+            precision_at_1: share(per_kind.iter().map(|s| s.1).sum::<usize>() as f64, searched),
+            precision_at_5: share(per_kind.iter().map(|s| s.2).sum::<f64>(), searched),
+            per_kind: kinds
+                .iter()
+                .zip(per_kind)
+                .map(|((name, _), s)| (name.clone(), share(s.1 as f64, s.0)))
+                .collect(),
+        })
+        .collect();
+    Ok(KindReport {
+        rows,
+        searched_whole: share(searched_whole as f64, searched),
     })
 }
 

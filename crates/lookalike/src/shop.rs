@@ -34,7 +34,7 @@ use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
 use crate::locate::{
-    narrowed, pick, regions, search_windows, strongest, whole_is_enough, Candidate, KEPT_PHOTO_SIDE,
+    narrowed, part_beats_whole, pick, regions, search_windows, strongest, whole_is_enough, Candidate, KEPT_PHOTO_SIDE,
     NARROWED_CANDIDATES,
 };
 use crate::model::batcher::SubmitError;
@@ -467,6 +467,7 @@ impl Shop {
             .iter()
             .map(|best| best.as_ref().map_or(f32::MIN, |b| b.score))
             .collect();
+        let whole = parts[0].clone();
         let mut parts: Vec<Option<Located>> = parts.into_iter().map(Some).collect();
         let mut narrowed = Vec::new();
         for i in strongest(&scores, NARROWED_CANDIDATES) {
@@ -483,7 +484,11 @@ impl Shop {
         if narrowed.is_empty() {
             return Err(Error::invalid("a photo has at least one part to search"));
         }
-        Ok(narrowed.swap_remove(pick(&narrowed_scores)))
+        let picked = pick(&narrowed_scores);
+        if !part_beats_whole(scores[0], narrowed_scores[picked]) {
+            return Ok(whole);
+        }
+        Ok(narrowed.swap_remove(picked))
     }
 
     /// A part of a busy photo narrowed to where it is like `best`, its best match

@@ -3,6 +3,7 @@
 //! judge them ([`eval`]).
 
 pub(crate) mod dense;
+pub mod descriptors;
 pub mod eval;
 pub mod head;
 pub mod scratch;
