@@ -8,7 +8,8 @@
 //! small in a busy photo; 9 windows (3 × 3, each half the photo's width and height) are then
 //! embedded as well, the [`NARROWED_CANDIDATES`] parts whose best matches score highest are
 //! narrowed to where their likeness to that match lies ([`narrowed`]), and the narrowed part whose
-//! best match scores highest is searched. The windows, the threshold and the narrowing were chosen
+//! best match scores highest is searched, when that match is close and beats the whole photo's
+//! ([`part_beats_whole`]). The windows, the threshold and the narrowing were chosen
 //! on `eval scenes --seed 7` (see README, "Photos from shoppers"); cells of the feature map ranked
 //! by the same likeness found the product far less often than embedded windows.
 

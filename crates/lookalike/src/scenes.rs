@@ -197,7 +197,7 @@ pub fn scene_recall(
             .unzip();
         Ok((windows, vectors, maps))
     };
-    // The part picked in a busy scene narrowed as `Shop::narrow` does: its vector.
+    // The part picked in a busy scene narrowed as `Shop::narrow_all` does: its vector.
     let narrow = |scene: &Photo,
                   map: &FeatureMap,
                   vector: &[f32],

@@ -456,8 +456,9 @@ impl Shop {
     }
 
     /// The part of a busy photo to search, among `parts` (the whole photo, then its windows): the
-    /// [`NARROWED_CANDIDATES`] whose best matches score highest are narrowed ([`Self::narrow`]),
-    /// and the narrowed part whose best match scores highest is kept.
+    /// [`NARROWED_CANDIDATES`] whose best matches score highest are narrowed ([`Self::narrow_all`]),
+    /// and the narrowed part whose best match scores highest is kept when it beats the whole
+    /// photo's ([`part_beats_whole`]), else the whole photo.
     pub fn search_part(&self, photo: &Photo, parts: Vec<Located>, with_feature_map: bool) -> Result<Located> {
         let mut bests = parts
             .iter()
@@ -469,14 +470,15 @@ impl Shop {
             .collect();
         let whole = parts[0].clone();
         let mut parts: Vec<Option<Located>> = parts.into_iter().map(Some).collect();
-        let mut narrowed = Vec::new();
+        let (mut narrowed, mut to_narrow) = (Vec::new(), Vec::new());
         for i in strongest(&scores, NARROWED_CANDIDATES) {
             let part = parts[i].take().expect("each part once");
-            narrowed.push(match bests[i].take() {
-                Some(best) => self.narrow(photo, part, &best, with_feature_map)?,
-                None => part,
-            });
+            match bests[i].take() {
+                Some(best) => to_narrow.push((part, best)),
+                None => narrowed.push(part),
+            }
         }
+        narrowed.extend(self.narrow_all(photo, to_narrow, with_feature_map)?);
         let narrowed_scores = narrowed
             .iter()
             .map(|part| self.best_score(&part.embedding))
@@ -491,46 +493,62 @@ impl Shop {
         Ok(narrowed.swap_remove(picked))
     }
 
-    /// A part of a busy photo narrowed to where it is like `best`, its best match
-    /// ([`crate::locate::narrowed`]), and embedded again, with its feature map when
-    /// `with_feature_map`; `located` as it is when nothing narrows it.
-    pub fn narrow(
+    /// Parts of a busy photo, each narrowed to where it is like its best match
+    /// ([`crate::locate::narrowed`]) and embedded again, with its feature map when
+    /// `with_feature_map`; a part nothing narrows stays as it is. The parts' missing feature maps
+    /// are made in one batch, and the narrowed parts embedded in another.
+    pub fn narrow_all(
         &self,
         photo: &Photo,
-        mut located: Located,
-        best: &Scored,
+        parts: Vec<(Located, Scored)>,
         with_feature_map: bool,
-    ) -> Result<Located> {
-        let part_map = match located.feature_map.take() {
-            Some(map) => map,
-            None => {
-                feature_maps(&*self.explainer()?, photo, &[located.region.as_ref()])?
+    ) -> Result<Vec<Located>> {
+        let lacking: Vec<Option<&PhotoBox>> = parts
+            .iter()
+            .filter(|(part, _)| part.feature_map.is_none())
+            .map(|(part, _)| part.region.as_ref())
+            .collect();
+        let mut made = feature_maps(&*self.explainer()?, photo, &lacking)?.into_iter();
+        let mut kept = Vec::with_capacity(parts.len());
+        let mut regions = Vec::new();
+        for (mut part, best) in parts {
+            let part_map = match part.feature_map.take() {
+                Some(map) => map,
+                None => made.next().expect("a map for each part lacking one").0,
+            };
+            // The match's backbone features: its stored vector, unless a head or colour made that.
+            let stored = best.matched_vector();
+            let likeness = if stored.len() == part_map.channels {
+                Some(stored.to_vec())
+            } else {
+                self.catalogue_maps(&[best.matched_path()])?
                     .remove(0)
-                    .0
+                    .map(|map| map.pooled())
+            };
+            let heat = likeness.map(|likeness| part_map.heatmap(&part_map.shares(&likeness)));
+            let region = heat.and_then(|heat| narrowed(&heat, photo.width, photo.height));
+            if region.is_none() {
+                part.feature_map = with_feature_map.then_some(part_map);
             }
-        };
-        // The match's backbone features: its stored vector, unless a head or colour made that.
-        let stored = best.matched_vector();
-        let likeness = if stored.len() == part_map.channels {
-            Some(stored.to_vec())
-        } else {
-            self.catalogue_maps(&[best.matched_path()])?
-                .remove(0)
-                .map(|map| map.pooled())
-        };
-        let heat = likeness.map(|likeness| part_map.heatmap(&part_map.shares(&likeness)));
-        let Some(region) = heat.and_then(|heat| narrowed(&heat, photo.width, photo.height)) else {
-            located.feature_map = with_feature_map.then_some(part_map);
-            return Ok(located);
-        };
-        let (embedding, feature_map) = self
-            .embed_parts_with(photo, &[Some(&region)], with_feature_map)?
-            .remove(0);
-        Ok(Located {
-            embedding,
-            region: Some(region),
-            feature_map,
-        })
+            regions.extend(region);
+            kept.push((part, region));
+        }
+        let boxes: Vec<Option<&PhotoBox>> = regions.iter().map(Some).collect();
+        let mut embedded = self.embed_parts_with(photo, &boxes, with_feature_map)?.into_iter();
+        Ok(kept
+            .into_iter()
+            .map(|(part, region)| match region {
+                None => part,
+                Some(region) => {
+                    let (embedding, feature_map) = embedded.next().expect("an embedding for each narrowed part");
+                    Located {
+                        embedding,
+                        region: Some(region),
+                        feature_map,
+                    }
+                }
+            })
+            .collect())
     }
 
     /// "Shop the look" for the photo at `path`: every product found in it, best first.
@@ -626,20 +644,26 @@ impl Shop {
             bests.push(best);
         }
         let mut windows: Vec<Option<(PhotoBox, ImageEmbedding)>> = windows.into_iter().map(Some).collect();
+        let mut bests: Vec<Option<Scored>> = bests.into_iter().map(Some).collect();
+        let kept: Vec<(Located, Scored)> = regions(&candidates)
+            .into_iter()
+            .map(|i| {
+                let (window, embedding) = windows[i].take().expect("kept once");
+                let picked = Located {
+                    embedding,
+                    region: Some(window),
+                    feature_map: None,
+                };
+                (picked, bests[i].take().expect("kept once"))
+            })
+            .collect();
         // Each kept window narrowed; two that then find one product, or overlap, are one region.
         let (mut found, mut narrowed_candidates) = (Vec::new(), Vec::new());
-        for i in regions(&candidates) {
-            let (window, embedding) = windows[i].take().expect("kept once");
-            let picked = Located {
-                embedding,
-                region: Some(window),
-                feature_map: None,
-            };
-            let narrowed = self.narrow(photo, picked, &bests[i], false)?;
+        for narrowed in self.narrow_all(photo, kept, false)? {
             let best = self
                 .best_match(&narrowed.embedding)?
                 .expect("the catalogue is not empty");
-            let region = narrowed.region.unwrap_or(window);
+            let region = narrowed.region.expect("a window, narrowed or not");
             narrowed_candidates.push(Candidate {
                 region,
                 score: best.score,

@@ -300,22 +300,22 @@ impl AppState {
             Ok((whole, windows))
         })
         .await?;
-        // A queue too full for the windows sheds them: the whole photo is searched.
+        let whole_only = |embedding| Located {
+            embedding,
+            region: None,
+            feature_map: None,
+        };
+        // A photo that matches a product closely is searched whole, as is one whose windows a
+        // queue too full sheds.
+        if windows.is_empty() {
+            return Ok(whole_only(whole));
+        }
         let parts = windows.iter().copied().map(Some).collect();
         let Some(embedded) = self.embed_parts_or_shed(&photo, parts).await? else {
-            let located = Located {
-                embedding: whole,
-                region: None,
-                feature_map: None,
-            };
-            return Ok(located);
+            return Ok(whole_only(whole));
         };
         let located = on_catalogue(self, move |shop| {
-            let whole = Located {
-                embedding: whole,
-                region: None,
-                feature_map: None,
-            };
+            let whole = whole_only(whole);
             let windows = windows.into_iter().zip(embedded).map(|(window, embedding)| Located {
                 embedding,
                 region: Some(window),

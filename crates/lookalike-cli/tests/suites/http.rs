@@ -206,6 +206,7 @@ fn search_by_upload_ranks_the_same_product_first() {
     assert_eq!(results[0]["image"], "/v1/products/MH01/image");
     assert_eq!(results[0]["image_url"], results[0]["image"], "kept for clients written before `image`");
     assert_eq!(results[0]["rank"], 1);
+    assert!(body.get("searched_box").is_none(), "a packshot is searched whole: {body}");
     // Every key a result carries is declared in /openapi.json.
     let (_, openapi) = send(client().get(url("/openapi.json")));
     let schemas = &openapi["components"]["schemas"];
