@@ -9,6 +9,10 @@
 //!
 //! How it differs from real shoppers' photos: the product is lit and sharp as in the studio, its
 //! edges are cut cleanly, nothing covers it, and the scene around it was never its setting.
+//!
+//! [`kind_precision`] measures the other half of a shopper's search: a photo of a kind of product
+//! the shop may not sell (a folder of photos per kind), searched through the front door, whole and
+//! by default, and judged by the category of what it finds.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
