@@ -940,25 +940,6 @@ struct PhotoSet {
     queries: Vec<(PathBuf, usize)>,
 }
 
-/// The photos of a labelled folder, with their class's index in `classes` (added when `grow`).
-fn labelled_photos(folder: &Path, classes: &mut Vec<String>, grow: bool) -> Result<Vec<(PathBuf, usize)>> {
-    let entries = lookalike::catalogue::read_image_folder(folder, lookalike::catalogue::Layout::Images)?.entries;
-    let mut photos = Vec::new();
-    for entry in entries {
-        let Some(class) = entry.info.category else { continue };
-        let label = match classes.iter().position(|c| *c == class) {
-            Some(label) => label,
-            None if grow => {
-                classes.push(class);
-                classes.len() - 1
-            }
-            None => continue,
-        };
-        photos.push((entry.image_path, label));
-    }
-    Ok(photos)
-}
-
 fn eval_descriptors(
     embedder: &Embedder,
     db: Option<&str>,
@@ -967,7 +948,9 @@ fn eval_descriptors(
     kinds: &[(String, String)],
     json: bool,
 ) -> Result<()> {
+    use lookalike::catalogue::labelled_images;
     use lookalike::learn::descriptors::{compare, DescribedSet, POOLINGS};
+    use lookalike::linalg::unit;
     let mut sets = Vec::new();
     let mut stored: HashMap<PathBuf, Vec<f32>> = HashMap::new();
     if let Some(db) = db {
@@ -1006,15 +989,15 @@ fn eval_descriptors(
                 }
             }
             for product in &products {
-                let last = product.info.category.as_deref().and_then(|c| c.rsplit('/').next());
-                if let Some(label) = last.and_then(|last| categories.iter().position(|c| c == last.trim())) {
+                let leaf = product.info.category_leaf();
+                if let Some(label) = leaf.and_then(|leaf| categories.iter().position(|c| c == leaf)) {
                     kind_set
                         .gallery
                         .extend(product.image_paths().map(|path| (PathBuf::from(path), label)));
                 }
             }
             let mut folders: Vec<String> = kinds.iter().map(|(folder, _)| folder.clone()).collect();
-            for (path, folder) in labelled_photos(queries, &mut folders, false)? {
+            for (path, folder) in labelled_images(queries, &mut folders, false)? {
                 let category = &kinds[folder].1;
                 let label = categories
                     .iter()
@@ -1028,11 +1011,11 @@ fn eval_descriptors(
     }
     if let (Some(gallery), Some(queries)) = (gallery, queries) {
         let mut classes = Vec::new();
-        let gallery_photos = labelled_photos(gallery, &mut classes, true)?;
+        let gallery_photos = labelled_images(gallery, &mut classes, true)?;
         sets.push(PhotoSet {
             name: format!("{} against {}: classes", queries.display(), gallery.display()),
             gallery: gallery_photos,
-            queries: labelled_photos(queries, &mut classes, false)?,
+            queries: labelled_images(queries, &mut classes, false)?,
         });
     }
     if sets.is_empty() {
@@ -1069,10 +1052,10 @@ fn eval_descriptors(
         {
             let vectors: Vec<Vec<f32>> = POOLINGS
                 .iter()
-                .map(|pooling| unit_rows(std::iter::once(pooling.pool(&map.cells, map.channels))).remove(0))
+                .map(|pooling| unit(&pooling.pool(&map.cells, map.channels)))
                 .collect();
             if let Some(vector) = stored.get(*path) {
-                let vector = unit_rows(std::iter::once(vector.clone())).remove(0);
+                let vector = unit(vector);
                 worst_cosine = worst_cosine.min(vector.iter().zip(&vectors[0]).map(|(a, b)| a * b).sum());
             }
             pooled.insert(path, vectors);

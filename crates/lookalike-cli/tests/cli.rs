@@ -359,19 +359,15 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
         }
     }
     let db = demo_db();
-    let kinds = "trousers=Pants,hoodie=Hoodies & Sweatshirts";
-    let args = [
-        "eval",
-        "kinds",
-        "--db",
-        s(db),
-        "--photos",
-        s(&photos),
-        "--kinds",
-        kinds,
-        "--json",
-    ];
-    let report: Value = serde_json::from_str(&ok_text(lookalike(&args))).unwrap();
+    let eval_kinds = |kinds: &str, json: bool| {
+        let args = ["eval", "kinds", "--db", s(db), "--photos", s(&photos), "--kinds", kinds];
+        lookalike(&[&args[..], if json { &["--json"][..] } else { &[][..] }].concat())
+    };
+    let report: Value = serde_json::from_str(&ok_text(eval_kinds(
+        "trousers=Pants,hoodie=Hoodies & Sweatshirts",
+        true,
+    )))
+    .unwrap();
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "whole, default: {report}");
     for row in rows {
@@ -381,27 +377,9 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
         assert_eq!(row["per_kind"].as_array().unwrap().len(), 2, "{report}");
     }
     assert_eq!(report["searched_whole"], 1.0, "{report}");
-    let out = lookalike(&[
-        "eval",
-        "kinds",
-        "--db",
-        s(db),
-        "--photos",
-        s(&photos),
-        "--kinds",
-        "trousers",
-    ]);
+    let out = eval_kinds("trousers", false);
     assert_eq!(out.status.code(), Some(2), "not FOLDER=CATEGORY: {}", text(&out));
-    let out = lookalike(&[
-        "eval",
-        "kinds",
-        "--db",
-        s(db),
-        "--photos",
-        s(&photos),
-        "--kinds",
-        "socks=Socks",
-    ]);
+    let out = eval_kinds("socks=Socks", false);
     assert!(
         !out.status.success() && text(&out).contains("no photos in folders named"),
         "{}",

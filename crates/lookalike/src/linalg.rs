@@ -78,6 +78,13 @@ pub fn l2_normalise_rows(x: &mut [f32], width: usize) {
     }
 }
 
+/// `vector` scaled to unit length (a zero vector stays zero).
+pub fn unit(vector: &[f32]) -> Vec<f32> {
+    let mut unit = vector.to_vec();
+    l2_normalise_rows(&mut unit, vector.len().max(1));
+    unit
+}
+
 /// Softmax of each row, in place.
 pub fn softmax_rows(x: &mut [f32], width: usize) {
     for row in x.chunks_mut(width) {

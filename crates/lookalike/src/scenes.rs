@@ -22,16 +22,16 @@ use anyhow::{bail, ensure, Result};
 use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use serde::Serialize;
 
-use crate::catalogue::{read_image_folder, Layout};
+use crate::catalogue::{labelled_images, read_image_folder, Layout};
 use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::{load_image, Photo};
 use crate::learn::eval::{held_out_rank, Aggregation};
-use crate::linalg::l2_normalise_rows;
+use crate::linalg::unit;
 use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
 use crate::model::Embedder;
 use crate::shop::{Framing, SearchRequest, Shop};
 use crate::store::{check_same_model, Store};
-use crate::types::{PhotoBox, Scored, StoredProduct};
+use crate::types::{PhotoBox, StoredProduct};
 
 /// How many scenes, and how they are made.
 #[derive(Debug, Clone)]
@@ -512,7 +512,8 @@ pub struct KindPrecision {
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
     pub rows: Vec<KindPrecision>,
-    /// The share of photos the default search searched whole (they match a product closely).
+    /// The share of photos the default search searched whole (they match a product closely, or
+    /// no part of them beats the whole photo).
     pub searched_whole: f64,
 }
 
@@ -521,30 +522,14 @@ pub struct KindReport {
 /// the last part of its category (`Men/Tops/Tees` -> `Tees`) is the folder's category.
 pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) -> Result<KindReport> {
     ensure!(!kinds.is_empty(), "name at least one kind: FOLDER=CATEGORY");
-    let entries = read_image_folder(photos, Layout::Images)?.entries;
-    let queries: Vec<(usize, PathBuf)> = entries
-        .into_iter()
-        .filter_map(|entry| {
-            let folder = entry.info.category?;
-            let kind = kinds.iter().position(|(name, _)| *name == folder)?;
-            Some((kind, entry.image_path))
-        })
-        .collect();
+    let mut folders: Vec<String> = kinds.iter().map(|(folder, _)| folder.clone()).collect();
+    let queries = labelled_images(photos, &mut folders, false)?;
     ensure!(
         !queries.is_empty(),
         "{} has no photos in folders named {:?}",
         photos.display(),
         kinds.iter().map(|(name, _)| name).collect::<Vec<_>>()
     );
-    let last_category = |hit: &Scored| {
-        hit.product
-            .info
-            .category
-            .as_deref()
-            .and_then(|c| c.rsplit('/').next())
-            .map(str::trim)
-            .map(str::to_owned)
-    };
     let framings = [
         ("whole photo", Framing::Whole),
         ("default search", Framing::FindProduct),
@@ -552,7 +537,7 @@ pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) ->
     // [framing][kind] -> (photos, right at 1, share right in the 5 best summed)
     let mut sums = vec![vec![(0usize, 0usize, 0f64); kinds.len()]; framings.len()];
     let mut searched_whole = 0;
-    for (kind, path) in &queries {
+    for (path, kind) in &queries {
         let photo = match Shop::read_photo(path) {
             Ok(photo) => photo,
             Err(err) => {
@@ -568,7 +553,7 @@ pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) ->
             let hits = shop.search(&SearchRequest::photo(&located.embedding, 5))?.hits;
             let right: Vec<bool> = hits
                 .iter()
-                .map(|hit| last_category(hit).as_deref() == Some(kinds[*kind].1.as_str()))
+                .map(|hit| hit.product.info.category_leaf() == Some(kinds[*kind].1.as_str()))
                 .collect();
             let sum = &mut sums[f][*kind];
             sum.0 += 1;
@@ -622,12 +607,6 @@ impl Counts {
             recall_at_5: share(self.at_5),
         }
     }
-}
-
-fn unit(vector: &[f32]) -> Vec<f32> {
-    let mut unit = vector.to_vec();
-    l2_normalise_rows(&mut unit, vector.len().max(1));
-    unit
 }
 
 /// Every photo of every product that has two or more, with a file that can be read.

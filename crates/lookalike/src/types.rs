@@ -192,6 +192,14 @@ pub fn check_price(field: &str, price: f64) -> Result<()> {
 }
 
 impl ProductInfo {
+    /// The last part of the category (`Men/Tops/Tees` -> `Tees`): the kind of product it is.
+    pub fn category_leaf(&self) -> Option<&str> {
+        self.category
+            .as_deref()
+            .and_then(|c| c.rsplit('/').next())
+            .map(str::trim)
+    }
+
     /// Checks every field with [`check_text`] and [`check_price`].
     pub fn check(&self) -> Result<()> {
         for (field, value, max) in [

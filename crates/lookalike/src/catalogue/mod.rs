@@ -106,6 +106,25 @@ pub fn read_catalogue(path: &Path, layout: Layout) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
+/// The images of a labelled folder (`root/**/<class>/<image>`), each with its class's index in
+/// `classes`; a class not there yet is added when `grow`, else its images are left out.
+pub fn labelled_images(root: &Path, classes: &mut Vec<String>, grow: bool) -> Result<Vec<(PathBuf, usize)>> {
+    let mut images = Vec::new();
+    for entry in read_image_folder(root, Layout::Images)?.entries {
+        let Some(class) = entry.info.category else { continue };
+        let label = match classes.iter().position(|c| *c == class) {
+            Some(label) => label,
+            None if grow => {
+                classes.push(class);
+                classes.len() - 1
+            }
+            None => continue,
+        };
+        images.push((entry.image_path, label));
+    }
+    Ok(images)
+}
+
 pub fn is_image_file(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())

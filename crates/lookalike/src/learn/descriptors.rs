@@ -7,7 +7,8 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::linalg::l2_normalise_rows;
+use crate::index::kernels::dot;
+use crate::linalg::{l2_normalise_rows, unit};
 
 /// How a feature map's cells become one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -134,16 +135,6 @@ impl Whitening {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn unit(mut vector: Vec<f32>) -> Vec<f32> {
-    let width = vector.len().max(1);
-    l2_normalise_rows(&mut vector, width);
-    vector
-}
-
 /// The indices of the `k` gallery rows most like `query`, most alike first, with their cosines.
 fn nearest(query: &[f32], gallery: &[Vec<f32>], k: usize) -> Vec<(usize, f32)> {
     let mut scored: Vec<(usize, f32)> = gallery.iter().enumerate().map(|(i, g)| (i, dot(query, g))).collect();
@@ -152,16 +143,27 @@ fn nearest(query: &[f32], gallery: &[Vec<f32>], k: usize) -> Vec<(usize, f32)> {
     scored
 }
 
+/// `row` plus each of `neighbours` (gallery index, cosine to `row`) weighted by its cosine to the
+/// power `alpha`, unit length.
+fn pulled_towards(
+    row: &[f32],
+    gallery: &[Vec<f32>],
+    neighbours: impl Iterator<Item = (usize, f32)>,
+    alpha: f32,
+) -> Vec<f32> {
+    let mut sum = row.to_vec();
+    for (i, score) in neighbours {
+        let weight = score.max(0.0).powf(alpha);
+        sum.iter_mut().zip(&gallery[i]).for_each(|(s, g)| *s += weight * g);
+    }
+    unit(&sum)
+}
+
 /// α-weighted query expansion (Radenović et al.): the query and its `k` nearest gallery rows,
 /// each weighted by its cosine to the query to the power `alpha`, averaged (unit vectors in, a
 /// unit vector out).
 pub fn expanded_query(query: &[f32], gallery: &[Vec<f32>], k: usize, alpha: f32) -> Vec<f32> {
-    let mut sum = query.to_vec();
-    for (i, score) in nearest(query, gallery, k) {
-        let weight = score.max(0.0).powf(alpha);
-        sum.iter_mut().zip(&gallery[i]).for_each(|(s, g)| *s += weight * g);
-    }
-    unit(sum)
+    pulled_towards(query, gallery, nearest(query, gallery, k).into_iter(), alpha)
 }
 
 /// Database-side augmentation: each gallery row replaced by the weighted mean of itself and its
@@ -171,16 +173,11 @@ pub fn augmented_gallery(gallery: &[Vec<f32>], k: usize, alpha: f32) -> Vec<Vec<
         .par_iter()
         .enumerate()
         .map(|(i, row)| {
-            let mut sum = row.clone();
-            for (j, score) in nearest(row, gallery, k + 1)
+            let others = nearest(row, gallery, k + 1)
                 .into_iter()
                 .filter(|&(j, _)| j != i)
-                .take(k)
-            {
-                let weight = score.max(0.0).powf(alpha);
-                sum.iter_mut().zip(&gallery[j]).for_each(|(s, g)| *s += weight * g);
-            }
-            unit(sum)
+                .take(k);
+            pulled_towards(row, gallery, others, alpha)
         })
         .collect()
 }
@@ -358,8 +355,8 @@ mod tests {
 
     #[test]
     fn expansion_and_augmentation_pull_towards_neighbours() {
-        let gallery = vec![unit(vec![1.0, 0.1]), unit(vec![1.0, -0.1]), unit(vec![0.0, 1.0])];
-        let query = unit(vec![1.0, 0.5]);
+        let gallery = vec![unit(&[1.0, 0.1]), unit(&[1.0, -0.1]), unit(&[0.0, 1.0])];
+        let query = unit(&[1.0, 0.5]);
         let expanded = expanded_query(&query, &gallery, 2, 3.0);
         assert!(expanded[1] < query[1], "pulled towards the x axis: {expanded:?}");
         let augmented = augmented_gallery(&gallery, 1, 3.0);
