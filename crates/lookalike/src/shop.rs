@@ -421,29 +421,28 @@ impl Shop {
             Framing::Whole | Framing::FindProduct => None,
         };
         let (embedding, feature_map) = self.embed_parts_with(photo, &[region], with_feature_map)?.remove(0);
-        if !matches!(framing, Framing::FindProduct) {
-            return Ok(Located {
-                embedding,
-                region: region.copied(),
-                feature_map,
-            });
-        }
-        let windows = self.windows_to_search(photo, &embedding)?;
-        if windows.is_empty() {
-            return Ok(Located {
-                embedding,
-                region: None,
-                feature_map,
-            });
-        }
-        // The windows' feature maps come with their vectors: the parts narrowed need them.
-        let parts: Vec<Option<&PhotoBox>> = windows.iter().map(Some).collect();
-        let embedded = self.embed_parts_with(photo, &parts, true)?;
-        let whole = Located {
+        let located = Located {
             embedding,
-            region: None,
+            region: region.copied(),
             feature_map,
         };
+        match framing {
+            Framing::FindProduct => self.find_part(photo, located, with_feature_map),
+            Framing::Whole | Framing::Box(_) => Ok(located),
+        }
+    }
+
+    /// The part of `photo` to search by default, given `whole`, the whole photo embedded: the
+    /// whole photo when it matches a product closely or is too small to cut up, else the part
+    /// [`Self::search_part`] keeps among it and its windows (embedded in one batch with their
+    /// feature maps, which the parts narrowed need).
+    pub fn find_part(&self, photo: &Photo, whole: Located, with_feature_map: bool) -> Result<Located> {
+        let windows = self.windows_to_search(photo, &whole.embedding)?;
+        if windows.is_empty() {
+            return Ok(whole);
+        }
+        let parts: Vec<Option<&PhotoBox>> = windows.iter().map(Some).collect();
+        let embedded = self.embed_parts_with(photo, &parts, true)?;
         let windows = windows
             .iter()
             .zip(embedded)
@@ -459,7 +458,7 @@ impl Shop {
     /// [`NARROWED_CANDIDATES`] whose best matches score highest are narrowed ([`Self::narrow_all`]),
     /// and the narrowed part whose best match scores highest is kept when it beats the whole
     /// photo's ([`part_beats_whole`]), else the whole photo.
-    pub fn search_part(&self, photo: &Photo, parts: Vec<Located>, with_feature_map: bool) -> Result<Located> {
+    fn search_part(&self, photo: &Photo, parts: Vec<Located>, with_feature_map: bool) -> Result<Located> {
         let mut bests = parts
             .iter()
             .map(|part| self.best_match(&part.embedding))
@@ -553,12 +552,26 @@ impl Shop {
 
     /// "Shop the look" for the photo at `path`: every product found in it, best first.
     pub fn find_products(&self, path: &Path) -> Result<Vec<FoundRegion>> {
-        let photo = Self::read_photo(path)?;
+        self.products_in(&Self::read_photo(path)?)
+    }
+
+    /// "Shop the look" for `photo`: it and its windows embedded in one batch, the windows with
+    /// the feature maps their narrowing needs, and kept by [`Self::regions_of`].
+    pub fn products_in(&self, photo: &Photo) -> Result<Vec<FoundRegion>> {
         let windows = search_windows(photo.width, photo.height);
         let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
-        let mut embedded = self.embed_parts(&photo, &parts)?;
-        let whole = embedded.remove(0);
-        self.regions_of(&photo, whole, windows.into_iter().zip(embedded).collect())
+        let mut embedded = self.embed_parts_with(photo, &parts, !windows.is_empty())?.into_iter();
+        let (whole, _) = embedded.next().expect("the whole photo is embedded");
+        let windows = windows
+            .into_iter()
+            .zip(embedded)
+            .map(|(window, (embedding, feature_map))| Located {
+                embedding,
+                region: Some(window),
+                feature_map,
+            })
+            .collect();
+        self.regions_of(photo, whole, windows)
     }
 
     /// [`Self::embed_parts`], each part with its last feature map when `with_feature_map`.
@@ -604,7 +617,7 @@ impl Shop {
 
     /// The windows of `photo` to embed besides the whole photo (`whole`) when looking for the
     /// product: none when the whole photo's best match is close ([`crate::locate`]).
-    pub fn windows_to_search(&self, photo: &Photo, whole: &ImageEmbedding) -> Result<Vec<PhotoBox>> {
+    fn windows_to_search(&self, photo: &Photo, whole: &ImageEmbedding) -> Result<Vec<PhotoBox>> {
         let best = self.best_match(whole)?.map_or(f32::NAN, |hit| hit.score);
         Ok(if whole_is_enough(best) {
             Vec::new()
@@ -616,12 +629,7 @@ impl Shop {
     /// "Shop the look" from the whole photo and its windows, embedded: the whole photo alone
     /// when it matches a product closely or has no windows, else the windows kept by
     /// [`crate::locate::regions`] (none when the catalogue is empty).
-    pub fn regions_of(
-        &self,
-        photo: &Photo,
-        whole: ImageEmbedding,
-        windows: Vec<(PhotoBox, ImageEmbedding)>,
-    ) -> Result<Vec<FoundRegion>> {
+    fn regions_of(&self, photo: &Photo, whole: ImageEmbedding, windows: Vec<Located>) -> Result<Vec<FoundRegion>> {
         let all = PhotoBox::new(0.0, 0.0, photo.width as f32, photo.height as f32)?;
         let Some(whole_best) = self.best_match(&whole)? else {
             return Ok(Vec::new());
@@ -634,27 +642,22 @@ impl Shop {
             }]);
         }
         let (mut candidates, mut bests) = (Vec::with_capacity(windows.len()), Vec::with_capacity(windows.len()));
-        for (region, embedding) in &windows {
-            let best = self.best_match(embedding)?.expect("the catalogue is not empty");
+        for window in &windows {
+            let best = self.best_match(&window.embedding)?.expect("the catalogue is not empty");
             candidates.push(Candidate {
-                region: *region,
+                region: window.region.expect("a window has its box"),
                 score: best.score,
                 best_product: best.product.id.clone(),
             });
             bests.push(best);
         }
-        let mut windows: Vec<Option<(PhotoBox, ImageEmbedding)>> = windows.into_iter().map(Some).collect();
+        let mut windows: Vec<Option<Located>> = windows.into_iter().map(Some).collect();
         let mut bests: Vec<Option<Scored>> = bests.into_iter().map(Some).collect();
         let kept: Vec<(Located, Scored)> = regions(&candidates)
             .into_iter()
             .map(|i| {
-                let (window, embedding) = windows[i].take().expect("kept once");
-                let picked = Located {
-                    embedding,
-                    region: Some(window),
-                    feature_map: None,
-                };
-                (picked, bests[i].take().expect("kept once"))
+                let window = windows[i].take().expect("kept once");
+                (window, bests[i].take().expect("kept once"))
             })
             .collect();
         // Each kept window narrowed; two that then find one product, or overlap, are one region.

@@ -1,7 +1,8 @@
 //! `lookalike serve`: the REST API and the web page, a thin async shell over the library.
 //! Decoding runs on tokio's blocking pool (one decode per core at a time), inference on the
-//! batcher thread, so the executor only routes requests; what the server takes on at once is
-//! decided up front ([`admission`]).
+//! batcher thread (the parts of a busy photo, which need their feature maps, on the blocking
+//! pool through [`Shop::find_part`]), so the executor only routes requests; what the server
+//! takes on at once is decided up front ([`admission`]).
 
 mod admission;
 mod bodies;
@@ -24,7 +25,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lookalike::image::{decode_photo, ImageError, Photo, Preprocessing};
-use lookalike::locate::{search_windows, KEPT_PHOTO_SIDE};
+use lookalike::locate::KEPT_PHOTO_SIDE;
 use lookalike::model::batcher::{BatchPolicy, Batcher, SubmitError};
 use lookalike::model::{ImageEmbedding, ModelManifest};
 use lookalike::shop::{FoundRegion, Framing, Located, Shop};
@@ -71,6 +72,9 @@ pub struct AppState {
     uploads: tokio::sync::Mutex<()>,
     client_timeout: std::time::Duration,
     admission_wait: std::time::Duration,
+    /// Beyond this many images in the pipeline (a full batch waiting), photos are searched
+    /// whole instead of looking for the product in them.
+    busy_images: usize,
 }
 
 type Shared = Arc<AppState>;
@@ -127,6 +131,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
         uploads: Default::default(),
         client_timeout: config.client_timeout,
         admission_wait: config.admission_wait,
+        busy_images: config.batch.max_batch,
     });
     if config.token.is_some() {
         let state = state.clone();
@@ -285,45 +290,16 @@ impl AppState {
             Framing::Box(region) => Some(region),
             Framing::Whole | Framing::FindProduct => None,
         };
-        let whole = self.embed_parts(&photo, vec![region]).await?.remove(0);
-        if framing != Framing::FindProduct {
-            let located = Located {
-                embedding: whole,
-                region,
-                feature_map: None,
-            };
-            return Ok(located);
-        }
-        let looked_at = photo.clone();
-        let (whole, windows) = on_catalogue(self, move |shop| {
-            let windows = shop.windows_to_search(&looked_at, &whole)?;
-            Ok((whole, windows))
-        })
-        .await?;
-        let whole_only = |embedding| Located {
-            embedding,
-            region: None,
+        let embedded = Located {
+            embedding: self.embed_parts(&photo, vec![region]).await?.remove(0),
+            region,
             feature_map: None,
         };
-        // A photo that matches a product closely is searched whole, as is one whose windows a
-        // queue too full sheds.
-        if windows.is_empty() {
-            return Ok(whole_only(whole));
+        // A busy server searches photos whole: looking for the product costs a dozen images more.
+        if framing != Framing::FindProduct || self.admission.images_in_flight() > self.busy_images {
+            return Ok(embedded);
         }
-        let parts = windows.iter().copied().map(Some).collect();
-        let Some(embedded) = self.embed_parts_or_shed(&photo, parts).await? else {
-            return Ok(whole_only(whole));
-        };
-        let located = on_catalogue(self, move |shop| {
-            let whole = whole_only(whole);
-            let windows = windows.into_iter().zip(embedded).map(|(window, embedding)| Located {
-                embedding,
-                region: Some(window),
-                feature_map: None,
-            });
-            shop.search_part(&photo, std::iter::once(whole).chain(windows).collect(), false)
-        })
-        .await;
+        let located = on_catalogue(self, move |shop| shop.find_part(&photo, embedded, false)).await;
         drop(ticket);
         located
     }
@@ -331,15 +307,9 @@ impl AppState {
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).
     async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<Vec<FoundRegion>> {
         let photo = self.decode(bytes).await?;
-        let windows = search_windows(photo.width, photo.height);
-        let parts = std::iter::once(None).chain(windows.iter().copied().map(Some)).collect();
-        let mut embedded = self.embed_parts(&photo, parts).await?;
+        let found = on_catalogue(self, move |shop| shop.products_in(&photo)).await;
         drop(ticket);
-        let whole = embedded.remove(0);
-        on_catalogue(self, move |shop| {
-            shop.regions_of(&photo, whole, windows.into_iter().zip(embedded).collect())
-        })
-        .await
+        found
     }
 
     /// `bytes` decoded, waiting for one of the decoders.
@@ -359,17 +329,6 @@ impl AppState {
     /// Each of `parts` of `photo` (`None`: all of it) through the batcher, which runs them
     /// together.
     async fn embed_parts(&self, photo: &Arc<Photo>, parts: Vec<Option<PhotoBox>>) -> ApiResult<Vec<ImageEmbedding>> {
-        self.embed_parts_or_shed(photo, parts)
-            .await?
-            .ok_or_else(|| SubmitError::Overloaded.into())
-    }
-
-    /// [`Self::embed_parts`], or `None` when the batcher's queue has no room for them all.
-    async fn embed_parts_or_shed(
-        &self,
-        photo: &Arc<Photo>,
-        parts: Vec<Option<PhotoBox>>,
-    ) -> ApiResult<Option<Vec<ImageEmbedding>>> {
         let (pre, photo) = (self.preprocessing, photo.clone());
         let tensors = tokio::task::spawn_blocking(move || {
             parts
@@ -379,20 +338,15 @@ impl AppState {
         })
         .await
         .map_err(ApiError::internal)??;
-        let replies = match tensors
+        let replies = tensors
             .into_iter()
             .map(|tensor| self.batcher.submit(tensor))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(replies) => replies,
-            Err(SubmitError::Overloaded) => return Ok(None),
-            Err(stopped) => return Err(stopped.into()),
-        };
+            .collect::<Result<Vec<_>, SubmitError>>()?;
         let mut embedded = Vec::with_capacity(replies.len());
         for reply in replies {
             embedded.push(reply.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?);
         }
-        Ok(Some(embedded))
+        Ok(embedded)
     }
 }
 
