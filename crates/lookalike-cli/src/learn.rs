@@ -206,8 +206,8 @@ pub enum EvalCommand {
         json: bool,
     },
     /// Training-free descriptors and re-ranking side by side: poolings of the last feature map
-    /// (average, GeM, max) × PCA-whitening fitted on the gallery, query expansion and gallery
-    /// augmentation. Sets: a catalogue's products (--db: each product's last photo against the
+    /// (average, GeM, max) × PCA-whitening fitted on the gallery, query expansion, gallery
+    /// augmentation and k-reciprocal re-ranking. Sets: a catalogue's products (--db: each product's last photo against the
     /// other photos, product Recall@1/@5); labelled folders (--gallery and --queries: class
     /// precision@1 and Recall@5 of classes); shoppers'-style photos against the catalogue's
     /// packshots by kind (--db, --queries and --kinds, as `eval kinds`).

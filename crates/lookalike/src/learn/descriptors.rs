@@ -1,7 +1,7 @@
 //! Training-free ways to describe and rank photos beyond the backbone's average-pooled vector,
 //! for measuring them side by side (`eval descriptors`): other poolings of the last feature map
 //! (GeM, max), a PCA-whitening fitted on the gallery, and re-ranking (query expansion, database
-//! augmentation).
+//! augmentation, k-reciprocal re-ranking).
 
 use nalgebra::{DMatrix, SymmetricEigen};
 use rayon::prelude::*;
@@ -182,6 +182,163 @@ pub fn augmented_gallery(gallery: &[Vec<f32>], k: usize, alpha: f32) -> Vec<Vec<
         .collect()
 }
 
+/// k-reciprocal re-ranking (Zhong et al., CVPR 2017), with the gallery's neighbourhoods
+/// computed once and a query joining them as it is asked: the distance becomes a blend of the
+/// Jaccard distance between the two photos' k-reciprocal neighbourhoods and the original one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Reciprocal {
+    /// Neighbours that must hold each other among their k1 nearest.
+    pub k1: usize,
+    /// Neighbourhoods averaged over this many nearest (local query expansion).
+    pub k2: usize,
+    /// The original distance's weight in the blend.
+    pub lambda: f32,
+}
+
+/// A gallery's k-reciprocal neighbourhoods, for re-ranking queries against it.
+pub struct ReciprocalGallery {
+    rows: Vec<Vec<f32>>,
+    setting: Reciprocal,
+    /// Each row's k1 + 1 nearest rows (itself first) and their distances.
+    nearest: Vec<Vec<(usize, f32)>>,
+    /// Each row's neighbourhood weights over the gallery, expanded over its k2 nearest.
+    weights: Vec<Vec<f32>>,
+}
+
+/// The distance of unit vectors whose cosine is `cosine`, over 0..=1.
+fn distance(cosine: f32) -> f32 {
+    ((1.0 - cosine) / 2.0).clamp(0.0, 1.0)
+}
+
+impl ReciprocalGallery {
+    pub fn fit(rows: &[Vec<f32>], setting: Reciprocal) -> Self {
+        let n = rows.len();
+        let ranked: Vec<Vec<(usize, f32)>> = rows
+            .par_iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut all: Vec<(usize, f32)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(j, other)| (j, distance(dot(row, other))))
+                    .collect();
+                all.sort_by(|a, b| a.1.total_cmp(&b.1).then((a.0 != i).cmp(&(b.0 != i))));
+                all
+            })
+            .collect();
+        let nearest: Vec<Vec<(usize, f32)>> = ranked.iter().map(|r| r[..(setting.k1 + 1).min(n)].to_vec()).collect();
+        let reciprocal = |i: usize, k: usize| -> Vec<usize> {
+            nearest[i][..(k + 1).min(nearest[i].len())]
+                .iter()
+                .map(|&(j, _)| j)
+                .filter(|&j| nearest[j][..(k + 1).min(nearest[j].len())].iter().any(|&(m, _)| m == i))
+                .collect()
+        };
+        let raw: Vec<Vec<f32>> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let chosen = expanded_reciprocal(reciprocal(i, setting.k1), |c| reciprocal(c, setting.k1 / 2));
+                let distances: Vec<(usize, f32)> = chosen
+                    .iter()
+                    .map(|&j| (j, ranked[i].iter().find(|r| r.0 == j).map_or(1.0, |r| r.1)))
+                    .collect();
+                neighbourhood(n, &distances)
+            })
+            .collect();
+        let weights = (0..n)
+            .into_par_iter()
+            .map(|i| mean_rows(&raw, nearest[i].iter().take(setting.k2).map(|&(j, _)| j), n))
+            .collect();
+        Self {
+            rows: rows.to_vec(),
+            setting,
+            nearest,
+            weights,
+        }
+    }
+
+    /// `query`'s likeness to each gallery row after re-ranking (the negated blended distance).
+    pub fn scores(&self, query: &[f32]) -> Vec<f32> {
+        let n = self.rows.len();
+        let k1 = self.setting.k1;
+        let original: Vec<f32> = self.rows.iter().map(|row| distance(dot(query, row))).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| original[a].total_cmp(&original[b]));
+        // A gallery row takes the query among its k1 nearest when the query is nearer than its k1-th.
+        let holds_query = |j: usize| self.nearest[j].last().is_some_and(|&(_, d)| original[j] <= d);
+        let mutual: Vec<usize> = order.iter().take(k1).copied().filter(|&j| holds_query(j)).collect();
+        let gallery_reciprocal = |c: usize| -> Vec<usize> {
+            let k = k1 / 2;
+            self.nearest[c][..(k + 1).min(self.nearest[c].len())]
+                .iter()
+                .map(|&(j, _)| j)
+                .filter(|&j| {
+                    self.nearest[j][..(k + 1).min(self.nearest[j].len())]
+                        .iter()
+                        .any(|&(m, _)| m == c)
+                })
+                .collect()
+        };
+        let chosen = expanded_reciprocal(mutual, gallery_reciprocal);
+        let distances: Vec<(usize, f32)> = chosen.iter().map(|&j| (j, original[j])).collect();
+        let own = neighbourhood(n, &distances);
+        let mut expanded = own.clone();
+        let around = order.iter().take(self.setting.k2.saturating_sub(1));
+        for &j in around.clone() {
+            expanded.iter_mut().zip(&self.weights[j]).for_each(|(e, w)| *e += w);
+        }
+        let count = 1 + around.count();
+        expanded.iter_mut().for_each(|e| *e /= count as f32);
+        let support: Vec<usize> = (0..n).filter(|&j| expanded[j] > 0.0).collect();
+        let lambda = self.setting.lambda;
+        (0..n)
+            .map(|g| {
+                let shared: f32 = support.iter().map(|&j| expanded[j].min(self.weights[g][j])).sum();
+                let jaccard = 1.0 - shared / (2.0 - shared).max(f32::MIN_POSITIVE);
+                -((1.0 - lambda) * jaccard + lambda * original[g])
+            })
+            .collect()
+    }
+}
+
+/// `mutual` grown by each member's own smaller reciprocal set that mostly (over two thirds)
+/// lies inside `mutual` already.
+fn expanded_reciprocal(mutual: Vec<usize>, smaller: impl Fn(usize) -> Vec<usize>) -> Vec<usize> {
+    let mut chosen = mutual.clone();
+    for &c in &mutual {
+        let candidate = smaller(c);
+        let inside = candidate.iter().filter(|j| mutual.contains(j)).count();
+        if 3 * inside > 2 * candidate.len() {
+            chosen.extend(candidate);
+        }
+    }
+    chosen.sort_unstable();
+    chosen.dedup();
+    chosen
+}
+
+/// Weights over `n` gallery rows: `exp(-distance)` on the chosen rows, summing to 1.
+fn neighbourhood(n: usize, chosen: &[(usize, f32)]) -> Vec<f32> {
+    let mut weights = vec![0.0f32; n];
+    let total: f32 = chosen.iter().map(|&(_, d)| (-d).exp()).sum();
+    for &(j, d) in chosen {
+        weights[j] = (-d).exp() / total;
+    }
+    weights
+}
+
+/// The mean of `rows` at `which`, `n` wide.
+fn mean_rows(rows: &[Vec<f32>], which: impl Iterator<Item = usize>, n: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; n];
+    let mut count = 0;
+    for j in which {
+        sum.iter_mut().zip(&rows[j]).for_each(|(s, x)| *s += x);
+        count += 1;
+    }
+    sum.iter_mut().for_each(|s| *s /= count.max(1) as f32);
+    sum
+}
+
 /// Labelled retrieval: Recall@1 and @5 over distinct labels, a label ranked by its best gallery
 /// row (for products: product recall as search ranks products by their best photo; for
 /// classes: Recall@1 is precision@1).
@@ -198,14 +355,26 @@ pub fn label_recall(
     gallery: &[Vec<f32>],
     gallery_labels: &[usize],
 ) -> LabelRecall {
+    label_recall_by(queries.len(), query_labels, gallery_labels, |q| {
+        gallery.iter().map(|row| dot(&queries[q], row)).collect()
+    })
+}
+
+/// [`label_recall`] over any likeness: `scores(q)` is query `q`'s likeness to each gallery row.
+pub fn label_recall_by(
+    queries: usize,
+    query_labels: &[usize],
+    gallery_labels: &[usize],
+    scores: impl Fn(usize) -> Vec<f32> + Sync,
+) -> LabelRecall {
     let labels = gallery_labels.iter().max().map_or(0, |m| m + 1);
-    let ranks: Vec<usize> = queries
-        .par_iter()
+    let ranks: Vec<usize> = (0..queries)
+        .into_par_iter()
         .zip(query_labels)
         .map(|(query, &own)| {
             let mut best = vec![f32::NEG_INFINITY; labels];
-            for (row, &label) in gallery.iter().zip(gallery_labels) {
-                best[label] = best[label].max(dot(query, row));
+            for (score, &label) in scores(query).into_iter().zip(gallery_labels) {
+                best[label] = best[label].max(score);
             }
             let own_score = best.get(own).copied().unwrap_or(f32::NEG_INFINITY);
             best.iter()
@@ -242,10 +411,12 @@ pub struct Variant {
     pub augmented: Option<usize>,
     /// The query averaged with its this many nearest gallery vectors.
     pub expanded: Option<usize>,
+    /// Re-ranked by k-reciprocal neighbourhoods.
+    pub reranked: Option<Reciprocal>,
 }
 
 impl Variant {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::new(None, None, None),
         Self::new(Some(256), None, None),
         Self::new(Some(512), None, None),
@@ -254,6 +425,8 @@ impl Variant {
         Self::new(None, Some(2), None),
         Self::new(None, Some(2), Some(2)),
         Self::new(Some(512), Some(2), Some(2)),
+        Self::reranked(20, 6),
+        Self::reranked(6, 3),
     ];
 
     const fn new(whitened: Option<usize>, augmented: Option<usize>, expanded: Option<usize>) -> Self {
@@ -261,6 +434,15 @@ impl Variant {
             whitened,
             augmented,
             expanded,
+            reranked: None,
+        }
+    }
+
+    /// k-reciprocal re-ranking with the published blend (λ = 0.3).
+    const fn reranked(k1: usize, k2: usize) -> Self {
+        Self {
+            reranked: Some(Reciprocal { k1, k2, lambda: 0.3 }),
+            ..Self::new(None, None, None)
         }
     }
 
@@ -274,6 +456,12 @@ impl Variant {
         }
         if let Some(k) = self.expanded {
             parts.push(format!("query expanded (αQE k={k})"));
+        }
+        if let Some(r) = self.reranked {
+            parts.push(format!(
+                "k-reciprocal re-ranked (k1={}, k2={}, λ={})",
+                r.k1, r.k2, r.lambda
+            ));
         }
         if parts.is_empty() {
             "as pooled".into()
@@ -307,10 +495,16 @@ pub fn compare(set: &DescribedSet) -> Vec<(Variant, LabelRecall)> {
                     .map(|q| expanded_query(q, &gallery, k, ALPHA))
                     .collect();
             }
-            (
-                variant,
-                label_recall(&queries, set.query_labels, &gallery, set.gallery_labels),
-            )
+            let recall = match variant.reranked {
+                Some(setting) => {
+                    let reranking = ReciprocalGallery::fit(&gallery, setting);
+                    label_recall_by(queries.len(), set.query_labels, set.gallery_labels, |q| {
+                        reranking.scores(&queries[q])
+                    })
+                }
+                None => label_recall(&queries, set.query_labels, &gallery, set.gallery_labels),
+            };
+            (variant, recall)
         })
         .collect()
 }
@@ -362,6 +556,32 @@ mod tests {
         let augmented = augmented_gallery(&gallery, 1, 3.0);
         assert!(augmented[0][1].abs() < gallery[0][1].abs());
         assert_eq!(augmented.len(), 3);
+    }
+
+    #[test]
+    fn reciprocal_neighbours_keep_a_query_with_its_own_group() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut near = |axis: usize| {
+            let mut v = vec![0.1 * rng.f32(), 0.1 * rng.f32(), 0.1 * rng.f32()];
+            v[axis] = 1.0;
+            unit(&v)
+        };
+        let gallery: Vec<Vec<f32>> = (0..10).map(|i| near(i / 5)).collect();
+        let reranking = ReciprocalGallery::fit(
+            &gallery,
+            Reciprocal {
+                k1: 4,
+                k2: 2,
+                lambda: 0.3,
+            },
+        );
+        let scores = reranking.scores(&near(0));
+        assert!(scores.iter().all(|s| s.is_finite() && *s <= 0.0), "{scores:?}");
+        let worst_own = scores[..5].iter().copied().fold(f32::INFINITY, f32::min);
+        let best_other = scores[5..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!(worst_own > best_other, "{scores:?}");
+        // Its own group shares its neighbourhood, so its Jaccard part is below one.
+        assert!(worst_own > -0.99, "{scores:?}");
     }
 
     #[test]
