@@ -213,7 +213,7 @@ fn distance(cosine: f32) -> f32 {
 impl ReciprocalGallery {
     pub fn fit(rows: &[Vec<f32>], setting: Reciprocal) -> Self {
         let n = rows.len();
-        let ranked: Vec<Vec<(usize, f32)>> = rows
+        let nearest: Vec<Vec<(usize, f32)>> = rows
             .par_iter()
             .enumerate()
             .map(|(i, row)| {
@@ -223,25 +223,18 @@ impl ReciprocalGallery {
                     .map(|(j, other)| (j, distance(dot(row, other))))
                     .collect();
                 all.sort_by(|a, b| a.1.total_cmp(&b.1).then((a.0 != i).cmp(&(b.0 != i))));
+                all.truncate(setting.k1 + 1);
                 all
             })
             .collect();
-        let nearest: Vec<Vec<(usize, f32)>> = ranked.iter().map(|r| r[..(setting.k1 + 1).min(n)].to_vec()).collect();
-        let reciprocal = |i: usize, k: usize| -> Vec<usize> {
-            nearest[i][..(k + 1).min(nearest[i].len())]
-                .iter()
-                .map(|&(j, _)| j)
-                .filter(|&j| nearest[j][..(k + 1).min(nearest[j].len())].iter().any(|&(m, _)| m == i))
-                .collect()
-        };
         let raw: Vec<Vec<f32>> = (0..n)
             .into_par_iter()
             .map(|i| {
-                let chosen = expanded_reciprocal(reciprocal(i, setting.k1), |c| reciprocal(c, setting.k1 / 2));
-                let distances: Vec<(usize, f32)> = chosen
-                    .iter()
-                    .map(|&j| (j, ranked[i].iter().find(|r| r.0 == j).map_or(1.0, |r| r.1)))
-                    .collect();
+                let chosen = expanded_reciprocal(reciprocal_within(&nearest, i, setting.k1), |c| {
+                    reciprocal_within(&nearest, c, setting.k1 / 2)
+                });
+                let distances: Vec<(usize, f32)> =
+                    chosen.iter().map(|&j| (j, distance(dot(&rows[i], &rows[j])))).collect();
                 neighbourhood(n, &distances)
             })
             .collect();
@@ -267,22 +260,9 @@ impl ReciprocalGallery {
         // A gallery row takes the query among its k1 nearest when the query is nearer than its k1-th.
         let holds_query = |j: usize| self.nearest[j].last().is_some_and(|&(_, d)| original[j] <= d);
         let mutual: Vec<usize> = order.iter().take(k1).copied().filter(|&j| holds_query(j)).collect();
-        let gallery_reciprocal = |c: usize| -> Vec<usize> {
-            let k = k1 / 2;
-            self.nearest[c][..(k + 1).min(self.nearest[c].len())]
-                .iter()
-                .map(|&(j, _)| j)
-                .filter(|&j| {
-                    self.nearest[j][..(k + 1).min(self.nearest[j].len())]
-                        .iter()
-                        .any(|&(m, _)| m == c)
-                })
-                .collect()
-        };
-        let chosen = expanded_reciprocal(mutual, gallery_reciprocal);
+        let chosen = expanded_reciprocal(mutual, |c| reciprocal_within(&self.nearest, c, k1 / 2));
         let distances: Vec<(usize, f32)> = chosen.iter().map(|&j| (j, original[j])).collect();
-        let own = neighbourhood(n, &distances);
-        let mut expanded = own.clone();
+        let mut expanded = neighbourhood(n, &distances);
         let around = order.iter().take(self.setting.k2.saturating_sub(1));
         for &j in around.clone() {
             expanded.iter_mut().zip(&self.weights[j]).for_each(|(e, w)| *e += w);
@@ -299,6 +279,17 @@ impl ReciprocalGallery {
             })
             .collect()
     }
+}
+
+/// The rows among row `i`'s `k` nearest (itself included) that hold `i` among their own `k`
+/// nearest, from each row's nearest rows, itself first.
+fn reciprocal_within(nearest: &[Vec<(usize, f32)>], i: usize, k: usize) -> Vec<usize> {
+    let first = |row: usize| &nearest[row][..(k + 1).min(nearest[row].len())];
+    first(i)
+        .iter()
+        .map(|&(j, _)| j)
+        .filter(|&j| first(j).iter().any(|&(m, _)| m == i))
+        .collect()
 }
 
 /// `mutual` grown by each member's own smaller reciprocal set that mostly (over two thirds)
