@@ -215,9 +215,11 @@ pub fn scene_recall(
         })
     };
 
-    // As `Shop::search_part`: the strongest parts narrowed, the narrowed part matching best kept
-    // unless the whole photo does about as well (`None`: the whole photo).
+    // As `Shop::search_part`: the strongest parts (the whole scene, then `windows`) narrowed, the
+    // narrowed part matching best kept unless the whole photo does about as well (`None`: the
+    // whole photo), and searched where it matches best, moved a little or not.
     let narrowed_pick = |scene: &Photo,
+                         windows: &[PhotoBox],
                          scores: &[f32],
                          vectors: &[Vec<f32>],
                          maps: &[FeatureMap],
@@ -225,11 +227,26 @@ pub fn scene_recall(
      -> Result<Option<Vec<f32>>> {
         let mut narrowed = Vec::new();
         for i in locate::strongest(scores, locate::NARROWED_CANDIDATES) {
-            narrowed.push(narrow(scene, &maps[i], &vectors[i], left_out)?.1);
+            let (region, vector) = narrow(scene, &maps[i], &vectors[i], left_out)?;
+            narrowed.push((vector, region.or(i.checked_sub(1).map(|w| windows[w]))));
         }
-        let narrowed_scores: Vec<f32> = narrowed.iter().map(|v| best_match(v, left_out).0).collect();
+        let narrowed_scores: Vec<f32> = narrowed.iter().map(|(v, _)| best_match(v, left_out).0).collect();
         let picked = pick(&narrowed_scores);
-        Ok(locate::part_beats_whole(scores[0], narrowed_scores[picked]).then(|| narrowed.swap_remove(picked)))
+        if !locate::part_beats_whole(scores[0], narrowed_scores[picked]) {
+            return Ok(None);
+        }
+        let (vector, region) = narrowed.swap_remove(picked);
+        let Some(region) = region else {
+            return Ok(Some(vector));
+        };
+        let moved: Vec<Option<PhotoBox>> = locate::shifted(&region, scene.width, scene.height)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut placed = vec![vector];
+        placed.extend(embed(scene, &moved)?);
+        let placed_scores: Vec<f32> = placed.iter().map(|v| best_match(v, left_out).0).collect();
+        Ok(Some(placed.swap_remove(pick(&placed_scores))))
     };
     let (mut whole, mut found, mut boxed, mut picked) = (
         Counts::default(),
@@ -250,7 +267,7 @@ pub fn scene_recall(
             picked.add(rank(&vectors[0], photo));
         } else {
             picked.add(rank(&vectors[pick(&scores)], photo));
-            match narrowed_pick(&scene, &scores, &vectors, &maps, &[photo])? {
+            match narrowed_pick(&scene, &windows, &scores, &vectors, &maps, &[photo])? {
                 Some(part) => found.add(rank(&part, photo)),
                 None => {
                     searched_whole += 1;
@@ -272,9 +289,9 @@ pub fn scene_recall(
             clean_found.add(rank(&whole_vector, photo));
             continue;
         }
-        let (_, vectors, maps) = whole_and_windows(&clean)?;
+        let (windows, vectors, maps) = whole_and_windows(&clean)?;
         let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        let part = narrowed_pick(&clean, &scores, &vectors, &maps, &[photo])?;
+        let part = narrowed_pick(&clean, &windows, &scores, &vectors, &maps, &[photo])?;
         clean_found.add(rank(part.as_ref().unwrap_or(&whole_vector), photo));
     }
 

@@ -34,8 +34,8 @@ use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
 use crate::locate::{
-    narrowed, part_beats_whole, pick, regions, search_windows, strongest, whole_is_enough, Candidate, KEPT_PHOTO_SIDE,
-    NARROWED_CANDIDATES,
+    narrowed, part_beats_whole, pick, regions, search_windows, shifted, strongest, whole_is_enough, Candidate,
+    KEPT_PHOTO_SIDE, NARROWED_CANDIDATES,
 };
 use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
@@ -489,7 +489,34 @@ impl Shop {
         if !part_beats_whole(scores[0], narrowed_scores[picked]) {
             return Ok(whole);
         }
-        Ok(narrowed.swap_remove(picked))
+        let kept = narrowed.swap_remove(picked);
+        self.placed_best(photo, kept, narrowed_scores[picked], with_feature_map)
+    }
+
+    /// `part` of a busy photo, whose best match scores `score`, or `part` moved a little
+    /// ([`shifted`]), whichever's best match scores highest (`part` on a tie).
+    fn placed_best(&self, photo: &Photo, part: Located, score: f32, with_feature_map: bool) -> Result<Located> {
+        let Some(region) = part.region else {
+            return Ok(part);
+        };
+        let moved = shifted(&region, photo.width, photo.height);
+        let boxes: Vec<Option<&PhotoBox>> = moved.iter().map(Some).collect();
+        let embedded = self.embed_parts_with(photo, &boxes, with_feature_map)?;
+        let mut scores = vec![score];
+        for (embedding, _) in &embedded {
+            scores.push(self.best_score(embedding)?);
+        }
+        Ok(match pick(&scores) {
+            0 => part,
+            best => {
+                let (embedding, feature_map) = embedded.into_iter().nth(best - 1).expect("one per moved box");
+                Located {
+                    embedding,
+                    region: Some(moved[best - 1]),
+                    feature_map,
+                }
+            }
+        })
     }
 
     /// Parts of a busy photo, each narrowed to where it is like its best match
