@@ -215,6 +215,18 @@ pub fn scene_recall(
         })
     };
 
+    // As `Shop::placed_best`: `region` (embedded as `vector`) or it moved a little, whichever's
+    // best match scores highest.
+    let placed_best =
+        |scene: &Photo, region: PhotoBox, vector: Vec<f32>, left_out: &[&HeldOut]| -> Result<(PhotoBox, Vec<f32>)> {
+            let moved = locate::shifted(&region, scene.width, scene.height);
+            let parts: Vec<Option<PhotoBox>> = moved.iter().copied().map(Some).collect();
+            let mut placed = vec![(region, vector)];
+            placed.extend(moved.into_iter().zip(embed(scene, &parts)?));
+            let scores: Vec<f32> = placed.iter().map(|(_, v)| best_match(v, left_out).0).collect();
+            Ok(placed.swap_remove(pick(&scores)))
+        };
+
     // As `Shop::search_part`: the strongest parts (the whole scene, then `windows`) narrowed, the
     // narrowed part matching best kept unless the whole photo does about as well (`None`: the
     // whole photo), and searched where it matches best, moved a little or not.
@@ -236,17 +248,10 @@ pub fn scene_recall(
             return Ok(None);
         }
         let (vector, region) = narrowed.swap_remove(picked);
-        let Some(region) = region else {
-            return Ok(Some(vector));
-        };
-        let moved: Vec<Option<PhotoBox>> = locate::shifted(&region, scene.width, scene.height)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut placed = vec![vector];
-        placed.extend(embed(scene, &moved)?);
-        let placed_scores: Vec<f32> = placed.iter().map(|v| best_match(v, left_out).0).collect();
-        Ok(Some(placed.swap_remove(pick(&placed_scores))))
+        Ok(Some(match region {
+            Some(region) => placed_best(scene, region, vector, left_out)?.1,
+            None => vector,
+        }))
     };
     let (mut whole, mut found, mut boxed, mut picked) = (
         Counts::default(),
@@ -336,20 +341,20 @@ pub fn scene_recall(
                     }
                 })
                 .collect();
-            // As `Shop::regions_of`: the kept windows narrowed, then kept again.
-            let (mut kept, mut narrowed_candidates) = (Vec::new(), Vec::new());
+            // As `Shop::regions_of`: the kept windows narrowed and moved, then kept again.
+            let (mut kept, mut placed_candidates) = (Vec::new(), Vec::new());
             for i in locate::regions(&candidates) {
                 let (narrowed, vector) = narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
-                let region = narrowed.unwrap_or(windows[i]);
+                let (region, vector) = placed_best(&scene, narrowed.unwrap_or(windows[i]), vector, &both)?;
                 let (score, product, _) = best_match(&vector, &both);
-                narrowed_candidates.push(Candidate {
+                placed_candidates.push(Candidate {
                     region,
                     score,
                     best_product: product.to_string(),
                 });
                 kept.push((region, vector));
             }
-            locate::regions(&narrowed_candidates)
+            locate::regions(&placed_candidates)
                 .into_iter()
                 .map(|i| kept[i].clone())
                 .collect()

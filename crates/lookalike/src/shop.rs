@@ -490,14 +490,16 @@ impl Shop {
             return Ok(whole);
         }
         let kept = narrowed.swap_remove(picked);
-        self.placed_best(photo, kept, narrowed_scores[picked], with_feature_map)
+        Ok(self
+            .placed_best(photo, kept, narrowed_scores[picked], with_feature_map)?
+            .0)
     }
 
     /// `part` of a busy photo, whose best match scores `score`, or `part` moved a little
-    /// ([`shifted`]), whichever's best match scores highest (`part` on a tie).
-    fn placed_best(&self, photo: &Photo, part: Located, score: f32, with_feature_map: bool) -> Result<Located> {
+    /// ([`shifted`]), whichever's best match scores highest (`part` on a tie), with that score.
+    fn placed_best(&self, photo: &Photo, part: Located, score: f32, with_feature_map: bool) -> Result<(Located, f32)> {
         let Some(region) = part.region else {
-            return Ok(part);
+            return Ok((part, score));
         };
         let moved = shifted(&region, photo.width, photo.height);
         let boxes: Vec<Option<&PhotoBox>> = moved.iter().map(Some).collect();
@@ -506,15 +508,17 @@ impl Shop {
         for (embedding, _) in &embedded {
             scores.push(self.best_score(embedding)?);
         }
-        Ok(match pick(&scores) {
-            0 => part,
-            best => {
-                let (embedding, feature_map) = embedded.into_iter().nth(best - 1).expect("one per moved box");
-                Located {
+        let best = pick(&scores);
+        Ok(match best {
+            0 => (part, score),
+            moved_best => {
+                let (embedding, feature_map) = embedded.into_iter().nth(moved_best - 1).expect("one per moved box");
+                let located = Located {
                     embedding,
-                    region: Some(moved[best - 1]),
+                    region: Some(moved[moved_best - 1]),
                     feature_map,
-                }
+                };
+                (located, scores[best])
             }
         })
     }
@@ -687,14 +691,15 @@ impl Shop {
                 (window, bests[i].take().expect("kept once"))
             })
             .collect();
-        // Each kept window narrowed; two that then find one product, or overlap, are one region.
-        let (mut found, mut narrowed_candidates) = (Vec::new(), Vec::new());
+        // Each kept window narrowed and searched where it matches best, moved a little or not (as
+        // one photo's part); two that then find one product, or overlap, are one region.
+        let (mut found, mut placed_candidates) = (Vec::new(), Vec::new());
         for narrowed in self.narrow_all(photo, kept, false)? {
-            let best = self
-                .best_match(&narrowed.embedding)?
-                .expect("the catalogue is not empty");
-            let region = narrowed.region.expect("a window, narrowed or not");
-            narrowed_candidates.push(Candidate {
+            let score = self.best_score(&narrowed.embedding)?;
+            let (placed, _) = self.placed_best(photo, narrowed, score, false)?;
+            let best = self.best_match(&placed.embedding)?.expect("the catalogue is not empty");
+            let region = placed.region.expect("a window, narrowed and moved or not");
+            placed_candidates.push(Candidate {
                 region,
                 score: best.score,
                 best_product: best.product.id,
@@ -702,10 +707,10 @@ impl Shop {
             found.push(Some(FoundRegion {
                 region,
                 score: best.score,
-                embedding: narrowed.embedding,
+                embedding: placed.embedding,
             }));
         }
-        Ok(regions(&narrowed_candidates)
+        Ok(regions(&placed_candidates)
             .into_iter()
             .map(|i| found[i].take().expect("kept once"))
             .collect())
