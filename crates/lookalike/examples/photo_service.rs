@@ -18,7 +18,7 @@
 use std::io::{BufRead, Write};
 
 use lookalike::error::Error;
-use lookalike::shop::{IndexRequest, OpenOptions, SearchRequest, Shop};
+use lookalike::shop::{Framing, IndexRequest, OpenOptions, SearchRequest, Shop};
 use lookalike::types::{Filter, Metric, Scored, Words};
 use serde_json::{json, Value};
 
@@ -60,8 +60,9 @@ fn answer(shop: &Shop, request: &str) -> Result<Vec<Value>, Error> {
     };
     let hits = match verb {
         "photo" => {
-            let photo = shop.embed_file(subject.as_ref())?;
-            shop.search(&SearchRequest::photo(&photo, k))?.hits
+            // As `lookalike search PHOTO`: the product found in the photo, or all of it.
+            let photo = shop.embed_photo(subject.as_ref(), &Framing::default())?;
+            shop.search(&SearchRequest::photo(&photo.embedding, k))?.hits
         }
         "words" => {
             let words = Words::parse(rest)?;

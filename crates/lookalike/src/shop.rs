@@ -2,12 +2,13 @@
 //! CLI, the server and a program embedding lookalike ask, each in one place.
 //!
 //! ```no_run
-//! use lookalike::shop::{OpenOptions, SearchRequest, Shop};
+//! use lookalike::shop::{Framing, OpenOptions, SearchRequest, Shop};
 //!
 //! fn main() -> anyhow::Result<()> {
 //!     let shop = Shop::open("shop.db", OpenOptions::default())?;
-//!     let photo = shop.embed_file("query.jpg".as_ref())?;
-//!     let answer = shop.search(&SearchRequest::photo(&photo, 5))?;
+//!     // The product found in the photo (or all of it), as `lookalike search` does.
+//!     let photo = shop.embed_photo("query.jpg".as_ref(), &Framing::default())?;
+//!     let answer = shop.search(&SearchRequest::photo(&photo.embedding, 5))?;
 //!     for hit in answer.hits {
 //!         println!("{} {:.3} {}", hit.product.id, hit.score, hit.product.info.title.unwrap_or_default());
 //!     }
