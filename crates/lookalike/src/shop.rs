@@ -490,38 +490,45 @@ impl Shop {
         if !part_beats_whole(scores[0], narrowed_scores[picked]) {
             return Ok(whole);
         }
-        let kept = narrowed.swap_remove(picked);
-        Ok(self
-            .placed_best(photo, kept, narrowed_scores[picked], with_feature_map)?
-            .0)
+        let kept = (narrowed.swap_remove(picked), narrowed_scores[picked]);
+        Ok(self.placed_best(photo, vec![kept], with_feature_map)?.remove(0).0)
     }
 
-    /// `part` of a busy photo, whose best match scores `score`, or `part` moved a little
-    /// ([`shifted`]), whichever's best match scores highest (`part` on a tie), with that score.
-    fn placed_best(&self, photo: &Photo, part: Located, score: f32, with_feature_map: bool) -> Result<(Located, f32)> {
-        let Some(region) = part.region else {
-            return Ok((part, score));
-        };
-        let moved = shifted(&region, photo.width, photo.height);
-        let boxes: Vec<Option<&PhotoBox>> = moved.iter().map(Some).collect();
-        let embedded = self.embed_parts_with(photo, &boxes, with_feature_map)?;
-        let mut scores = vec![score];
-        for (embedding, _) in &embedded {
-            scores.push(self.best_score(embedding)?);
-        }
-        let best = pick(&scores);
-        Ok(match best {
-            0 => (part, score),
-            moved_best => {
-                let (embedding, feature_map) = embedded.into_iter().nth(moved_best - 1).expect("one per moved box");
+    /// Each of `parts` of a busy photo (with its best match's score) or it moved a little
+    /// ([`shifted`]), whichever's best match scores highest (the part itself on a tie), with that
+    /// score; every part's moves embedded in one batch.
+    fn placed_best(
+        &self,
+        photo: &Photo,
+        parts: Vec<(Located, f32)>,
+        with_feature_map: bool,
+    ) -> Result<Vec<(Located, f32)>> {
+        let moves: Vec<Vec<PhotoBox>> = parts
+            .iter()
+            .map(|(part, _)| {
+                part.region
+                    .map_or_else(Vec::new, |region| shifted(&region, photo.width, photo.height))
+            })
+            .collect();
+        let boxes: Vec<Option<&PhotoBox>> = moves.iter().flatten().map(Some).collect();
+        let mut embedded = self.embed_parts_with(photo, &boxes, with_feature_map)?.into_iter();
+        let mut placed = Vec::with_capacity(parts.len());
+        for (part, moved) in parts.into_iter().zip(moves) {
+            let mut candidates = vec![part];
+            for region in moved {
+                let (embedding, feature_map) = embedded.next().expect("one per moved box");
+                let score = self.best_score(&embedding)?;
                 let located = Located {
                     embedding,
-                    region: Some(moved[moved_best - 1]),
+                    region: Some(region),
                     feature_map,
                 };
-                (located, scores[best])
+                candidates.push((located, score));
             }
-        })
+            let scores: Vec<f32> = candidates.iter().map(|(_, score)| *score).collect();
+            placed.push(candidates.swap_remove(pick(&scores)));
+        }
+        Ok(placed)
     }
 
     /// Parts of a busy photo, each narrowed to where it is like its best match
@@ -695,9 +702,12 @@ impl Shop {
         // Each kept window narrowed and searched where it matches best, moved a little or not (as
         // one photo's part); two that then find one product, or overlap, are one region.
         let (mut found, mut placed_candidates) = (Vec::new(), Vec::new());
-        for narrowed in self.narrow_all(photo, kept, false)? {
-            let score = self.best_score(&narrowed.embedding)?;
-            let (placed, _) = self.placed_best(photo, narrowed, score, false)?;
+        let mut narrowed = Vec::new();
+        for part in self.narrow_all(photo, kept, false)? {
+            let score = self.best_score(&part.embedding)?;
+            narrowed.push((part, score));
+        }
+        for (placed, _) in self.placed_best(photo, narrowed, false)? {
             let best = self.best_match(&placed.embedding)?.expect("the catalogue is not empty");
             let region = placed.region.expect("a window, narrowed and moved or not");
             placed_candidates.push(Candidate {
