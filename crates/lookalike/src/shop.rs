@@ -464,10 +464,7 @@ impl Shop {
             .iter()
             .map(|part| self.best_match(&part.embedding))
             .collect::<Result<Vec<Option<Scored>>>>()?;
-        let scores: Vec<f32> = bests
-            .iter()
-            .map(|best| best.as_ref().map_or(f32::MIN, |b| b.score))
-            .collect();
+        let scores: Vec<f32> = bests.iter().map(score_of).collect();
         let whole = parts[0].clone();
         let mut parts: Vec<Option<Located>> = parts.into_iter().map(Some).collect();
         let (mut narrowed, mut to_narrow) = (Vec::new(), Vec::new());
@@ -479,10 +476,11 @@ impl Shop {
             }
         }
         narrowed.extend(self.narrow_all(photo, to_narrow, with_feature_map)?);
-        let narrowed_scores = narrowed
+        let mut narrowed_bests = narrowed
             .iter()
-            .map(|part| self.best_score(&part.embedding))
-            .collect::<Result<Vec<f32>>>()?;
+            .map(|part| self.best_match(&part.embedding))
+            .collect::<Result<Vec<Option<Scored>>>>()?;
+        let narrowed_scores: Vec<f32> = narrowed_bests.iter().map(score_of).collect();
         if narrowed.is_empty() {
             return Err(Error::invalid("a photo has at least one part to search"));
         }
@@ -490,19 +488,19 @@ impl Shop {
         if !part_beats_whole(scores[0], narrowed_scores[picked]) {
             return Ok(whole);
         }
-        let kept = (narrowed.swap_remove(picked), narrowed_scores[picked]);
+        let kept = (narrowed.swap_remove(picked), narrowed_bests.swap_remove(picked));
         Ok(self.placed_best(photo, vec![kept], with_feature_map)?.remove(0).0)
     }
 
-    /// Each of `parts` of a busy photo (with its best match's score) or it moved a little
-    /// ([`shifted`]), whichever's best match scores highest (the part itself on a tie), with that
-    /// score; every part's moves embedded in one batch.
+    /// Each of `parts` of a busy photo (with its best match) or it moved a little ([`shifted`]),
+    /// whichever's best match scores highest (the part itself on a tie), with that match; every
+    /// part's moves embedded in one batch.
     fn placed_best(
         &self,
         photo: &Photo,
-        parts: Vec<(Located, f32)>,
+        parts: Vec<(Located, Option<Scored>)>,
         with_feature_map: bool,
-    ) -> Result<Vec<(Located, f32)>> {
+    ) -> Result<Vec<(Located, Option<Scored>)>> {
         let moves: Vec<Vec<PhotoBox>> = parts
             .iter()
             .map(|(part, _)| {
@@ -517,15 +515,15 @@ impl Shop {
             let mut candidates = vec![part];
             for region in moved {
                 let (embedding, feature_map) = embedded.next().expect("one per moved box");
-                let score = self.best_score(&embedding)?;
+                let best = self.best_match(&embedding)?;
                 let located = Located {
                     embedding,
                     region: Some(region),
                     feature_map,
                 };
-                candidates.push((located, score));
+                candidates.push((located, best));
             }
-            let scores: Vec<f32> = candidates.iter().map(|(_, score)| *score).collect();
+            let scores: Vec<f32> = candidates.iter().map(|(_, best)| score_of(best)).collect();
             placed.push(candidates.swap_remove(pick(&scores)));
         }
         Ok(placed)
@@ -704,11 +702,11 @@ impl Shop {
         let (mut found, mut placed_candidates) = (Vec::new(), Vec::new());
         let mut narrowed = Vec::new();
         for part in self.narrow_all(photo, kept, false)? {
-            let score = self.best_score(&part.embedding)?;
-            narrowed.push((part, score));
+            let best = self.best_match(&part.embedding)?;
+            narrowed.push((part, best));
         }
-        for (placed, _) in self.placed_best(photo, narrowed, false)? {
-            let best = self.best_match(&placed.embedding)?.expect("the catalogue is not empty");
+        for (placed, best) in self.placed_best(photo, narrowed, false)? {
+            let best = best.expect("the catalogue is not empty");
             let region = placed.region.expect("a window, narrowed and moved or not");
             placed_candidates.push(Candidate {
                 region,
@@ -857,10 +855,6 @@ impl Shop {
             .ok_or_else(|| Error::not_found(format!("photo {view} of product {id:?} is no longer on disk")))?;
         let (query, _) = maps.swap_remove(part);
         Ok((parts[part].copied(), explain(&query, &matched, view)?))
-    }
-
-    fn best_score(&self, photo: &ImageEmbedding) -> Result<f32> {
-        Ok(self.best_match(photo)?.map_or(f32::MIN, |hit| hit.score))
     }
 
     /// The products for a photo, words or both.
@@ -1174,6 +1168,11 @@ impl Shop {
 pub const MAX_K: usize = 10_000;
 /// The most products one recommendation may name.
 pub const MAX_RECOMMEND_IDS: usize = 100;
+
+/// A best match's score, lowest of all when there is none (an empty catalogue).
+fn score_of(best: &Option<Scored>) -> f32 {
+    best.as_ref().map_or(f32::MIN, |hit| hit.score)
+}
 
 fn check_k(k: usize) -> Result<()> {
     if k == 0 || k > MAX_K {
