@@ -184,6 +184,8 @@ pub struct Likely {
 #[derive(Serialize, ToSchema)]
 pub struct Results {
     pub metric: ScoredBy,
+    /// Best first: by score, but a photo that matches no product closely (cosine under 0.70) has
+    /// its products in their categories' vote order, each raised by its kind's closest products.
     pub results: Vec<Hit>,
     /// Hybrid searches only: the categories ranked within, most likely first.
     #[serde(skip_serializing_if = "Option::is_none")]

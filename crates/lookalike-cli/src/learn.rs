@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::feature_cache::{self, class_of, FeatureCache, FolderFeatures};
+use lookalike::index::category_vote::{voted_order, votes, VOTE_POOL};
 use lookalike::index::VectorIndex;
 use lookalike::learn::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::learn::head::{Head, HeadKind};
@@ -802,9 +803,19 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 .iter()
                 .zip(&filters)
                 .map(|(q, filter)| {
+                    // In search's order: the best VOTE_POOL reordered by their classes' votes.
                     index
-                        .search(&q.vector, k, Metric::Cosine, filter, None)
-                        .map(|hits| hits.iter().map(|h| class_of(h.product)).collect())
+                        .search(&q.vector, k.max(VOTE_POOL), Metric::Cosine, filter, None)
+                        .map(|hits| {
+                            let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
+                            let classes: Vec<String> = hits.iter().map(|h| class_of(h.product)).collect();
+                            let order = if votes(scores.first().copied()) {
+                                voted_order(&scores, &classes)
+                            } else {
+                                (0..scores.len()).collect()
+                            };
+                            order.into_iter().take(k).map(|i| classes[i].clone()).collect()
+                        })
                 })
                 .collect::<Result<_>>()?;
             let classes: Vec<String> = query_products.iter().map(class_of).collect();
@@ -1161,7 +1172,8 @@ fn eval_products(
     words: Option<&Path>,
     json: bool,
 ) -> Result<()> {
-    use lookalike::learn::eval::{held_out_product_recall, Aggregation, ProductRecall};
+    use lookalike::learn::eval::{held_out_product_recall, held_out_product_recall_voted, Aggregation, ProductRecall};
+    use lookalike::types::category_key;
     let store = lookalike::store::open_store_read_only(db)?;
     let manifest = store.manifest()?;
     if manifest.as_ref().is_some_and(|m| m.head.is_some()) {
@@ -1194,6 +1206,14 @@ fn eval_products(
         .iter()
         .map(|&a| ("raw features".to_string(), held_out_product_recall(&raw, a)))
         .collect();
+    let categories: Vec<Option<String>> = products
+        .iter()
+        .map(|p| p.info.category.as_deref().map(category_key))
+        .collect();
+    rows.push((
+        "raw features, in search's order (category vote)".into(),
+        held_out_product_recall_voted(&raw, &categories, Aggregation::TopTwo),
+    ));
     if let Some(mirrored) = &mirrored {
         let both = with_mirror(&raw, mirrored);
         rows.push((

@@ -76,8 +76,64 @@ fn search_by_photo_finds_the_product_itself_first_with_its_metadata() {
     assert_eq!(hits[0]["url"], "https://luma.example/chaz-kangeroo-hoodie.html");
     assert!(hits[0]["score"].as_f64().unwrap() > 0.999);
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    // A photo that matches a product this closely keeps its look-alikes in cosine order.
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     assert!(scores.iter().all(|s| (-1.0..=1.0001).contains(s)));
+}
+
+#[test]
+fn a_photo_matching_no_product_closely_brings_the_kind_its_closest_products_share() {
+    let db = demo_db();
+    let hits = results(&lookalike(&[
+        "search",
+        s(&demo().join("../tests/web/fixtures/two-products.jpg")),
+        "--whole",
+        "--db",
+        s(db),
+        "-k",
+        "60",
+        "--json",
+    ]));
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 60, "the whole demo catalogue");
+    let scored: Vec<(String, String, f32)> = hits
+        .iter()
+        .map(|h| {
+            let text = |field: &str| h[field].as_str().unwrap().to_string();
+            (text("id"), text("category"), h["score"].as_f64().unwrap() as f32)
+        })
+        .collect();
+    // The rule, written out again: in cosine order, each product raised by twice the mean cosine
+    // of its category's 5 best products.
+    let mut by_cosine = scored.clone();
+    by_cosine.sort_by(|a, b| b.2.total_cmp(&a.2));
+    assert!(
+        by_cosine[0].2 < 0.70,
+        "the photo matches no product closely: {by_cosine:?}"
+    );
+    let raised: Vec<f32> = by_cosine
+        .iter()
+        .map(|(_, category, score)| {
+            let best: Vec<f32> = by_cosine
+                .iter()
+                .filter(|other| &other.1 == category)
+                .map(|other| other.2)
+                .take(5)
+                .collect();
+            score + 2.0 * best.iter().sum::<f32>() / best.len() as f32
+        })
+        .collect();
+    let mut expected: Vec<usize> = (0..by_cosine.len()).collect();
+    expected.sort_by(|&a, &b| raised[b].total_cmp(&raised[a]));
+    let expected: Vec<&str> = expected.iter().map(|&i| by_cosine[i].0.as_str()).collect();
+    let answered: Vec<&str> = scored.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(answered, expected);
+    assert_ne!(
+        answered,
+        by_cosine.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>()
+    );
+    // The bags come first, together, though a hoodie's photo scores higher than two of them.
+    assert!(hits[..4].iter().all(|h| h["category"] == "Gear/Bags"), "{hits:#?}");
 }
 
 #[test]

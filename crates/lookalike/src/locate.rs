@@ -263,6 +263,11 @@ mod tests {
     }
 
     #[test]
+    fn a_photo_close_enough_to_be_searched_whole_keeps_its_order_by_cosine() {
+        assert_eq!(FIND_PRODUCT_BELOW, crate::index::category_vote::VOTE_BELOW);
+    }
+
+    #[test]
     fn the_whole_photo_wins_ties_and_a_close_match_is_searched_whole() {
         assert_eq!(pick(&[0.5, 0.5, 0.4]), 0);
         assert_eq!(pick(&[0.5, 0.4, 0.6]), 2);

@@ -25,13 +25,13 @@ use serde::Serialize;
 use crate::catalogue::{labelled_images, read_image_folder, Layout};
 use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::{load_image, Photo};
-use crate::learn::eval::{held_out_rank, Aggregation};
+use crate::learn::eval::{held_out_rank_voted, Aggregation};
 use crate::linalg::unit;
 use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
 use crate::model::Embedder;
 use crate::shop::{Framing, SearchRequest, Shop};
 use crate::store::{check_same_model, Store};
-use crate::types::{PhotoBox, StoredProduct};
+use crate::types::{category_key, PhotoBox, StoredProduct};
 
 /// How many scenes, and how they are made.
 #[derive(Debug, Clone)]
@@ -158,11 +158,15 @@ pub fn scene_recall(
     options: &SceneOptions,
 ) -> Result<SceneReport> {
     let Setup {
+        products,
         gallery,
         held_out,
         backgrounds,
-        ..
     } = Setup::new(store, embedder, backgrounds)?;
+    let categories: Vec<Option<String>> = products
+        .iter()
+        .map(|p| p.info.category.as_deref().map(category_key))
+        .collect();
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let pre = &embedder.preprocessing;
     // Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
@@ -171,8 +175,17 @@ pub fn scene_recall(
         let out = embedder.run(&scene.batch(pre, &parts)?, parts.len())?;
         Ok((0..parts.len()).map(|i| unit(out.feature(i))).collect())
     };
-    let rank =
-        |query: &[f32], photo: &HeldOut| held_out_rank(&gallery, photo.product, photo.view, query, Aggregation::TopTwo);
+    // In search's order, with the categories' votes.
+    let rank = |query: &[f32], photo: &HeldOut| {
+        held_out_rank_voted(
+            &gallery,
+            &categories,
+            photo.product,
+            photo.view,
+            query,
+            Aggregation::TopTwo,
+        )
+    };
     // The best catalogue match of `query` by cosine (what search's best match is), the held-out
     // photos left out: its score, product and photo.
     let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize, usize) {

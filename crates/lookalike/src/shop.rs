@@ -639,16 +639,12 @@ impl Shop {
         Ok((0..parts.len()).map(|i| out.image(i)).collect())
     }
 
-    /// The best catalogue match of `photo` by cosine, whatever its category (`None`: an empty
-    /// catalogue).
+    /// The best catalogue match of `photo` by cosine alone, whatever its category (`None`: an
+    /// empty catalogue): how closely the photo matches some product, before any category's vote.
     pub fn best_match(&self, photo: &ImageEmbedding) -> Result<Option<Scored>> {
-        let query = Query {
-            image: Some(&photo.features),
-            words: None,
-        };
         let hits = self
             .answering()?
-            .query(query, 1, Metric::Cosine, &Filter::default(), 0.0)?;
+            .search(&photo.features, 1, Metric::Cosine, &Filter::default(), None)?;
         Ok(hits.into_iter().next())
     }
 

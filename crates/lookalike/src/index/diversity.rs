@@ -15,7 +15,7 @@ pub fn pool_size(k: usize, diversity: f32) -> usize {
     }
 }
 
-/// The first `k` of `hits` (best first by `metric`) chosen by maximal marginal relevance;
+/// The first `k` of `hits` (best first) chosen by maximal marginal relevance;
 /// `diversity` 0 keeps the order, 1 cares only for difference after the best. Relevance is each
 /// score scaled to [0, 1] within `hits`; likeness is the cosine of the products' main vectors
 /// (a product without its vector here is like nothing).
@@ -24,7 +24,13 @@ pub fn diversify(mut hits: Vec<Scored>, k: usize, diversity: f32, metric: Metric
         hits.truncate(k);
         return hits;
     }
-    let (best, worst) = (hits[0].score, hits[hits.len() - 1].score);
+    // A photo's hits come in their category vote's order, not always by score.
+    let scores = hits.iter().map(|h| h.score);
+    let (high, low) = (scores.clone().fold(f32::MIN, f32::max), scores.fold(f32::MAX, f32::min));
+    let (best, worst) = match metric {
+        Metric::Cosine => (high, low),
+        Metric::Euclidean => (low, high),
+    };
     let relevance: Vec<f32> = hits
         .iter()
         .map(|h| match (best == worst, metric) {

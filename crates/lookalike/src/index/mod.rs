@@ -17,6 +17,7 @@
 //! the catalogue; Euclidean searches and narrow filters take the scan, which is exact.
 
 pub(crate) mod ann;
+pub mod category_vote;
 pub(crate) mod dedup;
 pub(crate) mod diversity;
 pub(crate) mod file;

@@ -7,7 +7,9 @@
 //! R the number of gallery items of the query's class.
 
 use std::collections::BTreeMap;
+use std::hash::Hash;
 
+use crate::index::category_vote::{voted_order, votes};
 use crate::index::fusion::{fuse, Fusion};
 use crate::types::Metric;
 use serde::Serialize;
@@ -247,10 +249,33 @@ pub struct ProductRecall {
 /// share of queries whose own product is among the k best-scoring products. `products[i]` holds
 /// product i's photos as unit vectors, the main photo first.
 pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregation) -> ProductRecall {
+    recall_of_ranks(products, aggregation, |own, held_out, photo| {
+        held_out_rank(products, own, held_out, photo, aggregation)
+    })
+}
+
+/// [`held_out_product_recall`] in the order search gives a photo's products, with their
+/// categories' votes ([`held_out_rank_voted`]).
+pub fn held_out_product_recall_voted<K: Eq + Hash>(
+    products: &[Vec<Vec<f32>>],
+    categories: &[K],
+    aggregation: Aggregation,
+) -> ProductRecall {
+    recall_of_ranks(products, aggregation, |own, held_out, photo| {
+        held_out_rank_voted(products, categories, own, held_out, photo, aggregation)
+    })
+}
+
+/// Recall@1 and @5 over every held-out photo, `rank(own, held_out, photo)` giving its product's rank.
+fn recall_of_ranks(
+    products: &[Vec<Vec<f32>>],
+    aggregation: Aggregation,
+    rank: impl Fn(usize, usize, &[f32]) -> usize,
+) -> ProductRecall {
     let (mut queries, mut at_1, mut at_5) = (0usize, 0usize, 0usize);
     for (own, photos) in products.iter().enumerate().filter(|(_, p)| p.len() >= 2) {
         for (held_out, photo) in photos.iter().enumerate() {
-            let rank = held_out_rank(products, own, held_out, photo, aggregation);
+            let rank = rank(own, held_out, photo);
             queries += 1;
             at_1 += usize::from(rank < 1);
             at_5 += usize::from(rank < 5);
@@ -275,23 +300,58 @@ pub fn held_out_rank(
     query: &[f32],
     aggregation: Aggregation,
 ) -> usize {
-    let others: Vec<&[f32]> = products[own]
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != held_out)
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let own_score = aggregation.score(query, &others);
+    let scores = held_out_scores(products, own, held_out, query, aggregation);
+    (0..products.len())
+        .filter(|&i| i != own && (scores[i] > scores[own] || (scores[i] == scores[own] && i < own)))
+        .count()
+}
+
+/// [`held_out_rank`] in the order search gives a photo's products: best first, the first
+/// [`crate::index::category_vote::VOTE_POOL`] reordered by their categories' votes
+/// (`categories[i]` is product i's).
+pub fn held_out_rank_voted<K: Eq + Hash>(
+    products: &[Vec<Vec<f32>>],
+    categories: &[K],
+    own: usize,
+    held_out: usize,
+    query: &[f32],
+    aggregation: Aggregation,
+) -> usize {
+    let scores = held_out_scores(products, own, held_out, query, aggregation);
+    let mut order: Vec<usize> = (0..products.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let ranked_scores: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
+    if !votes(ranked_scores.first().copied()) {
+        return order.iter().position(|&i| i == own).expect("every product is ranked");
+    }
+    let ranked_categories: Vec<&K> = order.iter().map(|&i| &categories[i]).collect();
+    voted_order(&ranked_scores, &ranked_categories)
+        .into_iter()
+        .position(|j| order[j] == own)
+        .expect("every product is ranked")
+}
+
+/// Each product's score for `query`, product `own` without its photo `held_out`.
+fn held_out_scores(
+    products: &[Vec<Vec<f32>>],
+    own: usize,
+    held_out: usize,
+    query: &[f32],
+    aggregation: Aggregation,
+) -> Vec<f32> {
     products
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != own)
-        .filter(|(i, views)| {
-            let views: Vec<&[f32]> = views.iter().map(Vec::as_slice).collect();
-            let score = aggregation.score(query, &views);
-            score > own_score || (score == own_score && *i < own)
+        .map(|(i, views)| {
+            let views: Vec<&[f32]> = views
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| i != own || j != held_out)
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            aggregation.score(query, &views)
         })
-        .count()
+        .collect()
 }
 
 /// A way to rank products for a query photo that comes with words.

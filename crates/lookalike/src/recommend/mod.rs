@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::index::category_vote::{voted, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
@@ -342,8 +343,9 @@ impl Recommender {
         Ok(Some(self.diversified(hits, k, diversity, metric)?))
     }
 
-    /// The `k` best products for a photo, words or both that pass `filter`. Words alone rank by
-    /// relevance (BM25 / `ts_rank`); a photo with words ranks by [`DEFAULT_FUSION`] of both.
+    /// The `k` best products for a photo, words or both that pass `filter`. A photo alone ranks by
+    /// `metric`, by cosine with its category's vote ([`crate::index::category_vote`]); words alone
+    /// rank by relevance (BM25 / `ts_rank`); a photo with words ranks by [`DEFAULT_FUSION`] of both.
     /// `diversity` in [0, 1] trades relevance for variety (maximal marginal relevance; 0: none).
     pub fn query(
         &self,
@@ -356,6 +358,11 @@ impl Recommender {
         let pool = pool_size(k, diversity);
         let (hits, ranked_by) = match (query.image, query.words) {
             (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
+            (Some(image), None) if metric == Metric::Cosine => {
+                let mut hits = voted(self.search(image, pool.max(VOTE_POOL), metric, filter, None)?);
+                hits.truncate(pool);
+                (hits, metric)
+            }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
             (None, Some(words)) => {
                 let found = self.word_matches(words, pool, filter)?;
