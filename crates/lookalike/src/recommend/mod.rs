@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::index::category_vote::{voted, VOTE_POOL};
+use crate::index::category_vote::{voted, votes, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
@@ -359,8 +359,15 @@ impl Recommender {
         let (hits, ranked_by) = match (query.image, query.words) {
             (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
             (Some(image), None) if metric == Metric::Cosine => {
-                let mut hits = voted(self.search(image, pool.max(VOTE_POOL), metric, filter, None)?);
-                hits.truncate(pool);
+                let mut hits = self.search(image, pool, metric, filter, None)?;
+                // Only a photo that matches no product closely is voted on, and only it pays for
+                // the deeper search the vote needs.
+                if votes(hits.first().map(|hit| hit.score)) && pool < VOTE_POOL {
+                    hits = voted(self.search(image, VOTE_POOL, metric, filter, None)?);
+                    hits.truncate(pool);
+                } else {
+                    hits = voted(hits);
+                }
                 (hits, metric)
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
