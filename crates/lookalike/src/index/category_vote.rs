@@ -65,19 +65,21 @@ pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K]) -> Vec<usize>
     order
 }
 
-/// `hits` (best first by a higher-is-closer score) in [`voted_order`], by their products'
-/// categories the same but for case.
+/// `hits` (best first by a higher-is-closer score) in [`voted_order`] by their products'
+/// categories the same but for case, when the best matches no product closely ([`votes`]).
 pub fn voted(hits: Vec<Scored>) -> Vec<Scored> {
-    if !votes(hits.first().map(|hit| hit.score)) {
+    voted_by(hits, |hit| hit.score, |hit| hit.product.info.category.as_deref())
+}
+
+/// [`voted`] for any kind of hit, given its score and its product's category.
+pub fn voted_by<T>(hits: Vec<T>, score: impl Fn(&T) -> f32, category: impl Fn(&T) -> Option<&str>) -> Vec<T> {
+    if !votes(hits.first().map(&score)) {
         return hits;
     }
-    let scores: Vec<f32> = hits.iter().map(|hit| hit.score).collect();
-    let categories: Vec<Option<String>> = hits
-        .iter()
-        .map(|hit| hit.product.info.category.as_deref().map(category_key))
-        .collect();
+    let scores: Vec<f32> = hits.iter().map(&score).collect();
+    let categories: Vec<Option<String>> = hits.iter().map(|hit| category(hit).map(category_key)).collect();
     let order = voted_order(&scores, &categories);
-    let mut hits: Vec<Option<Scored>> = hits.into_iter().map(Some).collect();
+    let mut hits: Vec<Option<T>> = hits.into_iter().map(Some).collect();
     order
         .into_iter()
         .map(|i| hits[i].take().expect("each hit once"))

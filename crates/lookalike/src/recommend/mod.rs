@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::index::category_vote::{voted, votes, VOTE_POOL};
+use crate::index::category_vote::{voted, voted_by, votes, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
@@ -304,6 +304,28 @@ impl Recommender {
         self.search_views(&[query], k, metric, filter, exclude)
     }
 
+    /// The `keep` best products for a photo by cosine, in their categories' vote order over the
+    /// [`VOTE_POOL`] best ([`crate::index::category_vote`]); in memory, only the products kept
+    /// are read whole.
+    fn search_voted(&self, query: &[f32], keep: usize, filter: &Filter) -> Result<Vec<Scored>> {
+        let deep = VOTE_POOL.max(keep);
+        let mut hits = match self.locks.side()? {
+            Side::Memory(index) => self.results(index, |index| {
+                let found = index.search(query, deep, Metric::Cosine, filter, None)?;
+                let mut hits = voted_by(found, |hit| hit.score, |hit| hit.product.info.category.as_deref());
+                hits.truncate(keep);
+                Ok(hits)
+            })?,
+            Side::Database(store) => voted(
+                store
+                    .database()?
+                    .nearest(&[query], deep, Metric::Cosine, filter, None)?,
+            ),
+        };
+        hits.truncate(keep);
+        Ok(hits)
+    }
+
     /// [`Self::search`] with several photos of one product as the query (see
     /// [`VectorIndex::search_views`]).
     fn search_views(
@@ -359,16 +381,14 @@ impl Recommender {
         let (hits, ranked_by) = match (query.image, query.words) {
             (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
             (Some(image), None) if metric == Metric::Cosine => {
-                let mut hits = self.search(image, pool, metric, filter, None)?;
+                let hits = self.search(image, pool, metric, filter, None)?;
                 // Only a photo that matches no product closely is voted on, and only it pays for
                 // the deeper search the vote needs.
                 if votes(hits.first().map(|hit| hit.score)) && pool < VOTE_POOL {
-                    hits = voted(self.search(image, VOTE_POOL, metric, filter, None)?);
-                    hits.truncate(pool);
+                    (self.search_voted(image, pool, filter)?, metric)
                 } else {
-                    hits = voted(hits);
+                    (voted(hits), metric)
                 }
-                (hits, metric)
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
             (None, Some(words)) => {
