@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::feature_cache::{self, class_of, FeatureCache, FolderFeatures};
-use lookalike::index::category_vote::{voted_order, votes, VOTE_POOL};
+use lookalike::index::category_vote::{voted_by, VOTE_POOL};
 use lookalike::index::VectorIndex;
 use lookalike::learn::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::learn::head::{Head, HeadKind};
@@ -807,14 +807,11 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                     index
                         .search(&q.vector, k.max(VOTE_POOL), Metric::Cosine, filter, None)
                         .map(|hits| {
-                            let scores: Vec<f32> = hits.iter().map(|h| h.score).collect();
-                            let classes: Vec<String> = hits.iter().map(|h| class_of(h.product)).collect();
-                            let order = if votes(scores.first().copied()) {
-                                voted_order(&scores, &classes)
-                            } else {
-                                (0..scores.len()).collect()
-                            };
-                            order.into_iter().take(k).map(|i| classes[i].clone()).collect()
+                            voted_by(hits, |h| h.score, |h| h.product.info.category.as_deref())
+                                .iter()
+                                .take(k)
+                                .map(|h| class_of(h.product))
+                                .collect()
                         })
                 })
                 .collect::<Result<_>>()?;

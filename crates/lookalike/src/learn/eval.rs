@@ -380,18 +380,9 @@ pub fn held_out_recall_with_words(
             let Some(word_ranking) = words(own, held_out) else {
                 continue;
             };
-            let mut by_photo: Vec<(usize, f32)> = products
-                .iter()
+            let mut by_photo: Vec<(usize, f32)> = held_out_scores(products, own, held_out, query, Aggregation::TopTwo)
+                .into_iter()
                 .enumerate()
-                .map(|(i, views)| {
-                    let views: Vec<&[f32]> = views
-                        .iter()
-                        .enumerate()
-                        .filter(|&(j, _)| i != own || j != held_out)
-                        .map(|(_, v)| v.as_slice())
-                        .collect();
-                    (i, Aggregation::TopTwo.score(query, &views))
-                })
                 .collect();
             by_photo.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             by_photo.truncate(depth);
