@@ -31,7 +31,7 @@ use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
 use crate::model::Embedder;
 use crate::shop::{Framing, SearchRequest, Shop};
 use crate::store::{check_same_model, Store};
-use crate::types::{category_key, PhotoBox, StoredProduct};
+use crate::types::{category_key, Metric, PhotoBox, StoredProduct};
 
 /// How many scenes, and how they are made.
 #[derive(Debug, Clone)]
@@ -186,19 +186,24 @@ pub fn scene_recall(
             Aggregation::TopTwo,
         )
     };
-    // The best catalogue match of `query` by cosine (what search's best match is), the held-out
-    // photos left out: its score, product and photo.
+    // The best catalogue match of `query` by cosine, the held-out photos left out, as search's
+    // best match is: the product of the best score (`Metric::product_score`, its two best photos),
+    // with its score, product and best photo.
     let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize, usize) {
         let mut best = (f32::MIN, 0, 0);
         for (p, views) in gallery.iter().enumerate() {
-            for (v, view) in views.iter().enumerate() {
-                if left_out.iter().any(|h| (h.product, h.view) == (p, v)) {
-                    continue;
-                }
-                let score = view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>();
-                if score > best.0 {
-                    best = (score, p, v);
-                }
+            let scored: Vec<(f32, usize)> = views
+                .iter()
+                .enumerate()
+                .filter(|&(v, _)| !left_out.iter().any(|h| (h.product, h.view) == (p, v)))
+                .map(|(v, view)| (view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), v))
+                .collect();
+            if scored.is_empty() {
+                continue;
+            }
+            let (score, view) = Metric::Cosine.product_score(scored);
+            if score > best.0 {
+                best = (score, p, view);
             }
         }
         best
@@ -356,7 +361,7 @@ pub fn scene_recall(
                 .collect();
             // As `Shop::regions_of`: the kept windows narrowed and moved, then kept again.
             let (mut kept, mut placed_candidates) = (Vec::new(), Vec::new());
-            for i in locate::regions(&candidates) {
+            for i in locate::regions(&candidates, locate::REGION_CANDIDATES) {
                 let (narrowed, vector) = narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
                 let (region, vector) = placed_best(&scene, narrowed.unwrap_or(windows[i]), vector, &both)?;
                 let (score, product, _) = best_match(&vector, &both);
@@ -367,7 +372,7 @@ pub fn scene_recall(
                 });
                 kept.push((region, vector));
             }
-            locate::regions(&placed_candidates)
+            locate::regions(&placed_candidates, locate::MAX_REGIONS)
                 .into_iter()
                 .map(|i| kept[i].clone())
                 .collect()

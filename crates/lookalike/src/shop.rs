@@ -36,7 +36,7 @@ use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
 use crate::locate::{
     narrowed, part_beats_whole, pick, regions, search_windows, shifted, strongest, whole_is_enough, Candidate,
-    KEPT_PHOTO_SIDE, NARROWED_CANDIDATES,
+    KEPT_PHOTO_SIDE, MAX_REGIONS, NARROWED_CANDIDATES, REGION_CANDIDATES,
 };
 use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
@@ -660,8 +660,9 @@ impl Shop {
     }
 
     /// "Shop the look" from the whole photo and its windows, embedded: the whole photo alone
-    /// when it matches a product closely or has no windows, else the windows kept by
-    /// [`crate::locate::regions`] (none when the catalogue is empty).
+    /// when it matches a product closely or has no windows, else the [`REGION_CANDIDATES`] windows
+    /// kept by [`crate::locate::regions`], narrowed and moved, and [`MAX_REGIONS`] of those kept
+    /// again (none when the catalogue is empty).
     fn regions_of(&self, photo: &Photo, whole: ImageEmbedding, windows: Vec<Located>) -> Result<Vec<FoundRegion>> {
         let all = PhotoBox::new(0.0, 0.0, photo.width as f32, photo.height as f32)?;
         let Some(whole_best) = self.best_match(&whole)? else {
@@ -686,7 +687,7 @@ impl Shop {
         }
         let mut windows: Vec<Option<Located>> = windows.into_iter().map(Some).collect();
         let mut bests: Vec<Option<Scored>> = bests.into_iter().map(Some).collect();
-        let kept: Vec<(Located, Scored)> = regions(&candidates)
+        let kept: Vec<(Located, Scored)> = regions(&candidates, REGION_CANDIDATES)
             .into_iter()
             .map(|i| {
                 let window = windows[i].take().expect("kept once");
@@ -694,7 +695,8 @@ impl Shop {
             })
             .collect();
         // Each kept window narrowed and searched where it matches best, moved a little or not (as
-        // one photo's part); two that then find one product, or overlap, are one region.
+        // one photo's part); two that then find one product, or overlap, are one region, and the
+        // best of them are kept.
         let (mut found, mut placed_candidates) = (Vec::new(), Vec::new());
         let mut narrowed = Vec::new();
         for part in self.narrow_all(photo, kept, false)? {
@@ -715,7 +717,7 @@ impl Shop {
                 embedding: placed.embedding,
             }));
         }
-        Ok(regions(&placed_candidates)
+        Ok(regions(&placed_candidates, MAX_REGIONS)
             .into_iter()
             .map(|i| found[i].take().expect("kept once"))
             .collect())

@@ -465,7 +465,7 @@ impl VectorIndex {
     }
 
     /// The `k` best products for `query` that pass `filter`, best first; `exclude` drops one id.
-    /// A product scores by its best-matching image.
+    /// A product scores by its best-matching images ([`Metric::product_score`]).
     pub fn search(
         &self,
         query: &[f32],
@@ -478,7 +478,7 @@ impl VectorIndex {
     }
 
     /// Like [`Self::search`] for several query images at once (the views of one product): a
-    /// product scores by the best match between any query and any of its images.
+    /// product scores by its best matches between any query and any of its images.
     pub fn search_views(
         &self,
         queries: &[&[f32]],
