@@ -168,13 +168,7 @@ pub fn scene_recall(
         .map(|p| p.info.category.as_deref().map(category_key))
         .collect();
     let mut rng = fastrand::Rng::with_seed(options.seed);
-    let pre = &embedder.preprocessing;
-    // Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
-    let embed = |scene: &Photo, parts: &[Option<PhotoBox>]| -> Result<Vec<Vec<f32>>> {
-        let parts: Vec<Option<&PhotoBox>> = parts.iter().map(Option::as_ref).collect();
-        let out = embedder.run(&scene.batch(pre, &parts)?, parts.len())?;
-        Ok((0..parts.len()).map(|i| unit(out.feature(i))).collect())
-    };
+    let search = MirroredSearch::new(&gallery, embedder)?;
     // In search's order, with the categories' votes.
     let rank = |query: &[f32], photo: &HeldOut| {
         held_out_rank_voted(
@@ -186,91 +180,6 @@ pub fn scene_recall(
             Aggregation::TopTwo,
         )
     };
-    // The best catalogue match of `query` by cosine, the held-out photos left out, as search's
-    // best match is: the product of the best score (`Metric::product_score`, its two best photos),
-    // with its score, product and best photo.
-    let best_match = |query: &[f32], left_out: &[&HeldOut]| -> (f32, usize, usize) {
-        let mut best = (f32::MIN, 0, 0);
-        for (p, views) in gallery.iter().enumerate() {
-            let scored: Vec<(f32, usize)> = views
-                .iter()
-                .enumerate()
-                .filter(|&(v, _)| !left_out.iter().any(|h| (h.product, h.view) == (p, v)))
-                .map(|(v, view)| (view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), v))
-                .collect();
-            if scored.is_empty() {
-                continue;
-            }
-            let (score, view) = Metric::Cosine.product_score(scored);
-            if score > best.0 {
-                best = (score, p, view);
-            }
-        }
-        best
-    };
-    let explainer = embedder.with_feature_map()?;
-    // The whole scene and its windows, embedded in one batch, with their feature maps.
-    let whole_and_windows = |scene: &Photo| -> Result<ScenePartsEmbedded> {
-        let windows = search_windows(scene.width, scene.height);
-        let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
-        let (maps, vectors) = feature_maps(&explainer, scene, &parts)?
-            .into_iter()
-            .map(|(map, embedding)| (map, unit(&embedding.features)))
-            .unzip();
-        Ok((windows, vectors, maps))
-    };
-    // The part picked in a busy scene narrowed as `Shop::narrow_all` does: its vector.
-    let narrow = |scene: &Photo,
-                  map: &FeatureMap,
-                  vector: &[f32],
-                  left_out: &[&HeldOut]|
-     -> Result<(Option<PhotoBox>, Vec<f32>)> {
-        let (_, product, view) = best_match(vector, left_out);
-        let heat = map.heatmap(&map.shares(&gallery[product][view]));
-        Ok(match locate::narrowed(&heat, scene.width, scene.height) {
-            Some(region) => (Some(region), embed(scene, &[Some(region)])?.remove(0)),
-            None => (None, vector.to_vec()),
-        })
-    };
-
-    // As `Shop::placed_best`: `region` (embedded as `vector`) or it moved a little, whichever's
-    // best match scores highest.
-    let placed_best =
-        |scene: &Photo, region: PhotoBox, vector: Vec<f32>, left_out: &[&HeldOut]| -> Result<(PhotoBox, Vec<f32>)> {
-            let moved = locate::shifted(&region, scene.width, scene.height);
-            let parts: Vec<Option<PhotoBox>> = moved.iter().copied().map(Some).collect();
-            let mut placed = vec![(region, vector)];
-            placed.extend(moved.into_iter().zip(embed(scene, &parts)?));
-            let scores: Vec<f32> = placed.iter().map(|(_, v)| best_match(v, left_out).0).collect();
-            Ok(placed.swap_remove(pick(&scores)))
-        };
-
-    // As `Shop::search_part`: the strongest parts (the whole scene, then `windows`) narrowed, the
-    // narrowed part matching best kept unless the whole photo does about as well (`None`: the
-    // whole photo), and searched where it matches best, moved a little or not.
-    let narrowed_pick = |scene: &Photo,
-                         windows: &[PhotoBox],
-                         scores: &[f32],
-                         vectors: &[Vec<f32>],
-                         maps: &[FeatureMap],
-                         left_out: &[&HeldOut]|
-     -> Result<Option<Vec<f32>>> {
-        let mut narrowed = Vec::new();
-        for i in locate::strongest(scores, locate::NARROWED_CANDIDATES) {
-            let (region, vector) = narrow(scene, &maps[i], &vectors[i], left_out)?;
-            narrowed.push((vector, region.or(i.checked_sub(1).map(|w| windows[w]))));
-        }
-        let narrowed_scores: Vec<f32> = narrowed.iter().map(|(v, _)| best_match(v, left_out).0).collect();
-        let picked = pick(&narrowed_scores);
-        if !locate::part_beats_whole(scores[0], narrowed_scores[picked]) {
-            return Ok(None);
-        }
-        let (vector, region) = narrowed.swap_remove(picked);
-        Ok(Some(match region {
-            Some(region) => placed_best(scene, region, vector, left_out)?.1,
-            None => vector,
-        }))
-    };
     let (mut whole, mut found, mut boxed, mut picked) = (
         Counts::default(),
         Counts::default(),
@@ -280,42 +189,36 @@ pub fn scene_recall(
     let mut searched_whole = 0usize;
     for _ in 0..options.singles {
         let (scene, photo, placed) = single_scene(&held_out, &backgrounds, options, &mut rng)?;
-        let (windows, vectors, maps) = whole_and_windows(&scene)?;
+        let embedded = search.whole_and_windows(&scene)?;
+        let vectors = &embedded.1;
         whole.add(rank(&vectors[0], photo));
-        // What search does by default (see `Shop::locate`).
-        let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        if whole_is_enough(scores[0]) || windows.is_empty() {
-            searched_whole += 1;
-            found.add(rank(&vectors[0], photo));
-            picked.add(rank(&vectors[0], photo));
-        } else {
-            picked.add(rank(&vectors[pick(&scores)], photo));
-            match narrowed_pick(&scene, &windows, &scores, &vectors, &maps, &[photo])? {
-                Some(part) => found.add(rank(&part, photo)),
-                None => {
-                    searched_whole += 1;
-                    found.add(rank(&vectors[0], photo));
-                }
+        let scores: Vec<f32> = vectors.iter().map(|v| search.best_match(v, &[photo]).0).collect();
+        // The window picked before narrowing, where search would look in one at all.
+        let looks_in_a_window = !whole_is_enough(scores[0]) && !embedded.0.is_empty();
+        picked.add(rank(&vectors[if looks_in_a_window { pick(&scores) } else { 0 }], photo));
+        match search.part_to_search(&scene, &embedded, &[photo])? {
+            Some((_, part)) => found.add(rank(&part, photo)),
+            None => {
+                searched_whole += 1;
+                found.add(rank(&vectors[0], photo));
             }
         }
-        boxed.add(rank(&embed(&scene, &[Some(placed)])?[0], photo));
+        boxed.add(rank(&search.embed(&scene, &[Some(placed)])?[0], photo));
     }
 
     // Clean packshots: every held-out photo as it is, searched whole and by default.
     let (mut clean_whole, mut clean_found) = (Counts::default(), Counts::default());
     for photo in &held_out {
         let clean = scene_photo(load_image(&photo.path)?);
-        let whole_vector = embed(&clean, &[None])?.remove(0);
+        let whole_vector = search.embed(&clean, &[None])?.remove(0);
         clean_whole.add(rank(&whole_vector, photo));
-        let whole_score = best_match(&whole_vector, &[photo]).0;
-        if whole_is_enough(whole_score) || search_windows(clean.width, clean.height).is_empty() {
-            clean_found.add(rank(&whole_vector, photo));
-            continue;
-        }
-        let (windows, vectors, maps) = whole_and_windows(&clean)?;
-        let scores: Vec<f32> = vectors.iter().map(|v| best_match(v, &[photo]).0).collect();
-        let part = narrowed_pick(&clean, &windows, &scores, &vectors, &maps, &[photo])?;
-        clean_found.add(rank(part.as_ref().unwrap_or(&whole_vector), photo));
+        // Most packshots match closely and are searched whole: their windows are not embedded.
+        let part = if whole_is_enough(search.best_match(&whole_vector, &[photo]).0) {
+            None
+        } else {
+            search.part_to_search(&clean, &search.whole_and_windows(&clean)?, &[photo])?
+        };
+        clean_found.add(rank(part.as_ref().map_or(&whole_vector, |(_, part)| part), photo));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
@@ -335,14 +238,14 @@ pub fn scene_recall(
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
         let scene = scene_photo(scene);
-        let (windows, vectors, maps) = whole_and_windows(&scene)?;
+        let (windows, vectors, maps) = search.whole_and_windows(&scene)?;
         let both = [first, second];
         both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
-        let in_own_box = embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
+        let in_own_box = search.embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
         both_boxes += usize::from(rank(&in_own_box[0], first) < 5 && rank(&in_own_box[1], second) < 5);
         // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
         // found around its centre.
-        let whole_score = best_match(&vectors[0], &both).0;
+        let whole_score = search.best_match(&vectors[0], &both).0;
         let regions: Vec<(PhotoBox, Vec<f32>)> = if windows.is_empty() || whole_is_enough(whole_score) {
             let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
             vec![(all, vectors[0].clone())]
@@ -351,7 +254,7 @@ pub fn scene_recall(
                 .iter()
                 .zip(&vectors[1..])
                 .map(|(region, vector)| {
-                    let (score, product, _) = best_match(vector, &both);
+                    let (score, product, _) = search.best_match(vector, &both);
                     Candidate {
                         region: *region,
                         score,
@@ -362,9 +265,9 @@ pub fn scene_recall(
             // As `Shop::regions_of`: the kept windows narrowed and moved, then kept again.
             let (mut kept, mut placed_candidates) = (Vec::new(), Vec::new());
             for i in locate::regions(&candidates, locate::REGION_CANDIDATES) {
-                let (narrowed, vector) = narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
-                let (region, vector) = placed_best(&scene, narrowed.unwrap_or(windows[i]), vector, &both)?;
-                let (score, product, _) = best_match(&vector, &both);
+                let (narrowed, vector) = search.narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
+                let (region, vector) = search.placed_best(&scene, narrowed.unwrap_or(windows[i]), vector, &both)?;
+                let (score, product, _) = search.best_match(&vector, &both);
                 placed_candidates.push(Candidate {
                     region,
                     score,
@@ -403,6 +306,156 @@ pub fn scene_recall(
         pairs_both_in_own_box_top_5: share(both_boxes),
         pairs_both_in_found_regions_top_5: share(both_regions),
     })
+}
+
+/// Search's default decisions (`Shop::locate`: where in a photo to search; `Shop::regions_of`'s
+/// steps) over a catalogue's stored vectors, with some of its photos left out of every best
+/// match, as `eval scenes` needs them: the same rules from [`crate::locate`], the same product
+/// score ([`Metric::product_score`]), and `tests/shop.rs` checks that they decide as search does.
+struct MirroredSearch<'a> {
+    /// Every product's photos' vectors, as unit vectors.
+    gallery: &'a [Vec<Vec<f32>>],
+    embedder: &'a Embedder,
+    explainer: Embedder,
+}
+
+impl<'a> MirroredSearch<'a> {
+    fn new(gallery: &'a [Vec<Vec<f32>>], embedder: &'a Embedder) -> Result<Self> {
+        Ok(Self {
+            gallery,
+            embedder,
+            explainer: embedder.with_feature_map()?,
+        })
+    }
+
+    /// Every part of `scene` in one batch, as unit vectors (`None`: the whole scene).
+    fn embed(&self, scene: &Photo, parts: &[Option<PhotoBox>]) -> Result<Vec<Vec<f32>>> {
+        let parts: Vec<Option<&PhotoBox>> = parts.iter().map(Option::as_ref).collect();
+        let out = self
+            .embedder
+            .run(&scene.batch(&self.embedder.preprocessing, &parts)?, parts.len())?;
+        Ok((0..parts.len()).map(|i| unit(out.feature(i))).collect())
+    }
+
+    /// The best catalogue match of `query` by cosine, the `left_out` photos left out, as
+    /// search's best match is: the product of the best score, with its score, product and best
+    /// photo.
+    fn best_match(&self, query: &[f32], left_out: &[&HeldOut]) -> (f32, usize, usize) {
+        let mut best = (f32::MIN, 0, 0);
+        for (p, views) in self.gallery.iter().enumerate() {
+            let scored: Vec<(f32, usize)> = views
+                .iter()
+                .enumerate()
+                .filter(|&(v, _)| !left_out.iter().any(|h| (h.product, h.view) == (p, v)))
+                .map(|(v, view)| (view.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), v))
+                .collect();
+            if scored.is_empty() {
+                continue;
+            }
+            let (score, view) = Metric::Cosine.product_score(scored);
+            if score > best.0 {
+                best = (score, p, view);
+            }
+        }
+        best
+    }
+
+    /// The whole scene and its windows, embedded in one batch, with their feature maps.
+    fn whole_and_windows(&self, scene: &Photo) -> Result<ScenePartsEmbedded> {
+        let windows = search_windows(scene.width, scene.height);
+        let parts: Vec<Option<&PhotoBox>> = std::iter::once(None).chain(windows.iter().map(Some)).collect();
+        let (maps, vectors) = feature_maps(&self.explainer, scene, &parts)?
+            .into_iter()
+            .map(|(map, embedding)| (map, unit(&embedding.features)))
+            .unzip();
+        Ok((windows, vectors, maps))
+    }
+
+    /// A part of `scene` (its feature map, its vector) narrowed as `Shop::narrow_all` does: the
+    /// narrowed box and its vector (`None` and the part's own vector when nothing narrows it).
+    fn narrow(
+        &self,
+        scene: &Photo,
+        map: &FeatureMap,
+        vector: &[f32],
+        left_out: &[&HeldOut],
+    ) -> Result<(Option<PhotoBox>, Vec<f32>)> {
+        let (_, product, view) = self.best_match(vector, left_out);
+        let heat = map.heatmap(&map.shares(&self.gallery[product][view]));
+        Ok(match locate::narrowed(&heat, scene.width, scene.height) {
+            Some(region) => (Some(region), self.embed(scene, &[Some(region)])?.remove(0)),
+            None => (None, vector.to_vec()),
+        })
+    }
+
+    /// As `Shop::placed_best`: `region` (embedded as `vector`) or it moved a little, whichever's
+    /// best match scores highest.
+    fn placed_best(
+        &self,
+        scene: &Photo,
+        region: PhotoBox,
+        vector: Vec<f32>,
+        left_out: &[&HeldOut],
+    ) -> Result<(PhotoBox, Vec<f32>)> {
+        let moved = locate::shifted(&region, scene.width, scene.height);
+        let parts: Vec<Option<PhotoBox>> = moved.iter().copied().map(Some).collect();
+        let mut placed = vec![(region, vector)];
+        placed.extend(moved.into_iter().zip(self.embed(scene, &parts)?));
+        let scores: Vec<f32> = placed.iter().map(|(_, v)| self.best_match(v, left_out).0).collect();
+        Ok(placed.swap_remove(pick(&scores)))
+    }
+
+    /// As `Shop::find_part` given the whole scene and its windows embedded: `None` when the
+    /// whole scene is searched (it matches closely, has no windows, or no part beats it), else
+    /// the part searched (its box, `None` for the whole scene narrowed to nothing) and its vector.
+    /// The strongest parts are narrowed, the one matching best kept and searched where it
+    /// matches best, moved a little or not.
+    fn part_to_search(
+        &self,
+        scene: &Photo,
+        (windows, vectors, maps): &ScenePartsEmbedded,
+        left_out: &[&HeldOut],
+    ) -> Result<Option<(Option<PhotoBox>, Vec<f32>)>> {
+        let scores: Vec<f32> = vectors.iter().map(|v| self.best_match(v, left_out).0).collect();
+        if whole_is_enough(scores[0]) || windows.is_empty() {
+            return Ok(None);
+        }
+        let mut narrowed = Vec::new();
+        for i in locate::strongest(&scores, locate::NARROWED_CANDIDATES) {
+            let (region, vector) = self.narrow(scene, &maps[i], &vectors[i], left_out)?;
+            narrowed.push((vector, region.or(i.checked_sub(1).map(|w| windows[w]))));
+        }
+        let narrowed_scores: Vec<f32> = narrowed.iter().map(|(v, _)| self.best_match(v, left_out).0).collect();
+        let picked = pick(&narrowed_scores);
+        if !locate::part_beats_whole(scores[0], narrowed_scores[picked]) {
+            return Ok(None);
+        }
+        let (vector, region) = narrowed.swap_remove(picked);
+        Ok(Some(match region {
+            Some(region) => {
+                let (region, vector) = self.placed_best(scene, region, vector, left_out)?;
+                (Some(region), vector)
+            }
+            None => (None, vector),
+        }))
+    }
+}
+
+/// Where `eval scenes` takes search to look in `photo` by default, with nothing left out, over
+/// the catalogue in `store` embedded by `embedder`: the part searched, `None` for the whole
+/// photo. It is what `Shop::locate` searches (`tests/shop.rs` checks it), so the benchmark
+/// measures search itself.
+pub fn mirrored_search_part(store: &dyn Store, embedder: &Embedder, photo: &Photo) -> Result<Option<PhotoBox>> {
+    let gallery: Vec<Vec<Vec<f32>>> = store
+        .products()?
+        .iter()
+        .map(|p| p.vectors().map(unit).collect())
+        .collect();
+    let search = MirroredSearch::new(&gallery, embedder)?;
+    let embedded = search.whole_and_windows(photo)?;
+    Ok(search
+        .part_to_search(photo, &embedded, &[])?
+        .and_then(|(region, _)| region))
 }
 
 /// How often an explanation points at the product in scenes of one product.

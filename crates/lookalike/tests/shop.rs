@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use lookalike::error::{Error, ImageProblem};
+use lookalike::image::Photo;
 use lookalike::model::{BackboneSpec, Precision};
-use lookalike::shop::{IndexRequest, OpenOptions, SearchRequest, Shop};
+use lookalike::scenes::mirrored_search_part;
+use lookalike::shop::{Framing, IndexRequest, OpenOptions, SearchRequest, Shop};
 use lookalike::types::{Filter, Metric, Words};
 
 fn demo() -> PathBuf {
@@ -223,4 +225,94 @@ fn every_mistake_comes_back_as_its_kind() {
         shop.create(product)
     });
     assert!(matches!(locked, Err(Error::StoreUnavailable(_))), "{locked:?}");
+}
+
+/// `eval scenes` re-creates search's decisions over stored vectors (it must leave photos out of
+/// every best match); over the whole catalogue it looks where search looks, so its figures are
+/// search's own. The catalogue has products of several photos, which search scores by their two
+/// best.
+#[test]
+fn eval_scenes_looks_where_search_looks_in_a_busy_photo() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("luma.db").to_string_lossy().into_owned();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop");
+    let shop = Shop::open(&db, writable()).unwrap();
+    shop.index(&IndexRequest::new(fixture.join("magento.csv")), &mut |_, _| ())
+        .unwrap();
+    let store = lookalike::store::open_store_read_only(&db).unwrap();
+    let embedder = shop.embedder().unwrap();
+    // Photos of the shop's products it does not list, among other things (the demo's photos).
+    let collage = |paths: &[PathBuf], side: u32| {
+        let columns = (paths.len() as f64).sqrt().ceil() as u32;
+        let mut canvas = image::RgbImage::from_pixel(columns * side, columns * side, image::Rgb([255, 255, 255]));
+        for (i, path) in paths.iter().enumerate() {
+            let tile = image::open(path).unwrap().to_rgb8();
+            let tile = image::imageops::resize(&tile, side, side, image::imageops::FilterType::Triangle);
+            let (x, y) = ((i as u32 % columns) * side, (i as u32 / columns) * side);
+            image::imageops::replace(&mut canvas, &tile, x.into(), y.into());
+        }
+        Photo {
+            width: canvas.width(),
+            height: canvas.height(),
+            pixels: canvas,
+        }
+    };
+    let queries = |name: &str| fixture.join("queries").join(name);
+    let other = |name: &str| demo().with_file_name("images").join(name);
+    let photos = [
+        Shop::read_photo(&demo().with_file_name("../tests/web/fixtures/two-products.jpg")).unwrap(),
+        collage(
+            &[
+                queries("mh01-orange_main.jpg"),
+                other("24-ug03.jpg"),
+                other("wb01.jpg"),
+                other("wsh02.jpg"),
+            ],
+            250,
+        ),
+        collage(
+            &[
+                other("24-mg03.jpg"),
+                other("wp04.jpg"),
+                other("24-mb02.jpg"),
+                queries("wj01-red_main.jpg"),
+            ],
+            250,
+        ),
+        collage(
+            &[
+                other("wb01.jpg"),
+                other("24-ug01.jpg"),
+                other("24-mg03.jpg"),
+                other("wsh04.jpg"),
+                queries("wj01-red_main.jpg"),
+                other("24-ug02.jpg"),
+                other("wb03.jpg"),
+                queries("mh01-orange_main.jpg"),
+                other("24-mb04.jpg"),
+            ],
+            200,
+        ),
+    ];
+    let mut in_a_part = 0;
+    for (i, photo) in photos.iter().enumerate() {
+        let searched = shop.locate(photo, &Framing::FindProduct, false).unwrap().region;
+        let mirrored = mirrored_search_part(&*store, &embedder, photo).unwrap();
+        match (searched, mirrored) {
+            (None, None) => {}
+            (Some(a), Some(b)) => {
+                let corners = [(a.x0, b.x0), (a.y0, b.y0), (a.x1, b.x1), (a.y1, b.y1)];
+                assert!(
+                    corners.iter().all(|(a, b)| (a - b).abs() < 1.0),
+                    "photo {i}: search looked in {a:?}, eval scenes in {b:?}"
+                );
+                in_a_part += 1;
+            }
+            other => panic!("photo {i}: search looked in / eval scenes looked in {other:?}"),
+        }
+    }
+    assert!(
+        in_a_part >= 1,
+        "no photo was searched in a part: the test would prove nothing"
+    );
 }
