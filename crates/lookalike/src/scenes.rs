@@ -109,7 +109,7 @@ impl Setup {
             check_same_model(&manifest, &embedder.manifest())?;
         }
         let products = store.products()?;
-        let gallery = products.iter().map(|p| p.vectors().map(unit).collect()).collect();
+        let gallery = unit_gallery(&products);
         let held_out = held_out_photos(&products);
         ensure!(
             !held_out.is_empty(),
@@ -238,48 +238,15 @@ pub fn scene_recall(
             boxes.push(paste(&mut scene, &product, columns, options.height_share, &mut rng));
         }
         let scene = scene_photo(scene);
-        let (windows, vectors, maps) = search.whole_and_windows(&scene)?;
+        let embedded = search.whole_and_windows(&scene)?;
+        let vectors = &embedded.1;
         let both = [first, second];
         both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
         let in_own_box = search.embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
         both_boxes += usize::from(rank(&in_own_box[0], first) < 5 && rank(&in_own_box[1], second) < 5);
         // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
         // found around its centre.
-        let whole_score = search.best_match(&vectors[0], &both).0;
-        let regions: Vec<(PhotoBox, Vec<f32>)> = if windows.is_empty() || whole_is_enough(whole_score) {
-            let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
-            vec![(all, vectors[0].clone())]
-        } else {
-            let candidates: Vec<Candidate> = windows
-                .iter()
-                .zip(&vectors[1..])
-                .map(|(region, vector)| {
-                    let (score, product, _) = search.best_match(vector, &both);
-                    Candidate {
-                        region: *region,
-                        score,
-                        best_product: product.to_string(),
-                    }
-                })
-                .collect();
-            // As `Shop::regions_of`: the kept windows narrowed and moved, then kept again.
-            let (mut kept, mut placed_candidates) = (Vec::new(), Vec::new());
-            for i in locate::regions(&candidates, locate::REGION_CANDIDATES) {
-                let (narrowed, vector) = search.narrow(&scene, &maps[i + 1], &vectors[i + 1], &both)?;
-                let (region, vector) = search.placed_best(&scene, narrowed.unwrap_or(windows[i]), vector, &both)?;
-                let (score, product, _) = search.best_match(&vector, &both);
-                placed_candidates.push(Candidate {
-                    region,
-                    score,
-                    best_product: product.to_string(),
-                });
-                kept.push((region, vector));
-            }
-            locate::regions(&placed_candidates, locate::MAX_REGIONS)
-                .into_iter()
-                .map(|i| kept[i].clone())
-                .collect()
-        };
+        let regions = search.regions(&scene, &embedded, &both)?;
         let found_in_a_region = |photo: &HeldOut, placed: PhotoBox| {
             let (x, y) = ((placed.x0 + placed.x1) / 2.0, (placed.y0 + placed.y1) / 2.0);
             regions
@@ -439,23 +406,68 @@ impl<'a> MirroredSearch<'a> {
             None => (None, vector),
         }))
     }
+    /// As `Shop::regions_of` given the whole scene and its windows embedded: the whole scene
+    /// when it matches closely or has no windows, else the windows whose best products differ
+    /// ([`locate::regions`]), narrowed and moved, and kept again; each with its vector.
+    fn regions(
+        &self,
+        scene: &Photo,
+        (windows, vectors, maps): &ScenePartsEmbedded,
+        left_out: &[&HeldOut],
+    ) -> Result<Vec<(PhotoBox, Vec<f32>)>> {
+        if windows.is_empty() || whole_is_enough(self.best_match(&vectors[0], left_out).0) {
+            let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
+            return Ok(vec![(all, vectors[0].clone())]);
+        }
+        let candidate = |region: PhotoBox, vector: &[f32]| {
+            let (score, product, _) = self.best_match(vector, left_out);
+            Candidate {
+                region,
+                score,
+                best_product: product.to_string(),
+            }
+        };
+        let candidates: Vec<Candidate> = windows
+            .iter()
+            .zip(&vectors[1..])
+            .map(|(region, vector)| candidate(*region, vector))
+            .collect();
+        let (mut kept, mut placed_candidates) = (Vec::new(), Vec::new());
+        for i in locate::regions(&candidates, locate::REGION_CANDIDATES) {
+            let (narrowed, vector) = self.narrow(scene, &maps[i + 1], &vectors[i + 1], left_out)?;
+            let (region, vector) = self.placed_best(scene, narrowed.unwrap_or(windows[i]), vector, left_out)?;
+            placed_candidates.push(candidate(region, &vector));
+            kept.push((region, vector));
+        }
+        Ok(locate::regions(&placed_candidates, locate::MAX_REGIONS)
+            .into_iter()
+            .map(|i| kept[i].clone())
+            .collect())
+    }
 }
 
 /// Where `eval scenes` takes search to look in `photo` by default, with nothing left out, over
 /// the catalogue in `store` embedded by `embedder`: the part searched, `None` for the whole
-/// photo. It is what `Shop::locate` searches (`tests/shop.rs` checks it), so the benchmark
-/// measures search itself.
-pub fn mirrored_search_part(store: &dyn Store, embedder: &Embedder, photo: &Photo) -> Result<Option<PhotoBox>> {
-    let gallery: Vec<Vec<Vec<f32>>> = store
-        .products()?
-        .iter()
-        .map(|p| p.vectors().map(unit).collect())
-        .collect();
+/// photo, and the regions "shop the look" finds. They are what `Shop::locate` and
+/// `Shop::products_in` give (`tests/shop.rs` checks it), so the benchmark measures search itself.
+pub fn mirrored_search(
+    store: &dyn Store,
+    embedder: &Embedder,
+    photo: &Photo,
+) -> Result<(Option<PhotoBox>, Vec<PhotoBox>)> {
+    let gallery = unit_gallery(&store.products()?);
     let search = MirroredSearch::new(&gallery, embedder)?;
     let embedded = search.whole_and_windows(photo)?;
-    Ok(search
+    let part = search
         .part_to_search(photo, &embedded, &[])?
-        .and_then(|(region, _)| region))
+        .and_then(|(region, _)| region);
+    let regions = search.regions(photo, &embedded, &[])?;
+    Ok((part, regions.into_iter().map(|(region, _)| region).collect()))
+}
+
+/// Every product's photos' vectors, as unit vectors.
+fn unit_gallery(products: &[StoredProduct]) -> Vec<Vec<Vec<f32>>> {
+    products.iter().map(|p| p.vectors().map(unit).collect()).collect()
 }
 
 /// How often an explanation points at the product in scenes of one product.

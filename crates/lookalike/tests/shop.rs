@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use lookalike::error::{Error, ImageProblem};
 use lookalike::image::Photo;
 use lookalike::model::{BackboneSpec, Precision};
-use lookalike::scenes::mirrored_search_part;
+use lookalike::scenes::mirrored_search;
 use lookalike::shop::{Framing, IndexRequest, OpenOptions, SearchRequest, Shop};
-use lookalike::types::{Filter, Metric, Words};
+use lookalike::types::{Filter, Metric, PhotoBox, Words};
 
 fn demo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../demo/catalogue.csv")
@@ -294,25 +294,36 @@ fn eval_scenes_looks_where_search_looks_in_a_busy_photo() {
             200,
         ),
     ];
-    let mut in_a_part = 0;
+    let same = |a: &PhotoBox, b: &PhotoBox| {
+        [(a.x0, b.x0), (a.y0, b.y0), (a.x1, b.x1), (a.y1, b.y1)]
+            .iter()
+            .all(|(a, b)| (a - b).abs() < 1.0)
+    };
+    let (mut in_a_part, mut regions_found) = (0, 0);
     for (i, photo) in photos.iter().enumerate() {
         let searched = shop.locate(photo, &Framing::FindProduct, false).unwrap().region;
-        let mirrored = mirrored_search_part(&*store, &embedder, photo).unwrap();
+        let found: Vec<PhotoBox> = shop.products_in(photo).unwrap().iter().map(|r| r.region).collect();
+        let (mirrored, mirrored_regions) = mirrored_search(&*store, &embedder, photo).unwrap();
         match (searched, mirrored) {
             (None, None) => {}
             (Some(a), Some(b)) => {
-                let corners = [(a.x0, b.x0), (a.y0, b.y0), (a.x1, b.x1), (a.y1, b.y1)];
-                assert!(
-                    corners.iter().all(|(a, b)| (a - b).abs() < 1.0),
-                    "photo {i}: search looked in {a:?}, eval scenes in {b:?}"
-                );
+                assert!(same(&a, &b), "photo {i}: search looked in {a:?}, eval scenes in {b:?}");
                 in_a_part += 1;
             }
             other => panic!("photo {i}: search looked in / eval scenes looked in {other:?}"),
         }
+        assert!(
+            found.len() == mirrored_regions.len() && found.iter().zip(&mirrored_regions).all(|(a, b)| same(a, b)),
+            "photo {i}: shop the look found {found:?}, eval scenes {mirrored_regions:?}"
+        );
+        regions_found += found.len();
     }
     assert!(
         in_a_part >= 1,
         "no photo was searched in a part: the test would prove nothing"
+    );
+    assert!(
+        regions_found > photos.len(),
+        "no photo had several regions: {regions_found}"
     );
 }
