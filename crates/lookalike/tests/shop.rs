@@ -228,11 +228,11 @@ fn every_mistake_comes_back_as_its_kind() {
 }
 
 /// `eval scenes` re-creates search's decisions over stored vectors (it must leave photos out of
-/// every best match); over the whole catalogue it looks where search looks, so its figures are
-/// search's own. The catalogue has products of several photos, which search scores by their two
-/// best.
+/// every best match); over the whole catalogue it looks where search looks and finds the regions
+/// "shop the look" finds, so its figures are search's own. The catalogue has products of several
+/// photos, which search scores by their two best.
 #[test]
-fn eval_scenes_looks_where_search_looks_in_a_busy_photo() {
+fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("luma.db").to_string_lossy().into_owned();
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop");
