@@ -192,11 +192,11 @@ pub fn scene_recall(
         let embedded = search.whole_and_windows(&scene)?;
         let vectors = &embedded.1;
         whole.add(rank(&vectors[0], photo));
-        let scores: Vec<f32> = vectors.iter().map(|v| search.best_match(v, &[photo]).0).collect();
+        let scores = search.best_scores(vectors, &[photo]);
         // The window picked before narrowing, where search would look in one at all.
-        let looks_in_a_window = !whole_is_enough(scores[0]) && !embedded.0.is_empty();
-        picked.add(rank(&vectors[if looks_in_a_window { pick(&scores) } else { 0 }], photo));
-        match search.part_to_search(&scene, &embedded, &[photo])? {
+        let in_a_window = !keeps_to_the_whole(&embedded.0, &scores);
+        picked.add(rank(&vectors[if in_a_window { pick(&scores) } else { 0 }], photo));
+        match search.part_to_search(&scene, &embedded, &scores, &[photo])? {
             Some((_, part)) => found.add(rank(&part, photo)),
             None => {
                 searched_whole += 1;
@@ -216,7 +216,9 @@ pub fn scene_recall(
         let part = if whole_is_enough(search.best_match(&whole_vector, &[photo]).0) {
             None
         } else {
-            search.part_to_search(&clean, &search.whole_and_windows(&clean)?, &[photo])?
+            let embedded = search.whole_and_windows(&clean)?;
+            let scores = search.best_scores(&embedded.1, &[photo]);
+            search.part_to_search(&clean, &embedded, &scores, &[photo])?
         };
         clean_found.add(rank(part.as_ref().map_or(&whole_vector, |(_, part)| part), photo));
     }
@@ -372,23 +374,28 @@ impl<'a> MirroredSearch<'a> {
         Ok(placed.swap_remove(pick(&scores)))
     }
 
-    /// As `Shop::find_part` given the whole scene and its windows embedded: `None` when the
-    /// whole scene is searched (it matches closely, has no windows, or no part beats it), else
-    /// the part searched (its box, `None` for the whole scene narrowed to nothing) and its vector.
+    /// The best-match scores of `vectors` ([`Self::best_match`]).
+    fn best_scores(&self, vectors: &[Vec<f32>], left_out: &[&HeldOut]) -> Vec<f32> {
+        vectors.iter().map(|v| self.best_match(v, left_out).0).collect()
+    }
+
+    /// As `Shop::find_part` given the whole scene and its windows embedded, and their best-match
+    /// `scores` ([`Self::best_scores`]): `None` when the whole scene is searched (it matches
+    /// closely, has no windows, or no part beats it), else the part searched (its box, `None` for the whole scene narrowed to nothing) and its vector.
     /// The strongest parts are narrowed, the one matching best kept and searched where it
     /// matches best, moved a little or not.
     fn part_to_search(
         &self,
         scene: &Photo,
         (windows, vectors, maps): &ScenePartsEmbedded,
+        scores: &[f32],
         left_out: &[&HeldOut],
     ) -> Result<Option<(Option<PhotoBox>, Vec<f32>)>> {
-        let scores: Vec<f32> = vectors.iter().map(|v| self.best_match(v, left_out).0).collect();
-        if whole_is_enough(scores[0]) || windows.is_empty() {
+        if keeps_to_the_whole(windows, scores) {
             return Ok(None);
         }
         let mut narrowed = Vec::new();
-        for i in locate::strongest(&scores, locate::NARROWED_CANDIDATES) {
+        for i in locate::strongest(scores, locate::NARROWED_CANDIDATES) {
             let (region, vector) = self.narrow(scene, &maps[i], &vectors[i], left_out)?;
             narrowed.push((vector, region.or(i.checked_sub(1).map(|w| windows[w]))));
         }
@@ -406,6 +413,7 @@ impl<'a> MirroredSearch<'a> {
             None => (None, vector),
         }))
     }
+
     /// As `Shop::regions_of` given the whole scene and its windows embedded: the whole scene
     /// when it matches closely or has no windows, else the windows whose best products differ
     /// ([`locate::regions`]), narrowed and moved, and kept again; each with its vector.
@@ -415,7 +423,7 @@ impl<'a> MirroredSearch<'a> {
         (windows, vectors, maps): &ScenePartsEmbedded,
         left_out: &[&HeldOut],
     ) -> Result<Vec<(PhotoBox, Vec<f32>)>> {
-        if windows.is_empty() || whole_is_enough(self.best_match(&vectors[0], left_out).0) {
+        if keeps_to_the_whole(windows, &[self.best_match(&vectors[0], left_out).0]) {
             let all = PhotoBox::new(0.0, 0.0, scene.width as f32, scene.height as f32)?;
             return Ok(vec![(all, vectors[0].clone())]);
         }
@@ -458,11 +466,18 @@ pub fn mirrored_search(
     let gallery = unit_gallery(&store.products()?);
     let search = MirroredSearch::new(&gallery, embedder)?;
     let embedded = search.whole_and_windows(photo)?;
+    let scores = search.best_scores(&embedded.1, &[]);
     let part = search
-        .part_to_search(photo, &embedded, &[])?
+        .part_to_search(photo, &embedded, &scores, &[])?
         .and_then(|(region, _)| region);
     let regions = search.regions(photo, &embedded, &[])?;
     Ok((part, regions.into_iter().map(|(region, _)| region).collect()))
+}
+
+/// Whether search keeps to the whole photo, its windows and their best-match `scores` (the
+/// whole photo's first) given: it matches closely, or has no windows.
+fn keeps_to_the_whole(windows: &[PhotoBox], scores: &[f32]) -> bool {
+    whole_is_enough(scores[0]) || windows.is_empty()
 }
 
 /// Every product's photos' vectors, as unit vectors.
