@@ -957,7 +957,7 @@ fn eval_descriptors(
     json: bool,
 ) -> Result<()> {
     use lookalike::catalogue::labelled_images;
-    use lookalike::learn::descriptors::{compare, DescribedSet, POOLINGS};
+    use lookalike::learn::descriptors::{compare, DescribedSet, Descriptor, View, DESCRIPTORS, POOLINGS, VIEWS};
     use lookalike::linalg::unit;
     let mut sets = Vec::new();
     let mut stored: HashMap<PathBuf, Vec<f32>> = HashMap::new();
@@ -1030,62 +1030,77 @@ fn eval_descriptors(
         bail!("give a catalogue (--db) or labelled folders (--gallery and --queries)");
     }
 
-    // Every photo's feature map, pooled each way, once.
-    let explainer = embedder.with_feature_map()?;
+    // Every photo's feature map in each view, pooled each way, once.
     let mut paths: Vec<&PathBuf> = sets
         .iter()
         .flat_map(|set| set.gallery.iter().chain(&set.queries).map(|(path, _)| path))
         .collect();
     paths.sort();
     paths.dedup();
-    let bar = progress_bar("feature maps".into());
-    bar.set_length(paths.len() as u64);
-    let mut pooled: HashMap<&PathBuf, Vec<Vec<f32>>> = HashMap::new();
-    let mut worst_cosine = 1.0f32;
-    for chunk in paths.chunks(16) {
-        let photos: Vec<(&PathBuf, lookalike::image::Photo)> = chunk
-            .iter()
-            .filter_map(|&path| match Shop::read_photo(path) {
-                Ok(photo) => Some((path, photo)),
-                Err(err) => {
-                    eprintln!("skipped {}: {err:#}", path.display());
-                    None
-                }
-            })
-            .collect();
-        let items: Vec<_> = photos.iter().map(|(_, photo)| (photo, None)).collect();
-        for ((path, _), (map, _)) in photos
-            .iter()
-            .zip(lookalike::explain::feature_maps_of(&explainer, &items)?)
-        {
-            let vectors: Vec<Vec<f32>> = POOLINGS
-                .iter()
-                .map(|pooling| unit(&pooling.pool(&map.cells, map.channels)))
-                .collect();
-            if let Some(vector) = stored.get(*path) {
-                let vector = unit(vector);
-                worst_cosine = worst_cosine.min(vector.iter().zip(&vectors[0]).map(|(a, b)| a * b).sum());
+    let mut pooled: HashMap<&PathBuf, Vec<Vec<Vec<f32>>>> = HashMap::new();
+    for (v, view) in VIEWS.iter().enumerate() {
+        let explainer = match view {
+            View::Scaled(scale) => {
+                let side = (embedder.spec.input_size as f32 * scale).round() as usize;
+                embedder.at_input_size(side)?.with_feature_map()?
             }
-            pooled.insert(path, vectors);
+            View::Native | View::Mirrored => embedder.with_feature_map()?,
+        };
+        let bar = progress_bar(format!("feature maps, view {}", v + 1));
+        bar.set_length(paths.len() as u64);
+        let mut worst_cosine = 1.0f32;
+        for chunk in paths.chunks(16) {
+            let photos: Vec<(&PathBuf, lookalike::image::Photo)> = chunk
+                .iter()
+                .filter_map(|&path| match Shop::read_photo(path) {
+                    Ok(mut photo) => {
+                        if *view == View::Mirrored {
+                            image::imageops::flip_horizontal_in_place(&mut photo.pixels);
+                        }
+                        Some((path, photo))
+                    }
+                    Err(err) => {
+                        eprintln!("skipped {}: {err:#}", path.display());
+                        None
+                    }
+                })
+                .collect();
+            let items: Vec<_> = photos.iter().map(|(_, photo)| (photo, None)).collect();
+            for ((path, _), (map, _)) in photos
+                .iter()
+                .zip(lookalike::explain::feature_maps_of(&explainer, &items)?)
+            {
+                let vectors: Vec<Vec<f32>> = POOLINGS
+                    .iter()
+                    .map(|pooling| unit(&pooling.pool(&map.cells, map.channels)))
+                    .collect();
+                if let (View::Native, Some(vector)) = (view, stored.get(*path)) {
+                    let vector = unit(vector);
+                    worst_cosine = worst_cosine.min(vector.iter().zip(&vectors[0]).map(|(a, b)| a * b).sum());
+                }
+                pooled.entry(path).or_default().push(vectors);
+            }
+            bar.inc(chunk.len() as u64);
         }
-        bar.inc(chunk.len() as u64);
+        bar.finish_and_clear();
+        if *view == View::Native && !stored.is_empty() {
+            eprintln!("average pooling against the catalogue's stored vectors: lowest cosine {worst_cosine:.5}");
+        }
     }
-    bar.finish_and_clear();
-    if !stored.is_empty() {
-        eprintln!("average pooling against the catalogue's stored vectors: lowest cosine {worst_cosine:.5}");
-    }
+    // A photo one view could not read is left out of every view.
+    pooled.retain(|_, views| views.len() == VIEWS.len());
 
     let mut rows = Vec::new();
     for set in &sets {
-        let described = |photos: &[(PathBuf, usize)], pooling: usize| -> (Vec<Vec<f32>>, Vec<usize>) {
+        let described = |photos: &[(PathBuf, usize)], descriptor: &Descriptor| -> (Vec<Vec<f32>>, Vec<usize>) {
             photos
                 .iter()
-                .filter_map(|(path, label)| pooled.get(path).map(|v| (v[pooling].clone(), *label)))
+                .filter_map(|(path, label)| pooled.get(path).map(|views| (descriptor.of(views), *label)))
                 .unzip()
         };
-        for (p, pooling) in POOLINGS.iter().enumerate() {
-            let (gallery, gallery_labels) = described(&set.gallery, p);
-            let (queries, query_labels) = described(&set.queries, p);
+        for descriptor in &DESCRIPTORS {
+            let (gallery, gallery_labels) = described(&set.gallery, descriptor);
+            let (queries, query_labels) = described(&set.queries, descriptor);
             let described = DescribedSet {
                 gallery: &gallery,
                 gallery_labels: &gallery_labels,
@@ -1095,7 +1110,7 @@ fn eval_descriptors(
             for (variant, recall) in compare(&described) {
                 rows.push(serde_json::json!({
                     "set": set.name,
-                    "pooling": pooling.name(),
+                    "pooling": descriptor.name(),
                     "variant": variant.name(),
                     "queries": recall.queries,
                     "gallery": gallery.len(),

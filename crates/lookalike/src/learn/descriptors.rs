@@ -1,7 +1,7 @@
 //! Training-free ways to describe and rank photos beyond the backbone's average-pooled vector,
 //! for measuring them side by side (`eval descriptors`): other poolings of the last feature map
-//! (GeM, max), a PCA-whitening fitted on the gallery, and re-ranking (query expansion, database
-//! augmentation, k-reciprocal re-ranking).
+//! (GeM, max, R-MAC), the photo shown mirrored and at other scales, a PCA-whitening fitted on the
+//! gallery, and re-ranking (query expansion, database augmentation, k-reciprocal re-ranking).
 
 use nalgebra::{DMatrix, SymmetricEigen};
 use rayon::prelude::*;
@@ -19,6 +19,9 @@ pub enum Pooling {
     Gem(f32),
     /// The largest value per channel (MAC).
     Max,
+    /// Regional MAC (Tolias et al., ICLR 2016) over this many scales of square regions: each
+    /// region's MAC, L2-normalised, summed (no per-region whitening: none is fitted here).
+    Rmac(usize),
 }
 
 impl Pooling {
@@ -44,6 +47,20 @@ impl Pooling {
                     out.iter_mut().zip(cell).for_each(|(o, x)| *o = o.max(*x));
                 }
             }
+            Self::Rmac(levels) => {
+                let side = (count as f64).sqrt().round() as usize;
+                assert_eq!(side * side * channels, cells.len(), "R-MAC pools a square map");
+                for (column, row, width) in rmac_regions(side, levels) {
+                    let mut region = vec![f32::MIN; channels];
+                    for r in row..row + width {
+                        for c in column..column + width {
+                            let cell = &cells[(r * side + c) * channels..][..channels];
+                            region.iter_mut().zip(cell).for_each(|(o, x)| *o = o.max(*x));
+                        }
+                    }
+                    out.iter_mut().zip(unit(&region)).for_each(|(o, x)| *o += x);
+                }
+            }
         }
         out
     }
@@ -53,9 +70,141 @@ impl Pooling {
             Self::Average => "average (the backbone's)".into(),
             Self::Gem(p) => format!("GeM p={p}"),
             Self::Max => "max (MAC)".into(),
+            Self::Rmac(levels) => format!("R-MAC L={levels}"),
         }
     }
 }
+
+/// R-MAC's regions of a `side` × `side` map (left column, top row, width): at level `l` of
+/// `1..=levels`, `l` × `l` squares of width `2·side/(l+1)` spread evenly from edge to edge (the
+/// published sampling for a square map, about 40 % overlap).
+fn rmac_regions(side: usize, levels: usize) -> Vec<(usize, usize, usize)> {
+    let mut regions = Vec::new();
+    for level in 1..=levels {
+        let width = ((2 * side) as f32 / (level + 1) as f32).round().clamp(1.0, side as f32) as usize;
+        let starts: Vec<usize> = (0..level)
+            .map(|i| match level {
+                1 => (side - width) / 2,
+                _ => ((side - width) as f32 * i as f32 / (level - 1) as f32).round() as usize,
+            })
+            .collect();
+        for &row in &starts {
+            for &column in &starts {
+                regions.push((column, row, width));
+            }
+        }
+    }
+    regions
+}
+
+/// How a photo is shown to the network before its feature map is pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum View {
+    /// As search shows it.
+    Native,
+    /// Mirrored left to right.
+    Mirrored,
+    /// At this multiple of the backbone's input size.
+    Scaled(f32),
+}
+
+/// The views [`DESCRIPTORS`] use, each computed once per photo.
+pub const VIEWS: [View; 4] = [
+    View::Native,
+    View::Mirrored,
+    View::Scaled(std::f32::consts::FRAC_1_SQRT_2),
+    View::Scaled(std::f32::consts::SQRT_2),
+];
+
+/// A photo's vector: its feature map pooled one way in each of some [`VIEWS`], the unit vectors
+/// summed (multi-scale and flipped queries as Radenović et al. and Tolias et al. combine them).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Descriptor {
+    pub pooling: Pooling,
+    /// Indices into [`VIEWS`].
+    pub views: &'static [usize],
+}
+
+impl Descriptor {
+    pub fn name(&self) -> String {
+        let views: Vec<String> = self
+            .views
+            .iter()
+            .map(|&v| match VIEWS[v] {
+                View::Native => "1".to_string(),
+                View::Mirrored => "mirrored".into(),
+                View::Scaled(scale) => format!("{scale:.2}"),
+            })
+            .collect();
+        match self.views {
+            [0] => self.pooling.name(),
+            _ => format!("{}, views {}", self.pooling.name(), views.join(" + ")),
+        }
+    }
+
+    /// The descriptor from `pooled[view][pooling]`: each view's vectors pooled each of
+    /// [`POOLINGS`] ways, unit length.
+    pub fn of(&self, pooled: &[Vec<Vec<f32>>]) -> Vec<f32> {
+        let p = POOLINGS
+            .iter()
+            .position(|&pooling| pooling == self.pooling)
+            .expect("a descriptor pools one of POOLINGS' ways");
+        let mut sum = vec![0.0f32; pooled[self.views[0]][p].len()];
+        for &view in self.views {
+            sum.iter_mut().zip(&pooled[view][p]).for_each(|(s, x)| *s += x);
+        }
+        unit(&sum)
+    }
+}
+
+/// Every descriptor `eval descriptors` compares: each pooling of the photo as search shows it,
+/// then the photo mirrored and at 1/√2 and √2 of the input size.
+pub const DESCRIPTORS: [Descriptor; 11] = [
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[0],
+    },
+    Descriptor {
+        pooling: Pooling::Gem(2.0),
+        views: &[0],
+    },
+    Descriptor {
+        pooling: Pooling::Gem(3.0),
+        views: &[0],
+    },
+    Descriptor {
+        pooling: Pooling::Max,
+        views: &[0],
+    },
+    Descriptor {
+        pooling: Pooling::Rmac(3),
+        views: &[0],
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[0, 1],
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[0, 3],
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[2, 0, 3],
+    },
+    Descriptor {
+        pooling: Pooling::Gem(3.0),
+        views: &[2, 0, 3],
+    },
+    Descriptor {
+        pooling: Pooling::Rmac(3),
+        views: &[0, 3],
+    },
+    Descriptor {
+        pooling: Pooling::Rmac(3),
+        views: &[2, 0, 3],
+    },
+];
 
 /// The principal directions of a gallery's vectors, for PCA-whitenings of any size.
 pub struct PrincipalAxes {
@@ -383,7 +532,13 @@ pub fn label_recall_by(
 }
 
 /// The poolings `eval descriptors` compares.
-pub const POOLINGS: [Pooling; 4] = [Pooling::Average, Pooling::Gem(2.0), Pooling::Gem(3.0), Pooling::Max];
+pub const POOLINGS: [Pooling; 5] = [
+    Pooling::Average,
+    Pooling::Gem(2.0),
+    Pooling::Gem(3.0),
+    Pooling::Max,
+    Pooling::Rmac(3),
+];
 
 /// Photos described one way, with their labels: a gallery and queries.
 pub struct DescribedSet<'a> {
@@ -514,6 +669,54 @@ mod tests {
         assert!(gem1.iter().zip([2.0, 0.0, 3.0]).all(|(a, b)| (a - b).abs() < 1e-6));
         let gem = Pooling::Gem(3.0).pool(&cells, 3);
         assert!(gem[0] > 2.0 && gem[0] < 3.0, "between mean and max: {gem:?}");
+    }
+
+    #[test]
+    fn rmac_regions_cover_the_map_at_each_scale() {
+        let regions = rmac_regions(8, 3);
+        assert_eq!(regions.len(), 1 + 4 + 9);
+        assert_eq!(regions[0], (0, 0, 8));
+        assert_eq!(&regions[1..5], &[(0, 0, 5), (3, 0, 5), (0, 3, 5), (3, 3, 5)]);
+        let third: Vec<usize> = regions[5..].iter().map(|&(column, _, _)| column).collect();
+        assert_eq!(third, [0, 2, 4, 0, 2, 4, 0, 2, 4]);
+        assert!(regions.iter().all(|&(c, r, w)| c + w <= 8 && r + w <= 8));
+        // A 1 × 1 map is one region at every scale.
+        assert_eq!(rmac_regions(1, 3), vec![(0, 0, 1); 14]);
+    }
+
+    #[test]
+    fn rmac_sums_the_unit_maxima_of_its_regions() {
+        // A 2 × 2 map of two channels: one level is the map's MAC made unit length.
+        let cells = [3.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(Pooling::Rmac(1).pool(&cells, 2), vec![0.6, 0.8]);
+        // At level 2 each cell is a region of its own (width 2·2/3 rounds to 1).
+        let two = Pooling::Rmac(2).pool(&cells, 2);
+        assert!((two[0] - 1.6).abs() < 1e-6 && (two[1] - 1.8).abs() < 1e-6, "{two:?}");
+    }
+
+    #[test]
+    fn a_descriptor_sums_its_views_unit_vectors() {
+        // Two views, each pooled every one of POOLINGS' ways (here all the same).
+        let pooled = vec![
+            vec![vec![1.0, 0.0]; POOLINGS.len()],
+            vec![vec![0.0, 1.0]; POOLINGS.len()],
+        ];
+        let one = Descriptor {
+            pooling: Pooling::Max,
+            views: &[0],
+        };
+        assert_eq!(one.of(&pooled), vec![1.0, 0.0]);
+        let both = Descriptor {
+            pooling: Pooling::Rmac(3),
+            views: &[0, 1],
+        };
+        let half = std::f32::consts::FRAC_1_SQRT_2;
+        assert!(both.of(&pooled).iter().all(|x| (x - half).abs() < 1e-6));
+        assert_eq!(
+            DESCRIPTORS[0].name(),
+            Pooling::Average.name(),
+            "the backbone's own vector first"
+        );
     }
 
     #[test]

@@ -231,6 +231,16 @@ impl Embedder {
         })
     }
 
+    /// This backbone built for `input_size` pixels a side instead of its own (the same weights
+    /// and precision; no head or colour), to show it photos at another scale.
+    pub fn at_input_size(&self, input_size: usize) -> Result<Self> {
+        let spec = BackboneSpec {
+            input_size,
+            ..self.spec
+        };
+        Self::load_with(&self.models, spec, self.int8.clone(), self.int8_weights, self.threads)
+    }
+
     /// The last `blocks` backbone blocks with their pretrained weights, to fine-tune.
     pub fn pretrained_trunk(&self, blocks: usize) -> Result<Trunk> {
         self.network.trunk(blocks)
