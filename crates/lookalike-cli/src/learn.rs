@@ -1038,13 +1038,16 @@ fn eval_descriptors(
     paths.sort();
     paths.dedup();
     let mut pooled: HashMap<&PathBuf, Vec<Vec<Vec<f32>>>> = HashMap::new();
+    let native = embedder.with_feature_map()?;
     for (v, view) in VIEWS.iter().enumerate() {
+        let scaled;
         let explainer = match view {
             View::Scaled(scale) => {
                 let side = (embedder.spec.input_size as f32 * scale).round() as usize;
-                embedder.at_input_size(side)?.with_feature_map()?
+                scaled = embedder.at_input_size(side)?.with_feature_map()?;
+                &scaled
             }
-            View::Native | View::Mirrored => embedder.with_feature_map()?,
+            View::Native | View::Mirrored => &native,
         };
         let bar = progress_bar(format!("feature maps, view {}", v + 1));
         bar.set_length(paths.len() as u64);
@@ -1068,7 +1071,7 @@ fn eval_descriptors(
             let items: Vec<_> = photos.iter().map(|(_, photo)| (photo, None)).collect();
             for ((path, _), (map, _)) in photos
                 .iter()
-                .zip(lookalike::explain::feature_maps_of(&explainer, &items)?)
+                .zip(lookalike::explain::feature_maps_of(explainer, &items)?)
             {
                 let vectors: Vec<Vec<f32>> = POOLINGS
                     .iter()

@@ -108,21 +108,21 @@ pub enum View {
     Scaled(f32),
 }
 
+const NATIVE: View = View::Native;
+const MIRRORED: View = View::Mirrored;
+const SMALLER: View = View::Scaled(std::f32::consts::FRAC_1_SQRT_2);
+const LARGER: View = View::Scaled(std::f32::consts::SQRT_2);
+
 /// The views [`DESCRIPTORS`] use, each computed once per photo.
-pub const VIEWS: [View; 4] = [
-    View::Native,
-    View::Mirrored,
-    View::Scaled(std::f32::consts::FRAC_1_SQRT_2),
-    View::Scaled(std::f32::consts::SQRT_2),
-];
+pub const VIEWS: [View; 4] = [NATIVE, MIRRORED, SMALLER, LARGER];
 
 /// A photo's vector: its feature map pooled one way in each of some [`VIEWS`], the unit vectors
 /// summed (multi-scale and flipped queries as Radenović et al. and Tolias et al. combine them).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Descriptor {
     pub pooling: Pooling,
-    /// Indices into [`VIEWS`].
-    pub views: &'static [usize],
+    /// Some of [`VIEWS`].
+    pub views: &'static [View],
 }
 
 impl Descriptor {
@@ -130,28 +130,33 @@ impl Descriptor {
         let views: Vec<String> = self
             .views
             .iter()
-            .map(|&v| match VIEWS[v] {
+            .map(|view| match view {
                 View::Native => "1".to_string(),
                 View::Mirrored => "mirrored".into(),
                 View::Scaled(scale) => format!("{scale:.2}"),
             })
             .collect();
         match self.views {
-            [0] => self.pooling.name(),
+            [View::Native] => self.pooling.name(),
             _ => format!("{}, views {}", self.pooling.name(), views.join(" + ")),
         }
     }
 
-    /// The descriptor from `pooled[view][pooling]`: each view's vectors pooled each of
-    /// [`POOLINGS`] ways, unit length.
+    /// The descriptor from `pooled[v][p]`: the photo in view `VIEWS[v]` pooled the
+    /// `POOLINGS[p]` way, unit length.
     pub fn of(&self, pooled: &[Vec<Vec<f32>>]) -> Vec<f32> {
         let p = POOLINGS
             .iter()
             .position(|&pooling| pooling == self.pooling)
             .expect("a descriptor pools one of POOLINGS' ways");
-        let mut sum = vec![0.0f32; pooled[self.views[0]][p].len()];
-        for &view in self.views {
-            sum.iter_mut().zip(&pooled[view][p]).for_each(|(s, x)| *s += x);
+        let mut sum: Vec<f32> = Vec::new();
+        for view in self.views {
+            let v = VIEWS
+                .iter()
+                .position(|known| known == view)
+                .expect("a descriptor's views are VIEWS");
+            sum.resize(pooled[v][p].len(), 0.0);
+            sum.iter_mut().zip(&pooled[v][p]).for_each(|(s, x)| *s += x);
         }
         unit(&sum)
     }
@@ -162,47 +167,47 @@ impl Descriptor {
 pub const DESCRIPTORS: [Descriptor; 11] = [
     Descriptor {
         pooling: Pooling::Average,
-        views: &[0],
+        views: &[NATIVE],
     },
     Descriptor {
         pooling: Pooling::Gem(2.0),
-        views: &[0],
+        views: &[NATIVE],
     },
     Descriptor {
         pooling: Pooling::Gem(3.0),
-        views: &[0],
+        views: &[NATIVE],
     },
     Descriptor {
         pooling: Pooling::Max,
-        views: &[0],
+        views: &[NATIVE],
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
-        views: &[0],
+        views: &[NATIVE],
     },
     Descriptor {
         pooling: Pooling::Average,
-        views: &[0, 1],
+        views: &[NATIVE, MIRRORED],
     },
     Descriptor {
         pooling: Pooling::Average,
-        views: &[0, 3],
+        views: &[NATIVE, LARGER],
     },
     Descriptor {
         pooling: Pooling::Average,
-        views: &[2, 0, 3],
+        views: &[SMALLER, NATIVE, LARGER],
     },
     Descriptor {
         pooling: Pooling::Gem(3.0),
-        views: &[2, 0, 3],
+        views: &[SMALLER, NATIVE, LARGER],
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
-        views: &[0, 3],
+        views: &[NATIVE, LARGER],
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
-        views: &[2, 0, 3],
+        views: &[SMALLER, NATIVE, LARGER],
     },
 ];
 
@@ -703,15 +708,17 @@ mod tests {
         ];
         let one = Descriptor {
             pooling: Pooling::Max,
-            views: &[0],
+            views: &[NATIVE],
         };
         assert_eq!(one.of(&pooled), vec![1.0, 0.0]);
         let both = Descriptor {
             pooling: Pooling::Rmac(3),
-            views: &[0, 1],
+            views: &[NATIVE, MIRRORED],
         };
         let half = std::f32::consts::FRAC_1_SQRT_2;
-        assert!(both.of(&pooled).iter().all(|x| (x - half).abs() < 1e-6));
+        let summed = both.of(&pooled);
+        assert_eq!(summed.len(), 2);
+        assert!(summed.iter().all(|x| (x - half).abs() < 1e-6), "{summed:?}");
         assert_eq!(
             DESCRIPTORS[0].name(),
             Pooling::Average.name(),
