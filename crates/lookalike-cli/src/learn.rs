@@ -957,7 +957,9 @@ fn eval_descriptors(
     json: bool,
 ) -> Result<()> {
     use lookalike::catalogue::labelled_images;
-    use lookalike::learn::descriptors::{compare, DescribedSet, Descriptor, View, DESCRIPTORS, POOLINGS, VIEWS};
+    use lookalike::learn::descriptors::{
+        class_signature, compare, DescribedSet, Descriptor, View, DESCRIPTORS, POOLINGS, VIEWS,
+    };
     use lookalike::linalg::unit;
     let mut sets = Vec::new();
     let mut stored: HashMap<PathBuf, Vec<f32>> = HashMap::new();
@@ -1038,6 +1040,7 @@ fn eval_descriptors(
     paths.sort();
     paths.dedup();
     let mut pooled: HashMap<&PathBuf, Vec<Vec<Vec<f32>>>> = HashMap::new();
+    let mut classes: HashMap<&PathBuf, Vec<Vec<f32>>> = HashMap::new();
     let native = embedder.with_feature_map()?;
     for (v, view) in VIEWS.iter().enumerate() {
         let scaled;
@@ -1069,7 +1072,7 @@ fn eval_descriptors(
                 })
                 .collect();
             let items: Vec<_> = photos.iter().map(|(_, photo)| (photo, None)).collect();
-            for ((path, _), (map, _)) in photos
+            for ((path, _), (map, embedding)) in photos
                 .iter()
                 .zip(lookalike::explain::feature_maps_of(explainer, &items)?)
             {
@@ -1082,6 +1085,10 @@ fn eval_descriptors(
                     worst_cosine = worst_cosine.min(vector.iter().zip(&vectors[0]).map(|(a, b)| a * b).sum());
                 }
                 pooled.entry(path).or_default().push(vectors);
+                classes
+                    .entry(path)
+                    .or_default()
+                    .push(class_signature(&embedding.logits));
             }
             bar.inc(chunk.len() as u64);
         }
@@ -1098,7 +1105,10 @@ fn eval_descriptors(
         let described = |photos: &[(PathBuf, usize)], descriptor: &Descriptor| -> (Vec<Vec<f32>>, Vec<usize>) {
             photos
                 .iter()
-                .filter_map(|(path, label)| pooled.get(path).map(|views| (descriptor.of(views), *label)))
+                .filter_map(|(path, label)| {
+                    let views = pooled.get(path)?;
+                    Some((descriptor.of(views, &classes[path]), *label))
+                })
                 .unzip()
         };
         for descriptor in &DESCRIPTORS {

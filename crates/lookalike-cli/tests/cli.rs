@@ -455,7 +455,11 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
         text(&out)
     );
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 11 * 10, "11 descriptors (poolings and views) × 10 variants");
+    assert_eq!(
+        rows.len(),
+        15 * 10,
+        "15 descriptors (poolings, views, class signatures) × 10 variants"
+    );
     for row in rows {
         let (at_1, at_5) = (
             row["recall_at_1"].as_f64().unwrap(),

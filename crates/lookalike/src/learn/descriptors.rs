@@ -123,6 +123,9 @@ pub struct Descriptor {
     pub pooling: Pooling,
     /// Some of [`VIEWS`].
     pub views: &'static [View],
+    /// The weight of the ImageNet classifier's opinion of the photo ([`class_signature`]) set
+    /// beside the pooled vector; none: the pooled vector alone.
+    pub classes: Option<f32>,
 }
 
 impl Descriptor {
@@ -136,15 +139,19 @@ impl Descriptor {
                 View::Scaled(scale) => format!("{scale:.2}"),
             })
             .collect();
-        match self.views {
+        let pooled = match self.views {
             [View::Native] => self.pooling.name(),
             _ => format!("{}, views {}", self.pooling.name(), views.join(" + ")),
+        };
+        match self.classes {
+            None => pooled,
+            Some(weight) => format!("{pooled} + ImageNet classes ×{weight}"),
         }
     }
 
     /// The descriptor from `pooled[v][p]`: the photo in view `VIEWS[v]` pooled the
-    /// `POOLINGS[p]` way, unit length.
-    pub fn of(&self, pooled: &[Vec<Vec<f32>>]) -> Vec<f32> {
+    /// `POOLINGS[p]` way, and `classes[v]`, its [`class_signature`] in that view; unit length.
+    pub fn of(&self, pooled: &[Vec<Vec<f32>>], classes: &[Vec<f32>]) -> Vec<f32> {
         let p = POOLINGS
             .iter()
             .position(|&pooling| pooling == self.pooling)
@@ -158,56 +165,112 @@ impl Descriptor {
             sum.resize(pooled[v][p].len(), 0.0);
             sum.iter_mut().zip(&pooled[v][p]).for_each(|(s, x)| *s += x);
         }
-        unit(&sum)
+        let Some(weight) = self.classes else {
+            return unit(&sum);
+        };
+        let mut signature: Vec<f32> = Vec::new();
+        for view in self.views {
+            let v = VIEWS
+                .iter()
+                .position(|known| known == view)
+                .expect("a descriptor's views are VIEWS");
+            signature.resize(classes[v].len(), 0.0);
+            signature.iter_mut().zip(&classes[v]).for_each(|(s, x)| *s += x);
+        }
+        let mut both = unit(&sum);
+        both.extend(unit(&signature).iter().map(|x| weight * x));
+        unit(&both)
     }
 }
 
+/// The ImageNet classifier's opinion of a photo as a unit vector: the square roots of its class
+/// probabilities, so that the cosine of two is the Bhattacharyya coefficient of their
+/// distributions.
+pub fn class_signature(logits: &[f32]) -> Vec<f32> {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let odds: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
+    let total: f32 = odds.iter().sum();
+    odds.iter().map(|o| (o / total).sqrt()).collect()
+}
+
 /// Every descriptor `eval descriptors` compares: each pooling of the photo as search shows it,
-/// then the photo mirrored and at 1/√2 and √2 of the input size.
-pub const DESCRIPTORS: [Descriptor; 11] = [
+/// then the photo mirrored and at 1/√2 and √2 of the input size, then the average beside the
+/// ImageNet classifier's opinion at four weights.
+pub const DESCRIPTORS: [Descriptor; 15] = [
     Descriptor {
         pooling: Pooling::Average,
         views: &[NATIVE],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Gem(2.0),
         views: &[NATIVE],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Gem(3.0),
         views: &[NATIVE],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Max,
         views: &[NATIVE],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
         views: &[NATIVE],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Average,
         views: &[NATIVE, MIRRORED],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Average,
         views: &[NATIVE, LARGER],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Average,
         views: &[SMALLER, NATIVE, LARGER],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Gem(3.0),
         views: &[SMALLER, NATIVE, LARGER],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
         views: &[NATIVE, LARGER],
+        classes: None,
     },
     Descriptor {
         pooling: Pooling::Rmac(3),
         views: &[SMALLER, NATIVE, LARGER],
+        classes: None,
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[NATIVE],
+        classes: Some(0.5),
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[NATIVE],
+        classes: Some(1.0),
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[NATIVE],
+        classes: Some(2.0),
+    },
+    Descriptor {
+        pooling: Pooling::Average,
+        views: &[NATIVE],
+        classes: Some(10.0),
     },
 ];
 
@@ -706,17 +769,20 @@ mod tests {
             vec![vec![1.0, 0.0]; POOLINGS.len()],
             vec![vec![0.0, 1.0]; POOLINGS.len()],
         ];
+        let classes = vec![vec![0.6, 0.8], vec![0.8, 0.6]];
         let one = Descriptor {
             pooling: Pooling::Max,
             views: &[NATIVE],
+            classes: None,
         };
-        assert_eq!(one.of(&pooled), vec![1.0, 0.0]);
+        assert_eq!(one.of(&pooled, &classes), vec![1.0, 0.0]);
         let both = Descriptor {
             pooling: Pooling::Rmac(3),
             views: &[NATIVE, MIRRORED],
+            classes: None,
         };
         let half = std::f32::consts::FRAC_1_SQRT_2;
-        let summed = both.of(&pooled);
+        let summed = both.of(&pooled, &classes);
         assert_eq!(summed.len(), 2);
         assert!(summed.iter().all(|x| (x - half).abs() < 1e-6), "{summed:?}");
         assert_eq!(
@@ -724,6 +790,30 @@ mod tests {
             Pooling::Average.name(),
             "the backbone's own vector first"
         );
+    }
+
+    #[test]
+    fn class_signatures_sit_beside_the_pooled_vector_by_their_weight() {
+        // Probabilities 1/4 and 3/4.
+        let signature = class_signature(&[0.0, 3.0f32.ln()]);
+        assert!((signature[0] - 0.5).abs() < 1e-6 && (signature[1] - 0.75f32.sqrt()).abs() < 1e-6);
+        let pooled = vec![vec![vec![1.0, 0.0]; POOLINGS.len()]; VIEWS.len()];
+        let classes = vec![vec![0.0, 2.0]; VIEWS.len()];
+        let beside = |weight: f32| Descriptor {
+            pooling: Pooling::Average,
+            views: &[NATIVE],
+            classes: Some(weight),
+        };
+        let half = std::f32::consts::FRAC_1_SQRT_2;
+        let even = beside(1.0).of(&pooled, &classes);
+        assert!(
+            even.iter()
+                .zip([half, 0.0, 0.0, half])
+                .all(|(a, b)| (a - b).abs() < 1e-6),
+            "{even:?}"
+        );
+        let heavy = beside(3.0).of(&pooled, &classes);
+        assert!((heavy[3] / heavy[0] - 3.0).abs() < 1e-5, "{heavy:?}");
     }
 
     #[test]
