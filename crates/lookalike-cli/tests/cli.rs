@@ -319,8 +319,8 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     let singles = report["singles"].as_array().unwrap();
     assert_eq!(
         singles.len(),
-        4,
-        "whole, default search, true box, picked part: {report}"
+        5,
+        "whole, default search, true box, picked part, true box cut out: {report}"
     );
     let recall = |row: usize, at: &str| singles[row][at].as_f64().unwrap();
     for (row, single) in singles.iter().enumerate() {
@@ -337,6 +337,10 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
         "finding the product finds more than the whole photo: {report}"
     );
     assert!(recall(2, "recall_at_5") > 0.5, "{report}");
+    assert!(
+        recall(4, "recall_at_5") > 0.5,
+        "the product cut out of the scene is found: {report}"
+    );
     let clean = report["clean"].as_array().unwrap();
     assert_eq!(clean.len(), 2, "{report}");
     assert!(

@@ -68,7 +68,8 @@ pub struct SceneRecall {
 #[derive(Debug, Clone, Serialize)]
 pub struct SceneReport {
     /// Scenes of one product: the whole photo, the default search, the product's true box, the part
-    /// the default search picked before it is narrowed.
+    /// the default search picked before it is narrowed, the true box with the scene around the
+    /// product made white (a perfect cut-out: what the scene's backdrop costs).
     pub singles: Vec<SceneRecall>,
     /// Every held-out photo as it is (a packshot): searched whole, and by default.
     pub clean: Vec<SceneRecall>,
@@ -132,20 +133,43 @@ impl Setup {
     }
 }
 
-/// A scene of one product: a held-out photo and a background drawn, the product pasted on it;
-/// the scene, the photo and where it was pasted. The same seed draws the same scenes.
+/// A scene of one product: a held-out photo and a background drawn, the product pasted on it.
+struct SingleScene<'a> {
+    scene: Photo,
+    photo: &'a HeldOut,
+    /// Where the product was pasted.
+    placed: PhotoBox,
+    /// The product pasted at the same place on white instead: what a perfect cut-out of it
+    /// from the scene would be.
+    on_white: Photo,
+}
+
+/// Draws a [`SingleScene`]; the same seed draws the same scenes.
 fn single_scene<'a>(
     held_out: &'a [HeldOut],
     backgrounds: &[PathBuf],
     options: &SceneOptions,
     rng: &mut fastrand::Rng,
-) -> Result<(Photo, &'a HeldOut, PhotoBox)> {
+) -> Result<SingleScene<'a>> {
     let photo = &held_out[rng.usize(..held_out.len())];
     let mut scene = load_image(&backgrounds[rng.usize(..backgrounds.len())])?;
     let product = cut_out(&load_image(&photo.path)?);
     let width = scene.width();
+    let mut on_white = RgbImage::from_pixel(width, scene.height(), Rgb([255, 255, 255]));
+    paste(
+        &mut on_white,
+        &product,
+        (0, width),
+        options.height_share,
+        &mut rng.clone(),
+    );
     let placed = paste(&mut scene, &product, (0, width), options.height_share, rng);
-    Ok((scene_photo(scene), photo, placed))
+    Ok(SingleScene {
+        scene: scene_photo(scene),
+        photo,
+        placed,
+        on_white: scene_photo(on_white),
+    })
 }
 
 /// Builds the scenes from the catalogue in `store` (products of two photos or more give the held-out
@@ -180,7 +204,8 @@ pub fn scene_recall(
             Aggregation::TopTwo,
         )
     };
-    let (mut whole, mut found, mut boxed, mut picked) = (
+    let (mut whole, mut found, mut boxed, mut picked, mut cut_out_boxed) = (
+        Counts::default(),
         Counts::default(),
         Counts::default(),
         Counts::default(),
@@ -188,7 +213,12 @@ pub fn scene_recall(
     );
     let mut searched_whole = 0usize;
     for _ in 0..options.singles {
-        let (scene, photo, placed) = single_scene(&held_out, &backgrounds, options, &mut rng)?;
+        let SingleScene {
+            scene,
+            photo,
+            placed,
+            on_white,
+        } = single_scene(&held_out, &backgrounds, options, &mut rng)?;
         let embedded = search.whole_and_windows(&scene)?;
         let vectors = &embedded.1;
         whole.add(rank(&vectors[0], photo));
@@ -204,6 +234,7 @@ pub fn scene_recall(
             }
         }
         boxed.add(rank(&search.embed(&scene, &[Some(placed)])?[0], photo));
+        cut_out_boxed.add(rank(&search.embed(&on_white, &[Some(placed)])?[0], photo));
     }
 
     // Clean packshots: every held-out photo as it is, searched whole and by default.
@@ -264,6 +295,7 @@ pub fn scene_recall(
             found.recall("default search (finds the product)"),
             boxed.recall("the product's true box"),
             picked.recall("the part picked, not narrowed (before)"),
+            cut_out_boxed.recall("the true box, the scene around it white"),
         ],
         clean: vec![
             clean_whole.recall("clean held-out photos, whole"),
@@ -538,7 +570,9 @@ pub fn pointing_game(
     let mut hits = [[0usize; 3]; 3];
     let (mut several_views, mut pasted_view_named) = (0usize, 0usize);
     for _ in 0..options.singles {
-        let (scene, photo, placed) = single_scene(&setup.held_out, &setup.backgrounds, options, &mut rng)?;
+        let SingleScene {
+            scene, photo, placed, ..
+        } = single_scene(&setup.held_out, &setup.backgrounds, options, &mut rng)?;
         let views: Vec<usize> = (0..setup.gallery[photo.product].len())
             .filter(|&v| v != photo.view)
             .collect();
