@@ -298,6 +298,11 @@ struct ServeArgs {
     /// does; repeat for several, `*` for any. Without it no CORS headers are sent.
     #[arg(long = "cors-origin", value_parser = args::origin)]
     cors_origins: Vec<axum::http::HeaderValue>,
+    /// Photos searched in parts at once (a busy photo's product looked for, shop the look, an
+    /// explanation): each costs a dozen images or more. Beyond them photos are searched whole,
+    /// and shop the look waits --queue-wait-ms for a place, then gets 503. Default: one per core.
+    #[arg(value_parser = args::count::<1, 1024>, long)]
+    photos_in_parts: Option<usize>,
     /// How long an image request beyond the queue waits for a place before 503, in ms.
     #[arg(value_parser = args::count::<0, 60_000>, long, default_value_t = 1000)]
     queue_wait_ms: usize,
@@ -627,6 +632,7 @@ fn serve(models: &Models, args: ServeArgs) -> Result<ExitCode> {
             window: std::time::Duration::from_secs_f64(args.batch_window_ms / 1e3),
         },
         decoders: models.threads,
+        photos_in_parts: args.photos_in_parts.unwrap_or(models.threads),
         client_timeout: std::time::Duration::from_secs_f64(args.client_timeout_s),
         admission_wait: std::time::Duration::from_millis(args.queue_wait_ms as u64),
         cors_origins: args.cors_origins,

@@ -1,6 +1,6 @@
 //! What the server takes on at once, decided before it spends anything on a request: images in
-//! the pipeline (decoding, waiting, or in a forward pass) and decodes running (request bodies:
-//! [`super::bodies`]). Refusals are immediate (503), so an overloaded server spends its cores on
+//! the pipeline (decoding, waiting, or in a forward pass), decodes running, and photos searched in
+//! parts (request bodies: [`super::bodies`]). Refusals are immediate (503), so an overloaded server spends its cores on
 //! the requests it accepted instead of decoding images it will not embed.
 
 use std::sync::Arc;
@@ -16,6 +16,16 @@ pub struct Admission {
     pub image_capacity: usize,
     /// Decodes (and preprocessing) running at once: one per core.
     decoders: Arc<Semaphore>,
+    /// Photos searched in parts at once (a busy photo's windows, narrowed parts and moves; shop
+    /// the look; explanations): each costs a dozen images or more beyond its admitted one, run
+    /// beside the batcher, so they are counted apart.
+    in_parts: Arc<Semaphore>,
+    pub in_parts_capacity: usize,
+}
+
+/// A photo's place among those searched in parts, kept until this is dropped.
+pub struct PartsTicket {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// An admitted image: its place in the pipeline is kept until this is dropped.
@@ -24,12 +34,15 @@ pub struct ImageTicket {
 }
 
 impl Admission {
-    /// `images`: how many images may be admitted at once; `decoders`: decodes at once.
-    pub fn new(images: usize, decoders: usize) -> Self {
+    /// `images`: how many images may be admitted at once; `decoders`: decodes at once;
+    /// `in_parts`: photos searched in parts at once.
+    pub fn new(images: usize, decoders: usize, in_parts: usize) -> Self {
         Self {
             images: Arc::new(Semaphore::new(images)),
             image_capacity: images,
             decoders: Arc::new(Semaphore::new(decoders.max(1))),
+            in_parts: Arc::new(Semaphore::new(in_parts.max(1))),
+            in_parts_capacity: in_parts.max(1),
         }
     }
 
@@ -50,6 +63,31 @@ impl Admission {
             ApiError::overloaded(format!(
                 "{} images are already being processed; try again shortly",
                 self.image_capacity
+            ))
+        })
+    }
+
+    /// A place among the photos searched in parts if one is free now: a search that finds none
+    /// reads the photo whole instead.
+    pub fn try_search_in_parts(&self) -> Option<PartsTicket> {
+        let permit = self.in_parts.clone().try_acquire_owned().ok()?;
+        Some(PartsTicket { _permit: permit })
+    }
+
+    /// A place among the photos searched in parts, waiting at most `wait`, else 503: for
+    /// requests that mean nothing without their parts (shop the look).
+    pub async fn search_in_parts(&self, wait: Duration) -> Result<PartsTicket, ApiError> {
+        let permit = match self.in_parts.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(wait, self.in_parts.clone().acquire_owned())
+                .await
+                .ok()
+                .map(|p| p.expect("the parts semaphore is never closed")),
+        };
+        permit.map(|permit| PartsTicket { _permit: permit }).ok_or_else(|| {
+            ApiError::overloaded(format!(
+                "{} photos are already being searched in parts; try again shortly",
+                self.in_parts_capacity
             ))
         })
     }
@@ -75,7 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn admission_refuses_beyond_capacity_after_its_wait_and_frees_on_drop() {
-        let admission = Arc::new(Admission::new(2, 1));
+        let admission = Arc::new(Admission::new(2, 1, 1));
         let a = admission.admit_image(Duration::ZERO).await.unwrap();
         let _b = admission.admit_image(Duration::ZERO).await.unwrap();
         assert_eq!(admission.images_in_flight(), 2);
@@ -88,5 +126,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
         assert!(waiting.await.unwrap(), "a place freed during the wait is taken");
+    }
+
+    #[tokio::test]
+    async fn photos_in_parts_are_counted_apart_from_images() {
+        let admission = Admission::new(8, 1, 1);
+        let first = admission.try_search_in_parts().expect("a free place");
+        assert!(admission.try_search_in_parts().is_none(), "the one place is taken");
+        let refused = admission.search_in_parts(Duration::from_millis(20)).await;
+        assert_eq!(refused.err().unwrap().status.as_u16(), 503);
+        assert!(
+            admission.admit_image(Duration::ZERO).await.is_ok(),
+            "images have their own places"
+        );
+        drop(first);
+        assert!(admission.search_in_parts(Duration::ZERO).await.is_ok());
     }
 }

@@ -34,6 +34,7 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     decode_failures: Family<ReasonLabels, Counter>,
     images_in_flight: Gauge,
+    searched_whole_when_busy: Counter,
     body_bytes: Gauge,
     products: Gauge,
 }
@@ -72,6 +73,12 @@ impl Default for Metrics {
             "Images admitted and not yet embedded (decoding, queued or in a forward pass)",
             images_in_flight.clone(),
         );
+        let searched_whole_when_busy = Counter::default();
+        registry.register(
+            "searched_whole_when_busy",
+            "Photos searched whole, without looking for the product in them, because the server was busy",
+            searched_whole_when_busy.clone(),
+        );
         let body_bytes = Gauge::default();
         registry.register(
             "request_body_bytes",
@@ -87,6 +94,7 @@ impl Default for Metrics {
             refused,
             decode_failures,
             images_in_flight,
+            searched_whole_when_busy,
             body_bytes,
             products,
         }
@@ -129,6 +137,10 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn searched_whole_when_busy(&self) {
+        self.searched_whole_when_busy.inc();
     }
 
     pub fn refused(&self, reason: &str) {

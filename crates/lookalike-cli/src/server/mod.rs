@@ -35,7 +35,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use admission::{Admission, ImageTicket};
+use admission::{Admission, ImageTicket, PartsTicket};
 pub use error::ApiError;
 pub use layers::{init_logging, serve};
 
@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub batch: BatchPolicy,
     /// Decodes at once.
     pub decoders: usize,
+    /// Photos searched in parts at once (see [`admission`]).
+    pub photos_in_parts: usize,
     /// How long a client may take to send its headers, or pause while sending a body.
     pub client_timeout: std::time::Duration,
     /// How long an image request waits for a place in the pipeline before 503.
@@ -124,7 +126,7 @@ pub fn router(shop: Shop, config: &ServerConfig) -> Result<Router> {
         token: config.token.clone(),
         upload_dir,
         max_upload_bytes: config.max_upload_bytes,
-        admission: Admission::new(images, config.decoders),
+        admission: Admission::new(images, config.decoders, config.photos_in_parts),
         bodies: bodies::BodyBudget::new(body_budget),
         metrics: metrics::Metrics::default(),
         product_locks: Default::default(),
@@ -283,8 +285,31 @@ impl AppState {
         Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
     }
 
-    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]).
+    /// `framing` as the server can afford it now: looking for the product takes a place among the
+    /// photos searched in parts (returned, to hold while it looks); a busy server, with a full
+    /// batch waiting or no such place free, searches the photo whole instead.
+    pub(crate) fn affordable(&self, framing: Framing) -> (Framing, Option<PartsTicket>) {
+        if framing != Framing::FindProduct {
+            return (framing, None);
+        }
+        let ticket = if self.admission.images_in_flight() > self.busy_images {
+            None
+        } else {
+            self.admission.try_search_in_parts()
+        };
+        match ticket {
+            Some(ticket) => (framing, Some(ticket)),
+            None => {
+                self.metrics.searched_whole_when_busy();
+                (Framing::Whole, None)
+            }
+        }
+    }
+
+    /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), or whole
+    /// when the server cannot afford to look for the product ([`Self::affordable`]).
     async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
+        let (framing, in_parts) = self.affordable(framing);
         let photo = self.decode(bytes).await?;
         let region = match framing {
             Framing::Box(region) => Some(region),
@@ -295,20 +320,26 @@ impl AppState {
             region,
             feature_map: None,
         };
-        // A busy server searches photos whole: looking for the product costs a dozen images more.
-        if framing != Framing::FindProduct || self.admission.images_in_flight() > self.busy_images {
+        if framing != Framing::FindProduct {
             return Ok(embedded);
         }
         let located = on_catalogue(self, move |shop| shop.find_part(&photo, embedded, false)).await;
-        drop(ticket);
+        drop((ticket, in_parts));
         located
     }
 
-    /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]).
+    /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]): it means nothing
+    /// whole, so it waits for a place among the photos searched in parts like an image for the
+    /// pipeline, then 503.
     async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<Vec<FoundRegion>> {
+        let in_parts = self
+            .admission
+            .search_in_parts(self.admission_wait)
+            .await
+            .inspect_err(|_| self.metrics.refused("photos_in_parts"))?;
         let photo = self.decode(bytes).await?;
         let found = on_catalogue(self, move |shop| shop.products_in(&photo)).await;
-        drop(ticket);
+        drop((ticket, in_parts));
         found
     }
 

@@ -217,9 +217,10 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         // Explaining needs the searched part's feature map: the network gives it with the
         // embedding, run here instead of through the batcher (the place in the pipeline is held).
         Some(image) if explain => {
+            let (framing, in_parts) = state.affordable(framing);
             let photo = state.decode(image).await?;
             let located = on_catalogue(&state, move |c| c.locate(&photo, &framing, true)).await?;
-            drop(ticket);
+            drop((ticket, in_parts));
             Some(located)
         }
         Some(image) => Some(state.locate(image, framing, ticket).await?),
@@ -264,13 +265,14 @@ pub async fn explain(State(state): State<Shared>, multipart: Multipart) -> ApiRe
     let image = form
         .image
         .ok_or_else(|| ApiError::bad_request("send the photo to explain: the field `image`"))?;
+    let (framing, in_parts) = state.affordable(framing);
     let photo = state.decode(image).await?;
     let (product, searched, explained) = on_catalogue(&state, move |c| {
         let (searched, explained) = c.explain_product(&photo, &framing, &id)?;
         Ok((c.product(&id)?, searched, explained))
     })
     .await?;
-    drop(ticket);
+    drop((ticket, in_parts));
     let mut answer = Explanation::new(&explained, &product, Images::Urls);
     answer.searched_box = searched.as_ref().map(corners);
     Ok(Json(json!(answer)))

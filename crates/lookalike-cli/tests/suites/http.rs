@@ -700,6 +700,59 @@ fn overload_is_refused_with_503_and_the_server_recovers() {
 }
 
 #[test]
+fn photos_searched_in_parts_are_bounded_and_a_busy_server_searches_whole() {
+    // One photo in parts at once and nobody waiting for a place: concurrent busy photos overflow it.
+    let server = start_server(&["--photos-in-parts", "1", "--queue-wait-ms", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.jpg");
+    common::two_products_photo("24-mb01.jpg", "mh03.jpg", &path);
+    let photo = std::fs::read(&path).unwrap();
+    let search = format!("{}/v1/search", server.base);
+    let post = |fields: &[(&str, &str)]| {
+        let form = fields.iter().fold(
+            multipart::Form::new().part("image", image_part(photo.clone(), "two.jpg")),
+            |form, (name, value)| form.text(name.to_string(), value.to_string()),
+        );
+        send(client().post(&search).multipart(form))
+    };
+    let at_once = |fields: &[(&str, &str)]| -> Vec<(StatusCode, Value)> {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8).map(|_| scope.spawn(|| post(fields))).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        })
+    };
+    let (status, alone) = post(&[]);
+    assert_eq!(status, StatusCode::OK, "{alone}");
+    assert!(alone.get("searched_box").is_some(), "alone, the product is looked for: {alone}");
+
+    let searches = at_once(&[]);
+    assert!(searches.iter().all(|(s, _)| *s == StatusCode::OK), "{searches:?}");
+    assert!(
+        searches.iter().any(|(_, body)| body.get("searched_box").is_none()),
+        "8 busy photos at once, one place: some are searched whole"
+    );
+    let looks = at_once(&[("regions", "true")]);
+    let refused: Vec<&Value> = looks
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!refused.is_empty(), "8 at once, one place, no wait: {looks:?}");
+    assert!(refused.iter().all(|b| b["error"]["code"] == "overloaded"), "{refused:?}");
+    assert!(looks.iter().any(|(s, _)| *s == StatusCode::OK), "{looks:?}");
+
+    let metrics = client().get(format!("{}/metrics", server.base)).send().unwrap().text().unwrap();
+    for expected in [
+        "lookalike_overload_refusals_total{reason=\"photos_in_parts\"}",
+        "lookalike_searched_whole_when_busy_total ",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing in\n{metrics}");
+    }
+    let (status, body) = post(&[("regions", "true")]);
+    assert_eq!(status, StatusCode::OK, "the places free again: {body}");
+}
+
+#[test]
 fn hybrid_search_needs_a_classifier_and_then_stays_in_the_predicted_category() {
     let form = |hybrid: &str| {
         multipart::Form::new()
