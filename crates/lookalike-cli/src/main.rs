@@ -299,8 +299,8 @@ struct ServeArgs {
     #[arg(long = "cors-origin", value_parser = args::origin)]
     cors_origins: Vec<axum::http::HeaderValue>,
     /// Photos searched in parts at once (a busy photo's product looked for, shop the look, an
-    /// explanation): each costs a dozen images or more. Beyond them photos are searched whole,
-    /// and shop the look waits --queue-wait-ms for a place, then gets 503. Default: one per core.
+    /// explanation): each costs a dozen images or more. A photo waits --queue-wait-ms for a
+    /// place, then is searched whole (shop the look gets 503). Default: one per thread.
     #[arg(value_parser = args::count::<1, 1024>, long)]
     photos_in_parts: Option<usize>,
     /// How long an image request beyond the queue waits for a place before 503, in ms.

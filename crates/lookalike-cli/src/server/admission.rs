@@ -67,15 +67,8 @@ impl Admission {
         })
     }
 
-    /// A place among the photos searched in parts if one is free now: a search that finds none
-    /// reads the photo whole instead.
-    pub fn try_search_in_parts(&self) -> Option<PartsTicket> {
-        let permit = self.in_parts.clone().try_acquire_owned().ok()?;
-        Some(PartsTicket { _permit: permit })
-    }
-
-    /// A place among the photos searched in parts, waiting at most `wait`, else 503: for
-    /// requests that mean nothing without their parts (shop the look).
+    /// A place among the photos searched in parts, waiting at most `wait`, else 503 (a search
+    /// then reads the photo whole; shop the look, which means nothing whole, is refused).
     pub async fn search_in_parts(&self, wait: Duration) -> Result<PartsTicket, ApiError> {
         let permit = match self.in_parts.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
@@ -131,8 +124,7 @@ mod tests {
     #[tokio::test]
     async fn photos_in_parts_are_counted_apart_from_images() {
         let admission = Admission::new(8, 1, 1);
-        let first = admission.try_search_in_parts().expect("a free place");
-        assert!(admission.try_search_in_parts().is_none(), "the one place is taken");
+        let first = admission.search_in_parts(Duration::ZERO).await.expect("a free place");
         let refused = admission.search_in_parts(Duration::from_millis(20)).await;
         assert_eq!(refused.err().unwrap().status.as_u16(), 503);
         assert!(

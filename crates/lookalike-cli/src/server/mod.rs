@@ -285,17 +285,18 @@ impl AppState {
         Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
     }
 
-    /// `framing` as the server can afford it now: looking for the product takes a place among the
-    /// photos searched in parts (returned, to hold while it looks); a busy server, with a full
-    /// batch waiting or no such place free, searches the photo whole instead.
-    pub(crate) fn affordable(&self, framing: Framing) -> (Framing, Option<PartsTicket>) {
+    /// `framing` as the server can afford it: looking for the product takes a place among the
+    /// photos searched in parts (returned, to hold while it looks), waited for as an image waits
+    /// for the pipeline; a busy server, with a full batch waiting or no place free in time,
+    /// searches the photo whole instead.
+    pub(crate) async fn affordable(&self, framing: Framing) -> (Framing, Option<PartsTicket>) {
         if framing != Framing::FindProduct {
             return (framing, None);
         }
         let ticket = if self.admission.images_in_flight() > self.busy_images {
             None
         } else {
-            self.admission.try_search_in_parts()
+            self.admission.search_in_parts(self.admission_wait).await.ok()
         };
         match ticket {
             Some(ticket) => (framing, Some(ticket)),
@@ -309,7 +310,7 @@ impl AppState {
     /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), or whole
     /// when the server cannot afford to look for the product ([`Self::affordable`]).
     async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
-        let (framing, in_parts) = self.affordable(framing);
+        let (framing, in_parts) = self.affordable(framing).await;
         let photo = self.decode(bytes).await?;
         let region = match framing {
             Framing::Box(region) => Some(region),

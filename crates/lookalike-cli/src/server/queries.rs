@@ -217,7 +217,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         // Explaining needs the searched part's feature map: the network gives it with the
         // embedding, run here instead of through the batcher (the place in the pipeline is held).
         Some(image) if explain => {
-            let (framing, in_parts) = state.affordable(framing);
+            let (framing, in_parts) = state.affordable(framing).await;
             let photo = state.decode(image).await?;
             let located = on_catalogue(&state, move |c| c.locate(&photo, &framing, true)).await?;
             drop((ticket, in_parts));
@@ -265,7 +265,7 @@ pub async fn explain(State(state): State<Shared>, multipart: Multipart) -> ApiRe
     let image = form
         .image
         .ok_or_else(|| ApiError::bad_request("send the photo to explain: the field `image`"))?;
-    let (framing, in_parts) = state.affordable(framing);
+    let (framing, in_parts) = state.affordable(framing).await;
     let photo = state.decode(image).await?;
     let (product, searched, explained) = on_catalogue(&state, move |c| {
         let (searched, explained) = c.explain_product(&photo, &framing, &id)?;
