@@ -300,7 +300,8 @@ struct ServeArgs {
     cors_origins: Vec<axum::http::HeaderValue>,
     /// Photos searched in parts at once (a busy photo's product looked for, shop the look, an
     /// explanation): each costs a dozen images or more. A photo waits --queue-wait-ms for a
-    /// place, then is searched whole (shop the look gets 503). Default: one per thread.
+    /// place, then is searched whole (shop the look: one region, all of it). Default: one per
+    /// thread.
     #[arg(value_parser = args::count::<1, 1024>, long)]
     photos_in_parts: Option<usize>,
     /// How long an image request beyond the queue waits for a place before 503, in ms.

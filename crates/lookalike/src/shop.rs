@@ -611,6 +611,13 @@ impl Shop {
         self.regions_of(photo, whole, windows)
     }
 
+    /// "Shop the look" without looking for products: the whole photo (`whole`, embedded) as
+    /// its one region, as for a photo that matches a product closely (none when the catalogue is
+    /// empty). What a server too busy to search photos in parts answers.
+    pub fn whole_photo_region(&self, photo: &Photo, whole: ImageEmbedding) -> Result<Vec<FoundRegion>> {
+        self.regions_of(photo, whole, Vec::new())
+    }
+
     /// [`Self::embed_parts`], each part with its last feature map when `with_feature_map`.
     fn embed_parts_with(
         &self,

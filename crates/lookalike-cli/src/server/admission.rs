@@ -20,7 +20,6 @@ pub struct Admission {
     /// the look; explanations): each costs a dozen images or more beyond its admitted one, run
     /// beside the batcher, so they are counted apart.
     in_parts: Arc<Semaphore>,
-    pub in_parts_capacity: usize,
 }
 
 /// A photo's place among those searched in parts, kept until this is dropped.
@@ -42,7 +41,6 @@ impl Admission {
             image_capacity: images,
             decoders: Arc::new(Semaphore::new(decoders.max(1))),
             in_parts: Arc::new(Semaphore::new(in_parts.max(1))),
-            in_parts_capacity: in_parts.max(1),
         }
     }
 
@@ -67,22 +65,17 @@ impl Admission {
         })
     }
 
-    /// A place among the photos searched in parts, waiting at most `wait`, else 503 (a search
-    /// then reads the photo whole; shop the look, which means nothing whole, is refused).
-    pub async fn search_in_parts(&self, wait: Duration) -> Result<PartsTicket, ApiError> {
+    /// A place among the photos searched in parts, waiting at most `wait` for one; `None`: the
+    /// photo is searched whole instead.
+    pub async fn search_in_parts(&self, wait: Duration) -> Option<PartsTicket> {
         let permit = match self.in_parts.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
+            Ok(permit) => permit,
             Err(_) => tokio::time::timeout(wait, self.in_parts.clone().acquire_owned())
                 .await
-                .ok()
-                .map(|p| p.expect("the parts semaphore is never closed")),
+                .ok()?
+                .expect("the parts semaphore is never closed"),
         };
-        permit.map(|permit| PartsTicket { _permit: permit }).ok_or_else(|| {
-            ApiError::overloaded(format!(
-                "{} photos are already being searched in parts; try again shortly",
-                self.in_parts_capacity
-            ))
-        })
+        Some(PartsTicket { _permit: permit })
     }
 
     /// Waits for a decoder; the decode runs while the returned permit lives.
@@ -125,13 +118,13 @@ mod tests {
     async fn photos_in_parts_are_counted_apart_from_images() {
         let admission = Admission::new(8, 1, 1);
         let first = admission.search_in_parts(Duration::ZERO).await.expect("a free place");
-        let refused = admission.search_in_parts(Duration::from_millis(20)).await;
-        assert_eq!(refused.err().unwrap().status.as_u16(), 503);
+        let taken = admission.search_in_parts(Duration::from_millis(20)).await;
+        assert!(taken.is_none(), "the one place is taken");
         assert!(
             admission.admit_image(Duration::ZERO).await.is_ok(),
             "images have their own places"
         );
         drop(first);
-        assert!(admission.search_in_parts(Duration::ZERO).await.is_ok());
+        assert!(admission.search_in_parts(Duration::ZERO).await.is_some());
     }
 }

@@ -285,25 +285,30 @@ impl AppState {
         Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
     }
 
-    /// `framing` as the server can afford it: looking for the product takes a place among the
-    /// photos searched in parts (returned, to hold while it looks), waited for as an image waits
-    /// for the pipeline; a busy server, with a full batch waiting or no place free in time,
-    /// searches the photo whole instead.
+    /// A place among the photos searched in parts (to hold while it looks), waited for as an
+    /// image waits for the pipeline; `None` when the server is busy (a full batch waiting, or no
+    /// place free in time), and the photo is then searched whole.
+    async fn place_in_parts(&self) -> Option<PartsTicket> {
+        let ticket = if self.admission.images_in_flight() > self.busy_images {
+            None
+        } else {
+            self.admission.search_in_parts(self.admission_wait).await
+        };
+        if ticket.is_none() {
+            self.metrics.searched_whole_when_busy();
+        }
+        ticket
+    }
+
+    /// `framing` as the server can afford it: looking for the product with a place among the
+    /// photos searched in parts ([`Self::place_in_parts`]), else the whole photo.
     pub(crate) async fn affordable(&self, framing: Framing) -> (Framing, Option<PartsTicket>) {
         if framing != Framing::FindProduct {
             return (framing, None);
         }
-        let ticket = if self.admission.images_in_flight() > self.busy_images {
-            None
-        } else {
-            self.admission.search_in_parts(self.admission_wait).await.ok()
-        };
-        match ticket {
+        match self.place_in_parts().await {
             Some(ticket) => (framing, Some(ticket)),
-            None => {
-                self.metrics.searched_whole_when_busy();
-                (Framing::Whole, None)
-            }
+            None => (Framing::Whole, None),
         }
     }
 
@@ -329,17 +334,17 @@ impl AppState {
         located
     }
 
-    /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]): it means nothing
-    /// whole, so it waits for a place among the photos searched in parts like an image for the
-    /// pipeline, then 503.
+    /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]), or the whole photo
+    /// as its one region when the server is too busy to look ([`Self::place_in_parts`]).
     async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<Vec<FoundRegion>> {
-        let in_parts = self
-            .admission
-            .search_in_parts(self.admission_wait)
-            .await
-            .inspect_err(|_| self.metrics.refused("photos_in_parts"))?;
+        let in_parts = self.place_in_parts().await;
         let photo = self.decode(bytes).await?;
-        let found = on_catalogue(self, move |shop| shop.products_in(&photo)).await;
+        let found = if in_parts.is_some() {
+            on_catalogue(self, move |shop| shop.products_in(&photo)).await
+        } else {
+            let whole = self.embed_parts(&photo, vec![None]).await?.remove(0);
+            on_catalogue(self, move |shop| shop.whole_photo_region(&photo, whole)).await
+        };
         drop((ticket, in_parts));
         found
     }
