@@ -1,7 +1,8 @@
 //! What the server takes on at once, decided before it spends anything on a request: images in
 //! the pipeline (decoding, waiting, or in a forward pass), decodes running, and photos searched in
-//! parts (request bodies: [`super::bodies`]). Refusals are immediate (503), so an overloaded server spends its cores on
-//! the requests it accepted instead of decoding images it will not embed.
+//! parts (request bodies: [`super::bodies`]). Refusals are immediate (503), so an overloaded server
+//! spends its cores on the requests it accepted instead of decoding images it will not embed; a
+//! photo without a place among those searched in parts is searched whole, not refused.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -156,30 +156,29 @@ impl Descriptor {
             .iter()
             .position(|&pooling| pooling == self.pooling)
             .expect("a descriptor pools one of POOLINGS' ways");
+        let sum = self.summed_over_views(|v| &pooled[v][p]);
+        let Some(weight) = self.classes else {
+            return unit(&sum);
+        };
+        let signature = self.summed_over_views(|v| &classes[v]);
+        let mut both = unit(&sum);
+        both.extend(unit(&signature).iter().map(|x| weight * x));
+        unit(&both)
+    }
+
+    /// The sum of `of_view(v)` over this descriptor's views, `v` a view's index in [`VIEWS`].
+    fn summed_over_views<'a>(&self, of_view: impl Fn(usize) -> &'a [f32]) -> Vec<f32> {
         let mut sum: Vec<f32> = Vec::new();
         for view in self.views {
             let v = VIEWS
                 .iter()
                 .position(|known| known == view)
                 .expect("a descriptor's views are VIEWS");
-            sum.resize(pooled[v][p].len(), 0.0);
-            sum.iter_mut().zip(&pooled[v][p]).for_each(|(s, x)| *s += x);
+            let vector = of_view(v);
+            sum.resize(vector.len(), 0.0);
+            sum.iter_mut().zip(vector).for_each(|(s, x)| *s += x);
         }
-        let Some(weight) = self.classes else {
-            return unit(&sum);
-        };
-        let mut signature: Vec<f32> = Vec::new();
-        for view in self.views {
-            let v = VIEWS
-                .iter()
-                .position(|known| known == view)
-                .expect("a descriptor's views are VIEWS");
-            signature.resize(classes[v].len(), 0.0);
-            signature.iter_mut().zip(&classes[v]).for_each(|(s, x)| *s += x);
-        }
-        let mut both = unit(&sum);
-        both.extend(unit(&signature).iter().map(|x| weight * x));
-        unit(&both)
+        sum
     }
 }
 
