@@ -13,6 +13,7 @@ use lookalike::index::category_vote::{voted_by, VOTE_POOL};
 use lookalike::index::VectorIndex;
 use lookalike::learn::eval::{classification_metrics, retrieval_metrics, RetrievalReport};
 use lookalike::learn::head::{Head, HeadKind};
+use lookalike::learn::kinds::Backgrounds;
 use lookalike::learn::train::{
     train_classifier, train_projection, EpochRecord, LabelledFeatures, MetricLoss, Mining, TrainOptions,
 };
@@ -98,6 +99,22 @@ pub enum TrainCommand {
         /// Images per class in each batch.
         #[arg(value_parser = crate::args::count::<2, 65_536>, long, default_value_t = 8)]
         per_class: usize,
+    },
+    /// A catalogue's kinds (the last part of each product's category) learnt from its own photos,
+    /// as they are and pasted onto phone photos, and kept with it: a shopper's photo that matches
+    /// no product closely then brings products of its kind first. Run again after the catalogue
+    /// changes much; a running server picks it up when it restarts.
+    Kinds {
+        #[arg(long)]
+        db: String,
+        /// Photos of real places to paste the catalogue's products onto (default: 128 phone photos
+        /// shipped with lookalike).
+        #[arg(long)]
+        backgrounds: Option<PathBuf>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// A small CNN trained from scratch on Fashion-MNIST; its penultimate layer is an embedding.
     Scratch {
@@ -396,10 +413,74 @@ fn train_scratch(args: &ScratchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `train kinds` on the catalogue `shop`: learns, keeps and reports its kinds.
+pub fn train_kinds(shop: &Shop, backgrounds: Option<&Path>, seed: u64, json: bool) -> Result<()> {
+    let backgrounds = match backgrounds {
+        Some(folder) => {
+            let paths: Vec<PathBuf> =
+                lookalike::catalogue::read_image_folder(folder, lookalike::catalogue::Layout::Images)?
+                    .entries
+                    .into_iter()
+                    .map(|entry| entry.image_path)
+                    .collect();
+            Backgrounds::from_files(&paths)?
+        }
+        None => Backgrounds::bundled()?,
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} views  {per_sec}  eta {eta}")
+            .expect("valid progress template"),
+    );
+    let summary = shop.learn_kinds(&backgrounds, seed, &mut |done, of| {
+        bar.set_length(of as u64);
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "kind",
+        "products",
+        "vectors",
+        "photos viewed",
+    ]);
+    for (kind, count) in &summary.kinds {
+        table.add_row([
+            kind.clone(),
+            count.products.to_string(),
+            count.vectors.to_string(),
+            count.photos.to_string(),
+        ]);
+    }
+    println!("{table}");
+    if summary.unreadable_photos > 0 {
+        eprintln!(
+            "{} catalogue photos could not be read; their stored vectors still count",
+            summary.unreadable_photos
+        );
+    }
+    println!(
+        "learnt {} kinds of {} from {} vectors ({} views on {} backgrounds), {} epochs; held-out products' kinds named right: {:.3} (their nearest photo: {:.3})",
+        summary.kinds.len(),
+        shop.location(),
+        summary.examples,
+        summary.views,
+        backgrounds.len(),
+        summary.epochs,
+        summary.held_out_accuracy,
+        summary.nearest_photo_accuracy
+    );
+    Ok(())
+}
+
 /// `load_embedder` is only called by the commands that need the pretrained backbone.
 pub fn train(command: TrainCommand, load_embedder: &dyn Fn() -> Result<Embedder>) -> Result<()> {
     let (common, metric, fine_tune_blocks) = match &command {
         TrainCommand::Scratch { args } => return train_scratch(args),
+        TrainCommand::Kinds { .. } => unreachable!("train kinds opens the catalogue's shop: see train_kinds"),
         TrainCommand::Classifier {
             common,
             fine_tune_blocks,
@@ -808,7 +889,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                     index
                         .search(&q.vector, k.max(VOTE_POOL), Metric::Cosine, filter, None)
                         .map(|hits| {
-                            voted_by(hits, |h| h.score, |h| h.product.info.category.as_deref())
+                            voted_by(hits, |h| h.score, |h| h.product.info.category.as_deref(), |_| 0.0)
                                 .iter()
                                 .take(k)
                                 .map(|h| class_of(h.product))
@@ -1238,8 +1319,16 @@ fn eval_products(
         .collect();
     rows.push((
         "raw features, in search's order (category vote)".into(),
-        held_out_product_recall_voted(&raw, &categories, Aggregation::TopTwo),
+        held_out_product_recall_voted(&raw, &categories, None, Aggregation::TopTwo),
     ));
+    if let Some(head) = store.head(lookalike::store::HeadRole::Kinds)? {
+        let dimension = raw.iter().flatten().next().map_or(0, Vec::len);
+        let kinds = lookalike::learn::kinds::ProductKinds::new(&head, categories.clone(), dimension)?;
+        rows.push((
+            "raw features, in search's order (category vote and learnt kinds)".into(),
+            held_out_product_recall_voted(&raw, &categories, Some(&kinds), Aggregation::TopTwo),
+        ));
+    }
     if let Some(mirrored) = &mirrored {
         let both = with_mirror(&raw, mirrored);
         rows.push((

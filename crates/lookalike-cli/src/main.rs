@@ -553,6 +553,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Remove(args) => remove(&models, args),
         Command::RecommendAll(args) => recommend_all(&models, args),
         Command::Dedup(args) => dedup(&models, args),
+        Command::Train {
+            what:
+                learn::TrainCommand::Kinds {
+                    db,
+                    backgrounds,
+                    seed,
+                    json,
+                },
+        } => {
+            learn::train_kinds(&models.change(&db)?, backgrounds.as_deref(), seed, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Train { what } => {
             learn::train(what, &|| models.embedder())?;
             Ok(ExitCode::SUCCESS)

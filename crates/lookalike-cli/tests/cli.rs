@@ -480,6 +480,49 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
     );
 }
 
+/// `train kinds` says why it keeps nothing: too few products per kind to learn them better than
+/// the nearest photo tells (the demo's 4), no kinds at all, backgrounds that are not photos.
+#[test]
+fn train_kinds_refuses_what_it_cannot_learn_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    std::fs::copy(demo_db(), &db).unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let out = lookalike(&["train", "kinds", "--db", s(&db)]);
+    assert!(
+        !out.status.success() && text(&out).contains("not learnt well enough to keep"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::fs::read(&db).unwrap() == before, "nothing written");
+
+    let no_photos = dir.path().join("empty");
+    std::fs::create_dir(&no_photos).unwrap();
+    std::fs::write(no_photos.join("notes.jpg"), b"not a photo").unwrap();
+    let out = lookalike(&["train", "kinds", "--db", s(&db), "--backgrounds", s(&no_photos)]);
+    assert!(
+        !out.status.success() && text(&out).contains("is a readable photo"),
+        "{}",
+        text(&out)
+    );
+
+    // Photos in a folder: products without categories.
+    let uncategorised = dir.path().join("plain.db");
+    ok_text(lookalike(&["index", s(&demo().join("images")), "--db", s(&uncategorised)]));
+    let out = lookalike(&["train", "kinds", "--db", s(&uncategorised)]);
+    assert!(
+        !out.status.success() && text(&out).contains("this catalogue has 0 kinds"),
+        "{}",
+        text(&out)
+    );
+    let out = lookalike(&["train", "kinds", "--db", s(&dir.path().join("missing.db"))]);
+    assert!(
+        !out.status.success() && text(&out).contains("no catalogue database"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn bad_queries_fail_clearly() {
     let db = demo_db();

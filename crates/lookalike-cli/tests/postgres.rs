@@ -5,8 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lookalike::learn::kinds::{kind_of, KindExamples};
 use lookalike::store::postgres::PgStore;
-use lookalike::store::{SqliteStore, Store};
+use lookalike::store::{HeadRole, SqliteStore, Store};
 use serde_json::Value;
 
 mod common;
@@ -35,8 +36,25 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         "--db",
         s(&sqlite),
     ]));
+    // Kinds kept with the catalogue travel with it and rank a busy photo alike in both stores.
+    {
+        let store = SqliteStore::open(&sqlite).unwrap();
+        let mut examples = KindExamples::default();
+        for (i, product) in store.products().unwrap().iter().enumerate() {
+            examples.add_stored(i, &kind_of(product.info.category.as_deref().unwrap()), &product.vector);
+        }
+        let fitted = examples
+            .fit(&store.manifest().unwrap().unwrap().weights_sha256, 1)
+            .unwrap();
+        store.set_head(HeadRole::Kinds, &fitted.trained.head).unwrap();
+    }
     let out = ok(lookalike(&["migrate", "--from", s(&sqlite), "--to", &pg]));
     assert!(out.contains("copied 60 products"), "{out}");
+    let kinds = |store: &dyn Store| store.head(HeadRole::Kinds).unwrap().unwrap().to_bytes().unwrap();
+    assert_eq!(
+        kinds(&PgStore::connect(&pg).unwrap()),
+        kinds(&SqliteStore::open(&sqlite).unwrap())
+    );
     // The bulk load rebuilt the HNSW index it set aside; a load killed before that is repaired on connect.
     let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
     let has_index = |client: &mut postgres::Client| -> bool {
@@ -63,7 +81,8 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         "{similar}"
     );
 
-    for photo in ["24-mb01.jpg", "mh03.jpg", "wp03.jpg"] {
+    let busy = demo().join("../tests/web/fixtures/two-products.jpg");
+    for photo in ["24-mb01.jpg", "mh03.jpg", "wp03.jpg", busy.to_str().unwrap()] {
         let photo = demo().join("images").join(photo);
         let query = |db: &str, extra: &[&str]| {
             let mut args = vec!["search", s(&photo), "--db", db, "-k", "10", "--json"];

@@ -327,3 +327,91 @@ fn eval_scenes_looks_where_search_and_shop_the_look_look() {
         "no photo had several regions: {regions_found}"
     );
 }
+
+/// `train kinds` on a catalogue too small to learn its kinds from (the demo's 4 products per
+/// kind) refuses, with the figures, and keeps nothing; a head that knows the kinds, once kept
+/// with the catalogue, brings shoppers' photos' kind first (photos of its products it does not
+/// list, on floors and beds, that match no product closely).
+#[test]
+fn kinds_are_kept_only_when_learnt_well_and_then_bring_a_shoppers_photos_kind_first() {
+    use lookalike::learn::kinds::{kind_of, Backgrounds, KindExamples};
+    use lookalike::store::HeadRole;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = indexed(&dir);
+    let backgrounds = Backgrounds::bundled().unwrap();
+    // The Luma fixture's photos, each of a product's kind, on a bundled background.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop");
+    let mut kind_of_sku = std::collections::HashMap::new();
+    for row in csv::Reader::from_path(fixture.join("magento.csv")).unwrap().records() {
+        let row = row.unwrap();
+        let category = row[3].rsplit(',').next().unwrap().to_string();
+        // Gear's photos are named without the SKU's `24-`.
+        kind_of_sku.insert(row[0].trim_start_matches("24-").to_lowercase(), kind_of(&category));
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut photos = Vec::new();
+    for entry in walkdir::WalkDir::new(&fixture).sort_by_file_name() {
+        let path = entry.unwrap().into_path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".jpg"))
+        else {
+            continue;
+        };
+        let sku = name.split(['-', '_']).next().unwrap();
+        let pixels = backgrounds.view(&image::open(&path).unwrap().to_rgb8(), &mut rng);
+        let photo = Photo {
+            width: pixels.width(),
+            height: pixels.height(),
+            pixels,
+        };
+        photos.push((photo, kind_of_sku[sku].clone()));
+    }
+    assert_eq!(photos.len(), 28);
+    let shop = Shop::open(&db, writable()).unwrap();
+    let vectors: Vec<Vec<f32>> = photos
+        .iter()
+        .map(|(photo, _)| shop.locate(photo, &Framing::Whole, false).unwrap().embedding.features)
+        .collect();
+    let right_first = |shop: &Shop| {
+        vectors
+            .iter()
+            .zip(&photos)
+            .filter(|(vector, (_, kind))| {
+                let photo = lookalike::model::ImageEmbedding {
+                    features: vector.to_vec(),
+                    logits: Vec::new(),
+                    classifier_input: Vec::new(),
+                };
+                let answer = shop.search(&SearchRequest::photo(&photo, 5)).unwrap();
+                kind_of(answer.hits[0].product.info.category.as_deref().unwrap()) == **kind
+            })
+            .count()
+    };
+    let before = right_first(&shop);
+
+    let refused = shop.learn_kinds(&backgrounds, 42, &mut |_, _| ()).unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidInput(why) if why.contains("not learnt well enough to keep")),
+        "{refused}"
+    );
+    assert_eq!(right_first(&shop), before, "nothing changed");
+    shop.finish();
+    let store = lookalike::store::open_store(&db).unwrap();
+    assert!(store.head(HeadRole::Kinds).unwrap().is_none(), "nothing kept");
+
+    // A head that knows these photos' kinds, kept with the catalogue: a reader opened later uses it.
+    let mut examples = KindExamples::default();
+    for (product, (vector, (_, kind))) in vectors.iter().zip(&photos).enumerate() {
+        examples.add_view(product, kind, vector);
+    }
+    let knowing = examples
+        .fit(&store.manifest().unwrap().unwrap().weights_sha256, 1)
+        .unwrap();
+    store.set_head(HeadRole::Kinds, &knowing.trained.head).unwrap();
+    drop(store);
+    let learnt = right_first(&Shop::open(&db, OpenOptions::default()).unwrap());
+    assert!(learnt > before + 3, "kind first: {learnt} of 28 against {before}");
+}

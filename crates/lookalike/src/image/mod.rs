@@ -3,6 +3,7 @@
 //! training views; [`hostile`] makes the malformed and oversized files the rest is tested against.
 
 pub(crate) mod augment;
+pub mod cutout;
 pub(crate) mod decode;
 pub mod hostile;
 pub(crate) mod jpeg;

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use crate::index::category_vote::{voted_order, votes};
+use crate::index::category_vote::{voted_order, votes, VOTE_POOL};
 use crate::index::fusion::{fuse, Fusion};
+use crate::learn::kinds::ProductKinds;
 use crate::types::Metric;
 use serde::Serialize;
 
@@ -259,10 +260,11 @@ pub fn held_out_product_recall(products: &[Vec<Vec<f32>>], aggregation: Aggregat
 pub fn held_out_product_recall_voted<K: Eq + Hash>(
     products: &[Vec<Vec<f32>>],
     categories: &[K],
+    kinds: Option<&ProductKinds>,
     aggregation: Aggregation,
 ) -> ProductRecall {
     recall_of_ranks(products, aggregation, |own, held_out, photo| {
-        held_out_rank_voted(products, categories, own, held_out, photo, aggregation)
+        held_out_rank_voted(products, categories, kinds, own, held_out, photo, aggregation)
     })
 }
 
@@ -308,10 +310,11 @@ pub fn held_out_rank(
 
 /// [`held_out_rank`] in the order search gives a photo's products: best first, the first
 /// [`crate::index::category_vote::VOTE_POOL`] reordered by their categories' votes
-/// (`categories[i]` is product i's).
+/// (`categories[i]` is product i's) and the chances of their kinds, where `kinds` knows them.
 pub fn held_out_rank_voted<K: Eq + Hash>(
     products: &[Vec<Vec<f32>>],
     categories: &[K],
+    kinds: Option<&ProductKinds>,
     own: usize,
     held_out: usize,
     query: &[f32],
@@ -325,7 +328,14 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
         return order.iter().position(|&i| i == own).expect("every product is ranked");
     }
     let ranked_categories: Vec<&K> = order.iter().map(|&i| &categories[i]).collect();
-    voted_order(&ranked_scores, &ranked_categories)
+    let ranked_chances: Vec<f32> = match kinds {
+        Some(kinds) => {
+            let chances = kinds.chances(query);
+            order.iter().take(VOTE_POOL).map(|&i| chances[i]).collect()
+        }
+        None => Vec::new(),
+    };
+    voted_order(&ranked_scores, &ranked_categories, &ranked_chances)
         .into_iter()
         .position(|j| order[j] == own)
         .expect("every product is ranked")

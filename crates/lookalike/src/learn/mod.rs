@@ -6,6 +6,7 @@ pub(crate) mod dense;
 pub mod descriptors;
 pub mod eval;
 pub mod head;
+pub mod kinds;
 pub mod scratch;
 pub mod train;
 pub(crate) mod trunk;

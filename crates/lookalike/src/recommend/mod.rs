@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -19,7 +20,9 @@ use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::{Hit, SearchMode, VectorIndex};
-use crate::store::{ChangeLog, Changes, ProductWrite, Store, WriteMode};
+use crate::learn::head::Head;
+use crate::learn::kinds::KindChances;
+use crate::store::{ChangeLog, Changes, HeadRole, ProductWrite, Store, WriteMode};
 use locks::{IndexRead, Locks, Products, Side};
 
 mod locks;
@@ -39,6 +42,8 @@ const PER_GROUP_READ: usize = 4;
 
 pub struct Recommender {
     locks: Locks,
+    /// The catalogue's kinds, where it has learnt them ([`crate::learn::kinds`]).
+    kinds: RwLock<Option<Arc<Head>>>,
 }
 
 /// How memory was loaded from an index file ([`crate::index::file`]).
@@ -211,9 +216,30 @@ impl Recommender {
 
     /// With `mode` for the searches memory answers (a store that searches itself ignores it).
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
+        let kinds = store.head(HeadRole::Kinds)?.map(Arc::new);
         Ok(Self {
             locks: Locks::new(store, mode)?,
+            kinds: RwLock::new(kinds),
         })
+    }
+
+    /// Answers with `kinds` from now on (the store keeps them: [`Store::set_head`]).
+    pub fn use_kinds(&self, kinds: Head) {
+        *self.kinds.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(kinds));
+    }
+
+    /// How likely a photo of vector `query` shows each kind; `None` where the catalogue has not
+    /// learnt its kinds or the photo matches a product closely (no vote then).
+    fn kind_chances(&self, query: &[f32], best: Option<f32>) -> Result<Option<KindChances>> {
+        if !votes(best) {
+            return Ok(None);
+        }
+        let kinds = self
+            .kinds
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        kinds.map(|head| KindChances::of(&head, query)).transpose()
     }
 
     /// How memory was loaded from the store's index file, where it has one.
@@ -307,12 +333,24 @@ impl Recommender {
     /// The `keep` best products for a photo by cosine, in their categories' vote order over the
     /// [`VOTE_POOL`] best ([`crate::index::category_vote`]); in memory, only the products kept
     /// are read whole.
-    fn search_voted(&self, query: &[f32], keep: usize, filter: &Filter) -> Result<Vec<Scored>> {
+    fn search_voted(
+        &self,
+        query: &[f32],
+        keep: usize,
+        filter: &Filter,
+        kinds: Option<&KindChances>,
+    ) -> Result<Vec<Scored>> {
         let deep = VOTE_POOL.max(keep);
+        let kind_chance = |category: Option<&str>| kinds.map_or(0.0, |kinds| kinds.of_category(category));
         let mut hits = match self.locks.side()? {
             Side::Memory(index) => self.results(index, |index| {
                 let found = index.search(query, deep, Metric::Cosine, filter, None)?;
-                let mut hits = voted_by(found, |hit| hit.score, |hit| hit.product.info.category.as_deref());
+                let mut hits = voted_by(
+                    found,
+                    |hit| hit.score,
+                    |hit| hit.product.info.category.as_deref(),
+                    kind_chance,
+                );
                 hits.truncate(keep);
                 Ok(hits)
             })?,
@@ -320,6 +358,7 @@ impl Recommender {
                 store
                     .database()?
                     .nearest(&[query], deep, Metric::Cosine, filter, None)?,
+                kind_chance,
             ),
         };
         hits.truncate(keep);
@@ -382,12 +421,15 @@ impl Recommender {
             (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
             (Some(image), None) if metric == Metric::Cosine => {
                 let hits = self.search(image, pool, metric, filter, None)?;
+                let best = hits.first().map(|hit| hit.score);
+                let kinds = self.kind_chances(image, best)?;
                 // Only a photo that matches no product closely is voted on, and only it pays for
                 // the deeper search the vote needs.
-                if votes(hits.first().map(|hit| hit.score)) && pool < VOTE_POOL {
-                    (self.search_voted(image, pool, filter)?, metric)
+                if votes(best) && pool < VOTE_POOL {
+                    (self.search_voted(image, pool, filter, kinds.as_ref())?, metric)
                 } else {
-                    (voted(hits), metric)
+                    let kind_chance = |category: Option<&str>| kinds.as_ref().map_or(0.0, |k| k.of_category(category));
+                    (voted(hits, kind_chance), metric)
                 }
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),

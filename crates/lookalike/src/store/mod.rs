@@ -72,15 +72,34 @@ pub enum Changes {
     },
 }
 
+/// What a head kept with a catalogue is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRole {
+    /// The projection that made the catalogue's vectors (`index --head`).
+    Projection,
+    /// The catalogue's kinds learnt from its photos (`train kinds`, [`crate::learn::kinds`]).
+    Kinds,
+}
+
+impl HeadRole {
+    /// Its key in the manifest table of either store.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Self::Projection => "head",
+            Self::Kinds => "kinds",
+        }
+    }
+}
+
 /// What the indexer, the CLI and the server need of a catalogue store.
 pub trait Store: Send {
     fn manifest(&self) -> Result<Option<ModelManifest>>;
     /// Records `model` as the one that makes this catalogue's vectors, or checks it is the recorded one.
     fn ensure_manifest(&self, model: &ModelManifest) -> Result<()>;
-    /// The projection head that made this catalogue's vectors, if any.
-    fn head(&self) -> Result<Option<Head>>;
-    /// Keeps `head` with the catalogue, so queries get projected the same way without being told.
-    fn set_head(&self, head: &Head) -> Result<()>;
+    /// The catalogue's head of that role, if any.
+    fn head(&self, role: HeadRole) -> Result<Option<Head>>;
+    /// Keeps `head` with the catalogue in that role, so queries use it without being told.
+    fn set_head(&self, role: HeadRole, head: &Head) -> Result<()>;
     fn count(&self) -> Result<usize>;
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>>;
     /// Applies all writes in one transaction.
@@ -228,14 +247,23 @@ pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) ->
     )
 }
 
-/// Copies every product (vectors included), the manifest and the head from `source` into
+/// Copies every product (vectors included), the manifest and the heads from `source` into
 /// `target`, `batch` products per transaction; returns how many were copied.
 pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) -> Result<usize> {
     let Some(manifest) = source.manifest()? else {
         bail!("the source catalogue has no products yet");
     };
     let products = source.products()?;
-    store_products(target, &manifest, source.head()?.as_ref(), &products, batch)?;
+    store_products(
+        target,
+        &manifest,
+        source.head(HeadRole::Projection)?.as_ref(),
+        &products,
+        batch,
+    )?;
+    if let Some(kinds) = source.head(HeadRole::Kinds)? {
+        target.set_head(HeadRole::Kinds, &kinds)?;
+    }
     Ok(products.len())
 }
 
@@ -250,7 +278,7 @@ pub fn store_products(
 ) -> Result<()> {
     target.ensure_manifest(manifest)?;
     if let Some(head) = head {
-        target.set_head(head)?;
+        target.set_head(HeadRole::Projection, head)?;
     }
     target.start_bulk_load()?;
     for chunk in products.chunks(batch.max(1)) {

@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
-use super::{check_same_model, Fingerprint, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch, WriteMode};
+use super::{
+    check_same_model, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch, WriteMode,
+};
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{
@@ -682,17 +684,17 @@ impl Store for PgStore {
         Ok(())
     }
 
-    fn head(&self) -> Result<Option<Head>> {
-        Self::manifest_value(&mut *self.client(), "head")?
+    fn head(&self, role: HeadRole) -> Result<Option<Head>> {
+        Self::manifest_value(&mut *self.client(), role.key())?
             .map(|hex_bytes| Head::from_bytes(&hex::decode(hex_bytes).context("unreadable head in the database")?))
             .transpose()
     }
 
-    fn set_head(&self, head: &Head) -> Result<()> {
+    fn set_head(&self, role: HeadRole, head: &Head) -> Result<()> {
         self.client().execute(
-            "INSERT INTO lookalike_manifest (key, value) VALUES ('head', $1)
+            "INSERT INTO lookalike_manifest (key, value) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&hex::encode(head.to_bytes()?)],
+            &[&role.key(), &hex::encode(head.to_bytes()?)],
         )?;
         Ok(())
     }

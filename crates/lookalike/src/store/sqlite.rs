@@ -10,7 +10,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    check_same_model, ChangeLog, Changes, Fingerprint, ImageWrite, ProductWrite, SearchSide, Store, WriteMode,
+    check_same_model, ChangeLog, Changes, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, WriteMode,
 };
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
@@ -507,10 +507,10 @@ impl Store for SqliteStore {
         }
     }
 
-    fn head(&self) -> Result<Option<Head>> {
+    fn head(&self, role: HeadRole) -> Result<Option<Head>> {
         let value: Option<String> = self
             .conn
-            .query_row("SELECT value FROM manifest WHERE key = 'head'", [], |r| r.get(0))
+            .query_row("SELECT value FROM manifest WHERE key = ?1", [role.key()], |r| r.get(0))
             .optional()?;
         value
             .map(|hex_bytes| {
@@ -520,10 +520,10 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    fn set_head(&self, head: &Head) -> Result<()> {
+    fn set_head(&self, role: HeadRole, head: &Head) -> Result<()> {
         self.conn.execute(
-            "INSERT INTO manifest (key, value) VALUES ('head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [hex::encode(head.to_bytes()?)],
+            "INSERT INTO manifest (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [role.key().to_string(), hex::encode(head.to_bytes()?)],
         )?;
         Ok(())
     }
