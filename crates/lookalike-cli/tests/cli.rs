@@ -508,7 +508,12 @@ fn train_kinds_refuses_what_it_cannot_learn_and_changes_nothing() {
 
     // Photos in a folder: products without categories.
     let uncategorised = dir.path().join("plain.db");
-    ok_text(lookalike(&["index", s(&demo().join("images")), "--db", s(&uncategorised)]));
+    ok_text(lookalike(&[
+        "index",
+        s(&demo().join("images")),
+        "--db",
+        s(&uncategorised),
+    ]));
     let out = lookalike(&["train", "kinds", "--db", s(&uncategorised)]);
     assert!(
         !out.status.success() && text(&out).contains("this catalogue has 0 kinds"),

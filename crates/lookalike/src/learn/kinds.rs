@@ -8,9 +8,10 @@
 //! head; search then raises a photo's products by the chance of their kind
 //! ([`crate::index::category_vote`]), only for a photo that matches no product closely.
 //!
-//! Chosen in numbers (README, "Photos of a kind, not of the product"): packshots alone gave
-//! `eval kinds` validation precision@1 0.596; pasted on plain colours and gradients 0.618; on
-//! phone photos 0.645–0.724 with 48 backgrounds (seeds vary), 0.689–0.697 with 128 or 321.
+//! Chosen in numbers (README, "Learnt kinds"): a prototype head's `eval kinds` validation
+//! precision@1 was 0.596 learnt from packshots alone, 0.618 with them pasted onto plain colours,
+//! 0.689–0.715 onto 128 or 321 phone photos; lookalike's default search reaches 0.702 (test 0.714,
+//! from 0.650 without kinds).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +36,28 @@ pub const PHOTOS_PER_KIND: usize = 128;
 
 /// Catalogue vectors of one kind the head learns from as they are, at most (they cost no pass).
 pub const VECTORS_PER_KIND: usize = 2_000;
+
+/// Photos turned into views over all kinds, at most: a catalogue of many kinds views fewer of each.
+pub const PHOTOS_VIEWED: usize = 4_096;
+
+/// Stored vectors learnt from over all kinds, at most (50,000 of 1,280 floats: 256 MB).
+pub const VECTORS_LEARNT: usize = 50_000;
+
+/// Kinds a head learns, at most (its weights grow with them: 1,000 × 1,280 floats).
+pub const MAX_KINDS: usize = 1_000;
+
+/// How many photos to view and stored vectors to learn from, at most, of each of `kinds` kinds;
+/// refused past [`MAX_KINDS`].
+pub fn per_kind_budget(kinds: usize) -> Result<(usize, usize)> {
+    if kinds > MAX_KINDS {
+        bail!("the catalogue has {kinds} kinds (the last parts of its categories); kinds are learnt for up to {MAX_KINDS}");
+    }
+    let kinds = kinds.max(1);
+    Ok((
+        PHOTOS_PER_KIND.min((PHOTOS_VIEWED / kinds).max(1)),
+        VECTORS_PER_KIND.min((VECTORS_LEARNT / kinds).max(1)),
+    ))
+}
 
 /// Side of the square a view is made on (the network reads it whole).
 const VIEW_SIDE: u32 = 256;
@@ -285,6 +308,13 @@ impl<'a> ProductKinds<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_kinds_take_fewer_photos_each_and_too_many_are_refused() {
+        assert_eq!(per_kind_budget(10).unwrap(), (PHOTOS_PER_KIND, VECTORS_PER_KIND));
+        assert_eq!(per_kind_budget(1_000).unwrap(), (4, 50));
+        assert!(per_kind_budget(MAX_KINDS + 1).is_err());
+    }
 
     #[test]
     fn a_kind_is_the_last_part_of_a_category_without_case() {
