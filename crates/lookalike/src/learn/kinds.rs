@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use image::{imageops, Rgb, RgbImage};
+use rayon::prelude::*;
 
 use crate::image::cutout::{cut_out, paste};
 use crate::image::{decode_image, load_image};
@@ -62,8 +63,12 @@ pub fn per_kind_budget(kinds: usize) -> Result<(usize, usize)> {
 /// Side of the square a view is made on (the network reads it whole).
 const VIEW_SIDE: u32 = 256;
 
-/// One product in this many is kept out of training to decide when to stop.
+/// One product in this many is kept out of training to decide when to stop and whether to keep
+/// the head.
 const HELD_OUT_EVERY: usize = 7;
+
+/// Held-out vectors and views the head is checked on against the nearest photo, at most.
+const CHECKED_EXAMPLES: usize = 2_000;
 
 /// The phone photos shipped with lookalike that views are pasted onto: 128 photos of shoes and
 /// hats on floors, beds and tables from clothing-dataset-small's training split (CC0;
@@ -190,7 +195,8 @@ impl KindExamples {
     }
 
     /// The head, trained on all but one product in [`HELD_OUT_EVERY`] and stopped when those
-    /// stop improving; refused when the catalogue has fewer than two kinds.
+    /// stop improving; refused when the catalogue has fewer than two kinds or too few products to
+    /// hold one out.
     pub fn fit(self, backbone_sha256: &str, seed: u64) -> Result<FittedKinds> {
         let mut kinds: Vec<String> = self.examples.iter().map(|e| e.kind.clone()).collect();
         kinds.sort();
@@ -217,11 +223,16 @@ impl KindExamples {
             set.features.extend_from_slice(&example.vector);
             set.labels.push(index[example.kind.as_str()]);
         }
+        if val.is_empty() {
+            bail!("kinds are learnt from {HELD_OUT_EVERY} products or more: one in {HELD_OUT_EVERY} is held out to check them");
+        }
         let (held_out_examples, known): (Vec<&Example>, Vec<&Example>) =
             self.examples.iter().partition(|e| held_out(e));
         let known: Vec<&Example> = known.into_iter().filter(|e| e.stored).collect();
-        let nearest_right = held_out_examples
-            .iter()
+        // Each is checked against every known vector: a bounded few keep that quick.
+        let checked: Vec<&Example> = held_out_examples.into_iter().take(CHECKED_EXAMPLES).collect();
+        let nearest_right = checked
+            .par_iter()
             .filter(|e| {
                 let nearest = known
                     .iter()
@@ -229,17 +240,13 @@ impl KindExamples {
                 nearest.is_some_and(|n| n.kind == e.kind)
             })
             .count();
-        if val.is_empty() {
-            // Too few products to hold any out: stop on the training set itself.
-            val = LabelledFeatures { ..train.clone() };
-        }
         let options = TrainOptions {
             seed,
             learning_rate: 3e-3,
             ..TrainOptions::default()
         };
         let trained = train_classifier(&train, &val, backbone_sha256, &options, None, &mut |_| {})?;
-        let head_right = held_out_examples
+        let head_right = checked
             .iter()
             .filter(|e| {
                 trained
@@ -248,7 +255,7 @@ impl KindExamples {
                     .is_ok_and(|ranked| ranked[0].0 == e.kind)
             })
             .count();
-        let share = |right: usize| right as f64 / held_out_examples.len().max(1) as f64;
+        let share = |right: usize| right as f64 / checked.len() as f64;
         Ok(FittedKinds {
             trained,
             held_out_accuracy: share(head_right),
