@@ -726,6 +726,11 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 report.pairs_both_in_found_regions_top_5,
                 report.pairs_both_in_own_box_top_5
             );
+            if report.learnt_kinds {
+                println!(
+                    "the catalogue's learnt kinds ranked these scenes; they were learnt from the held-out photos too, which flatters them"
+                );
+            }
             Ok(())
         }
         EvalCommand::Descriptors {
@@ -1268,6 +1273,10 @@ pub fn eval_kinds(shop: &Shop, photos: &Path, kinds: &[(String, String)], json: 
     }
     println!("{table}");
     println!("the default search searched {:.3} of them whole", report.searched_whole);
+    match report.learnt_kinds {
+        Some(kinds) => println!("both searches used the {kinds} kinds the catalogue learnt (`train kinds`)"),
+        None => println!("the catalogue has not learnt its kinds (`train kinds`)"),
+    }
     Ok(())
 }
 

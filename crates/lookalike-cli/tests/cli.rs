@@ -355,6 +355,7 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
         assert!((0.0..=1.0).contains(&report[key].as_f64().unwrap()), "{key}: {report}");
     }
     assert_eq!(report["pairs"], 6, "{report}");
+    assert_eq!(report["learnt_kinds"], false, "{report}");
 
     let args = [
         "eval",
@@ -437,6 +438,7 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
         assert_eq!(row["per_kind"].as_array().unwrap().len(), 2, "{report}");
     }
     assert_eq!(report["searched_whole"], 1.0, "{report}");
+    assert!(report["learnt_kinds"].is_null(), "{report}");
     let out = eval_kinds("trousers", false);
     assert_eq!(out.status.code(), Some(2), "not FOLDER=CATEGORY: {}", text(&out));
     let out = eval_kinds("socks=Socks", false);

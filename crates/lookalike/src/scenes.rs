@@ -85,6 +85,9 @@ pub struct SceneReport {
     /// Share of two-product scenes with each product among the 5 best of a region "shop the
     /// look" found around its centre.
     pub pairs_both_in_found_regions_top_5: f64,
+    /// Whether the catalogue's learnt kinds ranked the scenes: they were learnt from the held-out
+    /// photos too, which flatters them.
+    pub learnt_kinds: bool,
 }
 
 /// A product photo held out of the gallery: product index, photo index, file.
@@ -314,6 +317,7 @@ pub fn scene_recall(
         pairs_both_in_whole_top_10: share(both_whole),
         pairs_both_in_own_box_top_5: share(both_boxes),
         pairs_both_in_found_regions_top_5: share(both_regions),
+        learnt_kinds: kinds.is_some(),
     })
 }
 
@@ -677,6 +681,8 @@ pub struct KindReport {
     /// The share of photos the default search searched whole (they match a product closely, or
     /// no part of them beats the whole photo).
     pub searched_whole: f64,
+    /// How many kinds the catalogue has learnt (`train kinds`), which both searches use.
+    pub learnt_kinds: Option<usize>,
 }
 
 /// Each photo under `photos/<folder>/` whose folder `kinds` names (folder, category) searched
@@ -743,6 +749,7 @@ pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) ->
     Ok(KindReport {
         rows,
         searched_whole: share(searched_whole as f64, searched),
+        learnt_kinds: shop.learnt_kinds()?.map(|kinds| kinds.len()),
     })
 }
 

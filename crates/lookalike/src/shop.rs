@@ -1288,6 +1288,13 @@ impl Shop {
         })
     }
 
+    /// The kinds the catalogue has learnt ([`Self::learn_kinds`]), if it has.
+    pub fn learnt_kinds(&self) -> Result<Option<Vec<String>>> {
+        Ok(self
+            .on_store(|store| store.head(HeadRole::Kinds))?
+            .map(|head| head.classes))
+    }
+
     /// The classifier hybrid searches keep to a photo's likely categories with.
     pub fn classifier(&self) -> Option<&Head> {
         self.options.classifier.as_ref()
