@@ -416,21 +416,10 @@ fn train_scratch(args: &ScratchArgs) -> Result<()> {
 /// `train kinds` on the catalogue `shop`: learns, keeps and reports its kinds.
 pub fn train_kinds(shop: &Shop, backgrounds: Option<&Path>, seed: u64, json: bool) -> Result<()> {
     let backgrounds = match backgrounds {
-        Some(folder) => {
-            let paths: Vec<PathBuf> =
-                lookalike::catalogue::read_image_folder(folder, lookalike::catalogue::Layout::Images)?
-                    .entries
-                    .into_iter()
-                    .map(|entry| entry.image_path)
-                    .collect();
-            Backgrounds::from_files(&paths)?
-        }
+        Some(folder) => Backgrounds::from_files(&lookalike::catalogue::image_files(folder)?)?,
         None => Backgrounds::bundled()?,
     };
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} views  {per_sec}  eta {eta}")
-            .expect("valid progress template"),
-    );
+    let bar = progress_bar("views".into());
     let summary = shop.learn_kinds(&backgrounds, seed, &mut |done, of| {
         bar.set_length(of as u64);
         bar.set_position(done as u64)
@@ -1332,7 +1321,7 @@ fn eval_products(
     ));
     if let Some(head) = store.head(lookalike::store::HeadRole::Kinds)? {
         let dimension = raw.iter().flatten().next().map_or(0, Vec::len);
-        let kinds = lookalike::learn::kinds::ProductKinds::new(&head, categories.clone(), dimension)?;
+        let kinds = lookalike::learn::kinds::ProductKinds::new(&head, &categories, dimension)?;
         rows.push((
             "raw features, in search's order (category vote and learnt kinds)".into(),
             held_out_product_recall_voted(&raw, &categories, Some(&kinds), Aggregation::TopTwo),

@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Result};
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
-use crate::catalogue::{labelled_images, read_image_folder, Layout};
+use crate::catalogue::{image_files, labelled_images};
 use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::cutout::{cut_out, paste, studio_backdrop};
 use crate::image::{load_image, Photo};
@@ -121,11 +121,7 @@ impl Setup {
             !held_out.is_empty(),
             "the catalogue has no product of two photos or more to hold one out of"
         );
-        let backgrounds: Vec<PathBuf> = read_image_folder(backgrounds, Layout::Images)?
-            .entries
-            .into_iter()
-            .map(|e| e.image_path)
-            .collect();
+        let backgrounds = image_files(backgrounds)?;
         if backgrounds.is_empty() {
             bail!("no background photos found");
         }
@@ -199,7 +195,7 @@ pub fn scene_recall(
     let kinds_head = store.head(HeadRole::Kinds)?;
     let kinds = kinds_head
         .as_ref()
-        .map(|head| ProductKinds::new(head, categories.clone(), embedder.output_dimension()))
+        .map(|head| ProductKinds::new(head, &categories, embedder.output_dimension()))
         .transpose()?;
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let search = MirroredSearch::new(&gallery, embedder)?;

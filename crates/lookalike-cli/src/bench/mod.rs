@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use lookalike::catalogue::{read_image_folder, Layout};
+use lookalike::catalogue::image_files;
 use lookalike::model::{BackboneSpec, ModelDir, Precision};
 
 #[derive(Subcommand)]
@@ -238,11 +238,7 @@ pub fn run(
 fn spread_photos(folders: &[PathBuf], per_folder: usize) -> Result<Vec<PathBuf>> {
     let mut photos = Vec::new();
     for folder in folders {
-        let all: Vec<PathBuf> = read_image_folder(folder, Layout::Images)?
-            .entries
-            .into_iter()
-            .map(|e| e.image_path)
-            .collect();
+        let all = image_files(folder)?;
         let step = (all.len() as f64 / per_folder as f64).max(1.0);
         photos.extend((0..per_folder.min(all.len())).map(|i| all[(i as f64 * step) as usize].clone()));
     }

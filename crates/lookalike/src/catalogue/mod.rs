@@ -106,6 +106,15 @@ pub fn read_catalogue(path: &Path, layout: Layout) -> Result<Catalogue> {
     Ok(catalogue)
 }
 
+/// Every image under `root`, in name order (as [`read_image_folder`] finds them).
+pub fn image_files(root: &Path) -> Result<Vec<PathBuf>> {
+    Ok(read_image_folder(root, Layout::Images)?
+        .entries
+        .into_iter()
+        .map(|entry| entry.image_path)
+        .collect())
+}
+
 /// The images of a labelled folder (`root/**/<class>/<image>`), each with its class's index in
 /// `classes`; a class not there yet is added when `grow`, else its images are left out.
 pub fn labelled_images(root: &Path, classes: &mut Vec<String>, grow: bool) -> Result<Vec<(PathBuf, usize)>> {

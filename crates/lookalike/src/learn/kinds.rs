@@ -267,10 +267,19 @@ impl KindExamples {
 /// The chance of each kind for a photo's vector, by a kind head.
 pub struct KindChances(HashMap<String, f32>);
 
+/// Refused unless `head` is a classifier of vectors of `dimension`.
+fn check_kinds_head(head: &Head, dimension: usize) -> Result<()> {
+    if head.kind != HeadKind::Classifier {
+        bail!("the catalogue's kinds are not a classifier head");
+    }
+    head.check_input(dimension)
+}
+
 impl KindChances {
     /// Refused when `head` is not a classifier of `vector`'s dimension.
     pub fn of(head: &Head, vector: &[f32]) -> Result<Self> {
-        Ok(Self(head.predict(&unit(vector))?.into_iter().collect()))
+        check_kinds_head(head, vector.len())?;
+        Ok(Self::of_checked(head, vector))
     }
 
     fn of_checked(head: &Head, vector: &[f32]) -> Self {
@@ -281,7 +290,11 @@ impl KindChances {
     /// The chance that a product of `category` is of the photo's kind (0 for a kind the head
     /// does not know, or no category).
     pub fn of_category(&self, category: Option<&str>) -> f32 {
-        category.and_then(|c| self.0.get(&kind_of(c))).copied().unwrap_or(0.0)
+        self.of_kind(category.map(kind_of).as_deref())
+    }
+
+    fn of_kind(&self, kind: Option<&str>) -> f32 {
+        kind.and_then(|k| self.0.get(k)).copied().unwrap_or(0.0)
     }
 }
 
@@ -289,26 +302,22 @@ impl KindChances {
 /// stored vectors as [`KindChances`] ranks them.
 pub struct ProductKinds<'a> {
     head: &'a Head,
-    categories: Vec<Option<String>>,
+    /// Product i's kind, where it has a category.
+    kinds: Vec<Option<String>>,
 }
 
 impl<'a> ProductKinds<'a> {
     /// `categories[i]` is product i's; refused when `head` is not a classifier of `dimension`.
-    pub fn new(head: &'a Head, categories: Vec<Option<String>>, dimension: usize) -> Result<Self> {
-        if head.kind != HeadKind::Classifier {
-            bail!("the catalogue's kinds are not a classifier head");
-        }
-        head.check_input(dimension)?;
-        Ok(Self { head, categories })
+    pub fn new(head: &'a Head, categories: &[Option<String>], dimension: usize) -> Result<Self> {
+        check_kinds_head(head, dimension)?;
+        let kinds = categories.iter().map(|c| c.as_deref().map(kind_of)).collect();
+        Ok(Self { head, kinds })
     }
 
     /// The chance of each product's kind for a photo of vector `query`.
     pub fn chances(&self, query: &[f32]) -> Vec<f32> {
         let chances = KindChances::of_checked(self.head, query);
-        self.categories
-            .iter()
-            .map(|c| chances.of_category(c.as_deref()))
-            .collect()
+        self.kinds.iter().map(|kind| chances.of_kind(kind.as_deref())).collect()
     }
 }
 

@@ -71,6 +71,12 @@ const REWRITE_BYTES_PER_CHANGE: usize = 8 << 20;
 /// Products compared with the store when an index file is read.
 const SAMPLED_PRODUCTS: usize = 16;
 
+/// How likely a photo shows a category's kind, by `kinds` (0 where none were learnt), as the
+/// category vote takes it.
+fn kind_chance(kinds: Option<&KindChances>) -> impl Fn(Option<&str>) -> f32 + '_ {
+    move |category| kinds.map_or(0.0, |kinds| kinds.of_category(category))
+}
+
 /// The store's products in memory, searched in `mode`: read from the store's index file and
 /// brought up to date with its change log, or (no file, or one that does not fit) built from the
 /// store at change-log `position` and written to the file.
@@ -341,7 +347,7 @@ impl Recommender {
         kinds: Option<&KindChances>,
     ) -> Result<Vec<Scored>> {
         let deep = VOTE_POOL.max(keep);
-        let kind_chance = |category: Option<&str>| kinds.map_or(0.0, |kinds| kinds.of_category(category));
+        let kind_chance = kind_chance(kinds);
         let mut hits = match self.locks.side()? {
             Side::Memory(index) => self.results(index, |index| {
                 let found = index.search(query, deep, Metric::Cosine, filter, None)?;
@@ -428,8 +434,7 @@ impl Recommender {
                 if votes(best) && pool < VOTE_POOL {
                     (self.search_voted(image, pool, filter, kinds.as_ref())?, metric)
                 } else {
-                    let kind_chance = |category: Option<&str>| kinds.as_ref().map_or(0.0, |k| k.of_category(category));
-                    (voted(hits, kind_chance), metric)
+                    (voted(hits, kind_chance(kinds.as_ref())), metric)
                 }
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
