@@ -687,6 +687,7 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
         report_index_load(shop.load()?);
         let request = SearchRequest {
             photo: None,
+            whole_photo: None,
             words: words.as_ref(),
             k: query.k,
             metric: query.metric,
@@ -707,6 +708,7 @@ fn search(models: &Models, args: SearchArgs) -> Result<ExitCode> {
     report_index_load(shop.load()?);
     let answer = shop.search(&SearchRequest {
         photo: located.as_ref().map(|l| &l.embedding),
+        whole_photo: located.as_ref().and_then(|l| l.whole_photo.as_ref()),
         words: words.as_ref(),
         k: query.k,
         metric: query.metric,

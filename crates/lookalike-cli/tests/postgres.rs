@@ -705,6 +705,7 @@ fn both_stores_answer_every_query_alike() {
     let query = Query {
         image: Some(&apart),
         words: None,
+        whole_photo: None,
     };
     for (name, filter) in &filters {
         let by_cosine = memory.search(&apart, 1, Metric::Cosine, filter, None).unwrap();
@@ -723,6 +724,7 @@ fn both_stores_answer_every_query_alike() {
         let query = Query {
             image: None,
             words: Some(&words),
+            whole_photo: None,
         };
         let found = |catalogue: &Recommender| {
             let mut ids: Vec<String> = catalogue

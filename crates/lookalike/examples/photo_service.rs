@@ -62,12 +62,13 @@ fn answer(shop: &Shop, request: &str) -> Result<Vec<Value>, Error> {
         "photo" => {
             // As `lookalike search PHOTO`: the product found in the photo, or all of it.
             let photo = shop.embed_photo(subject.as_ref(), &Framing::default())?;
-            shop.search(&SearchRequest::photo(&photo.embedding, k))?.hits
+            shop.search(&SearchRequest::located(&photo, k))?.hits
         }
         "words" => {
             let words = Words::parse(rest)?;
             let request = SearchRequest {
                 photo: None,
+                whole_photo: None,
                 words: Some(&words),
                 k: 5,
                 metric: Metric::Cosine,

@@ -199,18 +199,25 @@ pub fn scene_recall(
         .transpose()?;
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let search = MirroredSearch::new(&gallery, embedder)?;
-    // In search's order, with the categories' votes and their kinds' chances.
-    let rank = |query: &[f32], photo: &HeldOut| {
+    // In search's order, with the categories' votes and their kinds' chances, read from the
+    // part searched and the whole photo it was found in.
+    let rank_part = |query: &[f32], whole: &[f32], photo: &HeldOut| {
+        let views = if query == whole {
+            vec![query]
+        } else {
+            vec![query, whole]
+        };
         held_out_rank_voted(
             &gallery,
             &categories,
-            kinds.as_ref(),
+            kinds.as_ref().map(|kinds| (kinds, views.as_slice())),
             photo.product,
             photo.view,
             query,
             Aggregation::TopTwo,
         )
     };
+    let rank = |query: &[f32], photo: &HeldOut| rank_part(query, query, photo);
     let (mut whole, mut found, mut boxed, mut picked, mut cut_out_boxed) = (
         Counts::default(),
         Counts::default(),
@@ -232,9 +239,13 @@ pub fn scene_recall(
         let scores = search.best_scores(vectors, &[photo]);
         // The window picked before narrowing, where search would look in one at all.
         let in_a_window = !keeps_to_the_whole(&embedded.0, &scores);
-        picked.add(rank(&vectors[if in_a_window { pick(&scores) } else { 0 }], photo));
+        picked.add(rank_part(
+            &vectors[if in_a_window { pick(&scores) } else { 0 }],
+            &vectors[0],
+            photo,
+        ));
         match search.part_to_search(&scene, &embedded, &scores, &[photo])? {
-            Some((_, part)) => found.add(rank(&part, photo)),
+            Some((_, part)) => found.add(rank_part(&part, &vectors[0], photo)),
             None => {
                 searched_whole += 1;
                 found.add(rank(&vectors[0], photo));
@@ -258,7 +269,11 @@ pub fn scene_recall(
             let scores = search.best_scores(&embedded.1, &[photo]);
             search.part_to_search(&clean, &embedded, &scores, &[photo])?
         };
-        clean_found.add(rank(part.as_ref().map_or(&whole_vector, |(_, part)| part), photo));
+        clean_found.add(rank_part(
+            part.as_ref().map_or(&whole_vector, |(_, part)| part),
+            &whole_vector,
+            photo,
+        ));
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
@@ -714,7 +729,7 @@ pub fn kind_precision(shop: &Shop, photos: &Path, kinds: &[(String, String)]) ->
             if *framing == Framing::FindProduct && located.region.is_none() {
                 searched_whole += 1;
             }
-            let hits = shop.search(&SearchRequest::photo(&located.embedding, 5))?.hits;
+            let hits = shop.search(&SearchRequest::located(&located, 5))?.hits;
             let right: Vec<bool> = hits
                 .iter()
                 .map(|hit| hit.product.info.category_leaf() == Some(kinds[*kind].1.as_str()))

@@ -176,6 +176,9 @@ pub struct Located {
     pub region: Option<PhotoBox>,
     /// The part's last feature map, when asked for (to explain its results).
     pub feature_map: Option<FeatureMap>,
+    /// The whole photo, when the part is one the search found in it: what kind of product the
+    /// photo shows is read from all of it ([`SearchRequest::whole_photo`]).
+    pub whole_photo: Option<ImageEmbedding>,
 }
 
 /// A product found in a photo ("shop the look").
@@ -191,6 +194,8 @@ pub struct FoundRegion {
 #[derive(Clone, Debug)]
 pub struct SearchRequest<'a> {
     pub photo: Option<&'a ImageEmbedding>,
+    /// The whole photo when `photo` is a part of it ([`Located::whole_photo`]).
+    pub whole_photo: Option<&'a ImageEmbedding>,
     pub words: Option<&'a Words>,
     pub k: usize,
     pub metric: Metric,
@@ -207,6 +212,7 @@ impl<'a> SearchRequest<'a> {
     pub fn photo(photo: &'a ImageEmbedding, k: usize) -> Self {
         Self {
             photo: Some(photo),
+            whole_photo: None,
             words: None,
             k,
             metric: Metric::Cosine,
@@ -216,6 +222,15 @@ impl<'a> SearchRequest<'a> {
             },
             diversity: 0.0,
             likely_categories: None,
+        }
+    }
+
+    /// [`Self::photo`] for a photo located by [`Shop::locate`]: the part searched, and the
+    /// whole photo it was found in.
+    pub fn located(located: &'a Located, k: usize) -> Self {
+        Self {
+            whole_photo: located.whole_photo.as_ref(),
+            ..Self::photo(&located.embedding, k)
         }
     }
 }
@@ -430,6 +445,7 @@ impl Shop {
             embedding,
             region: region.copied(),
             feature_map,
+            whole_photo: None,
         };
         match framing {
             Framing::FindProduct => self.find_part(photo, located, with_feature_map),
@@ -455,6 +471,7 @@ impl Shop {
                 embedding,
                 region: Some(*window),
                 feature_map,
+                whole_photo: None,
             });
         self.search_part(photo, std::iter::once(whole).chain(windows).collect(), with_feature_map)
     }
@@ -493,7 +510,11 @@ impl Shop {
             return Ok(whole);
         }
         let kept = (narrowed.swap_remove(picked), narrowed_bests.swap_remove(picked));
-        Ok(self.placed_best(photo, vec![kept], with_feature_map)?.remove(0).0)
+        let mut part = self.placed_best(photo, vec![kept], with_feature_map)?.remove(0).0;
+        if part.region.is_some() {
+            part.whole_photo = Some(whole.embedding);
+        }
+        Ok(part)
     }
 
     /// Each of `parts` of a busy photo (with its best match) or it moved a little ([`shifted`]),
@@ -524,6 +545,7 @@ impl Shop {
                     embedding,
                     region: Some(region),
                     feature_map,
+                    whole_photo: None,
                 };
                 candidates.push((located, best));
             }
@@ -585,6 +607,7 @@ impl Shop {
                         embedding,
                         region: Some(region),
                         feature_map,
+                        whole_photo: None,
                     }
                 }
             })
@@ -610,6 +633,7 @@ impl Shop {
                 embedding,
                 region: Some(window),
                 feature_map,
+                whole_photo: None,
             })
             .collect();
         self.regions_of(photo, whole, windows)
@@ -892,6 +916,7 @@ impl Shop {
         let query = Query {
             image: request.photo.map(|p| p.features.as_slice()),
             words: request.words,
+            whole_photo: request.whole_photo.map(|p| p.features.as_slice()),
         };
         let hits = self
             .answering()?

@@ -301,7 +301,10 @@ fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     };
     let (mut in_a_part, mut regions_found) = (0, 0);
     for (i, photo) in photos.iter().enumerate() {
-        let searched = shop.locate(photo, &Framing::FindProduct, false).unwrap().region;
+        let located = shop.locate(photo, &Framing::FindProduct, false).unwrap();
+        let searched = located.region;
+        // Its kind is read from the whole photo too (see the kinds test below).
+        assert_eq!(located.whole_photo.is_some(), searched.is_some(), "photo {i}");
         let found: Vec<PhotoBox> = shop.products_in(photo).unwrap().iter().map(|r| r.region).collect();
         let (mirrored, mirrored_regions) = mirrored_search(&*store, &embedder, photo).unwrap();
         match (searched, mirrored) {
@@ -375,18 +378,19 @@ fn kinds_are_kept_only_when_learnt_well_and_then_bring_a_shoppers_photos_kind_fi
         .iter()
         .map(|(photo, _)| shop.locate(photo, &Framing::Whole, false).unwrap().embedding.features)
         .collect();
+    let embedding = |features: &[f32]| lookalike::model::ImageEmbedding {
+        features: features.to_vec(),
+        logits: Vec::new(),
+        classifier_input: Vec::new(),
+    };
+    let first_kind =
+        |answer: lookalike::shop::Answer| kind_of(answer.hits[0].product.info.category.as_deref().unwrap());
     let right_first = |shop: &Shop| {
         vectors
             .iter()
             .zip(&photos)
             .filter(|(vector, (_, kind))| {
-                let photo = lookalike::model::ImageEmbedding {
-                    features: vector.to_vec(),
-                    logits: Vec::new(),
-                    classifier_input: Vec::new(),
-                };
-                let answer = shop.search(&SearchRequest::photo(&photo, 5)).unwrap();
-                kind_of(answer.hits[0].product.info.category.as_deref().unwrap()) == **kind
+                first_kind(shop.search(&SearchRequest::photo(&embedding(vector), 5)).unwrap()) == *kind
             })
             .count()
     };
@@ -412,6 +416,33 @@ fn kinds_are_kept_only_when_learnt_well_and_then_bring_a_shoppers_photos_kind_fi
         .unwrap();
     store.set_head(HeadRole::Kinds, &knowing.trained.head).unwrap();
     drop(store);
-    let learnt = right_first(&Shop::open(&db, OpenOptions::default()).unwrap());
+    let shop = Shop::open(&db, OpenOptions::default()).unwrap();
+    let learnt = right_first(&shop);
     assert!(learnt > before + 3, "kind first: {learnt} of 28 against {before}");
+
+    // A part search found in a busy photo has its kind read from the whole photo too: a part
+    // that shows no product (a bare background) brings each photo's kind first far more often
+    // with its whole photo beside it than alone.
+    let bare = Shop::read_photo(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/backgrounds/000.jpg")).unwrap();
+    let part = shop.locate(&bare, &Framing::Whole, false).unwrap().embedding;
+    let alone = shop.search(&SearchRequest::photo(&part, 5)).unwrap();
+    assert!(alone.hits[0].score < 0.70, "the bare part matches no product closely");
+    let alone_kind = first_kind(alone);
+    let alone_right = photos.iter().filter(|(_, kind)| *kind == alone_kind).count();
+    let beside_right = vectors
+        .iter()
+        .zip(&photos)
+        .filter(|(vector, (_, kind))| {
+            let whole = embedding(vector);
+            let request = SearchRequest {
+                whole_photo: Some(&whole),
+                ..SearchRequest::photo(&part, 5)
+            };
+            first_kind(shop.search(&request).unwrap()) == *kind
+        })
+        .count();
+    assert!(
+        beside_right > alone_right + 10,
+        "kind first: {beside_right} of 28 with the whole photo, {alone_right} without"
+    );
 }

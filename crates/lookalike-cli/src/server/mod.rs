@@ -325,6 +325,7 @@ impl AppState {
             embedding: self.embed_parts(&photo, vec![region]).await?.remove(0),
             region,
             feature_map: None,
+            whole_photo: None,
         };
         if framing != Framing::FindProduct {
             return Ok(embedded);

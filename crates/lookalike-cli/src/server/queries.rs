@@ -196,6 +196,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             move |c| {
                 let request = SearchRequest {
                     photo: None,
+                    whole_photo: None,
                     words: words.as_ref(),
                     k,
                     metric: Metric::Cosine,
@@ -229,6 +230,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
     let (answer, explanations) = on_catalogue(&state, move |c| {
         let answer = c.search(&SearchRequest {
             photo: located.as_ref().map(|l| &l.embedding),
+            whole_photo: located.as_ref().and_then(|l| l.whole_photo.as_ref()),
             words: words.as_ref(),
             k,
             metric: Metric::Cosine,
@@ -309,6 +311,7 @@ pub async fn search_words(State(state): State<Shared>, Query(params): Query<Quer
     let answer = on_catalogue(&state, move |c| {
         c.search(&SearchRequest {
             photo: None,
+            whole_photo: None,
             words: Some(&words),
             k,
             metric: Metric::Cosine,

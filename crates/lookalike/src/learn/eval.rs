@@ -264,7 +264,16 @@ pub fn held_out_product_recall_voted<K: Eq + Hash>(
     aggregation: Aggregation,
 ) -> ProductRecall {
     recall_of_ranks(products, aggregation, |own, held_out, photo| {
-        held_out_rank_voted(products, categories, kinds, own, held_out, photo, aggregation)
+        let views = [photo];
+        held_out_rank_voted(
+            products,
+            categories,
+            kinds.map(|k| (k, &views[..])),
+            own,
+            held_out,
+            photo,
+            aggregation,
+        )
     })
 }
 
@@ -310,11 +319,12 @@ pub fn held_out_rank(
 
 /// [`held_out_rank`] in the order search gives a photo's products: best first, the first
 /// [`crate::index::category_vote::VOTE_POOL`] reordered by their categories' votes
-/// (`categories[i]` is product i's) and the chances of their kinds, where `kinds` knows them.
+/// (`categories[i]` is product i's) and the chances of their kinds, where `kinds` knows them
+/// (with the views of the photo their chances are read from, [`crate::learn::kinds::KindChances::of`]).
 pub fn held_out_rank_voted<K: Eq + Hash>(
     products: &[Vec<Vec<f32>>],
     categories: &[K],
-    kinds: Option<&ProductKinds>,
+    kinds: Option<(&ProductKinds, &[&[f32]])>,
     own: usize,
     held_out: usize,
     query: &[f32],
@@ -329,8 +339,8 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
     }
     let ranked_categories: Vec<&K> = order.iter().map(|&i| &categories[i]).collect();
     let ranked_chances: Vec<f32> = match kinds {
-        Some(kinds) => {
-            let chances = kinds.chances(query);
+        Some((kinds, views)) => {
+            let chances = kinds.chances(views);
             order.iter().take(VOTE_POOL).map(|&i| chances[i]).collect()
         }
         None => Vec::new(),

@@ -276,15 +276,32 @@ fn check_kinds_head(head: &Head, dimension: usize) -> Result<()> {
 }
 
 impl KindChances {
-    /// Refused when `head` is not a classifier of `vector`'s dimension.
-    pub fn of(head: &Head, vector: &[f32]) -> Result<Self> {
-        check_kinds_head(head, vector.len())?;
-        Ok(Self::of_checked(head, vector))
+    /// The mean chance of each kind over `views` of one photo: the part searched and, where it
+    /// was found in a busy photo, the whole photo too (the whole says better what kind of thing
+    /// a shopper photographed; the part, which one). Refused when `head` is not a classifier of
+    /// their dimension.
+    pub fn of(head: &Head, views: &[&[f32]]) -> Result<Self> {
+        for view in views {
+            check_kinds_head(head, view.len())?;
+        }
+        Ok(Self::of_checked(head, views))
     }
 
-    fn of_checked(head: &Head, vector: &[f32]) -> Self {
-        let chances = head.apply(&unit(vector), 1);
-        Self(head.classes.iter().cloned().zip(chances).collect())
+    fn of_checked(head: &Head, views: &[&[f32]]) -> Self {
+        let mut sums = vec![0.0; head.classes.len()];
+        for view in views {
+            for (sum, chance) in sums.iter_mut().zip(head.apply(&unit(view), 1)) {
+                *sum += chance;
+            }
+        }
+        let count = views.len().max(1) as f32;
+        Self(
+            head.classes
+                .iter()
+                .cloned()
+                .zip(sums.into_iter().map(|sum| sum / count))
+                .collect(),
+        )
     }
 
     /// The chance that a product of `category` is of the photo's kind (0 for a kind the head
@@ -314,9 +331,9 @@ impl<'a> ProductKinds<'a> {
         Ok(Self { head, kinds })
     }
 
-    /// The chance of each product's kind for a photo of vector `query`.
-    pub fn chances(&self, query: &[f32]) -> Vec<f32> {
-        let chances = KindChances::of_checked(self.head, query);
+    /// The chance of each product's kind for `views` of a photo ([`KindChances::of`]).
+    pub fn chances(&self, views: &[&[f32]]) -> Vec<f32> {
+        let chances = KindChances::of_checked(self.head, views);
         self.kinds.iter().map(|kind| chances.of_kind(kind.as_deref())).collect()
     }
 }

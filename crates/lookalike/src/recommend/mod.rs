@@ -33,6 +33,9 @@ use crate::types::{keep_per_group, Filter, Metric, Page, RelatedIds, Scored, Sto
 pub struct Query<'a> {
     pub image: Option<&'a [f32]>,
     pub words: Option<&'a Words>,
+    /// The whole photo's vector when `image` is a part search found in it: the kind of product
+    /// a shopper photographed is read from both ([`KindChances::of`]).
+    pub whole_photo: Option<&'a [f32]>,
 }
 
 /// Candidates each ranking brings to the fusion of a photo and words.
@@ -234,9 +237,9 @@ impl Recommender {
         *self.kinds.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(kinds));
     }
 
-    /// How likely a photo of vector `query` shows each kind; `None` where the catalogue has not
-    /// learnt its kinds or the photo matches a product closely (no vote then).
-    fn kind_chances(&self, query: &[f32], best: Option<f32>) -> Result<Option<KindChances>> {
+    /// How likely `views` of a photo ([`KindChances::of`]) show each kind; `None` where the
+    /// catalogue has not learnt its kinds or the photo matches a product closely (no vote then).
+    fn kind_chances(&self, views: &[&[f32]], best: Option<f32>) -> Result<Option<KindChances>> {
         if !votes(best) {
             return Ok(None);
         }
@@ -245,7 +248,7 @@ impl Recommender {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        kinds.map(|head| KindChances::of(&head, query)).transpose()
+        kinds.map(|head| KindChances::of(&head, views)).transpose()
     }
 
     /// How memory was loaded from the store's index file, where it has one.
@@ -428,7 +431,11 @@ impl Recommender {
             (Some(image), None) if metric == Metric::Cosine => {
                 let hits = self.search(image, pool, metric, filter, None)?;
                 let best = hits.first().map(|hit| hit.score);
-                let kinds = self.kind_chances(image, best)?;
+                let views = match query.whole_photo {
+                    Some(whole) => vec![image, whole],
+                    None => vec![image],
+                };
+                let kinds = self.kind_chances(&views, best)?;
                 // Only a photo that matches no product closely is voted on, and only it pays for
                 // the deeper search the vote needs.
                 if votes(best) && pool < VOTE_POOL {
