@@ -883,7 +883,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                     index
                         .search(&q.vector, k.max(VOTE_POOL), Metric::Cosine, filter, None)
                         .map(|hits| {
-                            voted_by(hits, |h| h.score, |h| h.product.info.category.as_deref(), |_| 0.0)
+                            voted_by(hits, |h| h.score, |h| h.product.info.category.as_deref(), |_| Some(0.0))
                                 .iter()
                                 .take(k)
                                 .map(|h| class_of(h.product))

@@ -47,9 +47,16 @@ pub fn votes(best: Option<f32>) -> bool {
 /// The order of the first [`VOTE_POOL`] of `scores` (higher better, best first, each with its
 /// category in `categories`) raised by their categories' votes and by [`KIND_WEIGHT`] × the
 /// chance of their kind in `kind_chances` (empty: none known), as indices into them; the rest
-/// keep their places after them. Ties keep the given order.
-pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[f32]) -> Vec<usize> {
+/// keep their places after them. Ties keep the given order. A product of a kind the learnt kinds
+/// do not know (`None`: added since they were learnt) has no chance to weigh against the others',
+/// so then no kind weighs for the photo.
+pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[Option<f32>]) -> Vec<usize> {
     let pool = scores.len().min(VOTE_POOL);
+    let kind_chances = if kind_chances.iter().take(pool).all(Option::is_some) {
+        kind_chances
+    } else {
+        &[]
+    };
     // Best first, so each category's first VOTE_BEST are its best.
     let mut best: HashMap<&K, (f32, usize)> = HashMap::new();
     for (score, category) in scores[..pool].iter().zip(categories) {
@@ -65,7 +72,8 @@ pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances:
         .enumerate()
         .map(|(i, (score, category))| {
             let (sum, count) = best[&category];
-            score + VOTE_WEIGHT * sum / count as f32 + KIND_WEIGHT * kind_chances.get(i).copied().unwrap_or(0.0)
+            let kind_chance = kind_chances.get(i).copied().flatten().unwrap_or(0.0);
+            score + VOTE_WEIGHT * sum / count as f32 + KIND_WEIGHT * kind_chance
         })
         .collect();
     let mut order: Vec<usize> = (0..pool).collect();
@@ -76,9 +84,9 @@ pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances:
 
 /// `hits` (best first by a higher-is-closer score) in [`voted_order`] by their products'
 /// categories the same but for case, when the best matches no product closely ([`votes`]);
-/// `kind_chance` tells how likely the photo shows a category's kind (`|_| 0.0` where the
-/// catalogue has not learnt its kinds).
-pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> f32) -> Vec<Scored> {
+/// `kind_chance` tells how likely the photo shows a category's kind (`|_| Some(0.0)` where the
+/// catalogue has not learnt its kinds; `None` for a kind they do not know).
+pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> Option<f32>) -> Vec<Scored> {
     voted_by(
         hits,
         |hit| hit.score,
@@ -92,14 +100,14 @@ pub fn voted_by<T>(
     hits: Vec<T>,
     score: impl Fn(&T) -> f32,
     category: impl Fn(&T) -> Option<&str>,
-    kind_chance: impl Fn(Option<&str>) -> f32,
+    kind_chance: impl Fn(Option<&str>) -> Option<f32>,
 ) -> Vec<T> {
     if !votes(hits.first().map(&score)) {
         return hits;
     }
     let scores: Vec<f32> = hits.iter().map(&score).collect();
     let categories: Vec<Option<String>> = hits.iter().map(|hit| category(hit).map(category_key)).collect();
-    let chances: Vec<f32> = hits
+    let chances: Vec<Option<f32>> = hits
         .iter()
         .take(VOTE_POOL)
         .map(|hit| kind_chance(category(hit)))
@@ -138,7 +146,12 @@ mod tests {
         let scores = [0.60, 0.59, 0.58, 0.57];
         let kinds = ["trousers", "trousers", "jacket", "trousers"];
         assert_eq!(voted_order(&scores, &kinds, &[]), vec![0, 1, 3, 2]);
-        assert_eq!(voted_order(&scores, &kinds, &[0.1, 0.1, 0.9, 0.1]), vec![2, 0, 1, 3]);
+        let chances = [0.1, 0.1, 0.9, 0.1].map(Some);
+        assert_eq!(voted_order(&scores, &kinds, &chances), vec![2, 0, 1, 3]);
+        // A trouser added since the kinds were learnt: no kind weighs rather than one unfairly.
+        let mut unknown = chances;
+        unknown[3] = None;
+        assert_eq!(voted_order(&scores, &kinds, &unknown), vec![0, 1, 3, 2]);
     }
 
     #[test]

@@ -338,7 +338,7 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
         return order.iter().position(|&i| i == own).expect("every product is ranked");
     }
     let ranked_categories: Vec<&K> = order.iter().map(|&i| &categories[i]).collect();
-    let ranked_chances: Vec<f32> = match kinds {
+    let ranked_chances: Vec<Option<f32>> = match kinds {
         Some((kinds, views)) => {
             let chances = kinds.chances(views);
             order.iter().take(VOTE_POOL).map(|&i| chances[i]).collect()

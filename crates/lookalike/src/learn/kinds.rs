@@ -304,14 +304,14 @@ impl KindChances {
         )
     }
 
-    /// The chance that a product of `category` is of the photo's kind (0 for a kind the head
-    /// does not know, or no category).
-    pub fn of_category(&self, category: Option<&str>) -> f32 {
+    /// The chance that a product of `category` is of the photo's kind: 0 without a category,
+    /// `None` for a kind the head does not know (one added since it was learnt).
+    pub fn of_category(&self, category: Option<&str>) -> Option<f32> {
         self.of_kind(category.map(kind_of).as_deref())
     }
 
-    fn of_kind(&self, kind: Option<&str>) -> f32 {
-        kind.and_then(|k| self.0.get(k)).copied().unwrap_or(0.0)
+    fn of_kind(&self, kind: Option<&str>) -> Option<f32> {
+        kind.map_or(Some(0.0), |kind| self.0.get(kind).copied())
     }
 }
 
@@ -332,7 +332,7 @@ impl<'a> ProductKinds<'a> {
     }
 
     /// The chance of each product's kind for `views` of a photo ([`KindChances::of`]).
-    pub fn chances(&self, views: &[&[f32]]) -> Vec<f32> {
+    pub fn chances(&self, views: &[&[f32]]) -> Vec<Option<f32>> {
         let chances = KindChances::of_checked(self.head, views);
         self.kinds.iter().map(|kind| chances.of_kind(kind.as_deref())).collect()
     }
@@ -354,6 +354,14 @@ mod tests {
         assert_eq!(kind_of("Men/Bottoms/Pants"), "pants");
         assert_eq!(kind_of("Women/Tops/Hoodies & Sweatshirts "), "hoodies & sweatshirts");
         assert_eq!(kind_of("Shoes"), "shoes");
+    }
+
+    #[test]
+    fn a_kind_the_head_never_learnt_has_no_chance_to_weigh() {
+        let chances = KindChances(HashMap::from([("pants".to_string(), 0.9)]));
+        assert_eq!(chances.of_category(Some("Men/Bottoms/Pants")), Some(0.9));
+        assert_eq!(chances.of_category(None), Some(0.0), "no category, no kind");
+        assert_eq!(chances.of_category(Some("Gear/Umbrellas")), None);
     }
 
     #[test]

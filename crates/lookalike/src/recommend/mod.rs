@@ -76,8 +76,8 @@ const SAMPLED_PRODUCTS: usize = 16;
 
 /// How likely a photo shows a category's kind, by `kinds` (0 where none were learnt), as the
 /// category vote takes it.
-fn kind_chance(kinds: Option<&KindChances>) -> impl Fn(Option<&str>) -> f32 + '_ {
-    move |category| kinds.map_or(0.0, |kinds| kinds.of_category(category))
+fn kind_chance(kinds: Option<&KindChances>) -> impl Fn(Option<&str>) -> Option<f32> + '_ {
+    move |category| kinds.map_or(Some(0.0), |kinds| kinds.of_category(category))
 }
 
 /// The store's products in memory, searched in `mode`: read from the store's index file and
