@@ -406,11 +406,22 @@ fn kinds_are_kept_only_when_learnt_well_and_then_bring_a_shoppers_photos_kind_fi
     let store = lookalike::store::open_store(&db).unwrap();
     assert!(store.head(HeadRole::Kinds).unwrap().is_none(), "nothing kept");
 
-    // A head that knows these photos' kinds, kept with the catalogue: a reader opened later uses it.
+    // A head that knows these photos' kinds, and every kind of the catalogue as `train kinds`
+    // learns it, kept with the catalogue: a reader opened later uses it.
     let mut examples = KindExamples::default();
     for (product, (vector, (_, kind))) in vectors.iter().zip(&photos).enumerate() {
         examples.add_view(product, kind, vector);
     }
+    let mut stored = photos.len();
+    store
+        .each_product(&mut |product| {
+            if let Some(category) = &product.info.category {
+                examples.add_stored(stored, &kind_of(category), &product.vector);
+                stored += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
     let knowing = examples
         .fit(&store.manifest().unwrap().unwrap().weights_sha256, 1)
         .unwrap();
