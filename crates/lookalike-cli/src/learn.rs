@@ -275,6 +275,15 @@ impl EvalCommand {
             _ => None,
         }
     }
+
+    /// The catalogue the command measures, whose backbone and precision it must embed with.
+    pub fn catalogue(&self) -> Option<&str> {
+        match self {
+            Self::Scenes { db, .. } | Self::Products { db, .. } => Some(db),
+            Self::Descriptors { db, .. } => db.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 fn progress_bar(message: String) -> ProgressBar {

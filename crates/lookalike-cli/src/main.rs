@@ -582,9 +582,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { what } => {
-            let embedder = match what.colour() {
-                Some(weight) => models.embedder()?.with_colour(weight)?,
-                None => models.embedder()?,
+            let embedder = match (what.catalogue(), what.colour()) {
+                // The catalogue's own backbone and precision, as its queries are embedded.
+                (Some(db), _) => models
+                    .open_options(SearchMode::Exact, true, None)
+                    .embedder(Some(&*lookalike::store::open_store_read_only(db)?))?,
+                (None, Some(weight)) => models.embedder()?.with_colour(weight)?,
+                (None, None) => models.embedder()?,
             };
             learn::eval(what, &embedder)?;
             Ok(ExitCode::SUCCESS)

@@ -357,6 +357,35 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     assert_eq!(report["pairs"], 6, "{report}");
     assert_eq!(report["learnt_kinds"], false, "{report}");
 
+    // A catalogue of another backbone is measured with its own, not the default.
+    let lite0 = dir.path().join("lite0.db");
+    ok_text(lookalike(&[
+        "--backbone",
+        "lite0",
+        "index",
+        s(&shop.join("magento.csv")),
+        "--db",
+        s(&lite0),
+    ]));
+    let args = [
+        "eval",
+        "scenes",
+        "--db",
+        s(&lite0),
+        "--backgrounds",
+        s(&backgrounds),
+        "--singles",
+        "4",
+        "--pairs",
+        "0",
+        "--json",
+    ];
+    let lite0_report: Value = serde_json::from_str(&ok_text(lookalike(&args))).unwrap();
+    assert!(
+        lite0_report["clean"][0]["recall_at_5"].as_f64().unwrap() > 0.5,
+        "{lite0_report}"
+    );
+
     let args = [
         "eval",
         "scenes",
