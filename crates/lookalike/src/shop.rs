@@ -1208,10 +1208,8 @@ impl Shop {
             )));
         }
         let trained = &fitted.trained;
+        // Every reader, this shop's included, takes it up at its next query (its stamp changed).
         self.on_store(|store| store.set_head(HeadRole::Kinds, &trained.head))?;
-        if let Some(answering) = self.answering.get() {
-            answering.use_kinds(trained.head.clone());
-        }
         let mut kinds: Vec<(String, KindCount)> = per_kind.into_iter().collect();
         kinds.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(KindsSummary {

@@ -46,7 +46,23 @@ const PER_GROUP_READ: usize = 4;
 pub struct Recommender {
     locks: Locks,
     /// The catalogue's kinds, where it has learnt them ([`crate::learn::kinds`]).
-    kinds: RwLock<Option<Arc<Head>>>,
+    kinds: RwLock<LearntKinds>,
+}
+
+/// The catalogue's kinds as last read, with the stamp they were read under, so that kinds learnt
+/// again by another process (`train kinds` beside a running server) are used from its next query.
+struct LearntKinds {
+    head: Option<Arc<Head>>,
+    stamp: Option<String>,
+}
+
+impl LearntKinds {
+    fn read(store: &dyn Store) -> Result<Self> {
+        // The stamp first: a head set in between is read again at the next query, never missed.
+        let stamp = store.head_stamp(HeadRole::Kinds)?;
+        let head = store.head(HeadRole::Kinds)?.map(Arc::new);
+        Ok(Self { head, stamp })
+    }
 }
 
 /// How memory was loaded from an index file ([`crate::index::file`]).
@@ -225,16 +241,27 @@ impl Recommender {
 
     /// With `mode` for the searches memory answers (a store that searches itself ignores it).
     pub fn with_search(store: Box<dyn Store>, mode: SearchMode) -> Result<Self> {
-        let kinds = store.head(HeadRole::Kinds)?.map(Arc::new);
+        let kinds = LearntKinds::read(&*store)?;
         Ok(Self {
             locks: Locks::new(store, mode)?,
             kinds: RwLock::new(kinds),
         })
     }
 
-    /// Answers with `kinds` from now on (the store keeps them: [`Store::set_head`]).
-    pub fn use_kinds(&self, kinds: Head) {
-        *self.kinds.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(kinds));
+    /// The catalogue's kinds as the store holds them now: read again when their stamp changed.
+    fn learnt_kinds(&self) -> Result<Option<Arc<Head>>> {
+        let store = self.locks.store();
+        let stamp = store.head_stamp(HeadRole::Kinds)?;
+        {
+            let kinds = self.kinds.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if kinds.stamp == stamp {
+                return Ok(kinds.head.clone());
+            }
+        }
+        let fresh = LearntKinds::read(&*store)?;
+        let head = fresh.head.clone();
+        *self.kinds.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        Ok(head)
     }
 
     /// How likely `views` of a photo ([`KindChances::of`]) show each kind; `None` where the
@@ -243,12 +270,9 @@ impl Recommender {
         if !votes(best) {
             return Ok(None);
         }
-        let kinds = self
-            .kinds
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        kinds.map(|head| KindChances::of(&head, views)).transpose()
+        self.learnt_kinds()?
+            .map(|head| KindChances::of(&head, views))
+            .transpose()
     }
 
     /// How memory was loaded from the store's index file, where it has one.

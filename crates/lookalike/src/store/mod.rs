@@ -89,6 +89,21 @@ impl HeadRole {
             Self::Kinds => "kinds",
         }
     }
+
+    /// The manifest key of its stamp ([`Store::head_stamp`]).
+    pub(crate) fn stamp_key(self) -> &'static str {
+        match self {
+            Self::Projection => "head_stamp",
+            Self::Kinds => "kinds_stamp",
+        }
+    }
+}
+
+/// The stamp [`Store::set_head`] keeps beside a head: its bytes' SHA-256, so a process holding a
+/// copy can tell with one small read whether another one changed it.
+pub(crate) fn head_stamp_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// What the indexer, the CLI and the server need of a catalogue store.
@@ -98,8 +113,12 @@ pub trait Store: Send {
     fn ensure_manifest(&self, model: &ModelManifest) -> Result<()>;
     /// The catalogue's head of that role, if any.
     fn head(&self, role: HeadRole) -> Result<Option<Head>>;
-    /// Keeps `head` with the catalogue in that role, so queries use it without being told.
+    /// Keeps `head` with the catalogue in that role, so queries use it without being told, and
+    /// its stamp with it, in one transaction.
     fn set_head(&self, role: HeadRole, head: &Head) -> Result<()>;
+    /// What changes whenever the head of that role is set: a reader whose copy was read under
+    /// another stamp reads it again (`None` for a catalogue whose head predates stamps).
+    fn head_stamp(&self, role: HeadRole) -> Result<Option<String>>;
     fn count(&self) -> Result<usize>;
     fn fingerprints(&self) -> Result<HashMap<String, Fingerprint>>;
     /// Applies all writes in one transaction.

@@ -18,7 +18,8 @@ use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    check_same_model, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch, WriteMode,
+    check_same_model, head_stamp_of, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch,
+    WriteMode,
 };
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
@@ -691,12 +692,25 @@ impl Store for PgStore {
     }
 
     fn set_head(&self, role: HeadRole, head: &Head) -> Result<()> {
-        self.client().execute(
-            "INSERT INTO lookalike_manifest (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&role.key(), &hex::encode(head.to_bytes()?)],
-        )?;
+        let bytes = head.to_bytes()?;
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        for (key, value) in [
+            (role.key(), hex::encode(&bytes)),
+            (role.stamp_key(), head_stamp_of(&bytes)),
+        ] {
+            tx.execute(
+                "INSERT INTO lookalike_manifest (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&key, &value],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    fn head_stamp(&self, role: HeadRole) -> Result<Option<String>> {
+        Self::manifest_value(&mut *self.client(), role.stamp_key())
     }
 
     fn count(&self) -> Result<usize> {

@@ -10,7 +10,8 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    check_same_model, ChangeLog, Changes, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, WriteMode,
+    check_same_model, head_stamp_of, ChangeLog, Changes, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide,
+    Store, WriteMode,
 };
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
@@ -521,11 +522,28 @@ impl Store for SqliteStore {
     }
 
     fn set_head(&self, role: HeadRole, head: &Head) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO manifest (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [role.key().to_string(), hex::encode(head.to_bytes()?)],
-        )?;
+        let bytes = head.to_bytes()?;
+        let tx = self.conn.unchecked_transaction()?;
+        for (key, value) in [
+            (role.key(), hex::encode(&bytes)),
+            (role.stamp_key(), head_stamp_of(&bytes)),
+        ] {
+            tx.execute(
+                "INSERT INTO manifest (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value.as_str()],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    fn head_stamp(&self, role: HeadRole) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM manifest WHERE key = ?1", [role.stamp_key()], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     fn count(&self) -> Result<usize> {
