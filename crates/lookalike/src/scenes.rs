@@ -200,17 +200,14 @@ pub fn scene_recall(
     let mut rng = fastrand::Rng::with_seed(options.seed);
     let search = MirroredSearch::new(&gallery, embedder)?;
     // In search's order, with the categories' votes and their kinds' chances, read from the
-    // part searched and the whole photo it was found in.
+    // part searched and the whole photo it was found in (the same vector twice for a photo
+    // searched whole: their mean is its own chances).
     let rank_part = |query: &[f32], whole: &[f32], photo: &HeldOut| {
-        let views = if query == whole {
-            vec![query]
-        } else {
-            vec![query, whole]
-        };
+        let views = [query, whole];
         held_out_rank_voted(
             &gallery,
             &categories,
-            kinds.as_ref().map(|kinds| (kinds, views.as_slice())),
+            kinds.as_ref().map(|kinds| (kinds, &views[..])),
             photo.product,
             photo.view,
             query,

@@ -181,6 +181,14 @@ fn retry_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Res
 }
 
 impl SqliteStore {
+    /// The manifest table's value under `key`, if any.
+    fn manifest_value(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM manifest WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
     /// Opens (or creates) a catalogue to read and write, bringing its schema up to date. Several
     /// processes may do this at once on a new file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -484,11 +492,7 @@ fn product_columns(schema: i64) -> String {
 
 impl Store for SqliteStore {
     fn manifest(&self) -> Result<Option<ModelManifest>> {
-        let value: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM manifest WHERE key = 'model'", [], |r| r.get(0))
-            .optional()?;
-        value
+        self.manifest_value("model")?
             .map(|v| serde_json::from_str(&v).context("unreadable model manifest in the database"))
             .transpose()
     }
@@ -509,11 +513,7 @@ impl Store for SqliteStore {
     }
 
     fn head(&self, role: HeadRole) -> Result<Option<Head>> {
-        let value: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM manifest WHERE key = ?1", [role.key()], |r| r.get(0))
-            .optional()?;
-        value
+        self.manifest_value(role.key())?
             .map(|hex_bytes| {
                 let bytes = hex::decode(hex_bytes).context("unreadable head in the database")?;
                 Head::from_bytes(&bytes)
@@ -538,12 +538,7 @@ impl Store for SqliteStore {
     }
 
     fn head_stamp(&self, role: HeadRole) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM manifest WHERE key = ?1", [role.stamp_key()], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        self.manifest_value(role.stamp_key())
     }
 
     fn count(&self) -> Result<usize> {
