@@ -438,13 +438,7 @@ pub fn train_kinds(shop: &Shop, backgrounds: Option<&Path>, seed: u64, json: boo
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
-        "kind",
-        "products",
-        "vectors",
-        "photos viewed",
-    ]);
+    let mut table = crate::output::bordered_table(["kind", "products", "vectors", "photos viewed"]);
     for (kind, count) in &summary.kinds {
         table.add_row([
             kind.clone(),
@@ -621,14 +615,7 @@ fn print_retrieval(report: &RetrievalReport) {
         report.map_at_k,
         k = report.k
     );
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
-        "class",
-        "queries",
-        "precision@1",
-        "precision@k",
-        "mAP@k",
-    ]);
+    let mut table = crate::output::bordered_table(["class", "queries", "precision@1", "precision@k", "mAP@k"]);
     for c in &report.per_class {
         table.add_row([
             c.class.clone(),
@@ -646,8 +633,7 @@ fn print_pointing(report: &PointingReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "scenes of one product, explained",
         "scenes",
         "hottest cell on it",
@@ -697,8 +683,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
             }
-            let mut table = comfy_table::Table::new();
-            table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+            let mut table = crate::output::bordered_table([
                 "scenes of one product, searched by",
                 "queries",
                 "Recall@1",
@@ -788,13 +773,7 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("accuracy {:.4} on {} images", report.accuracy, report.samples);
-                let mut table = comfy_table::Table::new();
-                table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
-                    "class",
-                    "support",
-                    "precision",
-                    "recall",
-                ]);
+                let mut table = crate::output::bordered_table(["class", "support", "precision", "recall"]);
                 for c in &report.per_class {
                     table.add_row([
                         c.class.clone(),
@@ -1222,10 +1201,8 @@ fn eval_descriptors(
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
-        .set_header(["set", "pooling", "then", "queries", "gallery", "Recall@1", "Recall@5"]);
+    let mut table =
+        crate::output::bordered_table(["set", "pooling", "then", "queries", "gallery", "Recall@1", "Recall@5"]);
     for row in &rows {
         table.add_row([
             row["set"].as_str().unwrap_or_default().to_string(),
@@ -1248,7 +1225,6 @@ pub fn eval_kinds(shop: &Shop, photos: &Path, kinds: &[(String, String)], json: 
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
     let mut header = vec![
         "searched by".to_string(),
         "photos".into(),
@@ -1256,9 +1232,7 @@ pub fn eval_kinds(shop: &Shop, photos: &Path, kinds: &[(String, String)], json: 
         "precision@5".into(),
     ];
     header.extend(kinds.iter().map(|(name, category)| format!("{name} ({category}) @1")));
-    table
-        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
-        .set_header(header);
+    let mut table = crate::output::bordered_table(header);
     for row in &report.rows {
         let mut cells = vec![
             row.search.clone(),
@@ -1444,14 +1418,8 @@ fn eval_products(
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
-        "features",
-        "a product scores by",
-        "queries",
-        "Recall@1",
-        "Recall@5",
-    ]);
+    let mut table =
+        crate::output::bordered_table(["features", "a product scores by", "queries", "Recall@1", "Recall@5"]);
     for (features, r) in &rows {
         let by = match r.aggregation {
             Aggregation::Best => "its best photo",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangement, Table, Width};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangement, Row, Table, Width};
 use lookalike::explain::Explanation;
 use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
@@ -89,19 +89,24 @@ fn shown(region: &PhotoBox) -> String {
     format!("{:.0},{:.0},{:.0},{:.0}", region.x0, region.y0, region.x1, region.y1)
 }
 
-fn print_table(hits: &[Scored], metric: Option<Metric>) {
+/// A table with the CLI's borders and `header`.
+pub fn bordered_table(header: impl Into<Row>) -> Table {
     let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header);
+    table
+}
+
+fn print_table(hits: &[Scored], metric: Option<Metric>) {
     let score = match metric {
         Some(Metric::Cosine) => "similarity",
         Some(Metric::Euclidean) => "distance",
         None => "relevance",
     };
     // Long titles and categories wrap; `--json` has every path whole.
+    let mut table = bordered_table(["rank", "id", score, "category", "title", "price", "matched image"]);
     table
-        .load_preset(UTF8_BORDERS_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_width(TABLE_WIDTH)
-        .set_header(["rank", "id", score, "category", "title", "price", "matched image"])
         // Only the category and the title wrap.
         .set_constraints([
             ColumnConstraint::ContentWidth,
@@ -206,10 +211,7 @@ pub fn print_duplicates(duplicates: &lookalike::shop::Duplicates, as_json: bool)
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
     }
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["group", "kind", "lowest similarity", "id", "title", "image"]);
+    let mut table = crate::output::bordered_table(["group", "kind", "lowest similarity", "id", "title", "image"]);
     for (n, g) in groups.iter().enumerate() {
         for id in &g.ids {
             let p = duplicates.members.get(id);

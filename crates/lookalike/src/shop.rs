@@ -181,6 +181,19 @@ pub struct Located {
     pub whole_photo: Option<ImageEmbedding>,
 }
 
+impl Located {
+    /// `region` of a photo (`None`: all of it) as it was embedded, with its feature map when one
+    /// was made; not (yet) a part found in the photo, so no whole photo beside it.
+    pub fn embedded(region: Option<PhotoBox>, (embedding, feature_map): (ImageEmbedding, Option<FeatureMap>)) -> Self {
+        Self {
+            embedding,
+            region,
+            feature_map,
+            whole_photo: None,
+        }
+    }
+}
+
 /// A product found in a photo ("shop the look").
 #[derive(Debug, Clone)]
 pub struct FoundRegion {
@@ -440,13 +453,10 @@ impl Shop {
             Framing::Box(region) => Some(region),
             Framing::Whole | Framing::FindProduct => None,
         };
-        let (embedding, feature_map) = self.embed_parts_with(photo, &[region], with_feature_map)?.remove(0);
-        let located = Located {
-            embedding,
-            region: region.copied(),
-            feature_map,
-            whole_photo: None,
-        };
+        let located = Located::embedded(
+            region.copied(),
+            self.embed_parts_with(photo, &[region], with_feature_map)?.remove(0),
+        );
         match framing {
             Framing::FindProduct => self.find_part(photo, located, with_feature_map),
             Framing::Whole | Framing::Box(_) => Ok(located),
@@ -467,12 +477,7 @@ impl Shop {
         let windows = windows
             .iter()
             .zip(embedded)
-            .map(|(window, (embedding, feature_map))| Located {
-                embedding,
-                region: Some(*window),
-                feature_map,
-                whole_photo: None,
-            });
+            .map(|(window, embedded)| Located::embedded(Some(*window), embedded));
         self.search_part(photo, std::iter::once(whole).chain(windows).collect(), with_feature_map)
     }
 
@@ -539,14 +544,8 @@ impl Shop {
         for (part, moved) in parts.into_iter().zip(moves) {
             let mut candidates = vec![part];
             for region in moved {
-                let (embedding, feature_map) = embedded.next().expect("one per moved box");
-                let best = self.best_match(&embedding)?;
-                let located = Located {
-                    embedding,
-                    region: Some(region),
-                    feature_map,
-                    whole_photo: None,
-                };
+                let located = Located::embedded(Some(region), embedded.next().expect("one per moved box"));
+                let best = self.best_match(&located.embedding)?;
                 candidates.push((located, best));
             }
             let scores: Vec<f32> = candidates.iter().map(|(_, best)| score_of(best)).collect();
@@ -601,15 +600,10 @@ impl Shop {
             .into_iter()
             .map(|(part, region)| match region {
                 None => part,
-                Some(region) => {
-                    let (embedding, feature_map) = embedded.next().expect("an embedding for each narrowed part");
-                    Located {
-                        embedding,
-                        region: Some(region),
-                        feature_map,
-                        whole_photo: None,
-                    }
-                }
+                Some(region) => Located::embedded(
+                    Some(region),
+                    embedded.next().expect("an embedding for each narrowed part"),
+                ),
             })
             .collect())
     }
@@ -629,12 +623,7 @@ impl Shop {
         let windows = windows
             .into_iter()
             .zip(embedded)
-            .map(|(window, (embedding, feature_map))| Located {
-                embedding,
-                region: Some(window),
-                feature_map,
-                whole_photo: None,
-            })
+            .map(|(window, embedded)| Located::embedded(Some(window), embedded))
             .collect();
         self.regions_of(photo, whole, windows)
     }

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use reqwest::blocking::{multipart, Client};
 
 use super::http::{closed_loop, photo_form, Answers, ServerProcess};
@@ -70,10 +69,7 @@ pub fn run(threads: usize, plan: &AbusePlan) -> Result<()> {
     anyhow::ensure!(warm.status().is_success(), "warm-up search failed: {}", warm.status());
     let idle_mib = server.resident_mib().unwrap_or(f64::NAN);
 
-    let mut bomb_table = Table::new();
-    bomb_table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["hostile file", "bytes", "answers", "slowest ms"]);
+    let mut bomb_table = crate::output::bordered_table(["hostile file", "bytes", "answers", "slowest ms"]);
     let mut slowest_bomb = 0.0f64;
     let mut bomb_5xx = 0;
     for (name, bytes) in &bombs {
@@ -105,8 +101,7 @@ pub fn run(threads: usize, plan: &AbusePlan) -> Result<()> {
     }
     let peak_mib = server.peak_resident_mib().unwrap_or(f64::NAN);
 
-    let mut load_table = Table::new();
-    load_table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut load_table = crate::output::bordered_table([
         "clients",
         "answered 200/s",
         "÷ first row",
@@ -192,8 +187,7 @@ fn attacks(threads: usize, plan: &AbusePlan, photo: &[u8], upload_mb: usize) -> 
         "4 clients sending 5 MB bodies in 1-byte chunks, 2 MB/s each".to_string(),
         "1 client sending 5,000 requests/s with invented 4 KB method names".to_string(),
     ];
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "attack",
         "shopper 200/s",
         "÷ alone",

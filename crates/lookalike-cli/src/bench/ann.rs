@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::catalogue::export::export_npy;
 use lookalike::index::{SearchMode, VectorIndex};
 use lookalike::store::{SqliteStore, Store};
@@ -137,8 +136,7 @@ pub fn run(db: &Path, queries: usize, k: usize, python: Option<(String, Vec<Stri
         }
     }
     let reference = rows[1].qps.unwrap_or(1.0);
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "library",
         "setting",
         "build s",

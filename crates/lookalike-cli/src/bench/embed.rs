@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::Table;
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Parallelism, Precision, BACKBONES};
 use serde::Deserialize;
 
@@ -110,10 +110,7 @@ pub fn run(
         }
     };
 
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["runtime", "batch", "images/s", "lookalike ÷ this"]);
+    let mut table = crate::output::bordered_table(["runtime", "batch", "images/s", "lookalike ÷ this"]);
     for &(batch, rate) in &ours {
         table.add_row([
             "lookalike (ONNX Runtime via ort)".to_string(),
@@ -185,8 +182,7 @@ fn backbones_table(
     batches: &[usize],
     seconds: f64,
 ) -> Result<Table> {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "backbone".to_string(),
         "precision".into(),
         "input".into(),

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::image::decode_image;
 use lookalike::index::VectorIndex;
 use lookalike::model::ModelDir;
@@ -348,8 +347,7 @@ pub fn run(models: &ModelDir, threads: usize, plan: &LoadPlan) -> Result<()> {
     }
 
     let reference_p50 = rows[0].percentile(50.0);
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "path",
         "concurrency",
         "requests",
@@ -430,10 +428,7 @@ pub fn search(db: &Path, queries: usize, k: usize, category: Option<String>, pos
     let recall = |found: &[Vec<String>]| recall(&exact, found);
     let median = |m: &[f64]| m[m.len() / 2];
     let p99 = |m: &[f64]| percentile(m, 99.0);
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["scan", "p50 ms", "p99 ms", "speed-up", "recall@k vs exact"]);
+    let mut table = crate::output::bordered_table(["scan", "p50 ms", "p99 ms", "speed-up", "recall@k vs exact"]);
     table.add_row([
         "exact f32 (reference)".to_string(),
         format!("{:.2}", median(&exact_ms)),
@@ -505,10 +500,7 @@ pub fn ingest(from: &Path, postgres: &str, products: usize, batch: usize) -> Res
         }
         Ok(Box::new(pg))
     };
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_header(["into", "products", "seconds", "products/s", "÷ SQLite"]);
+    let mut table = crate::output::bordered_table(["into", "products", "seconds", "products/s", "÷ SQLite"]);
     let mut reference = None;
     for (name, open) in [
         (

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::Table;
 use lookalike::image::{decode_image, read_image_file, Preprocessing};
 use lookalike::model::{BackboneSpec, Embedder, ModelDir, Precision, BACKBONES};
 use serde::Deserialize;
@@ -147,8 +147,7 @@ pub fn run(models: &ModelDir, spec: BackboneSpec, threads: usize, plan: &PrepPla
             .find(|r| r.runtime == "Pillow" && r.stage.as_deref() == Some(stage))
             .and_then(|r| r.ms_per_photo)
     };
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "stage (one core)",
         "lookalike ms/photo",
         "Pillow ms/photo",
@@ -206,8 +205,7 @@ fn row(stage: &str, ours: Option<f64>, theirs: Option<f64>) -> [String; 4] {
 /// Every backbone × precision: the network's images/s at batch 32, and what indexing can reach
 /// when each photo also costs its preparation on one of the same cores.
 fn ceilings(models: &ModelDir, threads: usize, stages: &Stages, seconds: f64) -> Result<Table> {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "backbone",
         "precision",
         "network images/s, batch 32",

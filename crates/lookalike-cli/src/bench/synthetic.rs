@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use lookalike::index::dot;
 use lookalike::linalg::{gemm, l2_normalise_rows, Strided};
 use lookalike::recommend::related_for_all;
@@ -286,8 +285,7 @@ impl ClusterModel {
 /// fewer), among themselves: cosine to the 1st and k-th neighbour, and hubness — how unevenly
 /// products appear in others' top k (skewness of the k-occurrence counts; share never chosen).
 pub fn knn_stats(dbs: &[PathBuf], sample: usize, k: usize, seed: u64) -> Result<()> {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+    let mut table = crate::output::bordered_table([
         "catalogue".to_string(),
         "products".into(),
         "cosine to 1st".into(),

@@ -321,12 +321,7 @@ impl AppState {
             Framing::Box(region) => Some(region),
             Framing::Whole | Framing::FindProduct => None,
         };
-        let embedded = Located {
-            embedding: self.embed_parts(&photo, vec![region]).await?.remove(0),
-            region,
-            feature_map: None,
-            whole_photo: None,
-        };
+        let embedded = Located::embedded(region, (self.embed_parts(&photo, vec![region]).await?.remove(0), None));
         if framing != Framing::FindProduct {
             return Ok(embedded);
         }
