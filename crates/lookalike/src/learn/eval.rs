@@ -200,9 +200,10 @@ mod tests {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregation {
-    /// Its best-matching photo (what search does).
+    /// Its best-matching photo.
     Best,
-    /// The mean of its two best-matching photos (the one, if it has one).
+    /// The mean of its two best-matching photos (the one, if it has one): what search does
+    /// ([`crate::types::Metric::product_score`]).
     TopTwo,
     /// The cosine to the mean of its photos' unit vectors.
     Centroid,
