@@ -121,6 +121,10 @@ pub struct Explanation {
     /// `POST /v1/explain` only: the part of the query photo explained (none: all of it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub searched_box: Option<[f32; 4]>,
+    /// Present, and true, when the server was too busy to look for the product in the photo and
+    /// searched it whole (`--photos-in-parts`, `--queue-wait-ms`); asking again later may look.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub searched_whole_when_busy: bool,
 }
 
 impl Explanation {
@@ -138,6 +142,7 @@ impl Explanation {
             matched_image: images.of(product, explained.matched_image),
             backbone_cosine: explained.backbone_cosine,
             searched_box: None,
+            searched_whole_when_busy: false,
         }
     }
 }
@@ -194,6 +199,10 @@ pub struct Results {
     /// busy photo): that part, `[x0, y0, x1, y1]` in the photo's pixels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub searched_box: Option<[f32; 4]>,
+    /// Present, and true, when the server was too busy to look for the product in the photo and
+    /// searched it whole (`--photos-in-parts`, `--queue-wait-ms`); asking again later may look.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub searched_whole_when_busy: bool,
 }
 
 /// A product found in a photo, with the products that look like it.
@@ -212,6 +221,10 @@ pub struct Region {
 pub struct Regions {
     pub metric: ScoredBy,
     pub regions: Vec<Region>,
+    /// Present, and true, when the server was too busy to look for the product in the photo and
+    /// answered the whole photo as its one region (`--photos-in-parts`, `--queue-wait-ms`); asking again later may look.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub searched_whole_when_busy: bool,
 }
 
 impl Regions {
@@ -228,6 +241,7 @@ impl Regions {
                     results: Results::new(&answer.hits, answer.scored_by, None, images).results,
                 })
                 .collect(),
+            searched_whole_when_busy: false,
         }
     }
 }
@@ -262,6 +276,7 @@ impl Results {
                     .collect()
             }),
             searched_box: None,
+            searched_whole_when_busy: false,
         }
     }
 

@@ -282,7 +282,7 @@ impl AppState {
     /// The photo in `bytes` embedded whole (decoded by one of the decoders, then through the
     /// batcher). `ticket` is the image's admission, kept until it is embedded.
     async fn embed(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<ImageEmbedding> {
-        Ok(self.locate(bytes, Framing::Whole, ticket).await?.embedding)
+        Ok(self.locate(bytes, Framing::Whole, ticket).await?.0.embedding)
     }
 
     /// A place among the photos searched in parts (to hold while it looks), waited for as an
@@ -300,22 +300,34 @@ impl AppState {
         ticket
     }
 
-    /// `framing` as the server can afford it: looking for the product with a place among the
+    /// `framing` as the server can afford it now: looking for the product with a place among the
     /// photos searched in parts ([`Self::place_in_parts`]), else the whole photo.
-    pub(crate) async fn affordable(&self, framing: Framing) -> (Framing, Option<PartsTicket>) {
-        if framing != Framing::FindProduct {
-            return (framing, None);
-        }
-        match self.place_in_parts().await {
-            Some(ticket) => (framing, Some(ticket)),
-            None => (Framing::Whole, None),
+    pub(crate) async fn affordable(&self, framing: Framing) -> Afforded {
+        let place = match framing {
+            Framing::FindProduct => self.place_in_parts().await,
+            Framing::Whole | Framing::Box(_) => None,
+        };
+        let when_busy = framing == Framing::FindProduct && place.is_none();
+        Afforded {
+            framing: if when_busy { Framing::Whole } else { framing },
+            place,
+            searched_whole_when_busy: when_busy,
         }
     }
 
     /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), or whole
-    /// when the server cannot afford to look for the product ([`Self::affordable`]).
-    async fn locate(self: &Arc<Self>, bytes: Bytes, framing: Framing, ticket: ImageTicket) -> ApiResult<Located> {
-        let (framing, in_parts) = self.affordable(framing).await;
+    /// when the server cannot afford to look for the product ([`Self::affordable`]), and whether it was searched whole for that.
+    async fn locate(
+        self: &Arc<Self>,
+        bytes: Bytes,
+        framing: Framing,
+        ticket: ImageTicket,
+    ) -> ApiResult<(Located, bool)> {
+        let Afforded {
+            framing,
+            place,
+            searched_whole_when_busy,
+        } = self.affordable(framing).await;
         let photo = self.decode(bytes).await?;
         let region = match framing {
             Framing::Box(region) => Some(region),
@@ -323,18 +335,20 @@ impl AppState {
         };
         let embedded = Located::embedded(region, (self.embed_parts(&photo, vec![region]).await?.remove(0), None));
         if framing != Framing::FindProduct {
-            return Ok(embedded);
+            return Ok((embedded, searched_whole_when_busy));
         }
         let located = on_catalogue(self, move |shop| shop.find_part(&photo, embedded, false)).await;
-        drop((ticket, in_parts));
-        located
+        drop((ticket, place));
+        Ok((located?, false))
     }
 
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]), or the whole photo
-    /// as its one region when the server is too busy to look ([`Self::place_in_parts`]).
-    async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<Vec<FoundRegion>> {
+    /// as its one region when the server is too busy to look ([`Self::place_in_parts`]), and
+    /// whether it was that.
+    async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<(Vec<FoundRegion>, bool)> {
         let in_parts = self.place_in_parts().await;
         let photo = self.decode(bytes).await?;
+        let searched_whole_when_busy = in_parts.is_none();
         let found = if in_parts.is_some() {
             on_catalogue(self, move |shop| shop.products_in(&photo)).await
         } else {
@@ -342,7 +356,7 @@ impl AppState {
             on_catalogue(self, move |shop| shop.whole_photo_region(&photo, whole)).await
         };
         drop((ticket, in_parts));
-        found
+        Ok((found?, searched_whole_when_busy))
     }
 
     /// `bytes` decoded, waiting for one of the decoders.
@@ -392,6 +406,15 @@ fn decode_failure(err: &ImageError) -> &'static str {
 }
 
 /// A multipart form: the `image` part's bytes and the other fields as text.
+/// What a photo query can afford now ([`AppState::affordable`]).
+pub(crate) struct Afforded {
+    pub framing: Framing,
+    /// Its place among the photos searched in parts, held while it looks.
+    pub place: Option<PartsTicket>,
+    /// It asked for the product to be looked for, and the server is too busy: searched whole.
+    pub searched_whole_when_busy: bool,
+}
+
 struct Form {
     image: Option<Bytes>,
     fields: std::collections::HashMap<String, String>,

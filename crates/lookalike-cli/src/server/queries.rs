@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::{on_catalogue, read_form, ApiResult, Shared};
+use super::{on_catalogue, read_form, Afforded, ApiResult, Shared};
 use crate::answers::{corners, Explanation, Images, Product, Regions, Results};
 
 const MAX_K: usize = 200;
@@ -190,7 +190,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         (image, _) => image,
     };
     if let (true, Some(image)) = (regions, &image) {
-        let found = state.find_products(image.clone(), ticket).await?;
+        let (found, searched_whole_when_busy) = state.find_products(image.clone(), ticket).await?;
         let answers = on_catalogue(&state, {
             let found = found.clone();
             move |c| {
@@ -208,23 +208,32 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
             }
         })
         .await?;
-        return Ok(Json(json!(Regions::new(&found, &answers, Images::Urls))));
+        let mut regions = Regions::new(&found, &answers, Images::Urls);
+        regions.searched_whole_when_busy = searched_whole_when_busy;
+        return Ok(Json(json!(regions)));
     }
-    let located = match image {
+    let (located, searched_whole_when_busy) = match image {
         None => {
             drop(ticket); // words alone take no place in the image pipeline
-            None
+            (None, false)
         }
         // Explaining needs the searched part's feature map: the network gives it with the
         // embedding, run here instead of through the batcher (the place in the pipeline is held).
         Some(image) if explain => {
-            let (framing, in_parts) = state.affordable(framing).await;
+            let Afforded {
+                framing,
+                place,
+                searched_whole_when_busy,
+            } = state.affordable(framing).await;
             let photo = state.decode(image).await?;
             let located = on_catalogue(&state, move |c| c.locate(&photo, &framing, true)).await?;
-            drop((ticket, in_parts));
-            Some(located)
+            drop((ticket, place));
+            (Some(located), searched_whole_when_busy)
         }
-        Some(image) => Some(state.locate(image, framing, ticket).await?),
+        Some(image) => {
+            let (located, searched_whole_when_busy) = state.locate(image, framing, ticket).await?;
+            (Some(located), searched_whole_when_busy)
+        }
     };
     let searched = located.as_ref().and_then(|l| l.region);
     let (answer, explanations) = on_catalogue(&state, move |c| {
@@ -245,7 +254,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         Ok((answer, explanations))
     })
     .await?;
-    let results = Results::new(
+    let mut results = Results::new(
         &answer.hits,
         answer.scored_by,
         answer.likely_categories.as_deref(),
@@ -253,6 +262,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
     )
     .searched(searched.as_ref())
     .explained(&answer.hits, &explanations, Images::Urls);
+    results.searched_whole_when_busy = searched_whole_when_busy;
     Ok(Json(json!(results)))
 }
 
@@ -267,16 +277,21 @@ pub async fn explain(State(state): State<Shared>, multipart: Multipart) -> ApiRe
     let image = form
         .image
         .ok_or_else(|| ApiError::bad_request("send the photo to explain: the field `image`"))?;
-    let (framing, in_parts) = state.affordable(framing).await;
+    let Afforded {
+        framing,
+        place,
+        searched_whole_when_busy,
+    } = state.affordable(framing).await;
     let photo = state.decode(image).await?;
     let (product, searched, explained) = on_catalogue(&state, move |c| {
         let (searched, explained) = c.explain_product(&photo, &framing, &id)?;
         Ok((c.product(&id)?, searched, explained))
     })
     .await?;
-    drop((ticket, in_parts));
+    drop((ticket, place));
     let mut answer = Explanation::new(&explained, &product, Images::Urls);
     answer.searched_box = searched.as_ref().map(corners);
+    answer.searched_whole_when_busy = searched_whole_when_busy;
     Ok(Json(json!(answer)))
 }
 

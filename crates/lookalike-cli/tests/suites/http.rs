@@ -725,6 +725,8 @@ fn photos_searched_in_parts_are_bounded_and_a_busy_server_searches_whole() {
     let (status, alone) = post(&[]);
     assert_eq!(status, StatusCode::OK, "{alone}");
     assert!(alone.get("searched_box").is_some(), "alone, the product is looked for: {alone}");
+    assert!(alone.get("searched_whole_when_busy").is_none(), "{alone}");
+    let when_busy = |body: &Value| body["searched_whole_when_busy"] == json!(true);
 
     let searches = at_once(&[]);
     assert!(searches.iter().all(|(s, _)| *s == StatusCode::OK), "{searches:?}");
@@ -732,6 +734,10 @@ fn photos_searched_in_parts_are_bounded_and_a_busy_server_searches_whole() {
         searches.iter().any(|(_, body)| body.get("searched_box").is_none()),
         "8 busy photos at once, one place: some are searched whole"
     );
+    // Each answer says which: the part it searched, or that the server was too busy to look.
+    for (_, body) in &searches {
+        assert_ne!(body.get("searched_box").is_some(), when_busy(body), "{body}");
+    }
     let looks = at_once(&[("regions", "true")]);
     assert!(looks.iter().all(|(s, _)| *s == StatusCode::OK), "{looks:?}");
     let whole = json!([0.0, 0.0, 1000.0, 500.0]);
@@ -740,6 +746,9 @@ fn photos_searched_in_parts_are_bounded_and_a_busy_server_searches_whole() {
         looks.iter().any(|(_, body)| searched_whole(body)),
         "8 at once, one place, no wait: some answered with the whole photo as one region"
     );
+    for (_, body) in &looks {
+        assert_eq!(searched_whole(body), when_busy(body), "{body}");
+    }
     let metrics = client().get(format!("{}/metrics", server.base)).send().unwrap().text().unwrap();
     assert!(
         metrics.contains("lookalike_searched_whole_when_busy_total "),
@@ -748,6 +757,7 @@ fn photos_searched_in_parts_are_bounded_and_a_busy_server_searches_whole() {
     let (status, body) = post(&[("regions", "true")]);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!searched_whole(&body), "alone again, the products are looked for: {body}");
+    assert!(!when_busy(&body), "{body}");
 }
 
 #[test]

@@ -178,7 +178,8 @@ async function search(box = null) {
       : "";
     const what = photo ? "similar products" : `products matching “${words}”`;
     const where = found.length > 1 ? ` for each of ${found.length} products found in the photo` : box ? " for the part you marked" : "";
-    status.textContent = `${shown.length} ${what}${where}${guessed} in ${Math.round(performance.now() - started)} ms`;
+    const busy = body.searched_whole_when_busy ? " (the server was busy and searched the whole photo: mark the product, or try again)" : "";
+    status.textContent = `${shown.length} ${what}${where}${guessed} in ${Math.round(performance.now() - started)} ms${busy}`;
   } catch (e) {
     results.replaceChildren();
     status.textContent = "";
