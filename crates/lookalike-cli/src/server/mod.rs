@@ -316,7 +316,8 @@ impl AppState {
     }
 
     /// The photo in `bytes` embedded as `framing` says (see [`Shop::embed_photo`]), or whole
-    /// when the server cannot afford to look for the product ([`Self::affordable`]), and whether it was searched whole for that.
+    /// when the server cannot afford to look for the product ([`Self::affordable`]); and whether
+    /// it was searched whole for that.
     async fn locate(
         self: &Arc<Self>,
         bytes: Bytes,
@@ -405,7 +406,6 @@ fn decode_failure(err: &ImageError) -> &'static str {
     }
 }
 
-/// A multipart form: the `image` part's bytes and the other fields as text.
 /// What a photo query can afford now ([`AppState::affordable`]).
 pub(crate) struct Afforded {
     pub framing: Framing,
@@ -415,6 +415,7 @@ pub(crate) struct Afforded {
     pub searched_whole_when_busy: bool,
 }
 
+/// A multipart form: the `image` part's bytes and the other fields as text.
 struct Form {
     image: Option<Bytes>,
     fields: std::collections::HashMap<String, String>,
