@@ -221,8 +221,9 @@ pub struct Region {
 pub struct Regions {
     pub metric: ScoredBy,
     pub regions: Vec<Region>,
-    /// Present, and true, when the server was too busy to look for the product in the photo and
-    /// answered the whole photo as its one region (`--photos-in-parts`, `--queue-wait-ms`); asking again later may look.
+    /// Present, and true, when the server was too busy to look for products in the photo and
+    /// answered the whole photo as its one region (`--photos-in-parts`, `--queue-wait-ms`);
+    /// asking again later may look.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub searched_whole_when_busy: bool,
 }

@@ -211,7 +211,7 @@ pub fn print_duplicates(duplicates: &lookalike::shop::Duplicates, as_json: bool)
         println!("{}", serde_json::to_string_pretty(&groups)?);
         return Ok(());
     }
-    let mut table = crate::output::bordered_table(["group", "kind", "lowest similarity", "id", "title", "image"]);
+    let mut table = bordered_table(["group", "kind", "lowest similarity", "id", "title", "image"]);
     for (n, g) in groups.iter().enumerate() {
         for id in &g.ids {
             let p = duplicates.members.get(id);

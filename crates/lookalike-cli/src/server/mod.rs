@@ -340,23 +340,26 @@ impl AppState {
         }
         let located = on_catalogue(self, move |shop| shop.find_part(&photo, embedded, false)).await;
         drop((ticket, place));
-        Ok((located?, false))
+        Ok((located?, searched_whole_when_busy))
     }
 
     /// "Shop the look" for the photo in `bytes` (see [`Shop::find_products`]), or the whole photo
-    /// as its one region when the server is too busy to look ([`Self::place_in_parts`]), and
+    /// as its one region when the server is too busy to look ([`Self::affordable`]), and
     /// whether it was that.
     async fn find_products(self: &Arc<Self>, bytes: Bytes, ticket: ImageTicket) -> ApiResult<(Vec<FoundRegion>, bool)> {
-        let in_parts = self.place_in_parts().await;
+        let Afforded {
+            place,
+            searched_whole_when_busy,
+            ..
+        } = self.affordable(Framing::FindProduct).await;
         let photo = self.decode(bytes).await?;
-        let searched_whole_when_busy = in_parts.is_none();
-        let found = if in_parts.is_some() {
-            on_catalogue(self, move |shop| shop.products_in(&photo)).await
-        } else {
+        let found = if searched_whole_when_busy {
             let whole = self.embed_parts(&photo, vec![None]).await?.remove(0);
             on_catalogue(self, move |shop| shop.whole_photo_region(&photo, whole)).await
+        } else {
+            on_catalogue(self, move |shop| shop.products_in(&photo)).await
         };
-        drop((ticket, in_parts));
+        drop((ticket, place));
         Ok((found?, searched_whole_when_busy))
     }
 
