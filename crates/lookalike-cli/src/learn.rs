@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::feature_cache::{self, class_of, FeatureCache, FolderFeatures};
 use lookalike::index::category_vote::{voted_by, VOTE_POOL};
 use lookalike::index::VectorIndex;
@@ -22,6 +21,8 @@ use lookalike::scenes::{kind_precision, pointing_game, scene_recall, PointingRep
 use lookalike::shop::Shop;
 use lookalike::types::{Filter, Metric, StoredProduct, Words};
 use rayon::prelude::*;
+
+use crate::output::progress_bar;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LossArg {
@@ -286,14 +287,6 @@ impl EvalCommand {
     }
 }
 
-fn progress_bar(message: String) -> ProgressBar {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec}").expect("valid progress template"),
-    );
-    bar.set_message(message);
-    bar
-}
-
 /// Features of `views` seeded augmented views of each training image, embedded once and cached.
 fn augmented_features(
     embedder: &Embedder,
@@ -428,7 +421,7 @@ pub fn train_kinds(shop: &Shop, backgrounds: Option<&Path>, seed: u64, json: boo
         Some(folder) => Backgrounds::from_files(&lookalike::catalogue::image_files(folder)?)?,
         None => Backgrounds::bundled()?,
     };
-    let bar = progress_bar("views".into());
+    let bar = progress_bar("views");
     let summary = shop.learn_kinds(&backgrounds, seed, &mut |done, of| {
         bar.set_length(of as u64);
         bar.set_position(done as u64)
@@ -912,7 +905,8 @@ fn unit_rows(vectors: impl Iterator<Item = Vec<f32>>) -> Vec<Vec<f32>> {
 
 /// Pooled features of every photo of `products` seen in a mirror, in photo order.
 fn mirrored_features(embedder: &Embedder, products: &[StoredProduct]) -> Result<Vec<Vec<Vec<f32>>>> {
-    let bar = ProgressBar::new(products.iter().map(|p| 1 + p.more_images.len()).sum::<usize>() as u64);
+    let bar = progress_bar("mirrored photos");
+    bar.set_length(products.iter().map(|p| 1 + p.more_images.len()).sum::<usize>() as u64);
     let mut out = Vec::with_capacity(products.len());
     for p in products {
         let tensors: Vec<Vec<f32>> = p

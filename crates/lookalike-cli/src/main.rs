@@ -13,7 +13,6 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::catalogue::indexer::{embed_files, DEFAULT_BATCH_SIZE};
 use lookalike::catalogue::Layout;
 use lookalike::index::SearchMode;
@@ -491,10 +490,7 @@ fn default_upload_dir(db: &str) -> PathBuf {
 /// Indexes `request` into `shop` with a progress bar, then names each skipped image on stderr
 /// and sums up; true if some images were skipped.
 fn index_with_progress(shop: &Shop, request: &IndexRequest) -> Result<bool> {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-            .expect("valid progress template"),
-    );
+    let bar = output::progress_bar("products");
     let summary = shop.index(request, &mut |done, of| {
         bar.set_length(of as u64);
         bar.set_position(done as u64)

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ColumnConstraint, ContentArrangement, Row, Table, Width};
+use indicatif::{ProgressBar, ProgressStyle};
 use lookalike::explain::Explanation;
 use lookalike::image::ImageError;
 use lookalike::model::labels::Prediction;
@@ -87,6 +88,17 @@ pub fn print_regions(found: &[FoundRegion], answers: &[Answer], as_json: bool) -
 
 fn shown(region: &PhotoBox) -> String {
     format!("{:.0},{:.0},{:.0},{:.0}", region.x0, region.y0, region.x1, region.y1)
+}
+
+/// The CLI's one progress bar: `message`, the bar, how many of how many, their rate and the time
+/// left; its length is set once known.
+pub fn progress_bar(message: impl Into<std::borrow::Cow<'static, str>>) -> ProgressBar {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid progress template"),
+    );
+    bar.set_message(message);
+    bar
 }
 
 /// A table with the CLI's borders and `header`.
