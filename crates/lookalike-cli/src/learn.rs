@@ -208,6 +208,10 @@ pub enum EvalCommand {
         /// product, in the same scenes of one product.
         #[arg(long)]
         explain: bool,
+        /// Also the default search's 20 best re-ranked by local likeness (each catalogue photo's
+        /// feature map kept in memory: at most 5,000 photos).
+        #[arg(long)]
+        local_rerank: bool,
     },
     /// Category retrieval from shoppers'-style photos (folders named for a kind) against a
     /// catalogue's packshots, searched whole and as `search` does by default: precision@1 and @5,
@@ -660,12 +664,14 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             seed,
             json,
             explain,
+            local_rerank,
         } => {
             let store = lookalike::store::open_store_read_only(&db)?;
             let options = SceneOptions {
                 singles,
                 pairs,
                 seed,
+                local_rerank,
                 ..SceneOptions::default()
             };
             if explain {

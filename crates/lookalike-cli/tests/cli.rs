@@ -357,6 +357,32 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     assert_eq!(report["pairs"], 6, "{report}");
     assert_eq!(report["learnt_kinds"], false, "{report}");
 
+    // The same scenes with the default search's best re-ranked by local likeness: one row more,
+    // the others unchanged.
+    let args = [
+        "eval",
+        "scenes",
+        "--db",
+        s(&db),
+        "--backgrounds",
+        s(&backgrounds),
+        "--singles",
+        "16",
+        "--pairs",
+        "0",
+        "--local-rerank",
+        "--json",
+    ];
+    let locally = serde_json::from_str::<Value>(&ok_text(lookalike(&args))).unwrap();
+    let rows = locally["singles"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{locally}");
+    assert_eq!(rows[..5], singles[..], "{locally}");
+    assert_eq!(rows[5]["queries"], 16, "{locally}");
+    assert!(
+        (0.0..=1.0).contains(&rows[5]["recall_at_1"].as_f64().unwrap()),
+        "{locally}"
+    );
+
     // A catalogue of another backbone is measured with its own, not the default.
     let lite0 = dir.path().join("lite0.db");
     ok_text(lookalike(&[

@@ -23,10 +23,10 @@ use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::catalogue::{image_files, labelled_images};
-use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
+use crate::explain::{explain, feature_maps, feature_maps_of, most_alike_pair, FeatureMap, LocalCells};
 use crate::image::cutout::{cut_out, paste, studio_backdrop};
 use crate::image::{load_image, Photo};
-use crate::learn::eval::{held_out_rank_voted, Aggregation};
+use crate::learn::eval::{held_out_order_voted, held_out_rank_voted, Aggregation};
 use crate::learn::kinds::ProductKinds;
 use crate::linalg::unit;
 use crate::locate::{self, pick, search_windows, whole_is_enough, Candidate};
@@ -45,7 +45,13 @@ pub struct SceneOptions {
     pub seed: u64,
     /// The pasted product's height as a share of the scene's, drawn from this range.
     pub height_share: (f32, f32),
+    /// Also measure the default search's best products re-ranked by local likeness
+    /// ([`locate::reranked_locally`]); every catalogue photo's feature map is then kept in memory.
+    pub local_rerank: bool,
 }
+
+/// Catalogue photos `--local-rerank` keeps the feature maps of (0.33 MB each at 1280 channels).
+pub const MAX_LOCAL_RERANK_PHOTOS: usize = 5_000;
 
 impl Default for SceneOptions {
     fn default() -> Self {
@@ -54,6 +60,7 @@ impl Default for SceneOptions {
             pairs: 100,
             seed: 7,
             height_share: (1.0 / 3.0, 0.5),
+            local_rerank: false,
         }
     }
 }
@@ -71,7 +78,8 @@ pub struct SceneRecall {
 pub struct SceneReport {
     /// Scenes of one product: the whole photo, the default search, the product's true box, the part
     /// the default search picked before it is narrowed, the true box with the scene around the
-    /// product made white (a perfect cut-out: what the scene's backdrop costs).
+    /// product made white (a perfect cut-out: what the scene's backdrop costs), and with
+    /// [`SceneOptions::local_rerank`] the default search re-ranked by local likeness.
     pub singles: Vec<SceneRecall>,
     /// Every held-out photo as it is (a packshot): searched whole, and by default.
     pub clean: Vec<SceneRecall>,
@@ -215,6 +223,42 @@ pub fn scene_recall(
         )
     };
     let rank = |query: &[f32], photo: &HeldOut| rank_part(query, query, photo);
+    let local_cells = if options.local_rerank {
+        Some(catalogue_local_cells(&products, &search.explainer)?)
+    } else {
+        None
+    };
+    // The part searched in `scene`, its products re-ranked by their photos' local likeness to it.
+    let rank_locally = |scene: &Photo, region: Option<PhotoBox>, part: &[f32], whole: &[f32], photo: &HeldOut| {
+        let cells = local_cells.as_ref().expect("local cells were made");
+        let views = [part, whole];
+        let (order, scores) = held_out_order_voted(
+            &gallery,
+            &categories,
+            kinds.as_ref().map(|kinds| (kinds, &views[..])),
+            photo.product,
+            photo.view,
+            part,
+            Aggregation::TopTwo,
+        );
+        let map = feature_maps(&search.explainer, scene, &[region.as_ref()])?.remove(0).0;
+        let part_cells = LocalCells::of(&map);
+        let likeness = |product: usize| {
+            cells[product]
+                .iter()
+                .enumerate()
+                .filter(|&(view, _)| (product, view) != (photo.product, photo.view))
+                .map(|(_, theirs)| part_cells.likeness_to(theirs))
+                .fold(f32::MIN, f32::max)
+        };
+        let reranked = locate::reranked_locally(&order, |product| scores[product] + likeness(product));
+        Ok::<_, anyhow::Error>(
+            reranked
+                .iter()
+                .position(|&p| p == photo.product)
+                .expect("every product is ranked"),
+        )
+    };
     let (mut whole, mut found, mut boxed, mut picked, mut cut_out_boxed) = (
         Counts::default(),
         Counts::default(),
@@ -223,6 +267,7 @@ pub fn scene_recall(
         Counts::default(),
     );
     let mut searched_whole = 0usize;
+    let mut locally = Counts::default();
     for _ in 0..options.singles {
         let SingleScene {
             scene,
@@ -242,10 +287,16 @@ pub fn scene_recall(
             photo,
         ));
         match search.part_to_search(&scene, &embedded, &scores, &[photo])? {
-            Some((_, part)) => found.add(rank_part(&part, &vectors[0], photo)),
+            Some((region, part)) => {
+                found.add(rank_part(&part, &vectors[0], photo));
+                if local_cells.is_some() {
+                    locally.add(rank_locally(&scene, region, &part, &vectors[0], photo)?);
+                }
+            }
             None => {
                 searched_whole += 1;
                 found.add(rank(&vectors[0], photo));
+                locally.add(rank(&vectors[0], photo));
             }
         }
         boxed.add(rank(&search.embed(&scene, &[Some(placed)])?[0], photo));
@@ -308,14 +359,21 @@ pub fn scene_recall(
         both_regions += usize::from(found_in_a_region(first, boxes[0]) && found_in_a_region(second, boxes[1]));
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
+    let mut singles = vec![
+        whole.recall("whole photo"),
+        found.recall("default search (finds the product)"),
+        boxed.recall("the product's true box"),
+        picked.recall("the part picked, not narrowed (before)"),
+        cut_out_boxed.recall("the true box, the scene around it white"),
+    ];
+    if local_cells.is_some() {
+        singles.push(locally.recall(&format!(
+            "default search, its {} best re-ranked by local likeness",
+            locate::LOCAL_RERANK_DEPTH
+        )));
+    }
     Ok(SceneReport {
-        singles: vec![
-            whole.recall("whole photo"),
-            found.recall("default search (finds the product)"),
-            boxed.recall("the product's true box"),
-            picked.recall("the part picked, not narrowed (before)"),
-            cut_out_boxed.recall("the true box, the scene around it white"),
-        ],
+        singles,
         clean: vec![
             clean_whole.recall("clean held-out photos, whole"),
             clean_found.recall("clean held-out photos, default search"),
@@ -530,6 +588,29 @@ pub fn mirrored_search(
 /// whole photo's first) given: it matches closely, or has no windows.
 fn keeps_to_the_whole(windows: &[PhotoBox], scores: &[f32]) -> bool {
     whole_is_enough(scores[0]) || windows.is_empty()
+}
+
+/// Every photo of every product as [`LocalCells`], refused above [`MAX_LOCAL_RERANK_PHOTOS`].
+fn catalogue_local_cells(products: &[StoredProduct], explainer: &Embedder) -> Result<Vec<Vec<LocalCells>>> {
+    let photos: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
+    ensure!(
+        photos <= MAX_LOCAL_RERANK_PHOTOS,
+        "--local-rerank keeps every catalogue photo's feature map in memory: at most {MAX_LOCAL_RERANK_PHOTOS} photos, this catalogue has {photos}"
+    );
+    products
+        .iter()
+        .map(|product| {
+            let photos: Vec<Photo> = product
+                .image_paths()
+                .map(|path| Ok(scene_photo(load_image(Path::new(path))?)))
+                .collect::<Result<_>>()?;
+            let whole: Vec<(&Photo, Option<&PhotoBox>)> = photos.iter().map(|photo| (photo, None)).collect();
+            Ok(feature_maps_of(explainer, &whole)?
+                .iter()
+                .map(|(map, _)| LocalCells::of(map))
+                .collect())
+        })
+        .collect()
 }
 
 /// Every product's photos' vectors, as unit vectors.

@@ -331,12 +331,27 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
     query: &[f32],
     aggregation: Aggregation,
 ) -> usize {
+    let order = held_out_order_voted(products, categories, kinds, own, held_out, query, aggregation).0;
+    order.iter().position(|&i| i == own).expect("every product is ranked")
+}
+
+/// The order [`held_out_rank_voted`] ranks in (every product, best first), with each product's
+/// own score for `query`.
+pub fn held_out_order_voted<K: Eq + Hash>(
+    products: &[Vec<Vec<f32>>],
+    categories: &[K],
+    kinds: Option<(&ProductKinds, &[&[f32]])>,
+    own: usize,
+    held_out: usize,
+    query: &[f32],
+    aggregation: Aggregation,
+) -> (Vec<usize>, Vec<f32>) {
     let scores = held_out_scores(products, own, held_out, query, aggregation);
     let mut order: Vec<usize> = (0..products.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let ranked_scores: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
     if !votes(ranked_scores.first().copied()) {
-        return order.iter().position(|&i| i == own).expect("every product is ranked");
+        return (order, scores);
     }
     let ranked_categories: Vec<&K> = order.iter().map(|&i| &categories[i]).collect();
     let ranked_chances: Vec<Option<f32>> = match kinds {
@@ -346,10 +361,11 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
         }
         None => Vec::new(),
     };
-    voted_order(&ranked_scores, &ranked_categories, &ranked_chances)
+    let voted: Vec<usize> = voted_order(&ranked_scores, &ranked_categories, &ranked_chances)
         .into_iter()
-        .position(|j| order[j] == own)
-        .expect("every product is ranked")
+        .map(|j| order[j])
+        .collect();
+    (voted, scores)
 }
 
 /// Each product's score for `query`, product `own` without its photo `held_out`.
