@@ -708,6 +708,9 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 report.pairs_both_in_found_regions_top_5,
                 report.pairs_both_in_own_box_top_5
             );
+            if let Some(share) = report.pairs_both_in_found_regions_top_5_reranked_locally {
+                println!("each among the 5 best of a region found around it, re-ranked by local likeness {share:.3}");
+            }
             if report.learnt_kinds {
                 println!(
                     "the catalogue's learnt kinds ranked these scenes; they were learnt from the held-out photos too, which flatters them"

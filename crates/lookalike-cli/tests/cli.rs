@@ -369,7 +369,7 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
         "--singles",
         "16",
         "--pairs",
-        "0",
+        "2",
         "--local-rerank",
         "--json",
     ];
@@ -381,6 +381,14 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     assert!(
         (0.0..=1.0).contains(&rows[5]["recall_at_1"].as_f64().unwrap()),
         "{locally}"
+    );
+    let pairs_locally = locally["pairs_both_in_found_regions_top_5_reranked_locally"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&pairs_locally), "{locally}");
+    assert!(
+        report["pairs_both_in_found_regions_top_5_reranked_locally"].is_null(),
+        "{report}"
     );
 
     // A catalogue of another backbone is measured with its own, not the default.

@@ -93,6 +93,9 @@ pub struct SceneReport {
     /// Share of two-product scenes with each product among the 5 best of a region "shop the
     /// look" found around its centre.
     pub pairs_both_in_found_regions_top_5: f64,
+    /// The same with each region's products re-ranked by local likeness
+    /// ([`SceneOptions::local_rerank`]).
+    pub pairs_both_in_found_regions_top_5_reranked_locally: Option<f64>,
     /// Whether the catalogue's learnt kinds ranked the scenes: they were learnt from the held-out
     /// photos too, which flatters them.
     pub learnt_kinds: bool,
@@ -325,6 +328,7 @@ pub fn scene_recall(
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
+    let mut both_regions_locally = 0usize;
     for _ in 0..options.pairs {
         let first = &held_out[rng.usize(..held_out.len())];
         let second = loop {
@@ -350,13 +354,30 @@ pub fn scene_recall(
         // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
         // found around its centre.
         let regions = search.regions(&scene, &embedded, &both)?;
-        let found_in_a_region = |photo: &HeldOut, placed: PhotoBox| {
+        let found_in_a_region = |photo: &HeldOut, placed: PhotoBox, locally: bool| -> Result<bool> {
             let (x, y) = ((placed.x0 + placed.x1) / 2.0, (placed.y0 + placed.y1) / 2.0);
-            regions
+            for (r, vector) in regions
                 .iter()
-                .any(|(r, vector)| (r.x0..r.x1).contains(&x) && (r.y0..r.y1).contains(&y) && rank(vector, photo) < 5)
+                .filter(|(r, _)| (r.x0..r.x1).contains(&x) && (r.y0..r.y1).contains(&y))
+            {
+                let rank = if locally {
+                    rank_locally(&scene, Some(*r), vector, vector, photo)?
+                } else {
+                    rank(vector, photo)
+                };
+                if rank < 5 {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
         };
-        both_regions += usize::from(found_in_a_region(first, boxes[0]) && found_in_a_region(second, boxes[1]));
+        let both_found = |locally| -> Result<bool> {
+            Ok(found_in_a_region(first, boxes[0], locally)? && found_in_a_region(second, boxes[1], locally)?)
+        };
+        both_regions += usize::from(both_found(false)?);
+        if local_cells.is_some() {
+            both_regions_locally += usize::from(both_found(true)?);
+        }
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
     let mut singles = vec![
@@ -383,6 +404,7 @@ pub fn scene_recall(
         pairs_both_in_whole_top_10: share(both_whole),
         pairs_both_in_own_box_top_5: share(both_boxes),
         pairs_both_in_found_regions_top_5: share(both_regions),
+        pairs_both_in_found_regions_top_5_reranked_locally: local_cells.is_some().then(|| share(both_regions_locally)),
         learnt_kinds: kinds.is_some(),
     })
 }
