@@ -298,8 +298,8 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     let db = dir.path().join("shop.db");
     ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
     let backgrounds = demo().join("images");
-    let run = || {
-        let args = [
+    let run = |pairs: &str, more: &[&str]| {
+        let mut args = vec![
             "eval",
             "scenes",
             "--db",
@@ -309,13 +309,14 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
             "--singles",
             "16",
             "--pairs",
-            "6",
+            pairs,
             "--json",
         ];
+        args.extend(more);
         serde_json::from_str::<Value>(&ok_text(lookalike(&args))).unwrap()
     };
-    let report = run();
-    assert_eq!(report, run(), "seeded: the same scenes every time");
+    let report = run("6", &[]);
+    assert_eq!(report, run("6", &[]), "seeded: the same scenes every time");
     let singles = report["singles"].as_array().unwrap();
     assert_eq!(
         singles.len(),
@@ -359,21 +360,7 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
 
     // The same scenes with the default search's best re-ranked by local likeness: one row more,
     // the others unchanged.
-    let args = [
-        "eval",
-        "scenes",
-        "--db",
-        s(&db),
-        "--backgrounds",
-        s(&backgrounds),
-        "--singles",
-        "16",
-        "--pairs",
-        "2",
-        "--local-rerank",
-        "--json",
-    ];
-    let locally = serde_json::from_str::<Value>(&ok_text(lookalike(&args))).unwrap();
+    let locally = run("2", &["--local-rerank"]);
     let rows = locally["singles"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "{locally}");
     assert_eq!(rows[..5], singles[..], "{locally}");
