@@ -208,10 +208,6 @@ pub enum EvalCommand {
         /// product, in the same scenes of one product.
         #[arg(long)]
         explain: bool,
-        /// Also the default search's 20 best re-ranked by local likeness (each catalogue photo's
-        /// feature map kept in memory: at most 5,000 photos).
-        #[arg(long)]
-        local_rerank: bool,
     },
     /// Category retrieval from shoppers'-style photos (folders named for a kind) against a
     /// catalogue's packshots, searched whole and as `search` does by default: precision@1 and @5,
@@ -664,14 +660,12 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
             seed,
             json,
             explain,
-            local_rerank,
         } => {
             let store = lookalike::store::open_store_read_only(&db)?;
             let options = SceneOptions {
                 singles,
                 pairs,
                 seed,
-                local_rerank,
                 ..SceneOptions::default()
             };
             if explain {
@@ -708,8 +702,8 @@ pub fn eval(command: EvalCommand, embedder: &Embedder) -> Result<()> {
                 report.pairs_both_in_found_regions_top_5,
                 report.pairs_both_in_own_box_top_5
             );
-            if let Some(share) = report.pairs_both_in_found_regions_top_5_reranked_locally {
-                println!("each among the 5 best of a region found around it, re-ranked by local likeness {share:.3}");
+            if let Some(share) = report.pairs_both_in_found_regions_top_5_without_local_reranking {
+                println!("each among the 5 best of a region found around it, without local re-ranking {share:.3}");
             }
             if report.learnt_kinds {
                 println!(

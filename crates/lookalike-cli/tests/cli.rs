@@ -298,12 +298,12 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     let db = dir.path().join("shop.db");
     ok_text(lookalike(&["index", s(&shop.join("magento.csv")), "--db", s(&db)]));
     let backgrounds = demo().join("images");
-    let run = |pairs: &str, more: &[&str]| {
-        let mut args = vec![
+    let run = |db: &Path, pairs: &str| {
+        let args = [
             "eval",
             "scenes",
             "--db",
-            s(&db),
+            s(db),
             "--backgrounds",
             s(&backgrounds),
             "--singles",
@@ -312,16 +312,15 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
             pairs,
             "--json",
         ];
-        args.extend(more);
         serde_json::from_str::<Value>(&ok_text(lookalike(&args))).unwrap()
     };
-    let report = run("6", &[]);
-    assert_eq!(report, run("6", &[]), "seeded: the same scenes every time");
+    let report = run(&db, "6");
+    assert_eq!(report, run(&db, "6"), "seeded: the same scenes every time");
     let singles = report["singles"].as_array().unwrap();
     assert_eq!(
         singles.len(),
-        5,
-        "whole, default search, true box, picked part, true box cut out: {report}"
+        6,
+        "whole, default search, true box, picked part, true box cut out, without local re-ranking: {report}"
     );
     let recall = |row: usize, at: &str| singles[row][at].as_f64().unwrap();
     for (row, single) in singles.iter().enumerate() {
@@ -358,24 +357,29 @@ fn eval_scenes_pastes_held_out_photos_onto_backgrounds_and_measures_the_true_box
     assert_eq!(report["pairs"], 6, "{report}");
     assert_eq!(report["learnt_kinds"], false, "{report}");
 
-    // The same scenes with the default search's best re-ranked by local likeness: one row more,
-    // the others unchanged.
-    let locally = run("2", &["--local-rerank"]);
-    let rows = locally["singles"].as_array().unwrap();
-    assert_eq!(rows.len(), 6, "{locally}");
-    assert_eq!(rows[..5], singles[..], "{locally}");
-    assert_eq!(rows[5]["queries"], 16, "{locally}");
-    assert!(
-        (0.0..=1.0).contains(&rows[5]["recall_at_1"].as_f64().unwrap()),
-        "{locally}"
+    // The same catalogue without its photos' cells: search orders a part's products by their
+    // vectors alone, which is the row measured without local re-ranking, and that row goes.
+    let without_cells = dir.path().join("without-cells.db");
+    ok_text(lookalike(&[
+        "index",
+        s(&shop.join("magento.csv")),
+        "--db",
+        s(&without_cells),
+        "--no-local-cells",
+    ]));
+    let plain = run(&without_cells, "6");
+    let plain_singles = plain["singles"].as_array().unwrap();
+    assert_eq!(plain_singles.len(), 5, "{plain}");
+    assert_eq!(plain_singles[1]["recall_at_1"], singles[5]["recall_at_1"], "{plain}");
+    assert_eq!(plain_singles[1]["recall_at_5"], singles[5]["recall_at_5"], "{plain}");
+    assert_eq!(plain_singles[2..], singles[2..5], "{plain}");
+    assert_eq!(
+        plain["pairs_both_in_found_regions_top_5"], report["pairs_both_in_found_regions_top_5_without_local_reranking"],
+        "{plain}"
     );
-    let pairs_locally = locally["pairs_both_in_found_regions_top_5_reranked_locally"]
-        .as_f64()
-        .unwrap();
-    assert!((0.0..=1.0).contains(&pairs_locally), "{locally}");
     assert!(
-        report["pairs_both_in_found_regions_top_5_reranked_locally"].is_null(),
-        "{report}"
+        plain["pairs_both_in_found_regions_top_5_without_local_reranking"].is_null(),
+        "{plain}"
     );
 
     // A catalogue of another backbone is measured with its own, not the default.

@@ -60,6 +60,20 @@ fn postgres_answers_like_sqlite_and_migrates_both_ways() {
         kinds(&PgStore::connect(&pg).unwrap()),
         kinds(&SqliteStore::open(&sqlite).unwrap())
     );
+    // So do the photos' cells, byte for byte.
+    let cells = |store: &dyn Store| {
+        let mut all = Vec::new();
+        store
+            .each_cells(7, &mut |batch| {
+                all.extend(batch);
+                Ok(())
+            })
+            .unwrap();
+        all
+    };
+    let kept = cells(&SqliteStore::open(&sqlite).unwrap());
+    assert_eq!(kept.len(), 60, "a photo's cells each");
+    assert_eq!(cells(&PgStore::connect(&pg).unwrap()), kept);
     // The bulk load rebuilt the HNSW index it set aside; a load killed before that is repaired on connect.
     let mut client = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
     let has_index = |client: &mut postgres::Client| -> bool {
@@ -711,6 +725,7 @@ fn both_stores_answer_every_query_alike() {
         image: Some(&apart),
         words: None,
         whole_photo: None,
+        part_cells: None,
     };
     for (name, filter) in &filters {
         let by_cosine = memory.search(&apart, 1, Metric::Cosine, filter, None).unwrap();
@@ -721,7 +736,46 @@ fn both_stores_answer_every_query_alike() {
         );
         same(&format!("a photo like no product, {name}"), a, b);
     }
-    assert_eq!(compared, 5 * 4 * 3 + 4 + 4);
+    // Each region "shop the look" finds in a busy photo, its best products re-ranked by their
+    // photos' cells, alike from both stores.
+    let shop = lookalike::shop::Shop::open(s(&sqlite), Default::default()).unwrap();
+    let regions = shop
+        .find_products(&demo().join("../tests/web/fixtures/two-products.jpg"))
+        .unwrap();
+    let mut reranked = 0;
+    for (i, region) in regions.iter().enumerate() {
+        let Some(cells) = region.cells.as_ref() else { continue };
+        let query = Query {
+            image: Some(&region.embedding.features),
+            words: None,
+            whole_photo: None,
+            part_cells: Some(cells),
+        };
+        let (a, b) = (
+            memory.query(query, 10, Metric::Cosine, &filters[0].1, 0.0).unwrap(),
+            database.query(query, 10, Metric::Cosine, &filters[0].1, 0.0).unwrap(),
+        );
+        let ids = |hits: &[Scored]| hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
+        let plain = memory
+            .query(
+                Query {
+                    part_cells: None,
+                    ..query
+                },
+                10,
+                Metric::Cosine,
+                &filters[0].1,
+                0.0,
+            )
+            .unwrap();
+        reranked += usize::from(ids(&a) != ids(&plain));
+        same(&format!("region {i} of a busy photo"), a, b);
+    }
+    assert!(reranked >= 1, "no region was re-ranked: this proves nothing");
+    assert_eq!(
+        compared,
+        5 * 4 * 3 + 4 + 4 + regions.iter().filter(|r| r.cells.is_some()).count()
+    );
 
     // Words: BM25 (SQLite) and ts_rank (PostgreSQL) differ in their scores, not in what matches.
     for text in ["hoodie", "café bag", "JACKETS women"] {
@@ -730,6 +784,7 @@ fn both_stores_answer_every_query_alike() {
             image: None,
             words: Some(&words),
             whole_photo: None,
+            part_cells: None,
         };
         let found = |catalogue: &Recommender| {
             let mut ids: Vec<String> = catalogue

@@ -69,6 +69,7 @@ fn answer(shop: &Shop, request: &str) -> Result<Vec<Value>, Error> {
             let request = SearchRequest {
                 photo: None,
                 whole_photo: None,
+                part_cells: None,
                 words: Some(&words),
                 k: 5,
                 metric: Metric::Cosine,

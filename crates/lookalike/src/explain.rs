@@ -13,6 +13,7 @@
 use crate::error::Result;
 use crate::image::{Photo, Preprocessing};
 use crate::index::kernels::dot;
+use crate::index::local_cells::{cells_of_planes, QueryCells, StoredCells};
 use crate::model::{Embedder, ImageEmbedding};
 use crate::types::PhotoBox;
 
@@ -70,19 +71,23 @@ impl FeatureMap {
         let area = planes.len() / channels.max(1);
         let side = (area as f64).sqrt().round() as usize;
         assert_eq!(side * side * channels, planes.len(), "a square feature map");
-        let mut cells = vec![0.0; planes.len()];
-        for (channel, plane) in planes.chunks_exact(area).enumerate() {
-            for (cell, &value) in plane.iter().enumerate() {
-                cells[cell * channels + channel] = value;
-            }
-        }
         Self {
-            cells,
+            cells: cells_of_planes(planes, channels),
             side,
             channels,
             seen,
             photo,
         }
+    }
+
+    /// The cells as a query part's local features ([`crate::index::local_cells`]).
+    pub fn query_cells(&self) -> QueryCells {
+        QueryCells::of(&self.cells, self.channels)
+    }
+
+    /// The cells as a catalogue photo keeps them ([`crate::index::local_cells`]).
+    pub fn stored_cells(&self) -> StoredCells {
+        StoredCells::of(&self.cells, self.channels)
     }
 
     /// The mean of the cells: the backbone's pooled vector.
@@ -236,58 +241,6 @@ pub fn feature_maps_of(
     Ok(maps)
 }
 
-/// A photo's last feature map as local features: each cell as a unit vector, weighted by its
-/// strength (its length before), for comparing where two photos are alike rather than their
-/// pooled vectors.
-pub struct LocalCells {
-    cells: Vec<f32>,
-    weights: Vec<f32>,
-    channels: usize,
-}
-
-impl LocalCells {
-    pub fn of(map: &FeatureMap) -> Self {
-        let mut cells = map.cells.clone();
-        let weights = cells
-            .chunks_exact_mut(map.channels)
-            .map(|cell| {
-                let length = dot(cell, cell).sqrt();
-                if length > 0.0 {
-                    cell.iter_mut().for_each(|x| *x /= length);
-                }
-                length
-            })
-            .collect();
-        Self {
-            cells,
-            weights,
-            channels: map.channels,
-        }
-    }
-
-    /// How alike `other` is to these cells, place by place: each cell's best cosine to any of
-    /// `other`'s, averaged with the cells' strengths as weights (Chamfer similarity). A query
-    /// part's background cells find nothing much in any packshot, so the product's cells decide,
-    /// wherever in the packshot they are.
-    pub fn likeness_to(&self, other: &LocalCells) -> f32 {
-        let (mut sum, mut total) = (0.0, 0.0);
-        for (cell, &weight) in self.cells.chunks_exact(self.channels).zip(&self.weights) {
-            let best = other
-                .cells
-                .chunks_exact(other.channels)
-                .map(|theirs| dot(cell, theirs))
-                .fold(f32::MIN, f32::max);
-            sum += weight * best;
-            total += weight;
-        }
-        if total > 0.0 {
-            sum / total
-        } else {
-            0.0
-        }
-    }
-}
-
 /// Which of `parts` and which of `views` are most alike by cosine: `(part, view)`, the first of
 /// each winning ties (`(0, 0)` when none compare).
 pub fn most_alike_pair(parts: &[&[f32]], views: &[&[f32]]) -> (usize, usize) {
@@ -436,38 +389,6 @@ mod tests {
             side: photo.0 as f32,
         };
         FeatureMap::from_planes(&planes, channels, seen, photo)
-    }
-
-    #[test]
-    fn local_likeness_finds_a_product_wherever_it_is_and_weighs_strong_cells() {
-        // A product (channels 0 and 1) in one corner of the query, faint clutter (channel 2) in
-        // the rest; a packshot of it centred on a plain backdrop (channel 3), and one of another
-        // product (channel 4).
-        let query = map(4, 5, (100, 100), |i, c| match (i, c) {
-            (0, 0) => 6.0,
-            (0, 1) => 3.0,
-            (0, _) => 0.0,
-            (_, 2) => 0.5,
-            _ => 0.0,
-        });
-        let packshot = map(4, 5, (100, 100), |i, c| match (i, c) {
-            (5, 0) => 4.0,
-            (5, 1) => 2.0,
-            (5, _) => 0.0,
-            (_, 3) => 1.0,
-            _ => 0.0,
-        });
-        let other = map(4, 5, (100, 100), |_, c| if c == 4 { 1.0 } else { 0.0 });
-        let cells = LocalCells::of(&query);
-        let (same, different) = (
-            cells.likeness_to(&LocalCells::of(&packshot)),
-            cells.likeness_to(&LocalCells::of(&other)),
-        );
-        // The product's cell weighs √45 against 15 clutter cells of 0.5.
-        let weight = 45f32.sqrt();
-        assert!((same - weight / (weight + 7.5)).abs() < 1e-5, "{same}");
-        assert_eq!(different, 0.0);
-        assert!((cells.likeness_to(&cells) - 1.0).abs() < 1e-5);
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl FeatureCache {
         let mut store = self.open(embedder, &canonical, "")?;
         let options = IndexOptions {
             prune: true,
+            local_cells: false,
             ..IndexOptions::default()
         };
         let report = index_catalogue(&mut store, embedder, &entries, &options, progress)?;

@@ -69,25 +69,6 @@ pub fn part_beats_whole(whole_best: f32, part_best: f32) -> bool {
 /// out: 0.345 → 0.380).
 pub const SHIFT: f32 = 0.15;
 
-/// How many of a busy photo's best products [`reranked_locally`] orders again: on `eval scenes
-/// --seed 7` (400 scenes, Recall@1 / @5) 5 gave 0.417 / 0.573, 10 0.417 / 0.610, **20 0.417 /
-/// 0.623**; each candidate costs the local likeness of each of its photos.
-pub const LOCAL_RERANK_DEPTH: usize = 20;
-
-/// The first [`LOCAL_RERANK_DEPTH`] of `order` (products, best first) ordered again by
-/// `score_and_likeness(product)` — its score for the part searched plus its best photo's
-/// [`crate::explain::LocalCells::likeness_to`] the part's — the rest as they were. Chosen on
-/// `eval scenes --seed 7 --local-rerank` (README, "Photos from shoppers"); not yet search's.
-pub fn reranked_locally(order: &[usize], score_and_likeness: impl Fn(usize) -> f32) -> Vec<usize> {
-    let depth = order.len().min(LOCAL_RERANK_DEPTH);
-    let mut top: Vec<(usize, f32)> = order[..depth].iter().map(|&p| (p, score_and_likeness(p))).collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    top.into_iter()
-        .map(|(p, _)| p)
-        .chain(order[depth..].iter().copied())
-        .collect()
-}
-
 /// The kept part `region` of a `width` × `height` photo moved by [`SHIFT`] in each of four
 /// directions, each clipped to the photo.
 pub fn shifted(region: &PhotoBox, width: u32, height: u32) -> Vec<PhotoBox> {
@@ -226,17 +207,6 @@ pub fn overlap(a: &PhotoBox, b: &PhotoBox) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_first_products_are_reranked_locally() {
-        let order: Vec<usize> = (0..LOCAL_RERANK_DEPTH + 3).collect();
-        // Later products score more: the first DEPTH are reversed, the rest stay.
-        let reranked = reranked_locally(&order, |p| p as f32);
-        let mut expected: Vec<usize> = (0..LOCAL_RERANK_DEPTH).rev().collect();
-        expected.extend(LOCAL_RERANK_DEPTH..LOCAL_RERANK_DEPTH + 3);
-        assert_eq!(reranked, expected);
-        assert_eq!(reranked_locally(&[2, 0], |p| -(p as f32)), [0, 2]);
-    }
 
     #[test]
     fn a_kept_part_is_moved_four_ways_within_the_photo() {

@@ -23,9 +23,10 @@ use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::catalogue::{image_files, labelled_images};
-use crate::explain::{explain, feature_maps, feature_maps_of, most_alike_pair, FeatureMap, LocalCells};
+use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::cutout::{cut_out, paste, studio_backdrop};
 use crate::image::{load_image, Photo};
+use crate::index::local_cells::{reranked_locally, QueryCells, StoredCells, LOCAL_RERANK_DEPTH};
 use crate::learn::eval::{held_out_order_voted, held_out_rank_voted, Aggregation};
 use crate::learn::kinds::ProductKinds;
 use crate::linalg::unit;
@@ -45,13 +46,7 @@ pub struct SceneOptions {
     pub seed: u64,
     /// The pasted product's height as a share of the scene's, drawn from this range.
     pub height_share: (f32, f32),
-    /// Also measure the default search's best products re-ranked by local likeness
-    /// ([`locate::reranked_locally`]); every catalogue photo's feature map is then kept in memory.
-    pub local_rerank: bool,
 }
-
-/// Catalogue photos `--local-rerank` keeps the feature maps of (0.33 MB each at 1280 channels).
-pub const MAX_LOCAL_RERANK_PHOTOS: usize = 5_000;
 
 impl Default for SceneOptions {
     fn default() -> Self {
@@ -60,7 +55,6 @@ impl Default for SceneOptions {
             pairs: 100,
             seed: 7,
             height_share: (1.0 / 3.0, 0.5),
-            local_rerank: false,
         }
     }
 }
@@ -78,8 +72,8 @@ pub struct SceneRecall {
 pub struct SceneReport {
     /// Scenes of one product: the whole photo, the default search, the product's true box, the part
     /// the default search picked before it is narrowed, the true box with the scene around the
-    /// product made white (a perfect cut-out: what the scene's backdrop costs), and with
-    /// [`SceneOptions::local_rerank`] the default search re-ranked by local likeness.
+    /// product made white (a perfect cut-out: what the scene's backdrop costs), and, where the
+    /// catalogue keeps its photos' cells, the default search without its local re-ranking.
     pub singles: Vec<SceneRecall>,
     /// Every held-out photo as it is (a packshot): searched whole, and by default.
     pub clean: Vec<SceneRecall>,
@@ -93,9 +87,9 @@ pub struct SceneReport {
     /// Share of two-product scenes with each product among the 5 best of a region "shop the
     /// look" found around its centre.
     pub pairs_both_in_found_regions_top_5: f64,
-    /// The same with each region's products re-ranked by local likeness
-    /// ([`SceneOptions::local_rerank`]).
-    pub pairs_both_in_found_regions_top_5_reranked_locally: Option<f64>,
+    /// The same without each region's local re-ranking, where the catalogue keeps its photos'
+    /// cells (`None` where it does not: search then has none to re-rank with).
+    pub pairs_both_in_found_regions_top_5_without_local_reranking: Option<f64>,
     /// Whether the catalogue's learnt kinds ranked the scenes: they were learnt from the held-out
     /// photos too, which flatters them.
     pub learnt_kinds: bool,
@@ -226,37 +220,30 @@ pub fn scene_recall(
         )
     };
     let rank = |query: &[f32], photo: &HeldOut| rank_part(query, query, photo);
-    let local_cells = if options.local_rerank {
-        Some(catalogue_local_cells(&products, &search.explainer)?)
-    } else {
-        None
-    };
-    // The part searched in `scene`, its products re-ranked by their photos' local likeness to it.
-    let rank_locally = |scene: &Photo, region: Option<PhotoBox>, part: &[f32], whole: &[f32], photo: &HeldOut| {
-        let cells = local_cells.as_ref().expect("local cells were made");
-        let views = [part, whole];
+    let keeps_cells = !store.hashes_with_cells()?.is_empty();
+    // A part search found in `scene` (`region`), ranked as search ranks it: re-ranked by local
+    // likeness where the catalogue keeps its photos' cells (and `locally`).
+    let rank_found = |scene: &Photo, region: Option<PhotoBox>, views: [&[f32]; 2], photo: &HeldOut, locally: bool| {
         let (order, scores) = held_out_order_voted(
             &gallery,
             &categories,
             kinds.as_ref().map(|kinds| (kinds, &views[..])),
             photo.product,
             photo.view,
-            part,
+            views[0],
             Aggregation::TopTwo,
         );
-        let map = feature_maps(&search.explainer, scene, &[region.as_ref()])?.remove(0).0;
-        let part_cells = LocalCells::of(&map);
-        let likeness = |product: usize| {
-            cells[product]
-                .iter()
-                .enumerate()
-                .filter(|&(view, _)| (product, view) != (photo.product, photo.view))
-                .map(|(_, theirs)| part_cells.likeness_to(theirs))
-                .fold(f32::MIN, f32::max)
+        let order = if locally && keeps_cells {
+            let part = feature_maps(&search.explainer, scene, &[region.as_ref()])?
+                .remove(0)
+                .0
+                .query_cells();
+            reranked_like_search(store, &products, order, &scores, &part, photo)?
+        } else {
+            order
         };
-        let reranked = locate::reranked_locally(&order, |product| scores[product] + likeness(product));
         Ok::<_, anyhow::Error>(
-            reranked
+            order
                 .iter()
                 .position(|&p| p == photo.product)
                 .expect("every product is ranked"),
@@ -270,7 +257,7 @@ pub fn scene_recall(
         Counts::default(),
     );
     let mut searched_whole = 0usize;
-    let mut locally = Counts::default();
+    let mut not_locally = Counts::default();
     for _ in 0..options.singles {
         let SingleScene {
             scene,
@@ -291,15 +278,13 @@ pub fn scene_recall(
         ));
         match search.part_to_search(&scene, &embedded, &scores, &[photo])? {
             Some((region, part)) => {
-                found.add(rank_part(&part, &vectors[0], photo));
-                if local_cells.is_some() {
-                    locally.add(rank_locally(&scene, region, &part, &vectors[0], photo)?);
-                }
+                found.add(rank_found(&scene, region, [&part, &vectors[0]], photo, true)?);
+                not_locally.add(rank_part(&part, &vectors[0], photo));
             }
             None => {
                 searched_whole += 1;
                 found.add(rank(&vectors[0], photo));
-                locally.add(rank(&vectors[0], photo));
+                not_locally.add(rank(&vectors[0], photo));
             }
         }
         boxed.add(rank(&search.embed(&scene, &[Some(placed)])?[0], photo));
@@ -320,15 +305,14 @@ pub fn scene_recall(
             let scores = search.best_scores(&embedded.1, &[photo]);
             search.part_to_search(&clean, &embedded, &scores, &[photo])?
         };
-        clean_found.add(rank_part(
-            part.as_ref().map_or(&whole_vector, |(_, part)| part),
-            &whole_vector,
-            photo,
-        ));
+        clean_found.add(match part {
+            Some((region, part)) => rank_found(&clean, region, [&part, &whole_vector], photo, true)?,
+            None => rank(&whole_vector, photo),
+        });
     }
 
     let (mut both_whole, mut both_boxes, mut both_regions) = (0usize, 0usize, 0usize);
-    let mut both_regions_locally = 0usize;
+    let mut both_regions_not_locally = 0usize;
     for _ in 0..options.pairs {
         let first = &held_out[rng.usize(..held_out.len())];
         let second = loop {
@@ -360,12 +344,7 @@ pub fn scene_recall(
                 .iter()
                 .filter(|(r, _)| (r.x0..r.x1).contains(&x) && (r.y0..r.y1).contains(&y))
             {
-                let rank = if locally {
-                    rank_locally(&scene, Some(*r), vector, vector, photo)?
-                } else {
-                    rank(vector, photo)
-                };
-                if rank < 5 {
+                if rank_found(&scene, Some(*r), [vector, vector], photo, locally)? < 5 {
                     return Ok(true);
                 }
             }
@@ -374,9 +353,9 @@ pub fn scene_recall(
         let both_found = |locally| -> Result<bool> {
             Ok(found_in_a_region(first, boxes[0], locally)? && found_in_a_region(second, boxes[1], locally)?)
         };
-        both_regions += usize::from(both_found(false)?);
-        if local_cells.is_some() {
-            both_regions_locally += usize::from(both_found(true)?);
+        both_regions += usize::from(both_found(true)?);
+        if keeps_cells {
+            both_regions_not_locally += usize::from(both_found(false)?);
         }
     }
     let share = |n: usize| n as f64 / options.pairs.max(1) as f64;
@@ -387,11 +366,8 @@ pub fn scene_recall(
         picked.recall("the part picked, not narrowed (before)"),
         cut_out_boxed.recall("the true box, the scene around it white"),
     ];
-    if local_cells.is_some() {
-        singles.push(locally.recall(&format!(
-            "default search, its {} best re-ranked by local likeness",
-            locate::LOCAL_RERANK_DEPTH
-        )));
+    if keeps_cells {
+        singles.push(not_locally.recall("default search without local re-ranking"));
     }
     Ok(SceneReport {
         singles,
@@ -404,7 +380,7 @@ pub fn scene_recall(
         pairs_both_in_whole_top_10: share(both_whole),
         pairs_both_in_own_box_top_5: share(both_boxes),
         pairs_both_in_found_regions_top_5: share(both_regions),
-        pairs_both_in_found_regions_top_5_reranked_locally: local_cells.is_some().then(|| share(both_regions_locally)),
+        pairs_both_in_found_regions_top_5_without_local_reranking: keeps_cells.then(|| share(both_regions_not_locally)),
         learnt_kinds: kinds.is_some(),
     })
 }
@@ -612,27 +588,37 @@ fn keeps_to_the_whole(windows: &[PhotoBox], scores: &[f32]) -> bool {
     whole_is_enough(scores[0]) || windows.is_empty()
 }
 
-/// Every photo of every product as [`LocalCells`], refused above [`MAX_LOCAL_RERANK_PHOTOS`].
-fn catalogue_local_cells(products: &[StoredProduct], explainer: &Embedder) -> Result<Vec<Vec<LocalCells>>> {
-    let photos: usize = products.iter().map(|p| 1 + p.more_images.len()).sum();
-    ensure!(
-        photos <= MAX_LOCAL_RERANK_PHOTOS,
-        "--local-rerank keeps every catalogue photo's feature map in memory: at most {MAX_LOCAL_RERANK_PHOTOS} photos, this catalogue has {photos}"
-    );
-    products
-        .iter()
-        .map(|product| {
-            let photos: Vec<Photo> = product
-                .image_paths()
-                .map(|path| Ok(scene_photo(load_image(Path::new(path))?)))
-                .collect::<Result<_>>()?;
-            let whole: Vec<(&Photo, Option<&PhotoBox>)> = photos.iter().map(|photo| (photo, None)).collect();
-            Ok(feature_maps_of(explainer, &whole)?
-                .iter()
-                .map(|(map, _)| LocalCells::of(map))
-                .collect())
-        })
-        .collect()
+/// `order` (products, best first, their `scores` by index) re-ranked as search re-ranks a part
+/// it found ([`reranked_locally`], as `Recommender::query` does), the held-out `photo`'s own
+/// cells left out; as it was when one of the first products has no photo with cells.
+fn reranked_like_search(
+    store: &dyn Store,
+    products: &[StoredProduct],
+    order: Vec<usize>,
+    scores: &[f32],
+    part: &QueryCells,
+    photo: &HeldOut,
+) -> Result<Vec<usize>> {
+    let depth = order.len().min(LOCAL_RERANK_DEPTH);
+    let ids: Vec<&str> = order[..depth].iter().map(|&p| products[p].id.as_str()).collect();
+    let cells = store.cells_of(&ids)?;
+    let held_out = products[photo.product].image_hashes().nth(photo.view);
+    let mut likeness = HashMap::with_capacity(depth);
+    for &p in &order[..depth] {
+        let best = cells
+            .get(&products[p].id)
+            .into_iter()
+            .flatten()
+            .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
+            .filter_map(|theirs| StoredCells::from_bytes(&theirs.cells))
+            .map(|theirs| part.likeness_to(&theirs))
+            .reduce(f32::max);
+        match best {
+            Some(best) => likeness.insert(p, best),
+            None => return Ok(order),
+        };
+    }
+    Ok(reranked_locally(order, |p| scores[*p] + likeness[p]))
 }
 
 /// Every product's photos' vectors, as unit vectors.

@@ -32,6 +32,7 @@ use crate::explain::{explain, feature_maps, feature_maps_of, most_alike_pair, Ex
 use crate::files::write_atomically;
 use crate::image::{decode_photo, read_image_file, ImageError, Photo};
 use crate::index::dedup::{duplicate_groups, DuplicateGroup};
+use crate::index::local_cells::QueryCells;
 use crate::index::related::{Previous, Work};
 use crate::index::{SearchMode, VectorIndex};
 use crate::learn::head::{Head, HeadKind};
@@ -44,7 +45,9 @@ use crate::model::batcher::SubmitError;
 use crate::model::{BackboneSpec, Embedder, ImageEmbedding, ModelDir, Precision, DEFAULT_BACKBONE};
 use crate::recommend::{related_for_all, IndexLoad, Query, Recommender};
 use crate::store::postgres::{is_postgres_url, redact};
-use crate::store::{copy_catalogue, open_store, open_store_read_only, HeadRole, SearchSide, Store, WriteMode};
+use crate::store::{
+    copy_catalogue, open_store, open_store_read_only, HeadRole, PhotoCells, SearchSide, Store, WriteMode,
+};
 use crate::types::{
     check_id, check_text, Filter, Metric, Page, PhotoBox, Scored, StoredProduct, Words, MAX_TEXT_BYTES,
 };
@@ -179,6 +182,10 @@ pub struct Located {
     /// The whole photo, when the part is one the search found in it: what kind of product the
     /// photo shows is read from all of it ([`SearchRequest::whole_photo`]).
     pub whole_photo: Option<ImageEmbedding>,
+    /// The part's local cells, when it is one the search found in a busy photo: its best
+    /// products are ordered again by how alike their photos are to it, place by place
+    /// ([`SearchRequest::part_cells`]).
+    pub cells: Option<QueryCells>,
 }
 
 impl Located {
@@ -190,6 +197,7 @@ impl Located {
             region,
             feature_map,
             whole_photo: None,
+            cells: None,
         }
     }
 }
@@ -201,6 +209,8 @@ pub struct FoundRegion {
     /// The cosine of its best catalogue match.
     pub score: f32,
     pub embedding: ImageEmbedding,
+    /// Its local cells, when it is a part of the photo ([`Located::cells`]).
+    pub cells: Option<QueryCells>,
 }
 
 /// What to search with, and how.
@@ -209,6 +219,9 @@ pub struct SearchRequest<'a> {
     pub photo: Option<&'a ImageEmbedding>,
     /// The whole photo when `photo` is a part of it ([`Located::whole_photo`]).
     pub whole_photo: Option<&'a ImageEmbedding>,
+    /// The part's local cells when `photo` is a part search found ([`Located::cells`]): its
+    /// [`crate::index::local_cells::LOCAL_RERANK_DEPTH`] best products are ordered again by their photos' likeness to them.
+    pub part_cells: Option<&'a QueryCells>,
     pub words: Option<&'a Words>,
     pub k: usize,
     pub metric: Metric,
@@ -226,6 +239,7 @@ impl<'a> SearchRequest<'a> {
         Self {
             photo: Some(photo),
             whole_photo: None,
+            part_cells: None,
             words: None,
             k,
             metric: Metric::Cosine,
@@ -243,6 +257,7 @@ impl<'a> SearchRequest<'a> {
     pub fn located(located: &'a Located, k: usize) -> Self {
         Self {
             whole_photo: located.whole_photo.as_ref(),
+            part_cells: located.cells.as_ref(),
             ..Self::photo(&located.embedding, k)
         }
     }
@@ -501,7 +516,8 @@ impl Shop {
                 None => narrowed.push(part),
             }
         }
-        narrowed.extend(self.narrow_all(photo, to_narrow, with_feature_map)?);
+        // With their feature maps, which the part kept gives its cells from.
+        narrowed.extend(self.narrow_all(photo, to_narrow, true)?);
         let mut narrowed_bests = narrowed
             .iter()
             .map(|part| self.best_match(&part.embedding))
@@ -515,9 +531,13 @@ impl Shop {
             return Ok(whole);
         }
         let kept = (narrowed.swap_remove(picked), narrowed_bests.swap_remove(picked));
-        let mut part = self.placed_best(photo, vec![kept], with_feature_map)?.remove(0).0;
+        let mut part = self.placed_best(photo, vec![kept], true)?.remove(0).0;
         if part.region.is_some() {
             part.whole_photo = Some(whole.embedding);
+            part.cells = part.feature_map.as_ref().map(FeatureMap::query_cells);
+        }
+        if !with_feature_map {
+            part.feature_map = None;
         }
         Ok(part)
     }
@@ -697,6 +717,7 @@ impl Shop {
                 region: all,
                 score: whole_best.score,
                 embedding: whole,
+                cells: None,
             }]);
         }
         let (mut candidates, mut bests) = (Vec::with_capacity(windows.len()), Vec::with_capacity(windows.len()));
@@ -723,11 +744,11 @@ impl Shop {
         // best of them are kept.
         let (mut found, mut placed_candidates) = (Vec::new(), Vec::new());
         let mut narrowed = Vec::new();
-        for part in self.narrow_all(photo, kept, false)? {
+        for part in self.narrow_all(photo, kept, true)? {
             let best = self.best_match(&part.embedding)?;
             narrowed.push((part, best));
         }
-        for (placed, best) in self.placed_best(photo, narrowed, false)? {
+        for (placed, best) in self.placed_best(photo, narrowed, true)? {
             let best = best.expect("the catalogue is not empty");
             let region = placed.region.expect("a window, narrowed and moved or not");
             placed_candidates.push(Candidate {
@@ -739,6 +760,7 @@ impl Shop {
                 region,
                 score: best.score,
                 embedding: placed.embedding,
+                cells: placed.feature_map.as_ref().map(FeatureMap::query_cells),
             }));
         }
         Ok(regions(&placed_candidates, MAX_REGIONS)
@@ -906,6 +928,7 @@ impl Shop {
             image: request.photo.map(|p| p.features.as_slice()),
             words: request.words,
             whole_photo: request.whole_photo.map(|p| p.features.as_slice()),
+            part_cells: request.part_cells,
         };
         let hits = self
             .answering()?
@@ -926,6 +949,7 @@ impl Shop {
             .map(|region| {
                 self.search(&SearchRequest {
                     photo: Some(&region.embedding),
+                    part_cells: region.cells.as_ref(),
                     ..request.clone()
                 })
             })
@@ -1005,6 +1029,7 @@ impl Shop {
         let id = product.id.clone();
         product.info.check()?;
         check_id(&id)?;
+        self.keep_cells(&product, None)?;
         match self.answering()?.write(product, WriteMode::CreateOnly)? {
             true => Ok(()),
             false => Err(Error::Conflict(format!("product {id:?} exists; use PUT to change it"))),
@@ -1017,10 +1042,42 @@ impl Shop {
         self.check_writable()?;
         let id = product.id.clone();
         product.info.check()?;
+        let stored = self.answering()?.find(&id)?;
+        self.keep_cells(&product, stored.as_ref())?;
         match self.answering()?.write(product, WriteMode::UpdateOnly)? {
             true => Ok(()),
             false => Err(Error::no_product(&id)),
         }
+    }
+
+    /// Keeps the local cells of `product`'s photos that `stored` (the product as it is stored, if
+    /// it is) does not have, made in one batch, before the product is written: search re-ranks
+    /// a part's best products only when each has them ([`crate::index::local_cells`]). A photo
+    /// that cannot be read is left without (the product is still written, as before).
+    fn keep_cells(&self, product: &StoredProduct, stored: Option<&StoredProduct>) -> Result<()> {
+        let known: HashSet<&str> = stored.map(|s| s.image_hashes().collect()).unwrap_or_default();
+        let mut photos = Vec::new();
+        for (path, hash) in product.image_paths().zip(product.image_hashes()) {
+            if !known.contains(hash) {
+                if let Ok(photo) = Self::read_photo(Path::new(path)) {
+                    photos.push((hash, photo));
+                }
+            }
+        }
+        if photos.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(&Photo, Option<&PhotoBox>)> = photos.iter().map(|(_, photo)| (photo, None)).collect();
+        let maps = feature_maps_of(&*self.explainer()?, &items)?;
+        let cells: Vec<PhotoCells> = photos
+            .iter()
+            .zip(&maps)
+            .map(|((hash, _), (map, _))| PhotoCells {
+                content_hash: hash.to_string(),
+                cells: map.stored_cells().to_bytes(),
+            })
+            .collect();
+        Ok(self.on_store(|store| store.put_cells(&cells))?)
     }
 
     /// Removes product `id`; [`Error::NotFound`] if the catalogue does not hold it.
@@ -1066,6 +1123,7 @@ impl Shop {
             prune: request.prune,
             shard: request.shard,
             keep_under: unreadable.iter().map(|(path, _)| path.clone()).collect(),
+            local_cells: request.local_cells,
         };
         let (embedder, report) = self.on_store(|store| {
             let embedder = self.options.embedder(Some(&*store))?;
@@ -1359,6 +1417,9 @@ pub struct IndexRequest {
     pub colour: Option<f32>,
     /// Only shard I of N of the catalogue's products (see [`in_shard`]).
     pub shard: Option<(usize, usize)>,
+    /// Keep each photo's local cells, with which search re-orders the best products for a part
+    /// of a busy photo ([`crate::index::local_cells`]; 16.6 KB a photo with Lite's backbones).
+    pub local_cells: bool,
 }
 
 impl IndexRequest {
@@ -1372,6 +1433,7 @@ impl IndexRequest {
             head: None,
             colour: None,
             shard: None,
+            local_cells: true,
         }
     }
 }

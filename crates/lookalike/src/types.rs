@@ -123,6 +123,11 @@ impl StoredProduct {
         std::iter::once(self.image_path.as_str()).chain(self.more_images.iter().map(|i| i.path.as_str()))
     }
 
+    /// Content hashes of all images, the main one first.
+    pub fn image_hashes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.content_hash.as_str()).chain(self.more_images.iter().map(|i| i.content_hash.as_str()))
+    }
+
     /// Vectors of all images, the main one first.
     pub fn vectors(&self) -> impl Iterator<Item = &[f32]> {
         std::iter::once(self.vector.as_slice()).chain(self.more_images.iter().map(|i| i.vector.as_slice()))

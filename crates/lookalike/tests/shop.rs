@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use lookalike::error::{Error, ImageProblem};
 use lookalike::image::Photo;
+use lookalike::index::local_cells::StoredCells;
 use lookalike::model::{BackboneSpec, Precision};
 use lookalike::scenes::mirrored_search;
 use lookalike::shop::{Framing, IndexRequest, OpenOptions, SearchRequest, Shop};
@@ -231,32 +232,40 @@ fn every_mistake_comes_back_as_its_kind() {
 /// every best match); over the whole catalogue it looks where search looks and finds the regions
 /// "shop the look" finds, so its figures are search's own. The catalogue has products of several
 /// photos, which search scores by their two best.
+/// The Luma fixture (several photos per product), its photos and the photos of it that it does
+/// not list.
+fn luma_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop")
+}
+
+/// `paths` as tiles of `side` pixels on a white square, in rows: a busy photo.
+fn collage(paths: &[PathBuf], side: u32) -> Photo {
+    let columns = (paths.len() as f64).sqrt().ceil() as u32;
+    let mut canvas = image::RgbImage::from_pixel(columns * side, columns * side, image::Rgb([255, 255, 255]));
+    for (i, path) in paths.iter().enumerate() {
+        let tile = image::open(path).unwrap().to_rgb8();
+        let tile = image::imageops::resize(&tile, side, side, image::imageops::FilterType::Triangle);
+        let (x, y) = ((i as u32 % columns) * side, (i as u32 / columns) * side);
+        image::imageops::replace(&mut canvas, &tile, x.into(), y.into());
+    }
+    Photo {
+        width: canvas.width(),
+        height: canvas.height(),
+        pixels: canvas,
+    }
+}
+
 #[test]
 fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("luma.db").to_string_lossy().into_owned();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop");
+    let fixture = luma_fixture();
     let shop = Shop::open(&db, writable()).unwrap();
     shop.index(&IndexRequest::new(fixture.join("magento.csv")), &mut |_, _| ())
         .unwrap();
     let store = lookalike::store::open_store_read_only(&db).unwrap();
     let embedder = shop.embedder().unwrap();
     // Photos of the shop's products it does not list, among other things (the demo's photos).
-    let collage = |paths: &[PathBuf], side: u32| {
-        let columns = (paths.len() as f64).sqrt().ceil() as u32;
-        let mut canvas = image::RgbImage::from_pixel(columns * side, columns * side, image::Rgb([255, 255, 255]));
-        for (i, path) in paths.iter().enumerate() {
-            let tile = image::open(path).unwrap().to_rgb8();
-            let tile = image::imageops::resize(&tile, side, side, image::imageops::FilterType::Triangle);
-            let (x, y) = ((i as u32 % columns) * side, (i as u32 / columns) * side);
-            image::imageops::replace(&mut canvas, &tile, x.into(), y.into());
-        }
-        Photo {
-            width: canvas.width(),
-            height: canvas.height(),
-            pixels: canvas,
-        }
-    };
     let queries = |name: &str| fixture.join("queries").join(name);
     let other = |name: &str| demo().with_file_name("images").join(name);
     let photos = [
@@ -331,6 +340,145 @@ fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     );
 }
 
+/// A part found in a busy photo has its 20 best products ordered again by their score plus their
+/// most alike photo's local likeness to the part (each photo's cells kept by `index`); a
+/// catalogue indexed without cells answers as before; a product added through the front door
+/// keeps its photo's cells.
+#[test]
+fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = luma_fixture();
+    let index = |name: &str, local_cells: bool| {
+        let db = dir.path().join(name).to_string_lossy().into_owned();
+        let shop = Shop::open(&db, writable()).unwrap();
+        let request = IndexRequest {
+            local_cells,
+            ..IndexRequest::new(fixture.join("magento.csv"))
+        };
+        shop.index(&request, &mut |_, _| ()).unwrap();
+        shop
+    };
+    let (shop, plain_shop) = (index("cells.db", true), index("plain.db", false));
+    let other = |name: &str| demo().with_file_name("images").join(name);
+    let queries = |name: &str| fixture.join("queries").join(name);
+    let photos = [
+        collage(
+            &[
+                queries("mh01-orange_main.jpg"),
+                other("24-ug03.jpg"),
+                other("wb01.jpg"),
+                other("wsh02.jpg"),
+            ],
+            250,
+        ),
+        collage(
+            &[
+                other("24-mg03.jpg"),
+                other("wp04.jpg"),
+                other("24-mb02.jpg"),
+                queries("wj01-red_main.jpg"),
+            ],
+            250,
+        ),
+        collage(
+            &[
+                other("wb01.jpg"),
+                queries("wj01-red_main.jpg"),
+                other("24-ug02.jpg"),
+                other("wsh04.jpg"),
+            ],
+            250,
+        ),
+        collage(
+            &[
+                other("wp04.jpg"),
+                other("24-ug01.jpg"),
+                queries("mh01-orange_main.jpg"),
+                other("24-mb04.jpg"),
+            ],
+            250,
+        ),
+    ];
+    let store = lookalike::store::open_store_read_only(&shop.location()).unwrap();
+    let ids = |hits: &[lookalike::types::Scored]| hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
+    let (mut in_a_part, mut changed) = (0, 0);
+    for (i, photo) in photos.iter().enumerate() {
+        let located = shop.locate(photo, &Framing::FindProduct, false).unwrap();
+        let Some(part) = located.cells.as_ref() else {
+            assert!(located.region.is_none(), "photo {i}: a part kept without its cells");
+            continue;
+        };
+        in_a_part += 1;
+        let reranked = shop.search(&SearchRequest::located(&located, 20)).unwrap().hits;
+        let plain = shop
+            .search(&SearchRequest {
+                part_cells: None,
+                ..SearchRequest::located(&located, 20)
+            })
+            .unwrap()
+            .hits;
+        assert!(
+            plain.len() >= 5 && plain.len() == reranked.len(),
+            "photo {i}: every product of the fixture"
+        );
+
+        // What the order must be: the plain order's products by score plus their most alike
+        // photo's likeness.
+        let plain_ids = ids(&plain);
+        let cells = store
+            .cells_of(&plain_ids.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+        let mut expected: Vec<(String, f32)> = plain
+            .iter()
+            .map(|hit| {
+                let photos = &cells[&hit.product.id];
+                assert_eq!(
+                    photos.len(),
+                    hit.product.image_paths().count(),
+                    "every photo has its cells"
+                );
+                let likeness = photos
+                    .iter()
+                    .map(|photo| part.likeness_to(&StoredCells::from_bytes(&photo.cells).unwrap()))
+                    .fold(f32::MIN, f32::max);
+                (hit.product.id.clone(), hit.score + likeness)
+            })
+            .collect();
+        expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let expected: Vec<String> = expected.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids(&reranked), expected, "photo {i}");
+        changed += usize::from(ids(&reranked) != plain_ids);
+
+        // Indexed without cells: the same part, its products in their plain order.
+        let located_there = plain_shop.locate(photo, &Framing::FindProduct, false).unwrap();
+        assert_eq!(located_there.region, located.region, "photo {i}");
+        let there = plain_shop
+            .search(&SearchRequest::located(&located_there, 20))
+            .unwrap()
+            .hits;
+        assert_eq!(ids(&there), plain_ids, "photo {i}");
+    }
+    assert!(
+        in_a_part >= 1 && changed >= 1,
+        "{in_a_part} photos searched in a part, {changed} re-ordered: else this proves nothing"
+    );
+
+    // A product added through the front door keeps its photo's cells.
+    let path = fixture.join("queries/mh01-orange_main.jpg");
+    let product = lookalike::types::StoredProduct {
+        id: "NEW-MH01".into(),
+        info: Default::default(),
+        image_path: path.to_string_lossy().into_owned(),
+        content_hash: lookalike::content_hash(&std::fs::read(&path).unwrap()),
+        vector: shop.embed_file(&path).unwrap().features,
+        more_images: Vec::new(),
+    };
+    shop.create(product).unwrap();
+    let kept = store.cells_of(&["NEW-MH01"]).unwrap();
+    assert_eq!(kept["NEW-MH01"].len(), 1);
+    assert!(StoredCells::from_bytes(&kept["NEW-MH01"][0].cells).is_some());
+}
+
 /// `train kinds` on a catalogue too small to learn its kinds from (the demo's 4 products per
 /// kind) refuses, with the figures, and keeps nothing; a head that knows the kinds, once kept
 /// with the catalogue, brings shoppers' photos' kind first (photos of its products it does not
@@ -344,7 +492,7 @@ fn kinds_are_kept_only_when_learnt_well_and_then_bring_a_shoppers_photos_kind_fi
     let db = indexed(&dir);
     let backgrounds = Backgrounds::bundled().unwrap();
     // The Luma fixture's photos, each of a product's kind, on a bundled background.
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lookalike-cli/tests/fixtures/luma-shop");
+    let fixture = luma_fixture();
     let mut kind_of_sku = std::collections::HashMap::new();
     for row in csv::Reader::from_path(fixture.join("magento.csv")).unwrap().records() {
         let row = row.unwrap();

@@ -197,6 +197,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
                 let request = SearchRequest {
                     photo: None,
                     whole_photo: None,
+                    part_cells: None,
                     words: words.as_ref(),
                     k,
                     metric: Metric::Cosine,
@@ -240,6 +241,7 @@ pub async fn search(State(state): State<Shared>, multipart: Multipart) -> ApiRes
         let answer = c.search(&SearchRequest {
             photo: located.as_ref().map(|l| &l.embedding),
             whole_photo: located.as_ref().and_then(|l| l.whole_photo.as_ref()),
+            part_cells: located.as_ref().and_then(|l| l.cells.as_ref()),
             words: words.as_ref(),
             k,
             metric: Metric::Cosine,
@@ -327,6 +329,7 @@ pub async fn search_words(State(state): State<Shared>, Query(params): Query<Quer
         c.search(&SearchRequest {
             photo: None,
             whole_photo: None,
+            part_cells: None,
             words: Some(&words),
             k,
             metric: Metric::Cosine,

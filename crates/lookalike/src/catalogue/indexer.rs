@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use crate::content_hash;
 use crate::image::{decode_image, read_image_file, ImageError};
+use crate::index::local_cells::StoredCells;
 use crate::model::{Embedder, ImageEmbedding};
-use crate::store::{Fingerprint, ImageWrite, ProductWrite, Store};
+use crate::store::{Fingerprint, ImageWrite, PhotoCells, ProductWrite, Store};
 use crate::types::CatalogueEntry;
 
 pub const DEFAULT_BATCH_SIZE: usize = 32;
@@ -27,6 +28,9 @@ pub struct IndexOptions {
     pub shard: Option<(usize, usize)>,
     /// Folders the catalogue could not be read from: pruning leaves products under them alone.
     pub keep_under: Vec<PathBuf>,
+    /// Keep each photo's local cells ([`crate::index::local_cells`]), made in the same network
+    /// pass as its vector; photos stored without them are embedded again.
+    pub local_cells: bool,
 }
 
 /// Whether product `id` belongs to shard `index` of `count`: a stable hash of the id, so every
@@ -44,6 +48,7 @@ impl Default for IndexOptions {
             prune: false,
             shard: None,
             keep_under: Vec::new(),
+            local_cells: true,
         }
     }
 }
@@ -103,8 +108,15 @@ impl View {
 }
 
 /// Reads `path` and decides whether it needs embedding: not if `known_hashes` (what the store
-/// has for this slot of the product) holds its content hash. The network input goes to `slot`.
-fn prepare_view(path: &Path, known_hashes: &[&str], embedder: &Embedder, slot: &mut [f32]) -> View {
+/// has for this slot of the product) holds its content hash, and `with_cells` (when cells are
+/// kept) does too. The network input goes to `slot`.
+fn prepare_view(
+    path: &Path,
+    known_hashes: &[&str],
+    with_cells: Option<&HashSet<String>>,
+    embedder: &Embedder,
+    slot: &mut [f32],
+) -> View {
     // Stores keep paths as text; a lossy copy would point at no file.
     if path.to_str().is_none() {
         return View::Failed("the path is not valid UTF-8 (rename the file or its folders)".into());
@@ -114,7 +126,7 @@ fn prepare_view(path: &Path, known_hashes: &[&str], embedder: &Embedder, slot: &
         Err(e) => return View::Failed(e.to_string()),
     };
     let hash = content_hash(&bytes);
-    if known_hashes.contains(&hash.as_str()) {
+    if known_hashes.contains(&hash.as_str()) && with_cells.is_none_or(|cells| cells.contains(&hash)) {
         return View::Known { hash };
     }
     match decode_image(&bytes) {
@@ -131,6 +143,7 @@ fn prepare_view(path: &Path, known_hashes: &[&str], embedder: &Embedder, slot: &
 fn prepare_chunk(
     chunk: &[CatalogueEntry],
     known: &HashMap<String, Fingerprint>,
+    with_cells: Option<&HashSet<String>>,
     embedder: &Embedder,
     mut buffer: Vec<f32>,
 ) -> (Vec<Vec<View>>, Tensors) {
@@ -154,7 +167,7 @@ fn prepare_chunk(
     let views: Vec<View> = buffer
         .par_chunks_mut(len)
         .zip(jobs.par_iter())
-        .map(|(slot, (_, path, known_hashes))| prepare_view(path, known_hashes, embedder, slot))
+        .map(|(slot, (_, path, known_hashes))| prepare_view(path, known_hashes, with_cells, embedder, slot))
         .collect();
     // Pack the inputs to embed together, in view order (a gap is left by each known or failed view).
     let mut count = 0;
@@ -186,6 +199,10 @@ pub fn index_catalogue(
     let started = Instant::now();
     store.ensure_manifest(&embedder.manifest())?;
     let known = store.fingerprints()?;
+    // The same network, also giving each photo's last feature map for its cells.
+    let mapper = options.local_cells.then(|| embedder.with_feature_map()).transpose()?;
+    let with_cells = options.local_cells.then(|| store.hashes_with_cells()).transpose()?;
+    let channels = embedder.backbone_dimension();
     let mut report = IndexReport {
         total: entries.len(),
         ..Default::default()
@@ -196,12 +213,13 @@ pub fn index_catalogue(
         // Two prepared batches in flight: enough to hide decoding behind inference, bounded memory.
         let (sender, receiver) = sync_channel::<(usize, Vec<Vec<View>>, Tensors)>(2);
         let (recycle, recycled) = std::sync::mpsc::channel::<Vec<f32>>();
-        let known = &known;
+        let (known, with_cells) = (&known, with_cells.as_ref());
         let preparers = low_priority_pool(rayon::current_num_threads())?;
         scope.spawn(move || {
             for (n, chunk) in entries.chunks(batch_size).enumerate() {
                 let buffer = recycled.try_recv().unwrap_or_default();
-                let (prepared, tensors) = preparers.install(|| prepare_chunk(chunk, known, embedder, buffer));
+                let (prepared, tensors) =
+                    preparers.install(|| prepare_chunk(chunk, known, with_cells, embedder, buffer));
                 if sender.send((n * batch_size, prepared, tensors)).is_err() {
                     break; // the consumer failed and hung up
                 }
@@ -209,11 +227,12 @@ pub fn index_catalogue(
         });
         // The network runs on its own thread, so that it goes on with the next batch while this one
         // writes the last one to the store.
-        let (embedded_sender, embedded) = sync_channel::<(usize, Vec<Vec<View>>, Result<Vec<Vec<f32>>>)>(1);
+        let (embedded_sender, embedded) = sync_channel::<(usize, Vec<Vec<View>>, Result<Embedded>)>(1);
+        let network = mapper.as_ref().unwrap_or(embedder);
         scope.spawn(move || {
             for (start, prepared, tensors) in receiver {
                 let inputs = &tensors.buffer[..tensors.count * embedder.preprocessing.tensor_len()];
-                let features = embed_tensors(embedder, inputs, tensors.count);
+                let features = embed_tensors(network, inputs, tensors.count);
                 let _ = recycle.send(tensors.buffer);
                 if embedded_sender.send((start, prepared, features)).is_err() {
                     break; // the writer failed and hung up
@@ -223,8 +242,22 @@ pub fn index_catalogue(
         let mut done = 0;
         for (start, prepared, features) in embedded {
             let chunk = &entries[start..start + prepared.len()];
-            let features = features?;
+            let Embedded { features, maps } = features?;
             let mut next_feature = features.iter();
+            // Made here, beside the network's thread rather than on it.
+            let cells: Vec<PhotoCells> = prepared
+                .iter()
+                .flatten()
+                .filter_map(|view| match view {
+                    View::Embed { hash } => Some(hash),
+                    _ => None,
+                })
+                .zip(&maps)
+                .map(|(hash, map)| PhotoCells {
+                    content_hash: hash.clone(),
+                    cells: StoredCells::of_planes(map, channels).to_bytes(),
+                })
+                .collect();
             // Per entry: its views with their new vectors (None: keep the stored one).
             let mut plans = Vec::new();
             for (entry, views) in chunk.iter().zip(&prepared) {
@@ -292,6 +325,10 @@ pub fn index_catalogue(
                     more_images: images.as_deref(),
                 })
                 .collect();
+            // Cells first: a product is never stored without them (but by a run without cells).
+            if !cells.is_empty() {
+                store.put_cells(&cells)?;
+            }
             store.write_batch(&writes)?;
             done += chunk.len();
             on_batch(done, entries.len());
@@ -319,6 +356,10 @@ pub fn index_catalogue(
             .collect();
         report.pruned = store.remove(&gone)?;
     }
+    // Another shard may be between keeping a photo's cells and its product.
+    if options.local_cells && options.shard.is_none() {
+        store.drop_unused_cells()?;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -343,20 +384,36 @@ fn low_priority_pool(threads: usize) -> Result<rayon::ThreadPool> {
         .build()?)
 }
 
-/// Features of the `count` network inputs laid one after another in `inputs`, run through the
-/// network in batches of at most [`DEFAULT_BATCH_SIZE`].
-fn embed_tensors(embedder: &Embedder, inputs: &[f32], count: usize) -> Result<Vec<Vec<f32>>> {
-    let mut features = Vec::with_capacity(count);
+/// A batch's vectors, and each image's last feature map (NCHW) where the network gave them.
+struct Embedded {
+    features: Vec<Vec<f32>>,
+    maps: Vec<Vec<f32>>,
+}
+
+/// Features (and feature maps, from an embedder that makes them) of the `count` network inputs
+/// laid one after another in `inputs`, run through the network in batches of at most
+/// [`DEFAULT_BATCH_SIZE`].
+fn embed_tensors(embedder: &Embedder, inputs: &[f32], count: usize) -> Result<Embedded> {
+    let mut embedded = Embedded {
+        features: Vec::with_capacity(count),
+        maps: Vec::new(),
+    };
     if count == 0 {
-        return Ok(features);
+        return Ok(embedded);
     }
     let per_image = inputs.len() / count;
     for batch in inputs.chunks(DEFAULT_BATCH_SIZE * per_image) {
         let images = batch.len() / per_image;
         let out = embedder.run(batch, images)?;
-        features.extend((0..images).map(|i| out.feature(i).to_vec()));
+        embedded.features.extend((0..images).map(|i| out.feature(i).to_vec()));
+        if !out.block_input.is_empty() {
+            let per_map = out.block_input.len() / images;
+            embedded
+                .maps
+                .extend(out.block_input.chunks_exact(per_map).map(<[f32]>::to_vec));
+        }
     }
-    Ok(features)
+    Ok(embedded)
 }
 
 /// Embeds image files for queries; each result is the embedding or why the image was refused.

@@ -23,6 +23,7 @@ pub(crate) mod diversity;
 pub(crate) mod file;
 pub mod fusion;
 pub(crate) mod kernels;
+pub mod local_cells;
 pub(crate) mod positions;
 pub(crate) mod records;
 pub(crate) mod related;

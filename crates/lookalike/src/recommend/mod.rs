@@ -18,6 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::index::category_vote::{voted, voted_by, votes, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
+use crate::index::local_cells::{reranked_locally, QueryCells, StoredCells, LOCAL_RERANK_DEPTH};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::{Hit, SearchMode, VectorIndex};
 use crate::learn::head::Head;
@@ -36,6 +37,9 @@ pub struct Query<'a> {
     /// The whole photo's vector when `image` is a part search found in it: the kind of product
     /// a shopper photographed is read from both ([`KindChances::of`]).
     pub whole_photo: Option<&'a [f32]>,
+    /// The part's local cells when `image` is a part search found in a busy photo: its
+    /// [`LOCAL_RERANK_DEPTH`] best products are ordered again by [`reranked_locally`].
+    pub part_cells: Option<&'a QueryCells>,
 }
 
 /// Candidates each ranking brings to the fusion of a photo and words.
@@ -453,6 +457,10 @@ impl Recommender {
         let (hits, ranked_by) = match (query.image, query.words) {
             (None, None) => return Err(crate::error::Error::invalid("a query needs a photo, words or both").into()),
             (Some(image), None) if metric == Metric::Cosine => {
+                let pool = match query.part_cells {
+                    Some(_) => pool.max(LOCAL_RERANK_DEPTH),
+                    None => pool,
+                };
                 let hits = self.search(image, pool, metric, filter, None)?;
                 let best = hits.first().map(|hit| hit.score);
                 let views = match query.whole_photo {
@@ -462,10 +470,14 @@ impl Recommender {
                 let kinds = self.kind_chances(&views, best)?;
                 // Only a photo that matches no product closely is voted on, and only it pays for
                 // the deeper search the vote needs.
-                if votes(best) && pool < VOTE_POOL {
-                    (self.search_voted(image, pool, filter, kinds.as_ref())?, metric)
+                let hits = if votes(best) && pool < VOTE_POOL {
+                    self.search_voted(image, pool, filter, kinds.as_ref())?
                 } else {
-                    (voted(hits, kind_chance(kinds.as_ref())), metric)
+                    voted(hits, kind_chance(kinds.as_ref()))
+                };
+                match query.part_cells {
+                    Some(part) => (self.reranked_locally(hits, part)?, metric),
+                    None => (hits, metric),
                 }
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
@@ -484,6 +496,31 @@ impl Recommender {
             }
         };
         self.diversified(hits, k, diversity, ranked_by)
+    }
+
+    /// `hits` with the first [`LOCAL_RERANK_DEPTH`] ordered again by their photos' likeness to
+    /// `part` ([`reranked_locally`]); as they were when one of those has no photo with cells
+    /// (stored by a lookalike before them, or `index` without them): a product is never ranked
+    /// by its pooled vector alone beside others ranked with their cells.
+    fn reranked_locally(&self, hits: Vec<Scored>, part: &QueryCells) -> Result<Vec<Scored>> {
+        let depth = hits.len().min(LOCAL_RERANK_DEPTH);
+        let ids: Vec<&str> = hits[..depth].iter().map(|hit| hit.product.id.as_str()).collect();
+        let cells = self.locks.store().cells_of(&ids)?;
+        let mut likeness = HashMap::with_capacity(depth);
+        for id in ids {
+            let best = cells
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter_map(|photo| StoredCells::from_bytes(&photo.cells))
+                .map(|theirs| part.likeness_to(&theirs))
+                .reduce(f32::max);
+            match best {
+                Some(best) => likeness.insert(id.to_string(), best),
+                None => return Ok(hits),
+            };
+        }
+        Ok(reranked_locally(hits, |hit| hit.score + likeness[&hit.product.id]))
     }
 
     /// Ids matching `words` with their relevance, enough of them for `k` results after groups fold.

@@ -7,7 +7,7 @@
 pub mod postgres;
 pub(crate) mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Result};
@@ -35,6 +35,13 @@ pub struct ProductWrite<'a> {
     /// `Some`: the product's further views become these (the entry's `more_images`, in order);
     /// `None` leaves the stored ones.
     pub more_images: Option<&'a [ImageWrite<'a>]>,
+}
+
+/// A photo's local cells as stored, with the content hash they are kept under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhotoCells {
+    pub content_hash: String,
+    pub cells: Vec<u8>,
 }
 
 /// One further view of a product; `vector: None` keeps the vector stored for an image of the
@@ -126,6 +133,18 @@ pub trait Store: Send {
     /// One product in its own transaction; false when `mode`'s condition did not hold (nothing written).
     fn write_one(&mut self, write: &ProductWrite, mode: WriteMode) -> Result<bool>;
     fn remove(&mut self, ids: &[String]) -> Result<usize>;
+    /// Keeps each photo's local cells ([`crate::index::local_cells::StoredCells::to_bytes`]) under
+    /// its content hash, replacing what was kept there.
+    fn put_cells(&mut self, cells: &[PhotoCells]) -> Result<()>;
+    /// The content hashes of the photos whose cells are of
+    /// [`crate::index::local_cells::CELLS_FORMAT`] (cells of another are made again).
+    fn hashes_with_cells(&self) -> Result<HashSet<String>>;
+    /// The cells (of that format) of each of `ids`' photos that has them, by product id.
+    fn cells_of(&self, ids: &[&str]) -> Result<HashMap<String, Vec<PhotoCells>>>;
+    /// Hands every photo's cells (of that format) to `visit`, `batch` at a time.
+    fn each_cells(&self, batch: usize, visit: &mut dyn FnMut(Vec<PhotoCells>) -> Result<()>) -> Result<()>;
+    /// Forgets the cells of photos no product has any more, and those of another format; how many.
+    fn drop_unused_cells(&mut self) -> Result<usize>;
     /// Records `path` as a file that a server of this catalogue wrote (an upload): the only
     /// files a server ever deletes.
     fn record_upload(&self, path: &str) -> Result<()>;
@@ -210,8 +229,8 @@ pub trait VectorSearch {
 /// 1 the manifest and the products; 2 the image-path index (and SQLite's change log, which memory
 /// follows); 3 product links, groups and further photos; 4 the word index; 5 the record of uploads
 /// and Unicode case-folded category keys; 6 accent-insensitive words (SQLite's word index folded
-/// accents from 4 on, so its 6 adds nothing).
-pub const SCHEMA_VERSION: u32 = 6;
+/// accents from 4 on, so its 6 adds nothing); 7 each photo's local cells.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Refuses a catalogue written by a newer lookalike, whose schema this one cannot read right.
 pub(crate) fn check_schema(catalogue: &dyn std::fmt::Display, found: u32) -> Result<()> {
@@ -266,8 +285,8 @@ pub(crate) fn check_same_model(stored: &ModelManifest, model: &ModelManifest) ->
     )
 }
 
-/// Copies every product (vectors included), the manifest and the heads from `source` into
-/// `target`, `batch` products per transaction; returns how many were copied.
+/// Copies every product (vectors and photos' cells included), the manifest and the heads from
+/// `source` into `target`, `batch` products per transaction; returns how many were copied.
 pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) -> Result<usize> {
     let Some(manifest) = source.manifest()? else {
         bail!("the source catalogue has no products yet");
@@ -283,6 +302,7 @@ pub fn copy_catalogue(source: &dyn Store, target: &mut dyn Store, batch: usize) 
     if let Some(kinds) = source.head(HeadRole::Kinds)? {
         target.set_head(HeadRole::Kinds, &kinds)?;
     }
+    source.each_cells(batch, &mut |cells| target.put_cells(&cells))?;
     Ok(products.len())
 }
 

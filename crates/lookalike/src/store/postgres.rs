@@ -10,7 +10,7 @@
 //! stores half-precision vectors (half the memory; only when the database is first set up), and
 //! `ef_search=N` sets HNSW's candidate list for every query (default [`ef_search_for`]`(k)`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -18,9 +18,10 @@ use pgvector::Vector;
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    check_same_model, head_stamp_of, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide, Store, VectorSearch,
-    WriteMode,
+    check_same_model, head_stamp_of, Fingerprint, HeadRole, ImageWrite, PhotoCells, ProductWrite, SearchSide, Store,
+    VectorSearch, WriteMode,
 };
+use crate::index::local_cells::CELLS_FORMAT;
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{
@@ -97,6 +98,16 @@ UPDATE lookalike_products SET words =
     setweight(to_tsvector('english', translate(coalesce(category, ''), '/', ' ')), 'B') ||
     setweight(to_tsvector('english', coalesce(description, '')), 'C');
 CREATE INDEX lookalike_products_words ON lookalike_products USING gin (words);
+",
+    // Each photo's local cells by its content hash (see the SQLite store's schema 7).
+    "
+CREATE TABLE lookalike_photo_cells (
+    content_hash text PRIMARY KEY,
+    format       integer NOT NULL,
+    cells        bytea NOT NULL
+);
+CREATE INDEX lookalike_products_content_hash ON lookalike_products (content_hash);
+CREATE INDEX lookalike_images_content_hash ON lookalike_images (content_hash);
 ",
 ];
 
@@ -771,6 +782,81 @@ impl Store for PgStore {
             .client()
             .execute("DELETE FROM lookalike_products WHERE id = ANY($1)", &[&ids])?;
         Ok(n as usize)
+    }
+
+    fn put_cells(&mut self, cells: &[PhotoCells]) -> Result<()> {
+        let mut client = self.client();
+        let mut tx = client.transaction()?;
+        let put = tx.prepare(
+            "INSERT INTO lookalike_photo_cells (content_hash, format, cells) VALUES ($1, $2, $3)
+             ON CONFLICT (content_hash) DO UPDATE SET format = excluded.format, cells = excluded.cells",
+        )?;
+        for photo in cells {
+            tx.execute(&put, &[&photo.content_hash, &CELLS_FORMAT, &photo.cells])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn hashes_with_cells(&self) -> Result<HashSet<String>> {
+        let rows = self.client().query(
+            "SELECT content_hash FROM lookalike_photo_cells WHERE format = $1",
+            &[&CELLS_FORMAT],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn cells_of(&self, ids: &[&str]) -> Result<HashMap<String, Vec<PhotoCells>>> {
+        let ids: Vec<&str> = ids.iter().copied().filter(|id| !id.contains('\0')).collect();
+        let rows = self.client().query(
+            "SELECT p.id, c.content_hash, c.cells FROM lookalike_products p
+               JOIN lookalike_photo_cells c ON c.content_hash = p.content_hash
+             WHERE p.id = ANY($1) AND c.format = $2
+             UNION ALL
+             SELECT i.product_id, c.content_hash, c.cells FROM lookalike_images i
+               JOIN lookalike_photo_cells c ON c.content_hash = i.content_hash
+             WHERE i.product_id = ANY($1) AND c.format = $2",
+            &[&ids, &CELLS_FORMAT],
+        )?;
+        let mut found: HashMap<String, Vec<PhotoCells>> = HashMap::new();
+        for row in rows {
+            found.entry(row.get(0)).or_default().push(PhotoCells {
+                content_hash: row.get(1),
+                cells: row.get(2),
+            });
+        }
+        Ok(found)
+    }
+
+    fn each_cells(&self, batch: usize, visit: &mut dyn FnMut(Vec<PhotoCells>) -> Result<()>) -> Result<()> {
+        let mut after = String::new();
+        loop {
+            let rows = self.client().query(
+                "SELECT content_hash, cells FROM lookalike_photo_cells
+                 WHERE format = $1 AND content_hash > $2 ORDER BY content_hash LIMIT $3",
+                &[&CELLS_FORMAT, &after, &(batch.max(1) as i64)],
+            )?;
+            let Some(last) = rows.last() else { return Ok(()) };
+            after = last.get(0);
+            visit(
+                rows.iter()
+                    .map(|r| PhotoCells {
+                        content_hash: r.get(0),
+                        cells: r.get(1),
+                    })
+                    .collect(),
+            )?;
+        }
+    }
+
+    fn drop_unused_cells(&mut self) -> Result<usize> {
+        let dropped = self.client().execute(
+            "DELETE FROM lookalike_photo_cells c WHERE c.format <> $1
+               OR (NOT EXISTS (SELECT 1 FROM lookalike_products p WHERE p.content_hash = c.content_hash)
+                   AND NOT EXISTS (SELECT 1 FROM lookalike_images i WHERE i.content_hash = c.content_hash))",
+            &[&CELLS_FORMAT],
+        )?;
+        Ok(dropped as usize)
     }
 
     fn record_upload(&self, path: &str) -> Result<()> {

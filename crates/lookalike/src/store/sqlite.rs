@@ -1,7 +1,7 @@
 //! [`SqliteStore`]: the catalogue in one SQLite file (the default store).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,28 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::{
-    check_same_model, head_stamp_of, ChangeLog, Changes, Fingerprint, HeadRole, ImageWrite, ProductWrite, SearchSide,
-    Store, WriteMode,
+    check_same_model, head_stamp_of, ChangeLog, Changes, Fingerprint, HeadRole, ImageWrite, PhotoCells, ProductWrite,
+    SearchSide, Store, WriteMode,
 };
+use crate::index::local_cells::CELLS_FORMAT;
 use crate::learn::head::Head;
 use crate::model::ModelManifest;
 use crate::types::{category_key, Filter, Page, ProductImage, ProductInfo, StoredProduct, Words};
 
 /// [`super::SCHEMA_VERSION`], as SQLite's `user_version` holds it.
 const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION as i64;
+
+/// The upgrade to version 7: each photo's local cells ([`crate::index::local_cells`]) by its
+/// content hash, so a photo kept by several products or by a product again keeps one copy; and
+/// the index that finds whether any product still has a photo.
+const SCHEMA_7: &str = "
+CREATE TABLE photo_cells (
+    content_hash TEXT PRIMARY KEY,
+    format       INTEGER NOT NULL,
+    cells        BLOB NOT NULL
+);
+CREATE INDEX product_images_content_hash ON product_images(content_hash);
+";
 
 /// The upgrade to version 5: the files a server wrote (uploads), the only ones it may delete.
 const SCHEMA_5: &str = "
@@ -289,6 +302,9 @@ impl SqliteStore {
                 }
                 if version < 5 {
                     conn.execute_batch(SCHEMA_5)?;
+                }
+                if version < 7 {
+                    conn.execute_batch(SCHEMA_7)?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
@@ -603,6 +619,99 @@ impl Store for SqliteStore {
         trim_change_log(&tx)?;
         tx.commit()?;
         Ok(removed)
+    }
+
+    fn put_cells(&mut self, cells: &[PhotoCells]) -> Result<()> {
+        let tx = self.write_transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO photo_cells (content_hash, format, cells) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(content_hash) DO UPDATE SET format = excluded.format, cells = excluded.cells",
+            )?;
+            for photo in cells {
+                put.execute(params![photo.content_hash, CELLS_FORMAT, photo.cells])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn hashes_with_cells(&self) -> Result<HashSet<String>> {
+        if self.schema < 7 {
+            return Ok(HashSet::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT content_hash FROM photo_cells WHERE format = ?1")?;
+        let hashes = stmt.query_map([CELLS_FORMAT], |r| r.get(0))?;
+        Ok(hashes.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn cells_of(&self, ids: &[&str]) -> Result<HashMap<String, Vec<PhotoCells>>> {
+        let mut found: HashMap<String, Vec<PhotoCells>> = HashMap::new();
+        if self.schema < 7 {
+            return Ok(found);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.id, c.content_hash, c.cells FROM products p JOIN photo_cells c ON c.content_hash = p.content_hash
+             WHERE p.id = ?1 AND c.format = ?2
+             UNION ALL
+             SELECT i.product_id, c.content_hash, c.cells FROM product_images i
+               JOIN photo_cells c ON c.content_hash = i.content_hash
+             WHERE i.product_id = ?1 AND c.format = ?2",
+        )?;
+        for id in ids {
+            let rows = stmt.query_map(params![id, CELLS_FORMAT], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PhotoCells {
+                        content_hash: r.get(1)?,
+                        cells: r.get(2)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (id, cells) = row?;
+                found.entry(id).or_default().push(cells);
+            }
+        }
+        Ok(found)
+    }
+
+    fn each_cells(&self, batch: usize, visit: &mut dyn FnMut(Vec<PhotoCells>) -> Result<()>) -> Result<()> {
+        if self.schema < 7 {
+            return Ok(());
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT content_hash, cells FROM photo_cells WHERE format = ?1 ORDER BY content_hash")?;
+        let mut rows = stmt.query([CELLS_FORMAT])?;
+        let mut chunk = Vec::with_capacity(batch);
+        while let Some(row) = rows.next()? {
+            chunk.push(PhotoCells {
+                content_hash: row.get(0)?,
+                cells: row.get(1)?,
+            });
+            if chunk.len() >= batch.max(1) {
+                visit(std::mem::take(&mut chunk))?;
+            }
+        }
+        if !chunk.is_empty() {
+            visit(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn drop_unused_cells(&mut self) -> Result<usize> {
+        let tx = self.write_transaction()?;
+        let dropped = tx.execute(
+            "DELETE FROM photo_cells WHERE format <> ?1
+               OR (NOT EXISTS (SELECT 1 FROM products p WHERE p.content_hash = photo_cells.content_hash)
+                   AND NOT EXISTS (SELECT 1 FROM product_images i WHERE i.content_hash = photo_cells.content_hash))",
+            [CELLS_FORMAT],
+        )?;
+        tx.commit()?;
+        Ok(dropped)
     }
 
     fn record_upload(&self, path: &str) -> Result<()> {
@@ -1007,6 +1116,16 @@ mod tests {
             !store.release_upload("/x.jpg").unwrap(),
             "a file never recorded as an upload is never the server's to delete"
         );
+        // Photos' cells: none yet, kept by content hash, forgotten once no product has the photo.
+        assert!(store.hashes_with_cells().unwrap().is_empty());
+        let cells = PhotoCells {
+            content_hash: "h".into(),
+            cells: vec![1, 2, 3],
+        };
+        store.put_cells(std::slice::from_ref(&cells)).unwrap();
+        assert_eq!(store.hashes_with_cells().unwrap(), ["h".to_string()].into());
+        assert_eq!(store.drop_unused_cells().unwrap(), 1, "product x was removed above");
+        assert!(store.hashes_with_cells().unwrap().is_empty());
         drop(store);
 
         Connection::open(&path)
@@ -1015,7 +1134,8 @@ mod tests {
             .unwrap();
         for open in [SqliteStore::open, SqliteStore::open_read_only] {
             let refused = open(&path).err().expect("a newer schema is refused").to_string();
-            assert!(refused.contains("written by a newer lookalike (schema 7"), "{refused}");
+            let newer = format!("written by a newer lookalike (schema {}", SCHEMA_VERSION + 1);
+            assert!(refused.contains(&newer), "{refused}");
         }
     }
 
