@@ -38,7 +38,8 @@ pub struct Query<'a> {
     /// a shopper photographed is read from both ([`KindChances::of`]).
     pub whole_photo: Option<&'a [f32]>,
     /// The part's local cells when `image` is a part search found in a busy photo: its
-    /// [`LOCAL_RERANK_DEPTH`] best products are ordered again by [`reranked_locally`].
+    /// [`LOCAL_RERANK_DEPTH`] best products are ordered again by [`reranked_locally`] (a photo
+    /// alone, by cosine; with words the fusion ranks as before).
     pub part_cells: Option<&'a QueryCells>,
 }
 
