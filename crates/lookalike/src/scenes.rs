@@ -73,7 +73,8 @@ pub struct SceneReport {
     /// Scenes of one product: the whole photo, the default search, the product's true box, the part
     /// the default search picked before it is narrowed, the true box with the scene around the
     /// product made white (a perfect cut-out: what the scene's backdrop costs), and, where the
-    /// catalogue keeps its photos' cells, the default search without its local re-ranking.
+    /// catalogue keeps its photos' cells, the default search and the true box without their
+    /// local re-ranking. Boxes are ranked as search ranks `--box`.
     pub singles: Vec<SceneRecall>,
     /// Every held-out photo as it is (a packshot): searched whole, and by default.
     pub clean: Vec<SceneRecall>,
@@ -257,7 +258,7 @@ pub fn scene_recall(
         Counts::default(),
     );
     let mut searched_whole = 0usize;
-    let mut not_locally = Counts::default();
+    let (mut not_locally, mut boxed_not_locally) = (Counts::default(), Counts::default());
     for _ in 0..options.singles {
         let SingleScene {
             scene,
@@ -287,8 +288,18 @@ pub fn scene_recall(
                 not_locally.add(rank(&vectors[0], photo));
             }
         }
-        boxed.add(rank(&search.embed(&scene, &[Some(placed)])?[0], photo));
-        cut_out_boxed.add(rank(&search.embed(&on_white, &[Some(placed)])?[0], photo));
+        // `--box` on the product, as search ranks a box.
+        let in_box = search.embed(&scene, &[Some(placed)])?.remove(0);
+        boxed.add(rank_found(&scene, Some(placed), [&in_box, &in_box], photo, true)?);
+        boxed_not_locally.add(rank(&in_box, photo));
+        let on_white_box = search.embed(&on_white, &[Some(placed)])?.remove(0);
+        cut_out_boxed.add(rank_found(
+            &on_white,
+            Some(placed),
+            [&on_white_box, &on_white_box],
+            photo,
+            true,
+        )?);
     }
 
     // Clean packshots: every held-out photo as it is, searched whole and by default.
@@ -334,7 +345,10 @@ pub fn scene_recall(
         let both = [first, second];
         both_whole += usize::from(both.iter().all(|&photo| rank(&vectors[0], photo) < 10));
         let in_own_box = search.embed(&scene, &[Some(boxes[0]), Some(boxes[1])])?;
-        both_boxes += usize::from(rank(&in_own_box[0], first) < 5 && rank(&in_own_box[1], second) < 5);
+        let found_in_own_box = |i: usize, photo: &HeldOut| -> Result<bool> {
+            Ok(rank_found(&scene, Some(boxes[i]), [&in_own_box[i], &in_own_box[i]], photo, true)? < 5)
+        };
+        both_boxes += usize::from(found_in_own_box(0, first)? && found_in_own_box(1, second)?);
         // "Shop the look" (see `Shop::regions_of`): each product among the 5 best of a region
         // found around its centre.
         let regions = search.regions(&scene, &embedded, &both)?;
@@ -368,6 +382,7 @@ pub fn scene_recall(
     ];
     if keeps_cells {
         singles.push(not_locally.recall("default search without local re-ranking"));
+        singles.push(boxed_not_locally.recall("the true box without local re-ranking"));
     }
     Ok(SceneReport {
         singles,

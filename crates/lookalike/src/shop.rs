@@ -182,8 +182,8 @@ pub struct Located {
     /// The whole photo, when the part is one the search found in it: what kind of product the
     /// photo shows is read from all of it ([`SearchRequest::whole_photo`]).
     pub whole_photo: Option<ImageEmbedding>,
-    /// The part's local cells, when it is one the search found in a busy photo: its best
-    /// products are ordered again by how alike their photos are to it, place by place
+    /// The part's local cells, when it is one the search found in a busy photo or a box: its
+    /// best products are ordered again by how alike their photos are to it, place by place
     /// ([`SearchRequest::part_cells`]).
     pub cells: Option<QueryCells>,
 }
@@ -219,7 +219,7 @@ pub struct SearchRequest<'a> {
     pub photo: Option<&'a ImageEmbedding>,
     /// The whole photo when `photo` is a part of it ([`Located::whole_photo`]).
     pub whole_photo: Option<&'a ImageEmbedding>,
-    /// The part's local cells when `photo` is a part search found ([`Located::cells`]): its
+    /// The part's local cells when `photo` is a part search found or a box ([`Located::cells`]): its
     /// [`crate::index::local_cells::LOCAL_RERANK_DEPTH`] best products are ordered again by their photos' likeness to them.
     pub part_cells: Option<&'a QueryCells>,
     pub words: Option<&'a Words>,
@@ -462,16 +462,25 @@ impl Shop {
     }
 
     /// `photo` embedded as `framing` says; `with_feature_map`: the part searched keeps its last
-    /// feature map, for [`Self::explain`] (the network runs once for both).
+    /// feature map, for [`Self::explain`] (the network runs once for both). A box keeps its
+    /// cells, as a part search finds does ([`Located::cells`]).
     pub fn locate(&self, photo: &Photo, framing: &Framing, with_feature_map: bool) -> Result<Located> {
         let region = match framing {
             Framing::Box(region) => Some(region),
             Framing::Whole | Framing::FindProduct => None,
         };
-        let located = Located::embedded(
+        let boxed = region.is_some();
+        let mut located = Located::embedded(
             region.copied(),
-            self.embed_parts_with(photo, &[region], with_feature_map)?.remove(0),
+            self.embed_parts_with(photo, &[region], with_feature_map || boxed)?
+                .remove(0),
         );
+        if boxed {
+            located.cells = located.feature_map.as_ref().map(FeatureMap::query_cells);
+            if !with_feature_map {
+                located.feature_map = None;
+            }
+        }
         match framing {
             Framing::FindProduct => self.find_part(photo, located, with_feature_map),
             Framing::Whole | Framing::Box(_) => Ok(located),

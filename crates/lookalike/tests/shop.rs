@@ -340,8 +340,8 @@ fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     );
 }
 
-/// A part found in a busy photo has its 20 best products ordered again by their score plus their
-/// most alike photo's local likeness to the part (each photo's cells kept by `index`); a
+/// A part found in a busy photo, or a box, has its 20 best products ordered again by their score
+/// plus their most alike photo's local likeness to the part (each photo's cells kept by `index`); a
 /// catalogue indexed without cells answers as before; a product added through the front door
 /// keeps its photo's cells.
 #[test]
@@ -401,29 +401,22 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
     ];
     let store = lookalike::store::open_store_read_only(&shop.location()).unwrap();
     let ids = |hits: &[lookalike::types::Scored]| hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
-    let (mut in_a_part, mut changed) = (0, 0);
-    for (i, photo) in photos.iter().enumerate() {
-        let located = shop.locate(photo, &Framing::FindProduct, false).unwrap();
-        let Some(part) = located.cells.as_ref() else {
-            assert!(located.region.is_none(), "photo {i}: a part kept without its cells");
-            continue;
-        };
-        in_a_part += 1;
-        let reranked = shop.search(&SearchRequest::located(&located, 20)).unwrap().hits;
+    // `located`'s products with and without its cells, checked against what the order must be:
+    // the plain order's products by score plus their most alike photo's likeness.
+    let reranked_and_plain = |located: &lookalike::shop::Located| {
+        let part = located.cells.as_ref().expect("cells");
+        let reranked = shop.search(&SearchRequest::located(located, 20)).unwrap().hits;
         let plain = shop
             .search(&SearchRequest {
                 part_cells: None,
-                ..SearchRequest::located(&located, 20)
+                ..SearchRequest::located(located, 20)
             })
             .unwrap()
             .hits;
         assert!(
             plain.len() >= 5 && plain.len() == reranked.len(),
-            "photo {i}: every product of the fixture"
+            "every product of the fixture"
         );
-
-        // What the order must be: the plain order's products by score plus their most alike
-        // photo's likeness.
         let plain_ids = ids(&plain);
         let cells = store
             .cells_of(&plain_ids.iter().map(String::as_str).collect::<Vec<_>>())
@@ -446,8 +439,19 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
             .collect();
         expected.sort_by(|a, b| b.1.total_cmp(&a.1));
         let expected: Vec<String> = expected.into_iter().map(|(id, _)| id).collect();
-        assert_eq!(ids(&reranked), expected, "photo {i}");
-        changed += usize::from(ids(&reranked) != plain_ids);
+        assert_eq!(ids(&reranked), expected);
+        (ids(&reranked), plain_ids)
+    };
+    let (mut in_a_part, mut changed) = (0, 0);
+    for (i, photo) in photos.iter().enumerate() {
+        let located = shop.locate(photo, &Framing::FindProduct, false).unwrap();
+        let Some(region) = located.region else {
+            assert!(located.cells.is_none(), "photo {i}: searched whole, nothing to re-rank");
+            continue;
+        };
+        in_a_part += 1;
+        let (reranked, plain) = reranked_and_plain(&located);
+        changed += usize::from(reranked != plain);
 
         // Indexed without cells: the same part, its products in their plain order.
         let located_there = plain_shop.locate(photo, &Framing::FindProduct, false).unwrap();
@@ -456,7 +460,12 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
             .search(&SearchRequest::located(&located_there, 20))
             .unwrap()
             .hits;
-        assert_eq!(ids(&there), plain_ids, "photo {i}");
+        assert_eq!(ids(&there), plain, "photo {i}");
+
+        // The same part drawn as a box by the shopper is re-ranked the same way.
+        let boxed = shop.locate(photo, &Framing::Box(region), false).unwrap();
+        assert!(boxed.feature_map.is_none(), "kept only when asked for");
+        reranked_and_plain(&boxed);
     }
     assert!(
         in_a_part >= 1 && changed >= 1,

@@ -330,11 +330,13 @@ impl AppState {
             searched_whole_when_busy,
         } = self.affordable(framing).await;
         let photo = self.decode(bytes).await?;
-        let region = match framing {
-            Framing::Box(region) => Some(region),
-            Framing::Whole | Framing::FindProduct => None,
-        };
-        let embedded = Located::embedded(region, (self.embed_parts(&photo, vec![region]).await?.remove(0), None));
+        // A box is read with its feature map, for its cells (`Shop::locate`): not batched.
+        if let Framing::Box(_) = framing {
+            let located = on_catalogue(self, move |shop| shop.locate(&photo, &framing, false)).await;
+            drop(ticket);
+            return Ok((located?, searched_whole_when_busy));
+        }
+        let embedded = Located::embedded(None, (self.embed_parts(&photo, vec![None]).await?.remove(0), None));
         if framing != Framing::FindProduct {
             return Ok((embedded, searched_whole_when_busy));
         }
