@@ -219,8 +219,9 @@ pub struct SearchRequest<'a> {
     pub photo: Option<&'a ImageEmbedding>,
     /// The whole photo when `photo` is a part of it ([`Located::whole_photo`]).
     pub whole_photo: Option<&'a ImageEmbedding>,
-    /// The part's local cells when `photo` is a part search found or a box ([`Located::cells`]): its
-    /// [`crate::index::local_cells::LOCAL_RERANK_DEPTH`] best products are ordered again by their photos' likeness to them.
+    /// The part's local cells when `photo` is a part found by search or a box ([`Located::cells`]):
+    /// its [`crate::index::local_cells::LOCAL_RERANK_DEPTH`] best products are ordered again by
+    /// their photos' likeness to them.
     pub part_cells: Option<&'a QueryCells>,
     pub words: Option<&'a Words>,
     pub k: usize,
@@ -463,7 +464,7 @@ impl Shop {
 
     /// `photo` embedded as `framing` says; `with_feature_map`: the part searched keeps its last
     /// feature map, for [`Self::explain`] (the network runs once for both). A box keeps its
-    /// cells, as a part search finds does ([`Located::cells`]).
+    /// cells, as a part found by search does ([`Located::cells`]).
     pub fn locate(&self, photo: &Photo, framing: &Framing, with_feature_map: bool) -> Result<Located> {
         let region = match framing {
             Framing::Box(region) => Some(region),
