@@ -186,7 +186,8 @@ pub enum EvalCommand {
     /// Shoppers' photos made from the catalogue's own: a product photo held out, its white
     /// backdrop removed, pasted onto background photos (alone and in pairs, seeded); product
     /// Recall@1/@5 for the whole photo, the product's true box (also cut out onto white) and boxes
-    /// found without it.
+    /// found without it, ranked as search ranks them (and without the local re-ranking, where the
+    /// catalogue keeps its photos' cells).
     Scenes {
         /// A catalogue of products with two photos or more (one is held out per scene).
         #[arg(long)]
