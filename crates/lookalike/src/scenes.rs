@@ -26,7 +26,7 @@ use crate::catalogue::{image_files, labelled_images};
 use crate::explain::{explain, feature_maps, most_alike_pair, FeatureMap};
 use crate::image::cutout::{cut_out, paste, studio_backdrop};
 use crate::image::{load_image, Photo};
-use crate::index::local_cells::{reranked_locally, QueryCells, StoredCells, LOCAL_RERANK_DEPTH};
+use crate::index::local_cells::{reranked_locally, QueryCells, LOCAL_RERANK_DEPTH};
 use crate::learn::eval::{held_out_order_voted, held_out_rank_voted, Aggregation};
 use crate::learn::kinds::ProductKinds;
 use crate::linalg::unit;
@@ -620,14 +620,14 @@ fn reranked_like_search(
     let held_out = products[photo.product].image_hashes().nth(photo.view);
     let mut likeness = HashMap::with_capacity(depth);
     for &p in &order[..depth] {
-        let best = cells
-            .get(&products[p].id)
-            .into_iter()
-            .flatten()
-            .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
-            .filter_map(|theirs| StoredCells::from_bytes(&theirs.cells))
-            .map(|theirs| part.likeness_to(&theirs))
-            .reduce(f32::max);
+        let best = part.best_likeness(
+            cells
+                .get(&products[p].id)
+                .into_iter()
+                .flatten()
+                .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
+                .map(|theirs| theirs.cells.as_slice()),
+        );
         match best {
             Some(best) => likeness.insert(p, best),
             None => return Ok(order),

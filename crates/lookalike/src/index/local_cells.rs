@@ -97,6 +97,16 @@ impl QueryCells {
         Self { codes, scales, weights }
     }
 
+    /// The likeness of the most alike of `photos` (stored cells' bytes); `None` when none reads
+    /// as cells of this format.
+    pub fn best_likeness<'a>(&self, photos: impl IntoIterator<Item = &'a [u8]>) -> Option<f32> {
+        photos
+            .into_iter()
+            .filter_map(StoredCells::from_bytes)
+            .map(|theirs| self.likeness_to(&theirs))
+            .reduce(f32::max)
+    }
+
     /// How alike `other` is to these cells, place by place: each cell's best cosine to any of
     /// `other`'s, averaged with the cells' strengths as weights (Chamfer similarity). A query
     /// part's background cells find nothing much in any packshot, so the product's cells decide,

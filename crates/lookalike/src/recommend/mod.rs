@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::index::category_vote::{voted, voted_by, votes, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
-use crate::index::local_cells::{reranked_locally, QueryCells, StoredCells, LOCAL_RERANK_DEPTH};
+use crate::index::local_cells::{reranked_locally, QueryCells, LOCAL_RERANK_DEPTH};
 use crate::index::related::{related_products, Catalogue, Previous, UnitVectors, Work};
 use crate::index::{Hit, SearchMode, VectorIndex};
 use crate::learn::head::Head;
@@ -509,13 +509,7 @@ impl Recommender {
         let cells = self.locks.store().cells_of(&ids)?;
         let mut likeness = HashMap::with_capacity(depth);
         for id in ids {
-            let best = cells
-                .get(id)
-                .into_iter()
-                .flatten()
-                .filter_map(|photo| StoredCells::from_bytes(&photo.cells))
-                .map(|theirs| part.likeness_to(&theirs))
-                .reduce(f32::max);
+            let best = part.best_likeness(cells.get(id).into_iter().flatten().map(|photo| photo.cells.as_slice()));
             match best {
                 Some(best) => likeness.insert(id.to_string(), best),
                 None => return Ok(hits),
