@@ -605,7 +605,7 @@ fn keeps_to_the_whole(windows: &[PhotoBox], scores: &[f32]) -> bool {
 
 /// `order` (products, best first, their `scores` by index) re-ranked as search re-ranks a part
 /// it found ([`reranked_locally`], as `Recommender::query` does), the held-out `photo`'s own
-/// cells left out; as it was when one of the first products has no photo with cells.
+/// cells left out.
 fn reranked_like_search(
     store: &dyn Store,
     products: &[StoredProduct],
@@ -618,22 +618,14 @@ fn reranked_like_search(
     let ids: Vec<&str> = order[..depth].iter().map(|&p| products[p].id.as_str()).collect();
     let cells = store.cells_of(&ids)?;
     let held_out = products[photo.product].image_hashes().nth(photo.view);
-    let mut likeness = HashMap::with_capacity(depth);
-    for &p in &order[..depth] {
-        let best = part.best_likeness(
-            cells
-                .get(&products[p].id)
-                .into_iter()
-                .flatten()
-                .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
-                .map(|theirs| theirs.cells.as_slice()),
-        );
-        match best {
-            Some(best) => likeness.insert(p, best),
-            None => return Ok(order),
-        };
-    }
-    Ok(reranked_locally(order, |p| scores[*p] + likeness[p]))
+    Ok(reranked_locally(order, |&p| {
+        let photos = cells
+            .get(&products[p].id)?
+            .iter()
+            .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
+            .map(|theirs| theirs.cells.as_slice());
+        Some(scores[p] + part.best_likeness(photos)?)
+    }))
 }
 
 /// Every product's photos' vectors, as unit vectors.

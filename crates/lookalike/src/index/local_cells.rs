@@ -148,19 +148,23 @@ pub fn cells_of_planes(planes: &[f32], channels: usize) -> Vec<f32> {
 
 /// The first [`LOCAL_RERANK_DEPTH`] of `ranked` (best first) ordered again by
 /// `score_and_likeness` — a product's score for the part searched plus its most alike photo's
-/// [`QueryCells::likeness_to`] the part — the rest as they were. Variants (README, "Photos from
-/// shoppers"): likeness alone, or the score weighed ×0.5 or ×2, found fewer products.
-pub fn reranked_locally<T>(ranked: Vec<T>, score_and_likeness: impl Fn(&T) -> f32) -> Vec<T> {
+/// [`QueryCells::best_likeness`] to the part — the rest as they were; all as they were when one
+/// of those first has no photo with cells (`None`: stored by a lookalike before them, or by
+/// `index --no-local-cells`), so a product is never ranked by its vector alone beside others
+/// ranked with their cells. Variants (README, "Photos from shoppers"): likeness alone, or the
+/// score weighed ×0.5 or ×2, found fewer products.
+pub fn reranked_locally<T>(ranked: Vec<T>, score_and_likeness: impl Fn(&T) -> Option<f32>) -> Vec<T> {
     let depth = ranked.len().min(LOCAL_RERANK_DEPTH);
+    let Some(keys) = ranked[..depth]
+        .iter()
+        .map(score_and_likeness)
+        .collect::<Option<Vec<f32>>>()
+    else {
+        return ranked;
+    };
     let mut ranked = ranked;
     let rest = ranked.split_off(depth);
-    let mut top: Vec<(T, f32)> = ranked
-        .into_iter()
-        .map(|item| {
-            let key = score_and_likeness(&item);
-            (item, key)
-        })
-        .collect();
+    let mut top: Vec<(T, f32)> = ranked.into_iter().zip(keys).collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.into_iter().map(|(item, _)| item).chain(rest).collect()
 }
@@ -281,11 +285,14 @@ mod tests {
     #[test]
     fn only_the_first_products_are_reranked_locally() {
         let order: Vec<usize> = (0..LOCAL_RERANK_DEPTH + 3).collect();
-        let reranked = reranked_locally(order, |&p| p as f32);
+        let reranked = reranked_locally(order.clone(), |&p| Some(p as f32));
         let mut expected: Vec<usize> = (0..LOCAL_RERANK_DEPTH).rev().collect();
         expected.extend(LOCAL_RERANK_DEPTH..LOCAL_RERANK_DEPTH + 3);
         assert_eq!(reranked, expected);
-        assert_eq!(reranked_locally(vec![2, 0], |&p| -(p as f32)), [0, 2]);
+        assert_eq!(reranked_locally(vec![2, 0], |&p| Some(-(p as f32))), [0, 2]);
+        // One of the first without cells: nothing moves.
+        let lacking = reranked_locally(order.clone(), |&p| (p != 3).then_some(p as f32));
+        assert_eq!(lacking, order);
     }
 
     #[test]

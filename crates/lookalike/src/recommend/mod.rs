@@ -500,22 +500,15 @@ impl Recommender {
     }
 
     /// `hits` with the first [`LOCAL_RERANK_DEPTH`] ordered again by their photos' likeness to
-    /// `part` ([`reranked_locally`]); as they were when one of those has no photo with cells
-    /// (stored by a lookalike before them, or `index` without them): a product is never ranked
-    /// by its pooled vector alone beside others ranked with their cells.
+    /// `part`, their photos' cells read from the store ([`reranked_locally`]).
     fn reranked_locally(&self, hits: Vec<Scored>, part: &QueryCells) -> Result<Vec<Scored>> {
         let depth = hits.len().min(LOCAL_RERANK_DEPTH);
         let ids: Vec<&str> = hits[..depth].iter().map(|hit| hit.product.id.as_str()).collect();
         let cells = self.locks.store().cells_of(&ids)?;
-        let mut likeness = HashMap::with_capacity(depth);
-        for id in ids {
-            let best = part.best_likeness(cells.get(id).into_iter().flatten().map(|photo| photo.cells.as_slice()));
-            match best {
-                Some(best) => likeness.insert(id.to_string(), best),
-                None => return Ok(hits),
-            };
-        }
-        Ok(reranked_locally(hits, |hit| hit.score + likeness[&hit.product.id]))
+        Ok(reranked_locally(hits, |hit| {
+            let photos = cells.get(&hit.product.id)?.iter().map(|photo| photo.cells.as_slice());
+            Some(hit.score + part.best_likeness(photos)?)
+        }))
     }
 
     /// Ids matching `words` with their relevance, enough of them for `k` results after groups fold.
