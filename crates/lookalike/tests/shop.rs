@@ -255,6 +255,26 @@ fn collage(paths: &[PathBuf], side: u32) -> Photo {
     }
 }
 
+/// A photo of the Luma shop's orange hoodie it does not list, among three products of the demo.
+fn orange_hoodie_among_others() -> Photo {
+    let other = |name: &str| demo().with_file_name("images").join(name);
+    let hoodie = luma_fixture().join("queries/mh01-orange_main.jpg");
+    collage(
+        &[hoodie, other("24-ug03.jpg"), other("wb01.jpg"), other("wsh02.jpg")],
+        250,
+    )
+}
+
+/// A photo of the Luma shop's red jacket it does not list, after three products of the demo.
+fn red_jacket_among_others() -> Photo {
+    let other = |name: &str| demo().with_file_name("images").join(name);
+    let jacket = luma_fixture().join("queries/wj01-red_main.jpg");
+    collage(
+        &[other("24-mg03.jpg"), other("wp04.jpg"), other("24-mb02.jpg"), jacket],
+        250,
+    )
+}
+
 #[test]
 fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,24 +290,8 @@ fn eval_scenes_looks_where_search_and_shop_the_look_look() {
     let other = |name: &str| demo().with_file_name("images").join(name);
     let photos = [
         Shop::read_photo(&demo().with_file_name("../tests/web/fixtures/two-products.jpg")).unwrap(),
-        collage(
-            &[
-                queries("mh01-orange_main.jpg"),
-                other("24-ug03.jpg"),
-                other("wb01.jpg"),
-                other("wsh02.jpg"),
-            ],
-            250,
-        ),
-        collage(
-            &[
-                other("24-mg03.jpg"),
-                other("wp04.jpg"),
-                other("24-mb02.jpg"),
-                queries("wj01-red_main.jpg"),
-            ],
-            250,
-        ),
+        orange_hoodie_among_others(),
+        red_jacket_among_others(),
         collage(
             &[
                 other("wb01.jpg"),
@@ -362,24 +366,8 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
     let other = |name: &str| demo().with_file_name("images").join(name);
     let queries = |name: &str| fixture.join("queries").join(name);
     let photos = [
-        collage(
-            &[
-                queries("mh01-orange_main.jpg"),
-                other("24-ug03.jpg"),
-                other("wb01.jpg"),
-                other("wsh02.jpg"),
-            ],
-            250,
-        ),
-        collage(
-            &[
-                other("24-mg03.jpg"),
-                other("wp04.jpg"),
-                other("24-mb02.jpg"),
-                queries("wj01-red_main.jpg"),
-            ],
-            250,
-        ),
+        orange_hoodie_among_others(),
+        red_jacket_among_others(),
         collage(
             &[
                 other("wb01.jpg"),
