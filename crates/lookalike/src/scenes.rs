@@ -225,7 +225,7 @@ pub fn scene_recall(
     // A part search found in `scene` (`region`), ranked as search ranks it: re-ranked by local
     // likeness where the catalogue keeps its photos' cells (and `locally`).
     let rank_found = |scene: &Photo, region: Option<PhotoBox>, views: [&[f32]; 2], photo: &HeldOut, locally: bool| {
-        let (order, scores) = held_out_order_voted(
+        let (order, keys) = held_out_order_voted(
             &gallery,
             &categories,
             kinds.as_ref().map(|kinds| (kinds, &views[..])),
@@ -239,7 +239,7 @@ pub fn scene_recall(
                 .remove(0)
                 .0
                 .query_cells();
-            reranked_like_search(store, &products, order, &scores, &part, photo)?
+            reranked_like_search(store, &products, order, &keys, &part, photo)?
         } else {
             order
         };
@@ -603,14 +603,14 @@ fn keeps_to_the_whole(windows: &[PhotoBox], scores: &[f32]) -> bool {
     whole_is_enough(scores[0]) || windows.is_empty()
 }
 
-/// `order` (products, best first, their `scores` by index) re-ranked as search re-ranks a part
-/// it found ([`reranked_locally`], as `Recommender::query` does), the held-out `photo`'s own
-/// cells left out.
+/// `order` (products, best first, the `keys` they were ordered by, by index) re-ranked as search
+/// re-ranks a part it found ([`reranked_locally`], as `Recommender::query` does), the held-out
+/// `photo`'s own cells left out.
 fn reranked_like_search(
     store: &dyn Store,
     products: &[StoredProduct],
     order: Vec<usize>,
-    scores: &[f32],
+    keys: &[f32],
     part: &QueryCells,
     photo: &HeldOut,
 ) -> Result<Vec<usize>> {
@@ -624,7 +624,7 @@ fn reranked_like_search(
             .iter()
             .filter(|theirs| p != photo.product || Some(theirs.content_hash.as_str()) != held_out)
             .map(|theirs| theirs.cells.as_slice());
-        Some(scores[p] + part.best_likeness(photos)?)
+        Some(keys[p] + part.best_likeness(photos)?)
     }))
 }
 

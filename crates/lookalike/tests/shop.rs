@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use lookalike::error::{Error, ImageProblem};
 use lookalike::image::Photo;
+use lookalike::index::category_vote::{voted, votes};
 use lookalike::index::local_cells::StoredCells;
 use lookalike::model::{BackboneSpec, Precision};
 use lookalike::scenes::mirrored_search;
@@ -390,7 +391,8 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
     let store = lookalike::store::open_store_read_only(&shop.location()).unwrap();
     let ids = |hits: &[lookalike::types::Scored]| hits.iter().map(|h| h.product.id.clone()).collect::<Vec<_>>();
     // `located`'s products with and without its cells, checked against what the order must be:
-    // the plain order's products by score plus their most alike photo's likeness.
+    // the plain order's products by the key their categories' vote ordered them by (their score
+    // where the part matches a product closely) plus their most alike photo's likeness.
     let reranked_and_plain = |located: &lookalike::shop::Located| {
         let part = located.cells.as_ref().expect("cells");
         let reranked = shop.search(&SearchRequest::located(located, 20)).unwrap().hits;
@@ -409,9 +411,11 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
         let cells = store
             .cells_of(&plain_ids.iter().map(String::as_str).collect::<Vec<_>>())
             .unwrap();
-        let mut expected: Vec<(String, f32)> = plain
-            .iter()
-            .map(|hit| {
+        let mut by_score = plain.clone();
+        by_score.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut expected: Vec<(String, f32)> = voted(by_score, |_| Some(0.0))
+            .into_iter()
+            .map(|(hit, key)| {
                 let photos = &cells[&hit.product.id];
                 assert_eq!(
                     photos.len(),
@@ -422,13 +426,14 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
                     .iter()
                     .map(|photo| part.likeness_to(&StoredCells::from_bytes(&photo.cells).unwrap()))
                     .fold(f32::MIN, f32::max);
-                (hit.product.id.clone(), hit.score + likeness)
+                (hit.product.id.clone(), key + likeness)
             })
             .collect();
         expected.sort_by(|a, b| b.1.total_cmp(&a.1));
         let expected: Vec<String> = expected.into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids(&reranked), expected);
-        (ids(&reranked), plain_ids)
+        let voted_on = votes(plain.iter().map(|hit| hit.score).reduce(f32::max));
+        (ids(&reranked), plain_ids, voted_on)
     };
     let (mut in_a_part, mut changed) = (0, 0);
     for (i, photo) in photos.iter().enumerate() {
@@ -438,7 +443,7 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
             continue;
         };
         in_a_part += 1;
-        let (reranked, plain) = reranked_and_plain(&located);
+        let (reranked, plain, _) = reranked_and_plain(&located);
         changed += usize::from(reranked != plain);
 
         // Indexed without cells: the same part, its products in their plain order.
@@ -459,6 +464,16 @@ fn a_part_found_in_a_busy_photo_reranks_its_products_by_their_photos_cells() {
         in_a_part >= 1 && changed >= 1,
         "{in_a_part} photos searched in a part, {changed} re-ordered: else this proves nothing"
     );
+    // Boxes around the demo's products, which the fixture does not list, match none closely:
+    // their products are voted on, and re-ranked from the keys the vote ordered them by.
+    let busy = orange_hoodie_among_others();
+    let mut voted_on = 0;
+    for (x, y) in [(250.0, 0.0), (0.0, 250.0), (250.0, 250.0)] {
+        let tile = PhotoBox::new(x, y, x + 250.0, y + 250.0).unwrap();
+        let boxed = shop.locate(&busy, &Framing::Box(tile), false).unwrap();
+        voted_on += usize::from(reranked_and_plain(&boxed).2);
+    }
+    assert!(voted_on >= 1, "no box voted on: else this proves nothing");
 
     // A product added through the front door keeps its photo's cells.
     let path = fixture.join("queries/mh01-orange_main.jpg");

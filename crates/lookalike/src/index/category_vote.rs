@@ -51,6 +51,19 @@ pub fn votes(best: Option<f32>) -> bool {
 /// do not know (`None`: added since they were learnt) has no chance to weigh against the others',
 /// so then no kind weighs for the photo.
 pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[Option<f32>]) -> Vec<usize> {
+    voted_order_keyed(scores, categories, kind_chances)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// [`voted_order`], each index with the key it was ordered by: its score raised by its
+/// category's vote and its kind's chance (the rest, past the pool: their scores).
+pub fn voted_order_keyed<K: Eq + Hash>(
+    scores: &[f32],
+    categories: &[K],
+    kind_chances: &[Option<f32>],
+) -> Vec<(usize, f32)> {
     let pool = scores.len().min(VOTE_POOL);
     let kind_chances = if kind_chances.iter().take(pool).all(Option::is_some) {
         kind_chances
@@ -66,28 +79,28 @@ pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances:
             *count += 1;
         }
     }
-    let raised: Vec<f32> = scores[..pool]
+    let mut keyed: Vec<(usize, f32)> = scores[..pool]
         .iter()
         .zip(categories)
         .enumerate()
         .map(|(i, (score, category))| {
             let (sum, count) = best[&category];
             let kind_chance = kind_chances.get(i).copied().flatten().unwrap_or(0.0);
-            score + VOTE_WEIGHT * sum / count as f32 + KIND_WEIGHT * kind_chance
+            (i, score + VOTE_WEIGHT * sum / count as f32 + KIND_WEIGHT * kind_chance)
         })
         .collect();
-    let mut order: Vec<usize> = (0..pool).collect();
-    order.sort_by(|&a, &b| raised[b].total_cmp(&raised[a]));
-    order.extend(pool..scores.len());
-    order
+    keyed.sort_by(|a, b| b.1.total_cmp(&a.1));
+    keyed.extend(scores.iter().enumerate().skip(pool).map(|(i, &score)| (i, score)));
+    keyed
 }
 
 /// `hits` (best first by a higher-is-closer score) in [`voted_order`] by their products'
 /// categories the same but for case, when the best matches no product closely ([`votes`]);
 /// `kind_chance` tells how likely the photo shows a category's kind (`|_| Some(0.0)` where the
-/// catalogue has not learnt its kinds; `None` for a kind they do not know).
-pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> Option<f32>) -> Vec<Scored> {
-    voted_by(
+/// catalogue has not learnt its kinds; `None` for a kind they do not know). Each hit with the key
+/// it is ordered by ([`voted_order_keyed`]; its score where the photo is not voted on).
+pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> Option<f32>) -> Vec<(Scored, f32)> {
+    voted_keyed_by(
         hits,
         |hit| hit.score,
         |hit| hit.product.info.category.as_deref(),
@@ -95,28 +108,41 @@ pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> Option<f32
     )
 }
 
-/// [`voted`] for any kind of hit, given its score and its product's category.
+/// [`voted`] for any kind of hit, given its score and its product's category, without the keys.
 pub fn voted_by<T>(
     hits: Vec<T>,
     score: impl Fn(&T) -> f32,
     category: impl Fn(&T) -> Option<&str>,
     kind_chance: impl Fn(Option<&str>) -> Option<f32>,
 ) -> Vec<T> {
-    if !votes(hits.first().map(&score)) {
-        return hits;
-    }
+    voted_keyed_by(hits, score, category, kind_chance)
+        .into_iter()
+        .map(|(hit, _)| hit)
+        .collect()
+}
+
+/// [`voted`] for any kind of hit, given its score and its product's category.
+pub fn voted_keyed_by<T>(
+    hits: Vec<T>,
+    score: impl Fn(&T) -> f32,
+    category: impl Fn(&T) -> Option<&str>,
+    kind_chance: impl Fn(Option<&str>) -> Option<f32>,
+) -> Vec<(T, f32)> {
     let scores: Vec<f32> = hits.iter().map(&score).collect();
+    if !votes(scores.first().copied()) {
+        return hits.into_iter().zip(scores).collect();
+    }
     let categories: Vec<Option<String>> = hits.iter().map(|hit| category(hit).map(category_key)).collect();
     let chances: Vec<Option<f32>> = hits
         .iter()
         .take(VOTE_POOL)
         .map(|hit| kind_chance(category(hit)))
         .collect();
-    let order = voted_order(&scores, &categories, &chances);
+    let order = voted_order_keyed(&scores, &categories, &chances);
     let mut hits: Vec<Option<T>> = hits.into_iter().map(Some).collect();
     order
         .into_iter()
-        .map(|i| hits[i].take().expect("each hit once"))
+        .map(|(i, key)| (hits[i].take().expect("each hit once"), key))
         .collect()
 }
 
@@ -152,6 +178,24 @@ mod tests {
         let mut unknown = chances;
         unknown[3] = None;
         assert_eq!(voted_order(&scores, &kinds, &unknown), vec![0, 1, 3, 2]);
+    }
+
+    #[test]
+    fn each_product_keeps_the_key_it_was_ordered_by() {
+        let scores = [0.60, 0.59, 0.58, 0.57];
+        let kinds = ["trousers", "trousers", "jacket", "trousers"];
+        let chances = [0.1, 0.1, 0.9, 0.1].map(Some);
+        let keyed = voted_order_keyed(&scores, &kinds, &chances);
+        let order: Vec<usize> = keyed.iter().map(|&(i, _)| i).collect();
+        assert_eq!(order, voted_order(&scores, &kinds, &chances));
+        assert!(keyed.windows(2).all(|pair| pair[0].1 >= pair[1].1));
+        // The jacket: its score, its category's vote (itself) and its kind's chance.
+        let jacket = keyed.iter().find(|&&(i, _)| i == 2).expect("ranked").1;
+        assert!((jacket - (0.58 + VOTE_WEIGHT * 0.58 + KIND_WEIGHT * 0.9)).abs() < 1e-6);
+        // A photo that matches a product closely keeps its scores as keys.
+        let hits = vec![0.9f32, 0.5];
+        let kept = voted_keyed_by(hits, |&s| s, |_| Some("jacket"), |_| Some(0.0));
+        assert_eq!(kept, vec![(0.9, 0.9), (0.5, 0.5)]);
     }
 
     #[test]

@@ -147,12 +147,15 @@ pub fn cells_of_planes(planes: &[f32], channels: usize) -> Vec<f32> {
 }
 
 /// The first [`LOCAL_RERANK_DEPTH`] of `ranked` (best first) ordered again by
-/// `score_and_likeness` — a product's score for the part searched plus its most alike photo's
+/// `score_and_likeness` — the key a product was ranked by for the part searched (its score,
+/// raised by its category's vote and its kind's chance where the part is voted on,
+/// [`crate::index::category_vote::voted_order_keyed`]) plus its most alike photo's
 /// [`QueryCells::best_likeness`] to the part — the rest as they were; all as they were when one
 /// of those first has no photo with cells (`None`: stored by a lookalike before them, or by
 /// `index --no-local-cells`), so a product is never ranked by its vector alone beside others
 /// ranked with their cells. Variants (README, "Photos from shoppers"): likeness alone, or the
-/// score weighed ×0.5 or ×2, found fewer products.
+/// score weighed ×0.5 or ×2, found fewer products; the plain score instead of the voted key
+/// found as many in busy photos and fewer of the photographed kind (`eval kinds`).
 pub fn reranked_locally<T>(ranked: Vec<T>, score_and_likeness: impl Fn(&T) -> Option<f32>) -> Vec<T> {
     let depth = ranked.len().min(LOCAL_RERANK_DEPTH);
     let Some(keys) = ranked[..depth]

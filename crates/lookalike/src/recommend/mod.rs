@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::index::category_vote::{voted, voted_by, votes, VOTE_POOL};
+use crate::index::category_vote::{voted, voted_keyed_by, votes, VOTE_POOL};
 use crate::index::diversity::{diversify, pool_size};
 use crate::index::fusion::{fuse, DEFAULT_FUSION};
 use crate::index::local_cells::{reranked_locally, QueryCells, LOCAL_RERANK_DEPTH};
@@ -369,29 +369,44 @@ impl Recommender {
     }
 
     /// The `keep` best products for a photo by cosine, in their categories' vote order over the
-    /// [`VOTE_POOL`] best ([`crate::index::category_vote`]); in memory, only the products kept
-    /// are read whole.
+    /// [`VOTE_POOL`] best ([`crate::index::category_vote`]), each with the key it is ordered by;
+    /// in memory, only the products kept are read whole.
     fn search_voted(
         &self,
         query: &[f32],
         keep: usize,
         filter: &Filter,
         kinds: Option<&KindChances>,
-    ) -> Result<Vec<Scored>> {
+    ) -> Result<Vec<(Scored, f32)>> {
         let deep = VOTE_POOL.max(keep);
         let kind_chance = kind_chance(kinds);
         let mut hits = match self.locks.side()? {
-            Side::Memory(index) => self.results(index, |index| {
-                let found = index.search(query, deep, Metric::Cosine, filter, None)?;
-                let mut hits = voted_by(
-                    found,
-                    |hit| hit.score,
-                    |hit| hit.product.info.category.as_deref(),
-                    kind_chance,
-                );
-                hits.truncate(keep);
-                Ok(hits)
-            })?,
+            Side::Memory(index) => {
+                let mut keys = HashMap::new();
+                let hits = self.results(index, |index| {
+                    let found = index.search(query, deep, Metric::Cosine, filter, None)?;
+                    let voted = voted_keyed_by(
+                        found,
+                        |hit| hit.score,
+                        |hit| hit.product.info.category.as_deref(),
+                        kind_chance,
+                    );
+                    Ok(voted
+                        .into_iter()
+                        .take(keep)
+                        .map(|(hit, key)| {
+                            keys.insert(hit.product.id.clone(), key);
+                            hit
+                        })
+                        .collect())
+                })?;
+                hits.into_iter()
+                    .map(|hit| {
+                        let key = keys[&hit.product.id];
+                        (hit, key)
+                    })
+                    .collect()
+            }
             Side::Database(store) => voted(
                 store
                     .database()?
@@ -478,7 +493,7 @@ impl Recommender {
                 };
                 match query.part_cells {
                     Some(part) => (self.reranked_locally(hits, part)?, metric),
-                    None => (hits, metric),
+                    None => (hits.into_iter().map(|(hit, _)| hit).collect(), metric),
                 }
             }
             (Some(image), None) => (self.search(image, pool, metric, filter, None)?, metric),
@@ -499,16 +514,18 @@ impl Recommender {
         self.diversified(hits, k, diversity, ranked_by)
     }
 
-    /// `hits` with the first [`LOCAL_RERANK_DEPTH`] ordered again by their photos' likeness to
-    /// `part`, their photos' cells read from the store ([`reranked_locally`]).
-    fn reranked_locally(&self, hits: Vec<Scored>, part: &QueryCells) -> Result<Vec<Scored>> {
+    /// `hits` (each with the key the vote ordered it by) with the first [`LOCAL_RERANK_DEPTH`]
+    /// ordered again by their photos' likeness to `part`, their photos' cells read from the
+    /// store ([`reranked_locally`]).
+    fn reranked_locally(&self, hits: Vec<(Scored, f32)>, part: &QueryCells) -> Result<Vec<Scored>> {
         let depth = hits.len().min(LOCAL_RERANK_DEPTH);
-        let ids: Vec<&str> = hits[..depth].iter().map(|hit| hit.product.id.as_str()).collect();
+        let ids: Vec<&str> = hits[..depth].iter().map(|(hit, _)| hit.product.id.as_str()).collect();
         let cells = self.locks.store().cells_of(&ids)?;
-        Ok(reranked_locally(hits, |hit| {
+        let reranked = reranked_locally(hits, |(hit, key)| {
             let photos = cells.get(&hit.product.id)?.iter().map(|photo| photo.cells.as_slice());
-            Some(hit.score + part.best_likeness(photos)?)
-        }))
+            Some(key + part.best_likeness(photos)?)
+        });
+        Ok(reranked.into_iter().map(|(hit, _)| hit).collect())
     }
 
     /// Ids matching `words` with their relevance, enough of them for `k` results after groups fold.
