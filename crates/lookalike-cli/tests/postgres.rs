@@ -772,9 +772,28 @@ fn both_stores_answer_every_query_alike() {
         same(&format!("region {i} of a busy photo"), a, b);
     }
     assert!(reranked >= 1, "no region was re-ranked: this proves nothing");
+    // A part like no product is re-ranked from the keys its categories' vote ordered its
+    // products by, alike from both stores.
+    let cells = regions
+        .iter()
+        .find_map(|r| r.cells.as_ref())
+        .expect("a region with cells");
+    let voted_part = Query {
+        part_cells: Some(cells),
+        ..query
+    };
+    let (a, b) = (
+        memory
+            .query(voted_part, 10, Metric::Cosine, &filters[0].1, 0.0)
+            .unwrap(),
+        database
+            .query(voted_part, 10, Metric::Cosine, &filters[0].1, 0.0)
+            .unwrap(),
+    );
+    same("a part like no product, re-ranked by its cells", a, b);
     assert_eq!(
         compared,
-        5 * 4 * 3 + 4 + 4 + regions.iter().filter(|r| r.cells.is_some()).count()
+        5 * 4 * 3 + 4 + 4 + regions.iter().filter(|r| r.cells.is_some()).count() + 1
     );
 
     // Words: BM25 (SQLite) and ts_rank (PostgreSQL) differ in their scores, not in what matches.
