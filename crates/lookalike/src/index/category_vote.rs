@@ -46,24 +46,12 @@ pub fn votes(best: Option<f32>) -> bool {
 
 /// The order of the first [`VOTE_POOL`] of `scores` (higher better, best first, each with its
 /// category in `categories`) raised by their categories' votes and by [`KIND_WEIGHT`] × the
-/// chance of their kind in `kind_chances` (empty: none known), as indices into them; the rest
-/// keep their places after them. Ties keep the given order. A product of a kind the learnt kinds
-/// do not know (`None`: added since they were learnt) has no chance to weigh against the others',
-/// so then no kind weighs for the photo.
-pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[Option<f32>]) -> Vec<usize> {
-    voted_order_keyed(scores, categories, kind_chances)
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// [`voted_order`], each index with the key it was ordered by: its score raised by its
-/// category's vote and its kind's chance (the rest, past the pool: their scores).
-pub fn voted_order_keyed<K: Eq + Hash>(
-    scores: &[f32],
-    categories: &[K],
-    kind_chances: &[Option<f32>],
-) -> Vec<(usize, f32)> {
+/// chance of their kind in `kind_chances` (empty: none known), as indices into them, each with
+/// the key it was ordered by (its raised score); the rest keep their places after them, their
+/// scores their keys. Ties keep the given order. A product of a kind the learnt kinds do not know
+/// (`None`: added since they were learnt) has no chance to weigh against the others', so then no
+/// kind weighs for the photo.
+pub fn voted_order<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[Option<f32>]) -> Vec<(usize, f32)> {
     let pool = scores.len().min(VOTE_POOL);
     let kind_chances = if kind_chances.iter().take(pool).all(Option::is_some) {
         kind_chances
@@ -98,7 +86,7 @@ pub fn voted_order_keyed<K: Eq + Hash>(
 /// categories the same but for case, when the best matches no product closely ([`votes`]);
 /// `kind_chance` tells how likely the photo shows a category's kind (`|_| Some(0.0)` where the
 /// catalogue has not learnt its kinds; `None` for a kind they do not know). Each hit with the key
-/// it is ordered by ([`voted_order_keyed`]; its score where the photo is not voted on).
+/// it is ordered by ([`voted_order`]; its score where the photo is not voted on).
 pub fn voted(hits: Vec<Scored>, kind_chance: impl Fn(Option<&str>) -> Option<f32>) -> Vec<(Scored, f32)> {
     voted_keyed_by(
         hits,
@@ -138,7 +126,7 @@ pub fn voted_keyed_by<T>(
         .take(VOTE_POOL)
         .map(|hit| kind_chance(category(hit)))
         .collect();
-    let order = voted_order_keyed(&scores, &categories, &chances);
+    let order = voted_order(&scores, &categories, &chances);
     let mut hits: Vec<Option<T>> = hits.into_iter().map(Some).collect();
     order
         .into_iter()
@@ -150,20 +138,28 @@ pub fn voted_keyed_by<T>(
 mod tests {
     use super::*;
 
+    /// [`voted_order`]'s indices alone.
+    fn order_of<K: Eq + Hash>(scores: &[f32], categories: &[K], kind_chances: &[Option<f32>]) -> Vec<usize> {
+        voted_order(scores, categories, kind_chances)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     #[test]
     fn a_lone_look_alike_gives_way_to_the_kind_most_close_products_share() {
         // A jacket scores best, but four trousers follow closely.
         let scores = [0.70, 0.68, 0.67, 0.66, 0.65, 0.40];
         let kinds = ["jacket", "trousers", "trousers", "trousers", "trousers", "jacket"];
         // Trousers vote 0.665, jackets 0.55: 0.68 + 1.33 beats 0.70 + 1.10.
-        assert_eq!(voted_order(&scores, &kinds, &[]), vec![1, 2, 3, 4, 0, 5]);
+        assert_eq!(order_of(&scores, &kinds, &[]), vec![1, 2, 3, 4, 0, 5]);
     }
 
     #[test]
     fn the_very_product_far_closer_than_the_rest_keeps_its_place_and_brings_its_kind_up() {
         let scores = [0.69, 0.50, 0.49, 0.48, 0.46];
         let kinds = ["jacket", "trousers", "trousers", "trousers", "jacket"];
-        assert_eq!(voted_order(&scores, &kinds, &[]), vec![0, 4, 1, 2, 3]);
+        assert_eq!(order_of(&scores, &kinds, &[]), vec![0, 4, 1, 2, 3]);
     }
 
     #[test]
@@ -171,13 +167,13 @@ mod tests {
         // Trousers vote higher, but the photo is most likely a jacket.
         let scores = [0.60, 0.59, 0.58, 0.57];
         let kinds = ["trousers", "trousers", "jacket", "trousers"];
-        assert_eq!(voted_order(&scores, &kinds, &[]), vec![0, 1, 3, 2]);
+        assert_eq!(order_of(&scores, &kinds, &[]), vec![0, 1, 3, 2]);
         let chances = [0.1, 0.1, 0.9, 0.1].map(Some);
-        assert_eq!(voted_order(&scores, &kinds, &chances), vec![2, 0, 1, 3]);
+        assert_eq!(order_of(&scores, &kinds, &chances), vec![2, 0, 1, 3]);
         // A trouser added since the kinds were learnt: no kind weighs rather than one unfairly.
         let mut unknown = chances;
         unknown[3] = None;
-        assert_eq!(voted_order(&scores, &kinds, &unknown), vec![0, 1, 3, 2]);
+        assert_eq!(order_of(&scores, &kinds, &unknown), vec![0, 1, 3, 2]);
     }
 
     #[test]
@@ -185,9 +181,8 @@ mod tests {
         let scores = [0.60, 0.59, 0.58, 0.57];
         let kinds = ["trousers", "trousers", "jacket", "trousers"];
         let chances = [0.1, 0.1, 0.9, 0.1].map(Some);
-        let keyed = voted_order_keyed(&scores, &kinds, &chances);
-        let order: Vec<usize> = keyed.iter().map(|&(i, _)| i).collect();
-        assert_eq!(order, voted_order(&scores, &kinds, &chances));
+        let keyed = voted_order(&scores, &kinds, &chances);
+        assert_eq!(keyed.iter().map(|&(i, _)| i).collect::<Vec<_>>(), vec![2, 0, 1, 3]);
         assert!(keyed.windows(2).all(|pair| pair[0].1 >= pair[1].1));
         // The jacket: its score, its category's vote (itself) and its kind's chance.
         let jacket = keyed.iter().find(|&&(i, _)| i == 2).expect("ranked").1;
@@ -211,16 +206,16 @@ mod tests {
     fn one_category_or_none_keeps_the_order_and_only_the_pool_moves() {
         let scores: Vec<f32> = (0..VOTE_POOL + 20).map(|i| 1.0 - i as f32 / 1000.0).collect();
         let same = vec![None::<String>; scores.len()];
-        assert_eq!(voted_order(&scores, &same, &[]), (0..scores.len()).collect::<Vec<_>>());
+        assert_eq!(order_of(&scores, &same, &[]), (0..scores.len()).collect::<Vec<_>>());
         // The pool's last product is of a kind the pool's best share; past the pool, nothing moves.
         let mut kinds: Vec<u8> = vec![1; scores.len()];
         kinds[0] = 0;
         kinds[VOTE_POOL - 1] = 0;
-        let order = voted_order(&scores, &kinds, &[]);
+        let order = order_of(&scores, &kinds, &[]);
         assert_eq!(
             &order[VOTE_POOL..],
             (VOTE_POOL..scores.len()).collect::<Vec<_>>().as_slice()
         );
-        assert_eq!(voted_order(&[] as &[f32], &[] as &[u8], &[]), Vec::<usize>::new());
+        assert_eq!(order_of(&[] as &[f32], &[] as &[u8], &[]), Vec::<usize>::new());
     }
 }

@@ -149,7 +149,7 @@ pub fn cells_of_planes(planes: &[f32], channels: usize) -> Vec<f32> {
 /// The first [`LOCAL_RERANK_DEPTH`] of `ranked` (best first) ordered again by
 /// `score_and_likeness` — the key a product was ranked by for the part searched (its score,
 /// raised by its category's vote and its kind's chance where the part is voted on,
-/// [`crate::index::category_vote::voted_order_keyed`]) plus its most alike photo's
+/// [`crate::index::category_vote::voted_order`]) plus its most alike photo's
 /// [`QueryCells::best_likeness`] to the part — the rest as they were; all as they were when one
 /// of those first has no photo with cells (`None`: stored by a lookalike before them, or by
 /// `index --no-local-cells`), so a product is never ranked by its vector alone beside others

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 
-use crate::index::category_vote::{voted_order_keyed, votes, VOTE_POOL};
+use crate::index::category_vote::{voted_order, votes, VOTE_POOL};
 use crate::index::fusion::{fuse, Fusion};
 use crate::learn::kinds::ProductKinds;
 use crate::types::Metric;
@@ -337,7 +337,7 @@ pub fn held_out_rank_voted<K: Eq + Hash>(
 
 /// The order [`held_out_rank_voted`] ranks in (every product, best first), with the key each
 /// product is ordered by (its score for `query`, raised by the vote where the photo is voted on,
-/// [`voted_order_keyed`]), by product.
+/// [`voted_order`]), by product.
 pub fn held_out_order_voted<K: Eq + Hash>(
     products: &[Vec<Vec<f32>>],
     categories: &[K],
@@ -363,7 +363,7 @@ pub fn held_out_order_voted<K: Eq + Hash>(
         None => Vec::new(),
     };
     let mut keys = scores;
-    let voted: Vec<usize> = voted_order_keyed(&ranked_scores, &ranked_categories, &ranked_chances)
+    let voted: Vec<usize> = voted_order(&ranked_scores, &ranked_categories, &ranked_chances)
         .into_iter()
         .map(|(j, key)| {
             keys[order[j]] = key;
