@@ -449,7 +449,7 @@ pub fn train_kinds(shop: &Shop, backgrounds: Option<&Path>, seed: u64, json: boo
         );
     }
     println!(
-        "learnt {} kinds of {} from {} vectors ({} views on {} backgrounds), {} epochs; held-out products' kinds named right: {:.3} (their nearest photo: {:.3})",
+        "learnt {} kinds of {} from {} vectors ({} views on {} backgrounds), {} epochs (chosen on held-out products, then learnt from all); held-out products' kinds named right: {:.3} (their nearest photo: {:.3})",
         summary.kinds.len(),
         shop.location(),
         summary.examples,

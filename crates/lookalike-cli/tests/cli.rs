@@ -538,13 +538,28 @@ fn eval_kinds_and_descriptors_measure_known_answers() {
     );
 }
 
-/// `train kinds` says why it keeps nothing: too few products per kind to learn them better than
-/// the nearest photo tells (the demo's 4), no kinds at all, backgrounds that are not photos.
+/// `train kinds` says why it keeps nothing: kinds it cannot learn better than the nearest photo
+/// tells (each one product, so a held-out product's kind is learnt from nothing), no kinds at
+/// all, backgrounds that are not photos.
 #[test]
 fn train_kinds_refuses_what_it_cannot_learn_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
-    std::fs::copy(demo_db(), &db).unwrap();
+    for (i, name) in [
+        "24-mb01", "24-mb02", "24-mb03", "24-mb04", "24-mg01", "24-mg02", "24-ug01", "24-ug02",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let folder = dir.path().join(format!("lone/kind-{i}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(
+            demo().join(format!("images/{name}.jpg")),
+            folder.join(format!("{name}.jpg")),
+        )
+        .unwrap();
+    }
+    let db = dir.path().join("lone.db");
+    ok_text(lookalike(&["index", s(&dir.path().join("lone")), "--db", s(&db)]));
     let before = std::fs::read(&db).unwrap();
     let out = lookalike(&["train", "kinds", "--db", s(&db)]);
     assert!(

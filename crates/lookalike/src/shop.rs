@@ -1255,7 +1255,7 @@ impl Shop {
         let examples_count = examples.len();
         let fitted = examples.fit(&embedder.manifest().weights_sha256, seed)?;
         // A head that tells kinds no better than the nearest photo would only add noise to the
-        // vote (the demo catalogue's 4 products per kind: 0.35 against 0.50).
+        // vote (a catalogue whose kinds are one product each: 0 against 0).
         if fitted.held_out_accuracy <= fitted.nearest_photo_accuracy {
             return Err(Error::invalid(format!(
                 "the catalogue's kinds were not learnt well enough to keep: the head names held-out products' kinds \
@@ -1276,7 +1276,7 @@ impl Shop {
             examples: examples_count,
             held_out_accuracy: fitted.held_out_accuracy,
             nearest_photo_accuracy: fitted.nearest_photo_accuracy,
-            epochs: trained.history.len(),
+            epochs: fitted.epochs_chosen,
         })
     }
 
@@ -1459,11 +1459,12 @@ pub struct KindsSummary {
     pub unreadable_photos: usize,
     /// Vectors the head learnt from: stored ones and views.
     pub examples: usize,
-    /// Share of held-out products' vectors and views whose kind the head names first (kept
-    /// only when above `nearest_photo_accuracy`).
+    /// Share of held-out products' vectors and views whose kind a head learnt without them
+    /// names first (kept only when above `nearest_photo_accuracy`).
     pub held_out_accuracy: f64,
     /// The same share by the kind of their nearest photo among the other products.
     pub nearest_photo_accuracy: f64,
+    /// Epochs the held-out products chose; the head kept learnt from every product this long.
     pub epochs: usize,
 }
 
